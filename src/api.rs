@@ -1,0 +1,425 @@
+//! Wire types of the REST API (`/api/v1`), shared by the service and the client
+//! so both sides serialise exactly the same shapes. docs/HTTP_API.md shows them
+//! on the wire.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{BlobHash, WsPath};
+
+pub const API_PREFIX: &str = "/api/v1";
+
+/// Response headers of a file checkout (`GET .../files/{path}`).
+pub const HEADER_NODE: &str = "x-contextfs-node";
+pub const HEADER_VERSION: &str = "x-contextfs-version";
+pub const HEADER_HASH: &str = "x-contextfs-hash";
+pub const HEADER_KIND: &str = "x-contextfs-kind";
+pub const HEADER_MODE: &str = "x-contextfs-mode";
+pub const HEADER_STATUS: &str = "x-contextfs-status";
+/// Request headers of the one-call upload-and-commit (`PUT .../files/{path}`).
+pub const HEADER_BASE_VERSION: &str = "x-contextfs-base-version";
+pub const HEADER_AGENT: &str = "x-contextfs-agent";
+pub const HEADER_MESSAGE: &str = "x-contextfs-message";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl NodeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeKind::File => "file",
+            NodeKind::Dir => "dir",
+            NodeKind::Symlink => "symlink",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "file" => Some(NodeKind::File),
+            "dir" => Some(NodeKind::Dir),
+            "symlink" => Some(NodeKind::Symlink),
+            _ => None,
+        }
+    }
+}
+
+/// How a version came to be: written as sent, three-way merged, or the
+/// writer's bytes won a true conflict (the loser stays in history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionStatus {
+    Clean,
+    Merged,
+    Lww,
+}
+
+impl VersionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionStatus::Clean => "clean",
+            VersionStatus::Merged => "merged",
+            VersionStatus::Lww => "lww",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "clean" => Some(VersionStatus::Clean),
+            "merged" => Some(VersionStatus::Merged),
+            "lww" => Some(VersionStatus::Lww),
+            _ => None,
+        }
+    }
+}
+
+/// What a version did to its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionOp {
+    Create,
+    Write,
+    Mkdir,
+    Rename,
+    Delete,
+    Rollback,
+}
+
+impl VersionOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionOp::Create => "create",
+            VersionOp::Write => "write",
+            VersionOp::Mkdir => "mkdir",
+            VersionOp::Rename => "rename",
+            VersionOp::Delete => "delete",
+            VersionOp::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "create" => VersionOp::Create,
+            "write" => VersionOp::Write,
+            "mkdir" => VersionOp::Mkdir,
+            "rename" => VersionOp::Rename,
+            "delete" => VersionOp::Delete,
+            "rollback" => VersionOp::Rollback,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::ReadWrite => "read-write",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "read" => Some(Access::Read),
+            "read-write" => Some(Access::ReadWrite),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `base_version_unknown`.
+    pub code: String,
+    pub message: String,
+    /// For conflicts on a node: what the server holds now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<VersionInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// `None` for the admin token.
+    pub project: Option<String>,
+    pub access: Access,
+    pub admin: bool,
+    pub token_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateProjectRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProjectInfo {
+    pub name: String,
+    pub created_at: String,
+    /// The project's change-feed cursor: the sequence number of its latest change.
+    pub cursor: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateTokenRequest {
+    pub access: Access,
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub project: String,
+    pub access: Access,
+    pub label: Option<String>,
+    pub created_at: String,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    /// The secret: shown once, stored only as a hash.
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// One live node of a project tree.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TreeEntry {
+    pub path: String,
+    pub id: i64,
+    pub kind: NodeKind,
+    pub mode: u32,
+    pub size: u64,
+    pub hash: BlobHash,
+    pub version: i64,
+    pub modified_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TreeListing {
+    /// Apply change-feed events after this cursor to keep the listing current.
+    pub cursor: i64,
+    pub entries: Vec<TreeEntry>,
+}
+
+/// One version of one node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub node: i64,
+    pub version: i64,
+    pub path: String,
+    pub kind: NodeKind,
+    pub mode: u32,
+    pub hash: BlobHash,
+    pub size: u64,
+    pub op: VersionOp,
+    pub status: VersionStatus,
+    pub deleted: bool,
+    /// The head this version was written over (`None` for the first version).
+    pub parent: Option<i64>,
+    /// Id of the token that wrote it (`admin` for the admin token).
+    pub author: String,
+    pub agent_id: Option<String>,
+    pub message: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitRequest {
+    pub path: WsPath,
+    /// The version the writer started from; `None` when creating a new file.
+    #[serde(default)]
+    pub base_version: Option<i64>,
+    /// Hash of the content, uploaded beforehand with `PUT .../blobs/{hash}`.
+    pub hash: BlobHash,
+    #[serde(default)]
+    pub kind: Option<NodeKind>,
+    /// Permission bits (e.g. 0o755 = 493); `None` keeps the current mode.
+    #[serde(default)]
+    pub mode: Option<u32>,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// A retried commit with the same key returns the first result instead of
+    /// writing a second version.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MkdirRequest {
+    pub path: WsPath,
+    #[serde(default)]
+    pub mode: Option<u32>,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenameRequest {
+    pub from: WsPath,
+    pub to: WsPath,
+    /// Replace an existing `to` (it becomes a restorable deletion).
+    #[serde(default)]
+    pub replace: bool,
+    /// When set, the rename fails with 409 if `from` moved past this version.
+    #[serde(default)]
+    pub base_version: Option<i64>,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    pub path: WsPath,
+    #[serde(default)]
+    pub base_version: Option<i64>,
+    /// Required to delete a non-empty directory.
+    #[serde(default)]
+    pub recursive: bool,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteResponse {
+    /// One tombstone version per deleted node, the named path first.
+    pub deleted: Vec<VersionInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    pub path: WsPath,
+    pub version: i64,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub node: i64,
+    pub path: String,
+    /// Newest first.
+    pub versions: Vec<VersionInfo>,
+    /// Pass as `before` to get the next (older) page; `None` at the first version.
+    pub next_before: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChangeEvent {
+    pub seq: i64,
+    pub node: i64,
+    pub path: String,
+    /// For renames: where the node was before.
+    pub old_path: Option<String>,
+    pub op: VersionOp,
+    pub version: i64,
+    pub kind: NodeKind,
+    pub hash: BlobHash,
+    pub size: u64,
+    pub mode: u32,
+    pub deleted: bool,
+    pub agent_id: Option<String>,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangesPage {
+    /// Pass as `since` on the next call.
+    pub cursor: i64,
+    pub events: Vec<ChangeEvent>,
+    /// True when more events are waiting beyond `limit`.
+    pub more: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: String,
+    /// Token id, or `admin`.
+    pub actor: String,
+    pub agent_id: Option<String>,
+    pub action: String,
+    pub path: Option<String>,
+    pub version: Option<i64>,
+    pub status: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub next_since: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobReceipt {
+    pub hash: BlobHash,
+    pub size: u64,
+    /// False when the server already had these bytes.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SkillFile {
+    /// Path relative to the skills root: `skill-name/SKILL.md`, `skill-name/scripts/x.sh`.
+    pub path: WsPath,
+    pub hash: BlobHash,
+    pub size: u64,
+    #[serde(default = "default_file_mode")]
+    pub mode: u32,
+}
+
+fn default_file_mode() -> u32 {
+    0o644
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishSkillsRequest {
+    pub files: Vec<SkillFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SkillInfo {
+    pub name: String,
+    pub description: String,
+    pub files: Vec<SkillFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SkillsListing {
+    pub published_at: Option<String>,
+    pub skills: Vec<SkillInfo>,
+}

@@ -1,0 +1,218 @@
+//! The command line: `contextfs serve` and the REST client commands.
+
+mod commands;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::server::{Limits, ServeConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "contextfs",
+    version,
+    about = "A shared, versioned workspace for AI agents: a REST service and the files it serves",
+    long_about = "contextfs keeps a versioned file tree per project (`contextfs serve`) and lets agents, \
+people and pipelines read and write it. Every write is a new version; concurrent edits are merged \
+three ways (JSON by key, text by line) and nothing is ever lost.\n\n\
+Client commands need a server, a token and usually a project: pass --server/--token/--project or set \
+CONTEXTFS_SERVER, CONTEXTFS_TOKEN and CONTEXTFS_PROJECT."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Server URL, e.g. http://127.0.0.1:8420
+    #[arg(long, global = true, env = "CONTEXTFS_SERVER", default_value = "http://127.0.0.1:8420")]
+    pub server: String,
+    /// Bearer token: the admin token or a project token
+    #[arg(long, global = true, env = "CONTEXTFS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Project to work in
+    #[arg(long, short = 'p', global = true, env = "CONTEXTFS_PROJECT")]
+    pub project: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the workspace service (SQLite metadata and blob files under --data)
+    Serve(ServeArgs),
+    /// Create and list projects (admin token)
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Create, list and revoke project tokens (admin token)
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List a directory of the project (the root by default)
+    Ls {
+        path: Option<String>,
+        /// List everything below, not just the directory's entries
+        #[arg(short, long)]
+        recursive: bool,
+        /// Show id, version, mode, size and hash
+        #[arg(short, long)]
+        long: bool,
+    },
+    /// Print a file (its head, or --version N)
+    Cat {
+        path: String,
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// Write a file from FILE or standard input, as a new version
+    #[command(long_about = "Write a file from FILE (or standard input when FILE is omitted) as a new version.\n\n\
+By default the upload replaces whatever the head holds now. With --base N the commit is based on version N: \
+if the file moved on since, the server merges both changes (JSON by key, text by line) and a true conflict \
+falls back to last-writer-wins, keeping the other version in history.")]
+    Put {
+        path: String,
+        file: Option<PathBuf>,
+        /// The version this content was edited from (enables three-way merge)
+        #[arg(long)]
+        base: Option<i64>,
+        /// Mark the file executable (mode 755)
+        #[arg(long)]
+        executable: bool,
+        #[arg(long, env = "CONTEXTFS_AGENT_ID")]
+        agent_id: Option<String>,
+        #[arg(long, short)]
+        message: Option<String>,
+    },
+    /// Show a file's versions: number, time, agent, status
+    Log {
+        path: String,
+        /// How many versions to show (newest first)
+        #[arg(long, short = 'n', default_value_t = 50)]
+        limit: u32,
+    },
+    /// Unified diff between two versions of a file
+    Diff { path: String, v1: i64, v2: i64 },
+    /// Restore a file to an earlier version (as a new version; nothing is lost)
+    Rollback {
+        path: String,
+        version: i64,
+        #[arg(long, env = "CONTEXTFS_AGENT_ID")]
+        agent_id: Option<String>,
+    },
+    /// Create a directory and any missing parents
+    Mkdir { path: String },
+    /// Move or rename a file or directory
+    Mv {
+        from: String,
+        to: String,
+        /// Replace an existing target (it stays restorable from history)
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Delete a file or directory (restorable with `rollback`)
+    Rm {
+        path: String,
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Publish or list the read-only skills every project sees
+    #[command(subcommand)]
+    Skills(SkillsCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Directory for the SQLite database, blobs and the generated admin token
+    #[arg(long, env = "CONTEXTFS_DATA", default_value = "./contextfs-data")]
+    pub data: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the chosen one is printed)
+    #[arg(long, env = "CONTEXTFS_LISTEN", default_value = "127.0.0.1:8420")]
+    pub listen: SocketAddr,
+    /// Largest accepted blob upload in bytes (larger → 413)
+    #[arg(long, default_value_t = 1 << 30)]
+    pub max_blob_bytes: u64,
+    /// Largest accepted JSON request body in bytes (larger → 413)
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_request_bytes: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProjectCommand {
+    /// Create a project
+    Create { name: String },
+    /// List the projects this token can see
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token scoped to one project and print it
+    Create {
+        /// Make it read-only (default: read-write)
+        #[arg(long)]
+        read_only: bool,
+        /// A note to recognise it by
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List a project's tokens (never their secrets)
+    List,
+    /// Revoke a token by id (tok_...)
+    Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SkillsCommand {
+    /// Upload DIR as the published skills: each skill is a folder with a SKILL.md
+    Publish { dir: PathBuf },
+    /// List the published skills
+    List,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONTEXTFS_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(match cli.command {
+            Command::Serve(_) => "info,tower_http=warn",
+            _ => "warn",
+        })
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = ServeConfig {
+                data_dir: args.data,
+                listen: args.listen,
+                limits: Limits {
+                    max_blob_bytes: args.max_blob_bytes,
+                    max_request_bytes: args.max_request_bytes,
+                    ..Limits::default()
+                },
+            };
+            crate::server::serve(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        other => commands::run(&cli.global, other).await,
+    }
+}

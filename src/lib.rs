@@ -1,0 +1,12 @@
+//! contextfs: a shared, versioned workspace for AI agents, served over REST
+//! (`contextfs serve`) and used as plain files.
+//!
+//! Layout: [`model`] (validated names), [`api`] (wire types), [`merge`]
+//! (pure three-way merge), [`server`] (service, stores, routes), [`client`]
+//! (typed REST client), [`cli`] (the command line).
+
+pub mod api;
+pub mod merge;
+pub mod model;
+pub mod server;
+pub mod cli;

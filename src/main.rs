@@ -1,0 +1,5 @@
+//! The `contextfs` command: thin glue over the library's `cli` module.
+
+fn main() -> std::process::ExitCode {
+    contextfs::cli::main()
+}

@@ -1,0 +1,148 @@
+//! Blobs as files under a local directory: `blobs/ab/abcdef…`.
+//!
+//! Uploads stream into `tmp/`, are hashed on the way, fsynced, renamed into
+//! place and the directory entry is fsynced too, so an acknowledged blob
+//! survives a crash and a torn upload never appears under a hash.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::{BlobError, BlobStore, ByteStream};
+use crate::model::BlobHash;
+
+pub struct DirBlobStore {
+    root: PathBuf,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> BlobError {
+    BlobError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+impl DirBlobStore {
+    pub fn open(root: &Path) -> Result<Self, BlobError> {
+        for sub in ["blobs", "tmp"] {
+            let dir = root.join(sub);
+            std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        }
+        // Leftovers of uploads interrupted by a crash are never referenced.
+        if let Ok(entries) = std::fs::read_dir(root.join("tmp")) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(Self { root: root.to_path_buf() })
+    }
+
+    fn path_of(&self, hash: &BlobHash) -> PathBuf {
+        let hex = hash.as_str();
+        self.root.join("blobs").join(&hex[..2]).join(hex)
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        self.root.join("tmp").join(format!("upload-{:016x}", rand::random::<u64>()))
+    }
+
+    /// fsync the temp file, move it under its hash and fsync the directory.
+    async fn publish(&self, temp: PathBuf, hash: &BlobHash) -> Result<bool, BlobError> {
+        let target = self.path_of(hash);
+        tokio::task::spawn_blocking(move || -> Result<bool, BlobError> {
+            if target.exists() {
+                let _ = std::fs::remove_file(&temp);
+                return Ok(false);
+            }
+            let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
+            std::fs::create_dir_all(&parent).map_err(|e| io_err("cannot create", &parent, e))?;
+            std::fs::rename(&temp, &target).map_err(|e| io_err("cannot move blob to", &target, e))?;
+            std::fs::File::open(&parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err("cannot fsync", &parent, e))?;
+            Ok(true)
+        })
+        .await
+        .map_err(|e| BlobError::Io(format!("blob writer task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl BlobStore for DirBlobStore {
+    async fn size(&self, hash: &BlobHash) -> Result<Option<u64>, BlobError> {
+        match tokio::fs::metadata(self.path_of(hash)).await {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("cannot stat", &self.path_of(hash), e)),
+        }
+    }
+
+    async fn put_stream(
+        &self,
+        expected: Option<&BlobHash>,
+        mut body: ByteStream,
+        limit: u64,
+    ) -> Result<(BlobHash, u64, bool), BlobError> {
+        let temp = self.temp_path();
+        let mut file = tokio::fs::File::create(&temp).await.map_err(|e| io_err("cannot create", &temp, e))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut size: u64 = 0;
+        let outcome: Result<(), BlobError> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| BlobError::Upload(e.to_string()))?;
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(BlobError::TooLarge { limit });
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.map_err(|e| io_err("cannot write", &temp, e))?;
+            }
+            file.sync_all().await.map_err(|e| io_err("cannot fsync", &temp, e))?;
+            Ok(())
+        }
+        .await;
+        drop(file);
+        let actual = BlobHash::from_blake3(hasher.finalize());
+        let verified = outcome.and_then(|()| match expected {
+            Some(expected) if *expected != actual => {
+                Err(BlobError::HashMismatch { expected: expected.clone(), actual: actual.clone() })
+            }
+            _ => Ok(()),
+        });
+        if let Err(e) = verified {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(e);
+        }
+        let created = self.publish(temp, &actual).await?;
+        Ok((actual, size, created))
+    }
+
+    async fn put_bytes(&self, bytes: Bytes) -> Result<BlobHash, BlobError> {
+        let len = bytes.len() as u64;
+        let stream: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(bytes) }));
+        let (hash, _, _) = self.put_stream(None, stream, len).await?;
+        Ok(hash)
+    }
+
+    async fn get(&self, hash: &BlobHash) -> Result<(u64, ByteStream), BlobError> {
+        let path = self.path_of(hash);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BlobError::NotFound(hash.clone())),
+            Err(e) => return Err(io_err("cannot open", &path, e)),
+        };
+        let size = file.metadata().await.map_err(|e| io_err("cannot stat", &path, e))?.len();
+        Ok((size, Box::pin(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024))))
+    }
+
+    async fn read_all(&self, hash: &BlobHash, limit: u64) -> Result<Vec<u8>, BlobError> {
+        let path = self.path_of(hash);
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) if meta.len() > limit => return Err(BlobError::TooLarge { limit }),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BlobError::NotFound(hash.clone())),
+            Err(e) => return Err(io_err("cannot stat", &path, e)),
+        }
+        tokio::fs::read(&path).await.map_err(|e| io_err("cannot read", &path, e))
+    }
+}

@@ -1,0 +1,51 @@
+//! Blob storage: immutable file contents addressed by their blake3 hash.
+//!
+//! A blob is written completely and verified before it becomes visible under
+//! its hash, so metadata can never point at a partial or wrong blob.
+
+pub mod dir;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use thiserror::Error;
+
+use crate::model::BlobHash;
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+#[derive(Debug, Error)]
+pub enum BlobError {
+    #[error("the uploaded bytes hash to {actual}, not {expected}")]
+    HashMismatch { expected: BlobHash, actual: BlobHash },
+    #[error("the blob is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("blob {0} does not exist")]
+    NotFound(BlobHash),
+    #[error("reading the upload failed: {0}")]
+    Upload(String),
+    #[error("blob storage error: {0}")]
+    Io(String),
+}
+
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// The blob's size, if it is stored.
+    async fn size(&self, hash: &BlobHash) -> Result<Option<u64>, BlobError>;
+    /// Streams `body` into storage. When `expected` is given the bytes must hash
+    /// to it. Returns the hash, the size and whether the blob was new.
+    async fn put_stream(
+        &self,
+        expected: Option<&BlobHash>,
+        body: ByteStream,
+        limit: u64,
+    ) -> Result<(BlobHash, u64, bool), BlobError>;
+    /// Stores bytes the server produced itself (merge results).
+    async fn put_bytes(&self, bytes: Bytes) -> Result<BlobHash, BlobError>;
+    /// The blob's size and a stream of its bytes.
+    async fn get(&self, hash: &BlobHash) -> Result<(u64, ByteStream), BlobError>;
+    /// The whole blob in memory, refusing blobs over `limit` bytes.
+    async fn read_all(&self, hash: &BlobHash, limit: u64) -> Result<Vec<u8>, BlobError>;
+}

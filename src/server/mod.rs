@@ -1,0 +1,127 @@
+//! `contextfs serve`: the workspace service.
+
+pub mod auth;
+pub mod blobs;
+pub mod error;
+pub mod feed;
+pub mod routes;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+pub use service::{Limits, Service};
+
+/// Environment variable that fixes the admin token instead of a generated one.
+pub const ADMIN_TOKEN_ENV: &str = "CONTEXTFS_ADMIN_TOKEN";
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the metadata database: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot open blob storage: {0}")]
+    Blobs(#[from] blobs::BlobError),
+    #[error("cannot listen on {addr}: {source} (is another server using that port?)")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Where the admin token came from, for the start-up message.
+pub enum AdminToken {
+    FromEnv(String),
+    FromFile { token: String, path: PathBuf, created: bool },
+}
+
+impl AdminToken {
+    pub fn secret(&self) -> &str {
+        match self {
+            AdminToken::FromEnv(t) => t,
+            AdminToken::FromFile { token, .. } => token,
+        }
+    }
+}
+
+/// `CONTEXTFS_ADMIN_TOKEN` when set, else DIR/admin-token, generated (mode 0600) on first start.
+pub fn admin_token(data_dir: &Path) -> Result<AdminToken, ServeError> {
+    if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
+        if !token.trim().is_empty() {
+            return Ok(AdminToken::FromEnv(token.trim().to_string()));
+        }
+    }
+    let path = data_dir.join("admin-token");
+    let io = |source| ServeError::DataDir { path: path.clone(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => {
+            return Ok(AdminToken::FromFile { token: token.trim().to_string(), path, created: false })
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let token = format!("cfs_admin_{}", hex::encode(rand::random::<[u8; 24]>()));
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).map_err(io)?;
+    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(AdminToken::FromFile { token, path, created: true })
+}
+
+/// Opens the data directory and builds the service on the embedded defaults.
+pub fn open_embedded(config: &ServeConfig) -> Result<(Arc<Service>, AdminToken), ServeError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
+    let token = admin_token(&config.data_dir)?;
+    let store = store::sqlite::SqliteStore::open(&config.data_dir.join("metadata.sqlite3"))?;
+    let blobs = blobs::dir::DirBlobStore::open(&config.data_dir)?;
+    let service = Service::new(Arc::new(store), Arc::new(blobs), token.secret(), config.limits.clone());
+    Ok((Arc::new(service), token))
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    let (service, token) = open_embedded(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(ServeError::Serve)?;
+    match &token {
+        AdminToken::FromEnv(_) => println!("admin token: from ${ADMIN_TOKEN_ENV}"),
+        AdminToken::FromFile { path, created: true, .. } => println!("admin token: generated and written to {}", path.display()),
+        AdminToken::FromFile { path, .. } => println!("admin token: read from {}", path.display()),
+    }
+    println!("data: {}", config.data_dir.display());
+    // Scripts and tests wait for this exact line.
+    println!("listening on http://{addr}");
+    let app = routes::router(service);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(ServeError::Serve)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,196 @@
+//! Metadata store: projects, tokens, nodes, versions, the change feed, the audit
+//! log and skills.
+//!
+//! The service talks to a [`MetadataStore`] trait object so that the embedded
+//! SQLite store and a PostgreSQL store can sit behind the same commit logic.
+//! Every mutating call is one transaction that also appends its change-feed
+//! events and audit rows, and every content write is a compare-and-set on the
+//! node's head version: that is the optimistic lock the whole service rests on.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+use crate::api::{
+    Access, AuditPage, ChangeEvent, NodeKind, SkillInfo, SkillsListing, TreeListing, VersionInfo,
+    VersionOp, VersionStatus,
+};
+use crate::model::{BlobHash, WsPath};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The compare-and-set lost: the node's head is no longer the expected one
+    /// (or a node appeared at a path expected to be free).
+    #[error("the head moved on")]
+    HeadMoved,
+    /// A namespace rule forbids the operation (`code` is the API error code).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("metadata database error: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone)]
+pub struct ProjectRow {
+    pub id: i64,
+    pub name: String,
+    pub created_at: i64,
+    pub cursor: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub id: String,
+    pub project_id: i64,
+    pub project: String,
+    pub access: Access,
+    pub label: Option<String>,
+    pub created_at: i64,
+    pub revoked: bool,
+}
+
+/// Who is writing, for versions and the audit log.
+#[derive(Debug, Clone)]
+pub struct WriteMeta {
+    /// Token id, or `admin`.
+    pub author: String,
+    pub agent_id: Option<String>,
+    pub message: Option<String>,
+    /// Unix milliseconds.
+    pub now: i64,
+}
+
+/// A node and its head version. `deleted` nodes are tombstoned but restorable.
+#[derive(Debug, Clone)]
+pub struct NodeHead {
+    pub node: i64,
+    pub path: String,
+    pub kind: NodeKind,
+    pub deleted: bool,
+    pub head: VersionInfo,
+}
+
+/// Where a content write lands.
+#[derive(Debug, Clone)]
+pub enum WriteTarget {
+    /// A new node at a free path; missing parent directories are created.
+    New { path: WsPath },
+    /// A new version of an existing (possibly deleted) node, only if its head
+    /// is still `expected_head`. A deleted node is restored at its last path.
+    Existing { node: i64, expected_head: i64 },
+}
+
+/// A content version to append (commit, merge result, rollback).
+#[derive(Debug, Clone)]
+pub struct ContentWrite {
+    pub target: WriteTarget,
+    pub kind: NodeKind,
+    pub mode: u32,
+    pub hash: BlobHash,
+    pub size: u64,
+    pub op: VersionOp,
+    pub status: VersionStatus,
+    pub idempotency_key: Option<String>,
+}
+
+/// A mutation's result plus the project cursor it advanced to, so the service
+/// can wake change-feed waiters.
+#[derive(Debug, Clone)]
+pub struct Applied<T> {
+    pub value: T,
+    pub cursor: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RenameOutcome {
+    pub moved: VersionInfo,
+    pub replaced: Option<VersionInfo>,
+}
+
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    async fn create_project(&self, name: &str, meta: WriteMeta) -> StoreResult<ProjectRow>;
+    async fn project(&self, name: &str) -> StoreResult<Option<ProjectRow>>;
+    async fn projects(&self) -> StoreResult<Vec<ProjectRow>>;
+
+    async fn create_token(
+        &self,
+        project_id: i64,
+        id: &str,
+        secret_hash: &str,
+        access: Access,
+        label: Option<String>,
+        meta: WriteMeta,
+    ) -> StoreResult<TokenRow>;
+    async fn token_by_secret_hash(&self, secret_hash: &str) -> StoreResult<Option<TokenRow>>;
+    async fn tokens(&self, project_id: i64) -> StoreResult<Vec<TokenRow>>;
+    /// Returns false when no such token exists.
+    async fn revoke_token(&self, id: &str, meta: WriteMeta) -> StoreResult<bool>;
+
+    /// Live entries under `prefix` (the whole project when `None`).
+    async fn tree(&self, project_id: i64, prefix: Option<&WsPath>, recursive: bool) -> StoreResult<TreeListing>;
+    /// The live node at `path`, else the most recently deleted one there.
+    async fn node_at(&self, project_id: i64, path: &WsPath) -> StoreResult<Option<NodeHead>>;
+    async fn version(&self, node: i64, number: i64) -> StoreResult<Option<VersionInfo>>;
+    /// Newest first, versions strictly older than `before` when given.
+    async fn history(&self, node: i64, before: Option<i64>, limit: u32) -> StoreResult<Vec<VersionInfo>>;
+    async fn find_idempotent(&self, project_id: i64, key: &str) -> StoreResult<Option<VersionInfo>>;
+
+    /// Compare-and-set append of a content version; `HeadMoved` when it lost.
+    async fn write_content(&self, project_id: i64, write: ContentWrite, meta: WriteMeta) -> StoreResult<Applied<VersionInfo>>;
+    /// `mkdir -p`; returns the directory's head and whether anything was created.
+    async fn mkdir(&self, project_id: i64, path: &WsPath, mode: u32, meta: WriteMeta) -> StoreResult<Applied<(VersionInfo, bool)>>;
+    async fn rename(
+        &self,
+        project_id: i64,
+        from: &WsPath,
+        to: &WsPath,
+        replace: bool,
+        base_version: Option<i64>,
+        meta: WriteMeta,
+    ) -> StoreResult<Applied<RenameOutcome>>;
+    async fn delete(
+        &self,
+        project_id: i64,
+        path: &WsPath,
+        base_version: Option<i64>,
+        recursive: bool,
+        meta: WriteMeta,
+    ) -> StoreResult<Applied<Vec<VersionInfo>>>;
+
+    /// Events with `seq > since`, oldest first; the bool says more are waiting.
+    async fn changes(&self, project_id: i64, since: i64, limit: u32) -> StoreResult<(Vec<ChangeEvent>, bool)>;
+    async fn audit(&self, project_id: i64, since: i64, limit: u32) -> StoreResult<AuditPage>;
+
+    /// Remember that this project uploaded (or was given) a blob, so its
+    /// tokens may read it; other projects cannot probe for it by hash.
+    async fn record_blob(&self, project_id: i64, hash: &BlobHash) -> StoreResult<()>;
+    async fn project_has_blob(&self, project_id: i64, hash: &BlobHash) -> StoreResult<bool>;
+
+    /// Replace the published skills as a whole.
+    async fn publish_skills(&self, skills: Vec<SkillInfo>, meta: WriteMeta) -> StoreResult<()>;
+    async fn skills(&self) -> StoreResult<SkillsListing>;
+    async fn skill_has_blob(&self, hash: &BlobHash) -> StoreResult<bool>;
+
+    /// Every hash any version, skill or project upload refers to (crash
+    /// checks and migration walk this).
+    async fn referenced_hashes(&self) -> StoreResult<Vec<BlobHash>>;
+}
+
+/// Milliseconds since the epoch as RFC 3339, for the API.
+pub fn format_time(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,1131 @@
+//! The embedded metadata store: SQLite in WAL mode.
+//!
+//! All writes go through one writer thread that batches whatever requests are
+//! waiting into a single transaction (group commit): each request runs inside
+//! its own SAVEPOINT so one failure does not undo its neighbours, and one
+//! fsync of the WAL acknowledges the whole batch. `synchronous=FULL` means a
+//! commit the client was told about survives power loss. Reads use a small
+//! pool of separate connections that see WAL snapshots and never block the
+//! writer.
+
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::*;
+use crate::api::{AuditEntry, SkillFile};
+
+/// How many queued writes one transaction may absorb.
+const MAX_BATCH: usize = 256;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS projects (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    cursor INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL UNIQUE,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    access TEXT NOT NULL,
+    label TEXT,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    path TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    head INTEGER NOT NULL,
+    deleted_at INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS nodes_live_path ON nodes(project_id, path) WHERE deleted = 0;
+CREATE INDEX IF NOT EXISTS nodes_any_path ON nodes(project_id, path, deleted_at);
+CREATE TABLE IF NOT EXISTS versions (
+    node_id INTEGER NOT NULL REFERENCES nodes(id),
+    number INTEGER NOT NULL,
+    project_id INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    mode INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    status TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    parent INTEGER,
+    author TEXT NOT NULL,
+    agent_id TEXT,
+    message TEXT,
+    created_at INTEGER NOT NULL,
+    idempotency_key TEXT,
+    PRIMARY KEY (node_id, number)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS versions_idempotency ON versions(project_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    project_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    node_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    old_path TEXT,
+    PRIMARY KEY (project_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER,
+    created_at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    agent_id TEXT,
+    action TEXT NOT NULL,
+    path TEXT,
+    version INTEGER,
+    status TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_project ON audit(project_id, id);
+CREATE TABLE IF NOT EXISTS project_blobs (
+    project_id INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (project_id, hash)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS skills (
+    name TEXT PRIMARY KEY,
+    description TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS skill_files (
+    path TEXT PRIMARY KEY,
+    skill TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mode INTEGER NOT NULL
+);
+"#;
+
+const VERSION_COLUMNS: &str = "node_id, number, path, kind, mode, hash, size, op, status, deleted, parent, author, agent_id, message, created_at";
+
+type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+
+pub struct SqliteStore {
+    writer: mpsc::Sender<Job>,
+    readers: Arc<ReaderPool>,
+}
+
+struct ReaderPool {
+    path: std::path::PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn take(&self) -> StoreResult<Connection> {
+        let pooled = self.idle.lock().map_err(|_| backend("reader pool poisoned"))?.pop();
+        match pooled {
+            Some(conn) => Ok(conn),
+            None => open_connection(&self.path),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < 16 {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+fn backend(message: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(message.to_string())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+fn open_connection(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;",
+    )?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and starts the writer thread.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let conn = open_connection(path)?;
+        conn.execute_batch(SCHEMA)?;
+        let found: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .optional()?;
+        match found {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    [SCHEMA_VERSION.to_string()],
+                )?;
+            }
+            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) => {
+                return Err(backend(format!(
+                    "database schema version {v} is not supported by this build (expects {SCHEMA_VERSION})"
+                )))
+            }
+        }
+        // An integrity check on open turns silent corruption into a loud refusal.
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(backend(format!("database {} failed its integrity check: {check}", path.display())));
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| backend(format!("cannot start the database writer thread: {e}")))?;
+        Ok(Self {
+            writer: tx,
+            readers: Arc::new(ReaderPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }),
+        })
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let finish: Finish = Box::new(move |committed| {
+                let _ = tx.send(match committed {
+                    Ok(()) => result,
+                    Err(e) => Err(StoreError::Backend(e)),
+                });
+            });
+            (ok, finish)
+        });
+        self.writer.send(job).map_err(|_| backend("the database writer thread has stopped"))?;
+        rx.await.map_err(|_| backend("the database writer thread dropped a request"))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let result = {
+                // One read transaction = one consistent snapshot for multi-query reads.
+                let tx = conn.unchecked_transaction()?;
+                let r = f(&tx);
+                tx.finish()?;
+                r
+            };
+            pool.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|e| backend(format!("database reader task failed: {e}")))?
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut finishes = Vec::with_capacity(batch.len());
+        let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string());
+        if let Err(e) = begun {
+            for job in batch {
+                let (_, finish) = job(&conn);
+                finish(Err(format!("cannot begin a transaction: {e}")));
+            }
+            continue;
+        }
+        for job in batch {
+            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                tracing::error!(error = %e, "savepoint failed");
+            }
+            let (ok, finish) = job(&conn);
+            let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            if let Err(e) = conn.execute_batch(end) {
+                tracing::error!(error = %e, "ending savepoint failed");
+            }
+            finishes.push(finish);
+        }
+        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if committed.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for finish in finishes {
+            finish(committed.clone());
+        }
+    }
+}
+
+fn parse_kind(raw: String) -> rusqlite::Result<NodeKind> {
+    NodeKind::parse(&raw).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, raw, rusqlite::types::Type::Text))
+}
+
+fn parse_hash(raw: String) -> rusqlite::Result<BlobHash> {
+    BlobHash::parse(&raw).map_err(|_| rusqlite::Error::InvalidColumnType(0, raw, rusqlite::types::Type::Text))
+}
+
+fn version_from_row(r: &Row) -> rusqlite::Result<VersionInfo> {
+    let op: String = r.get(7)?;
+    let status: String = r.get(8)?;
+    Ok(VersionInfo {
+        node: r.get(0)?,
+        version: r.get(1)?,
+        path: r.get(2)?,
+        kind: parse_kind(r.get(3)?)?,
+        mode: r.get(4)?,
+        hash: parse_hash(r.get(5)?)?,
+        size: r.get::<_, i64>(6)? as u64,
+        op: VersionOp::parse(&op)
+            .ok_or_else(|| rusqlite::Error::InvalidColumnType(7, op.clone(), rusqlite::types::Type::Text))?,
+        status: VersionStatus::parse(&status)
+            .ok_or_else(|| rusqlite::Error::InvalidColumnType(8, status.clone(), rusqlite::types::Type::Text))?,
+        deleted: r.get(9)?,
+        parent: r.get(10)?,
+        author: r.get(11)?,
+        agent_id: r.get(12)?,
+        message: r.get(13)?,
+        created_at: format_time(r.get(14)?),
+    })
+}
+
+fn get_version(conn: &Connection, node: i64, number: i64) -> StoreResult<Option<VersionInfo>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {VERSION_COLUMNS} FROM versions WHERE node_id = ?1 AND number = ?2"
+    ))?;
+    Ok(stmt.query_row(params![node, number], version_from_row).optional()?)
+}
+
+struct NodeRow {
+    id: i64,
+    path: String,
+    kind: NodeKind,
+    deleted: bool,
+    head: i64,
+}
+
+fn live_node(conn: &Connection, project_id: i64, path: &str) -> StoreResult<Option<NodeRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = ?1 AND path = ?2 AND deleted = 0",
+    )?;
+    Ok(stmt
+        .query_row(params![project_id, path], |r| {
+            Ok(NodeRow { id: r.get(0)?, path: r.get(1)?, kind: parse_kind(r.get(2)?)?, deleted: r.get(3)?, head: r.get(4)? })
+        })
+        .optional()?)
+}
+
+fn node_by_id(conn: &Connection, project_id: i64, id: i64) -> StoreResult<Option<NodeRow>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = ?1 AND id = ?2")?;
+    Ok(stmt
+        .query_row(params![project_id, id], |r| {
+            Ok(NodeRow { id: r.get(0)?, path: r.get(1)?, kind: parse_kind(r.get(2)?)?, deleted: r.get(3)?, head: r.get(4)? })
+        })
+        .optional()?)
+}
+
+fn bump_cursor(conn: &Connection, project_id: i64) -> StoreResult<i64> {
+    let mut stmt = conn.prepare_cached("UPDATE projects SET cursor = cursor + 1 WHERE id = ?1 RETURNING cursor")?;
+    Ok(stmt.query_row([project_id], |r| r.get(0))?)
+}
+
+fn current_cursor(conn: &Connection, project_id: i64) -> StoreResult<i64> {
+    Ok(conn.query_row("SELECT cursor FROM projects WHERE id = ?1", [project_id], |r| r.get(0))?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn audit(
+    conn: &Connection,
+    project_id: Option<i64>,
+    meta: &WriteMeta,
+    action: &str,
+    path: Option<&str>,
+    version: Option<i64>,
+    status: Option<&str>,
+    detail: Option<&str>,
+) -> StoreResult<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO audit (project_id, created_at, actor, agent_id, action, path, version, status, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    stmt.execute(params![project_id, meta.now, meta.author, meta.agent_id, action, path, version, status, detail])?;
+    Ok(())
+}
+
+/// Everything a new version row needs beyond its node.
+struct NewVersion<'a> {
+    path: &'a str,
+    kind: NodeKind,
+    mode: u32,
+    hash: &'a BlobHash,
+    size: u64,
+    op: VersionOp,
+    status: VersionStatus,
+    deleted: bool,
+    idempotency_key: Option<&'a str>,
+    old_path: Option<&'a str>,
+}
+
+/// Appends version `parent + 1` (or 1) to `node`, moves the node's head, and
+/// records the change-feed event and the audit row.
+fn append_version(
+    conn: &Connection,
+    project_id: i64,
+    node: i64,
+    parent: Option<i64>,
+    v: &NewVersion,
+    meta: &WriteMeta,
+) -> StoreResult<(VersionInfo, i64)> {
+    let number = parent.unwrap_or(0) + 1;
+    conn.prepare_cached(
+        "INSERT INTO versions (node_id, number, project_id, path, kind, mode, hash, size, op, status, deleted, parent,
+                               author, agent_id, message, created_at, idempotency_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+    )?
+    .execute(params![
+        node,
+        number,
+        project_id,
+        v.path,
+        v.kind.as_str(),
+        v.mode,
+        v.hash.as_str(),
+        v.size as i64,
+        v.op.as_str(),
+        v.status.as_str(),
+        v.deleted,
+        parent,
+        meta.author,
+        meta.agent_id,
+        meta.message,
+        meta.now,
+        v.idempotency_key,
+    ])?;
+    conn.prepare_cached(
+        "UPDATE nodes SET head = ?2, path = ?3, kind = ?4, deleted = ?5, deleted_at = ?6 WHERE id = ?1",
+    )?
+    .execute(params![node, number, v.path, v.kind.as_str(), v.deleted, v.deleted.then_some(meta.now)])?;
+    let seq = bump_cursor(conn, project_id)?;
+    conn.prepare_cached("INSERT INTO events (project_id, seq, node_id, version, old_path) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![project_id, seq, node, number, v.old_path])?;
+    audit(conn, Some(project_id), meta, v.op.as_str(), Some(v.path), Some(number), Some(v.status.as_str()), v.old_path)?;
+    let info = get_version(conn, node, number)?.ok_or_else(|| backend("a version vanished inside its transaction"))?;
+    Ok((info, seq))
+}
+
+fn create_node(conn: &Connection, project_id: i64, v: &NewVersion, meta: &WriteMeta) -> StoreResult<(VersionInfo, i64)> {
+    let node: i64 = conn
+        .prepare_cached("INSERT INTO nodes (project_id, path, kind, deleted, head) VALUES (?1, ?2, ?3, 0, 1) RETURNING id")?
+        .query_row(params![project_id, v.path, v.kind.as_str()], |r| r.get(0))?;
+    append_version(conn, project_id, node, None, v, meta)
+}
+
+fn empty_hash() -> BlobHash {
+    BlobHash::of(b"")
+}
+
+/// `mkdir -p` of every ancestor of `path`; fails if one of them is not a directory.
+fn ensure_parents(conn: &Connection, project_id: i64, path: &WsPath, meta: &WriteMeta) -> StoreResult<i64> {
+    let mut cursor = 0;
+    for dir in path.ancestors() {
+        cursor = cursor.max(ensure_dir(conn, project_id, &dir, 0o755, meta)?.1);
+    }
+    Ok(cursor)
+}
+
+/// Returns the directory's head version, the cursor it advanced to (0 if it
+/// already existed) and whether it was created.
+fn ensure_dir(conn: &Connection, project_id: i64, dir: &WsPath, mode: u32, meta: &WriteMeta) -> StoreResult<(VersionInfo, i64, bool)> {
+    match live_node(conn, project_id, dir.as_str())? {
+        Some(node) if node.kind == NodeKind::Dir => {
+            let head = get_version(conn, node.id, node.head)?.ok_or_else(|| backend("node head missing"))?;
+            Ok((head, 0, false))
+        }
+        Some(node) => Err(StoreError::Conflict {
+            code: "not_a_directory",
+            message: format!("{} is a {}, not a directory", node.path, node.kind.as_str()),
+        }),
+        None => {
+            let hash = empty_hash();
+            let v = NewVersion {
+                path: dir.as_str(),
+                kind: NodeKind::Dir,
+                mode,
+                hash: &hash,
+                size: 0,
+                op: VersionOp::Mkdir,
+                status: VersionStatus::Clean,
+                deleted: false,
+                idempotency_key: None,
+                old_path: None,
+            };
+            let (info, seq) = create_node(conn, project_id, &v, meta)?;
+            Ok((info, seq, true))
+        }
+    }
+}
+
+/// Live descendants of a directory path, deepest first.
+fn live_descendants(conn: &Connection, project_id: i64, dir: &str) -> StoreResult<Vec<NodeRow>> {
+    let lower = format!("{dir}/");
+    let upper = format!("{dir}0"); // '0' sorts right after '/'
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, path, kind, deleted, head FROM nodes
+         WHERE project_id = ?1 AND deleted = 0 AND path >= ?2 AND path < ?3 ORDER BY path DESC",
+    )?;
+    let rows = stmt
+        .query_map(params![project_id, lower, upper], |r| {
+            Ok(NodeRow { id: r.get(0)?, path: r.get(1)?, kind: parse_kind(r.get(2)?)?, deleted: r.get(3)?, head: r.get(4)? })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+fn tombstone(conn: &Connection, project_id: i64, node: &NodeRow, meta: &WriteMeta) -> StoreResult<(VersionInfo, i64)> {
+    let head = get_version(conn, node.id, node.head)?.ok_or_else(|| backend("node head missing"))?;
+    let v = NewVersion {
+        path: &node.path,
+        kind: node.kind,
+        mode: head.mode,
+        hash: &head.hash,
+        size: head.size,
+        op: VersionOp::Delete,
+        status: VersionStatus::Clean,
+        deleted: true,
+        idempotency_key: None,
+        old_path: None,
+    };
+    append_version(conn, project_id, node.id, Some(node.head), &v, meta)
+}
+
+fn check_base(conn: &Connection, node: &NodeRow, base_version: Option<i64>) -> StoreResult<()> {
+    match base_version {
+        Some(base) if base != node.head => {
+            let _ = conn;
+            Err(StoreError::HeadMoved)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn project_row(r: &Row) -> rusqlite::Result<ProjectRow> {
+    Ok(ProjectRow { id: r.get(0)?, name: r.get(1)?, created_at: r.get(2)?, cursor: r.get(3)? })
+}
+
+fn token_row(r: &Row) -> rusqlite::Result<TokenRow> {
+    let access: String = r.get(3)?;
+    Ok(TokenRow {
+        id: r.get(0)?,
+        project_id: r.get(1)?,
+        project: r.get(2)?,
+        access: Access::parse(&access)
+            .ok_or_else(|| rusqlite::Error::InvalidColumnType(3, access.clone(), rusqlite::types::Type::Text))?,
+        label: r.get(4)?,
+        created_at: r.get(5)?,
+        revoked: r.get::<_, Option<i64>>(6)?.is_some(),
+    })
+}
+
+const TOKEN_SELECT: &str = "SELECT t.id, t.project_id, p.name, t.access, t.label, t.created_at, t.revoked_at
+                            FROM tokens t JOIN projects p ON p.id = t.project_id";
+
+#[async_trait]
+impl MetadataStore for SqliteStore {
+    async fn create_project(&self, name: &str, meta: WriteMeta) -> StoreResult<ProjectRow> {
+        let name = name.to_string();
+        self.write(move |conn| {
+            let exists: Option<i64> =
+                conn.query_row("SELECT id FROM projects WHERE name = ?1", [&name], |r| r.get(0)).optional()?;
+            if exists.is_some() {
+                return Err(StoreError::AlreadyExists(format!("project {name} already exists")));
+            }
+            let row = conn.query_row(
+                "INSERT INTO projects (name, created_at, cursor) VALUES (?1, ?2, 0) RETURNING id, name, created_at, cursor",
+                params![name, meta.now],
+                project_row,
+            )?;
+            audit(conn, Some(row.id), &meta, "create_project", None, None, None, Some(&name))?;
+            Ok(row)
+        })
+        .await
+    }
+
+    async fn project(&self, name: &str) -> StoreResult<Option<ProjectRow>> {
+        let name = name.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT id, name, created_at, cursor FROM projects WHERE name = ?1")?
+                .query_row([name], project_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn projects(&self) -> StoreResult<Vec<ProjectRow>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare("SELECT id, name, created_at, cursor FROM projects ORDER BY name")?;
+            let rows = stmt.query_map([], project_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn create_token(
+        &self,
+        project_id: i64,
+        id: &str,
+        secret_hash: &str,
+        access: Access,
+        label: Option<String>,
+        meta: WriteMeta,
+    ) -> StoreResult<TokenRow> {
+        let id = id.to_string();
+        let secret_hash = secret_hash.to_string();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO tokens (id, secret_hash, project_id, access, label, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, secret_hash, project_id, access.as_str(), label, meta.now],
+            )?;
+            audit(conn, Some(project_id), &meta, "create_token", None, None, Some(access.as_str()), Some(&id))?;
+            Ok(conn.query_row(&format!("{TOKEN_SELECT} WHERE t.id = ?1"), [&id], token_row)?)
+        })
+        .await
+    }
+
+    async fn token_by_secret_hash(&self, secret_hash: &str) -> StoreResult<Option<TokenRow>> {
+        let secret_hash = secret_hash.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!("{TOKEN_SELECT} WHERE t.secret_hash = ?1"))?
+                .query_row([secret_hash], token_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn tokens(&self, project_id: i64) -> StoreResult<Vec<TokenRow>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&format!("{TOKEN_SELECT} WHERE t.project_id = ?1 ORDER BY t.created_at, t.id"))?;
+            let rows = stmt.query_map([project_id], token_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, id: &str, meta: WriteMeta) -> StoreResult<bool> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            let project: Option<i64> =
+                conn.query_row("SELECT project_id FROM tokens WHERE id = ?1", [&id], |r| r.get(0)).optional()?;
+            let Some(project) = project else { return Ok(false) };
+            conn.execute("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, meta.now])?;
+            audit(conn, Some(project), &meta, "revoke_token", None, None, None, Some(&id))?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn tree(&self, project_id: i64, prefix: Option<&WsPath>, recursive: bool) -> StoreResult<TreeListing> {
+        let prefix = prefix.map(|p| p.as_str().to_string());
+        self.read(move |conn| {
+            let cursor = current_cursor(conn, project_id)?;
+            let (lower, upper) = match &prefix {
+                Some(p) => (format!("{p}/"), format!("{p}0")),
+                None => (String::new(), "\u{10FFFF}".to_string()),
+            };
+            let mut stmt = conn.prepare_cached(
+                "SELECT n.path, n.id, v.kind, v.mode, v.size, v.hash, v.number, v.created_at
+                 FROM nodes n JOIN versions v ON v.node_id = n.id AND v.number = n.head
+                 WHERE n.project_id = ?1 AND n.deleted = 0 AND n.path >= ?2 AND n.path < ?3
+                 ORDER BY n.path",
+            )?;
+            let depth_start = lower.len();
+            let mut entries = Vec::new();
+            let mut rows = stmt.query(params![project_id, lower, upper])?;
+            while let Some(r) = rows.next()? {
+                let path: String = r.get(0)?;
+                if !recursive && path[depth_start..].contains('/') {
+                    continue;
+                }
+                entries.push(crate::api::TreeEntry {
+                    path,
+                    id: r.get(1)?,
+                    kind: parse_kind(r.get(2)?)?,
+                    mode: r.get(3)?,
+                    size: r.get::<_, i64>(4)? as u64,
+                    hash: parse_hash(r.get(5)?)?,
+                    version: r.get(6)?,
+                    modified_at: format_time(r.get(7)?),
+                });
+            }
+            Ok(TreeListing { cursor, entries })
+        })
+        .await
+    }
+
+    async fn node_at(&self, project_id: i64, path: &WsPath) -> StoreResult<Option<NodeHead>> {
+        let path = path.as_str().to_string();
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = ?1 AND path = ?2
+                     ORDER BY deleted ASC, deleted_at DESC, id DESC LIMIT 1",
+                )?
+                .query_row(params![project_id, path], |r| {
+                    Ok(NodeRow {
+                        id: r.get(0)?,
+                        path: r.get(1)?,
+                        kind: parse_kind(r.get(2)?)?,
+                        deleted: r.get(3)?,
+                        head: r.get(4)?,
+                    })
+                })
+                .optional()?;
+            let Some(row) = row else { return Ok(None) };
+            let head = get_version(conn, row.id, row.head)?.ok_or_else(|| backend("node head missing"))?;
+            Ok(Some(NodeHead { node: row.id, path: row.path, kind: row.kind, deleted: row.deleted, head }))
+        })
+        .await
+    }
+
+    async fn version(&self, node: i64, number: i64) -> StoreResult<Option<VersionInfo>> {
+        self.read(move |conn| get_version(conn, node, number)).await
+    }
+
+    async fn history(&self, node: i64, before: Option<i64>, limit: u32) -> StoreResult<Vec<VersionInfo>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE node_id = ?1 AND number < ?2 ORDER BY number DESC LIMIT ?3"
+            ))?;
+            let rows = stmt
+                .query_map(params![node, before.unwrap_or(i64::MAX), limit], version_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn find_idempotent(&self, project_id: i64, key: &str) -> StoreResult<Option<VersionInfo>> {
+        let key = key.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {VERSION_COLUMNS} FROM versions WHERE project_id = ?1 AND idempotency_key = ?2"
+                ))?
+                .query_row(params![project_id, key], version_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn write_content(&self, project_id: i64, write: ContentWrite, meta: WriteMeta) -> StoreResult<Applied<VersionInfo>> {
+        self.write(move |conn| {
+            if let Some(key) = &write.idempotency_key {
+                let seen: Option<i64> = conn
+                    .prepare_cached("SELECT 1 FROM versions WHERE project_id = ?1 AND idempotency_key = ?2")?
+                    .query_row(params![project_id, key], |r| r.get(0))
+                    .optional()?;
+                if seen.is_some() {
+                    // A concurrent retry of the same commit won: let the caller find it.
+                    return Err(StoreError::HeadMoved);
+                }
+            }
+            match &write.target {
+                WriteTarget::New { path } => {
+                    if live_node(conn, project_id, path.as_str())?.is_some() {
+                        return Err(StoreError::HeadMoved);
+                    }
+                    let parents_cursor = ensure_parents(conn, project_id, path, &meta)?;
+                    let v = NewVersion {
+                        path: path.as_str(),
+                        kind: write.kind,
+                        mode: write.mode,
+                        hash: &write.hash,
+                        size: write.size,
+                        op: write.op,
+                        status: write.status,
+                        deleted: false,
+                        idempotency_key: write.idempotency_key.as_deref(),
+                        old_path: None,
+                    };
+                    let (info, seq) = create_node(conn, project_id, &v, &meta)?;
+                    Ok(Applied { value: info, cursor: seq.max(parents_cursor) })
+                }
+                WriteTarget::Existing { node, expected_head } => {
+                    let row = node_by_id(conn, project_id, *node)?
+                        .ok_or_else(|| StoreError::NotFound(format!("node {node} does not exist")))?;
+                    if row.head != *expected_head {
+                        return Err(StoreError::HeadMoved);
+                    }
+                    let mut parents_cursor = 0;
+                    if row.deleted {
+                        // Restoring a deleted node: its path must be free again.
+                        if let Some(other) = live_node(conn, project_id, &row.path)? {
+                            return Err(StoreError::Conflict {
+                                code: "path_occupied",
+                                message: format!(
+                                    "{} was deleted and another {} now lives at that path; rename it first",
+                                    row.path,
+                                    other.kind.as_str()
+                                ),
+                            });
+                        }
+                        let path = WsPath::parse(&row.path).map_err(backend)?;
+                        parents_cursor = ensure_parents(conn, project_id, &path, &meta)?;
+                    } else if row.kind != write.kind {
+                        return Err(StoreError::Conflict {
+                            code: "kind_mismatch",
+                            message: format!(
+                                "{} is a {}; delete it before writing a {}",
+                                row.path,
+                                row.kind.as_str(),
+                                write.kind.as_str()
+                            ),
+                        });
+                    }
+                    let v = NewVersion {
+                        path: &row.path,
+                        kind: write.kind,
+                        mode: write.mode,
+                        hash: &write.hash,
+                        size: write.size,
+                        op: write.op,
+                        status: write.status,
+                        deleted: false,
+                        idempotency_key: write.idempotency_key.as_deref(),
+                        old_path: None,
+                    };
+                    let (info, seq) = append_version(conn, project_id, row.id, Some(row.head), &v, &meta)?;
+                    Ok(Applied { value: info, cursor: seq.max(parents_cursor) })
+                }
+            }
+        })
+        .await
+    }
+
+    async fn mkdir(&self, project_id: i64, path: &WsPath, mode: u32, meta: WriteMeta) -> StoreResult<Applied<(VersionInfo, bool)>> {
+        let path = path.clone();
+        self.write(move |conn| {
+            let parents_cursor = ensure_parents(conn, project_id, &path, &meta)?;
+            let (info, seq, created) = ensure_dir(conn, project_id, &path, mode, &meta)?;
+            let cursor = if seq == 0 && parents_cursor == 0 { current_cursor(conn, project_id)? } else { seq.max(parents_cursor) };
+            Ok(Applied { value: (info, created), cursor })
+        })
+        .await
+    }
+
+    async fn rename(
+        &self,
+        project_id: i64,
+        from: &WsPath,
+        to: &WsPath,
+        replace: bool,
+        base_version: Option<i64>,
+        meta: WriteMeta,
+    ) -> StoreResult<Applied<RenameOutcome>> {
+        let (from, to) = (from.clone(), to.clone());
+        self.write(move |conn| {
+            let source = live_node(conn, project_id, from.as_str())?
+                .ok_or_else(|| StoreError::NotFound(format!("{from} does not exist")))?;
+            check_base(conn, &source, base_version)?;
+            if source.kind == NodeKind::Dir && to.starts_with(&from) && to != from {
+                return Err(StoreError::Conflict {
+                    code: "invalid_rename",
+                    message: format!("cannot move directory {from} into itself ({to})"),
+                });
+            }
+            let mut cursor = 0;
+            let mut replaced = None;
+            if to == from {
+                let head = get_version(conn, source.id, source.head)?.ok_or_else(|| backend("node head missing"))?;
+                return Ok(Applied { value: RenameOutcome { moved: head, replaced: None }, cursor: current_cursor(conn, project_id)? });
+            }
+            if let Some(target) = live_node(conn, project_id, to.as_str())? {
+                if !replace {
+                    return Err(StoreError::Conflict {
+                        code: "exists",
+                        message: format!("{to} already exists; pass replace=true to overwrite it"),
+                    });
+                }
+                match (source.kind == NodeKind::Dir, target.kind == NodeKind::Dir) {
+                    (false, true) => {
+                        return Err(StoreError::Conflict {
+                            code: "is_a_directory",
+                            message: format!("{to} is a directory and {from} is not"),
+                        })
+                    }
+                    (true, false) => {
+                        return Err(StoreError::Conflict {
+                            code: "not_a_directory",
+                            message: format!("{to} is not a directory and {from} is one"),
+                        })
+                    }
+                    (true, true) if !live_descendants(conn, project_id, &target.path)?.is_empty() => {
+                        return Err(StoreError::Conflict {
+                            code: "not_empty",
+                            message: format!("directory {to} is not empty"),
+                        })
+                    }
+                    _ => {}
+                }
+                let (info, seq) = tombstone(conn, project_id, &target, &meta)?;
+                cursor = cursor.max(seq);
+                replaced = Some(info);
+            }
+            cursor = cursor.max(ensure_parents(conn, project_id, &to, &meta)?);
+            // Children keep their ids; only their current path moves with the directory.
+            if source.kind == NodeKind::Dir {
+                let prefix_len = from.as_str().len();
+                for child in live_descendants(conn, project_id, from.as_str())? {
+                    let new_path = format!("{}{}", to.as_str(), &child.path[prefix_len..]);
+                    conn.prepare_cached("UPDATE nodes SET path = ?2 WHERE id = ?1")?.execute(params![child.id, new_path])?;
+                }
+            }
+            let head = get_version(conn, source.id, source.head)?.ok_or_else(|| backend("node head missing"))?;
+            let v = NewVersion {
+                path: to.as_str(),
+                kind: source.kind,
+                mode: head.mode,
+                hash: &head.hash,
+                size: head.size,
+                op: VersionOp::Rename,
+                status: VersionStatus::Clean,
+                deleted: false,
+                idempotency_key: None,
+                old_path: Some(from.as_str()),
+            };
+            let (moved, seq) = append_version(conn, project_id, source.id, Some(source.head), &v, &meta)?;
+            Ok(Applied { value: RenameOutcome { moved, replaced }, cursor: cursor.max(seq) })
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        project_id: i64,
+        path: &WsPath,
+        base_version: Option<i64>,
+        recursive: bool,
+        meta: WriteMeta,
+    ) -> StoreResult<Applied<Vec<VersionInfo>>> {
+        let path = path.clone();
+        self.write(move |conn| {
+            let node = live_node(conn, project_id, path.as_str())?
+                .ok_or_else(|| StoreError::NotFound(format!("{path} does not exist")))?;
+            check_base(conn, &node, base_version)?;
+            let mut deleted = Vec::new();
+            let mut cursor = 0;
+            if node.kind == NodeKind::Dir {
+                let children = live_descendants(conn, project_id, &node.path)?;
+                if !children.is_empty() && !recursive {
+                    return Err(StoreError::Conflict {
+                        code: "not_empty",
+                        message: format!("directory {path} is not empty; pass recursive=true to delete it and its contents"),
+                    });
+                }
+                for child in &children {
+                    let (info, seq) = tombstone(conn, project_id, child, &meta)?;
+                    cursor = cursor.max(seq);
+                    deleted.push(info);
+                }
+            }
+            let (info, seq) = tombstone(conn, project_id, &node, &meta)?;
+            deleted.insert(0, info);
+            Ok(Applied { value: deleted, cursor: cursor.max(seq) })
+        })
+        .await
+    }
+
+    async fn changes(&self, project_id: i64, since: i64, limit: u32) -> StoreResult<(Vec<ChangeEvent>, bool)> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.seq, e.node_id, v.path, e.old_path, v.op, v.number, v.kind, v.hash, v.size, v.mode, v.deleted,
+                        v.agent_id, v.created_at
+                 FROM events e JOIN versions v ON v.node_id = e.node_id AND v.number = e.version
+                 WHERE e.project_id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3",
+            )?;
+            let mut events = stmt
+                .query_map(params![project_id, since, limit as i64 + 1], |r| {
+                    let op: String = r.get(4)?;
+                    Ok(ChangeEvent {
+                        seq: r.get(0)?,
+                        node: r.get(1)?,
+                        path: r.get(2)?,
+                        old_path: r.get(3)?,
+                        op: VersionOp::parse(&op)
+                            .ok_or_else(|| rusqlite::Error::InvalidColumnType(4, op.clone(), rusqlite::types::Type::Text))?,
+                        version: r.get(5)?,
+                        kind: parse_kind(r.get(6)?)?,
+                        hash: parse_hash(r.get(7)?)?,
+                        size: r.get::<_, i64>(8)? as u64,
+                        mode: r.get(9)?,
+                        deleted: r.get(10)?,
+                        agent_id: r.get(11)?,
+                        at: format_time(r.get(12)?),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let more = events.len() > limit as usize;
+            events.truncate(limit as usize);
+            Ok((events, more))
+        })
+        .await
+    }
+
+    async fn audit(&self, project_id: i64, since: i64, limit: u32) -> StoreResult<AuditPage> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, created_at, actor, agent_id, action, path, version, status, detail FROM audit
+                 WHERE project_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let mut entries = stmt
+                .query_map(params![project_id, since, limit as i64 + 1], |r| {
+                    Ok(AuditEntry {
+                        seq: r.get(0)?,
+                        at: format_time(r.get(1)?),
+                        actor: r.get(2)?,
+                        agent_id: r.get(3)?,
+                        action: r.get(4)?,
+                        path: r.get(5)?,
+                        version: r.get(6)?,
+                        status: r.get(7)?,
+                        detail: r.get(8)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let more = entries.len() > limit as usize;
+            entries.truncate(limit as usize);
+            let next_since = if more { entries.last().map(|e| e.seq) } else { None };
+            Ok(AuditPage { entries, next_since })
+        })
+        .await
+    }
+
+    async fn record_blob(&self, project_id: i64, hash: &BlobHash) -> StoreResult<()> {
+        let hash = hash.clone();
+        self.write(move |conn| {
+            conn.prepare_cached("INSERT OR IGNORE INTO project_blobs (project_id, hash) VALUES (?1, ?2)")?
+                .execute(params![project_id, hash.as_str()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn project_has_blob(&self, project_id: i64, hash: &BlobHash) -> StoreResult<bool> {
+        let hash = hash.clone();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM project_blobs WHERE project_id = ?1 AND hash = ?2")?
+                .query_row(params![project_id, hash.as_str()], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
+        .await
+    }
+
+    async fn publish_skills(&self, skills: Vec<SkillInfo>, meta: WriteMeta) -> StoreResult<()> {
+        self.write(move |conn| {
+            conn.execute("DELETE FROM skills", [])?;
+            conn.execute("DELETE FROM skill_files", [])?;
+            for skill in &skills {
+                conn.execute("INSERT INTO skills (name, description) VALUES (?1, ?2)", params![skill.name, skill.description])?;
+                for file in &skill.files {
+                    conn.execute(
+                        "INSERT INTO skill_files (path, skill, hash, size, mode) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![file.path.as_str(), skill.name, file.hash.as_str(), file.size as i64, file.mode],
+                    )?;
+                }
+            }
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('skills_published_at', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [meta.now.to_string()],
+            )?;
+            let names: Vec<&str> = skills.iter().map(|s| s.name.as_str()).collect();
+            audit(conn, None, &meta, "publish_skills", None, None, None, Some(&names.join(",")))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn skills(&self) -> StoreResult<SkillsListing> {
+        self.read(|conn| {
+            let published_at: Option<String> = conn
+                .query_row("SELECT value FROM meta WHERE key = 'skills_published_at'", [], |r| r.get(0))
+                .optional()?;
+            let mut skills: Vec<SkillInfo> = conn
+                .prepare("SELECT name, description FROM skills ORDER BY name")?
+                .query_map([], |r| Ok(SkillInfo { name: r.get(0)?, description: r.get(1)?, files: Vec::new() }))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut stmt = conn.prepare("SELECT skill, path, hash, size, mode FROM skill_files ORDER BY path")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let skill: String = r.get(0)?;
+                let path: String = r.get(1)?;
+                let file = SkillFile {
+                    path: WsPath::parse(&path).map_err(backend)?,
+                    hash: parse_hash(r.get(2)?)?,
+                    size: r.get::<_, i64>(3)? as u64,
+                    mode: r.get(4)?,
+                };
+                if let Some(s) = skills.iter_mut().find(|s| s.name == skill) {
+                    s.files.push(file);
+                }
+            }
+            Ok(SkillsListing {
+                published_at: published_at.and_then(|v| v.parse().ok()).map(format_time),
+                skills,
+            })
+        })
+        .await
+    }
+
+    async fn skill_has_blob(&self, hash: &BlobHash) -> StoreResult<bool> {
+        let hash = hash.clone();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM skill_files WHERE hash = ?1 LIMIT 1")?
+                .query_row([hash.as_str()], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
+        .await
+    }
+
+    async fn referenced_hashes(&self) -> StoreResult<Vec<BlobHash>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT hash FROM versions UNION SELECT hash FROM skill_files UNION SELECT hash FROM project_blobs",
+            )?;
+            let rows = stmt.query_map([], |r| parse_hash(r.get(0)?))?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
