@@ -10,3 +10,4 @@ pub mod merge;
 pub mod model;
 pub mod server;
 pub mod cli;
+pub mod client;
