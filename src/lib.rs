@@ -6,8 +6,8 @@
 //! (typed REST client), [`cli`] (the command line).
 
 pub mod api;
+pub mod cli;
+pub mod client;
 pub mod merge;
 pub mod model;
 pub mod server;
-pub mod cli;
-pub mod client;

@@ -194,13 +194,19 @@ mod tests {
     #[test]
     fn rejects_escapes_and_junk() {
         assert_eq!(WsPath::parse(""), Err(PathError::Empty));
-        assert!(matches!(WsPath::parse("../etc/passwd"), Err(PathError::DotComponent(_))));
+        assert!(matches!(
+            WsPath::parse("../etc/passwd"),
+            Err(PathError::DotComponent(_))
+        ));
         assert!(matches!(WsPath::parse("a/./b"), Err(PathError::DotComponent(_))));
         assert!(matches!(WsPath::parse("/abs"), Err(PathError::EmptyComponent(_))));
         assert!(matches!(WsPath::parse("a//b"), Err(PathError::EmptyComponent(_))));
         assert!(matches!(WsPath::parse("a/"), Err(PathError::EmptyComponent(_))));
         assert!(matches!(WsPath::parse("a\0b"), Err(PathError::Nul(_))));
-        assert!(matches!(WsPath::parse(&"n".repeat(256)), Err(PathError::NameTooLong { .. })));
+        assert!(matches!(
+            WsPath::parse(&"n".repeat(256)),
+            Err(PathError::NameTooLong { .. })
+        ));
         assert!(WsPath::parse(&"n".repeat(255)).is_ok());
         let long = vec!["d".repeat(200); 21].join("/");
         assert!(matches!(WsPath::parse(&long), Err(PathError::PathTooLong(_))));
@@ -213,7 +219,9 @@ mod tests {
         assert_eq!(names, ["a", "a/b"]);
         assert_eq!(p.parent().unwrap().as_str(), "a/b");
         assert!(p.starts_with(&WsPath::parse("a/b").unwrap()));
-        assert!(!WsPath::parse("a/bc").unwrap().starts_with(&WsPath::parse("a/b").unwrap()));
+        assert!(!WsPath::parse("a/bc")
+            .unwrap()
+            .starts_with(&WsPath::parse("a/b").unwrap()));
         assert_eq!(p.file_name(), "c");
     }
 

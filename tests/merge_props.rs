@@ -9,13 +9,7 @@ use serde_json::{json, Map, Value};
 
 /// Paths covering every content kind, so each identity is checked per kind.
 fn any_path() -> impl Strategy<Value = &'static str> {
-    select(vec![
-        "blob.bin",
-        "data.json",
-        "DATA.JSON",
-        "notes.md",
-        "plain",
-    ])
+    select(vec!["blob.bin", "data.json", "DATA.JSON", "notes.md", "plain"])
 }
 
 fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -25,9 +19,7 @@ fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
 /// Text over a tiny alphabet of lines, so the sides share lines and real
 /// line merges (and conflicts) happen often.
 fn small_text() -> impl Strategy<Value = String> {
-    let line = select(vec![
-        "a\n", "b\n", "c\n", "a\r\n", "d", "\n", "- item\n", "é\n",
-    ]);
+    let line = select(vec!["a\n", "b\n", "c\n", "a\r\n", "d", "\n", "- item\n", "é\n"]);
     prop::collection::vec(line, 0..12).prop_map(|lines| lines.concat())
 }
 
@@ -46,29 +38,14 @@ fn json_value() -> impl Strategy<Value = Value> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
             prop::collection::vec((select(vec!["a", "b", "c", "d", "a/b", "~"]), inner), 0..5)
-                .prop_map(|entries| {
-                    Value::Object(
-                        entries
-                            .into_iter()
-                            .map(|(k, v)| (k.to_owned(), v))
-                            .collect(),
-                    )
-                }),
+                .prop_map(|entries| { Value::Object(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),) }),
         ]
     })
 }
 
 fn json_object() -> impl Strategy<Value = Value> {
-    prop::collection::vec((select(vec!["a", "b", "c", "d"]), json_value()), 0..5).prop_map(
-        |entries| {
-            Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect(),
-            )
-        },
-    )
+    prop::collection::vec((select(vec!["a", "b", "c", "d"]), json_value()), 0..5)
+        .prop_map(|entries| Value::Object(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
 }
 
 /// Deterministically edits `value` driven by `seeds`: keeps, deletes,
@@ -96,10 +73,7 @@ fn mutate(value: &Value, seeds: &mut impl Iterator<Item = u8>) -> Value {
         }
     }
     if seeds.next().unwrap_or(0) < 64 {
-        out.insert(
-            format!("added{}", seeds.next().unwrap_or(0) % 3),
-            json!({"x": 1}),
-        );
+        out.insert(format!("added{}", seeds.next().unwrap_or(0) % 3), json!({"x": 1}));
     }
     Value::Object(out)
 }
@@ -108,8 +82,7 @@ fn mutate(value: &Value, seeds: &mut impl Iterator<Item = u8>) -> Value {
 fn render(value: &Value, layout: u8) -> Vec<u8> {
     let pretty = |indent: &[u8]| {
         let mut out = Vec::new();
-        let mut serializer =
-            Serializer::with_formatter(&mut out, PrettyFormatter::with_indent(indent));
+        let mut serializer = Serializer::with_formatter(&mut out, PrettyFormatter::with_indent(indent));
         // Writing a `Value` into memory cannot fail.
         let _ = value.serialize(&mut serializer);
         out
@@ -138,9 +111,7 @@ fn parse(bytes: &[u8]) -> Result<Value, TestCaseError> {
 fn expect_merged(outcome: MergeOutcome) -> Result<Vec<u8>, TestCaseError> {
     match outcome {
         MergeOutcome::Merged(bytes) => Ok(bytes),
-        MergeOutcome::Conflict(reason) => Err(TestCaseError::fail(format!(
-            "unexpected conflict: {reason}"
-        ))),
+        MergeOutcome::Conflict(reason) => Err(TestCaseError::fail(format!("unexpected conflict: {reason}"))),
     }
 }
 
@@ -195,14 +166,8 @@ fn disjoint_texts(plans: &[LinePlan], eol: &str, final_eol: bool) -> [String; 4]
         let is_last = index + 1 == plans.len();
         let terminator = if is_last && !final_eol { "" } else { eol };
         let original = format!("line {index}{terminator}");
-        let tag = if plan.owner == Owner::Head {
-            "head"
-        } else {
-            "new"
-        };
-        let fresh: String = (0..plan.added)
-            .map(|k| format!("{tag} {index}.{k}{eol}"))
-            .collect();
+        let tag = if plan.owner == Owner::Head { "head" } else { "new" };
+        let fresh: String = (0..plan.added).map(|k| format!("{tag} {index}.{k}{eol}")).collect();
         let edited = match (plan.keep_original, plan.add_before) {
             (true, true) => format!("{fresh}{original}"),
             (true, false) => format!("{original}{fresh}"),

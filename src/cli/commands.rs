@@ -23,7 +23,8 @@ fn explain(e: ClientError) -> anyhow::Error {
             "check --token / CONTEXTFS_TOKEN (the admin token is in the server's DATA/admin-token)".to_string()
         }
         ClientError::Api { status, .. } if status.as_u16() == 403 => {
-            "this token may not do that: use a read-write project token, or the admin token for admin commands".to_string()
+            "this token may not do that: use a read-write project token, or the admin token for admin commands"
+                .to_string()
         }
         ClientError::Api { code, .. } if code == "base_version_unknown" || code == "base_version_stale" => {
             "see the file's versions with `contextfs log PATH`".to_string()
@@ -45,7 +46,10 @@ fn client(global: &GlobalArgs) -> anyhow::Result<Client> {
 }
 
 fn project(global: &GlobalArgs) -> anyhow::Result<&str> {
-    global.project.as_deref().ok_or_else(|| anyhow!("no project: pass --project NAME or set CONTEXTFS_PROJECT"))
+    global
+        .project
+        .as_deref()
+        .ok_or_else(|| anyhow!("no project: pass --project NAME or set CONTEXTFS_PROJECT"))
 }
 
 /// Accepts `/notes/a.md` and `notes/a.md/` as the user most likely meant them.
@@ -70,13 +74,25 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
         Command::Token(TokenCommand::Create { read_only, label }) => {
             let access = if read_only { Access::Read } else { Access::ReadWrite };
             let t = c.create_token(project(global)?, access, label).await.map_err(explain)?;
-            eprintln!("token {} ({}) for project {}; it is shown only once:", t.info.id, t.info.access.as_str(), t.info.project);
+            eprintln!(
+                "token {} ({}) for project {}; it is shown only once:",
+                t.info.id,
+                t.info.access.as_str(),
+                t.info.project
+            );
             println!("{}", t.token);
         }
         Command::Token(TokenCommand::List) => {
             for t in c.tokens(project(global)?).await.map_err(explain)? {
                 let state = if t.revoked { "revoked" } else { "active" };
-                println!("{}\t{}\t{}\t{}\t{}", t.id, t.access.as_str(), state, t.created_at, t.label.unwrap_or_default());
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    t.id,
+                    t.access.as_str(),
+                    state,
+                    t.created_at,
+                    t.label.unwrap_or_default()
+                );
             }
         }
         Command::Token(TokenCommand::Revoke { id }) => {
@@ -86,17 +102,31 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
         Command::Ls { path, recursive, long } => ls(&c, project(global)?, path, recursive, long).await?,
         Command::Cat { path, version } => {
             let path = ws_path(&path)?;
-            let file = c.checkout(project(global)?, path.as_str(), version).await.map_err(explain)?;
+            let file = c
+                .checkout(project(global)?, path.as_str(), version)
+                .await
+                .map_err(explain)?;
             let mut out = std::io::stdout().lock();
-            out.write_all(&file.bytes).and_then(|_| out.flush()).context("cannot write to standard output")?;
+            out.write_all(&file.bytes)
+                .and_then(|_| out.flush())
+                .context("cannot write to standard output")?;
         }
-        Command::Put { path, file, base, executable, agent_id, message } => {
+        Command::Put {
+            path,
+            file,
+            base,
+            executable,
+            agent_id,
+            message,
+        } => {
             let path = ws_path(&path)?;
             let bytes = match &file {
                 Some(f) => std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?,
                 None => {
                     let mut buf = Vec::new();
-                    std::io::stdin().read_to_end(&mut buf).context("cannot read standard input")?;
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .context("cannot read standard input")?;
                     buf
                 }
             };
@@ -121,8 +151,14 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
         }
         Command::Log { path, limit } => {
             let path = ws_path(&path)?;
-            let page = c.history(project(global)?, path.as_str(), None, limit).await.map_err(explain)?;
-            println!("{:>7}  {:<24}  {:<16}  {:<7}  {:<8}  {:>9}  MESSAGE", "VERSION", "TIME", "AGENT", "STATUS", "OP", "SIZE");
+            let page = c
+                .history(project(global)?, path.as_str(), None, limit)
+                .await
+                .map_err(explain)?;
+            println!(
+                "{:>7}  {:<24}  {:<16}  {:<7}  {:<8}  {:>9}  MESSAGE",
+                "VERSION", "TIME", "AGENT", "STATUS", "OP", "SIZE"
+            );
             for v in page.versions {
                 println!(
                     "{:>7}  {:<24}  {:<16}  {:<7}  {:<8}  {:>9}  {}",
@@ -143,14 +179,28 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
             let new = c.checkout(project, path.as_str(), Some(v2)).await.map_err(explain)?;
             print!("{}", unified_diff(path.as_str(), v1, &old.bytes, v2, &new.bytes));
         }
-        Command::Rollback { path, version, agent_id } => {
+        Command::Rollback {
+            path,
+            version,
+            agent_id,
+        } => {
             let path = ws_path(&path)?;
-            let request = RollbackRequest { path, version, agent_id, message: Some(format!("rollback to version {version}")) };
+            let request = RollbackRequest {
+                path,
+                version,
+                agent_id,
+                message: Some(format!("rollback to version {version}")),
+            };
             let v = c.rollback(project(global)?, &request).await.map_err(explain)?;
             println!("{}: version {} now equals version {version}", v.path, v.version);
         }
         Command::Mkdir { path } => {
-            let request = MkdirRequest { path: ws_path(&path)?, mode: None, agent_id: None, message: None };
+            let request = MkdirRequest {
+                path: ws_path(&path)?,
+                mode: None,
+                agent_id: None,
+                message: None,
+            };
             let v = c.mkdir(project(global)?, &request).await.map_err(explain)?;
             println!("{}/ (node {})", v.path, v.node);
         }
@@ -167,10 +217,21 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
             println!("{from} -> {} (node {}, version {})", v.path, v.node, v.version);
         }
         Command::Rm { path, recursive } => {
-            let request = DeleteRequest { path: ws_path(&path)?, base_version: None, recursive, agent_id: None, message: None };
+            let request = DeleteRequest {
+                path: ws_path(&path)?,
+                base_version: None,
+                recursive,
+                agent_id: None,
+                message: None,
+            };
             let r = c.delete(project(global)?, &request).await.map_err(explain)?;
             for v in r.deleted {
-                println!("deleted {} (restore with: contextfs rollback {} {})", v.path, v.path, v.version - 1);
+                println!(
+                    "deleted {} (restore with: contextfs rollback {} {})",
+                    v.path,
+                    v.path,
+                    v.version - 1
+                );
             }
         }
         Command::Skills(SkillsCommand::Publish { dir }) => publish_skills(&c, &dir).await?,
@@ -201,7 +262,10 @@ async fn ls(c: &Client, project: &str, path: Option<String>, recursive: bool, lo
         None | Some("") | Some(".") => None,
         Some(p) => Some(ws_path(p)?),
     };
-    let listing = c.tree(project, prefix.as_ref().map(|p| p.as_str()), recursive).await.map_err(explain)?;
+    let listing = c
+        .tree(project, prefix.as_ref().map(|p| p.as_str()), recursive)
+        .await
+        .map_err(explain)?;
     let strip = prefix.as_ref().map(|p| p.as_str().len() + 1).unwrap_or(0);
     for e in listing.entries {
         let name = &e.path[strip..];
@@ -211,7 +275,14 @@ async fn ls(c: &Client, project: &str, path: Option<String>, recursive: bool, lo
             NodeKind::File => "",
         };
         if long {
-            println!("{:>6o}  {:>10}  v{:<5}  {}  {}  {name}{suffix}", e.mode, e.size, e.version, e.modified_at, &e.hash.as_str()[..12]);
+            println!(
+                "{:>6o}  {:>10}  v{:<5}  {}  {}  {name}{suffix}",
+                e.mode,
+                e.size,
+                e.version,
+                e.modified_at,
+                &e.hash.as_str()[..12]
+            );
         } else {
             println!("{name}{suffix}");
         }
@@ -235,7 +306,8 @@ fn walk(dir: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {
-        let entries = std::fs::read_dir(&current).with_context(|| format!("cannot read directory {}", current.display()))?;
+        let entries =
+            std::fs::read_dir(&current).with_context(|| format!("cannot read directory {}", current.display()))?;
         for entry in entries {
             let entry = entry.with_context(|| format!("cannot read directory {}", current.display()))?;
             let name = entry.file_name().to_string_lossy().to_string();
@@ -264,7 +336,10 @@ fn walk(dir: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
 async fn publish_skills(c: &Client, dir: &Path) -> anyhow::Result<()> {
     let files = walk(dir)?;
     if files.is_empty() {
-        bail!("{} holds no skills: each skill is a folder with a SKILL.md", dir.display());
+        bail!(
+            "{} holds no skills: each skill is a folder with a SKILL.md",
+            dir.display()
+        );
     }
     let bar = indicatif::ProgressBar::new(files.len() as u64);
     bar.set_style(

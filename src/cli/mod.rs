@@ -31,7 +31,12 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
     /// Server URL, e.g. http://127.0.0.1:8420
-    #[arg(long, global = true, env = "CONTEXTFS_SERVER", default_value = "http://127.0.0.1:8420")]
+    #[arg(
+        long,
+        global = true,
+        env = "CONTEXTFS_SERVER",
+        default_value = "http://127.0.0.1:8420"
+    )]
     pub server: String,
     /// Bearer token: the admin token or a project token
     #[arg(long, global = true, env = "CONTEXTFS_TOKEN", hide_env_values = true)]
@@ -68,10 +73,12 @@ pub enum Command {
         version: Option<i64>,
     },
     /// Write a file from FILE or standard input, as a new version
-    #[command(long_about = "Write a file from FILE (or standard input when FILE is omitted) as a new version.\n\n\
+    #[command(
+        long_about = "Write a file from FILE (or standard input when FILE is omitted) as a new version.\n\n\
 By default the upload replaces whatever the head holds now. With --base N the commit is based on version N: \
 if the file moved on since, the server merges both changes (JSON by key, text by line) and a true conflict \
-falls back to last-writer-wins, keeping the other version in history.")]
+falls back to last-writer-wins, keeping the other version in history."
+    )]
     Put {
         path: String,
         file: Option<PathBuf>,
@@ -180,7 +187,10 @@ pub fn main() -> ExitCode {
             _ => "warn",
         })
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -19,7 +19,12 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'
 pub enum ClientError {
     /// The server answered with an error body.
     #[error("{message} (HTTP {status}, {code})")]
-    Api { status: StatusCode, code: String, message: String, head: Option<Box<VersionInfo>> },
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+        head: Option<Box<VersionInfo>>,
+    },
     #[error("cannot reach the server at {url}: {detail}")]
     Unreachable { url: String, detail: String },
     #[error("unexpected answer from {url}: {detail}")]
@@ -73,7 +78,10 @@ pub struct Client {
 }
 
 fn encode_path(path: &str) -> String {
-    path.split('/').map(|s| utf8_percent_encode(s, SEGMENT).to_string()).collect::<Vec<_>>().join("/")
+    path.split('/')
+        .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 impl Client {
@@ -92,8 +100,15 @@ impl Client {
             .timeout(Duration::from_secs(600))
             .pool_max_idle_per_host(64)
             .build()
-            .map_err(|e| ClientError::Protocol { url: server.to_string(), detail: e.to_string() })?;
-        Ok(Self { http, api: format!("{server}{API_PREFIX}"), token })
+            .map_err(|e| ClientError::Protocol {
+                url: server.to_string(),
+                detail: e.to_string(),
+            })?;
+        Ok(Self {
+            http,
+            api: format!("{server}{API_PREFIX}"),
+            token,
+        })
     }
 
     pub fn server_url(&self) -> &str {
@@ -113,7 +128,10 @@ impl Client {
     }
 
     async fn send(&self, builder: RequestBuilder) -> ClientResult<Response> {
-        let request = builder.build().map_err(|e| ClientError::Protocol { url: self.api.clone(), detail: e.to_string() })?;
+        let request = builder.build().map_err(|e| ClientError::Protocol {
+            url: self.api.clone(),
+            detail: e.to_string(),
+        })?;
         let url = request.url().to_string();
         let response = self.http.execute(request).await.map_err(|e| ClientError::Unreachable {
             url: self.server_url().to_string(),
@@ -131,14 +149,20 @@ impl Client {
                 message: body.error.message,
                 head: body.error.head.map(Box::new),
             }),
-            Err(_) => Err(ClientError::Protocol { url, detail: format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()) }),
+            Err(_) => Err(ClientError::Protocol {
+                url,
+                detail: format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()),
+            }),
         }
     }
 
     async fn json<T: DeserializeOwned>(&self, builder: RequestBuilder) -> ClientResult<T> {
         let response = self.send(builder).await?;
         let url = response.url().to_string();
-        response.json::<T>().await.map_err(|e| ClientError::Protocol { url, detail: e.to_string() })
+        response.json::<T>().await.map_err(|e| ClientError::Protocol {
+            url,
+            detail: e.to_string(),
+        })
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, route: &str, body: &B) -> ClientResult<T> {
@@ -154,23 +178,35 @@ impl Client {
     }
 
     pub async fn create_project(&self, name: &str) -> ClientResult<ProjectInfo> {
-        self.post("/projects", &CreateProjectRequest { name: name.to_string() }).await
+        self.post("/projects", &CreateProjectRequest { name: name.to_string() })
+            .await
     }
 
     pub async fn projects(&self) -> ClientResult<Vec<ProjectInfo>> {
         self.json(self.request(Method::GET, "/projects")).await
     }
 
-    pub async fn create_token(&self, project: &str, access: Access, label: Option<String>) -> ClientResult<CreatedToken> {
-        self.post(&Self::project_route(project, "/tokens"), &CreateTokenRequest { access, label }).await
+    pub async fn create_token(
+        &self,
+        project: &str,
+        access: Access,
+        label: Option<String>,
+    ) -> ClientResult<CreatedToken> {
+        self.post(
+            &Self::project_route(project, "/tokens"),
+            &CreateTokenRequest { access, label },
+        )
+        .await
     }
 
     pub async fn tokens(&self, project: &str) -> ClientResult<Vec<TokenInfo>> {
-        self.json(self.request(Method::GET, &Self::project_route(project, "/tokens"))).await
+        self.json(self.request(Method::GET, &Self::project_route(project, "/tokens")))
+            .await
     }
 
     pub async fn revoke_token(&self, id: &str) -> ClientResult<()> {
-        self.send(self.request(Method::DELETE, &format!("/tokens/{}", utf8_percent_encode(id, SEGMENT)))).await?;
+        self.send(self.request(Method::DELETE, &format!("/tokens/{}", utf8_percent_encode(id, SEGMENT))))
+            .await?;
         Ok(())
     }
 
@@ -185,27 +221,41 @@ impl Client {
     /// Uploads bytes (the hash is computed here and verified by the server).
     pub async fn put_blob(&self, project: &str, bytes: Bytes) -> ClientResult<BlobReceipt> {
         let hash = BlobHash::of(&bytes);
-        self.json(self.request(Method::PUT, &Self::project_route(project, &format!("/blobs/{hash}"))).body(bytes))
-            .await
+        self.json(
+            self.request(Method::PUT, &Self::project_route(project, &format!("/blobs/{hash}")))
+                .body(bytes),
+        )
+        .await
     }
 
     pub async fn get_blob(&self, project: &str, hash: &BlobHash) -> ClientResult<Bytes> {
-        let response = self.send(self.request(Method::GET, &Self::project_route(project, &format!("/blobs/{hash}")))).await?;
+        let response = self
+            .send(self.request(Method::GET, &Self::project_route(project, &format!("/blobs/{hash}"))))
+            .await?;
         self.verified_body(response, hash).await
     }
 
     async fn verified_body(&self, response: Response, hash: &BlobHash) -> ClientResult<Bytes> {
         let url = response.url().to_string();
-        let bytes = response.bytes().await.map_err(|e| ClientError::Unreachable { url: url.clone(), detail: describe(&e) })?;
+        let bytes = response.bytes().await.map_err(|e| ClientError::Unreachable {
+            url: url.clone(),
+            detail: describe(&e),
+        })?;
         if BlobHash::of(&bytes) != *hash {
-            return Err(ClientError::Protocol { url, detail: format!("downloaded bytes do not hash to {hash}") });
+            return Err(ClientError::Protocol {
+                url,
+                detail: format!("downloaded bytes do not hash to {hash}"),
+            });
         }
         Ok(bytes)
     }
 
     /// A file's head (or `version`) with its bytes.
     pub async fn checkout(&self, project: &str, path: &str, version: Option<i64>) -> ClientResult<FileContent> {
-        let mut builder = self.request(Method::GET, &Self::project_route(project, &format!("/files/{}", encode_path(path))));
+        let mut builder = self.request(
+            Method::GET,
+            &Self::project_route(project, &format!("/files/{}", encode_path(path))),
+        );
         if let Some(v) = version {
             builder = builder.query(&[("version", v)]);
         }
@@ -217,12 +267,21 @@ impl Client {
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
-                .ok_or_else(|| ClientError::Protocol { url: url.clone(), detail: format!("missing header {name}") })
+                .ok_or_else(|| ClientError::Protocol {
+                    url: url.clone(),
+                    detail: format!("missing header {name}"),
+                })
         };
         let number = |name: &str| -> ClientResult<i64> {
-            header(name)?.parse().map_err(|_| ClientError::Protocol { url: url.clone(), detail: format!("bad header {name}") })
+            header(name)?.parse().map_err(|_| ClientError::Protocol {
+                url: url.clone(),
+                detail: format!("bad header {name}"),
+            })
         };
-        let bad = |name: &str| ClientError::Protocol { url: url.clone(), detail: format!("bad header {name}") };
+        let bad = |name: &str| ClientError::Protocol {
+            url: url.clone(),
+            detail: format!("bad header {name}"),
+        };
         let hash = BlobHash::parse(&header(HEADER_HASH)?).map_err(|_| bad(HEADER_HASH))?;
         let node = number(HEADER_NODE)?;
         let version = number(HEADER_VERSION)?;
@@ -230,7 +289,15 @@ impl Client {
         let kind = NodeKind::parse(&header(HEADER_KIND)?).ok_or_else(|| bad(HEADER_KIND))?;
         let status = VersionStatus::parse(&header(HEADER_STATUS)?).ok_or_else(|| bad(HEADER_STATUS))?;
         let bytes = self.verified_body(response, &hash).await?;
-        Ok(FileContent { node, version, hash, kind, mode, status, bytes })
+        Ok(FileContent {
+            node,
+            version,
+            hash,
+            kind,
+            mode,
+            status,
+            bytes,
+        })
     }
 
     pub async fn commit(&self, project: &str, request: &CommitRequest) -> ClientResult<VersionInfo> {
@@ -249,7 +316,13 @@ impl Client {
         self.post(&Self::project_route(project, "/delete"), request).await
     }
 
-    pub async fn history(&self, project: &str, path: &str, before: Option<i64>, limit: u32) -> ClientResult<HistoryPage> {
+    pub async fn history(
+        &self,
+        project: &str,
+        path: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> ClientResult<HistoryPage> {
         let mut builder = self
             .request(Method::GET, &Self::project_route(project, "/history"))
             .query(&[("path", path)])
@@ -287,11 +360,14 @@ impl Client {
 
     pub async fn put_skill_blob(&self, bytes: Bytes) -> ClientResult<BlobReceipt> {
         let hash = BlobHash::of(&bytes);
-        self.json(self.request(Method::PUT, &format!("/skills/blobs/{hash}")).body(bytes)).await
+        self.json(self.request(Method::PUT, &format!("/skills/blobs/{hash}")).body(bytes))
+            .await
     }
 
     pub async fn get_skill_blob(&self, hash: &BlobHash) -> ClientResult<Bytes> {
-        let response = self.send(self.request(Method::GET, &format!("/skills/blobs/{hash}"))).await?;
+        let response = self
+            .send(self.request(Method::GET, &format!("/skills/blobs/{hash}")))
+            .await?;
         self.verified_body(response, hash).await
     }
 

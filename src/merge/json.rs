@@ -86,9 +86,7 @@ fn merge_at(
     if head == base {
         return Ok(new.cloned());
     }
-    let conflict = || ConflictReason::JsonKey {
-        path: pointer.clone(),
-    };
+    let conflict = || ConflictReason::JsonKey { path: pointer.clone() };
     let (Some(Value::Object(head)), Some(Value::Object(new))) = (head, new) else {
         return Err(conflict());
     };
@@ -108,9 +106,7 @@ fn merge_objects(
     new: &Map<String, Value>,
 ) -> Result<Map<String, Value>, ConflictReason> {
     let mut merged = Map::new();
-    let head_entries = head
-        .iter()
-        .map(|(key, value)| (key, Some(value), new.get(key)));
+    let head_entries = head.iter().map(|(key, value)| (key, Some(value), new.get(key)));
     let added_by_new = new
         .iter()
         .filter(|(key, _)| !head.contains_key(*key))
@@ -173,11 +169,7 @@ impl Style {
             .find_map(|line| {
                 let unit = *line.first().filter(|byte| matches!(byte, b' ' | b'\t'))?;
                 let run = line.iter().take_while(|&&byte| byte == unit).count();
-                let run = if unit == b'\t' {
-                    1
-                } else {
-                    run.min(Self::MAX_INDENT)
-                };
+                let run = if unit == b'\t' { 1 } else { run.min(Self::MAX_INDENT) };
                 Some(vec![unit; run])
             })
             .unwrap_or_else(|| Self::DEFAULT_INDENT.to_vec())
@@ -189,8 +181,7 @@ fn render(value: &Value, style: &Style) -> Result<Vec<u8>, ConflictReason> {
     let written = match &style.indent {
         None => serde_json::to_writer(&mut out, value),
         Some(indent) => {
-            let mut serializer =
-                Serializer::with_formatter(&mut out, PrettyFormatter::with_indent(indent));
+            let mut serializer = Serializer::with_formatter(&mut out, PrettyFormatter::with_indent(indent));
             value.serialize(&mut serializer)
         }
     };
@@ -229,18 +220,13 @@ mod tests {
 
     fn conflict(base: &str, head: &str, new: &str) -> ConflictReason {
         match merge_documents(base.as_bytes(), head.as_bytes(), new.as_bytes()) {
-            Ok(bytes) => panic!(
-                "expected a conflict, merged {}",
-                String::from_utf8_lossy(&bytes)
-            ),
+            Ok(bytes) => panic!("expected a conflict, merged {}", String::from_utf8_lossy(&bytes)),
             Err(reason) => reason,
         }
     }
 
     fn key_conflict(path: &str) -> ConflictReason {
-        ConflictReason::JsonKey {
-            path: path.to_owned(),
-        }
+        ConflictReason::JsonKey { path: path.to_owned() }
     }
 
     #[test]
@@ -248,10 +234,7 @@ mod tests {
         let base = r#"{"a":1,"b":2}"#;
         let head = r#"{"b":20,"a":1,"h":true}"#;
         let new = r#"{"a":10,"b":2,"n":null}"#;
-        assert_eq!(
-            merged(base, head, new),
-            r#"{"b":20,"a":10,"h":true,"n":null}"#
-        );
+        assert_eq!(merged(base, head, new), r#"{"b":20,"a":10,"h":true,"n":null}"#);
     }
 
     #[test]
@@ -275,10 +258,7 @@ mod tests {
         let base = r#"{"cfg":{"x":1,"y":{"z":1}},"k":0}"#;
         let head = r#"{"cfg":{"x":2,"y":{"z":1}},"k":0}"#;
         let new = r#"{"cfg":{"x":1,"y":{"z":1,"w":2}},"k":0}"#;
-        assert_eq!(
-            merged(base, head, new),
-            r#"{"cfg":{"x":2,"y":{"z":1,"w":2}},"k":0}"#
-        );
+        assert_eq!(merged(base, head, new), r#"{"cfg":{"x":2,"y":{"z":1,"w":2}},"k":0}"#);
         let new = r#"{"cfg":{"x":3,"y":{"z":1}},"k":0}"#;
         assert_eq!(conflict(base, head, new), key_conflict("/cfg/x"));
     }
@@ -355,19 +335,12 @@ mod tests {
         let base = r#"{"a":1,"b":1}"#;
         let head = "{\r\n\t\"a\": 2,\r\n\t\"b\": 1\r\n}";
         let new = r#"{"a":1,"b":3}"#;
-        assert_eq!(
-            merged(base, head, new),
-            "{\r\n\t\"a\": 2,\r\n\t\"b\": 3\r\n}"
-        );
+        assert_eq!(merged(base, head, new), "{\r\n\t\"a\": 2,\r\n\t\"b\": 3\r\n}");
     }
 
     #[test]
     fn compact_head_with_trailing_newline_stays_compact() {
-        let merged = merged(
-            r#"{"a":1,"b":1}"#,
-            "{\"a\":2,\"b\":1}\n",
-            r#"{"a":1,"b":2}"#,
-        );
+        let merged = merged(r#"{"a":1,"b":1}"#, "{\"a\":2,\"b\":1}\n", r#"{"a":1,"b":2}"#);
         assert_eq!(merged, "{\"a\":2,\"b\":2}\n");
     }
 
@@ -392,9 +365,6 @@ mod tests {
     fn merge_values_helper_reports_deletions() {
         let base = json!({"a": 1});
         assert_eq!(merge_values(Some(&base), None, Some(&base)), Ok(None));
-        assert_eq!(
-            merge_values(None, None, Some(&base)),
-            Ok(Some(base.clone()))
-        );
+        assert_eq!(merge_values(None, None, Some(&base)), Ok(Some(base.clone())));
     }
 }

@@ -123,9 +123,7 @@ pub fn merge(path: &str, base: &[u8], head: &[u8], new: &[u8]) -> MergeOutcome {
             std::str::from_utf8(head),
             std::str::from_utf8(new),
         ) {
-            (Ok(base), Ok(head), Ok(new)) => {
-                into_outcome(text::merge_lines(base, head, new).map(String::into_bytes))
-            }
+            (Ok(base), Ok(head), Ok(new)) => into_outcome(text::merge_lines(base, head, new).map(String::into_bytes)),
             // Unreachable after `classify`, but bytes that are not UTF-8 are binary.
             _ => MergeOutcome::Conflict(ConflictReason::Binary),
         },
@@ -158,10 +156,7 @@ mod tests {
         let (b, x) = (&[0u8, 1, 2][..], &[0u8, 9][..]);
         assert_eq!(merge("f.bin", b, x, b), MergeOutcome::Merged(x.to_vec()));
         assert_eq!(merge("f.bin", b, b, x), MergeOutcome::Merged(x.to_vec()));
-        assert_eq!(
-            merge("f.json", b"{", b"[", b"["),
-            MergeOutcome::Merged(b"[".to_vec())
-        );
+        assert_eq!(merge("f.json", b"{", b"[", b"["), MergeOutcome::Merged(b"[".to_vec()));
     }
 
     #[test]
@@ -175,12 +170,7 @@ mod tests {
     #[test]
     fn dispatches_json_and_text() {
         assert_eq!(
-            merge(
-                "f.json",
-                br#"{"a":1,"b":1}"#,
-                br#"{"a":2,"b":1}"#,
-                br#"{"a":1,"b":2}"#
-            ),
+            merge("f.json", br#"{"a":1,"b":1}"#, br#"{"a":2,"b":1}"#, br#"{"a":1,"b":2}"#),
             MergeOutcome::Merged(br#"{"a":2,"b":2}"#.to_vec())
         );
         assert_eq!(

@@ -54,10 +54,7 @@ pub fn merge_lines(base: &str, head: &str, new: &str) -> Result<String, Conflict
     };
     let (mut head_index, mut new_index) = (0, 0);
     loop {
-        match (
-            head_side.hunks.get(head_index),
-            new_side.hunks.get(new_index),
-        ) {
+        match (head_side.hunks.get(head_index), new_side.hunks.get(new_index)) {
             (None, None) => break,
             (Some(hunk), None) => {
                 out.apply(hunk, &head_side.lines)?;
@@ -68,17 +65,14 @@ pub fn merge_lines(base: &str, head: &str, new: &str) -> Result<String, Conflict
                 new_index += 1;
             }
             (Some(head_hunk), Some(new_hunk)) => {
-                if head_hunk.base == new_hunk.base
-                    && head_side.replacement(head_hunk) == new_side.replacement(new_hunk)
+                if head_hunk.base == new_hunk.base && head_side.replacement(head_hunk) == new_side.replacement(new_hunk)
                 {
                     out.apply(head_hunk, &head_side.lines)?;
                     head_index += 1;
                     new_index += 1;
                 } else if clash(&head_hunk.base, &new_hunk.base) {
                     return Err(lines_conflict(&head_hunk.base, &new_hunk.base));
-                } else if (head_hunk.base.start, head_hunk.base.end)
-                    <= (new_hunk.base.start, new_hunk.base.end)
-                {
+                } else if (head_hunk.base.start, head_hunk.base.end) <= (new_hunk.base.start, new_hunk.base.end) {
                     // Ordering by (start, end) puts an insertion at a range's
                     // start before it and one at its end after it.
                     out.apply(head_hunk, &head_side.lines)?;
@@ -194,8 +188,7 @@ impl Output<'_> {
         ) else {
             return Err(lines_conflict(&hunk.base, &hunk.base));
         };
-        self.text
-            .extend(unchanged.iter().chain(replacement).copied());
+        self.text.extend(unchanged.iter().chain(replacement).copied());
         self.cursor = hunk.base.end;
         Ok(())
     }
@@ -238,10 +231,7 @@ mod tests {
         let base = "a\nb\nc\nd\n";
         let head = "a\nB\nC\nd\n";
         let new = "a\nb\nX\nd\n";
-        assert_eq!(
-            conflict(base, head, new),
-            ConflictReason::Lines { start: 2, end: 4 }
-        );
+        assert_eq!(conflict(base, head, new), ConflictReason::Lines { start: 2, end: 4 });
     }
 
     #[test]
@@ -283,10 +273,7 @@ mod tests {
         let base = "a\nb\nc\nd\n";
         let head = "a\nB\nC\nd\n";
         let new = "a\nb\ninside\nc\nd\n";
-        assert_eq!(
-            conflict(base, head, new),
-            ConflictReason::Lines { start: 2, end: 4 }
-        );
+        assert_eq!(conflict(base, head, new), ConflictReason::Lines { start: 2, end: 4 });
     }
 
     #[test]
@@ -317,10 +304,7 @@ mod tests {
 
     #[test]
     fn empty_base_with_different_contents_conflicts() {
-        assert_eq!(
-            conflict("", "x\n", "y\n"),
-            ConflictReason::Lines { start: 1, end: 1 }
-        );
+        assert_eq!(conflict("", "x\n", "y\n"), ConflictReason::Lines { start: 1, end: 1 });
     }
 
     #[test]

@@ -70,7 +70,12 @@ impl Service {
     pub async fn authenticate(&self, secret: &str) -> Result<Caller, ApiError> {
         let hash = secret_hash(secret);
         if hash == self.admin_token_hash {
-            return Ok(Caller { token_id: ADMIN_ID.into(), admin: true, project: None, access: Access::ReadWrite });
+            return Ok(Caller {
+                token_id: ADMIN_ID.into(),
+                admin: true,
+                project: None,
+                access: Access::ReadWrite,
+            });
         }
         match self.store.token_by_secret_hash(&hash).await? {
             Some(token) if !token.revoked => Ok(Caller {
@@ -79,7 +84,9 @@ impl Service {
                 project: Some(token.project),
                 access: token.access,
             }),
-            Some(_) => Err(ApiError::unauthorized("this token has been revoked; ask an admin for a new one")),
+            Some(_) => Err(ApiError::unauthorized(
+                "this token has been revoked; ask an admin for a new one",
+            )),
             None => Err(ApiError::unauthorized("unknown token")),
         }
     }
@@ -90,9 +97,17 @@ impl Service {
         if !caller.admin && caller.project.as_deref() != Some(name) {
             return Err(not_found());
         }
-        let project = self.store.project(name).await.map_err(ApiError::from)?.ok_or_else(not_found)?;
+        let project = self
+            .store
+            .project(name)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(not_found)?;
         if write && !caller.may_write() {
-            return Err(ApiError::forbidden(format!("token {} is read-only for project {name}", caller.token_id)));
+            return Err(ApiError::forbidden(format!(
+                "token {} is read-only for project {name}",
+                caller.token_id
+            )));
         }
         Ok(project)
     }

@@ -19,7 +19,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), head: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            head: None,
+        }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -50,7 +55,13 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message, head: self.head.map(|h| *h) } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                head: self.head.map(|h| *h),
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -60,7 +71,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(m) => ApiError::not_found(m),
             StoreError::AlreadyExists(m) => ApiError::conflict("exists", m),
-            StoreError::HeadMoved => ApiError::conflict("base_version_stale", "the node changed meanwhile; fetch its head and retry"),
+            StoreError::HeadMoved => ApiError::conflict(
+                "base_version_stale",
+                "the node changed meanwhile; fetch its head and retry",
+            ),
             StoreError::Conflict { code, message } => ApiError::conflict(code, message),
             StoreError::Backend(m) => ApiError::internal(m),
         }

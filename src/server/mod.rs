@@ -44,7 +44,11 @@ pub enum ServeError {
 /// Where the admin token came from, for the start-up message.
 pub enum AdminToken {
     FromEnv(String),
-    FromFile { token: String, path: PathBuf, created: bool },
+    FromFile {
+        token: String,
+        path: PathBuf,
+        created: bool,
+    },
 }
 
 impl AdminToken {
@@ -64,26 +68,45 @@ pub fn admin_token(data_dir: &Path) -> Result<AdminToken, ServeError> {
         }
     }
     let path = data_dir.join("admin-token");
-    let io = |source| ServeError::DataDir { path: path.clone(), source };
+    let io = |source| ServeError::DataDir {
+        path: path.clone(),
+        source,
+    };
     match std::fs::read_to_string(&path) {
         Ok(token) if !token.trim().is_empty() => {
-            return Ok(AdminToken::FromFile { token: token.trim().to_string(), path, created: false })
+            return Ok(AdminToken::FromFile {
+                token: token.trim().to_string(),
+                path,
+                created: false,
+            })
         }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
     let token = format!("cfs_admin_{}", hex::encode(rand::random::<[u8; 24]>()));
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).map_err(io)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
     std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)?;
-    Ok(AdminToken::FromFile { token, path, created: true })
+    Ok(AdminToken::FromFile {
+        token,
+        path,
+        created: true,
+    })
 }
 
 /// Opens the data directory and builds the service on the embedded defaults.
 pub fn open_embedded(config: &ServeConfig) -> Result<(Arc<Service>, AdminToken), ServeError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     let token = admin_token(&config.data_dir)?;
     let store = store::sqlite::SqliteStore::open(&config.data_dir.join("metadata.sqlite3"))?;
     let blobs = blobs::dir::DirBlobStore::open(&config.data_dir)?;
@@ -96,18 +119,26 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let (service, token) = open_embedded(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+        .map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     match &token {
         AdminToken::FromEnv(_) => println!("admin token: from ${ADMIN_TOKEN_ENV}"),
-        AdminToken::FromFile { path, created: true, .. } => println!("admin token: generated and written to {}", path.display()),
+        AdminToken::FromFile {
+            path, created: true, ..
+        } => println!("admin token: generated and written to {}", path.display()),
         AdminToken::FromFile { path, .. } => println!("admin token: read from {}", path.display()),
     }
     println!("data: {}", config.data_dir.display());
     // Scripts and tests wait for this exact line.
     println!("listening on http://{addr}");
     let app = routes::router(service);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(ServeError::Serve)
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(ServeError::Serve)
 }
 
 async fn shutdown_signal() {

@@ -40,7 +40,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the request body is over the server's limit")
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the request body is over the server's limit",
+        )
     } else {
         ApiError::bad_request("invalid_body", rejection.body_text())
     }
@@ -78,8 +82,14 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/", get(get_project))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tree", get(tree))
-        .route("/blobs/{hash}", put(put_blob).get(get_blob).layer(DefaultBodyLimit::disable()))
-        .route("/files/{*path}", get(checkout).put(put_file).layer(DefaultBodyLimit::disable()))
+        .route(
+            "/blobs/{hash}",
+            put(put_blob).get(get_blob).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/files/{*path}",
+            get(checkout).put(put_file).layer(DefaultBodyLimit::disable()),
+        )
         .route("/commit", post(commit))
         .route("/mkdir", post(mkdir))
         .route("/rename", post(rename))
@@ -95,7 +105,12 @@ pub fn router(service: Arc<Service>) -> Router {
         .nest("/projects/{project}", project)
         .route("/tokens/{id}", delete(revoke_token))
         .route("/skills", get(list_skills).post(publish_skills))
-        .route("/skills/blobs/{hash}", put(put_skill_blob).get(get_skill_blob).layer(DefaultBodyLimit::disable()));
+        .route(
+            "/skills/blobs/{hash}",
+            put(put_skill_blob)
+                .get(get_skill_blob)
+                .layer(DefaultBodyLimit::disable()),
+        );
     Router::new()
         .nest(API_PREFIX, api)
         .fallback(|| async { ApiError::not_found("no such route; see docs/HTTP_API.md") })
@@ -105,14 +120,26 @@ pub fn router(service: Arc<Service>) -> Router {
 }
 
 async fn health() -> Json<Health> {
-    Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
 }
 
 async fn whoami(caller: Caller) -> Json<WhoAmI> {
-    Json(WhoAmI { project: caller.project.clone(), access: caller.access, admin: caller.admin, token_id: caller.token_id })
+    Json(WhoAmI {
+        project: caller.project.clone(),
+        access: caller.access,
+        admin: caller.admin,
+        token_id: caller.token_id,
+    })
 }
 
-async fn create_project(State(s): Shared, caller: Caller, ApiJson(req): ApiJson<CreateProjectRequest>) -> Result<impl IntoResponse, ApiError> {
+async fn create_project(
+    State(s): Shared,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateProjectRequest>,
+) -> Result<impl IntoResponse, ApiError> {
     Ok((StatusCode::CREATED, Json(s.create_project(&caller, req).await?)))
 }
 
@@ -120,7 +147,11 @@ async fn list_projects(State(s): Shared, caller: Caller) -> Result<Json<Vec<Proj
     Ok(Json(s.list_projects(&caller).await?))
 }
 
-async fn get_project(State(s): Shared, caller: Caller, Path(project): Path<String>) -> Result<Json<ProjectInfo>, ApiError> {
+async fn get_project(
+    State(s): Shared,
+    caller: Caller,
+    Path(project): Path<String>,
+) -> Result<Json<ProjectInfo>, ApiError> {
     Ok(Json(s.project(&caller, &project).await?))
 }
 
@@ -133,7 +164,11 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(s.create_token(&caller, &project, req).await?)))
 }
 
-async fn list_tokens(State(s): Shared, caller: Caller, Path(project): Path<String>) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+async fn list_tokens(
+    State(s): Shared,
+    caller: Caller,
+    Path(project): Path<String>,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     Ok(Json(s.list_tokens(&caller, &project).await?))
 }
 
@@ -153,25 +188,46 @@ fn yes() -> bool {
     true
 }
 
-async fn tree(State(s): Shared, caller: Caller, Path(project): Path<String>, ApiQuery(q): ApiQuery<TreeQuery>) -> Result<Json<TreeListing>, ApiError> {
+async fn tree(
+    State(s): Shared,
+    caller: Caller,
+    Path(project): Path<String>,
+    ApiQuery(q): ApiQuery<TreeQuery>,
+) -> Result<Json<TreeListing>, ApiError> {
     let prefix = q.prefix.as_deref().filter(|p| !p.is_empty()).map(ws_path).transpose()?;
     Ok(Json(s.tree(&caller, &project, prefix.as_ref(), q.recursive).await?))
 }
 
-async fn put_blob(State(s): Shared, caller: Caller, Path((project, hash)): Path<(String, String)>, body: Body) -> Result<impl IntoResponse, ApiError> {
+async fn put_blob(
+    State(s): Shared,
+    caller: Caller,
+    Path((project, hash)): Path<(String, String)>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
     let hash = blob_hash(&hash)?;
     let receipt = s.put_blob(&caller, &project, &hash, body_stream(body)).await?;
-    let status = if receipt.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if receipt.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(receipt)))
 }
 
 fn stream_response(size: u64, stream: ByteStream, mut headers: HeaderMap) -> Response {
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     (headers, Body::from_stream(stream)).into_response()
 }
 
-async fn get_blob(State(s): Shared, caller: Caller, Path((project, hash)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn get_blob(
+    State(s): Shared,
+    caller: Caller,
+    Path((project, hash)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let hash = blob_hash(&hash)?;
     let (size, stream) = s.get_blob(&caller, &project, &hash).await?;
     Ok(stream_response(size, stream, blob_headers(&hash)))
@@ -185,7 +241,10 @@ fn blob_headers(hash: &BlobHash) -> HeaderMap {
     if let Ok(v) = HeaderValue::from_str(&format!("\"{hash}\"")) {
         headers.insert(header::ETAG, v);
     }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=31536000, immutable"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
     headers
 }
 
@@ -234,29 +293,55 @@ async fn put_file(
     let base = header_text(&headers, HEADER_BASE_VERSION)?
         .map(|v| {
             v.parse::<i64>().map_err(|_| {
-                ApiError::bad_request("invalid_header", format!("header {HEADER_BASE_VERSION} must be a version number, got {v:?}"))
+                ApiError::bad_request(
+                    "invalid_header",
+                    format!("header {HEADER_BASE_VERSION} must be a version number, got {v:?}"),
+                )
             })
         })
         .transpose()?;
     let agent = header_text(&headers, HEADER_AGENT)?;
     let message = header_text(&headers, HEADER_MESSAGE)?;
-    Ok(Json(s.put_file(&caller, &project, path, base, agent, message, body_stream(body)).await?))
+    Ok(Json(
+        s.put_file(&caller, &project, path, base, agent, message, body_stream(body))
+            .await?,
+    ))
 }
 
-async fn commit(State(s): Shared, caller: Caller, Path(project): Path<String>, ApiJson(req): ApiJson<CommitRequest>) -> Result<Json<VersionInfo>, ApiError> {
+async fn commit(
+    State(s): Shared,
+    caller: Caller,
+    Path(project): Path<String>,
+    ApiJson(req): ApiJson<CommitRequest>,
+) -> Result<Json<VersionInfo>, ApiError> {
     Ok(Json(s.commit(&caller, &project, req).await?))
 }
 
-async fn mkdir(State(s): Shared, caller: Caller, Path(project): Path<String>, ApiJson(req): ApiJson<MkdirRequest>) -> Result<impl IntoResponse, ApiError> {
+async fn mkdir(
+    State(s): Shared,
+    caller: Caller,
+    Path(project): Path<String>,
+    ApiJson(req): ApiJson<MkdirRequest>,
+) -> Result<impl IntoResponse, ApiError> {
     let (info, created) = s.mkdir(&caller, &project, req).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(info)))
 }
 
-async fn rename(State(s): Shared, caller: Caller, Path(project): Path<String>, ApiJson(req): ApiJson<RenameRequest>) -> Result<Json<VersionInfo>, ApiError> {
+async fn rename(
+    State(s): Shared,
+    caller: Caller,
+    Path(project): Path<String>,
+    ApiJson(req): ApiJson<RenameRequest>,
+) -> Result<Json<VersionInfo>, ApiError> {
     Ok(Json(s.rename(&caller, &project, req).await?))
 }
 
-async fn delete_path(State(s): Shared, caller: Caller, Path(project): Path<String>, ApiJson(req): ApiJson<DeleteRequest>) -> Result<Json<DeleteResponse>, ApiError> {
+async fn delete_path(
+    State(s): Shared,
+    caller: Caller,
+    Path(project): Path<String>,
+    ApiJson(req): ApiJson<DeleteRequest>,
+) -> Result<Json<DeleteResponse>, ApiError> {
     Ok(Json(s.delete(&caller, &project, req).await?))
 }
 
@@ -267,12 +352,22 @@ struct HistoryQuery {
     limit: Option<u32>,
 }
 
-async fn history(State(s): Shared, caller: Caller, Path(project): Path<String>, ApiQuery(q): ApiQuery<HistoryQuery>) -> Result<Json<HistoryPage>, ApiError> {
+async fn history(
+    State(s): Shared,
+    caller: Caller,
+    Path(project): Path<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<HistoryPage>, ApiError> {
     let path = ws_path(&q.path)?;
     Ok(Json(s.history(&caller, &project, &path, q.before, q.limit).await?))
 }
 
-async fn rollback(State(s): Shared, caller: Caller, Path(project): Path<String>, ApiJson(req): ApiJson<RollbackRequest>) -> Result<Json<VersionInfo>, ApiError> {
+async fn rollback(
+    State(s): Shared,
+    caller: Caller,
+    Path(project): Path<String>,
+    ApiJson(req): ApiJson<RollbackRequest>,
+) -> Result<Json<VersionInfo>, ApiError> {
     Ok(Json(s.rollback(&caller, &project, req).await?))
 }
 
@@ -285,8 +380,16 @@ struct ChangesQuery {
     limit: Option<u32>,
 }
 
-async fn changes(State(s): Shared, caller: Caller, Path(project): Path<String>, ApiQuery(q): ApiQuery<ChangesQuery>) -> Result<Json<ChangesPage>, ApiError> {
-    Ok(Json(s.changes(&caller, &project, q.since, Duration::from_millis(q.timeout_ms), q.limit).await?))
+async fn changes(
+    State(s): Shared,
+    caller: Caller,
+    Path(project): Path<String>,
+    ApiQuery(q): ApiQuery<ChangesQuery>,
+) -> Result<Json<ChangesPage>, ApiError> {
+    Ok(Json(
+        s.changes(&caller, &project, q.since, Duration::from_millis(q.timeout_ms), q.limit)
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -296,7 +399,12 @@ struct AuditQuery {
     limit: Option<u32>,
 }
 
-async fn audit(State(s): Shared, caller: Caller, Path(project): Path<String>, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<AuditPage>, ApiError> {
+async fn audit(
+    State(s): Shared,
+    caller: Caller,
+    Path(project): Path<String>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
     Ok(Json(s.audit(&caller, &project, q.since, q.limit).await?))
 }
 
@@ -304,14 +412,30 @@ async fn list_skills(State(s): Shared, _caller: Caller) -> Result<Json<SkillsLis
     Ok(Json(s.skills().await?))
 }
 
-async fn publish_skills(State(s): Shared, caller: Caller, ApiJson(req): ApiJson<PublishSkillsRequest>) -> Result<Json<SkillsListing>, ApiError> {
+async fn publish_skills(
+    State(s): Shared,
+    caller: Caller,
+    ApiJson(req): ApiJson<PublishSkillsRequest>,
+) -> Result<Json<SkillsListing>, ApiError> {
     Ok(Json(s.publish_skills(&caller, req).await?))
 }
 
-async fn put_skill_blob(State(s): Shared, caller: Caller, Path(hash): Path<String>, body: Body) -> Result<impl IntoResponse, ApiError> {
+async fn put_skill_blob(
+    State(s): Shared,
+    caller: Caller,
+    Path(hash): Path<String>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
     let hash = blob_hash(&hash)?;
     let receipt = s.put_skill_blob(&caller, &hash, body_stream(body)).await?;
-    Ok((if receipt.created { StatusCode::CREATED } else { StatusCode::OK }, Json(receipt)))
+    Ok((
+        if receipt.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(receipt),
+    ))
 }
 
 async fn get_skill_blob(State(s): Shared, _caller: Caller, Path(hash): Path<String>) -> Result<Response, ApiError> {

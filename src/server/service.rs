@@ -45,7 +45,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_blob_bytes: 1 << 30, max_request_bytes: 8 << 20, max_poll: Duration::from_secs(60) }
+        Self {
+            max_blob_bytes: 1 << 30,
+            max_request_bytes: 8 << 20,
+            max_poll: Duration::from_secs(60),
+        }
     }
 }
 
@@ -60,19 +64,31 @@ pub struct Service {
 
 fn meta(caller: &Caller, agent_id: Option<String>, message: Option<String>) -> Result<WriteMeta, ApiError> {
     if agent_id.as_ref().is_some_and(|a| a.len() > MAX_AGENT_ID) {
-        return Err(ApiError::bad_request("invalid_field", format!("agent_id is longer than {MAX_AGENT_ID} bytes")));
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("agent_id is longer than {MAX_AGENT_ID} bytes"),
+        ));
     }
     if message.as_ref().is_some_and(|m| m.len() > MAX_MESSAGE) {
-        return Err(ApiError::bad_request("invalid_field", format!("message is longer than {MAX_MESSAGE} bytes")));
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("message is longer than {MAX_MESSAGE} bytes"),
+        ));
     }
-    Ok(WriteMeta { author: caller.token_id.clone(), agent_id, message, now: now_millis() })
+    Ok(WriteMeta {
+        author: caller.token_id.clone(),
+        agent_id,
+        message,
+        now: now_millis(),
+    })
 }
 
 fn check_mode(mode: Option<u32>) -> Result<(), ApiError> {
     match mode {
-        Some(m) if m > 0o7777 => {
-            Err(ApiError::bad_request("invalid_field", format!("mode {m:#o} has bits outside 0o7777")))
-        }
+        Some(m) if m > 0o7777 => Err(ApiError::bad_request(
+            "invalid_field",
+            format!("mode {m:#o} has bits outside 0o7777"),
+        )),
         _ => Ok(()),
     }
 }
@@ -86,7 +102,11 @@ fn default_mode(kind: NodeKind) -> u32 {
 }
 
 fn project_info(p: &ProjectRow) -> ProjectInfo {
-    ProjectInfo { name: p.name.clone(), created_at: super::store::format_time(p.created_at), cursor: p.cursor }
+    ProjectInfo {
+        name: p.name.clone(),
+        created_at: super::store::format_time(p.created_at),
+        cursor: p.cursor,
+    }
 }
 
 fn token_info(t: &TokenRow) -> TokenInfo {
@@ -117,12 +137,7 @@ enum Planned {
 }
 
 impl Service {
-    pub fn new(
-        store: Arc<dyn MetadataStore>,
-        blobs: Arc<dyn BlobStore>,
-        admin_token: &str,
-        limits: Limits,
-    ) -> Self {
+    pub fn new(store: Arc<dyn MetadataStore>, blobs: Arc<dyn BlobStore>, admin_token: &str, limits: Limits) -> Self {
         Self {
             store,
             blobs,
@@ -161,7 +176,12 @@ impl Service {
         Ok(project_info(&self.project_for(caller, name, false).await?))
     }
 
-    pub async fn create_token(&self, caller: &Caller, project: &str, req: CreateTokenRequest) -> Result<CreatedToken, ApiError> {
+    pub async fn create_token(
+        &self,
+        caller: &Caller,
+        project: &str,
+        req: CreateTokenRequest,
+    ) -> Result<CreatedToken, ApiError> {
         caller.require_admin()?;
         let project = self.project_for(caller, project, true).await?;
         if req.label.as_ref().is_some_and(|l| l.len() > MAX_AGENT_ID) {
@@ -171,9 +191,19 @@ impl Service {
         let id = format!("tok_{}", hex::encode(rand::random::<[u8; 6]>()));
         let row = self
             .store
-            .create_token(project.id, &id, &secret_hash(&secret), req.access, req.label, meta(caller, None, None)?)
+            .create_token(
+                project.id,
+                &id,
+                &secret_hash(&secret),
+                req.access,
+                req.label,
+                meta(caller, None, None)?,
+            )
             .await?;
-        Ok(CreatedToken { token: secret, info: token_info(&row) })
+        Ok(CreatedToken {
+            token: secret,
+            info: token_info(&row),
+        })
     }
 
     pub async fn list_tokens(&self, caller: &Caller, project: &str) -> Result<Vec<TokenInfo>, ApiError> {
@@ -193,13 +223,22 @@ impl Service {
 
     // ----- reads -----
 
-    pub async fn tree(&self, caller: &Caller, project: &str, prefix: Option<&WsPath>, recursive: bool) -> Result<TreeListing, ApiError> {
+    pub async fn tree(
+        &self,
+        caller: &Caller,
+        project: &str,
+        prefix: Option<&WsPath>,
+        recursive: bool,
+    ) -> Result<TreeListing, ApiError> {
         let project = self.project_for(caller, project, false).await?;
         if let Some(prefix) = prefix {
             match self.store.node_at(project.id, prefix).await? {
                 Some(n) if !n.deleted && n.kind == NodeKind::Dir => {}
                 Some(n) if !n.deleted => {
-                    return Err(ApiError::conflict("not_a_directory", format!("{prefix} is a {}", n.kind.as_str())))
+                    return Err(ApiError::conflict(
+                        "not_a_directory",
+                        format!("{prefix} is a {}", n.kind.as_str()),
+                    ))
                 }
                 _ => return Err(ApiError::not_found(format!("{prefix} does not exist"))),
             }
@@ -208,32 +247,52 @@ impl Service {
     }
 
     /// The version of `path` to read: its head, or `version` when given.
-    pub async fn checkout(&self, caller: &Caller, project: &str, path: &WsPath, version: Option<i64>) -> Result<(VersionInfo, ByteStream), ApiError> {
+    pub async fn checkout(
+        &self,
+        caller: &Caller,
+        project: &str,
+        path: &WsPath,
+        version: Option<i64>,
+    ) -> Result<(VersionInfo, ByteStream), ApiError> {
         let project = self.project_for(caller, project, false).await?;
         let node = self.store.node_at(project.id, path).await?;
         let info = match (node, version) {
             (Some(n), None) if !n.deleted => n.head,
             (Some(n), None) => {
-                return Err(ApiError::not_found(format!("{path} was deleted in version {}; read an older version or roll it back", n.head.version)))
+                return Err(ApiError::not_found(format!(
+                    "{path} was deleted in version {}; read an older version or roll it back",
+                    n.head.version
+                )))
             }
-            (Some(n), Some(v)) => self
-                .store
-                .version(n.node, v)
-                .await?
-                .ok_or_else(|| ApiError::not_found(format!("{path} has no version {v} (head is {})", n.head.version)))?,
+            (Some(n), Some(v)) => self.store.version(n.node, v).await?.ok_or_else(|| {
+                ApiError::not_found(format!("{path} has no version {v} (head is {})", n.head.version))
+            })?,
             (None, _) => return Err(ApiError::not_found(format!("{path} does not exist"))),
         };
         if info.deleted {
-            return Err(ApiError::not_found(format!("version {} of {path} is a deletion", info.version)));
+            return Err(ApiError::not_found(format!(
+                "version {} of {path} is a deletion",
+                info.version
+            )));
         }
         if info.kind == NodeKind::Dir {
-            return Err(ApiError::conflict("is_a_directory", format!("{path} is a directory; list it with the tree route")));
+            return Err(ApiError::conflict(
+                "is_a_directory",
+                format!("{path} is a directory; list it with the tree route"),
+            ));
         }
         let (_, stream) = self.blobs.get(&info.hash).await?;
         Ok((info, stream))
     }
 
-    pub async fn history(&self, caller: &Caller, project: &str, path: &WsPath, before: Option<i64>, limit: Option<u32>) -> Result<HistoryPage, ApiError> {
+    pub async fn history(
+        &self,
+        caller: &Caller,
+        project: &str,
+        path: &WsPath,
+        before: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<HistoryPage, ApiError> {
         let project = self.project_for(caller, project, false).await?;
         let node = self
             .store
@@ -246,10 +305,22 @@ impl Service {
             Some(v) if versions.len() as u32 == limit && v.version > 1 => Some(v.version),
             _ => None,
         };
-        Ok(HistoryPage { node: node.node, path: node.path, versions, next_before })
+        Ok(HistoryPage {
+            node: node.node,
+            path: node.path,
+            versions,
+            next_before,
+        })
     }
 
-    pub async fn changes(&self, caller: &Caller, project: &str, since: i64, timeout: Duration, limit: Option<u32>) -> Result<ChangesPage, ApiError> {
+    pub async fn changes(
+        &self,
+        caller: &Caller,
+        project: &str,
+        since: i64,
+        timeout: Duration,
+        limit: Option<u32>,
+    ) -> Result<ChangesPage, ApiError> {
         let project = self.project_for(caller, project, false).await?;
         let limit = limit.unwrap_or(1000).clamp(1, 10_000);
         let deadline = tokio::time::Instant::now() + timeout.min(self.limits.max_poll);
@@ -267,30 +338,60 @@ impl Service {
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 let cursor = since;
-                return Ok(ChangesPage { cursor, events: Vec::new(), more: false });
+                return Ok(ChangesPage {
+                    cursor,
+                    events: Vec::new(),
+                    more: false,
+                });
             }
         }
     }
 
-    pub async fn audit(&self, caller: &Caller, project: &str, since: i64, limit: Option<u32>) -> Result<AuditPage, ApiError> {
+    pub async fn audit(
+        &self,
+        caller: &Caller,
+        project: &str,
+        since: i64,
+        limit: Option<u32>,
+    ) -> Result<AuditPage, ApiError> {
         let project = self.project_for(caller, project, false).await?;
-        Ok(self.store.audit(project.id, since, limit.unwrap_or(100).clamp(1, 1000)).await?)
+        Ok(self
+            .store
+            .audit(project.id, since, limit.unwrap_or(100).clamp(1, 1000))
+            .await?)
     }
 
     // ----- blobs -----
 
-    pub async fn put_blob(&self, caller: &Caller, project: &str, hash: &BlobHash, body: ByteStream) -> Result<BlobReceipt, ApiError> {
+    pub async fn put_blob(
+        &self,
+        caller: &Caller,
+        project: &str,
+        hash: &BlobHash,
+        body: ByteStream,
+    ) -> Result<BlobReceipt, ApiError> {
         let project = self.project_for(caller, project, true).await?;
-        let (hash, size, created) = self.blobs.put_stream(Some(hash), body, self.limits.max_blob_bytes).await?;
+        let (hash, size, created) = self
+            .blobs
+            .put_stream(Some(hash), body, self.limits.max_blob_bytes)
+            .await?;
         self.store.record_blob(project.id, &hash).await?;
         Ok(BlobReceipt { hash, size, created })
     }
 
     /// A project may read blobs it uploaded or refers to, and published skills.
-    pub async fn get_blob(&self, caller: &Caller, project: &str, hash: &BlobHash) -> Result<(u64, ByteStream), ApiError> {
+    pub async fn get_blob(
+        &self,
+        caller: &Caller,
+        project: &str,
+        hash: &BlobHash,
+    ) -> Result<(u64, ByteStream), ApiError> {
         let project = self.project_for(caller, project, false).await?;
         if !self.store.project_has_blob(project.id, hash).await? && !self.store.skill_has_blob(hash).await? {
-            return Err(ApiError::not_found(format!("blob {hash} not found in project {}", project.name)));
+            return Err(ApiError::not_found(format!(
+                "blob {hash} not found in project {}",
+                project.name
+            )));
         }
         Ok(self.blobs.get(hash).await?)
     }
@@ -301,11 +402,21 @@ impl Service {
         let project = self.project_for(caller, project, true).await?;
         let kind = req.kind.unwrap_or(NodeKind::File);
         if kind == NodeKind::Dir {
-            return Err(ApiError::bad_request("invalid_field", "kind: directories are made with the mkdir route"));
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "kind: directories are made with the mkdir route",
+            ));
         }
         check_mode(req.mode)?;
-        if req.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY) {
-            return Err(ApiError::bad_request("invalid_field", format!("idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY} bytes")));
+        if req
+            .idempotency_key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY} bytes"),
+            ));
         }
         let meta = meta(caller, req.agent_id.clone(), req.message.clone())?;
         if let Some(done) = self.idempotent_result(project.id, &req).await? {
@@ -313,7 +424,10 @@ impl Service {
         }
         let size = self.visible_blob_size(&project, &req.hash).await?;
         if kind == NodeKind::Symlink && size > MAX_SYMLINK_TARGET {
-            return Err(ApiError::bad_request("invalid_field", format!("a symlink target is at most {MAX_SYMLINK_TARGET} bytes")));
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("a symlink target is at most {MAX_SYMLINK_TARGET} bytes"),
+            ));
         }
         let _serialised = self.path_lock(project.id, &req.path).lock().await;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
@@ -354,7 +468,9 @@ impl Service {
     }
 
     async fn idempotent_result(&self, project_id: i64, req: &CommitRequest) -> Result<Option<VersionInfo>, ApiError> {
-        let Some(key) = &req.idempotency_key else { return Ok(None) };
+        let Some(key) = &req.idempotency_key else {
+            return Ok(None);
+        };
         Ok(self.store.find_idempotent(project_id, key).await?)
     }
 
@@ -362,7 +478,10 @@ impl Service {
         let missing = || {
             ApiError::bad_request(
                 "blob_missing",
-                format!("blob {hash} has not been uploaded to project {}; PUT it to .../blobs/{hash} first", project.name),
+                format!(
+                    "blob {hash} has not been uploaded to project {}; PUT it to .../blobs/{hash} first",
+                    project.name
+                ),
             )
         };
         if !self.store.project_has_blob(project.id, hash).await? {
@@ -371,37 +490,81 @@ impl Service {
         self.blobs.size(hash).await?.ok_or_else(missing)
     }
 
-    async fn plan_commit(&self, project: &ProjectRow, req: &CommitRequest, kind: NodeKind, size: u64, head: Option<NodeHead>) -> Result<Planned, ApiError> {
+    async fn plan_commit(
+        &self,
+        project: &ProjectRow,
+        req: &CommitRequest,
+        kind: NodeKind,
+        size: u64,
+        head: Option<NodeHead>,
+    ) -> Result<Planned, ApiError> {
         let unknown_base = |base: i64, head: Option<VersionInfo>| {
             ApiError::conflict(
                 "base_version_unknown",
-                format!("{} has no version {base} to build on; re-read the file and commit again", req.path),
+                format!(
+                    "{} has no version {base} to build on; re-read the file and commit again",
+                    req.path
+                ),
             )
             .with_head(head)
         };
         let write = |target, hash: BlobHash, size, status, op, mode| {
-            Ok(Planned::Write(CommitPlan { target, hash, size, status, op, mode }))
+            Ok(Planned::Write(CommitPlan {
+                target,
+                hash,
+                size,
+                status,
+                op,
+                mode,
+            }))
         };
         let mode_or = |fallback: u32| req.mode.unwrap_or(fallback);
         let Some(head) = head else {
             return match req.base_version {
-                None => write(WriteTarget::New { path: req.path.clone() }, req.hash.clone(), size, VersionStatus::Clean, VersionOp::Create, mode_or(default_mode(kind))),
+                None => write(
+                    WriteTarget::New { path: req.path.clone() },
+                    req.hash.clone(),
+                    size,
+                    VersionStatus::Clean,
+                    VersionOp::Create,
+                    mode_or(default_mode(kind)),
+                ),
                 Some(base) => Err(unknown_base(base, None)),
             };
         };
-        let existing = WriteTarget::Existing { node: head.node, expected_head: head.head.version };
+        let existing = WriteTarget::Existing {
+            node: head.node,
+            expected_head: head.head.version,
+        };
         if head.deleted {
             return match req.base_version {
                 // A fresh file where an old one was deleted: a new node.
-                None => write(WriteTarget::New { path: req.path.clone() }, req.hash.clone(), size, VersionStatus::Clean, VersionOp::Create, mode_or(default_mode(kind))),
+                None => write(
+                    WriteTarget::New { path: req.path.clone() },
+                    req.hash.clone(),
+                    size,
+                    VersionStatus::Clean,
+                    VersionOp::Create,
+                    mode_or(default_mode(kind)),
+                ),
                 // Edited a file someone else deleted: the edit wins and
                 // restores it; the deletion stays in history.
-                Some(base) if base < head.head.version => write(existing, req.hash.clone(), size, VersionStatus::Lww, VersionOp::Write, mode_or(head.head.mode)),
+                Some(base) if base < head.head.version => write(
+                    existing,
+                    req.hash.clone(),
+                    size,
+                    VersionStatus::Lww,
+                    VersionOp::Write,
+                    mode_or(head.head.mode),
+                ),
                 Some(base) => Err(unknown_base(base, Some(head.head))),
             };
         }
         if head.kind == NodeKind::Dir {
-            return Err(ApiError::conflict("is_a_directory", format!("{} is a directory", req.path)));
+            return Err(ApiError::conflict(
+                "is_a_directory",
+                format!("{} is a directory", req.path),
+            ));
         }
         let mode = mode_or(head.head.mode);
         let unchanged = |hash: &BlobHash| *hash == head.head.hash && mode == head.head.mode && kind == head.kind;
@@ -410,7 +573,14 @@ impl Service {
                 if unchanged(&req.hash) {
                     return Ok(Planned::AlreadyThere(head.head));
                 }
-                return write(existing, req.hash.clone(), size, VersionStatus::Clean, VersionOp::Write, mode);
+                return write(
+                    existing,
+                    req.hash.clone(),
+                    size,
+                    VersionStatus::Clean,
+                    VersionOp::Write,
+                    mode,
+                );
             }
             Some(base) if base > head.head.version => return Err(unknown_base(base, Some(head.head))),
             Some(base) => Some(
@@ -431,14 +601,27 @@ impl Service {
         };
         let head_bytes = self.read_for_merge(&head.head.hash).await?;
         let new_bytes = self.read_for_merge(&req.hash).await?;
-        let (Some(base), Some(head_bytes), Some(new_bytes), NodeKind::File) = (base_bytes, head_bytes, new_bytes, kind) else {
+        let (Some(base), Some(head_bytes), Some(new_bytes), NodeKind::File) = (base_bytes, head_bytes, new_bytes, kind)
+        else {
             tracing::info!(path = %req.path, "not merged (symlink or over {MAX_MERGE_BYTES} bytes): last writer wins");
-            return write(existing, req.hash.clone(), size, VersionStatus::Lww, VersionOp::Write, mode);
+            return write(
+                existing,
+                req.hash.clone(),
+                size,
+                VersionStatus::Lww,
+                VersionOp::Write,
+                mode,
+            );
         };
         match merge(req.path.as_str(), &base, &head_bytes, &new_bytes) {
-            MergeOutcome::Merged(bytes) if bytes == new_bytes => {
-                write(existing, req.hash.clone(), size, VersionStatus::Clean, VersionOp::Write, mode)
-            }
+            MergeOutcome::Merged(bytes) if bytes == new_bytes => write(
+                existing,
+                req.hash.clone(),
+                size,
+                VersionStatus::Clean,
+                VersionOp::Write,
+                mode,
+            ),
             MergeOutcome::Merged(bytes) if bytes == head_bytes && mode == head.head.mode => {
                 // The writer's change is already contained in the head.
                 Ok(Planned::AlreadyThere(head.head))
@@ -447,11 +630,25 @@ impl Service {
                 let merged_size = bytes.len() as u64;
                 let hash = self.blobs.put_bytes(Bytes::from(bytes)).await?;
                 self.store.record_blob(project.id, &hash).await?;
-                write(existing, hash, merged_size, VersionStatus::Merged, VersionOp::Write, mode)
+                write(
+                    existing,
+                    hash,
+                    merged_size,
+                    VersionStatus::Merged,
+                    VersionOp::Write,
+                    mode,
+                )
             }
             MergeOutcome::Conflict(reason) => {
                 tracing::info!(path = %req.path, %reason, "true conflict: last writer wins, the previous head stays in history");
-                write(existing, req.hash.clone(), size, VersionStatus::Lww, VersionOp::Write, mode)
+                write(
+                    existing,
+                    req.hash.clone(),
+                    size,
+                    VersionStatus::Lww,
+                    VersionOp::Write,
+                    mode,
+                )
             }
         }
     }
@@ -488,15 +685,32 @@ impl Service {
                 _ => None,
             },
         };
-        let req = CommitRequest { path, base_version, hash, kind: None, mode: None, agent_id, message, idempotency_key: None };
+        let req = CommitRequest {
+            path,
+            base_version,
+            hash,
+            kind: None,
+            mode: None,
+            agent_id,
+            message,
+            idempotency_key: None,
+        };
         self.commit(caller, project, req).await
     }
 
-    pub async fn mkdir(&self, caller: &Caller, project: &str, req: MkdirRequest) -> Result<(VersionInfo, bool), ApiError> {
+    pub async fn mkdir(
+        &self,
+        caller: &Caller,
+        project: &str,
+        req: MkdirRequest,
+    ) -> Result<(VersionInfo, bool), ApiError> {
         let project = self.project_for(caller, project, true).await?;
         check_mode(req.mode)?;
         let meta = meta(caller, req.agent_id, req.message)?;
-        let applied = self.store.mkdir(project.id, &req.path, req.mode.unwrap_or(0o755), meta).await?;
+        let applied = self
+            .store
+            .mkdir(project.id, &req.path, req.mode.unwrap_or(0o755), meta)
+            .await?;
         self.feed.notify(project.id);
         Ok(applied.value)
     }
@@ -504,7 +718,11 @@ impl Service {
     pub async fn rename(&self, caller: &Caller, project: &str, req: RenameRequest) -> Result<VersionInfo, ApiError> {
         let project = self.project_for(caller, project, true).await?;
         let meta = meta(caller, req.agent_id, req.message)?;
-        match self.store.rename(project.id, &req.from, &req.to, req.replace, req.base_version, meta).await {
+        match self
+            .store
+            .rename(project.id, &req.from, &req.to, req.replace, req.base_version, meta)
+            .await
+        {
             Ok(applied) => {
                 self.feed.notify(project.id);
                 Ok(applied.value.moved)
@@ -517,7 +735,11 @@ impl Service {
     pub async fn delete(&self, caller: &Caller, project: &str, req: DeleteRequest) -> Result<DeleteResponse, ApiError> {
         let project = self.project_for(caller, project, true).await?;
         let meta = meta(caller, req.agent_id, req.message)?;
-        match self.store.delete(project.id, &req.path, req.base_version, req.recursive, meta).await {
+        match self
+            .store
+            .delete(project.id, &req.path, req.base_version, req.recursive, meta)
+            .await
+        {
             Ok(applied) => {
                 self.feed.notify(project.id);
                 Ok(DeleteResponse { deleted: applied.value })
@@ -528,12 +750,26 @@ impl Service {
     }
 
     async fn stale(&self, project: &ProjectRow, path: &WsPath) -> ApiError {
-        let head = self.store.node_at(project.id, path).await.ok().flatten().map(|n| n.head);
-        ApiError::conflict("base_version_stale", format!("{path} changed since the given base version; re-read it and retry"))
-            .with_head(head)
+        let head = self
+            .store
+            .node_at(project.id, path)
+            .await
+            .ok()
+            .flatten()
+            .map(|n| n.head);
+        ApiError::conflict(
+            "base_version_stale",
+            format!("{path} changed since the given base version; re-read it and retry"),
+        )
+        .with_head(head)
     }
 
-    pub async fn rollback(&self, caller: &Caller, project: &str, req: RollbackRequest) -> Result<VersionInfo, ApiError> {
+    pub async fn rollback(
+        &self,
+        caller: &Caller,
+        project: &str,
+        req: RollbackRequest,
+    ) -> Result<VersionInfo, ApiError> {
         let project = self.project_for(caller, project, true).await?;
         let meta = meta(caller, req.agent_id, req.message)?;
         let _serialised = self.path_lock(project.id, &req.path).lock().await;
@@ -544,16 +780,25 @@ impl Service {
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("{} has no history", req.path)))?;
             let target = self.store.version(node.node, req.version).await?.ok_or_else(|| {
-                ApiError::not_found(format!("{} has no version {} (head is {})", req.path, req.version, node.head.version))
+                ApiError::not_found(format!(
+                    "{} has no version {} (head is {})",
+                    req.path, req.version, node.head.version
+                ))
             })?;
             if target.deleted {
                 return Err(ApiError::bad_request(
                     "invalid_field",
-                    format!("version {} of {} is a deletion; use the delete route to delete", req.version, req.path),
+                    format!(
+                        "version {} of {} is a deletion; use the delete route to delete",
+                        req.version, req.path
+                    ),
                 ));
             }
             let write = ContentWrite {
-                target: WriteTarget::Existing { node: node.node, expected_head: node.head.version },
+                target: WriteTarget::Existing {
+                    node: node.node,
+                    expected_head: node.head.version,
+                },
                 kind: target.kind,
                 mode: target.mode,
                 hash: target.hash,
@@ -571,20 +816,34 @@ impl Service {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy", format!("{} is changing too fast; retry", req.path)))
+        Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!("{} is changing too fast; retry", req.path),
+        ))
     }
 
     // ----- skills -----
 
-    pub async fn put_skill_blob(&self, caller: &Caller, hash: &BlobHash, body: ByteStream) -> Result<BlobReceipt, ApiError> {
+    pub async fn put_skill_blob(
+        &self,
+        caller: &Caller,
+        hash: &BlobHash,
+        body: ByteStream,
+    ) -> Result<BlobReceipt, ApiError> {
         caller.require_admin()?;
-        let (hash, size, created) = self.blobs.put_stream(Some(hash), body, self.limits.max_blob_bytes).await?;
+        let (hash, size, created) = self
+            .blobs
+            .put_stream(Some(hash), body, self.limits.max_blob_bytes)
+            .await?;
         Ok(BlobReceipt { hash, size, created })
     }
 
     pub async fn get_skill_blob(&self, hash: &BlobHash) -> Result<(u64, ByteStream), ApiError> {
         if !self.store.skill_has_blob(hash).await? {
-            return Err(ApiError::not_found(format!("blob {hash} is not part of the published skills")));
+            return Err(ApiError::not_found(format!(
+                "blob {hash} is not part of the published skills"
+            )));
         }
         Ok(self.blobs.get(hash).await?)
     }
@@ -603,7 +862,10 @@ impl Service {
             let Some((skill, _)) = file.path.as_str().split_once('/') else {
                 return Err(ApiError::bad_request(
                     "invalid_skill",
-                    format!("{}: every skill file must be inside a skill folder (skill-name/...)", file.path),
+                    format!(
+                        "{}: every skill file must be inside a skill folder (skill-name/...)",
+                        file.path
+                    ),
                 ));
             };
             by_skill.entry(skill.to_string()).or_default().push(file);
@@ -613,28 +875,41 @@ impl Service {
             let manifest = files
                 .iter()
                 .find(|f| f.path.as_str() == format!("{name}/SKILL.md"))
-                .ok_or_else(|| ApiError::bad_request("invalid_skill", format!("skill {name}: missing {name}/SKILL.md")))?;
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid_skill", format!("skill {name}: missing {name}/SKILL.md"))
+                })?;
             for f in &files {
                 match self.blobs.size(&f.hash).await? {
                     Some(size) if size == f.size => {}
                     Some(size) => {
-                        return Err(ApiError::bad_request("invalid_skill", format!("skill {name}: {} is {size} bytes, not {}", f.path, f.size)))
+                        return Err(ApiError::bad_request(
+                            "invalid_skill",
+                            format!("skill {name}: {} is {size} bytes, not {}", f.path, f.size),
+                        ))
                     }
                     None => {
-                        return Err(ApiError::bad_request("blob_missing", format!("skill {name}: blob {} of {} was not uploaded", f.hash, f.path)))
+                        return Err(ApiError::bad_request(
+                            "blob_missing",
+                            format!("skill {name}: blob {} of {} was not uploaded", f.hash, f.path),
+                        ))
                     }
                 }
             }
             let text = self.blobs.read_all(&manifest.hash, 1 << 20).await?;
-            let (front_name, description) = parse_skill_front_matter(&text)
-                .map_err(|problem| ApiError::bad_request("invalid_skill", format!("skill {name}: SKILL.md {problem}")))?;
+            let (front_name, description) = parse_skill_front_matter(&text).map_err(|problem| {
+                ApiError::bad_request("invalid_skill", format!("skill {name}: SKILL.md {problem}"))
+            })?;
             if front_name != name {
                 return Err(ApiError::bad_request(
                     "invalid_skill",
                     format!("skill {name}: SKILL.md front matter says name: {front_name}, but the folder is {name}"),
                 ));
             }
-            skills.push(SkillInfo { name, description, files });
+            skills.push(SkillInfo {
+                name,
+                description,
+                files,
+            });
         }
         self.store.publish_skills(skills, meta(caller, None, None)?).await?;
         self.skills().await
@@ -668,10 +943,21 @@ mod tests {
     #[test]
     fn front_matter() {
         let ok = b"---\nname: pdf\ndescription: Read PDFs\n---\n# PDF\n";
-        assert_eq!(parse_skill_front_matter(ok).unwrap(), ("pdf".into(), "Read PDFs".into()));
-        assert!(parse_skill_front_matter(b"# no front matter").unwrap_err().contains("front matter"));
-        assert!(parse_skill_front_matter(b"---\nname: x\n---\n").unwrap_err().contains("description"));
-        assert!(parse_skill_front_matter(b"---\nname: [x\n---\n").unwrap_err().contains("YAML"));
-        assert!(parse_skill_front_matter(b"---\nname: x\ndescription: y\n").unwrap_err().contains("closed"));
+        assert_eq!(
+            parse_skill_front_matter(ok).unwrap(),
+            ("pdf".into(), "Read PDFs".into())
+        );
+        assert!(parse_skill_front_matter(b"# no front matter")
+            .unwrap_err()
+            .contains("front matter"));
+        assert!(parse_skill_front_matter(b"---\nname: x\n---\n")
+            .unwrap_err()
+            .contains("description"));
+        assert!(parse_skill_front_matter(b"---\nname: [x\n---\n")
+            .unwrap_err()
+            .contains("YAML"));
+        assert!(parse_skill_front_matter(b"---\nname: x\ndescription: y\n")
+            .unwrap_err()
+            .contains("closed"));
     }
 }

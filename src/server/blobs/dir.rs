@@ -34,7 +34,9 @@ impl DirBlobStore {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     fn path_of(&self, hash: &BlobHash) -> PathBuf {
@@ -43,7 +45,9 @@ impl DirBlobStore {
     }
 
     fn temp_path(&self) -> PathBuf {
-        self.root.join("tmp").join(format!("upload-{:016x}", rand::random::<u64>()))
+        self.root
+            .join("tmp")
+            .join(format!("upload-{:016x}", rand::random::<u64>()))
     }
 
     /// fsync the temp file, move it under its hash and fsync the directory.
@@ -84,7 +88,9 @@ impl BlobStore for DirBlobStore {
         limit: u64,
     ) -> Result<(BlobHash, u64, bool), BlobError> {
         let temp = self.temp_path();
-        let mut file = tokio::fs::File::create(&temp).await.map_err(|e| io_err("cannot create", &temp, e))?;
+        let mut file = tokio::fs::File::create(&temp)
+            .await
+            .map_err(|e| io_err("cannot create", &temp, e))?;
         let mut hasher = blake3::Hasher::new();
         let mut size: u64 = 0;
         let outcome: Result<(), BlobError> = async {
@@ -95,7 +101,9 @@ impl BlobStore for DirBlobStore {
                     return Err(BlobError::TooLarge { limit });
                 }
                 hasher.update(&chunk);
-                file.write_all(&chunk).await.map_err(|e| io_err("cannot write", &temp, e))?;
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| io_err("cannot write", &temp, e))?;
             }
             file.sync_all().await.map_err(|e| io_err("cannot fsync", &temp, e))?;
             Ok(())
@@ -104,9 +112,10 @@ impl BlobStore for DirBlobStore {
         drop(file);
         let actual = BlobHash::from_blake3(hasher.finalize());
         let verified = outcome.and_then(|()| match expected {
-            Some(expected) if *expected != actual => {
-                Err(BlobError::HashMismatch { expected: expected.clone(), actual: actual.clone() })
-            }
+            Some(expected) if *expected != actual => Err(BlobError::HashMismatch {
+                expected: expected.clone(),
+                actual: actual.clone(),
+            }),
             _ => Ok(()),
         });
         if let Err(e) = verified {
@@ -131,8 +140,15 @@ impl BlobStore for DirBlobStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BlobError::NotFound(hash.clone())),
             Err(e) => return Err(io_err("cannot open", &path, e)),
         };
-        let size = file.metadata().await.map_err(|e| io_err("cannot stat", &path, e))?.len();
-        Ok((size, Box::pin(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024))))
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| io_err("cannot stat", &path, e))?
+            .len();
+        Ok((
+            size,
+            Box::pin(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)),
+        ))
     }
 
     async fn read_all(&self, hash: &BlobHash, limit: u64) -> Result<Vec<u8>, BlobError> {
@@ -143,6 +159,8 @@ impl BlobStore for DirBlobStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BlobError::NotFound(hash.clone())),
             Err(e) => return Err(io_err("cannot stat", &path, e)),
         }
-        tokio::fs::read(&path).await.map_err(|e| io_err("cannot read", &path, e))
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| io_err("cannot read", &path, e))
     }
 }

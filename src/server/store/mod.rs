@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use thiserror::Error;
 
 use crate::api::{
-    Access, AuditPage, ChangeEvent, NodeKind, SkillInfo, SkillsListing, TreeListing, VersionInfo,
-    VersionOp, VersionStatus,
+    Access, AuditPage, ChangeEvent, NodeKind, SkillInfo, SkillsListing, TreeListing, VersionInfo, VersionOp,
+    VersionStatus,
 };
 use crate::model::{BlobHash, WsPath};
 
@@ -144,9 +144,20 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn find_idempotent(&self, project_id: i64, key: &str) -> StoreResult<Option<VersionInfo>>;
 
     /// Compare-and-set append of a content version; `HeadMoved` when it lost.
-    async fn write_content(&self, project_id: i64, write: ContentWrite, meta: WriteMeta) -> StoreResult<Applied<VersionInfo>>;
+    async fn write_content(
+        &self,
+        project_id: i64,
+        write: ContentWrite,
+        meta: WriteMeta,
+    ) -> StoreResult<Applied<VersionInfo>>;
     /// `mkdir -p`; returns the directory's head and whether anything was created.
-    async fn mkdir(&self, project_id: i64, path: &WsPath, mode: u32, meta: WriteMeta) -> StoreResult<Applied<(VersionInfo, bool)>>;
+    async fn mkdir(
+        &self,
+        project_id: i64,
+        path: &WsPath,
+        mode: u32,
+        meta: WriteMeta,
+    ) -> StoreResult<Applied<(VersionInfo, bool)>>;
     async fn rename(
         &self,
         project_id: i64,

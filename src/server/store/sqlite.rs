@@ -111,7 +111,8 @@ CREATE TABLE IF NOT EXISTS skill_files (
 );
 "#;
 
-const VERSION_COLUMNS: &str = "node_id, number, path, kind, mode, hash, size, op, status, deleted, parent, author, agent_id, message, created_at";
+const VERSION_COLUMNS: &str =
+    "node_id, number, path, kind, mode, hash, size, op, status, deleted, parent, author, agent_id, message, created_at";
 
 type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
@@ -188,7 +189,10 @@ impl SqliteStore {
         // An integrity check on open turns silent corruption into a loud refusal.
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if check != "ok" {
-            return Err(backend(format!("database {} failed its integrity check: {check}", path.display())));
+            return Err(backend(format!(
+                "database {} failed its integrity check: {check}",
+                path.display()
+            )));
         }
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
@@ -197,7 +201,10 @@ impl SqliteStore {
             .map_err(|e| backend(format!("cannot start the database writer thread: {e}")))?;
         Ok(Self {
             writer: tx,
-            readers: Arc::new(ReaderPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }),
+            readers: Arc::new(ReaderPool {
+                path: path.to_path_buf(),
+                idle: Mutex::new(Vec::new()),
+            }),
         })
     }
 
@@ -217,8 +224,11 @@ impl SqliteStore {
             });
             (ok, finish)
         });
-        self.writer.send(job).map_err(|_| backend("the database writer thread has stopped"))?;
-        rx.await.map_err(|_| backend("the database writer thread dropped a request"))?
+        self.writer
+            .send(job)
+            .map_err(|_| backend("the database writer thread has stopped"))?;
+        rx.await
+            .map_err(|_| backend("the database writer thread dropped a request"))?
     }
 
     async fn read<T: Send + 'static>(
@@ -266,7 +276,11 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
                 tracing::error!(error = %e, "savepoint failed");
             }
             let (ok, finish) = job(&conn);
-            let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            let end = if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
             if let Err(e) = conn.execute_batch(end) {
                 tracing::error!(error = %e, "ending savepoint failed");
             }
@@ -335,17 +349,29 @@ fn live_node(conn: &Connection, project_id: i64, path: &str) -> StoreResult<Opti
     )?;
     Ok(stmt
         .query_row(params![project_id, path], |r| {
-            Ok(NodeRow { id: r.get(0)?, path: r.get(1)?, kind: parse_kind(r.get(2)?)?, deleted: r.get(3)?, head: r.get(4)? })
+            Ok(NodeRow {
+                id: r.get(0)?,
+                path: r.get(1)?,
+                kind: parse_kind(r.get(2)?)?,
+                deleted: r.get(3)?,
+                head: r.get(4)?,
+            })
         })
         .optional()?)
 }
 
 fn node_by_id(conn: &Connection, project_id: i64, id: i64) -> StoreResult<Option<NodeRow>> {
-    let mut stmt = conn
-        .prepare_cached("SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = ?1 AND id = ?2")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = ?1 AND id = ?2")?;
     Ok(stmt
         .query_row(params![project_id, id], |r| {
-            Ok(NodeRow { id: r.get(0)?, path: r.get(1)?, kind: parse_kind(r.get(2)?)?, deleted: r.get(3)?, head: r.get(4)? })
+            Ok(NodeRow {
+                id: r.get(0)?,
+                path: r.get(1)?,
+                kind: parse_kind(r.get(2)?)?,
+                deleted: r.get(3)?,
+                head: r.get(4)?,
+            })
         })
         .optional()?)
 }
@@ -374,7 +400,17 @@ fn audit(
         "INSERT INTO audit (project_id, created_at, actor, agent_id, action, path, version, status, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    stmt.execute(params![project_id, meta.now, meta.author, meta.agent_id, action, path, version, status, detail])?;
+    stmt.execute(params![
+        project_id,
+        meta.now,
+        meta.author,
+        meta.agent_id,
+        action,
+        path,
+        version,
+        status,
+        detail
+    ])?;
     Ok(())
 }
 
@@ -430,18 +466,43 @@ fn append_version(
     conn.prepare_cached(
         "UPDATE nodes SET head = ?2, path = ?3, kind = ?4, deleted = ?5, deleted_at = ?6 WHERE id = ?1",
     )?
-    .execute(params![node, number, v.path, v.kind.as_str(), v.deleted, v.deleted.then_some(meta.now)])?;
+    .execute(params![
+        node,
+        number,
+        v.path,
+        v.kind.as_str(),
+        v.deleted,
+        v.deleted.then_some(meta.now)
+    ])?;
     let seq = bump_cursor(conn, project_id)?;
-    conn.prepare_cached("INSERT INTO events (project_id, seq, node_id, version, old_path) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![project_id, seq, node, number, v.old_path])?;
-    audit(conn, Some(project_id), meta, v.op.as_str(), Some(v.path), Some(number), Some(v.status.as_str()), v.old_path)?;
+    conn.prepare_cached(
+        "INSERT INTO events (project_id, seq, node_id, version, old_path) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![project_id, seq, node, number, v.old_path])?;
+    audit(
+        conn,
+        Some(project_id),
+        meta,
+        v.op.as_str(),
+        Some(v.path),
+        Some(number),
+        Some(v.status.as_str()),
+        v.old_path,
+    )?;
     let info = get_version(conn, node, number)?.ok_or_else(|| backend("a version vanished inside its transaction"))?;
     Ok((info, seq))
 }
 
-fn create_node(conn: &Connection, project_id: i64, v: &NewVersion, meta: &WriteMeta) -> StoreResult<(VersionInfo, i64)> {
+fn create_node(
+    conn: &Connection,
+    project_id: i64,
+    v: &NewVersion,
+    meta: &WriteMeta,
+) -> StoreResult<(VersionInfo, i64)> {
     let node: i64 = conn
-        .prepare_cached("INSERT INTO nodes (project_id, path, kind, deleted, head) VALUES (?1, ?2, ?3, 0, 1) RETURNING id")?
+        .prepare_cached(
+            "INSERT INTO nodes (project_id, path, kind, deleted, head) VALUES (?1, ?2, ?3, 0, 1) RETURNING id",
+        )?
         .query_row(params![project_id, v.path, v.kind.as_str()], |r| r.get(0))?;
     append_version(conn, project_id, node, None, v, meta)
 }
@@ -461,7 +522,13 @@ fn ensure_parents(conn: &Connection, project_id: i64, path: &WsPath, meta: &Writ
 
 /// Returns the directory's head version, the cursor it advanced to (0 if it
 /// already existed) and whether it was created.
-fn ensure_dir(conn: &Connection, project_id: i64, dir: &WsPath, mode: u32, meta: &WriteMeta) -> StoreResult<(VersionInfo, i64, bool)> {
+fn ensure_dir(
+    conn: &Connection,
+    project_id: i64,
+    dir: &WsPath,
+    mode: u32,
+    meta: &WriteMeta,
+) -> StoreResult<(VersionInfo, i64, bool)> {
     match live_node(conn, project_id, dir.as_str())? {
         Some(node) if node.kind == NodeKind::Dir => {
             let head = get_version(conn, node.id, node.head)?.ok_or_else(|| backend("node head missing"))?;
@@ -501,7 +568,13 @@ fn live_descendants(conn: &Connection, project_id: i64, dir: &str) -> StoreResul
     )?;
     let rows = stmt
         .query_map(params![project_id, lower, upper], |r| {
-            Ok(NodeRow { id: r.get(0)?, path: r.get(1)?, kind: parse_kind(r.get(2)?)?, deleted: r.get(3)?, head: r.get(4)? })
+            Ok(NodeRow {
+                id: r.get(0)?,
+                path: r.get(1)?,
+                kind: parse_kind(r.get(2)?)?,
+                deleted: r.get(3)?,
+                head: r.get(4)?,
+            })
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
@@ -535,7 +608,12 @@ fn check_base(conn: &Connection, node: &NodeRow, base_version: Option<i64>) -> S
 }
 
 fn project_row(r: &Row) -> rusqlite::Result<ProjectRow> {
-    Ok(ProjectRow { id: r.get(0)?, name: r.get(1)?, created_at: r.get(2)?, cursor: r.get(3)? })
+    Ok(ProjectRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at: r.get(2)?,
+        cursor: r.get(3)?,
+    })
 }
 
 fn token_row(r: &Row) -> rusqlite::Result<TokenRow> {
@@ -631,8 +709,12 @@ impl MetadataStore for SqliteStore {
 
     async fn tokens(&self, project_id: i64) -> StoreResult<Vec<TokenRow>> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare(&format!("{TOKEN_SELECT} WHERE t.project_id = ?1 ORDER BY t.created_at, t.id"))?;
-            let rows = stmt.query_map([project_id], token_row)?.collect::<Result<Vec<_>, _>>()?;
+            let mut stmt = conn.prepare(&format!(
+                "{TOKEN_SELECT} WHERE t.project_id = ?1 ORDER BY t.created_at, t.id"
+            ))?;
+            let rows = stmt
+                .query_map([project_id], token_row)?
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
         .await
@@ -641,10 +723,14 @@ impl MetadataStore for SqliteStore {
     async fn revoke_token(&self, id: &str, meta: WriteMeta) -> StoreResult<bool> {
         let id = id.to_string();
         self.write(move |conn| {
-            let project: Option<i64> =
-                conn.query_row("SELECT project_id FROM tokens WHERE id = ?1", [&id], |r| r.get(0)).optional()?;
+            let project: Option<i64> = conn
+                .query_row("SELECT project_id FROM tokens WHERE id = ?1", [&id], |r| r.get(0))
+                .optional()?;
             let Some(project) = project else { return Ok(false) };
-            conn.execute("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, meta.now])?;
+            conn.execute(
+                "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, meta.now],
+            )?;
             audit(conn, Some(project), &meta, "revoke_token", None, None, None, Some(&id))?;
             Ok(true)
         })
@@ -709,7 +795,13 @@ impl MetadataStore for SqliteStore {
                 .optional()?;
             let Some(row) = row else { return Ok(None) };
             let head = get_version(conn, row.id, row.head)?.ok_or_else(|| backend("node head missing"))?;
-            Ok(Some(NodeHead { node: row.id, path: row.path, kind: row.kind, deleted: row.deleted, head }))
+            Ok(Some(NodeHead {
+                node: row.id,
+                path: row.path,
+                kind: row.kind,
+                deleted: row.deleted,
+                head,
+            }))
         })
         .await
     }
@@ -744,7 +836,12 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn write_content(&self, project_id: i64, write: ContentWrite, meta: WriteMeta) -> StoreResult<Applied<VersionInfo>> {
+    async fn write_content(
+        &self,
+        project_id: i64,
+        write: ContentWrite,
+        meta: WriteMeta,
+    ) -> StoreResult<Applied<VersionInfo>> {
         self.write(move |conn| {
             if let Some(key) = &write.idempotency_key {
                 let seen: Option<i64> = conn
@@ -775,7 +872,10 @@ impl MetadataStore for SqliteStore {
                         old_path: None,
                     };
                     let (info, seq) = create_node(conn, project_id, &v, &meta)?;
-                    Ok(Applied { value: info, cursor: seq.max(parents_cursor) })
+                    Ok(Applied {
+                        value: info,
+                        cursor: seq.max(parents_cursor),
+                    })
                 }
                 WriteTarget::Existing { node, expected_head } => {
                     let row = node_by_id(conn, project_id, *node)?
@@ -822,20 +922,36 @@ impl MetadataStore for SqliteStore {
                         old_path: None,
                     };
                     let (info, seq) = append_version(conn, project_id, row.id, Some(row.head), &v, &meta)?;
-                    Ok(Applied { value: info, cursor: seq.max(parents_cursor) })
+                    Ok(Applied {
+                        value: info,
+                        cursor: seq.max(parents_cursor),
+                    })
                 }
             }
         })
         .await
     }
 
-    async fn mkdir(&self, project_id: i64, path: &WsPath, mode: u32, meta: WriteMeta) -> StoreResult<Applied<(VersionInfo, bool)>> {
+    async fn mkdir(
+        &self,
+        project_id: i64,
+        path: &WsPath,
+        mode: u32,
+        meta: WriteMeta,
+    ) -> StoreResult<Applied<(VersionInfo, bool)>> {
         let path = path.clone();
         self.write(move |conn| {
             let parents_cursor = ensure_parents(conn, project_id, &path, &meta)?;
             let (info, seq, created) = ensure_dir(conn, project_id, &path, mode, &meta)?;
-            let cursor = if seq == 0 && parents_cursor == 0 { current_cursor(conn, project_id)? } else { seq.max(parents_cursor) };
-            Ok(Applied { value: (info, created), cursor })
+            let cursor = if seq == 0 && parents_cursor == 0 {
+                current_cursor(conn, project_id)?
+            } else {
+                seq.max(parents_cursor)
+            };
+            Ok(Applied {
+                value: (info, created),
+                cursor,
+            })
         })
         .await
     }
@@ -864,7 +980,13 @@ impl MetadataStore for SqliteStore {
             let mut replaced = None;
             if to == from {
                 let head = get_version(conn, source.id, source.head)?.ok_or_else(|| backend("node head missing"))?;
-                return Ok(Applied { value: RenameOutcome { moved: head, replaced: None }, cursor: current_cursor(conn, project_id)? });
+                return Ok(Applied {
+                    value: RenameOutcome {
+                        moved: head,
+                        replaced: None,
+                    },
+                    cursor: current_cursor(conn, project_id)?,
+                });
             }
             if let Some(target) = live_node(conn, project_id, to.as_str())? {
                 if !replace {
@@ -904,7 +1026,8 @@ impl MetadataStore for SqliteStore {
                 let prefix_len = from.as_str().len();
                 for child in live_descendants(conn, project_id, from.as_str())? {
                     let new_path = format!("{}{}", to.as_str(), &child.path[prefix_len..]);
-                    conn.prepare_cached("UPDATE nodes SET path = ?2 WHERE id = ?1")?.execute(params![child.id, new_path])?;
+                    conn.prepare_cached("UPDATE nodes SET path = ?2 WHERE id = ?1")?
+                        .execute(params![child.id, new_path])?;
                 }
             }
             let head = get_version(conn, source.id, source.head)?.ok_or_else(|| backend("node head missing"))?;
@@ -921,7 +1044,10 @@ impl MetadataStore for SqliteStore {
                 old_path: Some(from.as_str()),
             };
             let (moved, seq) = append_version(conn, project_id, source.id, Some(source.head), &v, &meta)?;
-            Ok(Applied { value: RenameOutcome { moved, replaced }, cursor: cursor.max(seq) })
+            Ok(Applied {
+                value: RenameOutcome { moved, replaced },
+                cursor: cursor.max(seq),
+            })
         })
         .await
     }
@@ -946,7 +1072,9 @@ impl MetadataStore for SqliteStore {
                 if !children.is_empty() && !recursive {
                     return Err(StoreError::Conflict {
                         code: "not_empty",
-                        message: format!("directory {path} is not empty; pass recursive=true to delete it and its contents"),
+                        message: format!(
+                            "directory {path} is not empty; pass recursive=true to delete it and its contents"
+                        ),
                     });
                 }
                 for child in &children {
@@ -957,7 +1085,10 @@ impl MetadataStore for SqliteStore {
             }
             let (info, seq) = tombstone(conn, project_id, &node, &meta)?;
             deleted.insert(0, info);
-            Ok(Applied { value: deleted, cursor: cursor.max(seq) })
+            Ok(Applied {
+                value: deleted,
+                cursor: cursor.max(seq),
+            })
         })
         .await
     }
@@ -978,8 +1109,9 @@ impl MetadataStore for SqliteStore {
                         node: r.get(1)?,
                         path: r.get(2)?,
                         old_path: r.get(3)?,
-                        op: VersionOp::parse(&op)
-                            .ok_or_else(|| rusqlite::Error::InvalidColumnType(4, op.clone(), rusqlite::types::Type::Text))?,
+                        op: VersionOp::parse(&op).ok_or_else(|| {
+                            rusqlite::Error::InvalidColumnType(4, op.clone(), rusqlite::types::Type::Text)
+                        })?,
                         version: r.get(5)?,
                         kind: parse_kind(r.get(6)?)?,
                         hash: parse_hash(r.get(7)?)?,
@@ -1054,11 +1186,20 @@ impl MetadataStore for SqliteStore {
             conn.execute("DELETE FROM skills", [])?;
             conn.execute("DELETE FROM skill_files", [])?;
             for skill in &skills {
-                conn.execute("INSERT INTO skills (name, description) VALUES (?1, ?2)", params![skill.name, skill.description])?;
+                conn.execute(
+                    "INSERT INTO skills (name, description) VALUES (?1, ?2)",
+                    params![skill.name, skill.description],
+                )?;
                 for file in &skill.files {
                     conn.execute(
                         "INSERT INTO skill_files (path, skill, hash, size, mode) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        params![file.path.as_str(), skill.name, file.hash.as_str(), file.size as i64, file.mode],
+                        params![
+                            file.path.as_str(),
+                            skill.name,
+                            file.hash.as_str(),
+                            file.size as i64,
+                            file.mode
+                        ],
                     )?;
                 }
             }
@@ -1068,7 +1209,16 @@ impl MetadataStore for SqliteStore {
                 [meta.now.to_string()],
             )?;
             let names: Vec<&str> = skills.iter().map(|s| s.name.as_str()).collect();
-            audit(conn, None, &meta, "publish_skills", None, None, None, Some(&names.join(",")))?;
+            audit(
+                conn,
+                None,
+                &meta,
+                "publish_skills",
+                None,
+                None,
+                None,
+                Some(&names.join(",")),
+            )?;
             Ok(())
         })
         .await
@@ -1077,11 +1227,19 @@ impl MetadataStore for SqliteStore {
     async fn skills(&self) -> StoreResult<SkillsListing> {
         self.read(|conn| {
             let published_at: Option<String> = conn
-                .query_row("SELECT value FROM meta WHERE key = 'skills_published_at'", [], |r| r.get(0))
+                .query_row("SELECT value FROM meta WHERE key = 'skills_published_at'", [], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             let mut skills: Vec<SkillInfo> = conn
                 .prepare("SELECT name, description FROM skills ORDER BY name")?
-                .query_map([], |r| Ok(SkillInfo { name: r.get(0)?, description: r.get(1)?, files: Vec::new() }))?
+                .query_map([], |r| {
+                    Ok(SkillInfo {
+                        name: r.get(0)?,
+                        description: r.get(1)?,
+                        files: Vec::new(),
+                    })
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             let mut stmt = conn.prepare("SELECT skill, path, hash, size, mode FROM skill_files ORDER BY path")?;
             let mut rows = stmt.query([])?;
@@ -1123,7 +1281,9 @@ impl MetadataStore for SqliteStore {
             let mut stmt = conn.prepare(
                 "SELECT hash FROM versions UNION SELECT hash FROM skill_files UNION SELECT hash FROM project_blobs",
             )?;
-            let rows = stmt.query_map([], |r| parse_hash(r.get(0)?))?.collect::<Result<Vec<_>, _>>()?;
+            let rows = stmt
+                .query_map([], |r| parse_hash(r.get(0)?))?
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
         .await
