@@ -6,8 +6,12 @@
 //! (typed REST client), [`cli`] (the command line).
 
 pub mod api;
+pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod fuse;
 pub mod merge;
 pub mod model;
+pub mod mount;
 pub mod server;
+pub mod vfs;

@@ -42,7 +42,7 @@ fn client(global: &GlobalArgs) -> anyhow::Result<Client> {
     let token = global.token.clone().ok_or_else(|| {
         anyhow!("no token: pass --token or set CONTEXTFS_TOKEN (the admin token is in the server's DATA/admin-token)")
     })?;
-    Client::new(&global.server, Some(token)).map_err(explain)
+    Client::new(&global.server_url(), Some(token)).map_err(explain)
 }
 
 fn project(global: &GlobalArgs) -> anyhow::Result<&str> {
@@ -59,9 +59,19 @@ fn ws_path(raw: &str) -> anyhow::Result<WsPath> {
 }
 
 pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCode> {
+    let global = &global.clone().with_saved_defaults()?;
+    if let Command::Login { default_project } = command {
+        return login(global, default_project).await;
+    }
     let c = client(global)?;
     match command {
-        Command::Serve(_) => unreachable!("serve is handled before client commands"),
+        Command::Serve(_)
+        | Command::Mount(_)
+        | Command::Umount { .. }
+        | Command::Status { .. }
+        | Command::Login { .. } => {
+            unreachable!("handled before client commands")
+        }
         Command::Project(ProjectCommand::Create { name }) => {
             let p = c.create_project(&name).await.map_err(explain)?;
             println!("created project {}", p.name);
@@ -241,6 +251,37 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
                 println!("{}\t{} ({} files)", s.name, s.description, s.files.len());
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the server and token, then saves them as defaults.
+async fn login(global: &GlobalArgs, default_project: Option<String>) -> anyhow::Result<ExitCode> {
+    let c = client(global)?;
+    let who = c.whoami().await.map_err(explain)?;
+    let project = default_project.or_else(|| who.project.clone());
+    let saved = super::config::Config {
+        server: Some(global.server_url()),
+        token: global.token.clone(),
+        project: project.clone(),
+    };
+    let path = super::config::save(&saved)?;
+    let role = if who.admin {
+        "admin".to_string()
+    } else {
+        format!(
+            "{} token for project {}",
+            who.access.as_str(),
+            who.project.unwrap_or_default()
+        )
+    };
+    println!(
+        "logged in to {} ({role}); defaults saved in {}",
+        global.server_url(),
+        path.display()
+    );
+    if let Some(p) = project {
+        println!("now `contextfs mount ~/ws` mounts project {p}");
     }
     Ok(ExitCode::SUCCESS)
 }

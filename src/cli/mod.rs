@@ -1,6 +1,8 @@
 //! The command line: `contextfs serve` and the REST client commands.
 
 mod commands;
+pub mod config;
+mod mount;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,14 +32,9 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
-    /// Server URL, e.g. http://127.0.0.1:8420
-    #[arg(
-        long,
-        global = true,
-        env = "CONTEXTFS_SERVER",
-        default_value = "http://127.0.0.1:8420"
-    )]
-    pub server: String,
+    /// Server URL [default: from `contextfs login`, else http://127.0.0.1:8420]
+    #[arg(long, global = true, env = "CONTEXTFS_SERVER")]
+    pub server: Option<String>,
     /// Bearer token: the admin token or a project token
     #[arg(long, global = true, env = "CONTEXTFS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -128,6 +125,82 @@ falls back to last-writer-wins, keeping the other version in history."
     /// Publish or list the read-only skills every project sees
     #[command(subcommand)]
     Skills(SkillsCommand),
+    /// Show a project as a folder (FUSE); writes are committed when files are closed
+    Mount(MountCommand),
+    /// Commit what is pending, report per file, and unmount
+    #[command(
+        long_about = "Waits for pending commits (with a progress line if that takes more than a second), \
+prints one line per file committed since the mount with its outcome (clean, merged, lww, still queued), then unmounts.\n\n\
+Exits non-zero, naming the journal, if anything is still only queued (for example because the server is down); \
+the next mount of the same project at the same place commits it."
+    )]
+    Umount { mountpoint: PathBuf },
+    /// Show a mount's pending and queued files and recent outcomes
+    Status { mountpoint: PathBuf },
+    /// Save a server and token as defaults in ~/.config/contextfs/config.toml
+    Login {
+        /// Also save a default project
+        #[arg(long = "default-project")]
+        default_project: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(
+    long_about = "Shows PROJECT at MOUNTPOINT as a POSIX folder, with the published skills read-only under skills/.\n\n\
+Reads come from a content-addressed cache shared by every mount on this machine. A file is committed when it is closed: \
+the change is first written to a durable journal, so close() succeeds even when the server is down, and a background \
+task sends it with retries. Editors' save-by-rename becomes one commit on the original file. Changes made elsewhere \
+appear within about a second.\n\n\
+Runs in the foreground until Ctrl-C / SIGTERM / `contextfs umount`, which flush first; --daemon returns once the mount is ready."
+)]
+pub struct MountCommand {
+    /// Where to show the project (created if missing)
+    pub mountpoint: PathBuf,
+    /// Agent id recorded with every commit [default: the host name]
+    #[arg(long, env = "CONTEXTFS_AGENT_ID")]
+    pub agent_id: Option<String>,
+    /// Let other users (and containers) use the mount
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Return once the mount is ready and keep serving in the background
+    #[arg(long)]
+    pub daemon: bool,
+    /// Refuse every write (EROFS)
+    #[arg(long)]
+    pub read_only: bool,
+    /// Shared blob cache [default: ~/.cache/contextfs]
+    #[arg(long, env = "CONTEXTFS_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Cache size limit, e.g. 10G, 500M [default: 10G]
+    #[arg(long, default_value = "10G", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Extra FUSE mount options, comma-separated
+    #[arg(short = 'o')]
+    pub options: Vec<String>,
+}
+
+/// Parses sizes like `10G`, `512M`, `4096`.
+pub fn parse_size(raw: &str) -> Result<u64, String> {
+    let raw = raw.trim();
+    let (digits, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a size (examples: 4096, 500M, 10G)"))?;
+    let factor: u64 = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(factor).ok_or_else(|| format!("{raw} is too large"))
 }
 
 #[derive(Args, Debug)]
@@ -179,11 +252,21 @@ pub enum SkillsCommand {
     List,
 }
 
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONTEXTFS_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match cli.command {
-            Command::Serve(_) => "info,tower_http=warn",
+            Command::Serve(_) | Command::Mount(_) => "info,tower_http=warn",
             _ => "warn",
         })
     });
@@ -197,6 +280,16 @@ pub fn main() -> ExitCode {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // mount owns its own runtime (FUSE threads call into it), so it runs outside this one.
+    let cli = match cli.command {
+        Command::Mount(args) => {
+            drop(runtime);
+            return report(mount::run(cli.global, args));
+        }
+        Command::Umount { mountpoint } => return report(mount::umount(&mountpoint)),
+        Command::Status { mountpoint } => return report(mount::status(&mountpoint)),
+        _ => cli,
     };
     let result = runtime.block_on(run(cli));
     match result {
@@ -224,5 +317,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         other => commands::run(&cli.global, other).await,
+    }
+}
+
+impl GlobalArgs {
+    /// Fills what flags and environment left open from `contextfs login`'s file.
+    pub fn with_saved_defaults(mut self) -> anyhow::Result<Self> {
+        if self.server.is_some() && self.token.is_some() && self.project.is_some() {
+            return Ok(self);
+        }
+        let saved = config::load()?;
+        self.server = self.server.or(saved.server);
+        self.token = self.token.or(saved.token);
+        self.project = self.project.or(saved.project);
+        Ok(self)
+    }
+
+    pub fn server_url(&self) -> String {
+        self.server
+            .clone()
+            .unwrap_or_else(|| "http://127.0.0.1:8420".to_string())
     }
 }

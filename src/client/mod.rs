@@ -235,6 +235,32 @@ impl Client {
         self.verified_body(response, hash).await
     }
 
+    /// Starts a blob download; the caller reads chunks with `Response::chunk`
+    /// and must verify the hash itself (the mount's cache does).
+    pub async fn blob_response(&self, project: &str, hash: &BlobHash) -> ClientResult<Response> {
+        self.send(self.request(Method::GET, &Self::project_route(project, &format!("/blobs/{hash}"))))
+            .await
+    }
+
+    /// Uploads a local file as a blob without reading it all into memory.
+    pub async fn put_blob_file(
+        &self,
+        project: &str,
+        hash: &BlobHash,
+        path: &std::path::Path,
+    ) -> ClientResult<BlobReceipt> {
+        let file = tokio::fs::File::open(path).await.map_err(|e| ClientError::Protocol {
+            url: path.display().to_string(),
+            detail: format!("cannot open the content to upload: {e}"),
+        })?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+        self.json(
+            self.request(Method::PUT, &Self::project_route(project, &format!("/blobs/{hash}")))
+                .body(body),
+        )
+        .await
+    }
+
     async fn verified_body(&self, response: Response, hash: &BlobHash) -> ClientResult<Bytes> {
         let url = response.url().to_string();
         let bytes = response.bytes().await.map_err(|e| ClientError::Unreachable {

@@ -44,8 +44,12 @@ impl FromRequestParts<Arc<Service>> for Caller {
         let secret = header
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            // The auth scheme is case-insensitive (RFC 9110 §11.1).
+            .and_then(|v| {
+                v.split_once(' ')
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            })
+            .map(|(_, token)| token.trim())
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
         service.authenticate(secret).await

@@ -64,6 +64,27 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// `Path` whose rejections (e.g. a segment that is not UTF-8) are API errors.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| {
+                let code = if e.status().is_client_error() {
+                    "invalid_path"
+                } else {
+                    "internal"
+                };
+                ApiError::new(e.status(), code, e.body_text())
+            })
+    }
+}
+
 fn ws_path(raw: &str) -> Result<WsPath, ApiError> {
     WsPath::parse(raw).map_err(|e| ApiError::bad_request("invalid_path", e.to_string()))
 }
@@ -113,6 +134,13 @@ pub fn router(service: Arc<Service>) -> Router {
         );
     Router::new()
         .nest(API_PREFIX, api)
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method; see docs/HTTP_API.md",
+            )
+        })
         .fallback(|| async { ApiError::not_found("no such route; see docs/HTTP_API.md") })
         .layer(DefaultBodyLimit::max(json_limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -150,7 +178,7 @@ async fn list_projects(State(s): Shared, caller: Caller) -> Result<Json<Vec<Proj
 async fn get_project(
     State(s): Shared,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
 ) -> Result<Json<ProjectInfo>, ApiError> {
     Ok(Json(s.project(&caller, &project).await?))
 }
@@ -158,7 +186,7 @@ async fn get_project(
 async fn create_token(
     State(s): Shared,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok((StatusCode::CREATED, Json(s.create_token(&caller, &project, req).await?)))
@@ -167,12 +195,12 @@ async fn create_token(
 async fn list_tokens(
     State(s): Shared,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     Ok(Json(s.list_tokens(&caller, &project).await?))
 }
 
-async fn revoke_token(State(s): Shared, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn revoke_token(State(s): Shared, caller: Caller, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
     s.revoke_token(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -191,7 +219,7 @@ fn yes() -> bool {
 async fn tree(
     State(s): Shared,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiQuery(q): ApiQuery<TreeQuery>,
 ) -> Result<Json<TreeListing>, ApiError> {
     let prefix = q.prefix.as_deref().filter(|p| !p.is_empty()).map(ws_path).transpose()?;
@@ -201,7 +229,7 @@ async fn tree(
 async fn put_blob(
     State(s): Shared,
     caller: Caller,
-    Path((project, hash)): Path<(String, String)>,
+    ApiPath((project, hash)): ApiPath<(String, String)>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
     let hash = blob_hash(&hash)?;
@@ -226,7 +254,7 @@ fn stream_response(size: u64, stream: ByteStream, mut headers: HeaderMap) -> Res
 async fn get_blob(
     State(s): Shared,
     caller: Caller,
-    Path((project, hash)): Path<(String, String)>,
+    ApiPath((project, hash)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     let hash = blob_hash(&hash)?;
     let (size, stream) = s.get_blob(&caller, &project, &hash).await?;
@@ -256,7 +284,7 @@ struct CheckoutQuery {
 async fn checkout(
     State(s): Shared,
     caller: Caller,
-    Path((project, path)): Path<(String, String)>,
+    ApiPath((project, path)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<CheckoutQuery>,
 ) -> Result<Response, ApiError> {
     let path = ws_path(&path)?;
@@ -285,7 +313,7 @@ fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
 async fn put_file(
     State(s): Shared,
     caller: Caller,
-    Path((project, path)): Path<(String, String)>,
+    ApiPath((project, path)): ApiPath<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<VersionInfo>, ApiError> {
@@ -311,7 +339,7 @@ async fn put_file(
 async fn commit(
     State(s): Shared,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiJson(req): ApiJson<CommitRequest>,
 ) -> Result<Json<VersionInfo>, ApiError> {
     Ok(Json(s.commit(&caller, &project, req).await?))
@@ -320,7 +348,7 @@ async fn commit(
 async fn mkdir(
     State(s): Shared,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiJson(req): ApiJson<MkdirRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (info, created) = s.mkdir(&caller, &project, req).await?;
@@ -330,7 +358,7 @@ async fn mkdir(
 async fn rename(
     State(s): Shared,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiJson(req): ApiJson<RenameRequest>,
 ) -> Result<Json<VersionInfo>, ApiError> {
     Ok(Json(s.rename(&caller, &project, req).await?))
@@ -339,7 +367,7 @@ async fn rename(
 async fn delete_path(
     State(s): Shared,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiJson(req): ApiJson<DeleteRequest>,
 ) -> Result<Json<DeleteResponse>, ApiError> {
     Ok(Json(s.delete(&caller, &project, req).await?))
@@ -355,7 +383,7 @@ struct HistoryQuery {
 async fn history(
     State(s): Shared,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<HistoryPage>, ApiError> {
     let path = ws_path(&q.path)?;
@@ -365,7 +393,7 @@ async fn history(
 async fn rollback(
     State(s): Shared,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiJson(req): ApiJson<RollbackRequest>,
 ) -> Result<Json<VersionInfo>, ApiError> {
     Ok(Json(s.rollback(&caller, &project, req).await?))
@@ -383,7 +411,7 @@ struct ChangesQuery {
 async fn changes(
     State(s): Shared,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiQuery(q): ApiQuery<ChangesQuery>,
 ) -> Result<Json<ChangesPage>, ApiError> {
     Ok(Json(
@@ -402,7 +430,7 @@ struct AuditQuery {
 async fn audit(
     State(s): Shared,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
     Ok(Json(s.audit(&caller, &project, q.since, q.limit).await?))
@@ -423,7 +451,7 @@ async fn publish_skills(
 async fn put_skill_blob(
     State(s): Shared,
     caller: Caller,
-    Path(hash): Path<String>,
+    ApiPath(hash): ApiPath<String>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
     let hash = blob_hash(&hash)?;
@@ -438,7 +466,11 @@ async fn put_skill_blob(
     ))
 }
 
-async fn get_skill_blob(State(s): Shared, _caller: Caller, Path(hash): Path<String>) -> Result<Response, ApiError> {
+async fn get_skill_blob(
+    State(s): Shared,
+    _caller: Caller,
+    ApiPath(hash): ApiPath<String>,
+) -> Result<Response, ApiError> {
     let hash = blob_hash(&hash)?;
     let (size, stream) = s.get_skill_blob(&hash).await?;
     Ok(stream_response(size, stream, blob_headers(&hash)))

@@ -28,6 +28,16 @@ impl DirBlobStore {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
         }
+        // Every `blobs/ab/` exists (and is durable in `blobs/`) before the first
+        // upload, so publishing a blob only ever has to fsync its own directory.
+        let blobs = root.join("blobs");
+        for prefix in 0..=255u8 {
+            let dir = blobs.join(format!("{prefix:02x}"));
+            std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        }
+        std::fs::File::open(&blobs)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err("cannot fsync", &blobs, e))?;
         // Leftovers of uploads interrupted by a crash are never referenced.
         if let Ok(entries) = std::fs::read_dir(root.join("tmp")) {
             for entry in entries.flatten() {

@@ -1,0 +1,167 @@
+//! `contextfs mount`, `umount` and `status` on the command line.
+
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+
+use super::{GlobalArgs, MountCommand};
+use crate::cache::BlobCache;
+use crate::mount::control::{self, Message};
+use crate::mount::{self as runtime, MountArgs};
+
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+pub fn run(global: GlobalArgs, cmd: MountCommand) -> anyhow::Result<ExitCode> {
+    let global = global.with_saved_defaults()?;
+    let project = global
+        .project
+        .clone()
+        .ok_or_else(|| anyhow!("no project: pass --project NAME, set CONTEXTFS_PROJECT, or save one with `contextfs login --default-project`"))?;
+    let token = global.token.clone().ok_or_else(|| {
+        anyhow!("no token: pass --token, set CONTEXTFS_TOKEN, or run `contextfs login --server URL --token T`")
+    })?;
+    if cmd.daemon {
+        return daemonize(&cmd.mountpoint);
+    }
+    let args = MountArgs {
+        mountpoint: cmd.mountpoint,
+        project,
+        server: global.server_url(),
+        token,
+        agent_id: cmd.agent_id.or_else(host_name),
+        allow_other: cmd.allow_other,
+        read_only: cmd.read_only,
+        cache_dir: cmd.cache_dir.unwrap_or_else(BlobCache::default_root),
+        cache_size: cmd.cache_size,
+        fuse_options: cmd.options,
+    };
+    runtime::run(args, |_| {})
+}
+
+/// Starts the same command without --daemon in a new session, and returns
+/// once that mount answers on its control socket (or reports why it failed).
+fn daemonize(mountpoint: &Path) -> anyhow::Result<ExitCode> {
+    let mountpoint = runtime::canonical_mountpoint(mountpoint)?;
+    let logs = runtime::state_root().join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let log_path = logs.join(format!(
+        "mount-{}.log",
+        mountpoint.display().to_string().replace('/', "_")
+    ));
+    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--daemon").collect();
+    let exe = std::env::current_exe().context("cannot find the contextfs executable")?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid only detaches the child from our terminal and process group.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().context("cannot start the background mount")?;
+    let socket = runtime::socket_path(&mountpoint);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(Message::Status(_)) = control::request(&socket, "status") {
+            println!(
+                "mounted at {} (pid {}, log: {})",
+                mountpoint.display(),
+                child.id(),
+                log_path.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("the mount exited ({status}) before it was ready:\n{}", tail.join("\n"));
+        }
+        if Instant::now() > deadline {
+            bail!("the mount was not ready after 120 s; see {}", log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn umount(mountpoint: &Path) -> anyhow::Result<ExitCode> {
+    let mountpoint = runtime::canonical_mountpoint(mountpoint)?;
+    let socket = runtime::socket_path(&mountpoint);
+    let started = Instant::now();
+    let answer = control::request_with(&socket, "umount", |m| {
+        if let Message::Progress(line) = m {
+            if started.elapsed() > Duration::from_secs(1) {
+                eprintln!("{line}");
+            }
+        }
+    });
+    match answer {
+        Ok(Message::Done(report)) => {
+            print!("{}", report.render());
+            if report.queued.is_empty() {
+                println!("unmounted {}", mountpoint.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Ok(Message::Error(e)) => bail!("{e}"),
+        Ok(other) => bail!("unexpected answer from the mount: {other:?}"),
+        Err(_) if runtime::is_mounted(&mountpoint) => {
+            // The mount process is gone (killed?): its journal waits for the next mount.
+            runtime::detach_stale(&mountpoint)?;
+            eprintln!(
+                "the contextfs process serving {} was not running; detached the mount. \
+                 Anything it had journaled is committed by the next `contextfs mount` of the same project there.",
+                mountpoint.display()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Err(_) => bail!("nothing is mounted at {}", mountpoint.display()),
+    }
+}
+
+pub fn status(mountpoint: &Path) -> anyhow::Result<ExitCode> {
+    let mountpoint = runtime::canonical_mountpoint(mountpoint)?;
+    match control::request(&runtime::socket_path(&mountpoint), "status") {
+        Ok(Message::Status(r)) => {
+            println!(
+                "project {} at {} (pid {}), server {}",
+                r.info.project, r.info.mountpoint, r.info.pid, r.info.server
+            );
+            let state = if r.online { "reachable" } else { "UNREACHABLE" };
+            println!(
+                "server: {state}{}",
+                r.last_error
+                    .as_deref()
+                    .map(|e| format!(" — last error: {e}"))
+                    .unwrap_or_default()
+            );
+            println!(
+                "journal: {} ({} queued, {} pending, {} commits since mount)",
+                r.info.journal,
+                r.queued.len(),
+                r.pending.len(),
+                r.commits
+            );
+            print!("{}", r.render());
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(other) => bail!("unexpected answer from the mount: {other:?}"),
+        Err(e) => bail!("no running contextfs mount at {} ({e})", mountpoint.display()),
+    }
+}

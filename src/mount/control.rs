@@ -1,0 +1,195 @@
+//! The control socket of a running mount: `contextfs status` and
+//! `contextfs umount` send one JSON line and read JSON lines back.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+use super::sync::SyncWorker;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountInfo {
+    pub project: String,
+    pub mountpoint: String,
+    pub server: String,
+    pub journal: String,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedItem {
+    pub path: String,
+    pub change: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountReport {
+    pub info: MountInfo,
+    pub online: bool,
+    pub last_error: Option<String>,
+    /// Open files with writes that are not closed yet.
+    pub pending: Vec<String>,
+    /// Changes in the journal the server has not acknowledged.
+    pub queued: Vec<QueuedItem>,
+    /// (path, clean | merged | lww) of every commit acknowledged since mount.
+    pub outcomes: Vec<(String, String)>,
+    pub commits: u64,
+}
+
+impl MountReport {
+    /// One line per file, as `umount` and `status` print it.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (path, status) in &self.outcomes {
+            if !self.queued.iter().any(|q| &q.path == path) {
+                out.push_str(&format!("{status:<8} {path}\n"));
+            }
+        }
+        for q in &self.queued {
+            let why = q.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+            out.push_str(&format!("queued   {} [{}]{why}\n", q.path, q.change));
+        }
+        for p in &self.pending {
+            out.push_str(&format!("pending  {p} (open, not closed yet)\n"));
+        }
+        if !self.queued.is_empty() {
+            out.push_str(&format!(
+                "{} change(s) are still only in the journal at {}; they are committed by the next mount of project {} at {}\n",
+                self.queued.len(),
+                self.info.journal,
+                self.info.project,
+                self.info.mountpoint
+            ));
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Message {
+    Progress(String),
+    Done(MountReport),
+    Status(MountReport),
+    Error(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Request {
+    cmd: String,
+}
+
+pub fn report(info: &MountInfo, worker: &SyncWorker) -> MountReport {
+    let status = worker.status();
+    MountReport {
+        info: info.clone(),
+        online: status.online,
+        last_error: status.last_error,
+        pending: worker.vfs.unflushed(),
+        queued: super::queued_items(&worker.vfs),
+        outcomes: worker
+            .vfs
+            .outcomes()
+            .into_iter()
+            .map(|(p, s)| (p, s.as_str().to_string()))
+            .collect(),
+        commits: status.commits,
+    }
+}
+
+/// Serves the control socket until `stop` flips.
+pub async fn serve(
+    path: PathBuf,
+    info: MountInfo,
+    worker: Arc<SyncWorker>,
+    umount: tokio::sync::mpsc::Sender<tokio::sync::mpsc::Sender<Message>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = match tokio::net::UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot open the control socket; `contextfs umount` will fall back to a plain unmount");
+            return;
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let info = info.clone();
+        let worker = worker.clone();
+        let umount = umount.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(read).lines();
+            let Ok(Some(line)) = lines.next_line().await else {
+                return;
+            };
+            let reply = |m: &Message| serde_json::to_string(m).map(|s| s + "\n").unwrap_or_default();
+            match serde_json::from_str::<Request>(&line).map(|r| r.cmd) {
+                Ok(cmd) if cmd == "status" => {
+                    let _ = write
+                        .write_all(reply(&Message::Status(report(&info, &worker))).as_bytes())
+                        .await;
+                }
+                Ok(cmd) if cmd == "umount" => {
+                    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+                    if umount.send(tx).await.is_err() {
+                        let _ = write
+                            .write_all(reply(&Message::Error("the mount is already stopping".into())).as_bytes())
+                            .await;
+                        return;
+                    }
+                    while let Some(m) = rx.recv().await {
+                        let done = matches!(m, Message::Done(_));
+                        if write.write_all(reply(&m).as_bytes()).await.is_err() || done {
+                            break;
+                        }
+                    }
+                }
+                _ => {
+                    let _ = write
+                        .write_all(reply(&Message::Error(format!("unknown request {line:?}"))).as_bytes())
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+/// Sends `cmd` to the mount at `socket`; `on_message` sees every reply line
+/// until the final one, which is returned.
+pub fn request_with(socket: &Path, cmd: &str, mut on_message: impl FnMut(&Message)) -> std::io::Result<Message> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let line = serde_json::to_string(&Request { cmd: cmd.to_string() })? + "\n";
+    stream.write_all(line.as_bytes())?;
+    let reader = BufReader::new(stream);
+    for line in reader.lines() {
+        let message: Message = serde_json::from_str(&line?)?;
+        match message {
+            Message::Progress(_) => on_message(&message),
+            other => return Ok(other),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "the mount closed the control connection",
+    ))
+}
+
+pub fn request(socket: &Path, cmd: &str) -> std::io::Result<Message> {
+    request_with(socket, cmd, |_| {})
+}

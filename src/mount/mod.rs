@@ -1,0 +1,454 @@
+//! `contextfs mount` / `umount` / `status`: wires the VFS core, the cache,
+//! the FUSE adapter and the sync worker together, and runs the control
+//! socket that `umount` and `status` talk to.
+
+pub mod control;
+pub mod sync;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::cache::{BlobCache, CacheError, CacheFill};
+use crate::client::{Client, ClientError};
+use crate::model::BlobHash;
+use crate::vfs::{BlobSource, Vfs, VfsConfig};
+use control::{MountReport, QueuedItem};
+use sync::SyncWorker;
+
+/// How long `umount` keeps trying to reach an unreachable server before it
+/// gives up and leaves the rest in the journal.
+const OFFLINE_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct MountArgs {
+    pub mountpoint: PathBuf,
+    pub project: String,
+    pub server: String,
+    pub token: String,
+    pub agent_id: Option<String>,
+    pub allow_other: bool,
+    pub read_only: bool,
+    pub cache_dir: PathBuf,
+    pub cache_size: u64,
+    pub fuse_options: Vec<String>,
+}
+
+/// `$XDG_STATE_HOME/contextfs`, else `~/.local/state/contextfs`.
+pub fn state_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("contextfs");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/state/contextfs")
+}
+
+fn short_hash(text: &str) -> String {
+    blake3::hash(text.as_bytes()).to_hex()[..16].to_string()
+}
+
+/// The journal of a (server, project, mountpoint) triple, found again by the
+/// next mount so it can replay what a crashed one left.
+pub fn mount_state_dir(server: &str, project: &str, mountpoint: &Path) -> PathBuf {
+    let key = format!("{}|{project}|{}", server.trim_end_matches('/'), mountpoint.display());
+    state_root()
+        .join("mounts")
+        .join(format!("{project}-{}", short_hash(&key)))
+}
+
+/// The control socket of whatever is mounted at `mountpoint`.
+pub fn socket_path(mountpoint: &Path) -> PathBuf {
+    state_root()
+        .join("sockets")
+        .join(format!("{}.sock", short_hash(&mountpoint.display().to_string())))
+}
+
+/// The canonical form of a mount point, also when the mount behind it is dead.
+pub fn canonical_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("cannot read the current directory")?
+            .join(path)
+    };
+    let parent = absolute
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let name = absolute.file_name().map(|n| n.to_os_string());
+    let parent = parent
+        .canonicalize()
+        .with_context(|| format!("{} does not exist", parent.display()))?;
+    Ok(match name {
+        Some(n) => parent.join(n),
+        None => parent,
+    })
+}
+
+/// True when `path` is listed as a mount point in /proc/self/mounts.
+pub fn is_mounted(path: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let wanted = path.display().to_string().replace(' ', "\\040");
+    text.lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(wanted.as_str()))
+}
+
+/// Lazily detaches a mount whose process is gone ("transport endpoint is not
+/// connected"), so a new mount can take its place.
+pub fn detach_stale(path: &Path) -> anyhow::Result<()> {
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(path)
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| anyhow!("{e}"))?;
+            // SAFETY: a valid NUL-terminated path; MNT_DETACH only detaches.
+            let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            if rc == 0 {
+                Ok(())
+            } else {
+                bail!(
+                    "cannot detach the stale mount at {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                )
+            }
+        }
+    }
+}
+
+/// Fetches blobs from the server into the cache, from FUSE threads.
+struct ServerBlobs {
+    client: Client,
+    project: String,
+    runtime: tokio::runtime::Handle,
+}
+
+impl BlobSource for ServerBlobs {
+    fn fetch(&self, hash: &BlobHash, fill: &mut CacheFill) -> Result<(), CacheError> {
+        let fetch_error = |message: String| CacheError::Fetch {
+            hash: hash.clone(),
+            message,
+        };
+        self.runtime.block_on(async {
+            // There is no FUSE_INTERRUPT: bound every wait so a dead server
+            // turns into EIO instead of a hung reader.
+            let response =
+                tokio::time::timeout(Duration::from_secs(30), self.client.blob_response(&self.project, hash))
+                    .await
+                    .map_err(|_| fetch_error("the server did not answer within 30 s".into()))?
+                    .map_err(|e| fetch_error(e.to_string()))?;
+            let mut response = response;
+            loop {
+                let chunk = tokio::time::timeout(Duration::from_secs(30), response.chunk())
+                    .await
+                    .map_err(|_| fetch_error("the download stalled for 30 s".into()))?
+                    .map_err(|e| fetch_error(e.to_string()))?;
+                match chunk {
+                    Some(bytes) => fill.write(&bytes)?,
+                    None => return Ok(()),
+                }
+            }
+        })
+    }
+}
+
+fn explain_connect(server: &str, e: ClientError) -> anyhow::Error {
+    match &e {
+        ClientError::Unreachable { .. } => anyhow!(
+            "cannot reach the contextfs server at {server}: {e}\nhint: start it with `contextfs serve`, or point --server / CONTEXTFS_SERVER at it"
+        ),
+        ClientError::Api { status, .. } if status.as_u16() == 401 => {
+            anyhow!("the server refused the token: {e}\nhint: pass a project token with --token, or run `contextfs login`")
+        }
+        _ => anyhow!("{e}"),
+    }
+}
+
+/// Holds an exclusive lock on a mount's state directory for its lifetime.
+struct StateLock(#[allow(dead_code)] std::fs::File);
+
+fn lock_state(dir: &Path) -> anyhow::Result<StateLock> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        bail!(
+            "another contextfs mount is already using {} (same project and mount point)",
+            dir.display()
+        );
+    }
+    Ok(StateLock(file))
+}
+
+/// Mounts and serves until SIGINT/SIGTERM, `contextfs umount` or an external
+/// unmount; then flushes and reports. `ready` is called once the mount works.
+pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCode> {
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse is missing: this kernel or container has no FUSE (load the fuse module, or run the container with --device /dev/fuse --cap-add SYS_ADMIN)");
+    }
+    let mountpoint = canonical_mountpoint(&args.mountpoint)?;
+    let socket = socket_path(&mountpoint);
+    if control::request(&socket, "status").is_ok() {
+        bail!(
+            "{} is already mounted by a running contextfs (see `contextfs status {}`)",
+            mountpoint.display(),
+            mountpoint.display()
+        );
+    }
+    if is_mounted(&mountpoint) {
+        tracing::warn!(mountpoint = %mountpoint.display(), "a stale mount is in the way; detaching it");
+        detach_stale(&mountpoint)?;
+    }
+    std::fs::create_dir_all(&mountpoint)
+        .with_context(|| format!("cannot create the mount point {}", mountpoint.display()))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("contextfs-sync")
+        .build()
+        .context("cannot start the async runtime")?;
+    let client = Client::new(&args.server, Some(args.token.clone())).map_err(|e| anyhow!("{e}"))?;
+    let who = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), client.whoami()).await })
+        .map_err(|_| anyhow!("the server at {} did not answer within 10 s", args.server))?
+        .map_err(|e| explain_connect(&args.server, e))?;
+    if !who.admin && who.project.as_deref() != Some(args.project.as_str()) {
+        bail!(
+            "this token belongs to project {}, not {}",
+            who.project.unwrap_or_default(),
+            args.project
+        );
+    }
+    let read_only = args.read_only || who.access == crate::api::Access::Read;
+
+    let state_dir = mount_state_dir(&args.server, &args.project, &mountpoint);
+    let _lock = lock_state(&state_dir)?;
+    let cache = Arc::new(
+        BlobCache::open(&args.cache_dir, args.cache_size)
+            .map_err(|e| anyhow!("cache {}: {e}", args.cache_dir.display()))?,
+    );
+    let source = Arc::new(ServerBlobs {
+        client: client.clone(),
+        project: args.project.clone(),
+        runtime: runtime.handle().clone(),
+    });
+    let vfs = Arc::new(
+        Vfs::new(
+            VfsConfig {
+                state_dir: state_dir.clone(),
+                read_only,
+                agent_id: args.agent_id.clone(),
+            },
+            cache,
+            source,
+        )
+        .map_err(|e| anyhow!("{e}"))?,
+    );
+    let started = Instant::now();
+    let (listing, skills) = runtime
+        .block_on(async { tokio::try_join!(client.tree(&args.project, None, true), client.skills()) })
+        .map_err(|e| explain_connect(&args.server, e))?;
+    let load_vfs = vfs.clone();
+    let report = runtime
+        .block_on(async move { tokio::task::spawn_blocking(move || load_vfs.load(&listing, Some(&skills))).await })
+        .context("loading the tree failed")?
+        .map_err(|e| anyhow!("{e}"))?;
+    tracing::info!(entries = report.entries, skills = report.skills, replayed = report.replayed, elapsed = ?started.elapsed(), "tree loaded");
+
+    let mut options = vec![
+        MountOption::FSName(format!("contextfs:{}", args.project)),
+        MountOption::Subtype("contextfs".into()),
+    ];
+    if read_only {
+        options.push(MountOption::RO);
+    }
+    for o in &args.fuse_options {
+        for part in o.split(',').filter(|p| !p.is_empty()) {
+            options.push(MountOption::CUSTOM(part.to_string()));
+        }
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.n_threads = Some(4);
+    config.clone_fd = true;
+    if args.allow_other {
+        config.acl = SessionACL::All;
+    }
+    let fs = crate::fuse::ContextFs::new(vfs.clone());
+    let session = fuser::Session::new(fs, &mountpoint, &config)
+        .with_context(|| format!("cannot mount on {} (is it an empty directory? for --allow-other as non-root, /etc/fuse.conf needs user_allow_other)", mountpoint.display()))?;
+    let _invalidator =
+        crate::fuse::spawn_invalidator(session.notifier(), &vfs).context("cannot start the invalidation thread")?;
+    let background = session.spawn().context("cannot start the FUSE session")?;
+
+    let worker = Arc::new(SyncWorker::new(
+        vfs.clone(),
+        client.clone(),
+        args.project.clone(),
+        args.agent_id.clone(),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let drain_task = runtime.spawn(worker.clone().run_drain(stop_rx.clone()));
+    let feed_task = runtime.spawn(worker.clone().run_feed(stop_rx.clone()));
+    let info = control::MountInfo {
+        project: args.project.clone(),
+        mountpoint: mountpoint.display().to_string(),
+        server: args.server.clone(),
+        journal: vfs.journal_dir().display().to_string(),
+        pid: std::process::id(),
+    };
+    let (umount_tx, mut umount_rx) = tokio::sync::mpsc::channel(1);
+    let control_task = runtime.spawn(control::serve(
+        socket.clone(),
+        info.clone(),
+        worker.clone(),
+        umount_tx,
+        stop_rx.clone(),
+    ));
+
+    println!(
+        "mounted project {} at {} ({} entries, {:.1?})",
+        args.project,
+        mountpoint.display(),
+        report.entries,
+        started.elapsed()
+    );
+    if report.replayed > 0 {
+        println!(
+            "replaying {} change(s) left in the journal by an earlier mount",
+            report.replayed
+        );
+    }
+    ready(&mountpoint);
+
+    // Wait for a reason to stop.
+    let umount_reply = runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let gone = {
+            let mountpoint = mountpoint.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if !is_mounted(&mountpoint) {
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => None,
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => None,
+            reply = umount_rx.recv() => reply,
+            _ = gone => {
+                tracing::warn!("the mount point was unmounted from outside");
+                None
+            }
+        }
+    });
+
+    // Flush what is pending, then let go.
+    let progress = |line: String| {
+        if let Some(tx) = &umount_reply {
+            let _ = tx.try_send(control::Message::Progress(line.clone()));
+        }
+        eprintln!("{line}");
+    };
+    let flushed = runtime.block_on(flush_pending(&worker, &progress));
+    let _ = stop_tx.send(true);
+    drop(background);
+    runtime.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), feed_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), control_task).await;
+    });
+    let _ = std::fs::remove_file(&socket);
+    let report = control::report(&info, &worker);
+    print!("{}", report.render());
+    if let Some(tx) = umount_reply {
+        let _ = tx.try_send(control::Message::Done(report.clone()));
+        // Give the control connection a moment to deliver the report.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if !flushed || !report.queued.is_empty() {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Drains the journal until it is empty, the server stays unreachable for
+/// [`OFFLINE_GRACE`], or only refused changes are left. Prints progress when
+/// it takes more than a second.
+async fn flush_pending(worker: &SyncWorker, progress: &dyn Fn(String)) -> bool {
+    let started = Instant::now();
+    let mut offline_since: Option<Instant> = None;
+    let mut last_progress = Instant::now();
+    loop {
+        let round = worker.drain(true).await;
+        if round.left == 0 {
+            return true;
+        }
+        match &round.transient {
+            Some(e) => {
+                let since = *offline_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > OFFLINE_GRACE {
+                    progress(format!(
+                        "server unreachable ({e}); {} change(s) stay in the journal",
+                        round.left
+                    ));
+                    return false;
+                }
+            }
+            None if round.done == 0 => return false, // only refused changes remain
+            None => offline_since = None,
+        }
+        if started.elapsed() > Duration::from_secs(1) && last_progress.elapsed() > Duration::from_secs(1) {
+            progress(format!("committing: {} change(s) left", round.left));
+            last_progress = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Items still waiting for the server, as shown by status and umount.
+pub fn queued_items(vfs: &Vfs) -> Vec<QueuedItem> {
+    vfs.queued()
+        .into_iter()
+        .map(|(path, r)| QueuedItem {
+            path,
+            change: if r.deleted {
+                "delete".into()
+            } else if r.node.is_none() {
+                "create".into()
+            } else if r.content.is_some() {
+                "write".into()
+            } else {
+                "metadata".into()
+            },
+            error: r.last_error,
+        })
+        .collect()
+}
+
+pub use control::request as control_request;
+pub type Report = MountReport;

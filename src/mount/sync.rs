@@ -1,0 +1,363 @@
+//! The sync worker: drains the journal to the server (with retry and
+//! backoff) and follows the project's change feed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
+use reqwest::StatusCode;
+
+use crate::api::{CommitRequest, DeleteRequest, MkdirRequest, RenameRequest};
+use crate::client::{Client, ClientError};
+use crate::vfs::drain::{ContentSource, DrainItem, DrainOp};
+use crate::vfs::Vfs;
+
+/// How long a change must rest before it is sent, so an editor's
+/// write-temp-then-rename save reaches the server as one commit.
+pub const DEBOUNCE_MS: i64 = 150;
+/// Commits sent at once.
+const COMMIT_CONCURRENCY: usize = 16;
+/// A record the server refused is retried after this long.
+const FAILED_RETRY: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Default)]
+pub struct SyncStatus {
+    /// The last round could reach the server.
+    pub online: bool,
+    /// Why the server could not be reached or refused, if it did.
+    pub last_error: Option<String>,
+    pub commits: u64,
+}
+
+pub struct SyncWorker {
+    pub vfs: Arc<Vfs>,
+    client: Client,
+    project: String,
+    agent_id: Option<String>,
+    status: Mutex<SyncStatus>,
+    /// Records the server refused, and when to try them again.
+    refused: Mutex<HashMap<u64, Instant>>,
+}
+
+/// What one drain round achieved.
+#[derive(Debug, Default)]
+pub struct Round {
+    pub done: usize,
+    pub left: usize,
+    /// Set when the round stopped on an error worth retrying later.
+    pub transient: Option<String>,
+}
+
+enum Outcome {
+    Done,
+    /// Try again later (server down, 5xx).
+    Transient(String),
+    /// The server refused this one; it stays in the journal.
+    Refused(String),
+}
+
+fn classify(e: ClientError) -> Outcome {
+    if e.is_transient() {
+        return Outcome::Transient(e.to_string());
+    }
+    match e.status() {
+        Some(StatusCode::UNAUTHORIZED) | Some(StatusCode::FORBIDDEN) => Outcome::Refused(format!(
+            "{e} — the token was revoked or lacks write access; changes stay in the journal"
+        )),
+        _ => Outcome::Refused(e.to_string()),
+    }
+}
+
+impl SyncWorker {
+    pub fn new(vfs: Arc<Vfs>, client: Client, project: String, agent_id: Option<String>) -> Self {
+        Self {
+            vfs,
+            client,
+            project,
+            agent_id,
+            status: Mutex::new(SyncStatus {
+                online: true,
+                ..Default::default()
+            }),
+            refused: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn status(&self) -> SyncStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn set_status(&self, online: bool, error: Option<String>) {
+        if let Ok(mut s) = self.status.lock() {
+            s.online = online;
+            if error.is_some() || online {
+                s.last_error = error;
+            }
+        }
+    }
+
+    fn refused_recently(&self, uid: u64) -> bool {
+        self.refused
+            .lock()
+            .map(|r| r.get(&uid).is_some_and(|t| t.elapsed() < FAILED_RETRY))
+            .unwrap_or(false)
+    }
+
+    /// Sends everything that is ready, in dependency order, until nothing is
+    /// left or the server cannot be reached. `force` skips the debounce.
+    pub async fn drain(&self, force: bool) -> Round {
+        let mut round = Round::default();
+        loop {
+            let min_age = if force { 0 } else { DEBOUNCE_MS };
+            let plan = self.vfs.drain_plan(min_age, &|uid| self.refused_recently(uid));
+            if plan.is_empty() {
+                break;
+            }
+            let mut progressed = 0;
+            let mut phases: Vec<Vec<DrainItem>> = Vec::new();
+            for item in plan {
+                match phases.last_mut() {
+                    Some(last) if last[0].order_key().0 == item.order_key().0 => last.push(item),
+                    _ => phases.push(vec![item]),
+                }
+            }
+            for phase in phases {
+                let concurrent = phase[0].order_key().0 == 2;
+                let outcomes: Vec<(DrainItem, Outcome)> = if concurrent {
+                    stream::iter(phase)
+                        .map(|item| async move {
+                            let outcome = self.execute(&item).await;
+                            (item, outcome)
+                        })
+                        .buffer_unordered(COMMIT_CONCURRENCY)
+                        .collect()
+                        .await
+                } else {
+                    let mut out = Vec::new();
+                    for item in phase {
+                        let outcome = self.execute(&item).await;
+                        let stop = matches!(outcome, Outcome::Transient(_));
+                        out.push((item, outcome));
+                        if stop {
+                            break;
+                        }
+                    }
+                    out
+                };
+                for (item, outcome) in outcomes {
+                    match outcome {
+                        Outcome::Done => {
+                            progressed += 1;
+                            if let Ok(mut r) = self.refused.lock() {
+                                r.remove(&item.uid);
+                            }
+                        }
+                        Outcome::Transient(e) => round.transient = Some(e),
+                        Outcome::Refused(e) => {
+                            tracing::warn!(op = %item.describe(), error = %e, "the server refused a change; it stays in the journal");
+                            self.vfs.fail(item.uid, &e);
+                            if let Ok(mut r) = self.refused.lock() {
+                                r.insert(item.uid, Instant::now());
+                            }
+                            self.set_status(true, Some(e));
+                        }
+                    }
+                }
+                if round.transient.is_some() {
+                    break;
+                }
+            }
+            round.done += progressed;
+            if round.transient.is_some() || progressed == 0 {
+                break;
+            }
+        }
+        match &round.transient {
+            Some(e) => self.set_status(false, Some(e.clone())),
+            None if round.done > 0 => self.set_status(true, None),
+            None => {}
+        }
+        round.left = self.vfs.queued().len();
+        round
+    }
+
+    async fn execute(&self, item: &DrainItem) -> Outcome {
+        let p = &self.project;
+        match &item.op {
+            DrainOp::Forget => match self.vfs.forget_record(item.uid, item.rev) {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::Transient(e.to_string()),
+            },
+            DrainOp::Mkdir { path, mode } => {
+                let req = MkdirRequest {
+                    path: path.clone(),
+                    mode: Some(*mode),
+                    agent_id: self.agent_id.clone(),
+                    message: None,
+                };
+                match self.client.mkdir(p, &req).await {
+                    Ok(v) => self.local(self.vfs.ack_namespace(item.uid, item.rev, &v)),
+                    Err(e) => classify(e),
+                }
+            }
+            DrainOp::Rename { from, to, .. } => {
+                let req = RenameRequest {
+                    from: from.clone(),
+                    to: to.clone(),
+                    // Locally the target is ours; whatever the server has there
+                    // becomes a restorable deletion.
+                    replace: true,
+                    base_version: None,
+                    agent_id: self.agent_id.clone(),
+                    message: None,
+                };
+                match self.client.rename(p, &req).await {
+                    Ok(v) => self.local(self.vfs.ack_namespace(item.uid, item.rev, &v)),
+                    Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
+                        // The node is gone from where we knew it: send ours as new.
+                        self.local(self.vfs.unbind(item.uid))
+                    }
+                    Err(e) => classify(e),
+                }
+            }
+            DrainOp::Commit {
+                path,
+                base_version,
+                hash,
+                kind,
+                mode,
+                source,
+                ..
+            } => {
+                let upload = match source {
+                    ContentSource::Inline(bytes) => {
+                        self.client.put_blob(p, Bytes::from(bytes.clone())).await.map(|_| ())
+                    }
+                    ContentSource::File(file) => self.client.put_blob_file(p, hash, file).await.map(|_| ()),
+                    ContentSource::Server => Ok(()),
+                };
+                if let Err(e) = upload {
+                    return classify(e);
+                }
+                let req = CommitRequest {
+                    path: path.clone(),
+                    base_version: *base_version,
+                    hash: hash.clone(),
+                    kind: Some(*kind),
+                    mode: Some(*mode),
+                    agent_id: self.agent_id.clone(),
+                    message: None,
+                    // Stable across retries and restarts: a commit is applied once.
+                    idempotency_key: Some(format!("u{:016x}-r{}", item.uid, item.rev)),
+                };
+                match self.client.commit(p, &req).await {
+                    Ok(v) => {
+                        if let Ok(mut s) = self.status.lock() {
+                            s.commits += 1;
+                        }
+                        self.local(self.vfs.ack_commit(item.uid, item.rev, hash, &v))
+                    }
+                    Err(e) if e.code() == Some("base_version_unknown") => {
+                        // The node's history is not what we knew: commit as new.
+                        self.local(self.vfs.unbind(item.uid))
+                    }
+                    Err(e) => classify(e),
+                }
+            }
+            DrainOp::Delete { node, path, recursive } => {
+                let req = DeleteRequest {
+                    path: path.clone(),
+                    base_version: None,
+                    recursive: *recursive,
+                    agent_id: self.agent_id.clone(),
+                    message: None,
+                };
+                match self.client.delete(p, &req).await {
+                    Ok(_) => self.local(self.vfs.ack_delete(item.uid, item.rev, *node)),
+                    Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
+                        self.local(self.vfs.ack_delete(item.uid, item.rev, *node))
+                    }
+                    Err(e) => classify(e),
+                }
+            }
+        }
+    }
+
+    fn local(&self, result: Result<(), crate::vfs::VfsError>) -> Outcome {
+        match result {
+            Ok(()) => Outcome::Done,
+            Err(e) => Outcome::Transient(format!("local journal: {e}")),
+        }
+    }
+
+    /// Drains whenever something is journaled, retrying with backoff.
+    pub async fn run_drain(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let round = self.drain(false).await;
+            let wait = if round.transient.is_some() {
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff
+            } else {
+                backoff = Duration::from_millis(200);
+                // Debounced records become ready soon; wake up for them.
+                if round.left > 0 {
+                    Duration::from_millis(DEBOUNCE_MS as u64)
+                } else {
+                    Duration::from_secs(5)
+                }
+            };
+            tokio::select! {
+                _ = self.vfs.wake.notified() => {
+                    // Let a burst of closes land before the next round.
+                    tokio::time::sleep(Duration::from_millis(DEBOUNCE_MS as u64)).await;
+                }
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Follows the change feed with long polls.
+    pub async fn run_feed(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let since = self.vfs.cursor();
+            let poll = self.client.changes(&self.project, since, Duration::from_secs(25));
+            let page = tokio::select! {
+                page = poll => page,
+                _ = stop.changed() => return,
+            };
+            match page {
+                Ok(page) => {
+                    backoff = Duration::from_millis(200);
+                    let vfs = self.vfs.clone();
+                    let events = page.events;
+                    let applied = tokio::task::spawn_blocking(move || {
+                        for hash in Vfs::symlink_hashes(&events) {
+                            if let Err(e) = vfs.prefetch(&hash) {
+                                tracing::warn!(error = %e, "cannot fetch a symlink target");
+                            }
+                        }
+                        vfs.apply_events(&events);
+                    })
+                    .await;
+                    if let Err(e) = applied {
+                        tracing::error!(error = %e, "applying remote changes failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "change feed unavailable");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! Turning journal records into server operations, and applying the
+//! server's answers back to the tree. The sync worker (`crate::mount`) does
+//! the network calls; this file holds the rules.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use super::journal::Journal;
+use super::*;
+use crate::api::VersionInfo;
+
+/// Where the bytes of a commit come from.
+#[derive(Debug, Clone)]
+pub enum ContentSource {
+    Inline(Vec<u8>),
+    File(PathBuf),
+    /// Already on the server (a mode-only change, or a re-commit after the
+    /// server lost track of the node).
+    Server,
+}
+
+#[derive(Debug, Clone)]
+pub enum DrainOp {
+    Mkdir {
+        path: WsPath,
+        mode: u32,
+    },
+    Rename {
+        node: i64,
+        from: WsPath,
+        to: WsPath,
+    },
+    Commit {
+        path: WsPath,
+        node: Option<i64>,
+        base_version: Option<i64>,
+        hash: BlobHash,
+        size: u64,
+        kind: NodeKind,
+        mode: u32,
+        source: ContentSource,
+    },
+    Delete {
+        node: i64,
+        path: WsPath,
+        recursive: bool,
+    },
+    /// Nothing left to send: drop the record.
+    Forget,
+}
+
+#[derive(Debug, Clone)]
+pub struct DrainItem {
+    pub uid: u64,
+    pub rev: u64,
+    pub op: DrainOp,
+}
+
+impl DrainItem {
+    /// Namespace first (parents before children), then contents, then
+    /// deletions (children before parents).
+    pub fn order_key(&self) -> (u8, i64) {
+        match &self.op {
+            DrainOp::Forget => (0, 0),
+            DrainOp::Mkdir { path, .. } => (1, path.as_str().matches('/').count() as i64),
+            DrainOp::Rename { to, .. } => (1, to.as_str().matches('/').count() as i64),
+            DrainOp::Commit { .. } => (2, 0),
+            DrainOp::Delete { path, .. } => (3, -(path.as_str().matches('/').count() as i64)),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.op {
+            DrainOp::Mkdir { path, .. } => format!("mkdir {path}"),
+            DrainOp::Rename { from, to, .. } => format!("rename {from} -> {to}"),
+            DrainOp::Commit { path, .. } => format!("commit {path}"),
+            DrainOp::Delete { path, .. } => format!("delete {path}"),
+            DrainOp::Forget => "forget".into(),
+        }
+    }
+}
+
+fn valid(path: &str) -> VfsResult<WsPath> {
+    WsPath::parse(path).map_err(|e| VfsError::new(libc::EINVAL, format!("the server would reject {path:?}: {e}")))
+}
+
+impl Vfs {
+    /// One operation per record whose last change is at least `min_age_ms`
+    /// old (a short debounce lets an editor finish its save dance before
+    /// anything is sent), in the order they must run.
+    pub fn drain_plan(&self, min_age_ms: i64, skip: &dyn Fn(u64) -> bool) -> Vec<DrainItem> {
+        let st = self.lock();
+        let now = now_millis();
+        let mut items = Vec::new();
+        for record in st.records.values() {
+            if now - record.changed_at < min_age_ms || skip(record.uid) {
+                continue;
+            }
+            match self.plan_record(&st, record) {
+                Ok(Some(op)) => items.push(DrainItem {
+                    uid: record.uid,
+                    rev: record.rev,
+                    op,
+                }),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(uid = record.uid, error = %e, "cannot plan a journaled change"),
+            }
+        }
+        items.sort_by_key(|i| i.order_key());
+        items
+    }
+
+    fn plan_record(&self, st: &State, r: &Record) -> VfsResult<Option<DrainOp>> {
+        let ino = st.by_uid.get(&r.uid).copied();
+        let live = ino.and_then(|i| st.inodes.get(&i)).filter(|i| !i.unlinked);
+        let (ino, inode) = match (ino, live) {
+            (Some(ino), Some(inode)) if !r.deleted => (ino, inode),
+            _ => {
+                return Ok(Some(match (r.node, &r.server_path) {
+                    (Some(node), Some(path)) => DrainOp::Delete {
+                        node,
+                        path: valid(path)?,
+                        recursive: r.kind == NodeKind::Dir,
+                    },
+                    _ => DrainOp::Forget,
+                }))
+            }
+        };
+        let path = valid(&Self::path_of(st, ino))?;
+        let source = || -> ContentSource {
+            match (Journal::inline_bytes(r), &r.content) {
+                (Some(bytes), _) => ContentSource::Inline(bytes),
+                (None, Some(hash)) => ContentSource::File(self.journal.pending_blob_path(hash)),
+                (None, None) => ContentSource::Server,
+            }
+        };
+        let op = match (r.node, &inode.server) {
+            (None, _) if r.kind == NodeKind::Dir => DrainOp::Mkdir { path, mode: r.mode },
+            (None, _) => match &r.content {
+                Some(hash) => DrainOp::Commit {
+                    path,
+                    node: None,
+                    base_version: None,
+                    hash: hash.clone(),
+                    size: r.size,
+                    kind: r.kind,
+                    mode: r.mode,
+                    source: source(),
+                },
+                // Created but not closed yet: its close journals the content.
+                None => return Ok(None),
+            },
+            (Some(node), server) => {
+                let server_path = r.server_path.clone().unwrap_or_default();
+                let server_hash = server.as_ref().map(|s| s.hash.clone());
+                if server_path != path.as_str() {
+                    DrainOp::Rename {
+                        node,
+                        from: valid(&server_path)?,
+                        to: path,
+                    }
+                } else if r.content.is_some() || r.mode_dirty {
+                    let hash = match (&r.content, server_hash) {
+                        (Some(h), _) => h.clone(),
+                        (None, Some(h)) => h,
+                        (None, None) => return Ok(None),
+                    };
+                    DrainOp::Commit {
+                        path,
+                        node: Some(node),
+                        base_version: r.base_version,
+                        hash,
+                        size: r.size,
+                        kind: r.kind,
+                        mode: r.mode,
+                        source: source(),
+                    }
+                } else {
+                    DrainOp::Forget
+                }
+            }
+        };
+        Ok(Some(op))
+    }
+
+    /// Drops a record if it is still at `rev`; returns whether it did.
+    fn settle(&self, st: &mut State, uid: u64, rev: u64) -> VfsResult<bool> {
+        match st.records.get(&uid) {
+            Some(r) if r.rev == rev => {
+                let pending_blob = r.content.clone().filter(|_| r.inline.is_none());
+                self.journal.remove(uid)?;
+                st.records.remove(&uid);
+                if let Some(hash) = pending_blob {
+                    self.journal.remove_pending_blob(&hash);
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Rewrites a record that has newer changes than what was acknowledged.
+    fn rebase(&self, st: &mut State, uid: u64, server: &ServerState, clean: bool) -> VfsResult<()> {
+        if let Some(r) = st.records.get_mut(&uid) {
+            r.node = Some(server.node);
+            r.server_path = Some(server.path.clone());
+            if clean || r.base_version.is_some() {
+                r.base_version = Some(if clean {
+                    server.version
+                } else {
+                    r.base_version.unwrap_or(server.version)
+                });
+            }
+            let copy = r.clone();
+            self.journal.write(&copy)?;
+        }
+        Ok(())
+    }
+
+    fn bind(st: &mut State, uid: u64, v: &VersionInfo) -> Option<Ino> {
+        let ino = st.by_uid.get(&uid).copied()?;
+        let server = ServerState {
+            node: v.node,
+            version: v.version,
+            hash: v.hash.clone(),
+            path: v.path.clone(),
+            mode: v.mode,
+        };
+        st.by_node.insert(v.node, ino);
+        if let Some(inode) = st.inodes.get_mut(&ino) {
+            inode.server = Some(server);
+        }
+        Some(ino)
+    }
+
+    /// A mkdir or rename reached the server.
+    pub fn ack_namespace(&self, uid: u64, rev: u64, v: &VersionInfo) -> VfsResult<()> {
+        let mut st = self.lock();
+        Self::bind(&mut st, uid, v);
+        let nothing_else = st
+            .records
+            .get(&uid)
+            .is_some_and(|r| r.content.is_none() && !r.mode_dirty);
+        if !(nothing_else && self.settle(&mut st, uid, rev)?) {
+            let server = ServerState {
+                node: v.node,
+                version: v.version,
+                hash: v.hash.clone(),
+                path: v.path.clone(),
+                mode: v.mode,
+            };
+            self.rebase(&mut st, uid, &server, true)?;
+        }
+        Ok(())
+    }
+
+    /// A commit reached the server. If nothing changed locally since, the
+    /// staged copy is retired and the file reads the server's version, which
+    /// is the merged bytes when the server merged.
+    pub fn ack_commit(&self, uid: u64, rev: u64, committed: &BlobHash, v: &VersionInfo) -> VfsResult<()> {
+        let mut invalidate = Vec::new();
+        {
+            let mut st = self.lock();
+            let ino = Self::bind(&mut st, uid, v);
+            if let Some(ino) = ino {
+                let path = Self::path_of(&st, ino);
+                st.outcomes.insert(path, v.status);
+            }
+            let settled = self.settle(&mut st, uid, rev)?;
+            if !settled {
+                let server = ServerState {
+                    node: v.node,
+                    version: v.version,
+                    hash: v.hash.clone(),
+                    path: v.path.clone(),
+                    mode: v.mode,
+                };
+                self.rebase(&mut st, uid, &server, v.status == VersionStatus::Clean)?;
+            }
+            if let Some(ino) = ino {
+                let inode = Self::get_mut(&mut st, ino)?;
+                inode.last_status = Some(v.status);
+                let quiet = inode.open_writers == 0 && inode.data_rev == inode.journaled_data_rev;
+                if settled && quiet && inode.kind == NodeKind::File {
+                    if let Content::Local { path, .. } = &inode.content {
+                        if v.hash == *committed {
+                            // Seed the shared cache so the next read needs no download.
+                            if let Err(e) = self.cache.insert_file(committed, path) {
+                                tracing::debug!(error = %e, "could not seed the cache");
+                            }
+                        }
+                        let _ = std::fs::remove_file(path);
+                    }
+                    if v.hash != *committed {
+                        invalidate.push(Invalidation::Inode(ino));
+                    }
+                    inode.content = Content::Blob { hash: v.hash.clone() };
+                    inode.size = v.size;
+                    inode.mtime = SystemTime::now();
+                }
+            }
+        }
+        self.invalidate(invalidate);
+        Ok(())
+    }
+
+    /// A deletion reached the server (or the node was already gone).
+    pub fn ack_delete(&self, uid: u64, rev: u64, node: i64) -> VfsResult<()> {
+        let mut st = self.lock();
+        if st
+            .by_node
+            .get(&node)
+            .is_some_and(|ino| st.inodes.get(ino).is_none_or(|i| i.unlinked || i.uid == uid))
+        {
+            st.by_node.remove(&node);
+        }
+        self.settle(&mut st, uid, rev)?;
+        Ok(())
+    }
+
+    pub fn forget_record(&self, uid: u64, rev: u64) -> VfsResult<()> {
+        let mut st = self.lock();
+        self.settle(&mut st, uid, rev)?;
+        Ok(())
+    }
+
+    /// The server no longer has this inode's node where we thought: from now
+    /// on it is a new file (its content will be committed as new).
+    pub fn unbind(&self, uid: u64) -> VfsResult<()> {
+        let mut st = self.lock();
+        let Some(&ino) = st.by_uid.get(&uid) else { return Ok(()) };
+        let Some(inode) = st.inodes.get_mut(&ino) else {
+            return Ok(());
+        };
+        let old = inode.server.take();
+        let kind = inode.kind;
+        if let Some(old) = &old {
+            st.by_node.remove(&old.node);
+        }
+        if let Some(r) = st.records.get_mut(&uid) {
+            r.node = None;
+            r.base_version = None;
+            r.server_path = None;
+            if r.content.is_none() && kind != NodeKind::Dir {
+                // Re-commit the content it had on the server.
+                r.content = old.map(|o| o.hash);
+            }
+            r.rev += 1;
+            let copy = r.clone();
+            self.journal.write(&copy)?;
+        }
+        Ok(())
+    }
+
+    /// The server refused a record for good (until something changes).
+    pub fn fail(&self, uid: u64, message: &str) {
+        let mut st = self.lock();
+        if let Some(r) = st.records.get_mut(&uid) {
+            r.last_error = Some(message.to_string());
+            let copy = r.clone();
+            if let Err(e) = self.journal.write(&copy) {
+                tracing::error!(error = %e, "cannot record a failure in the journal");
+            }
+        }
+    }
+
+    /// Outcomes of the commits acknowledged since the mount started.
+    pub fn outcomes(&self) -> Vec<(String, VersionStatus)> {
+        self.lock().outcomes.iter().map(|(p, s)| (p.clone(), *s)).collect()
+    }
+
+    pub fn has_queued(&self) -> bool {
+        !self.lock().records.is_empty()
+    }
+}

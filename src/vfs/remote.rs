@@ -1,0 +1,175 @@
+//! Applying the server's change feed to the tree: other agents' writes,
+//! renames and deletions appear without a remount. An inode with local
+//! changes still waiting in the journal keeps them; its next commit merges on
+//! the server.
+
+use std::io::Read;
+use std::time::SystemTime;
+
+use super::*;
+use crate::api::ChangeEvent;
+
+impl Vfs {
+    /// Symlink events whose targets must be read before [`Vfs::apply_events`].
+    pub fn symlink_hashes(events: &[ChangeEvent]) -> Vec<BlobHash> {
+        events
+            .iter()
+            .filter(|e| e.kind == NodeKind::Symlink && !e.deleted)
+            .map(|e| e.hash.clone())
+            .collect()
+    }
+
+    /// Makes sure `hash` is in the cache (called by the sync worker, outside callbacks).
+    pub fn prefetch(&self, hash: &BlobHash) -> VfsResult<()> {
+        self.open_blob(hash).map(|_| ())
+    }
+
+    fn cached_text(&self, hash: &BlobHash) -> String {
+        let mut out = String::new();
+        if let Ok(Some(mut f)) = self.cache.open_blob(hash) {
+            let _ = f.read_to_string(&mut out);
+        }
+        out
+    }
+
+    /// Walks `path` from the root; `None` if a component is missing.
+    fn resolve(st: &State, path: &str) -> Option<Ino> {
+        if path.is_empty() {
+            return Some(ROOT_INO);
+        }
+        let mut current = ROOT_INO;
+        for part in path.split('/') {
+            current = *st.inodes.get(&current)?.children.get(part)?;
+        }
+        Some(current)
+    }
+
+    pub fn apply_events(&self, events: &[ChangeEvent]) {
+        let mut invalidations = Vec::new();
+        {
+            let mut st = self.lock();
+            for e in events {
+                st.cursor = st.cursor.max(e.seq);
+                self.apply_event(&mut st, e, &mut invalidations);
+            }
+        }
+        self.invalidate(invalidations);
+    }
+
+    fn apply_event(&self, st: &mut State, e: &ChangeEvent, out: &mut Vec<Invalidation>) {
+        let (parent_path, name) = match e.path.rsplit_once('/') {
+            Some((p, n)) => (p, n),
+            None => ("", e.path.as_str()),
+        };
+        let server = ServerState {
+            node: e.node,
+            version: e.version,
+            hash: e.hash.clone(),
+            path: e.path.clone(),
+            mode: e.mode,
+        };
+        match st.by_node.get(&e.node).copied() {
+            Some(ino) => {
+                let Some(inode) = st.inodes.get(&ino) else { return };
+                if inode.server.as_ref().is_some_and(|s| s.version >= e.version) {
+                    return; // Our own change coming back, or old news.
+                }
+                if st.records.contains_key(&inode.uid) || inode.data_rev != inode.journaled_data_rev {
+                    // Local changes win locally; the server merges them on commit.
+                    return;
+                }
+                if e.deleted {
+                    let (parent, name) = (inode.parent, inode.name.clone());
+                    Self::detach(st, ino);
+                    out.push(Invalidation::Entry { parent, name });
+                    return;
+                }
+                let (old_parent, old_name) = (inode.parent, inode.name.clone());
+                if Self::path_of(st, ino) != e.path {
+                    let Some(new_parent) = Self::resolve(st, parent_path) else {
+                        return;
+                    };
+                    if let Some(occupant) = st.inodes.get(&new_parent).and_then(|p| p.children.get(name)).copied() {
+                        if occupant != ino {
+                            let busy = st
+                                .inodes
+                                .get(&occupant)
+                                .is_some_and(|o| st.records.contains_key(&o.uid));
+                            if busy {
+                                return; // A local change sits there; leave both alone.
+                            }
+                            Self::detach(st, occupant);
+                        }
+                    }
+                    if let Some(p) = st.inodes.get_mut(&old_parent) {
+                        p.children.remove(&old_name);
+                    }
+                    if let Some(p) = st.inodes.get_mut(&new_parent) {
+                        p.children.insert(name.to_string(), ino);
+                    }
+                    if let Some(i) = st.inodes.get_mut(&ino) {
+                        i.parent = new_parent;
+                        i.name = name.to_string();
+                    }
+                    out.push(Invalidation::Entry {
+                        parent: old_parent,
+                        name: old_name,
+                    });
+                    out.push(Invalidation::Entry {
+                        parent: new_parent,
+                        name: name.to_string(),
+                    });
+                }
+                let target = (e.kind == NodeKind::Symlink).then(|| self.cached_text(&e.hash));
+                let Some(inode) = st.inodes.get_mut(&ino) else { return };
+                let changed = inode.server.as_ref().is_none_or(|s| s.hash != e.hash);
+                inode.mode = e.mode;
+                inode.server = Some(server);
+                if changed {
+                    inode.content = match (e.kind, target) {
+                        (NodeKind::Dir, _) => Content::Dir,
+                        (NodeKind::Symlink, Some(t)) => Content::Symlink { target: t },
+                        _ => Content::Blob { hash: e.hash.clone() },
+                    };
+                    inode.size = e.size;
+                    inode.mtime = SystemTime::now();
+                    inode.ctime = inode.mtime;
+                    out.push(Invalidation::Inode(ino));
+                }
+            }
+            None => {
+                if e.deleted {
+                    return;
+                }
+                let Some(parent) = Self::resolve(st, parent_path) else {
+                    tracing::debug!(path = %e.path, "remote change under a directory this mount does not show");
+                    return;
+                };
+                if st
+                    .inodes
+                    .get(&parent)
+                    .is_some_and(|p| p.read_only || p.children.contains_key(name))
+                {
+                    // A local file of the same name: its commit will meet this node on the server.
+                    return;
+                }
+                let content = match e.kind {
+                    NodeKind::Dir => Content::Dir,
+                    NodeKind::Symlink => Content::Symlink {
+                        target: self.cached_text(&e.hash),
+                    },
+                    NodeKind::File => Content::Blob { hash: e.hash.clone() },
+                };
+                let ino = Self::alloc_ino(st);
+                let mut inode = Inode::new(rand::random(), parent, name.to_string(), e.kind, e.mode, content);
+                inode.size = e.size;
+                inode.server = Some(server);
+                Self::insert_inode(st, ino, inode);
+                out.push(Invalidation::Entry {
+                    parent,
+                    name: name.to_string(),
+                });
+            }
+        }
+    }
+}

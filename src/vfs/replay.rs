@@ -1,0 +1,305 @@
+//! Building the tree at mount time: the server's listing, the published
+//! skills, then every journaled change that had not reached the server when
+//! the previous mount stopped (or crashed).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::SystemTime;
+
+use super::journal::{Journal, ParentRef, Record};
+use super::*;
+use crate::api::{SkillsListing, TreeListing};
+
+/// Name of the read-only directory that shows the published skills.
+pub const SKILLS_DIR: &str = "skills";
+
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub entries: usize,
+    pub skills: usize,
+    pub replayed: usize,
+    /// Set when the project has its own top-level `skills` entry.
+    pub skills_hidden: bool,
+}
+
+fn parse_time(raw: &str) -> SystemTime {
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .map(SystemTime::from)
+        .unwrap_or_else(|_| SystemTime::now())
+}
+
+impl Vfs {
+    /// Replaces the tree with `listing`, adds `skills` (at the root, unless the
+    /// project has its own `skills` entry), and replays the journal.
+    pub fn load(&self, listing: &TreeListing, skills: Option<&SkillsListing>) -> VfsResult<LoadReport> {
+        let mut report = LoadReport::default();
+        let symlink_targets = self.symlink_targets(
+            listing
+                .entries
+                .iter()
+                .filter(|e| e.kind == NodeKind::Symlink)
+                .map(|e| &e.hash),
+        )?;
+        let mut st = self.lock();
+        st.cursor = listing.cursor;
+        let mut by_path: HashMap<String, Ino> = HashMap::from([(String::new(), ROOT_INO)]);
+        for entry in &listing.entries {
+            let (parent_path, name) = match entry.path.rsplit_once('/') {
+                Some((p, n)) => (p.to_string(), n.to_string()),
+                None => (String::new(), entry.path.clone()),
+            };
+            let Some(&parent) = by_path.get(&parent_path) else {
+                tracing::warn!(path = %entry.path, "listing entry without a parent directory; skipped");
+                continue;
+            };
+            let content = match entry.kind {
+                NodeKind::Dir => Content::Dir,
+                NodeKind::File => Content::Blob {
+                    hash: entry.hash.clone(),
+                },
+                NodeKind::Symlink => Content::Symlink {
+                    target: symlink_targets.get(&entry.hash).cloned().unwrap_or_default(),
+                },
+            };
+            let ino = Self::alloc_ino(&mut st);
+            let mut inode = Inode::new(rand::random(), parent, name, entry.kind, entry.mode, content);
+            inode.size = entry.size;
+            inode.mtime = parse_time(&entry.modified_at);
+            inode.ctime = inode.mtime;
+            inode.server = Some(ServerState {
+                node: entry.id,
+                version: entry.version,
+                hash: entry.hash.clone(),
+                path: entry.path.clone(),
+                mode: entry.mode,
+            });
+            Self::insert_inode(&mut st, ino, inode);
+            if entry.kind == NodeKind::Dir {
+                by_path.insert(entry.path.clone(), ino);
+            }
+            report.entries += 1;
+        }
+        if let Some(skills) = skills {
+            if Self::get(&st, ROOT_INO)?.children.contains_key(SKILLS_DIR) {
+                tracing::warn!(
+                    "the project has its own `skills` entry; published skills are not shown (use --skills-dir)"
+                );
+                report.skills_hidden = true;
+            } else {
+                report.skills = Self::add_skills(&mut st, ROOT_INO, SKILLS_DIR, skills);
+            }
+        }
+        drop(st);
+        report.replayed = self.replay()?;
+        Ok(report)
+    }
+
+    /// Reads symlink targets (tiny blobs) through the cache.
+    fn symlink_targets<'a>(&self, hashes: impl Iterator<Item = &'a BlobHash>) -> VfsResult<HashMap<BlobHash, String>> {
+        let mut out = HashMap::new();
+        for hash in hashes {
+            if out.contains_key(hash) {
+                continue;
+            }
+            let mut file = self.open_blob(hash)?;
+            let mut target = String::new();
+            file.read_to_string(&mut target)
+                .map_err(|e| VfsError::io("read symlink target", e))?;
+            out.insert(hash.clone(), target);
+        }
+        Ok(out)
+    }
+
+    /// Adds a read-only tree of skills under `parent/name`; returns how many skills.
+    fn add_skills(st: &mut State, parent: Ino, name: &str, skills: &SkillsListing) -> usize {
+        let root = Self::alloc_ino(st);
+        let mut dir = Inode::new(
+            rand::random(),
+            parent,
+            name.to_string(),
+            NodeKind::Dir,
+            0o555,
+            Content::Dir,
+        );
+        dir.read_only = true;
+        Self::insert_inode(st, root, dir);
+        let mut dirs: HashMap<String, Ino> = HashMap::from([(String::new(), root)]);
+        for skill in &skills.skills {
+            for file in &skill.files {
+                let path = file.path.as_str();
+                let mut parent_ino = root;
+                let mut prefix = String::new();
+                let parts: Vec<&str> = path.split('/').collect();
+                for part in &parts[..parts.len() - 1] {
+                    if !prefix.is_empty() {
+                        prefix.push('/');
+                    }
+                    prefix.push_str(part);
+                    parent_ino = match dirs.get(&prefix) {
+                        Some(&ino) => ino,
+                        None => {
+                            let ino = Self::alloc_ino(st);
+                            let mut d = Inode::new(
+                                rand::random(),
+                                parent_ino,
+                                part.to_string(),
+                                NodeKind::Dir,
+                                0o555,
+                                Content::Dir,
+                            );
+                            d.read_only = true;
+                            Self::insert_inode(st, ino, d);
+                            dirs.insert(prefix.clone(), ino);
+                            ino
+                        }
+                    };
+                }
+                let ino = Self::alloc_ino(st);
+                let mode = if file.mode & 0o111 != 0 { 0o555 } else { 0o444 };
+                let mut f = Inode::new(
+                    rand::random(),
+                    parent_ino,
+                    parts[parts.len() - 1].to_string(),
+                    NodeKind::File,
+                    mode,
+                    Content::Blob {
+                        hash: file.hash.clone(),
+                    },
+                );
+                f.size = file.size;
+                f.read_only = true;
+                Self::insert_inode(st, ino, f);
+            }
+        }
+        skills.skills.len()
+    }
+
+    /// Re-applies journaled changes on top of the server tree.
+    fn replay(&self) -> VfsResult<usize> {
+        let records = self.journal.load()?;
+        let count = records.len();
+        for record in records {
+            if let Err(e) = self.replay_one(record.clone()) {
+                // Keep the record on disk: nothing is dropped, status shows it.
+                tracing::error!(uid = record.uid, name = %record.name, error = %e, "cannot replay a journaled change");
+                let mut st = self.lock();
+                let mut failed = record;
+                failed.last_error = Some(format!("replay failed: {e}"));
+                st.records.insert(failed.uid, failed);
+            }
+        }
+        Ok(count)
+    }
+
+    fn resolve_parent(st: &State, parent: &ParentRef) -> Option<Ino> {
+        match parent {
+            ParentRef::Root => Some(ROOT_INO),
+            ParentRef::Node(node) => st.by_node.get(node).copied(),
+            ParentRef::Local(uid) => st.by_uid.get(uid).copied(),
+        }
+    }
+
+    fn replay_one(&self, record: Record) -> VfsResult<()> {
+        // Rebuild the staged content first (outside the lock).
+        let staged = match (&record.content, record.kind, record.deleted) {
+            (Some(hash), NodeKind::File, false) => {
+                let (file, path) = self.new_local_file()?;
+                let bytes = match Journal::inline_bytes(&record) {
+                    Some(bytes) => bytes,
+                    None => std::fs::read(self.journal.pending_blob_path(hash))
+                        .map_err(|e| VfsError::io("read pending blob", e))?,
+                };
+                file.write_all_at(&bytes, 0)
+                    .map_err(|e| VfsError::io("restore staging file", e))?;
+                Some((file, path, bytes.len() as u64))
+            }
+            _ => None,
+        };
+        let mut st = self.lock();
+        let existing = record.node.and_then(|n| st.by_node.get(&n).copied());
+        if record.deleted {
+            if let Some(ino) = existing {
+                Self::detach(&mut st, ino);
+            }
+            st.records.insert(record.uid, record);
+            return Ok(());
+        }
+        let parent = Self::resolve_parent(&st, &record.parent)
+            .or_else(|| {
+                // The parent's record is gone (it reached the server): find it by path.
+                let parent_path = record
+                    .server_path
+                    .as_deref()
+                    .and_then(|p| p.rsplit_once('/'))
+                    .map(|(p, _)| p)?;
+                let mut current = ROOT_INO;
+                for part in parent_path.split('/') {
+                    current = *st.inodes.get(&current)?.children.get(part)?;
+                }
+                Some(current)
+            })
+            .unwrap_or(ROOT_INO);
+        let ino = match existing {
+            Some(ino) => {
+                // Move it to where the journal says it was.
+                let (old_parent, old_name) = {
+                    let i = Self::get(&st, ino)?;
+                    (i.parent, i.name.clone())
+                };
+                if let Some(p) = st.inodes.get_mut(&old_parent) {
+                    p.children.remove(&old_name);
+                }
+                let i = Self::get_mut(&mut st, ino)?;
+                i.parent = parent;
+                i.name = record.name.clone();
+                let old_uid = std::mem::replace(&mut i.uid, record.uid);
+                st.by_uid.remove(&old_uid);
+                ino
+            }
+            None => {
+                let ino = Self::alloc_ino(&mut st);
+                let content = match record.kind {
+                    NodeKind::Dir => Content::Dir,
+                    NodeKind::Symlink => Content::Symlink {
+                        target: Journal::inline_bytes(&record)
+                            .map(|b| String::from_utf8_lossy(&b).to_string())
+                            .unwrap_or_default(),
+                    },
+                    NodeKind::File => Content::Blob {
+                        hash: record.content.clone().unwrap_or_else(|| BlobHash::of(b"")),
+                    },
+                };
+                let inode = Inode::new(
+                    record.uid,
+                    parent,
+                    record.name.clone(),
+                    record.kind,
+                    record.mode,
+                    content,
+                );
+                st.inodes.insert(ino, inode);
+                ino
+            }
+        };
+        st.by_uid.insert(record.uid, ino);
+        // Whatever the server tree had under this name yields to the journal.
+        if let Some(displaced) = Self::get(&st, parent)?.children.get(&record.name).copied() {
+            if displaced != ino {
+                Self::detach(&mut st, displaced);
+            }
+        }
+        if let Some(p) = st.inodes.get_mut(&parent) {
+            p.children.insert(record.name.clone(), ino);
+        }
+        let inode = Self::get_mut(&mut st, ino)?;
+        inode.mode = record.mode;
+        if let Some((file, path, size)) = staged {
+            inode.content = Content::Local { file, path };
+            inode.size = size;
+        } else if record.kind == NodeKind::Symlink {
+            inode.size = record.size;
+        }
+        st.records.insert(record.uid, record);
+        Ok(())
+    }
+}
