@@ -163,6 +163,7 @@ impl Ctx {
             agent_id: Some(format!("bench-w{worker}")),
             message: None,
             idempotency_key: None,
+            node: None,
         };
         let resp = self
             .http

@@ -268,6 +268,10 @@ pub struct CommitRequest {
     /// writing a second version.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// When set, fails with 409 `node_mismatch` unless this node is the one
+    /// at the path (so a client never writes to a node that replaced its own).
+    #[serde(default)]
+    pub node: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -295,6 +299,10 @@ pub struct RenameRequest {
     pub agent_id: Option<String>,
     #[serde(default)]
     pub message: Option<String>,
+    /// When set, fails with 409 `node_mismatch` unless this node is the one
+    /// at the path (so a client never writes to a node that replaced its own).
+    #[serde(default)]
+    pub node: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -309,6 +317,10 @@ pub struct DeleteRequest {
     pub agent_id: Option<String>,
     #[serde(default)]
     pub message: Option<String>,
+    /// When set, fails with 409 `node_mismatch` unless this node is the one
+    /// at the path (so a client never writes to a node that replaced its own).
+    #[serde(default)]
+    pub node: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

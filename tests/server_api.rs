@@ -1889,3 +1889,46 @@ async fn malformed_requests_are_400_naming_the_problem() {
     assert_eq!(err.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(s.snapshot("p").await, before);
 }
+
+/// A client that names the node it means (the mount does) never writes to,
+/// moves or deletes a different node that took over the path.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_guard_refuses_a_different_node_at_the_path() {
+    let s = TestServer::start().await;
+    let (t, v1) = seeded(&s).await;
+    let other = v1.node + 1000;
+    let hash = s.upload("p", &t, b"new bytes\n").await;
+    let before = s.snapshot("p").await;
+
+    let mut commit = commit_request("docs/keep.md", Some(v1.version), hash.clone());
+    commit.node = Some(other);
+    let err = assert_err(
+        s.commit_req("p", &t, &commit).await,
+        StatusCode::CONFLICT,
+        "node_mismatch",
+    );
+    assert_eq!(err.head.as_ref(), Some(&v1), "error.head is the node actually there");
+    let rename = json!({"from": "docs/keep.md", "to": "docs/moved.md", "node": other});
+    expect_error(
+        s.post(&s.purl("p", "/rename"), &t, &rename),
+        StatusCode::CONFLICT,
+        "node_mismatch",
+    )
+    .await;
+    let delete = json!({"path": "docs/keep.md", "node": other});
+    expect_error(
+        s.post(&s.purl("p", "/delete"), &t, &delete),
+        StatusCode::CONFLICT,
+        "node_mismatch",
+    )
+    .await;
+    assert_eq!(s.snapshot("p").await, before, "nothing changed");
+
+    // Naming the right node works.
+    commit.node = Some(v1.node);
+    let v2 = s.commit_req("p", &t, &commit).await.unwrap();
+    assert_eq!((v2.node, v2.version), (v1.node, 2));
+    let delete = json!({"path": "docs/keep.md", "node": v1.node});
+    let deleted: DeleteResponse = send(s.post(&s.purl("p", "/delete"), &t, &delete)).await.unwrap();
+    assert_eq!(deleted.deleted[0].node, v1.node);
+}

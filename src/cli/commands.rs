@@ -155,6 +155,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
                 agent_id,
                 message,
                 idempotency_key: None,
+                node: None,
             };
             let v = c.commit(project, &request).await.map_err(explain)?;
             println!("{}: version {} ({})", v.path, v.version, v.status.as_str());
@@ -222,6 +223,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
                 base_version: None,
                 agent_id: None,
                 message: None,
+                node: None,
             };
             let v = c.rename(project(global)?, &request).await.map_err(explain)?;
             println!("{from} -> {} (node {}, version {})", v.path, v.node, v.version);
@@ -233,6 +235,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
                 recursive,
                 agent_id: None,
                 message: None,
+                node: None,
             };
             let r = c.delete(project(global)?, &request).await.map_err(explain)?;
             for v in r.deleted {

@@ -203,7 +203,7 @@ impl SyncWorker {
                     Err(e) => classify(e),
                 }
             }
-            DrainOp::Rename { from, to, .. } => {
+            DrainOp::Rename { node, from, to } => {
                 let req = RenameRequest {
                     from: from.clone(),
                     to: to.clone(),
@@ -213,10 +213,11 @@ impl SyncWorker {
                     base_version: None,
                     agent_id: self.agent_id.clone(),
                     message: None,
+                    node: Some(*node),
                 };
                 match self.client.rename(p, &req).await {
                     Ok(v) => self.local(self.vfs.ack_namespace(item.uid, item.rev, &v)),
-                    Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
+                    Err(e) if e.status() == Some(StatusCode::NOT_FOUND) || e.code() == Some("node_mismatch") => {
                         // The node is gone from where we knew it: send ours as new.
                         self.local(self.vfs.unbind(item.uid))
                     }
@@ -225,6 +226,7 @@ impl SyncWorker {
             }
             DrainOp::Commit {
                 path,
+                node,
                 base_version,
                 hash,
                 kind,
@@ -252,6 +254,7 @@ impl SyncWorker {
                     message: None,
                     // Stable across retries and restarts: a commit is applied once.
                     idempotency_key: Some(format!("u{:016x}-r{}", item.uid, item.rev)),
+                    node: *node,
                 };
                 match self.client.commit(p, &req).await {
                     Ok(v) => {
@@ -260,7 +263,7 @@ impl SyncWorker {
                         }
                         self.local(self.vfs.ack_commit(item.uid, item.rev, hash, &v))
                     }
-                    Err(e) if e.code() == Some("base_version_unknown") => {
+                    Err(e) if matches!(e.code(), Some("base_version_unknown") | Some("node_mismatch")) => {
                         // The node's history is not what we knew: commit as new.
                         self.local(self.vfs.unbind(item.uid))
                     }
@@ -274,10 +277,11 @@ impl SyncWorker {
                     recursive: *recursive,
                     agent_id: self.agent_id.clone(),
                     message: None,
+                    node: Some(*node),
                 };
                 match self.client.delete(p, &req).await {
                     Ok(_) => self.local(self.vfs.ack_delete(item.uid, item.rev, *node)),
-                    Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
+                    Err(e) if e.status() == Some(StatusCode::NOT_FOUND) || e.code() == Some("node_mismatch") => {
                         self.local(self.vfs.ack_delete(item.uid, item.rev, *node))
                     }
                     Err(e) => classify(e),

@@ -15,7 +15,8 @@ use super::blobs::{BlobError, BlobStore, ByteStream};
 use super::error::ApiError;
 use super::feed::Feed;
 use super::store::{
-    now_millis, ContentWrite, MetadataStore, NodeHead, ProjectRow, StoreError, TokenRow, WriteMeta, WriteTarget,
+    now_millis, ContentWrite, MetadataStore, NodeGuard, NodeHead, ProjectRow, StoreError, TokenRow, WriteMeta,
+    WriteTarget,
 };
 use crate::api::*;
 use crate::merge::{merge, MergeOutcome};
@@ -519,6 +520,18 @@ impl Service {
             }))
         };
         let mode_or = |fallback: u32| req.mode.unwrap_or(fallback);
+        if let Some(expected) = req.node {
+            if head.as_ref().map(|h| h.node) != Some(expected) {
+                return Err(ApiError::conflict(
+                    "node_mismatch",
+                    format!(
+                        "{} is not node {expected} any more; re-read it and commit again",
+                        req.path
+                    ),
+                )
+                .with_head(head.map(|h| h.head)));
+            }
+        }
         let Some(head) = head else {
             return match req.base_version {
                 None => write(
@@ -694,6 +707,7 @@ impl Service {
             agent_id,
             message,
             idempotency_key: None,
+            node: None,
         };
         self.commit(caller, project, req).await
     }
@@ -720,7 +734,17 @@ impl Service {
         let meta = meta(caller, req.agent_id, req.message)?;
         match self
             .store
-            .rename(project.id, &req.from, &req.to, req.replace, req.base_version, meta)
+            .rename(
+                project.id,
+                &req.from,
+                &req.to,
+                req.replace,
+                NodeGuard {
+                    base_version: req.base_version,
+                    node: req.node,
+                },
+                meta,
+            )
             .await
         {
             Ok(applied) => {
@@ -737,7 +761,16 @@ impl Service {
         let meta = meta(caller, req.agent_id, req.message)?;
         match self
             .store
-            .delete(project.id, &req.path, req.base_version, req.recursive, meta)
+            .delete(
+                project.id,
+                &req.path,
+                NodeGuard {
+                    base_version: req.base_version,
+                    node: req.node,
+                },
+                req.recursive,
+                meta,
+            )
             .await
         {
             Ok(applied) => {

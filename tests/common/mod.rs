@@ -516,6 +516,7 @@ pub fn commit_request(path: &str, base: Option<i64>, hash: BlobHash) -> CommitRe
         agent_id: None,
         message: None,
         idempotency_key: None,
+        node: None,
     }
 }
 
@@ -670,6 +671,92 @@ impl Drop for TestServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Added for the mount tests: restarting on the same address
+// ---------------------------------------------------------------------------
+
+impl TestServer {
+    /// The `127.0.0.1:PORT` this server listens (or last listened) on.
+    pub fn listen_addr(&self) -> String {
+        self.api.base.trim_start_matches("http://").to_string()
+    }
+
+    /// Starts the server again on the same data directory AND the same
+    /// address (stopping it gracefully first if it still runs), so clients
+    /// that keep the URL — a running mount, a journal keyed by the URL —
+    /// reconnect. Retries for a while if the port is briefly not bindable.
+    pub async fn restart_on_same_port(&mut self) {
+        if self.child.is_some() {
+            let status = self.stop().await;
+            assert!(status.success(), "graceful shutdown failed: {status:?}; log:\n{}", self.log());
+        }
+        let addr = self.listen_addr();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.spawn_at(&addr).await {
+                Ok(()) => return,
+                Err(why) if Instant::now() < deadline => {
+                    eprintln!("restart on {addr} failed ({why}); retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(why) => panic!("cannot restart the server on {addr}: {why}"),
+            }
+        }
+    }
+
+    /// Like the private `spawn`, but on a fixed address and returning an
+    /// error (with the log) instead of panicking when the server exits early.
+    async fn spawn_at(&mut self, addr: &str) -> Result<(), String> {
+        assert!(self.child.is_none(), "server already running");
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path(self.starts)).expect("create log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_contextfs"))
+            .arg("serve")
+            .arg("--data")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(addr)
+            .args(&self.extra_args)
+            .env(contextfs::server::ADMIN_TOKEN_ENV, ADMIN_TOKEN)
+            .env("CONTEXTFS_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn contextfs serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = tokio::sync::oneshot::channel::<SocketAddr>();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.trim().strip_prefix("listening on http://") {
+                    if let (Some(tx), Ok(addr)) = (tx.take(), addr.parse()) {
+                        let _ = tx.send(addr);
+                    }
+                }
+            }
+        });
+        self.child = Some(child);
+        match tokio::time::timeout(START_DEADLINE, rx).await {
+            Ok(Ok(got)) => {
+                assert_eq!(got.to_string(), addr, "server listens elsewhere");
+                self.api.base = format!("http://{got}");
+                Ok(())
+            }
+            Ok(Err(_)) => {
+                let status = self.child.as_mut().and_then(|c| c.wait().ok());
+                self.child = None;
+                Err(format!("server exited before listening ({status:?}); log:\n{}", self.log()))
+            }
+            Err(_) => panic!(
+                "server did not print `listening on` within {START_DEADLINE:?}; log:\n{}",
+                self.log()
+            ),
         }
     }
 }

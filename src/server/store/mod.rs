@@ -108,6 +108,15 @@ pub struct Applied<T> {
     pub cursor: i64,
 }
 
+/// Preconditions of a namespace operation on the node at a path.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeGuard {
+    /// The node's head must still be this version (`HeadMoved` otherwise).
+    pub base_version: Option<i64>,
+    /// The node at the path must be this one (`node_mismatch` otherwise).
+    pub node: Option<i64>,
+}
+
 #[derive(Debug, Clone)]
 pub struct RenameOutcome {
     pub moved: VersionInfo,
@@ -164,14 +173,14 @@ pub trait MetadataStore: Send + Sync + 'static {
         from: &WsPath,
         to: &WsPath,
         replace: bool,
-        base_version: Option<i64>,
+        guard: NodeGuard,
         meta: WriteMeta,
     ) -> StoreResult<Applied<RenameOutcome>>;
     async fn delete(
         &self,
         project_id: i64,
         path: &WsPath,
-        base_version: Option<i64>,
+        guard: NodeGuard,
         recursive: bool,
         meta: WriteMeta,
     ) -> StoreResult<Applied<Vec<VersionInfo>>>;

@@ -597,12 +597,20 @@ fn tombstone(conn: &Connection, project_id: i64, node: &NodeRow, meta: &WriteMet
     append_version(conn, project_id, node.id, Some(node.head), &v, meta)
 }
 
-fn check_base(conn: &Connection, node: &NodeRow, base_version: Option<i64>) -> StoreResult<()> {
-    match base_version {
-        Some(base) if base != node.head => {
-            let _ = conn;
-            Err(StoreError::HeadMoved)
-        }
+fn check_base(node: &NodeRow, guard: &NodeGuard) -> StoreResult<()> {
+    if guard.node.is_some_and(|n| n != node.id) {
+        return Err(StoreError::Conflict {
+            code: "node_mismatch",
+            message: format!(
+                "{} is node {}, not node {}",
+                node.path,
+                node.id,
+                guard.node.unwrap_or_default()
+            ),
+        });
+    }
+    match guard.base_version {
+        Some(base) if base != node.head => Err(StoreError::HeadMoved),
         _ => Ok(()),
     }
 }
@@ -962,14 +970,14 @@ impl MetadataStore for SqliteStore {
         from: &WsPath,
         to: &WsPath,
         replace: bool,
-        base_version: Option<i64>,
+        guard: NodeGuard,
         meta: WriteMeta,
     ) -> StoreResult<Applied<RenameOutcome>> {
         let (from, to) = (from.clone(), to.clone());
         self.write(move |conn| {
             let source = live_node(conn, project_id, from.as_str())?
                 .ok_or_else(|| StoreError::NotFound(format!("{from} does not exist")))?;
-            check_base(conn, &source, base_version)?;
+            check_base(&source, &guard)?;
             if source.kind == NodeKind::Dir && to.starts_with(&from) && to != from {
                 return Err(StoreError::Conflict {
                     code: "invalid_rename",
@@ -1056,7 +1064,7 @@ impl MetadataStore for SqliteStore {
         &self,
         project_id: i64,
         path: &WsPath,
-        base_version: Option<i64>,
+        guard: NodeGuard,
         recursive: bool,
         meta: WriteMeta,
     ) -> StoreResult<Applied<Vec<VersionInfo>>> {
@@ -1064,7 +1072,7 @@ impl MetadataStore for SqliteStore {
         self.write(move |conn| {
             let node = live_node(conn, project_id, path.as_str())?
                 .ok_or_else(|| StoreError::NotFound(format!("{path} does not exist")))?;
-            check_base(conn, &node, base_version)?;
+            check_base(&node, &guard)?;
             let mut deleted = Vec::new();
             let mut cursor = 0;
             if node.kind == NodeKind::Dir {
