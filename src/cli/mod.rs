@@ -217,6 +217,19 @@ pub struct ServeArgs {
     /// Largest accepted JSON request body in bytes (larger → 413)
     #[arg(long, default_value_t = 8 << 20)]
     pub max_request_bytes: usize,
+    /// Metadata in PostgreSQL instead of the embedded SQLite: postgres://user:pass@host:port/db
+    #[arg(long, env = "CONTEXTFS_DATABASE")]
+    pub database: Option<String>,
+    /// Blobs in S3-compatible storage instead of DATA/blobs: s3://bucket[/prefix]
+    /// (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)
+    #[arg(long, env = "CONTEXTFS_BLOBS")]
+    pub blobs: Option<String>,
+    /// S3 endpoint URL for non-AWS storage (MinIO, Garage, moto, ...)
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region
+    #[arg(long, env = "AWS_REGION")]
+    pub s3_region: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -311,6 +324,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     max_blob_bytes: args.max_blob_bytes,
                     max_request_bytes: args.max_request_bytes,
                     ..Limits::default()
+                },
+                backends: crate::server::Backends {
+                    database: args.database,
+                    blobs: args.blobs,
+                    s3_endpoint: args.s3_endpoint,
+                    s3_region: args.s3_region,
                 },
             };
             crate::server::serve(config).await?;

@@ -25,6 +25,19 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub limits: Limits,
+    pub backends: Backends,
+}
+
+/// Where metadata and blobs live. `None` means the embedded default under
+/// the data directory (SQLite, blob folder).
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    /// `postgres://user:pass@host:port/db`
+    pub database: Option<String>,
+    /// `s3://bucket[/prefix]`
+    pub blobs: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -39,6 +52,8 @@ pub enum ServeError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Where the admin token came from, for the start-up message.
@@ -108,10 +123,34 @@ pub fn open_embedded(config: &ServeConfig) -> Result<(Arc<Service>, AdminToken),
         source,
     })?;
     let token = admin_token(&config.data_dir)?;
-    let store = store::sqlite::SqliteStore::open(&config.data_dir.join("metadata.sqlite3"))?;
-    let blobs = blobs::dir::DirBlobStore::open(&config.data_dir)?;
-    let service = Service::new(Arc::new(store), Arc::new(blobs), token.secret(), config.limits.clone());
+    let (store, blobs) = open_backends(config)?;
+    let service = Service::new(store, blobs, token.secret(), config.limits.clone());
     Ok((Arc::new(service), token))
+}
+
+/// Opens the metadata store and blob store that `config.backends` names.
+pub fn open_backends(
+    config: &ServeConfig,
+) -> Result<(Arc<dyn store::MetadataStore>, Arc<dyn blobs::BlobStore>), ServeError> {
+    let store: Arc<dyn store::MetadataStore> = match &config.backends.database {
+        None => Arc::new(store::sqlite::SqliteStore::open(
+            &config.data_dir.join("metadata.sqlite3"),
+        )?),
+        Some(url) => {
+            return Err(ServeError::Unsupported(format!(
+                "--database {url}: PostgreSQL support is not built yet"
+            )))
+        }
+    };
+    let blobs: Arc<dyn blobs::BlobStore> = match &config.backends.blobs {
+        None => Arc::new(blobs::dir::DirBlobStore::open(&config.data_dir)?),
+        Some(url) => {
+            return Err(ServeError::Unsupported(format!(
+                "--blobs {url}: S3 support is not built yet"
+            )))
+        }
+    };
+    Ok((store, blobs))
 }
 
 /// Runs the server until SIGINT or SIGTERM.

@@ -692,7 +692,11 @@ impl TestServer {
     pub async fn restart_on_same_port(&mut self) {
         if self.child.is_some() {
             let status = self.stop().await;
-            assert!(status.success(), "graceful shutdown failed: {status:?}; log:\n{}", self.log());
+            assert!(
+                status.success(),
+                "graceful shutdown failed: {status:?}; log:\n{}",
+                self.log()
+            );
         }
         let addr = self.listen_addr();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -751,7 +755,10 @@ impl TestServer {
             Ok(Err(_)) => {
                 let status = self.child.as_mut().and_then(|c| c.wait().ok());
                 self.child = None;
-                Err(format!("server exited before listening ({status:?}); log:\n{}", self.log()))
+                Err(format!(
+                    "server exited before listening ({status:?}); log:\n{}",
+                    self.log()
+                ))
             }
             Err(_) => panic!(
                 "server did not print `listening on` within {START_DEADLINE:?}; log:\n{}",
