@@ -328,6 +328,10 @@ impl Model {
     }
 
     fn write(&mut self, id: usize, at: usize, bytes: &[u8]) {
+        if bytes.is_empty() {
+            // pwrite(2) of zero bytes changes nothing, not even past the end.
+            return;
+        }
         let data = &mut self.data[id];
         if data.len() < at + bytes.len() {
             data.resize(at + bytes.len(), 0);

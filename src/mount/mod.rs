@@ -175,6 +175,22 @@ fn explain_connect(server: &str, e: ClientError) -> anyhow::Error {
     }
 }
 
+/// Every open file in the mount holds a descriptor here: lift the soft limit
+/// to the hard one so busy agents do not hit EMFILE.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// Holds an exclusive lock on a mount's state directory for its lifetime.
 struct StateLock(#[allow(dead_code)] std::fs::File);
 
@@ -205,6 +221,7 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
     if !Path::new("/dev/fuse").exists() {
         bail!("/dev/fuse is missing: this kernel or container has no FUSE (load the fuse module, or run the container with --device /dev/fuse --cap-add SYS_ADMIN)");
     }
+    raise_fd_limit();
     let mountpoint = canonical_mountpoint(&args.mountpoint)?;
     let socket = socket_path(&mountpoint);
     if control::request(&socket, "status").is_ok() {

@@ -144,9 +144,16 @@ pub fn open_backends(
     };
     let blobs: Arc<dyn blobs::BlobStore> = match &config.backends.blobs {
         None => Arc::new(blobs::dir::DirBlobStore::open(&config.data_dir)?),
+        Some(url) if url.starts_with("s3://") => Arc::new(blobs::s3::S3BlobStore::open(
+            url,
+            &blobs::s3::S3Settings {
+                endpoint: config.backends.s3_endpoint.clone(),
+                region: config.backends.s3_region.clone(),
+            },
+        )?),
         Some(url) => {
             return Err(ServeError::Unsupported(format!(
-                "--blobs {url}: S3 support is not built yet"
+                "--blobs {url}: expected s3://bucket[/prefix]"
             )))
         }
     };

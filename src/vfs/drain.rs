@@ -117,11 +117,22 @@ impl Vfs {
             (Some(ino), Some(inode)) if !r.deleted => (ino, inode),
             _ => {
                 return Ok(Some(match (r.node, &r.server_path) {
-                    (Some(node), Some(path)) => DrainOp::Delete {
-                        node,
-                        path: valid(path)?,
-                        recursive: r.kind == NodeKind::Dir,
-                    },
+                    (Some(node), Some(path)) => {
+                        let parent = match r.parent {
+                            ParentRef::Root => Some(ROOT_INO),
+                            ParentRef::Node(n) => st.by_node.get(&n).copied(),
+                            ParentRef::Local(u) => st.by_uid.get(&u).copied(),
+                        };
+                        let path = match parent {
+                            Some(parent) => Self::settled_server_path(st, parent, &r.name, path),
+                            None => path.clone(),
+                        };
+                        DrainOp::Delete {
+                            node,
+                            path: valid(&path)?,
+                            recursive: r.kind == NodeKind::Dir,
+                        }
+                    }
                     _ => DrainOp::Forget,
                 }))
             }
@@ -153,7 +164,7 @@ impl Vfs {
             (Some(node), server) => {
                 let server_path = r.server_path.clone().unwrap_or_default();
                 let server_hash = server.as_ref().map(|s| s.hash.clone());
-                if server_path != path.as_str() {
+                if Self::settled_server_path(st, inode.parent, &inode.name, &server_path) != path.as_str() {
                     DrainOp::Rename {
                         node,
                         from: valid(&server_path)?,
@@ -183,6 +194,55 @@ impl Vfs {
         Ok(Some(op))
     }
 
+    /// Where the server will have a node once this plan's renames have run: a
+    /// node still under the parent and name the server knows moves along with
+    /// that parent (a renamed ancestor carries it; it needs no rename of its own).
+    fn settled_server_path(st: &State, parent: Ino, name: &str, server_path: &str) -> String {
+        let (server_parent, server_name) = server_path.rsplit_once('/').unwrap_or(("", server_path));
+        let parent_server = if parent == ROOT_INO {
+            Some("")
+        } else {
+            st.inodes
+                .get(&parent)
+                .filter(|p| !p.unlinked)
+                .and_then(|p| p.server.as_ref())
+                .map(|s| s.path.as_str())
+        };
+        if name != server_name || parent_server != Some(server_parent) {
+            return server_path.to_string();
+        }
+        match Self::path_of(st, parent) {
+            p if p.is_empty() => name.to_string(),
+            p => format!("{p}/{name}"),
+        }
+    }
+
+    /// A directory moved on the server from `old` to `new`: what it holds moved too.
+    pub(super) fn rebase_server_paths(&self, st: &mut State, old: &str, new: &str) -> VfsResult<()> {
+        if old == new {
+            return Ok(());
+        }
+        let moved = |p: &str| {
+            p.strip_prefix(old)
+                .filter(|rest| rest.starts_with('/'))
+                .map(|rest| format!("{new}{rest}"))
+        };
+        for inode in st.inodes.values_mut() {
+            if let Some(s) = inode.server.as_mut() {
+                if let Some(p) = moved(&s.path) {
+                    s.path = p;
+                }
+            }
+        }
+        for r in st.records.values_mut() {
+            if let Some(p) = r.server_path.as_deref().and_then(moved) {
+                r.server_path = Some(p);
+                self.journal.write(r)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops a record if it is still at `rev`; returns whether it did.
     fn settle(&self, st: &mut State, uid: u64, rev: u64) -> VfsResult<bool> {
         match st.records.get(&uid) {
@@ -191,7 +251,14 @@ impl Vfs {
                 self.journal.remove(uid)?;
                 st.records.remove(&uid);
                 if let Some(hash) = pending_blob {
-                    self.journal.remove_pending_blob(&hash);
+                    // Identical contents share one pending file.
+                    if !st
+                        .records
+                        .values()
+                        .any(|o| o.inline.is_none() && o.content.as_ref() == Some(&hash))
+                    {
+                        self.journal.remove_pending_blob(&hash);
+                    }
                 }
                 Ok(true)
             }
@@ -236,7 +303,25 @@ impl Vfs {
     /// A mkdir or rename reached the server.
     pub fn ack_namespace(&self, uid: u64, rev: u64, v: &VersionInfo) -> VfsResult<()> {
         let mut st = self.lock();
+        let old_path = st
+            .by_uid
+            .get(&uid)
+            .and_then(|i| st.inodes.get(i))
+            .and_then(|i| i.server.as_ref())
+            .map(|s| s.path.clone());
         Self::bind(&mut st, uid, v);
+        if v.kind == NodeKind::Dir {
+            if let Some(old) = old_path {
+                self.rebase_server_paths(&mut st, &old, &v.path)?;
+            }
+            // Records inside it named it by local uid, which a remount cannot resolve.
+            for r in st.records.values_mut() {
+                if r.parent == ParentRef::Local(uid) {
+                    r.parent = ParentRef::Node(v.node);
+                    self.journal.write(r)?;
+                }
+            }
+        }
         let nothing_else = st
             .records
             .get(&uid)

@@ -114,7 +114,7 @@ impl Journal {
     /// Small contents come back as bytes to inline into the record.
     pub fn snapshot(&self, source: &File) -> Result<(BlobHash, u64, Option<Vec<u8>>), VfsError> {
         let len = source.metadata().map_err(|e| io("stat", &self.pending, e))?.len();
-        let mut reader = std::io::BufReader::with_capacity(256 * 1024, ReadAt { file: source, pos: 0 });
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, ReadAt::new(source));
         if len <= INLINE_LIMIT {
             let mut bytes = Vec::with_capacity(len as usize);
             reader
@@ -235,9 +235,15 @@ impl Journal {
 }
 
 /// Reads a file from offset 0 with pread, leaving its shared cursor alone.
-struct ReadAt<'a> {
+pub struct ReadAt<'a> {
     file: &'a File,
     pos: u64,
+}
+
+impl<'a> ReadAt<'a> {
+    pub fn new(file: &'a File) -> Self {
+        Self { file, pos: 0 }
+    }
 }
 
 impl Read for ReadAt<'_> {

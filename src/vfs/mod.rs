@@ -264,6 +264,8 @@ pub struct Vfs {
     journal: Journal,
     staging_dir: PathBuf,
     cache: Arc<BlobCache>,
+    /// Recently used blob descriptors, so hot files skip open(2).
+    open_files: moka::sync::Cache<BlobHash, Arc<File>>,
     source: Arc<dyn BlobSource>,
     invalidations: Mutex<Option<mpsc::Sender<Invalidation>>>,
     /// Wakes the sync worker when something new is journaled.
@@ -324,6 +326,10 @@ impl Vfs {
             journal,
             staging_dir,
             cache,
+            open_files: moka::sync::Cache::builder()
+                .max_capacity(512)
+                .time_to_idle(std::time::Duration::from_secs(30))
+                .build(),
             source,
             invalidations: Mutex::new(None),
             wake: tokio::sync::Notify::new(),
@@ -729,12 +735,20 @@ impl Vfs {
 
     // ----- open, read, write -----
 
-    /// Opens the blob of a clean file through the cache (fetching it if needed).
-    fn open_blob(&self, hash: &BlobHash) -> VfsResult<File> {
-        if let Some(file) = self.cache.open_blob(hash)? {
+    /// Opens the blob of a clean file through the cache (fetching it if
+    /// needed). Open descriptors are shared for a while: blobs never change,
+    /// and every read is positional, so one fd serves all handles.
+    fn open_blob(&self, hash: &BlobHash) -> VfsResult<Arc<File>> {
+        if let Some(file) = self.open_files.get(hash) {
             return Ok(file);
         }
-        Ok(self.cache.get_or_fill(hash, |fill| self.source.fetch(hash, fill))?)
+        let file = match self.cache.open_blob(hash)? {
+            Some(file) => file,
+            None => self.cache.get_or_fill(hash, |fill| self.source.fetch(hash, fill))?,
+        };
+        let file = Arc::new(file);
+        self.open_files.insert(hash.clone(), file.clone());
+        Ok(file)
     }
 
     /// Turns clean content into a local staging file (copy on first write).
@@ -752,7 +766,7 @@ impl Vfs {
         let mut size = 0;
         if !truncate {
             let source = self.open_blob(&hash)?;
-            let mut reader = std::io::BufReader::with_capacity(1 << 20, &source);
+            let mut reader = std::io::BufReader::with_capacity(1 << 20, journal::ReadAt::new(&source));
             let mut writer = std::io::BufWriter::with_capacity(1 << 20, &*file);
             size = std::io::copy(&mut reader, &mut writer).map_err(|e| VfsError::io("copy into staging", e))?;
             std::io::Write::flush(&mut writer).map_err(|e| VfsError::io("copy into staging", e))?;
@@ -784,6 +798,8 @@ impl Vfs {
             }
         }
         let mut pinned = None;
+        // make_local(truncate) drops a clean file's bytes itself: judge the change by the size before.
+        let size_before = Self::get(&self.lock(), ino)?.size;
         if mode.write || mode.truncate {
             self.make_local(ino, mode.truncate)?;
         } else {
@@ -795,7 +811,7 @@ impl Vfs {
                 }
             };
             if let Some(hash) = hash {
-                pinned = Some(Arc::new(self.open_blob(&hash)?));
+                pinned = Some(self.open_blob(&hash)?);
             }
         }
         let mut st = self.lock();
@@ -803,7 +819,7 @@ impl Vfs {
         if mode.truncate {
             let inode = Self::get_mut(&mut st, ino)?;
             if let Content::Local { file, .. } = &inode.content {
-                if inode.size != 0 {
+                if inode.size != 0 || size_before != 0 {
                     file.set_len(0).map_err(|e| VfsError::io("truncate", e))?;
                     inode.size = 0;
                     inode.data_rev += 1;
@@ -882,7 +898,7 @@ impl Vfs {
                         _ => return Err(VfsError::new(libc::EAGAIN, "content changed; retry")),
                     }
                 };
-                Arc::new(self.open_blob(&hash)?)
+                self.open_blob(&hash)?
             }
         };
         let mut buf = vec![0u8; size as usize];
@@ -920,7 +936,10 @@ impl Vfs {
         let at = if append { inode.size } else { offset };
         file.write_all_at(data, at)
             .map_err(|e| VfsError::io("write to staging file", e))?;
-        inode.size = inode.size.max(at + data.len() as u64);
+        if !data.is_empty() {
+            // A zero-length write never extends a file.
+            inode.size = inode.size.max(at + data.len() as u64);
+        }
         inode.data_rev += 1;
         inode.mtime = SystemTime::now();
         inode.ctime = inode.mtime;

@@ -124,7 +124,7 @@ impl Vfs {
                 let Some(inode) = st.inodes.get_mut(&ino) else { return };
                 let changed = inode.server.as_ref().is_none_or(|s| s.hash != e.hash);
                 inode.mode = e.mode;
-                inode.server = Some(server);
+                let old_path = inode.server.replace(server).map(|s| s.path);
                 if changed {
                     inode.content = match (e.kind, target) {
                         (NodeKind::Dir, _) => Content::Dir,
@@ -135,6 +135,11 @@ impl Vfs {
                     inode.mtime = SystemTime::now();
                     inode.ctime = inode.mtime;
                     out.push(Invalidation::Inode(ino));
+                }
+                if let Some(old) = old_path.filter(|_| e.kind == NodeKind::Dir) {
+                    if let Err(err) = self.rebase_server_paths(st, &old, &e.path) {
+                        tracing::error!(error = %err, "cannot record a remote directory rename in the journal");
+                    }
                 }
             }
             None => {

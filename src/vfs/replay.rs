@@ -101,9 +101,10 @@ impl Vfs {
             if out.contains_key(hash) {
                 continue;
             }
-            let mut file = self.open_blob(hash)?;
+            let file = self.open_blob(hash)?;
             let mut target = String::new();
-            file.read_to_string(&mut target)
+            super::journal::ReadAt::new(&file)
+                .read_to_string(&mut target)
                 .map_err(|e| VfsError::io("read symlink target", e))?;
             out.insert(hash.clone(), target);
         }
@@ -176,19 +177,67 @@ impl Vfs {
 
     /// Re-applies journaled changes on top of the server tree.
     fn replay(&self) -> VfsResult<usize> {
-        let records = self.journal.load()?;
+        let records = Self::parents_first(self.journal.load()?);
         let count = records.len();
+        {
+            // Lift every listed node a record places out of the listing's layout
+            // first, so placing one record cannot displace (and drop) a node a
+            // later record moves (a swap, or renames within one millisecond).
+            let mut st = self.lock();
+            for r in records.iter().filter(|r| !r.deleted) {
+                let Some(ino) = r.node.and_then(|n| st.by_node.get(&n).copied()) else {
+                    continue;
+                };
+                let Some((parent, name)) = st.inodes.get(&ino).map(|i| (i.parent, i.name.clone())) else {
+                    continue;
+                };
+                if let Some(p) = st.inodes.get_mut(&parent) {
+                    if p.children.get(&name) == Some(&ino) {
+                        p.children.remove(&name);
+                    }
+                }
+            }
+        }
         for record in records {
             if let Err(e) = self.replay_one(record.clone()) {
                 // Keep the record on disk: nothing is dropped, status shows it.
                 tracing::error!(uid = record.uid, name = %record.name, error = %e, "cannot replay a journaled change");
                 let mut st = self.lock();
+                // A lifted node goes back where the listing had it.
+                if let Some(ino) = record.node.and_then(|n| st.by_node.get(&n).copied()) {
+                    if let Some((parent, name)) = st.inodes.get(&ino).map(|i| (i.parent, i.name.clone())) {
+                        if let Some(p) = st.inodes.get_mut(&parent) {
+                            p.children.entry(name).or_insert(ino);
+                        }
+                    }
+                }
                 let mut failed = record;
                 failed.last_error = Some(format!("replay failed: {e}"));
                 st.records.insert(failed.uid, failed);
             }
         }
         Ok(count)
+    }
+
+    /// Journal order (oldest change first), except that a record inside a
+    /// directory created locally comes after that directory's record, which a
+    /// later change (a rename, a chmod) may have made newer.
+    fn parents_first(mut records: Vec<Record>) -> Vec<Record> {
+        let mut ordered = Vec::with_capacity(records.len());
+        while !records.is_empty() {
+            let waiting: std::collections::HashSet<u64> = records.iter().map(|r| r.uid).collect();
+            let (ready, rest): (Vec<Record>, Vec<Record>) = records
+                .into_iter()
+                .partition(|r| !matches!(r.parent, ParentRef::Local(p) if p != r.uid && waiting.contains(&p)));
+            if ready.is_empty() {
+                // A cycle cannot be journaled; keep everything anyway.
+                ordered.extend(rest);
+                break;
+            }
+            ordered.extend(ready);
+            records = rest;
+        }
+        ordered
     }
 
     fn resolve_parent(st: &State, parent: &ParentRef) -> Option<Ino> {
@@ -247,7 +296,9 @@ impl Vfs {
                     (i.parent, i.name.clone())
                 };
                 if let Some(p) = st.inodes.get_mut(&old_parent) {
-                    p.children.remove(&old_name);
+                    if p.children.get(&old_name) == Some(&ino) {
+                        p.children.remove(&old_name);
+                    }
                 }
                 let i = Self::get_mut(&mut st, ino)?;
                 i.parent = parent;

@@ -526,6 +526,8 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     pub api: Api,
     extra_args: Vec<String>,
+    /// Extra environment variables for the server process (e.g. AWS credentials).
+    extra_env: Vec<(String, String)>,
     child: Option<Child>,
     starts: usize,
 }
@@ -544,6 +546,11 @@ impl TestServer {
 
     /// Starts a server with extra `serve` flags (e.g. `--max-blob-bytes`).
     pub async fn start_with(extra_args: &[&str]) -> TestServer {
+        Self::start_with_env(extra_args, &[]).await
+    }
+
+    /// Starts a server with extra `serve` flags and environment variables.
+    pub async fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> TestServer {
         let root = tempfile::tempdir().expect("temp dir");
         let data_dir = root.path().join("data");
         let mut server = TestServer {
@@ -555,6 +562,7 @@ impl TestServer {
                 admin: ADMIN_TOKEN.to_string(),
             },
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: None,
             starts: 0,
         };
@@ -582,6 +590,7 @@ impl TestServer {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env(contextfs::server::ADMIN_TOKEN_ENV, ADMIN_TOKEN)
             .env("CONTEXTFS_LOG", "warn")
             .stdin(Stdio::null())
@@ -725,6 +734,7 @@ impl TestServer {
             .arg("--listen")
             .arg(addr)
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env(contextfs::server::ADMIN_TOKEN_ENV, ADMIN_TOKEN)
             .env("CONTEXTFS_LOG", "warn")
             .stdin(Stdio::null())

@@ -4,6 +4,7 @@
 //! its hash, so metadata can never point at a partial or wrong blob.
 
 pub mod dir;
+pub mod s3;
 
 use std::pin::Pin;
 

@@ -7,9 +7,11 @@
 //! events and audit rows, and every content write is a compare-and-set on the
 //! node's head version: that is the optimistic lock the whole service rests on.
 
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
 use thiserror::Error;
 
 use crate::api::{
@@ -123,8 +125,25 @@ pub struct RenameOutcome {
     pub replaced: Option<VersionInfo>,
 }
 
+/// A change made through another process that shares the store: the
+/// change-feed waiters of that project (or of every project) should re-read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    Project(i64),
+    /// Changes may have been missed (e.g. the listener reconnected): wake everyone.
+    All,
+}
+
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
+    /// Wake-ups for changes committed by other processes sharing this store
+    /// (several `contextfs serve` instances on one PostgreSQL). `None` for a
+    /// store only this process writes to: the service wakes its own waiters.
+    /// Called once, from inside the runtime, when the server starts.
+    fn subscribe(&self) -> Option<BoxStream<'static, Wake>> {
+        None
+    }
+
     async fn create_project(&self, name: &str, meta: WriteMeta) -> StoreResult<ProjectRow>;
     async fn project(&self, name: &str) -> StoreResult<Option<ProjectRow>>;
     async fn projects(&self) -> StoreResult<Vec<ProjectRow>>;

@@ -1,0 +1,591 @@
+#!/usr/bin/env python3
+"""Measurement helper for scripts/bench-mount (standard library only).
+
+Each measuring subcommand appends one JSON record to --out:
+    {"test": ..., "target": ..., <numbers>}
+and `report` turns the records into the Markdown section and the terminal
+table. Subcommands:
+
+  seed URL TOKEN PROJECT --prefix P --files N [--per-dir K] [--concurrency C]
+        create N small files on the server (one `PUT .../files/{path}` each,
+        C at once), in directories of K files (K=0: all in P itself)
+  mktree DIR --files N [--per-dir K]     the same tree as plain files
+  read FILE                               one sequential read, 1 MiB requests
+  stat DIR --files N [--per-dir K]        os.stat of every file of the tree
+  readdir DIR --reps R                    os.listdir R times
+  small DIR --files N [--fsync] [--server URL TOKEN PROJECT PREFIX]
+        mkdir DIR, then create + write 4 KiB + close N files; with --server
+        also wait until the server's tree lists all N with the right size
+  untar CRATE DIR [--server URL TOKEN PROJECT PREFIX]
+        `tar --no-same-owner -xzf CRATE -C DIR`, then (with --server) wait
+        until every regular file is on the server with the right size
+  rss PID                                 VmRSS / VmHWM of a process, in MB
+  report RESULTS META                     Markdown section (stdout) + table (stderr)
+"""
+
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import urllib.parse
+
+MB = 1_000_000
+
+
+# ----- HTTP -----------------------------------------------------------------
+
+
+class Api:
+    """A tiny REST client: one keep-alive connection per thread."""
+
+    def __init__(self, url, token):
+        u = urllib.parse.urlsplit(url)
+        if u.hostname not in ("127.0.0.1", "localhost", "::1"):
+            sys.exit(f"bench-mount-tree: refusing non-loopback server {url}")
+        self.host, self.port = u.hostname, u.port or 80
+        self.token = token
+        self.local = threading.local()
+
+    def conn(self):
+        c = getattr(self.local, "conn", None)
+        if c is None:
+            c = http.client.HTTPConnection(self.host, self.port, timeout=120)
+            self.local.conn = c
+        return c
+
+    def request(self, method, path, body=None, headers=None):
+        h = {"Authorization": f"Bearer {self.token}"}
+        if headers:
+            h.update(headers)
+        for attempt in range(5):
+            c = self.conn()
+            try:
+                c.request(method, path, body=body, headers=h)
+                r = c.getresponse()
+                data = r.read()
+            except (ConnectionError, http.client.HTTPException, OSError):
+                c.close()
+                self.local.conn = None
+                if attempt == 4:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+                continue
+            if r.status == 503 and attempt < 4:
+                time.sleep(0.1 * (attempt + 1))
+                continue
+            if r.status >= 300:
+                raise RuntimeError(f"{method} {path}: HTTP {r.status}: {data[:300]!r}")
+            return data
+        raise RuntimeError("unreachable")
+
+    def put_file(self, project, path, body):
+        q = urllib.parse.quote(path)
+        return self.request("PUT", f"/api/v1/projects/{project}/files/{q}", body)
+
+    def mkdir(self, project, path):
+        body = json.dumps({"path": path}).encode()
+        return self.request("POST", f"/api/v1/projects/{project}/mkdir", body, {"Content-Type": "application/json"})
+
+    def tree(self, project, prefix):
+        q = urllib.parse.urlencode({"prefix": prefix, "recursive": "true"})
+        return json.loads(self.request("GET", f"/api/v1/projects/{project}/tree?{q}"))
+
+
+def wait_committed(api, project, prefix, expected, timeout=600.0):
+    """Polls the server's tree until every path in `expected` (path -> size)
+    is listed as a file of that size. Returns the time it was first seen so."""
+    deadline = time.monotonic() + timeout
+    polls = 0
+    while True:
+        listing = api.tree(project, prefix)
+        polls += 1
+        have = {e["path"]: e["size"] for e in listing["entries"] if e["kind"] == "file"}
+        missing = sum(1 for p, s in expected.items() if have.get(p) != s)
+        if missing == 0:
+            return time.perf_counter(), polls
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{missing} of {len(expected)} files under {prefix} not committed after {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+# ----- trees ----------------------------------------------------------------
+
+
+def tree_paths(n, per_dir):
+    """The files of an n-file tree: d0000/f000000.txt ... (per_dir=0: flat)."""
+    if per_dir <= 0:
+        return [f"f{i:06d}.txt" for i in range(n)]
+    return [f"d{i // per_dir:04d}/f{i:06d}.txt" for i in range(n)]
+
+
+def tree_dirs(n, per_dir):
+    if per_dir <= 0:
+        return []
+    return [f"d{d:04d}" for d in range((n + per_dir - 1) // per_dir)]
+
+
+def small_content(i):
+    # 40..400 bytes, distinct per file (distinct blobs, like real files).
+    line = f"file {i}: the quick brown fox jumps over the lazy dog\n".encode()
+    return line * (1 + i % 8)
+
+
+DISTINCT = 256  # a multiple of 8, so tree_content(i) has the size of small_content(i)
+
+
+def tree_content(i):
+    return small_content(i % DISTINCT)
+
+
+def four_k(i):
+    head = f"# note {i}\n\n".encode()
+    return (head + b"x" * 4096)[:4095] + b"\n"
+
+
+def join(prefix, path):
+    return f"{prefix}/{path}" if prefix else path
+
+
+# ----- results --------------------------------------------------------------
+
+
+def emit(args, **fields):
+    rec = {"test": args.test, "target": args.target, **fields}
+    line = json.dumps(rec)
+    print(line, file=sys.stderr)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(line + "\n")
+
+
+# ----- subcommands ----------------------------------------------------------
+
+
+def cmd_seed(args):
+    api = Api(args.url, args.token)
+    paths = tree_paths(args.files, args.per_dir)
+    dirs = [args.prefix] if args.prefix else []
+    dirs += [join(args.prefix, d) for d in tree_dirs(args.files, args.per_dir)]
+    started = time.perf_counter()
+    hashes = {}
+
+    def upload(i):
+        # The first DISTINCT files upload their content; the rest reuse one of
+        # those blobs with a plain commit (the server dedupes by hash anyway).
+        path = join(args.prefix, paths[i])
+        if i < DISTINCT:
+            hashes[i] = json.loads(api.put_file(args.project, path, tree_content(i)))["hash"]
+        else:
+            body = json.dumps({"path": path, "hash": hashes[i % DISTINCT]}).encode()
+            api.request("POST", f"/api/v1/projects/{args.project}/commit", body, {"Content-Type": "application/json"})
+
+    # Parents first, so concurrent commits never race to create the same one.
+    with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
+        if args.prefix:
+            api.mkdir(args.project, args.prefix)
+        list(pool.map(lambda d: api.mkdir(args.project, d), dirs[1 if args.prefix else 0 :]))
+        list(pool.map(upload, range(min(DISTINCT, len(paths)))))
+        done = 0
+        futures = [pool.submit(upload, i) for i in range(DISTINCT, len(paths))]
+        for f in concurrent.futures.as_completed(futures):
+            f.result()
+            done += 1
+            if done % 25000 == 0:
+                print(f"  seeded {done}/{len(paths)}", file=sys.stderr)
+    elapsed = time.perf_counter() - started
+    print(
+        f"  seeded {len(paths)} files + {len(dirs)} dirs under '{args.prefix or '/'}' in {elapsed:.1f} s "
+        f"({len(paths) / elapsed:.0f} files/s)",
+        file=sys.stderr,
+    )
+    if args.out:
+        emit(args, files=len(paths), dirs=len(dirs), seconds=elapsed, per_s=len(paths) / elapsed)
+
+
+def cmd_mktree(args):
+    for d in tree_dirs(args.files, args.per_dir):
+        os.makedirs(os.path.join(args.dir, d), exist_ok=True)
+    os.makedirs(args.dir, exist_ok=True)
+    for i, p in enumerate(tree_paths(args.files, args.per_dir)):
+        with open(os.path.join(args.dir, p), "wb") as f:
+            f.write(tree_content(i))
+
+
+def cmd_read(args):
+    buf = bytearray(1 << 20)
+    t0 = time.perf_counter()
+    fd = os.open(args.file, os.O_RDONLY)
+    total = 0
+    try:
+        while True:
+            n = os.readv(fd, [buf])
+            if n == 0:
+                break
+            total += n
+    finally:
+        os.close(fd)
+    secs = time.perf_counter() - t0
+    emit(args, bytes=total, seconds=secs, mb_s=total / secs / MB)
+
+
+def cmd_stat(args):
+    paths = [os.path.join(args.dir, p) for p in tree_paths(args.files, args.per_dir)]
+    t0 = time.perf_counter()
+    size = 0
+    for p in paths:
+        size += os.stat(p).st_size
+    secs = time.perf_counter() - t0
+    expected = sum(len(tree_content(i)) for i in range(args.files))
+    if size != expected:
+        sys.exit(f"stat: sizes add up to {size}, expected {expected}")
+    emit(args, files=len(paths), seconds=secs, us_per_stat=secs / len(paths) * 1e6)
+
+
+def cmd_readdir(args):
+    times = []
+    count = 0
+    for _ in range(args.reps):
+        t0 = time.perf_counter()
+        count = len(os.listdir(args.dir))
+        times.append(time.perf_counter() - t0)
+    if args.expect and count != args.expect:
+        sys.exit(f"readdir: {count} entries in {args.dir}, expected {args.expect}")
+    rest = times[1:] or times
+    emit(args, entries=count, first_s=times[0], median_s=statistics.median(rest), seconds=statistics.median(rest))
+
+
+def server_args(args):
+    if not args.server:
+        return None
+    url, token, project, prefix = args.server
+    return Api(url, token), project, prefix
+
+
+def cmd_small(args):
+    srv = server_args(args)
+    t0 = time.perf_counter()
+    os.mkdir(args.dir)
+    for i in range(args.files):
+        fd = os.open(os.path.join(args.dir, f"s{i:05d}.md"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, four_k(i))
+            if args.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    closed = time.perf_counter() - t0
+    fields = {"files": args.files, "close_s": closed, "seconds": closed, "close_per_s": args.files / closed}
+    if srv:
+        api, project, prefix = srv
+        expected = {f"{prefix}/s{i:05d}.md": len(four_k(i)) for i in range(args.files)}
+        seen, polls = wait_committed(api, project, prefix, expected)
+        fields.update(committed_s=seen - t0, committed_per_s=args.files / (seen - t0), polls=polls)
+    emit(args, **fields)
+
+
+def cmd_untar(args):
+    srv = server_args(args)
+    with tarfile.open(args.crate, "r:gz") as t:
+        members = t.getmembers()
+    files = {m.name: m.size for m in members if m.isfile()}
+    os.makedirs(args.dir, exist_ok=True)
+    t0 = time.perf_counter()
+    subprocess.run(["tar", "--no-same-owner", "-xzf", args.crate, "-C", args.dir], check=True)
+    done = time.perf_counter() - t0
+    got = sum(1 for p in files if os.path.isfile(os.path.join(args.dir, p)))
+    if got != len(files):
+        sys.exit(f"untar: {got} of {len(files)} files extracted")
+    fields = {
+        "entries": len(members),
+        "files": len(files),
+        "bytes": sum(files.values()),
+        "close_s": done,
+        "seconds": done,
+    }
+    if srv:
+        api, project, prefix = srv
+        expected = {f"{prefix}/{p}": s for p, s in files.items()}
+        seen, polls = wait_committed(api, project, prefix, expected)
+        fields.update(committed_s=seen - t0, committed_per_s=len(files) / (seen - t0), polls=polls)
+    emit(args, **fields)
+
+
+def read_status(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                out[k] = int(v.split()[0]) * 1024 / MB
+    return out
+
+
+def cmd_rss(args):
+    s = read_status(args.pid)
+    emit(args, rss_mb=s["VmRSS"], hwm_mb=s["VmHWM"])
+
+
+# ----- report ---------------------------------------------------------------
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "n/a"
+    if unit == "s":
+        return f"{v * 1000:.0f} ms" if v < 10 else f"{v:.1f} s"
+    if abs(v) >= 100:
+        return f"{v:,.0f}{unit}"
+    if abs(v) >= 10:
+        return f"{v:.1f}{unit}"
+    return f"{v:.2f}{unit}"
+
+
+def cmd_report(args):
+    recs = [json.loads(l) for l in open(args.results) if l.strip()]
+    meta = json.load(open(args.meta))
+    by = {}
+    for r in recs:
+        by[(r["test"], r["target"])] = r
+
+    def get(test, target, key):
+        r = by.get((test, target))
+        return None if r is None else r.get(key)
+
+    targets = ["native", "contextfs", "rclone"]
+    rows = []  # (label, unit kind, {target: value}, better)
+
+    def row(label, test, key, kind, targets_=targets):
+        vals = {t: get(test, t, key) for t in targets_}
+        rows.append((label, kind, vals))
+
+    big = meta["big_mb"]
+    row(f"seq read {big} MiB, cold (MB/s)", "read_cold", "mb_s", "rate")
+    row(f"seq read {big} MiB, cache-warm, page-cache-cold (MB/s)", "read_cachewarm", "mb_s", "rate")
+    row(f"seq read {big} MiB, warm (MB/s)", "read_warm", "mb_s", "rate")
+    n = meta["files"]
+    row(f"stat {n:,} files, cold", "stat_cold", "seconds", "time")
+    row(f"stat {n:,} files, warm", "stat_warm", "seconds", "time")
+    row(f"readdir {n:,} entries, first", "readdir", "first_s", "time")
+    row(f"readdir {n:,} entries, median of next {meta['readdir_reps'] - 1}", "readdir", "median_s", "time")
+    s = meta["small"]
+    row(f"{s:,} × create+4 KiB+close: close returns", "small", "close_s", "time")
+    row(f"{s:,} × create+4 KiB+close: committed on server", "small", "committed_s", "time")
+    row(f"untar {meta['crate_name']} ({meta['crate_files']} files): tar returns", "untar", "close_s", "time")
+    row(f"untar {meta['crate_name']}: committed on server", "untar", "committed_s", "time")
+
+    def ratio(kind, v, nat):
+        if v is None or nat is None or nat == 0:
+            return ""
+        if kind == "rate":
+            return f" ({v / nat * 100:.0f} %)"
+        return f" ({v / nat:.1f}×)"
+
+    lines = ["| measurement | native | contextfs | rclone |", "| --- | ---: | ---: | ---: |"]
+    for label, kind, vals in rows:
+        nat = vals.get("native")
+        # Commit times compare with native's plain write time.
+        if "committed" in label:
+            test = "small" if label.startswith(f"{s:,}") else "untar"
+            nat = get(test, "native", "close_s")
+        cells = []
+        for t in targets:
+            v = vals.get(t)
+            if kind == "rate":
+                cell = fmt(v)
+            else:
+                cell = fmt(v, "s")
+            if t != "native":
+                cell += ratio(kind, v, nat)
+            if v is None:
+                cell = "—"
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    # The big mount.
+    bm = by.get(("bigmount", "contextfs"), {})
+    nodes = meta["nodes"]
+    extra = [
+        "",
+        f"| {nodes:,}-node project (contextfs) | result |",
+        "| --- | ---: |",
+        f"| `contextfs mount --daemon` until ready | {fmt(bm.get('mount_s'), 's')} |",
+        f"| of which `GET /tree` on the server (curl, {fmt(bm.get('tree_mb'))} MB JSON) | {fmt(bm.get('tree_s'), 's')} |",
+        f"| RSS after mount (VmRSS) | {fmt(bm.get('rss_mount_mb'))} MB |",
+        f"| `find` of the whole tree ({bm.get('find_entries', 'n/a')} entries) | {fmt(bm.get('find_s'), 's')} |",
+        f"| RSS after `find` (VmRSS) | {fmt(bm.get('rss_find_mb'))} MB |",
+        f"| peak RSS (VmHWM) | {fmt(bm.get('hwm_find_mb'))} MB |",
+    ]
+    lines += extra
+
+    # Extra context rows.
+    nf = get("small", "native_fsync", "close_s")
+    seed = by.get(("seed_big", "server"), {})
+
+    # Goals.
+    goals = []
+
+    def goal(text, ok, detail):
+        if ok is None:
+            goals.append(f"- {text}: not measured")
+        else:
+            goals.append(f"- {text}: **{'met' if ok else 'NOT met'}** ({detail})")
+
+    wn, wc = get("read_warm", "native", "mb_s"), get("read_warm", "contextfs", "mb_s")
+    goal(
+        "warm sequential read ≥ 90 % of native",
+        None if not (wn and wc) else wc >= 0.9 * wn,
+        f"{wc / wn * 100:.0f} %" if wn and wc else "",
+    )
+    for phase in ("cold", "warm"):
+        sn, sc = get(f"stat_{phase}", "native", "seconds"), get(f"stat_{phase}", "contextfs", "seconds")
+        goal(
+            f"{n:,} stats ({phase}) within 3× native",
+            None if not (sn and sc) else sc <= 3 * sn,
+            f"{sc / sn:.1f}×" if sn and sc else "",
+        )
+    cps = get("small", "contextfs", "committed_per_s")
+    goal("≥ 1,000 committed small files per second", None if cps is None else cps >= 1000, f"{cps:,.0f} files/s" if cps else "")
+    ms = bm.get("mount_s")
+    goal(f"{nodes:,}-node mount in < 3 s", None if ms is None else ms < 3, fmt(ms, "s"))
+    peak = bm.get("hwm_find_mb")
+    goal(
+        f"{nodes:,}-node mount < 150 MB resident",
+        None if peak is None else max(peak, bm.get("rss_mount_mb") or 0) < 150,
+        f"{fmt(bm.get('rss_mount_mb'))} MB after mount, {fmt(bm.get('rss_find_mb'))} MB after find, peak {fmt(peak)} MB",
+    )
+
+    notes = []
+    if nf is not None:
+        notes.append(
+            f"- native with an fsync before each close (the durability a contextfs close gives): "
+            f"{s:,} files in {fmt(nf, 's')}."
+        )
+    utc = get("untar", "contextfs", "committed_per_s")
+    if utc:
+        notes.append(f"- untar on contextfs: {utc:,.0f} committed files/s until the last file was on the server.")
+    if seed:
+        notes.append(
+            f"- seeding the {nodes:,}-node project through the REST API (`PUT .../files/{{path}}`, "
+            f"{meta['seed_concurrency']} at once): {seed.get('per_s', 0):,.0f} files/s."
+        )
+
+    section = []
+    section.append("## Mount")
+    section.append("")
+    section.append(f"- date: {meta['date']}")
+    section.append(f"- machine: {meta['cpu']}, {meta['nproc']} CPUs (nproc), {meta['mem_gb']} GB RAM, kernel {meta['kernel']}")
+    section.append(f"- code: {meta['code']}; server on SQLite + blob folder, {meta['fs']} under `{meta['tmp']}`, loopback HTTP")
+    section.append(
+        f"- targets: **native** = a directory on that file system; **contextfs** = `contextfs mount` of a project on "
+        f"`contextfs serve` on 127.0.0.1 (fresh server, empty cache dir); **rclone** = `rclone mount` of a local "
+        f"directory, `--vfs-cache-mode {meta['rclone_mode']}` ({meta['rclone_version']})"
+    )
+    section.append(
+        "- cold = after `sync; echo 3 > /proc/sys/vm/drop_caches` (for contextfs: the first read after mounting with "
+        "an empty cache, fetched from the server); cache-warm, page-cache-cold = caches dropped again after that first "
+        "read; warm = the next read. MB = 10^6 bytes. "
+        "Ratios: (%) = share of native throughput, (×) = time relative to native (for \"committed on server\": "
+        "relative to native's write time)."
+    )
+    section.append(
+        f"- trees: {n:,} files of 40–400 B in directories of 100 (stat), {n:,} files in one directory (readdir), "
+        "created through the REST API for contextfs and then mounted; writes go through each mount. "
+        "rclone's local backend has no server: its numbers are until the writes return."
+    )
+    section.append("")
+    section += lines
+    section.append("")
+    section.append("Goals:")
+    section.append("")
+    section += goals
+    if notes:
+        section.append("")
+        section.append("Notes:")
+        section.append("")
+        section += notes
+    section.append("")
+    section.append("Raw records:")
+    section.append("")
+    section.append("```text")
+    section += [json.dumps(r, separators=(",", ":")) for r in recs]
+    section.append("```")
+    text = "\n".join(section)
+    print(text)
+    print("\n" + "\n".join(lines) + "\n\n" + "\n".join(goals) + ("\n" + "\n".join(notes) if notes else ""), file=sys.stderr)
+
+
+# ----- main -----------------------------------------------------------------
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="append the result record to this JSON-lines file")
+    p.add_argument("--test", default="")
+    p.add_argument("--target", default="")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("seed")
+    s.add_argument("url")
+    s.add_argument("token")
+    s.add_argument("project")
+    s.add_argument("--prefix", default="")
+    s.add_argument("--files", type=int, required=True)
+    s.add_argument("--per-dir", type=int, default=100)
+    s.add_argument("--concurrency", type=int, default=16)
+    s.set_defaults(fn=cmd_seed)
+
+    s = sub.add_parser("mktree")
+    s.add_argument("dir")
+    s.add_argument("--files", type=int, required=True)
+    s.add_argument("--per-dir", type=int, default=100)
+    s.set_defaults(fn=cmd_mktree)
+
+    s = sub.add_parser("read")
+    s.add_argument("file")
+    s.set_defaults(fn=cmd_read)
+
+    s = sub.add_parser("stat")
+    s.add_argument("dir")
+    s.add_argument("--files", type=int, required=True)
+    s.add_argument("--per-dir", type=int, default=100)
+    s.set_defaults(fn=cmd_stat)
+
+    s = sub.add_parser("readdir")
+    s.add_argument("dir")
+    s.add_argument("--reps", type=int, default=5)
+    s.add_argument("--expect", type=int, default=0)
+    s.set_defaults(fn=cmd_readdir)
+
+    for name, fn in (("small", cmd_small), ("untar", cmd_untar)):
+        s = sub.add_parser(name)
+        if name == "untar":
+            s.add_argument("crate")
+        s.add_argument("dir")
+        if name == "small":
+            s.add_argument("--files", type=int, required=True)
+            s.add_argument("--fsync", action="store_true")
+        s.add_argument("--server", nargs=4, metavar=("URL", "TOKEN", "PROJECT", "PREFIX"))
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("rss")
+    s.add_argument("pid", type=int)
+    s.set_defaults(fn=cmd_rss)
+
+    s = sub.add_parser("report")
+    s.add_argument("results")
+    s.add_argument("meta")
+    s.set_defaults(fn=cmd_report)
+
+    args = p.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1233 @@
+//! Integration tests of `contextfs mount` through a real FUSE mount: shell
+//! tools, editors and git work in the folder, every change lands on a real
+//! `contextfs serve`, concurrent mounts merge, and nothing written is lost
+//! when the server is down or the mount is killed.
+//!
+//! Every test starts its own server, project and temp directories (its own
+//! XDG_STATE_HOME / XDG_CACHE_HOME), so the file runs safely with
+//! `--test-threads=N`. Without /dev/fuse the tests FAIL: a skipped mount test
+//! proves nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use contextfs::api::*;
+use contextfs::model::BlobHash;
+
+/// How long a change may take to show up somewhere (server, other mount).
+const DEADLINE: Duration = Duration::from_secs(30);
+const BIN: &str = env!("CARGO_BIN_EXE_contextfs");
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: these tests mount a real FUSE filesystem. Install fuse3 (scripts/test does) \
+         and, in a container, run with --device /dev/fuse --cap-add SYS_ADMIN. Not skipping: a skipped mount test proves nothing."
+    );
+    let fusermount = Command::new("fusermount3").arg("--version").output();
+    assert!(
+        fusermount.is_ok(),
+        "fusermount3 is missing: install fuse3 (scripts/test does)"
+    );
+}
+
+/// stdout and stderr of a finished command, for assertion messages.
+fn both(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Polls `probe` until it returns `Ok`, failing the test after [`DEADLINE`]
+/// with the last reason it gave.
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(why) if started.elapsed() > DEADLINE => {
+                panic!("{what}: still not true after {DEADLINE:?}; last check: {why}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// True while `pid` is a live (not zombie) process serving `mountpoint`.
+fn mount_process_alive(pid: u32, mountpoint: &Path) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    if matches!(state, None | Some("Z") | Some("X")) {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).contains(mountpoint.to_string_lossy().as_ref())
+}
+
+/// A project mounted with `contextfs mount --daemon` into a temp dir with its
+/// own XDG state and cache dirs. Dropping it runs `contextfs umount`, then
+/// `fusermount3 -u -z` if something is still mounted, then kills a mount
+/// process that survived both.
+struct MountedWorkspace {
+    /// Holds XDG_STATE_HOME, XDG_CACHE_HOME, HOME and the mount points;
+    /// shared by the mounts of one test so they share the blob cache.
+    home: Arc<tempfile::TempDir>,
+    dir: PathBuf,
+    server: String,
+    project: String,
+    token: String,
+    agent: String,
+    pid: Option<u32>,
+}
+
+impl MountedWorkspace {
+    /// Creates `project` with a read-write token on `s` and mounts it.
+    async fn create(s: &TestServer, project: &str, agent: &str) -> MountedWorkspace {
+        let token = s.project_with_token(project).await;
+        let home = tempfile::tempdir().expect("temp dir");
+        Self::mount_at(Arc::new(home), "mnt", &s.base, project, &token, agent)
+    }
+
+    fn mount_at(
+        home: Arc<tempfile::TempDir>,
+        name: &str,
+        server: &str,
+        project: &str,
+        token: &str,
+        agent: &str,
+    ) -> MountedWorkspace {
+        require_fuse();
+        let root = home.path().canonicalize().expect("canonical temp dir");
+        let mut m = MountedWorkspace {
+            dir: root.join(name),
+            home,
+            server: server.to_string(),
+            project: project.to_string(),
+            token: token.to_string(),
+            agent: agent.to_string(),
+            pid: None,
+        };
+        m.mount();
+        m
+    }
+
+    /// A second mount of the same project (same XDG dirs, so the same cache).
+    fn another(&self, name: &str, agent: &str) -> MountedWorkspace {
+        Self::mount_at(self.home.clone(), name, &self.server, &self.project, &self.token, agent)
+    }
+
+    fn root(&self) -> PathBuf {
+        self.home.path().canonicalize().expect("canonical temp dir")
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self.root().join("cache").join("contextfs")
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.root().join("state").join("contextfs")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.state_dir().join("logs").join(format!(
+            "mount-{}.log",
+            self.dir.display().to_string().replace('/', "_")
+        ))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// `program` with this mount's environment and nothing from the caller's.
+    fn command(&self, program: &str) -> Command {
+        let root = self.root();
+        let mut c = Command::new("timeout");
+        c.args(["-k", "5", "120", program]);
+        for var in [
+            "CONTEXTFS_AGENT_ID",
+            "CONTEXTFS_CACHE_DIR",
+            "CONTEXTFS_LOG",
+            "CONTEXTFS_DATA",
+            "GIT_DIR",
+            "GIT_WORK_TREE",
+        ] {
+            c.env_remove(var);
+        }
+        c.env("CONTEXTFS_SERVER", &self.server)
+            .env("CONTEXTFS_TOKEN", &self.token)
+            .env("CONTEXTFS_PROJECT", &self.project)
+            .env("XDG_STATE_HOME", root.join("state"))
+            .env("XDG_CACHE_HOME", root.join("cache"))
+            .env("XDG_CONFIG_HOME", root.join("config"))
+            .env("HOME", root.join("home"))
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "Mount Test")
+            .env("GIT_AUTHOR_EMAIL", "mount@test.invalid")
+            .env("GIT_COMMITTER_NAME", "Mount Test")
+            .env("GIT_COMMITTER_EMAIL", "mount@test.invalid")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `contextfs ARGS` (bounded to 120 s).
+    fn cli(&self, args: &[&str]) -> Output {
+        self.command(BIN).args(args).output().expect("run contextfs")
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "contextfs {args:?} failed: {}", both(&out));
+        stdout(&out)
+    }
+
+    fn mount(&mut self) {
+        let dir = self.dir.display().to_string();
+        let out = self.cli(&["mount", &dir, "--daemon", "--agent-id", &self.agent]);
+        assert!(
+            out.status.success(),
+            "contextfs mount --daemon failed: {}\nlog:\n{}",
+            both(&out),
+            self.log()
+        );
+        let text = stdout(&out);
+        assert!(text.contains(&format!("mounted at {dir}")), "{text}");
+        assert!(
+            contextfs::mount::is_mounted(&self.dir),
+            "{dir} is not in /proc/mounts after: {text}"
+        );
+        self.pid = Some(self.pid_from_status());
+    }
+
+    /// The mount process's pid, as `contextfs status` reports it.
+    fn pid_from_status(&self) -> u32 {
+        let status = self.status();
+        status
+            .split("(pid ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in `contextfs status`:\n{status}"))
+    }
+
+    fn status(&self) -> String {
+        self.cli_ok(&["status", &self.dir.display().to_string()])
+    }
+
+    /// `contextfs umount`; the mount process is expected to be gone afterwards.
+    fn umount(&mut self) -> Output {
+        let out = self.cli(&["umount", &self.dir.display().to_string()]);
+        if let Some(pid) = self.pid {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while mount_process_alive(pid, &self.dir) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(
+                !mount_process_alive(pid, &self.dir),
+                "the mount process {pid} still runs after umount: {}",
+                both(&out)
+            );
+        }
+        self.pid = None;
+        assert!(
+            !contextfs::mount::is_mounted(&self.dir),
+            "still mounted after umount: {}",
+            both(&out)
+        );
+        out
+    }
+
+    /// SIGKILL for the mount process: no flush, no unmount.
+    fn kill_9(&mut self) {
+        let pid = self.pid_from_status();
+        assert_eq!(Some(pid), self.pid, "status names another process");
+        let ok = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -9 {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mount_process_alive(pid, &self.dir) {
+            assert!(Instant::now() < deadline, "mount process {pid} survived kill -9");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.pid = None;
+    }
+
+    /// Runs a bash script inside the mount point.
+    fn sh(&self, script: &str) -> Output {
+        self.command("bash")
+            .args(["-c", script])
+            .current_dir(&self.dir)
+            .output()
+            .expect("run bash")
+    }
+
+    /// Runs a bash script inside the mount point that must succeed; its stdout.
+    fn sh_ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(
+            out.status.success(),
+            "`{script}` failed in the mount: {}\nmount log:\n{}",
+            both(&out),
+            self.log()
+        );
+        stdout(&out)
+    }
+
+    /// Starts a python script inside the mount, with pipes to talk to it.
+    fn python(&self, script: &str, args: &[&str]) -> Steered {
+        let mut child = self
+            .command("python3")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start python3");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        Steered { child, stdin, stdout }
+    }
+
+    /// Waits until `contextfs status` shows nothing queued or pending.
+    async fn wait_synced(&self) {
+        eventually("the mount has nothing queued or pending", || async {
+            let status = self.status();
+            if status.contains("(0 queued, 0 pending,") {
+                Ok(())
+            } else {
+                Err(status)
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for MountedWorkspace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- mount log of {} ---\n{}", self.dir.display(), self.log());
+        }
+        let alive = self.pid.is_some_and(|pid| mount_process_alive(pid, &self.dir));
+        if alive || contextfs::mount::is_mounted(&self.dir) {
+            let _ = self.cli(&["umount", &self.dir.display().to_string()]);
+        }
+        if contextfs::mount::is_mounted(&self.dir) {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.dir).status();
+        }
+        if let Some(pid) = self.pid.filter(|pid| mount_process_alive(*pid, &self.dir)) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// A process inside the mount that the test drives line by line.
+struct Steered {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Steered {
+    fn expect_line(&mut self, want: &str) {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read from python");
+        assert_eq!(line.trim_end(), want, "python said something else");
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").expect("write to python");
+        stdin.flush().expect("flush to python");
+    }
+
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        let status = self.child.wait().expect("wait for python");
+        assert!(status.success(), "python failed: {status}");
+    }
+}
+
+/// Every regular file under `dir` as relative path -> (size, hash).
+fn files_under(dir: &Path) -> BTreeMap<String, (u64, BlobHash)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current).expect("read dir") {
+            let entry = entry.expect("dir entry");
+            let kind = entry.file_type().expect("file type");
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                let bytes = std::fs::read(entry.path()).expect("read file");
+                let rel = entry.path().strip_prefix(dir).expect("below dir").display().to_string();
+                out.insert(rel, (bytes.len() as u64, BlobHash::of(&bytes)));
+            }
+        }
+    }
+    out
+}
+
+/// The project's tree as path -> entry (admin view).
+async fn tree_map(s: &TestServer, project: &str) -> Result<BTreeMap<String, TreeEntry>, String> {
+    let listing = s
+        .tree(project, &s.admin, &[])
+        .await
+        .map_err(|e| format!("tree: {e:?}"))?;
+    Ok(listing.entries.into_iter().map(|e| (e.path.clone(), e)).collect())
+}
+
+/// Polls the server until `path` holds exactly `want`; returns its checkout.
+async fn server_has(s: &TestServer, project: &str, path: &str, want: &[u8]) -> Checkout {
+    eventually(&format!("server has the new {path}"), || async {
+        match s.read(project, &s.admin, path, None).await {
+            Ok(c) if c.bytes == want => Ok(c),
+            Ok(c) => Err(format!("v{} holds {:?}", c.version, String::from_utf8_lossy(&c.bytes))),
+            Err(e) => Err(format!("{e:?}")),
+        }
+    })
+    .await
+}
+
+/// Polls the mount until `cat path` prints exactly `want`.
+async fn mount_shows(m: &MountedWorkspace, path: &str, want: &str) {
+    eventually(&format!("{} shows the new {path}", m.dir.display()), || async {
+        let out = m.sh(&format!("cat {path}"));
+        let got = stdout(&out);
+        if out.status.success() && got == want {
+            Ok(())
+        } else {
+            Err(both(&out))
+        }
+    })
+    .await;
+}
+
+fn ten_lines() -> String {
+    (1..=10).map(|i| format!("line {i}\n")).collect()
+}
+
+fn edit_line(text: &str, n: usize, new: &str) -> String {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i + 1 == n {
+                format!("{new}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
+/// Opens a file read-write, edits line N, writes it (flushed to the fs but
+/// not closed), says `written`, and closes only after a line on stdin.
+const HOLD_OPEN_EDIT: &str = r#"
+import sys
+path, n, text = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+f = open(path, "r+")
+lines = f.read().split("\n")
+print("ready", flush=True)
+sys.stdin.readline()
+lines[n - 1] = text
+f.seek(0)
+f.truncate()
+f.write("\n".join(lines))
+f.flush()
+print("written", flush=True)
+sys.stdin.readline()
+f.close()
+print("closed", flush=True)
+"#;
+
+/// Tries each operation and prints `label ERRNO-NAME` (or `label OK`).
+const TRY_OPS: &str = r#"
+import errno, os, sys
+def attempt(label, fn):
+    try:
+        fn()
+        print(label, "OK")
+    except OSError as e:
+        print(label, errno.errorcode.get(e.errno, str(e.errno)))
+"#;
+
+// ---------------------------------------------------------------------------
+// 1. Shell basics
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_basics_land_on_the_server_with_the_agent_id() {
+    let s = TestServer::start().await;
+    let p = "shell";
+    let agent = "agent-shell-1";
+    let m = MountedWorkspace::create(&s, p, agent).await;
+    // Written by the admin after the mount started: arrives via the change feed.
+    s.commit(p, &s.admin, "hello.md", None, b"# Hello\nfrom the API\n")
+        .await
+        .expect("put hello.md");
+    mount_shows(&m, "hello.md", "# Hello\nfrom the API\n").await;
+    assert!(m.sh_ok("ls").lines().any(|l| l == "hello.md"));
+
+    // echo > and >>
+    assert_eq!(m.sh_ok("echo hi > f && echo more >> f && cat f"), "hi\nmore\n");
+    server_has(&s, p, "f", b"hi\nmore\n").await;
+
+    // mkdir -p
+    m.sh_ok("mkdir -p a/b/c && test -d a/b/c");
+    eventually("a/b/c is a directory on the server", || async {
+        let t = tree_map(&s, p).await?;
+        match ["a", "a/b", "a/b/c"]
+            .iter()
+            .find(|d| t.get(**d).is_none_or(|e| e.kind != NodeKind::Dir))
+        {
+            None => Ok(()),
+            Some(d) => Err(format!("{d} missing: {:?}", t.keys().collect::<Vec<_>>())),
+        }
+    })
+    .await;
+
+    // mv keeps the node
+    let node_of_f = tree_map(&s, p).await.unwrap()["f"].id;
+    assert_eq!(m.sh_ok("mv f a/b/c/g && test ! -e f && cat a/b/c/g"), "hi\nmore\n");
+    eventually("f moved to a/b/c/g on the server", || async {
+        let t = tree_map(&s, p).await?;
+        match (t.get("f"), t.get("a/b/c/g")) {
+            (None, Some(g)) if g.id == node_of_f && g.hash == BlobHash::of(b"hi\nmore\n") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // cp -r of a small source tree, diff -r back, same files on the server.
+    let snapshot = tempfile::tempdir().expect("temp dir");
+    let src = snapshot.path().join("src");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))
+        .arg(&src)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let expected = files_under(&src);
+    assert!(expected.len() > 10, "the source tree is too small to mean much");
+    let src = src.display().to_string();
+    m.sh_ok(&format!("cp -r {src} srccopy && diff -r {src} srccopy"));
+    eventually("the copied tree is on the server", || async {
+        let t = tree_map(&s, p).await?;
+        let on_server: BTreeMap<String, (u64, BlobHash)> = t
+            .values()
+            .filter(|e| e.kind == NodeKind::File)
+            .filter_map(|e| {
+                e.path
+                    .strip_prefix("srccopy/")
+                    .map(|rel| (rel.to_string(), (e.size, e.hash.clone())))
+            })
+            .collect();
+        if on_server == expected {
+            Ok(())
+        } else {
+            let missing: Vec<_> = expected.keys().filter(|k| !on_server.contains_key(*k)).collect();
+            Err(format!(
+                "{} of {} files; missing {missing:?}",
+                on_server.len(),
+                expected.len()
+            ))
+        }
+    })
+    .await;
+
+    // rm -r
+    m.sh_ok("rm -r srccopy/merge a/b && test ! -e a/b && test ! -e srccopy/merge && test -d a");
+    eventually("rm -r reached the server", || async {
+        let t = tree_map(&s, p).await?;
+        let left: Vec<&String> = t
+            .keys()
+            .filter(|k| k.starts_with("srccopy/merge") || k.starts_with("a/b"))
+            .collect();
+        if left.is_empty() && t.contains_key("a") && t.contains_key("srccopy/lib.rs") {
+            Ok(())
+        } else {
+            Err(format!("still there: {left:?}"))
+        }
+    })
+    .await;
+
+    // chmod +x, run it, mode 755 on the server
+    let script = "#!/bin/sh\necho script ran\n";
+    assert_eq!(
+        m.sh_ok("printf '#!/bin/sh\\necho script ran\\n' > run.sh && chmod +x run.sh && ./run.sh"),
+        "script ran\n"
+    );
+    assert_eq!(m.sh_ok("stat -c %a run.sh"), "755\n");
+    eventually("run.sh is 0755 on the server", || async {
+        let t = tree_map(&s, p).await?;
+        match t.get("run.sh") {
+            Some(e) if e.mode == 0o755 && e.hash == BlobHash::of(script.as_bytes()) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // Every write the mount made carries its agent id.
+    m.wait_synced().await;
+    let log = m.cli_ok(&["log", "run.sh"]);
+    let rows: Vec<&str> = log.lines().skip(1).collect();
+    assert!(!rows.is_empty(), "{log}");
+    assert!(rows.iter().all(|r| r.contains(agent)), "contextfs log run.sh:\n{log}");
+    let audit: AuditPage = send(
+        s.get(&s.purl(p, "/audit"), &s.admin)
+            .query(&[("since", "0"), ("limit", "1000")]),
+    )
+    .await
+    .expect("audit");
+    let by_mount: Vec<&AuditEntry> = audit.entries.iter().filter(|e| e.actor != "admin").collect();
+    assert!(
+        by_mount.len() > expected.len(),
+        "only {} audited mutations from the mount",
+        by_mount.len()
+    );
+    for e in &by_mount {
+        assert_eq!(
+            e.agent_id.as_deref(),
+            Some(agent),
+            "written without the agent id: {e:?}"
+        );
+    }
+    for path in ["srccopy/lib.rs", "a", "run.sh"] {
+        for v in s.history(p, &s.admin, path).await {
+            assert_eq!(v.agent_id.as_deref(), Some(agent), "{path} v{}", v.version);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. Two mounts of one project
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_mounts_merge_edits_of_one_file_and_share_the_cache() {
+    let mut s = TestServer::start().await;
+    let p = "pair";
+    let original = ten_lines();
+    let a = MountedWorkspace::create(&s, p, "agent-a").await;
+    s.commit(p, &s.admin, "doc.md", None, original.as_bytes())
+        .await
+        .expect("put doc.md");
+    let b = a.another("mnt-b", "agent-b");
+    mount_shows(&a, "doc.md", &original).await;
+    mount_shows(&b, "doc.md", &original).await;
+
+    // Both read version 1, then edit different lines at the same moment.
+    let mut edit_a = a.python(HOLD_OPEN_EDIT, &["doc.md", "2", "line 2 edited by A"]);
+    let mut edit_b = b.python(HOLD_OPEN_EDIT, &["doc.md", "9", "line 9 edited by B"]);
+    edit_a.expect_line("ready");
+    edit_b.expect_line("ready");
+    edit_a.send("go");
+    edit_b.send("go");
+    edit_a.expect_line("written");
+    edit_b.expect_line("written");
+    edit_a.send("close");
+    edit_b.send("close");
+    edit_a.expect_line("closed");
+    edit_b.expect_line("closed");
+    edit_a.finish();
+    edit_b.finish();
+
+    let merged = edit_line(&edit_line(&original, 2, "line 2 edited by A"), 9, "line 9 edited by B");
+    server_has(&s, p, "doc.md", merged.as_bytes()).await;
+    let history = s.history(p, &s.admin, "doc.md").await;
+    let statuses: Vec<VersionStatus> = history.iter().map(|v| v.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == VersionStatus::Merged).count(),
+        1,
+        "exactly one merged version: {history:#?}"
+    );
+    assert_eq!(
+        history.len(),
+        3,
+        "original, one clean edit, one merged edit: {history:#?}"
+    );
+    let agents: Vec<Option<&str>> = history.iter().map(|v| v.agent_id.as_deref()).collect();
+    assert!(
+        agents.contains(&Some("agent-a")) && agents.contains(&Some("agent-b")),
+        "{agents:?}"
+    );
+    mount_shows(&a, "doc.md", &merged).await;
+    mount_shows(&b, "doc.md", &merged).await;
+
+    // The shared cache: a blob A read is served to B without the server.
+    let shared: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let hash = s
+        .commit(p, &s.admin, "data/shared.bin", None, &shared)
+        .await
+        .expect("put shared.bin")
+        .hash;
+    for m in [&a, &b] {
+        eventually("both mounts list data/shared.bin", || async {
+            let out = m.sh("stat -c %s data/shared.bin");
+            if stdout(&out) == format!("{}\n", shared.len()) {
+                Ok(())
+            } else {
+                Err(both(&out))
+            }
+        })
+        .await;
+    }
+    let cached = a
+        .cache_dir()
+        .join("blobs")
+        .join(&hash.as_str()[..2])
+        .join(hash.as_str());
+    assert!(!cached.exists(), "nothing has read shared.bin yet");
+    let read_a = std::fs::read(a.dir.join("data/shared.bin")).expect("read in A");
+    assert_eq!(read_a, shared);
+    assert_eq!(std::fs::read(&cached).expect("the blob is in the shared cache"), shared);
+    let copies = walk_names(&a.cache_dir().join("blobs"))
+        .into_iter()
+        .filter(|n| n == hash.as_str())
+        .count();
+    assert_eq!(copies, 1, "exactly one cache file for the blob");
+    // With the server gone, B can only get the bytes from the shared cache.
+    s.stop().await;
+    let read_b = std::fs::read(b.dir.join("data/shared.bin")).expect("read in B with the server stopped");
+    assert_eq!(read_b, shared);
+    s.restart_on_same_port().await;
+}
+
+/// Names of all files below `dir`.
+fn walk_names(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                out.push(e.file_name().to_string_lossy().to_string());
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// 3. kill -9 with an unflushed journal
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_a_queued_change_commits_it_on_the_next_mount() {
+    let mut s = TestServer::start().await;
+    let p = "crash";
+    let mut m = MountedWorkspace::create(&s, p, "agent-crash").await;
+    s.stop().await;
+    m.sh_ok("echo 'written while the server was down' > crash.txt");
+    let status = m.status();
+    assert!(status.contains("queued   crash.txt [create]"), "{status}");
+    m.kill_9();
+    let dead = m.sh("ls");
+    assert!(!dead.status.success(), "a killed mount cannot answer: {}", both(&dead));
+
+    s.restart_on_same_port().await;
+    m.mount();
+    assert!(
+        m.log().contains("replaying 1 change(s)"),
+        "the new mount replays the journal:\n{}",
+        m.log()
+    );
+    let c = server_has(&s, p, "crash.txt", b"written while the server was down\n").await;
+    assert_eq!(c.version, 1);
+    let history = s.history(p, &s.admin, "crash.txt").await;
+    assert_eq!(history.len(), 1, "committed once: {history:#?}");
+    assert_eq!(history[0].agent_id.as_deref(), Some("agent-crash"));
+    assert_eq!(m.sh_ok("cat crash.txt"), "written while the server was down\n");
+    m.wait_synced().await;
+    let out = m.umount();
+    assert!(out.status.success(), "{}", both(&out));
+}
+
+// ---------------------------------------------------------------------------
+// 4. A hundred files written while the server is down
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_files_written_offline_land_when_the_server_returns() {
+    let mut s = TestServer::start().await;
+    let p = "offline";
+    let mut m = MountedWorkspace::create(&s, p, "agent-offline").await;
+    s.stop().await;
+    m.sh_ok("mkdir batch && for i in $(seq 1 100); do echo \"file $i\" > batch/f$i.txt; done");
+    let status = eventually("status shows the server unreachable", || async {
+        let st = m.status();
+        if st.contains("server: UNREACHABLE") {
+            Ok(st)
+        } else {
+            Err(st)
+        }
+    })
+    .await;
+    assert!(status.contains("(101 queued, 0 pending,"), "{status}");
+    for i in 1..=100 {
+        assert!(
+            status.contains(&format!("queued   batch/f{i}.txt [create]")),
+            "f{i} not queued:\n{status}"
+        );
+    }
+    assert!(status.contains("queued   batch [create]"), "{status}");
+
+    s.restart_on_same_port().await;
+    eventually("all 100 files are on the server", || async {
+        let t = tree_map(&s, p).await?;
+        let landed = (1..=100)
+            .filter(|i| {
+                t.get(&format!("batch/f{i}.txt"))
+                    .is_some_and(|e| e.hash == BlobHash::of(format!("file {i}\n").as_bytes()))
+            })
+            .count();
+        if landed == 100 {
+            Ok(())
+        } else {
+            Err(format!("{landed} of 100"))
+        }
+    })
+    .await;
+    let out = m.umount();
+    assert!(out.status.success(), "umount: {}", both(&out));
+    let report = stdout(&out);
+    for i in 1..=100 {
+        assert!(report.contains(&format!("clean    batch/f{i}.txt\n")), "{report}");
+    }
+    assert!(!report.contains("queued"), "{report}");
+}
+
+// ---------------------------------------------------------------------------
+// 5. Editors' save patterns and git
+// ---------------------------------------------------------------------------
+
+/// Waits for `path` to hold `want`, then checks the save added exactly
+/// `added` versions to the same node (`before` is its history beforehand).
+async fn one_more_version(
+    s: &TestServer,
+    m: &MountedWorkspace,
+    p: &str,
+    path: &str,
+    want: &[u8],
+    before: &[VersionInfo],
+    added: std::ops::RangeInclusive<usize>,
+) -> Vec<VersionInfo> {
+    server_has(s, p, path, want).await;
+    m.wait_synced().await;
+    let after = s.history(p, &s.admin, path).await;
+    let grew = after.len() - before.len();
+    assert!(
+        added.contains(&grew),
+        "{path}: {grew} new versions, wanted {added:?}: {after:#?}"
+    );
+    assert!(
+        after.iter().all(|v| v.node == before[0].node),
+        "{path} changed node: {after:#?}"
+    );
+    assert_eq!(&after[grew..], before, "{path}: history continues");
+    assert!(
+        after[..grew].iter().all(|v| !v.deleted && v.op == VersionOp::Write),
+        "{after:#?}"
+    );
+    after
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editor_saves_add_one_version_to_the_same_node() {
+    let s = TestServer::start().await;
+    let p = "editors";
+    let m = MountedWorkspace::create(&s, p, "agent-editor").await;
+    for (path, text) in [
+        ("vim.md", "vim v1\n"),
+        ("py.md", "python v1\n"),
+        ("sed.md", "sed v1\n"),
+        ("tool.sh", "echo tool v1\n"),
+    ] {
+        s.commit(p, &s.admin, path, None, text.as_bytes()).await.expect("put");
+        mount_shows(&m, path, text).await;
+    }
+    let history = |path: &'static str| s.history(p, &s.admin, path);
+
+    // vim: rename to backup, write the new file, delete the backup.
+    let before = history("vim.md").await;
+    m.sh_ok("mv vim.md vim.md~ && printf 'vim v2\\n' > vim.md && rm vim.md~");
+    one_more_version(&s, &m, p, "vim.md", b"vim v2\n", &before, 1..=1).await;
+
+    // Python: write a temp file, os.replace it over the original.
+    let before = history("py.md").await;
+    let out = m.python(
+        "import os\nwith open('.py.md.tmp', 'w') as f:\n    f.write('python v2\\n')\nos.replace('.py.md.tmp', 'py.md')\n",
+        &[],
+    );
+    out.finish();
+    one_more_version(&s, &m, p, "py.md", b"python v2\n", &before, 1..=1).await;
+
+    // sed -i: a temp file in the same directory renamed over the original.
+    let before = history("sed.md").await;
+    m.sh_ok("sed -i 's/v1/v2/' sed.md");
+    one_more_version(&s, &m, p, "sed.md", b"sed v2\n", &before, 1..=1).await;
+
+    // Written in place, then made executable: content and mode right.
+    let before = history("tool.sh").await;
+    m.sh_ok("printf 'echo tool v2\\n' > tool.sh && chmod 755 tool.sh && ./tool.sh");
+    let after = one_more_version(&s, &m, p, "tool.sh", b"echo tool v2\n", &before, 1..=2).await;
+    assert_eq!(after[0].mode, 0o755, "{after:#?}");
+
+    let t = tree_map(&s, p).await.unwrap();
+    let paths: Vec<&str> = t.keys().map(String::as_str).collect();
+    assert_eq!(
+        paths,
+        ["py.md", "sed.md", "tool.sh", "vim.md"],
+        "no temp names left on the server"
+    );
+    assert_eq!(
+        m.sh_ok("ls -A | grep -v '^skills$'"),
+        "py.md\nsed.md\ntool.sh\nvim.md\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_init_add_commit_inside_the_mount() {
+    let s = TestServer::start().await;
+    let p = "gitrepo";
+    let m = MountedWorkspace::create(&s, p, "agent-git").await;
+    m.sh_ok(
+        "mkdir repo && cd repo && printf '# Repo\\n' > README.md && mkdir src && printf 'fn main() {}\\n' > src/main.rs \
+         && git -c init.defaultBranch=main init -q && git add -A && git commit -q -m 'first commit in the mount'",
+    );
+    let log = m.sh_ok("cd repo && git log --oneline");
+    assert!(log.contains("first commit in the mount"), "{log}");
+    assert_eq!(
+        m.sh_ok("cd repo && git status --porcelain"),
+        "",
+        "the work tree is clean"
+    );
+    let head = m.sh_ok("cd repo && git rev-parse HEAD");
+    let fsck = m.sh("cd repo && git fsck --full");
+    assert!(fsck.status.success(), "git fsck: {}", both(&fsck));
+
+    m.wait_synced().await;
+    server_has(&s, p, "repo/.git/HEAD", b"ref: refs/heads/main\n").await;
+    server_has(&s, p, "repo/.git/refs/heads/main", head.as_bytes()).await;
+    let t = tree_map(&s, p).await.unwrap();
+    for path in [
+        "repo/README.md",
+        "repo/src/main.rs",
+        "repo/.git/config",
+        "repo/.git/index",
+    ] {
+        assert!(t.contains_key(path), "{path} missing on the server: {:?}", t.keys());
+    }
+    let objects = t
+        .keys()
+        .filter(|k| k.starts_with("repo/.git/objects/") && t[*k].kind == NodeKind::File)
+        .count();
+    assert!(
+        objects >= 5,
+        "blob x2, tree x2, commit: only {objects} objects on the server"
+    );
+    assert!(
+        !t.keys().any(|k| k.ends_with(".lock") || k.contains("tmp_obj_")),
+        "git's temp files reached the server: {:?}",
+        t.keys()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. Skills
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_skills_are_readable_and_read_only() {
+    let s = TestServer::start().await;
+    let p = "skilled";
+    let token = s.project_with_token(p).await;
+    let skill_md = "---\nname: pdf\ndescription: Read and fill PDF forms\n---\n# PDF\nUse the scripts.\n";
+    let skills = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(skills.path().join("pdf/scripts")).unwrap();
+    std::fs::write(skills.path().join("pdf/SKILL.md"), skill_md).unwrap();
+    std::fs::write(skills.path().join("pdf/scripts/fill.sh"), "#!/bin/sh\necho filled\n").unwrap();
+    let published = Command::new(BIN)
+        .args(["skills", "publish"])
+        .arg(skills.path())
+        .env("CONTEXTFS_SERVER", &s.base)
+        .env("CONTEXTFS_TOKEN", &s.admin)
+        .env_remove("CONTEXTFS_PROJECT")
+        .output()
+        .expect("skills publish");
+    assert!(published.status.success(), "{}", both(&published));
+
+    let home = tempfile::tempdir().expect("temp dir");
+    let m = MountedWorkspace::mount_at(Arc::new(home), "mnt", &s.base, p, &token, "agent-skills");
+    assert_eq!(m.sh_ok("cat skills/pdf/SKILL.md"), skill_md);
+    assert_eq!(m.sh_ok("ls skills/pdf"), "SKILL.md\nscripts\n");
+
+    for script in [
+        "echo x > skills/pdf/SKILL.md",
+        "echo x >> skills/pdf/SKILL.md",
+        "touch skills/pdf/new.md",
+        "rm -f skills/pdf/SKILL.md",
+        "mkdir skills/other",
+        "mv skills/pdf pdf",
+        "chmod 600 skills/pdf/SKILL.md",
+    ] {
+        let out = m.sh(script);
+        assert!(!out.status.success(), "`{script}` succeeded under skills/");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+            "`{script}`: {}",
+            both(&out)
+        );
+    }
+    let errnos = m.python(
+        &format!(
+            "{TRY_OPS}\nattempt('write', lambda: os.open('skills/pdf/SKILL.md', os.O_WRONLY))\n\
+             attempt('create', lambda: os.open('skills/pdf/x.md', os.O_WRONLY | os.O_CREAT, 0o644))\n\
+             attempt('unlink', lambda: os.unlink('skills/pdf/SKILL.md'))\n\
+             attempt('rmdir', lambda: os.rmdir('skills/pdf/scripts'))\n\
+             attempt('rename', lambda: os.rename('skills/pdf/SKILL.md', 'skills/pdf/S.md'))\n"
+        ),
+        &[],
+    );
+    let mut lines = Vec::new();
+    let mut errnos = errnos;
+    for _ in 0..5 {
+        let mut line = String::new();
+        errnos.stdout.read_line(&mut line).unwrap();
+        lines.push(line.trim_end().to_string());
+    }
+    errnos.finish();
+    assert_eq!(
+        lines,
+        [
+            "write EROFS",
+            "create EROFS",
+            "unlink EROFS",
+            "rmdir EROFS",
+            "rename EROFS"
+        ]
+    );
+    assert_eq!(m.sh_ok("cat skills/pdf/SKILL.md"), skill_md, "unchanged");
+    assert_eq!(m.sh_ok("sh skills/pdf/scripts/fill.sh"), "filled\n");
+    // Nothing under skills/ reached the project.
+    m.wait_synced().await;
+    let t = tree_map(&s, p).await.unwrap();
+    assert!(t.is_empty(), "the project got entries: {:?}", t.keys());
+}
+
+// ---------------------------------------------------------------------------
+// 7. The umount report
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn umount_reports_each_file_with_its_outcome() {
+    let s = TestServer::start().await;
+    let p = "report";
+    let original = ten_lines();
+    let mut m = MountedWorkspace::create(&s, p, "agent-report").await;
+    let v1 = s
+        .commit(p, &s.admin, "notes.md", None, original.as_bytes())
+        .await
+        .expect("put notes.md");
+    mount_shows(&m, "notes.md", &original).await;
+
+    // The mount edits line 2 of version 1 and holds the file open while the
+    // API commits an edit of line 9; closing then commits on a stale base.
+    let mut edit = m.python(HOLD_OPEN_EDIT, &["notes.md", "2", "line 2 from the mount"]);
+    edit.expect_line("ready");
+    edit.send("go");
+    edit.expect_line("written");
+    let theirs = edit_line(&original, 9, "line 9 from the API");
+    let v2 = s
+        .commit(p, &s.admin, "notes.md", Some(v1.version), theirs.as_bytes())
+        .await
+        .expect("API edit");
+    assert_eq!(v2.status, VersionStatus::Clean);
+    m.sh_ok("echo one > one.txt && mkdir -p d && echo two > d/two.txt");
+    edit.send("close");
+    edit.expect_line("closed");
+    edit.finish();
+
+    let out = m.umount();
+    let report = stdout(&out);
+    assert!(out.status.success(), "umount: {}", both(&out));
+    for line in ["merged   notes.md", "clean    one.txt", "clean    d/two.txt"] {
+        assert!(
+            report.lines().any(|l| l.trim_end() == line),
+            "no `{line}` in:\n{report}"
+        );
+    }
+    assert!(report.contains(&format!("unmounted {}", m.dir.display())), "{report}");
+    assert!(!report.contains("queued"), "{report}");
+    let merged = edit_line(&theirs, 2, "line 2 from the mount");
+    let head = s.read(p, &s.admin, "notes.md", None).await.expect("read");
+    assert_eq!(String::from_utf8_lossy(&head.bytes), merged);
+    assert_eq!(head.status, "merged");
+    assert_eq!(s.read_bytes(p, &s.admin, "d/two.txt").await, b"two\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn umount_with_the_server_down_names_the_journal_and_the_next_mount_commits() {
+    let mut s = TestServer::start().await;
+    let p = "stranded";
+    let mut m = MountedWorkspace::create(&s, p, "agent-stranded").await;
+    m.sh_ok("echo before > before.txt");
+    server_has(&s, p, "before.txt", b"before\n").await;
+    m.wait_synced().await;
+
+    s.stop().await;
+    m.sh_ok("echo stranded > stranded.txt");
+    let out = m.umount();
+    let text = both(&out);
+    assert!(
+        !out.status.success(),
+        "umount must fail while changes are only queued: {text}"
+    );
+    let report = stdout(&out);
+    assert!(report.contains("clean    before.txt"), "{text}");
+    assert!(report.contains("queued   stranded.txt [create]"), "{text}");
+    let journal = report
+        .split("still only in the journal at ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("the report does not name the journal: {text}"));
+    let journal = Path::new(journal);
+    assert!(
+        journal.starts_with(m.state_dir()),
+        "journal {} not under the state dir",
+        journal.display()
+    );
+    let records = std::fs::read_dir(journal)
+        .unwrap_or_else(|e| panic!("journal {}: {e}", journal.display()))
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+        })
+        .count();
+    assert_eq!(records, 1, "one record for stranded.txt in {}", journal.display());
+
+    s.restart_on_same_port().await;
+    m.mount();
+    server_has(&s, p, "stranded.txt", b"stranded\n").await;
+    assert_eq!(m.sh_ok("cat stranded.txt before.txt"), "stranded\nbefore\n");
+    let history = s.history(p, &s.admin, "stranded.txt").await;
+    assert_eq!(history.len(), 1, "{history:#?}");
+    let out = m.umount();
+    assert!(out.status.success(), "{}", both(&out));
+}
+
+// ---------------------------------------------------------------------------
+// 8. Bad input and remote changes
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_the_right_errno_and_remote_changes_appear() {
+    let s = TestServer::start().await;
+    let p = "strict";
+    let m = MountedWorkspace::create(&s, p, "agent-strict").await;
+    m.sh_ok("echo content > f.txt");
+
+    let long = "n".repeat(256);
+    let max = "m".repeat(255);
+    let mut ops = m.python(
+        &format!(
+            "{TRY_OPS}\nattempt('long', lambda: os.close(os.open('{long}', os.O_WRONLY | os.O_CREAT, 0o644)))\n\
+             attempt('longdir', lambda: os.mkdir('{long}'))\n\
+             attempt('max', lambda: os.close(os.open('{max}', os.O_WRONLY | os.O_CREAT, 0o644)))\n\
+             attempt('link', lambda: os.link('f.txt', 'hard.txt'))\n\
+             attempt('fifo', lambda: os.mkfifo('pipe'))\n\
+             attempt('mknod', lambda: os.mknod('node', 0o600 | 0o100000))\n"
+        ),
+        &[],
+    );
+    let mut lines = Vec::new();
+    for _ in 0..6 {
+        let mut line = String::new();
+        ops.stdout.read_line(&mut line).unwrap();
+        lines.push(line.trim_end().to_string());
+    }
+    ops.finish();
+    assert_eq!(
+        lines,
+        [
+            "long ENAMETOOLONG",
+            "longdir ENAMETOOLONG",
+            "max OK",
+            "link EPERM",
+            "fifo EPERM",
+            "mknod EPERM"
+        ]
+    );
+    let ln = m.sh("ln f.txt hard2.txt");
+    assert!(!ln.status.success());
+    assert!(
+        String::from_utf8_lossy(&ln.stderr).contains("Operation not permitted"),
+        "{}",
+        both(&ln)
+    );
+
+    eventually("getfattr says clean", || async {
+        let out = m.sh("getfattr --only-values -n user.contextfs.status f.txt");
+        if stdout(&out) == "clean" {
+            Ok(())
+        } else {
+            Err(both(&out))
+        }
+    })
+    .await;
+    let node = m.sh_ok("getfattr --only-values -n user.contextfs.node f.txt");
+    let head = server_has(&s, p, "f.txt", b"content\n").await;
+    assert_eq!(node, head.node.to_string());
+    assert_eq!(m.sh_ok("getfattr --only-values -n user.contextfs.version f.txt"), "1");
+
+    // A change made elsewhere shows up in the mount.
+    s.commit(p, &s.admin, "f.txt", Some(head.version), b"changed remotely\n")
+        .await
+        .expect("remote edit");
+    mount_shows(&m, "f.txt", "changed remotely\n").await;
+    assert_eq!(m.sh_ok("getfattr --only-values -n user.contextfs.version f.txt"), "2");
+    s.commit(p, &s.admin, "remote/new.md", None, b"new from elsewhere\n")
+        .await
+        .expect("remote create");
+    mount_shows(&m, "remote/new.md", "new from elsewhere\n").await;
+
+    m.wait_synced().await;
+    let t = tree_map(&s, p).await.unwrap();
+    let paths: Vec<&str> = t.keys().map(String::as_str).collect();
+    let mut expected = vec![max.as_str(), "f.txt", "remote", "remote/new.md"];
+    expected.sort();
+    assert_eq!(paths, expected, "no refused entry reached the server");
+}
