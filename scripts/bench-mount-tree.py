@@ -7,8 +7,10 @@ and `report` turns the records into the Markdown section and the terminal
 table. Subcommands:
 
   seed URL TOKEN PROJECT --prefix P --files N [--per-dir K] [--concurrency C]
-        create N small files on the server (one `PUT .../files/{path}` each,
-        C at once), in directories of K files (K=0: all in P itself)
+        create N small files (40-400 B) on the server, in directories of K
+        files (K=0: all in P itself), C requests at once: `POST .../mkdir`
+        for each directory, `PUT .../files/{path}` for the first 256 files
+        and `POST .../commit` reusing one of those 256 blobs for the rest
   mktree DIR --files N [--per-dir K]     the same tree as plain files
   read FILE                               one sequential read, 1 MiB requests
   stat DIR --files N [--per-dir K]        os.stat of every file of the tree
@@ -472,8 +474,9 @@ def cmd_report(args):
         notes.append(f"- untar on contextfs: {utc:,.0f} committed files/s until the last file was on the server.")
     if seed:
         notes.append(
-            f"- seeding the {nodes:,}-node project through the REST API (`PUT .../files/{{path}}`, "
-            f"{meta['seed_concurrency']} at once): {seed.get('per_s', 0):,.0f} files/s."
+            f"- seeding the {nodes:,}-node project through the REST API (256 distinct contents: "
+            f"`PUT .../files/{{path}}`, then `POST .../commit` naming one of their blobs; "
+            f"{meta['seed_concurrency']} requests at once): {seed.get('per_s', 0):,.0f} files/s."
         )
 
     section = []

@@ -321,7 +321,19 @@ async fn s3_kill_9_mid_upload_leaves_no_object_under_a_hash() {
         );
     }
 
-    // nothing new in the bucket: no object under the hash, no temp object
+    // the crash hit both uploads mid-multipart (when the server can tell)...
+    if let Some(pending) = s3_support::pending_multipart_keys(&prefix) {
+        let hash_key = format!("{prefix}/{}", blob_key(&hash));
+        assert!(
+            pending.contains(&hash_key),
+            "no multipart upload at {hash_key}: {pending:?}"
+        );
+        assert!(
+            pending.iter().any(|k| k.starts_with(&format!("{prefix}/tmp/upload-"))),
+            "no multipart upload under tmp/: {pending:?}"
+        );
+    }
+    // ...and left nothing visible: no object under the hash, no temp object
     assert_eq!(
         s3_support::list(&prefix).await,
         kept,

@@ -1390,3 +1390,58 @@ fn editing_a_file_in_a_renamed_server_directory_plans_no_rename_of_the_file() {
     let (path, node, base, _, _, _) = only_commit(&plan(&vfs));
     assert_eq!((path.as_str(), node, base), ("e/f.md", Some(21), Some(1)));
 }
+
+#[test]
+fn deleting_a_file_in_a_renamed_server_directory_deletes_it_where_the_rename_put_it() {
+    let env = Env::new();
+    let listing = TreeListing {
+        cursor: 1,
+        entries: vec![
+            dir_entry("d", 20),
+            file_entry(&env.source, "d/f.md", 21, 1, b"f"),
+            file_entry(&env.source, "d/x.md", 22, 1, b"x"),
+        ],
+    };
+    let vfs = env.mount(&listing);
+    vfs.rename(ROOT_INO, "d", ROOT_INO, "e", false).unwrap();
+    vfs.unlink(ino_of(&vfs, "e").unwrap(), "x.md").unwrap();
+    let items = plan(&vfs);
+    // The deletion runs after the rename, so it names the node's new path.
+    assert_eq!(describe(&items), ["rename d -> e", "delete e/x.md"]);
+    let v = version_info(20, 2, "e", NodeKind::Dir, BlobHash::of(b""), 0, VersionStatus::Clean);
+    vfs.ack_namespace(items[0].uid, items[0].rev, &v).unwrap();
+    assert_eq!(describe(&plan(&vfs)), ["delete e/x.md"]);
+    // A restart before the deletion reached the server keeps it that way.
+    drop(vfs);
+    let listing = TreeListing {
+        cursor: 2,
+        entries: vec![
+            dir_entry("e", 20),
+            file_entry(&env.source, "e/f.md", 21, 1, b"f"),
+            file_entry(&env.source, "e/x.md", 22, 1, b"x"),
+        ],
+    };
+    let vfs = env.mount(&listing);
+    assert_eq!(describe(&plan(&vfs)), ["delete e/x.md"]);
+    assert_eq!(vfs.readdir(ino_of(&vfs, "e").unwrap()).unwrap().len(), 1);
+}
+
+#[test]
+fn editing_a_file_after_its_directory_was_renamed_remotely_is_a_plain_commit() {
+    let env = Env::new();
+    let listing = TreeListing {
+        cursor: 1,
+        entries: vec![dir_entry("d", 20), file_entry(&env.source, "d/f.md", 21, 1, b"f")],
+    };
+    let vfs = env.mount(&listing);
+    let mut e = event(2, 20, 2, "e", BlobHash::of(b""), 0, false);
+    e.kind = NodeKind::Dir;
+    e.op = VersionOp::Rename;
+    e.old_path = Some("d".into());
+    vfs.apply_events(&[e]);
+    let fh = vfs.open(ino_of(&vfs, "e/f.md").unwrap(), RW).unwrap();
+    vfs.write(fh, 1, b"+").unwrap();
+    vfs.release(fh).unwrap();
+    let (path, node, base, _, _, _) = only_commit(&plan(&vfs));
+    assert_eq!((path.as_str(), node, base), ("e/f.md", Some(21), Some(1)));
+}

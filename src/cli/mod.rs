@@ -178,6 +178,10 @@ pub struct MountCommand {
     /// Extra FUSE mount options, comma-separated
     #[arg(short = 'o')]
     pub options: Vec<String>,
+    /// If the server is unreachable, mount the tree this mount point last saw
+    /// (reads from the cache work; writes queue in the journal)
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// Parses sizes like `10G`, `512M`, `4096`.

@@ -41,6 +41,7 @@ pub fn run(global: GlobalArgs, cmd: MountCommand) -> anyhow::Result<ExitCode> {
         cache_dir: cmd.cache_dir.unwrap_or_else(BlobCache::default_root),
         cache_size: cmd.cache_size,
         fuse_options: cmd.options,
+        offline: cmd.offline,
     };
     runtime::run(args, |_| {})
 }

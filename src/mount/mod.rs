@@ -36,6 +36,20 @@ pub struct MountArgs {
     pub cache_dir: PathBuf,
     pub cache_size: u64,
     pub fuse_options: Vec<String>,
+    /// Mount the last tree this mount point saw when the server is unreachable.
+    pub offline: bool,
+}
+
+/// The tree and skills a mount last loaded, kept for `--offline`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Snapshot {
+    listing: crate::api::TreeListing,
+    skills: crate::api::SkillsListing,
+    read_only: bool,
+}
+
+fn snapshot_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("last-tree.json")
 }
 
 /// `$XDG_STATE_HOME/contextfs`, else `~/.local/state/contextfs`.
@@ -165,8 +179,8 @@ impl BlobSource for ServerBlobs {
 
 fn explain_connect(server: &str, e: ClientError) -> anyhow::Error {
     match &e {
-        ClientError::Unreachable { .. } => anyhow!(
-            "cannot reach the contextfs server at {server}: {e}\nhint: start it with `contextfs serve`, or point --server / CONTEXTFS_SERVER at it"
+        ClientError::Unreachable { detail, .. } => anyhow!(
+            "cannot reach the contextfs server at {server} ({detail})\nhint: start it with `contextfs serve`, or point --server / CONTEXTFS_SERVER at it"
         ),
         ClientError::Api { status, .. } if status.as_u16() == 401 => {
             anyhow!("the server refused the token: {e}\nhint: pass a project token with --token, or run `contextfs login`")
@@ -245,21 +259,49 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         .build()
         .context("cannot start the async runtime")?;
     let client = Client::new(&args.server, Some(args.token.clone())).map_err(|e| anyhow!("{e}"))?;
+    let state_dir = mount_state_dir(&args.server, &args.project, &mountpoint);
     let who = runtime
         .block_on(async { tokio::time::timeout(Duration::from_secs(10), client.whoami()).await })
-        .map_err(|_| anyhow!("the server at {} did not answer within 10 s", args.server))?
-        .map_err(|e| explain_connect(&args.server, e))?;
-    if !who.admin && who.project.as_deref() != Some(args.project.as_str()) {
-        bail!(
-            "this token belongs to project {}, not {}",
-            who.project.unwrap_or_default(),
-            args.project
-        );
-    }
-    let read_only = args.read_only || who.access == crate::api::Access::Read;
-
-    let state_dir = mount_state_dir(&args.server, &args.project, &mountpoint);
+        .map_err(|_| ClientError::Unreachable {
+            url: args.server.clone(),
+            detail: "no answer within 10 s".into(),
+        })
+        .and_then(|r| r);
+    let online = match who {
+        Ok(who) => {
+            if !who.admin && who.project.as_deref() != Some(args.project.as_str()) {
+                bail!("this token belongs to project {}, not {}", who.project.unwrap_or_default(), args.project);
+            }
+            Some(who.access == crate::api::Access::Read)
+        }
+        Err(e @ ClientError::Unreachable { .. }) if args.offline => {
+            tracing::warn!(error = %e, "server unreachable: mounting the last known tree (--offline)");
+            None
+        }
+        Err(e @ ClientError::Unreachable { .. }) => {
+            return Err(anyhow!(
+                "{}\nhint: with a warm cache, `--offline` mounts the tree this mount point last saw; writes queue until the server is back",
+                explain_connect(&args.server, e)
+            ))
+        }
+        Err(e) => return Err(explain_connect(&args.server, e)),
+    };
     let _lock = lock_state(&state_dir)?;
+    let saved: Option<Snapshot> = match online {
+        Some(_) => None,
+        None => {
+            let path = snapshot_path(&state_dir);
+            let text = std::fs::read(&path).with_context(|| {
+                format!(
+                    "--offline needs a tree from an earlier mount of {} at {}, and there is none",
+                    args.project,
+                    mountpoint.display()
+                )
+            })?;
+            Some(serde_json::from_slice(&text).with_context(|| format!("{} is unreadable", path.display()))?)
+        }
+    };
+    let read_only = args.read_only || online.unwrap_or_else(|| saved.as_ref().is_some_and(|s| s.read_only));
     let cache = Arc::new(
         BlobCache::open(&args.cache_dir, args.cache_size)
             .map_err(|e| anyhow!("cache {}: {e}", args.cache_dir.display()))?,
@@ -282,9 +324,32 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         .map_err(|e| anyhow!("{e}"))?,
     );
     let started = Instant::now();
-    let (listing, skills) = runtime
-        .block_on(async { tokio::try_join!(client.tree(&args.project, None, true), client.skills()) })
-        .map_err(|e| explain_connect(&args.server, e))?;
+    let (listing, skills) = match saved {
+        Some(s) => (s.listing, s.skills),
+        None => {
+            let (listing, skills) = runtime
+                .block_on(async { tokio::try_join!(client.tree(&args.project, None, true), client.skills()) })
+                .map_err(|e| explain_connect(&args.server, e))?;
+            // Kept for --offline; written in the background, a failure only costs that option.
+            let snapshot = Snapshot {
+                listing: listing.clone(),
+                skills: skills.clone(),
+                read_only,
+            };
+            let path = snapshot_path(&state_dir);
+            std::thread::spawn(move || {
+                let tmp = path.with_extension("tmp");
+                let written = serde_json::to_vec(&snapshot)
+                    .map_err(std::io::Error::other)
+                    .and_then(|bytes| std::fs::write(&tmp, bytes))
+                    .and_then(|()| std::fs::rename(&tmp, &path));
+                if let Err(e) = written {
+                    tracing::debug!(error = %e, "cannot save the tree for --offline");
+                }
+            });
+            (listing, skills)
+        }
+    };
     let load_vfs = vfs.clone();
     let report = runtime
         .block_on(async move { tokio::task::spawn_blocking(move || load_vfs.load(&listing, Some(&skills))).await })

@@ -19,4 +19,12 @@ impl Feed {
     pub fn notify(&self, project_id: i64) {
         self.handle(project_id).notify_waiters();
     }
+
+    /// Wakes the waiters of every project (changes may have been missed).
+    pub fn notify_all(&self) {
+        let map = self.projects.lock().unwrap_or_else(|p| p.into_inner());
+        for notify in map.values() {
+            notify.notify_waiters();
+        }
+    }
 }

@@ -136,10 +136,14 @@ pub fn open_backends(
         None => Arc::new(store::sqlite::SqliteStore::open(
             &config.data_dir.join("metadata.sqlite3"),
         )?),
-        Some(url) => {
-            return Err(ServeError::Unsupported(format!(
-                "--database {url}: PostgreSQL support is not built yet"
-            )))
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Arc::new(store::postgres::PostgresStore::open_blocking(url)?)
+        }
+        // Not echoed: a database URL may hold a password.
+        Some(_) => {
+            return Err(ServeError::Unsupported(
+                "--database: expected postgres://user:password@host:port/database".to_string(),
+            ))
         }
     };
     let blobs: Arc<dyn blobs::BlobStore> = match &config.backends.blobs {
@@ -178,6 +182,29 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         AdminToken::FromFile { path, .. } => println!("admin token: read from {}", path.display()),
     }
     println!("data: {}", config.data_dir.display());
+    if config.backends.database.is_some() {
+        println!("metadata: PostgreSQL (shared; every instance needs the same ${ADMIN_TOKEN_ENV})");
+        if !matches!(token, AdminToken::FromEnv(_)) {
+            eprintln!(
+                "warning: with --database, set ${ADMIN_TOKEN_ENV} to the same secret on every instance; \
+                 the admin-token file is per data directory"
+            );
+        }
+    }
+    // Changes committed through other instances sharing the store wake this
+    // instance's change-feed long-polls.
+    if let Some(mut wakes) = service.store.subscribe() {
+        let service = service.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(wake) = wakes.next().await {
+                match wake {
+                    store::Wake::Project(id) => service.feed.notify(id),
+                    store::Wake::All => service.feed.notify_all(),
+                }
+            }
+        });
+    }
     // Scripts and tests wait for this exact line.
     println!("listening on http://{addr}");
     let app = routes::router(service);

@@ -520,6 +520,57 @@ pub fn commit_request(path: &str, base: Option<i64>, hash: BlobHash) -> CommitRe
     }
 }
 
+/// Set (by `scripts/test`) to a PostgreSQL URL whose user may create
+/// databases: every [`TestServer`] then keeps its metadata in a database of
+/// its own on that server, so the API suite runs against the PostgreSQL store.
+pub const TEST_DATABASE_ENV: &str = "CONTEXTFS_TEST_DATABASE";
+
+/// `url` with its database name replaced by `name`.
+pub fn database_url(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// A new, empty database on the `CONTEXTFS_TEST_DATABASE` server, or `None`
+/// when that variable is not set.
+pub async fn fresh_test_database() -> Option<String> {
+    let admin = std::env::var(TEST_DATABASE_ENV).ok().filter(|u| !u.trim().is_empty())?;
+    let name = format!("cfs_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{TEST_DATABASE_ENV}={admin}: cannot connect: {e}"));
+    let driver = tokio::spawn(connection);
+    let mut attempt = 0;
+    loop {
+        match client.batch_execute(&format!("CREATE DATABASE {name}")).await {
+            Ok(()) => break,
+            // concurrent CREATE DATABASEs may briefly collide on the template
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                eprintln!("CREATE DATABASE {name} failed ({e:?}); retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("CREATE DATABASE {name}: {e:?}"),
+        }
+    }
+    drop(client);
+    let _ = driver.await;
+    Some(database_url(&admin, &name))
+}
+
 /// A running `contextfs serve` on its own temporary data directory.
 pub struct TestServer {
     root: tempfile::TempDir,
@@ -550,9 +601,32 @@ impl TestServer {
     }
 
     /// Starts a server with extra `serve` flags and environment variables.
+    /// With `CONTEXTFS_TEST_DATABASE` set, its metadata lives in a fresh
+    /// PostgreSQL database (kept across restarts) instead of SQLite.
     pub async fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> TestServer {
         let root = tempfile::tempdir().expect("temp dir");
         let data_dir = root.path().join("data");
+        let mut args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        if let Some(url) = fresh_test_database().await {
+            args.extend(["--database".to_string(), url]);
+        }
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::start_in(root, data_dir, args, env).await
+    }
+
+    /// Starts a server on `data_dir` (which may be another server's) with
+    /// exactly these extra flags; its logs go to a temp dir of its own.
+    pub async fn start_on(data_dir: PathBuf, extra_args: Vec<String>) -> TestServer {
+        let root = tempfile::tempdir().expect("temp dir");
+        Self::start_in(root, data_dir, extra_args, Vec::new()).await
+    }
+
+    async fn start_in(
+        root: tempfile::TempDir,
+        data_dir: PathBuf,
+        extra_args: Vec<String>,
+        extra_env: Vec<(String, String)>,
+    ) -> TestServer {
         let mut server = TestServer {
             root,
             data_dir,
@@ -561,13 +635,24 @@ impl TestServer {
                 base: String::new(),
                 admin: ADMIN_TOKEN.to_string(),
             },
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra_args,
+            extra_env,
             child: None,
             starts: 0,
         };
         server.spawn().await;
         server
+    }
+
+    /// The `--database` URL this server was started with, if any.
+    pub fn database(&self) -> Option<&str> {
+        let at = self.extra_args.iter().position(|a| a == "--database")?;
+        self.extra_args.get(at + 1).map(String::as_str)
+    }
+
+    /// Whether the server process is running (not killed or stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     fn log_path(&self, n: usize) -> PathBuf {

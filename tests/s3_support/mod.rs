@@ -117,33 +117,61 @@ fn start_moto(bucket: String) -> S3Server {
     S3Server { endpoint, bucket }
 }
 
-/// One blocking HTTP/1.1 request, so the harness needs no runtime here.
+/// One blocking HTTP/1.1 request without a signature (moto accepts those),
+/// so the harness needs no runtime here.
 mod raw_http {
     use std::io::{Read, Write};
 
-    /// Returns the status code.
-    pub fn request(method: &str, url: &str) -> Result<u16, String> {
-        {
-            let rest = url.strip_prefix("http://").ok_or("not http")?;
-            let (host, path) = rest
-                .split_once('/')
-                .map(|(h, p)| (h, format!("/{p}")))
-                .unwrap_or((rest, "/".into()));
-            let mut s = std::net::TcpStream::connect(host).map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok();
-            write!(
-                s,
-                "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            .map_err(|e| e.to_string())?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-            out.split(' ')
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| format!("bad response: {out:.80}"))
-        }
+    /// Returns the status code and the body.
+    pub fn call(method: &str, url: &str) -> Result<(u16, String), String> {
+        let rest = url.strip_prefix("http://").ok_or("not http")?;
+        let (host, path) = rest
+            .split_once('/')
+            .map(|(h, p)| (h, format!("/{p}")))
+            .unwrap_or((rest, "/".into()));
+        let mut s = std::net::TcpStream::connect(host).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("bad response: {out:.80}"))?;
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
     }
+
+    pub fn request(method: &str, url: &str) -> Result<u16, String> {
+        call(method, url).map(|(status, _)| status)
+    }
+}
+
+/// Keys of the multipart uploads begun and neither completed nor aborted
+/// under `prefix`, when the server answers unsigned requests (moto does);
+/// `None` when it does not.
+pub fn pending_multipart_keys(prefix: &str) -> Option<Vec<String>> {
+    let s = server();
+    let url = format!("{}/{}?uploads&prefix={prefix}/", s.endpoint, s.bucket);
+    let (status, body) = raw_http::call("GET", &url).ok()?;
+    if status != 200 {
+        return None;
+    }
+    Some(
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("</Key>").map(|(k, _)| k.to_string()))
+            .filter(|k| k.starts_with(&format!("{prefix}/")))
+            .collect(),
+    )
 }
 
 /// A random prefix of its own for one test.
