@@ -1,0 +1,230 @@
+//! Plain rows of every metadata table, for `contextfs migrate`.
+//!
+//! A store exports its rows as [`RecordBatch`]es from one consistent snapshot
+//! ([`MetadataStore::export_records`](super::MetadataStore::export_records)),
+//! and another store imports them verbatim — same ids, version numbers,
+//! sequence numbers and times — in one transaction
+//! ([`MetadataStore::import_records`](super::MetadataStore::import_records)).
+//!
+//! Batches arrive table by table in this order, so references always point
+//! backwards: meta, projects, tokens, nodes, versions, events, audit,
+//! project_blobs, skills, skill_files; then one [`RecordBatch::End`]. An
+//! import commits only after `End`: a channel that closes without it (the
+//! exporter or the copier in between failed) rolls the import back.
+//!
+//! Enum-like columns (`access`, `kind`, `op`, `status`) hold the strings the
+//! API uses (`Access::as_str`, `NodeKind::as_str`, ...); times are Unix
+//! milliseconds.
+
+/// Rows per batch that exporters aim for.
+pub const BATCH_ROWS: usize = 2000;
+
+/// A `meta` key other than the schema version (e.g. `skills_published_at`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaRecord {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRecord {
+    pub id: i64,
+    pub name: String,
+    pub created_at: i64,
+    /// The change-feed cursor (the last event's `seq`).
+    pub cursor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    /// The blake3 hash of the secret; secrets themselves are never stored.
+    pub secret_hash: String,
+    pub project_id: i64,
+    pub access: String,
+    pub label: Option<String>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub id: i64,
+    pub project_id: i64,
+    pub path: String,
+    pub kind: String,
+    pub deleted: bool,
+    pub head: i64,
+    pub deleted_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    pub node_id: i64,
+    pub number: i64,
+    pub project_id: i64,
+    pub path: String,
+    pub kind: String,
+    pub mode: i64,
+    pub hash: String,
+    pub size: i64,
+    pub op: String,
+    pub status: String,
+    pub deleted: bool,
+    pub parent: Option<i64>,
+    pub author: String,
+    pub agent_id: Option<String>,
+    pub message: Option<String>,
+    pub created_at: i64,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub project_id: i64,
+    pub seq: i64,
+    pub node_id: i64,
+    pub version: i64,
+    pub old_path: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Global row id, in insertion order.
+    pub id: i64,
+    pub project_id: Option<i64>,
+    /// The number the audit API pages by within the project (`AuditEntry::seq`).
+    /// SQLite uses the global id for it; a store with per-project numbers
+    /// keeps its own. `None` for rows outside any project.
+    pub seq: Option<i64>,
+    pub created_at: i64,
+    pub actor: String,
+    pub agent_id: Option<String>,
+    pub action: String,
+    pub path: Option<String>,
+    pub version: Option<i64>,
+    pub status: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectBlobRecord {
+    pub project_id: i64,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkillRecord {
+    pub name: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkillFileRecord {
+    pub path: String,
+    pub skill: String,
+    pub hash: String,
+    pub size: i64,
+    pub mode: i64,
+}
+
+/// Some rows of one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordBatch {
+    Meta(Vec<MetaRecord>),
+    Projects(Vec<ProjectRecord>),
+    Tokens(Vec<TokenRecord>),
+    Nodes(Vec<NodeRecord>),
+    Versions(Vec<VersionRecord>),
+    Events(Vec<EventRecord>),
+    Audit(Vec<AuditRecord>),
+    ProjectBlobs(Vec<ProjectBlobRecord>),
+    Skills(Vec<SkillRecord>),
+    SkillFiles(Vec<SkillFileRecord>),
+    /// The export is complete: the importer may commit.
+    End,
+}
+
+/// The tables in import order, as [`RecordBatch::table`] names them.
+pub const TABLES: [&str; 10] = [
+    "meta",
+    "projects",
+    "tokens",
+    "nodes",
+    "versions",
+    "events",
+    "audit",
+    "project_blobs",
+    "skills",
+    "skill_files",
+];
+
+impl RecordBatch {
+    pub fn table(&self) -> &'static str {
+        match self {
+            RecordBatch::Meta(_) => "meta",
+            RecordBatch::Projects(_) => "projects",
+            RecordBatch::Tokens(_) => "tokens",
+            RecordBatch::Nodes(_) => "nodes",
+            RecordBatch::Versions(_) => "versions",
+            RecordBatch::Events(_) => "events",
+            RecordBatch::Audit(_) => "audit",
+            RecordBatch::ProjectBlobs(_) => "project_blobs",
+            RecordBatch::Skills(_) => "skills",
+            RecordBatch::SkillFiles(_) => "skill_files",
+            RecordBatch::End => "end",
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            RecordBatch::Meta(v) => v.len(),
+            RecordBatch::Projects(v) => v.len(),
+            RecordBatch::Tokens(v) => v.len(),
+            RecordBatch::Nodes(v) => v.len(),
+            RecordBatch::Versions(v) => v.len(),
+            RecordBatch::Events(v) => v.len(),
+            RecordBatch::Audit(v) => v.len(),
+            RecordBatch::ProjectBlobs(v) => v.len(),
+            RecordBatch::Skills(v) => v.len(),
+            RecordBatch::SkillFiles(v) => v.len(),
+            RecordBatch::End => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The blob hashes these rows refer to.
+    pub fn hashes(&self) -> Vec<&str> {
+        match self {
+            RecordBatch::Versions(v) => v.iter().map(|r| r.hash.as_str()).collect(),
+            RecordBatch::ProjectBlobs(v) => v.iter().map(|r| r.hash.as_str()).collect(),
+            RecordBatch::SkillFiles(v) => v.iter().map(|r| r.hash.as_str()).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Rows per table that an import wrote, in [`TABLES`] order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportCounts {
+    pub rows: [u64; 10],
+}
+
+impl ImportCounts {
+    pub fn add(&mut self, batch: &RecordBatch) {
+        if let Some(i) = TABLES.iter().position(|t| *t == batch.table()) {
+            self.rows[i] += batch.len() as u64;
+        }
+    }
+
+    pub fn get(&self, table: &str) -> u64 {
+        TABLES
+            .iter()
+            .position(|t| *t == table)
+            .map(|i| self.rows[i])
+            .unwrap_or(0)
+    }
+}
