@@ -1352,15 +1352,27 @@ impl Vfs {
             .collect()
     }
 
+    /// Space as the writer experiences it: every write is staged on the disk
+    /// that holds the mount's state, so that disk's size and free space are
+    /// what `df` and installers should see.
     pub fn statfs(&self) -> Statfs {
-        let st = self.lock();
-        let (used, limit, _) = self.cache.usage();
-        let files = st.inodes.len() as u64;
+        let files = self.lock().inodes.len() as u64;
+        let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+        let path = std::ffi::CString::new(self.staging_dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
+        let ok = unsafe { libc::statvfs(path.as_ptr(), &mut vfs) } == 0;
+        let (blocks, bfree) = if ok {
+            let unit = vfs.f_frsize.max(1);
+            (vfs.f_blocks * unit / 4096, vfs.f_bavail * unit / 4096)
+        } else {
+            (1 << 28, 1 << 28)
+        };
+        let ffree = if ok { vfs.f_favail.max(1 << 20) } else { 1 << 20 };
         Statfs {
-            blocks: limit.max(used) / 4096 + (1 << 20),
-            bfree: (limit.saturating_sub(used)) / 4096 + (1 << 20),
-            files: files + (1 << 20),
-            ffree: 1 << 20,
+            blocks,
+            bfree,
+            files: files + ffree,
+            ffree,
         }
     }
 }
