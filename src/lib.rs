@@ -11,6 +11,7 @@ pub mod cli;
 pub mod client;
 pub mod fuse;
 pub mod merge;
+pub mod migrate;
 pub mod model;
 pub mod mount;
 pub mod server;

@@ -47,6 +47,19 @@ fn migrate_to_s3(from: &Path, to: &Path, prefix: &str, extra: &[&str]) -> Output
     migrate(&args)
 }
 
+/// A server on the embedded defaults in `dir/data` (whatever
+/// `CONTEXTFS_TEST_DATABASE` says: a migration source is a data directory).
+async fn embedded_server(dir: &tempfile::TempDir) -> TestServer {
+    TestServer::start_on(dir.path().join("data"), Vec::new()).await
+}
+
+/// A server on `dir/data` with its blobs under `prefix` and `extra` flags.
+async fn s3_server(dir: &tempfile::TempDir, prefix: &str, extra: &[&str]) -> TestServer {
+    let mut args = s3_support::blob_args(prefix);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    TestServer::start_on_with_env(dir.path().join("data"), args, AWS_ENV).await
+}
+
 /// Commit with agent, message and idempotency key.
 async fn commit_as(
     s: &TestServer,
@@ -106,9 +119,36 @@ async fn build_source(s: &TestServer) -> Tokens {
     .unwrap();
     assert_eq!(rb.op, VersionOp::Rollback);
 
-    commit_as(s, "alpha", t, "data/config.json", None, br#"{"a":1,"b":2,"c":3}"#, "cfg").await;
-    commit_as(s, "alpha", t, "data/config.json", Some(1), br#"{"a":10,"b":2,"c":3}"#, "cfg").await;
-    let j = commit_as(s, "alpha", t, "data/config.json", Some(1), br#"{"a":1,"b":20,"c":3}"#, "cfg2").await;
+    commit_as(
+        s,
+        "alpha",
+        t,
+        "data/config.json",
+        None,
+        br#"{"a":1,"b":2,"c":3}"#,
+        "cfg",
+    )
+    .await;
+    commit_as(
+        s,
+        "alpha",
+        t,
+        "data/config.json",
+        Some(1),
+        br#"{"a":10,"b":2,"c":3}"#,
+        "cfg",
+    )
+    .await;
+    let j = commit_as(
+        s,
+        "alpha",
+        t,
+        "data/config.json",
+        Some(1),
+        br#"{"a":1,"b":20,"c":3}"#,
+        "cfg2",
+    )
+    .await;
     assert_eq!(j.status, VersionStatus::Merged);
 
     // a binary file of several MiB (several read chunks)
@@ -179,7 +219,11 @@ async fn build_source(s: &TestServer) -> Tokens {
     .unwrap();
 
     let resp = s
-        .req(Method::DELETE, &s.url(&format!("/tokens/{}", revoked.info.id)), Some(&s.admin))
+        .req(
+            Method::DELETE,
+            &s.url(&format!("/tokens/{}", revoked.info.id)),
+            Some(&s.admin),
+        )
         .send()
         .await
         .unwrap();
@@ -263,9 +307,10 @@ async fn snapshot(s: &TestServer, tokens: &Tokens) -> (Value, BTreeSet<BlobHash>
                         .await
                         .map(|c| BlobHash::of(&c.bytes).to_string())
                         .unwrap_or_else(|e| format!("error {}", e.code));
-                    let bytes = s.get_blob(name, &s.admin, v.hash.as_str()).await.unwrap_or_else(|e| {
-                        panic!("{name}/{path} v{}: blob {} unreadable: {e:?}", v.version, v.hash)
-                    });
+                    let bytes = s
+                        .get_blob(name, &s.admin, v.hash.as_str())
+                        .await
+                        .unwrap_or_else(|e| panic!("{name}/{path} v{}: blob {} unreadable: {e:?}", v.version, v.hash));
                     assert_eq!(BlobHash::of(&bytes), v.hash, "{name}/{path} v{}", v.version);
                     entry["checkout"] = Value::String(co);
                     blobs.insert(v.hash.clone());
@@ -339,16 +384,15 @@ fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn migrate_sqlite_dir_to_sqlite_plus_s3_keeps_everything() {
-    let mut source = TestServer::start().await;
+    let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut source = embedded_server(&source_dir).await;
     let tokens = build_source(&source).await;
     let (before, blobs) = snapshot(&source, &tokens).await;
     source.stop().await;
 
     let prefix = s3_support::fresh_prefix("migrate");
-    let blob_args = s3_support::blob_args(&prefix);
-    let blob_args: Vec<&str> = blob_args.iter().map(String::as_str).collect();
     // the target server creates its (empty) database, then steps aside
-    let mut target = TestServer::start_with_env(&blob_args, AWS_ENV).await;
+    let mut target = s3_server(&target_dir, &prefix, &[]).await;
     target.stop().await;
 
     let started = std::time::Instant::now();
@@ -374,9 +418,18 @@ async fn migrate_sqlite_dir_to_sqlite_plus_s3_keeps_everything() {
     }
     assert_eq!(before, after);
     // and it keeps working: new versions continue the numbering
-    let head = target.read("alpha", &tokens.alpha_rw, "notes/plan.md", None).await.unwrap();
+    let head = target
+        .read("alpha", &tokens.alpha_rw, "notes/plan.md", None)
+        .await
+        .unwrap();
     let next = target
-        .commit("alpha", &tokens.alpha_rw, "notes/plan.md", Some(head.version), b"after the move\n")
+        .commit(
+            "alpha",
+            &tokens.alpha_rw,
+            "notes/plan.md",
+            Some(head.version),
+            b"after the move\n",
+        )
         .await
         .unwrap();
     assert_eq!((next.node, next.version), (head.node, head.version + 1));
@@ -400,7 +453,8 @@ async fn migrate_sqlite_dir_to_sqlite_plus_s3_keeps_everything() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn migrate_verifies_every_blob_and_restarts_where_it_stopped() {
-    let mut source = TestServer::start().await;
+    let source_dir = tempfile::tempdir().unwrap();
+    let mut source = embedded_server(&source_dir).await;
     let t = source.project_with_token("p").await;
     let mut hashes = Vec::new();
     for i in 0..12 {
@@ -449,10 +503,7 @@ async fn migrate_verifies_every_blob_and_restarts_where_it_stopped() {
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     // 12 files at the root, no directories: 12 blobs
-    let want = format!(
-        "blobs: 12 referenced; {} copied",
-        12 - first_run.len()
-    );
+    let want = format!("blobs: 12 referenced; {} copied", 12 - first_run.len());
     assert!(stdout.contains(&want), "want {want:?} in {stdout}");
     assert!(
         stdout.contains(&format!("{} already there", first_run.len())),
@@ -472,7 +523,11 @@ async fn migrate_verifies_every_blob_and_restarts_where_it_stopped() {
         "--to",
         source.data_dir.to_str().unwrap(),
     ]);
-    assert!(!same.status.success() && text(&same).contains("--from directory"), "{}", text(&same));
+    assert!(
+        !same.status.success() && text(&same).contains("--from directory"),
+        "{}",
+        text(&same)
+    );
     let pg_without_blobs = migrate(&[
         "--from",
         source.data_dir.to_str().unwrap(),
@@ -490,4 +545,116 @@ async fn migrate_verifies_every_blob_and_restarts_where_it_stopped() {
         "{}",
         text(&not_a_dir)
     );
+}
+
+/// The same history into PostgreSQL + S3. Runs when `CONTEXTFS_TEST_DATABASE`
+/// names a PostgreSQL server (scripts/test runs it so); skipped otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_sqlite_dir_to_postgres_plus_s3_keeps_everything() {
+    let Some(database) = fresh_test_database().await else {
+        eprintln!("skipped: {TEST_DATABASE_ENV} is not set (scripts/test sets it)");
+        return;
+    };
+    let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut source = embedded_server(&source_dir).await;
+    let tokens = build_source(&source).await;
+    let (before, _) = snapshot(&source, &tokens).await;
+    source.stop().await;
+
+    let prefix = s3_support::fresh_prefix("migrate-pg");
+    let blob_args = s3_support::blob_args(&prefix);
+    let mut args: Vec<&str> = vec!["--from", source.data_dir.to_str().unwrap(), "--to", &database];
+    args.extend(blob_args.iter().map(String::as_str));
+    let out = migrate(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    eprintln!("{}", text(&out));
+
+    let mut target = s3_server(&target_dir, &prefix, &["--database", &database]).await;
+    let (after, _) = snapshot(&target, &tokens).await;
+    if let Some(diff) = first_difference(&before, &after, "") {
+        panic!("the migrated deployment differs: {diff}");
+    }
+    // ids, version numbers, audit and feed sequences continue after the imported rows
+    let head = target
+        .read("alpha", &tokens.alpha_rw, "notes/plan.md", None)
+        .await
+        .unwrap();
+    let next = target
+        .commit(
+            "alpha",
+            &tokens.alpha_rw,
+            "notes/plan.md",
+            Some(head.version),
+            b"after the move\n",
+        )
+        .await
+        .unwrap();
+    assert_eq!((next.node, next.version), (head.node, head.version + 1));
+    let fresh = target
+        .commit("alpha", &tokens.alpha_rw, "brand/new.md", None, b"new\n")
+        .await
+        .unwrap();
+    assert!(fresh.node > head.node, "new node ids continue after the imported ones");
+    let gamma = target.create_project("gamma").await;
+    let projects: Vec<ProjectInfo> = send(target.get(&target.url("/projects"), &target.admin)).await.unwrap();
+    assert_eq!(projects.len(), 3, "{gamma:?}");
+    let audit: AuditPage = send(target.get(&target.purl("alpha", "/audit"), &target.admin))
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = audit.entries.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "audit stays ordered: {seqs:?}");
+    let (mut since, mut last) = (0, None);
+    loop {
+        let page = target.changes("alpha", &tokens.alpha_rw, since, 0).await.unwrap();
+        match page.events.last() {
+            Some(e) => since = e.seq,
+            None => break,
+        }
+        last = page.events.last().cloned();
+    }
+    assert_eq!(
+        last.map(|e| e.path),
+        Some("brand/new.md".to_string()),
+        "the feed continues after the imported events"
+    );
+    target.stop().await;
+
+    // not empty any more: refused, then replaced with --force
+    let again = migrate(&args);
+    assert!(
+        !again.status.success() && text(&again).contains("--force"),
+        "{}",
+        text(&again)
+    );
+    args.push("--force");
+    let forced = migrate(&args);
+    assert!(forced.status.success(), "{}", text(&forced));
+    target.restart().await;
+    let (replaced, _) = snapshot(&target, &tokens).await;
+    assert_eq!(before, replaced);
+    target.stop().await;
+
+    // and back: PostgreSQL + S3 into a new data directory (SQLite + blob folder)
+    let back_dir = tempfile::tempdir().unwrap();
+    let back_data = back_dir.path().join("data");
+    let s3 = s3_support::server();
+    let blobs = s3_support::blobs_url(&prefix);
+    let out = migrate(&[
+        "--from",
+        &database,
+        "--from-blobs",
+        &blobs,
+        "--s3-endpoint",
+        &s3.endpoint,
+        "--s3-region",
+        s3_support::REGION,
+        "--to",
+        back_data.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let back = embedded_server(&back_dir).await;
+    let (round_trip, _) = snapshot(&back, &tokens).await;
+    if let Some(diff) = first_difference(&before, &round_trip, "") {
+        panic!("SQLite -> PostgreSQL -> SQLite differs: {diff}");
+    }
 }

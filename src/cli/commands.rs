@@ -66,6 +66,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
     let c = client(global)?;
     match command {
         Command::Serve(_)
+        | Command::Migrate(_)
         | Command::Mount(_)
         | Command::Umount { .. }
         | Command::Status { .. }

@@ -47,6 +47,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run the workspace service (SQLite metadata and blob files under --data)
     Serve(ServeArgs),
+    /// Copy a data directory into PostgreSQL + S3 (or into another data directory)
+    Migrate(crate::migrate::MigrateArgs),
     /// Create and list projects (admin token)
     #[command(subcommand)]
     Project(ProjectCommand),
@@ -339,6 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::server::serve(config).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Migrate(args) => crate::migrate::run(args).await,
         other => commands::run(&cli.global, other).await,
     }
 }

@@ -38,19 +38,27 @@ use crate::server::store::MetadataStore;
 use crate::server::{open_backends, Backends, Limits, ServeConfig};
 
 #[derive(Args, Debug, Clone)]
-#[command(long_about = "Copies everything in a data directory (the embedded SQLite metadata and the blob folder) \
+#[command(
+    long_about = "Copies everything in a data directory (the embedded SQLite metadata and the blob folder) \
 into PostgreSQL + S3-compatible storage, or into another data directory.\n\n\
 Every project, token (as its hash: existing tokens keep working), node and version (same ids and numbers, \
 statuses, authors, agent ids, times), the change feed, the audit log and the published skills are copied, and \
 every blob they refer to, each verified against its hash on the way.\n\n\
 The target's metadata must be empty (--force replaces it). Metadata is imported in one transaction, so an \
 interrupted migration leaves the target empty; running it again skips the blobs already copied.\n\n\
+With --from postgres://... --from-blobs s3://... it copies such a deployment back into a data directory.\n\n\
 Stop the server that uses --from first. The admin token is not part of the metadata: give every new instance \
-the same CONTEXTFS_ADMIN_TOKEN (the old one is in FROM/admin-token).")]
+the same CONTEXTFS_ADMIN_TOKEN (the old one is in FROM/admin-token)."
+)]
 pub struct MigrateArgs {
-    /// The data directory to copy (its server stopped)
+    /// The data directory to copy (its server stopped); or postgres://... with --from-blobs
+    /// to copy a PostgreSQL + S3 deployment back into a data directory
     #[arg(long)]
-    pub from: PathBuf,
+    pub from: String,
+    /// Where the source's blobs are when --from is postgres://...: s3://bucket[/prefix]
+    /// (same --s3-endpoint and --s3-region as the target)
+    #[arg(long)]
+    pub from_blobs: Option<String>,
     /// Where the metadata goes: postgres://user:pass@host:port/db, or a data directory (SQLite)
     #[arg(long)]
     pub to: String,
@@ -118,7 +126,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         None => eprintln!(
             "admin token: not part of the metadata; start every instance with the same \
              CONTEXTFS_ADMIN_TOKEN (the old one: {})",
-            args.from.join("admin-token").display()
+            Path::new(&args.from).join("admin-token").display()
         ),
     }
     Ok(ExitCode::SUCCESS)
@@ -139,7 +147,20 @@ fn is_postgres(url: &str) -> bool {
 
 type Stores = (Arc<dyn MetadataStore>, Arc<dyn BlobStore>);
 
-fn open_source(from: &Path) -> anyhow::Result<Stores> {
+fn open_source(args: &MigrateArgs) -> anyhow::Result<Stores> {
+    if is_postgres(&args.from) {
+        let Some(blobs) = &args.from_blobs else {
+            bail!("--from postgres://... needs --from-blobs s3://bucket[/prefix]");
+        };
+        let backends = Backends {
+            database: Some(args.from.clone()),
+            blobs: Some(blobs.clone()),
+            s3_endpoint: args.s3_endpoint.clone(),
+            s3_region: args.s3_region.clone(),
+        };
+        return open_backends(&config(std::env::temp_dir(), backends)).context("cannot open the source");
+    }
+    let from = Path::new(&args.from);
     if !from.join("metadata.sqlite3").is_file() {
         bail!(
             "{} is not a contextfs data directory (it has no metadata.sqlite3)",
@@ -158,6 +179,9 @@ fn open_target(args: &MigrateArgs) -> anyhow::Result<(Stores, Option<PathBuf>)> 
         s3_region: args.s3_region.clone(),
     };
     if is_postgres(&args.to) {
+        if args.to == args.from {
+            bail!("--to is the --from database; migrate into a new one");
+        }
         let Some(blobs) = &args.blobs else {
             bail!("--to postgres://... needs --blobs s3://bucket[/prefix]: instances sharing a database share blob storage");
         };
@@ -170,7 +194,7 @@ fn open_target(args: &MigrateArgs) -> anyhow::Result<(Stores, Option<PathBuf>)> 
         return Ok((stores, None));
     }
     let dir = PathBuf::from(&args.to);
-    if dir.exists() && args.from.exists() && same_dir(&dir, &args.from) {
+    if same_dir(&dir, Path::new(&args.from)) {
         bail!("--to is the --from directory; migrate into a new one");
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -194,7 +218,7 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 
 /// Runs the migration `args` describes.
 pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<Summary> {
-    let (source_store, source_blobs) = open_source(&args.from)?;
+    let (source_store, source_blobs) = open_source(args)?;
     let ((target_store, target_blobs), target_dir) = open_target(args)?;
     if !target_store.is_empty().await.context("cannot inspect the target")? && !args.force {
         bail!(
@@ -321,7 +345,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<Summary> {
 
     // The admin token lives beside the metadata in a data directory.
     if let Some(dir) = target_dir {
-        let (from, to) = (args.from.join("admin-token"), dir.join("admin-token"));
+        let (from, to) = (Path::new(&args.from).join("admin-token"), dir.join("admin-token"));
         if from.is_file() && !to.exists() {
             std::fs::copy(&from, &to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
             summary.admin_token_copied = Some(to);
@@ -350,10 +374,19 @@ impl Summary {
 struct Copier {
     source: Arc<dyn BlobStore>,
     target: Arc<dyn BlobStore>,
-    from: PathBuf,
+    /// The source, for messages.
+    from: String,
 }
 
 impl Copier {
+    fn source_blobs_name(&self) -> String {
+        if is_postgres(&self.from) {
+            "the --from-blobs bucket".to_string()
+        } else {
+            Path::new(&self.from).join("blobs").display().to_string()
+        }
+    }
+
     /// Copies one blob unless the target has it; the target verifies the hash.
     async fn copy(&self, hash: &BlobHash, bar: &ProgressBar) -> anyhow::Result<Copied> {
         let source_size = self.source.size(hash).await?;
@@ -372,8 +405,8 @@ impl Copier {
                 return Ok(Copied::Copied(0));
             }
             Err(BlobError::NotFound(_)) => bail!(
-                "blob {hash} is referenced by the source's metadata but missing from {}",
-                self.from.join("blobs").display()
+                "blob {hash} is referenced by the source's metadata but missing from its blob storage ({})",
+                self.source_blobs_name()
             ),
             Err(e) => return Err(anyhow!("cannot read blob {hash}: {e}")),
         };
@@ -385,8 +418,8 @@ impl Copier {
             .await
             .map_err(|e| match e {
                 BlobError::HashMismatch { actual, .. } => anyhow!(
-                    "source blob {hash} is damaged: its bytes hash to {actual}; restore it (or its file under {}) and run again",
-                    self.from.join("blobs").display()
+                    "source blob {hash} is damaged: its bytes hash to {actual}; restore it (in {}) and run again",
+                    self.source_blobs_name()
                 ),
                 e => anyhow!("cannot copy blob {hash}: {e}"),
             })?;

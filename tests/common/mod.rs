@@ -617,8 +617,14 @@ impl TestServer {
     /// Starts a server on `data_dir` (which may be another server's) with
     /// exactly these extra flags; its logs go to a temp dir of its own.
     pub async fn start_on(data_dir: PathBuf, extra_args: Vec<String>) -> TestServer {
+        Self::start_on_with_env(data_dir, extra_args, &[]).await
+    }
+
+    /// [`TestServer::start_on`] with extra environment variables.
+    pub async fn start_on_with_env(data_dir: PathBuf, extra_args: Vec<String>, env: &[(&str, &str)]) -> TestServer {
         let root = tempfile::tempdir().expect("temp dir");
-        Self::start_in(root, data_dir, extra_args, Vec::new()).await
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::start_in(root, data_dir, extra_args, env).await
     }
 
     async fn start_in(

@@ -8,6 +8,7 @@
 //! node's head version: that is the optimistic lock the whole service rests on.
 
 pub mod postgres;
+pub mod records;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -221,6 +222,41 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Every hash any version, skill or project upload refers to (crash
     /// checks and migration walk this).
     async fn referenced_hashes(&self) -> StoreResult<Vec<BlobHash>>;
+
+    // ----- migration (`contextfs migrate`; see [`records`]) -----
+
+    /// True when the store holds no projects, tokens, audit rows, blobs
+    /// records or skills (a freshly created schema is empty).
+    async fn is_empty(&self) -> StoreResult<bool> {
+        Err(StoreError::Backend(
+            "this metadata store cannot be a migration target yet".into(),
+        ))
+    }
+
+    /// Sends every row of every table to `sink` as batches, table by table in
+    /// [`records::TABLES`] order, all from one consistent snapshot. Stops with
+    /// an error if `sink` is closed early.
+    async fn export_records(&self, sink: tokio::sync::mpsc::Sender<records::RecordBatch>) -> StoreResult<()> {
+        drop(sink);
+        Err(StoreError::Backend(
+            "this metadata store cannot be a migration source yet".into(),
+        ))
+    }
+
+    /// Writes the batches from `source` verbatim (same ids, numbers, times),
+    /// until it closes, in ONE transaction: either everything is imported or
+    /// nothing is. With `replace` every existing row is deleted first.
+    /// Id and sequence generators continue after the imported rows.
+    async fn import_records(
+        &self,
+        source: tokio::sync::mpsc::Receiver<records::RecordBatch>,
+        replace: bool,
+    ) -> StoreResult<records::ImportCounts> {
+        let _ = (source, replace);
+        Err(StoreError::Backend(
+            "this metadata store cannot be a migration target yet".into(),
+        ))
+    }
 }
 
 /// Milliseconds since the epoch as RFC 3339, for the API.

@@ -1624,7 +1624,27 @@ impl MetadataStore for PostgresStore {
             .map_err(TxError::from)?;
         rows.iter().map(|r| parse_hash(col(r, 0)?)).collect()
     }
+
+    async fn is_empty(&self) -> StoreResult<bool> {
+        records_io::is_empty(self).await
+    }
+
+    async fn export_records(&self, sink: tokio::sync::mpsc::Sender<records::RecordBatch>) -> StoreResult<()> {
+        records_io::export(self, sink).await
+    }
+
+    async fn import_records(
+        &self,
+        source: tokio::sync::mpsc::Receiver<records::RecordBatch>,
+        replace: bool,
+    ) -> StoreResult<records::ImportCounts> {
+        records_io::import(self, source, replace).await
+    }
 }
+
+/// `contextfs migrate`'s export and import (kept in their own file).
+#[path = "postgres_records.rs"]
+mod records_io;
 
 /// [`version_from_row`] for the version columns starting at `offset`.
 fn version_from_row_at(r: &Row, offset: usize) -> StoreResult<VersionInfo> {
