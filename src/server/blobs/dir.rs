@@ -39,9 +39,19 @@ impl DirBlobStore {
             .and_then(|d| d.sync_all())
             .map_err(|e| io_err("cannot fsync", &blobs, e))?;
         // Leftovers of uploads interrupted by a crash are never referenced.
+        // Only old ones go: another instance sharing this folder may be
+        // uploading right now.
         if let Ok(entries) = std::fs::read_dir(root.join("tmp")) {
             for entry in entries.flatten() {
-                let _ = std::fs::remove_file(entry.path());
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+                if stale {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
         Ok(Self {
