@@ -98,6 +98,18 @@ async fn s3_upload_verify_and_mismatch_leave_nothing_under_a_wrong_hash() {
             "blob_missing",
         );
     }
+    // a large body claiming the hash of a stored blob is verified all the same
+    expect_error(
+        s.req(Method::PUT, &url, Some(&t)).body(pattern(10 << 20, 3)),
+        StatusCode::BAD_REQUEST,
+        "hash_mismatch",
+    )
+    .await;
+    assert_eq!(
+        s.get_blob("p", &t, hash.as_str()).await.unwrap(),
+        bytes,
+        "stored blob untouched"
+    );
     assert_eq!(
         s3_support::list(&prefix).await,
         [(blob_key(&hash), 15)],
@@ -129,6 +141,15 @@ async fn s3_large_streamed_blob_round_trip() {
         (status, receipt.hash.clone(), receipt.size),
         (StatusCode::CREATED, hash.clone(), LEN as u64)
     );
+
+    // the same bytes again: verified, not stored twice
+    let (status, receipt): (_, BlobReceipt) = send_with_status(
+        s.req(Method::PUT, &s.purl("p", &format!("/blobs/{hash}")), Some(&t))
+            .body(big.to_vec()),
+    )
+    .await
+    .unwrap();
+    assert_eq!((status, receipt.created), (StatusCode::OK, false));
 
     // GET streams it back intact
     let resp = s.get(&s.purl("p", &format!("/blobs/{hash}")), &t).send().await.unwrap();
