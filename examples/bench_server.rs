@@ -154,17 +154,14 @@ impl Ctx {
     }
 
     async fn commit(&self, path: &WsPath, base: Option<i64>, hash: BlobHash, worker: usize) -> Result<VersionInfo> {
-        let req = CommitRequest {
-            path: path.clone(),
-            base_version: base,
-            hash,
-            kind: None,
-            mode: None,
-            agent_id: Some(format!("bench-w{worker}")),
-            message: None,
-            idempotency_key: None,
-            node: None,
-        };
+        // Built from JSON so that optional fields added to the wire type later
+        // keep their defaults and this example keeps compiling.
+        let req: CommitRequest = serde_json::from_value(serde_json::json!({
+            "path": path,
+            "base_version": base,
+            "hash": hash,
+            "agent_id": format!("bench-w{worker}"),
+        }))?;
         let resp = self
             .http
             .post(format!("{}/commit", self.base))

@@ -14,5 +14,6 @@ pub mod merge;
 pub mod migrate;
 pub mod model;
 pub mod mount;
+pub mod sandbox;
 pub mod server;
 pub mod vfs;

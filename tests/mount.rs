@@ -239,17 +239,14 @@ impl MountedWorkspace {
         self.cli_ok(&["status", &self.dir.display().to_string()])
     }
 
-    /// `contextfs umount`; the mount process is expected to be gone afterwards.
+    /// `contextfs umount`. When it returns, the mount process is gone (so a
+    /// new mount can take the mount point at once).
     fn umount(&mut self) -> Output {
         let out = self.cli(&["umount", &self.dir.display().to_string()]);
         if let Some(pid) = self.pid {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while mount_process_alive(pid, &self.dir) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
             assert!(
                 !mount_process_alive(pid, &self.dir),
-                "the mount process {pid} still runs after umount: {}",
+                "the mount process {pid} still runs after umount returned: {}",
                 both(&out)
             );
         }
@@ -500,6 +497,14 @@ async fn shell_basics_land_on_the_server_with_the_agent_id() {
     // echo > and >>
     assert_eq!(m.sh_ok("echo hi > f && echo more >> f && cat f"), "hi\nmore\n");
     server_has(&s, p, "f", b"hi\nmore\n").await;
+
+    // A command that writes its output late: the shell's redirection closes
+    // a duplicate of the new file (a commit of it, empty) long before that.
+    m.sh_ok("(sleep 1; echo generated) > late.md");
+    server_has(&s, p, "late.md", b"generated\n").await;
+    m.wait_synced().await;
+    assert_eq!(m.sh_ok("cat late.md"), "generated\n");
+    assert_eq!(s.read_bytes(p, &s.admin, "late.md").await, b"generated\n");
 
     // mkdir -p
     m.sh_ok("mkdir -p a/b/c && test -d a/b/c");
@@ -760,11 +765,16 @@ async fn kill_9_with_a_queued_change_commits_it_on_the_next_mount() {
 
     s.restart_on_same_port().await;
     m.mount();
-    assert!(
-        m.log().contains("replaying 1 change(s)"),
-        "the new mount replays the journal:\n{}",
-        m.log()
-    );
+    // (Printed just after the mount starts answering `status`.)
+    eventually("the new mount says it replays the journal", || async {
+        let log = m.log();
+        if log.contains("replaying 1 change(s)") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
     let c = server_has(&s, p, "crash.txt", b"written while the server was down\n").await;
     assert_eq!(c.version, 1);
     let history = s.history(p, &s.admin, "crash.txt").await;
@@ -883,7 +893,14 @@ async fn editor_saves_add_one_version_to_the_same_node() {
 
     // vim: rename to backup, write the new file, delete the backup.
     let before = history("vim.md").await;
-    m.sh_ok("mv vim.md vim.md~ && printf 'vim v2\\n' > vim.md && rm vim.md~");
+    // (In one process, as an editor does it: three shell commands can take
+    // longer than the debounce on a loaded machine, and then the rename to
+    // the backup reaches the server on its own.)
+    m.python(
+        "import os\nos.rename('vim.md', 'vim.md~')\nwith open('vim.md', 'w') as f:\n    f.write('vim v2\\n')\nos.unlink('vim.md~')\n",
+        &[],
+    )
+    .finish();
     one_more_version(&s, &m, p, "vim.md", b"vim v2\n", &before, 1..=1).await;
 
     // Python: write a temp file, os.replace it over the original.
@@ -1092,6 +1109,9 @@ async fn umount_reports_each_file_with_its_outcome() {
     }
     assert!(report.contains(&format!("unmounted {}", m.dir.display())), "{report}");
     assert!(!report.contains("queued"), "{report}");
+    // The mount point can be mounted again right away.
+    m.mount();
+    assert_eq!(m.sh_ok("cat one.txt d/two.txt"), "one\ntwo\n");
     let merged = edit_line(&theirs, 2, "line 2 from the mount");
     let head = s.read(p, &s.admin, "notes.md", None).await.expect("read");
     assert_eq!(String::from_utf8_lossy(&head.bytes), merged);
@@ -1130,14 +1150,14 @@ async fn umount_with_the_server_down_names_the_journal_and_the_next_mount_commit
         "journal {} not under the state dir",
         journal.display()
     );
-    let records = std::fs::read_dir(journal)
+    // Whatever its format, the journal holds the queued change.
+    let stored: u64 = std::fs::read_dir(journal)
         .unwrap_or_else(|e| panic!("journal {}: {e}", journal.display()))
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
-        })
-        .count();
-    assert_eq!(records, 1, "one record for stranded.txt in {}", journal.display());
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    assert!(stored > 0, "the journal {} is empty", journal.display());
 
     s.restart_on_same_port().await;
     m.mount();
@@ -1230,4 +1250,59 @@ async fn bad_input_is_refused_with_the_right_errno_and_remote_changes_appear() {
     let mut expected = vec![max.as_str(), "f.txt", "remote", "remote/new.md"];
     expected.sort();
     assert_eq!(paths, expected, "no refused entry reached the server");
+}
+
+// ---------------------------------------------------------------------------
+// Known bugs, reproduced deterministically (run with `--ignored`)
+// ---------------------------------------------------------------------------
+
+/// Bytes received on an established connection to `port` that the
+/// server has not read yet (from /proc/net/tcp): non-zero while a request
+/// waits for a frozen server.
+fn unread_request_bytes(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let local_port = cols.get(1)?.rsplit_once(':')?.1;
+            let established = *cols.get(3)? == "01";
+            let rx = cols.get(4)?.split_once(':')?.1;
+            (established && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| u64::from_str_radix(rx, 16).ok())
+                .flatten()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug in src/vfs: a new file removed while its first commit is in flight stays on the server"]
+async fn a_new_file_removed_while_its_first_commit_is_in_flight_is_gone_on_the_server() {
+    let s = TestServer::start().await;
+    let p = "inflight";
+    let m = MountedWorkspace::create(&s, p, "agent-inflight").await;
+    let port: u16 = s.listen_addr().rsplit_once(':').unwrap().1.parse().unwrap();
+    let pid = s.pid().expect("server runs").to_string();
+    // Frozen, the server's kernel still accepts the request; nothing answers.
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    m.sh_ok("echo scratch > scratch.txt");
+    eventually("the mount sent the commit to the frozen server", || async {
+        match unread_request_bytes(port) {
+            0 => Err("no request waiting".to_string()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    m.sh_ok("rm scratch.txt");
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    m.wait_synced().await;
+    eventually("scratch.txt is not on the server", || async {
+        let t = tree_map(&s, p).await?;
+        match t.get("scratch.txt") {
+            None => Ok(()),
+            Some(e) => Err(format!("still there: {e:?}")),
+        }
+    })
+    .await;
 }

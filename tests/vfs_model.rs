@@ -4,7 +4,7 @@
 //! tests pin the editor-save patterns, acknowledgements and remote changes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -99,16 +99,14 @@ impl Env {
         vfs
     }
 
-    fn journal_records(&self) -> usize {
-        journal_files(&self.state_dir.join("journal"))
+    /// How many journaled changes a new mount of this state dir replays.
+    /// What survives a restart once the sync worker ended its round
+    /// (acknowledgements are appended without waiting; the round syncs them).
+    fn durable_records(&self, vfs: Vfs, listing: &TreeListing) -> usize {
+        vfs.sync_journal().unwrap();
+        drop(vfs);
+        self.mount(listing).queued().len()
     }
-}
-
-fn journal_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".json"))
-        .count()
 }
 
 const TIME: &str = "2024-01-01T00:00:00Z";
@@ -457,6 +455,26 @@ fn any_offset() -> impl Strategy<Value = u64> {
     prop_oneof![8 => select(vec![0u64, 1, 3, 8, 100, 5000]), 1 => Just(70_000u64)]
 }
 
+/// Up to 40 operations: a few that populate the tree (so later operations
+/// meet existing names often), then anything.
+fn any_ops() -> impl Strategy<Value = Vec<Op>> {
+    let top = select(vec!["a", "b", "c", "d"]).prop_map(String::from);
+    let populate = prop_oneof![
+        2 => top.prop_map(|path| Op::Mkdir { path }),
+        2 => any_path().prop_map(|path| Op::Mkdir { path }),
+        3 => any_path().prop_map(|path| Op::Create { path, exclusive: false, truncate: false, append: false }),
+        2 => (0usize..8, prop::collection::vec(any::<u8>(), 1..6)).prop_map(|(h, data)| Op::Write { h, offset: 0, data }),
+    ];
+    (
+        prop::collection::vec(populate, 0..=12),
+        prop::collection::vec(any_op(), 0..=28),
+    )
+        .prop_map(|(mut ops, more)| {
+            ops.extend(more);
+            ops
+        })
+}
+
 fn any_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (any_path(), any::<bool>(), any::<bool>(), prop::bool::weighted(0.2))
@@ -791,30 +809,76 @@ fn run_model(ops: &[Op], with_server: bool, remount: bool) -> Result<(), TestCas
         "unflushed after closing everything: {:?}",
         vfs.unflushed()
     );
-    // Every journaled change must be plannable (valid paths, known nodes).
-    let _ = plan(&vfs);
-
-    if remount {
-        let queued_before: Vec<String> = vfs.queued().into_iter().map(|(p, _)| p).collect();
+    let before = plan_summary(&vfs);
+    let vfs = if remount {
         drop(vfs);
         let vfs = env.mount(&listing);
         check_tree(&vfs, &model, "after remount")?;
-        let queued_after: Vec<String> = vfs.queued().into_iter().map(|(p, _)| p).collect();
-        prop_assert_eq!(queued_after, queued_before, "queued changes after remount");
+        prop_assert_eq!(plan_summary(&vfs), before, "what would be sent after remount");
+        vfs
+    } else {
+        vfs
+    };
+
+    // Every journaled change is plannable (valid paths, known nodes): the
+    // deletions now, the rest once the deletions they wait for are done.
+    let queued = vfs.queued().len();
+    let mut planned = 0;
+    for item in plan(&vfs) {
+        if let DrainOp::Delete { node, .. } = item.op {
+            prop_assert_eq!(vfs.ack_delete(item.uid, item.rev, node), Ok(()));
+            planned += 1;
+        }
     }
+    let rest = plan(&vfs);
+    prop_assert!(
+        !rest.iter().any(|i| matches!(i.op, DrainOp::Delete { .. })),
+        "{:?}",
+        describe(&rest)
+    );
+    planned += rest.len();
+    prop_assert_eq!(planned, queued, "records without a plan: {:?}", vfs.queued());
     Ok(())
+}
+
+/// What a drain would send, comparable across mounts (uids are not).
+fn plan_summary(vfs: &Vfs) -> Vec<String> {
+    let mut out: Vec<String> = plan(vfs)
+        .iter()
+        .map(|i| match &i.op {
+            DrainOp::Commit {
+                path,
+                node,
+                base_version,
+                hash,
+                mode,
+                ..
+            } => {
+                format!(
+                    "commit {path} node {node:?} base {base_version:?} mode {mode:o} {}",
+                    &hash.as_str()[..8]
+                )
+            }
+            DrainOp::Delete { node, path, recursive } => format!("delete {path} node {node} recursive {recursive}"),
+            DrainOp::Rename { node, from, to } => format!("rename {from} -> {to} node {node}"),
+            DrainOp::Mkdir { path, mode } => format!("mkdir {path} mode {mode:o}"),
+            DrainOp::Forget => "forget".into(),
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
-    fn vfs_matches_model(ops in prop::collection::vec(any_op(), 0..=40), with_server in any::<bool>()) {
+    fn vfs_matches_model(ops in any_ops(), with_server in any::<bool>()) {
         run_model(&ops, with_server, false)?;
     }
 
     #[test]
-    fn journal_replay_rebuilds_the_tree(ops in prop::collection::vec(any_op(), 0..=40), with_server in any::<bool>()) {
+    fn journal_replay_rebuilds_the_tree(ops in any_ops(), with_server in any::<bool>()) {
         run_model(&ops, with_server, true)?;
     }
 }
@@ -997,12 +1061,13 @@ fn a_new_file_unlinked_before_it_synced_leaves_nothing() {
     let (env, listing) = doc_env();
     let vfs = env.mount(&listing);
     write_file(&vfs, ROOT_INO, "scratch.txt", b"scratch");
-    assert_eq!(env.journal_records(), 1);
+    assert_eq!(env.durable_records(vfs, &listing), 1);
+    let vfs = env.mount(&listing);
     assert_eq!(plan(&vfs).len(), 1);
     vfs.unlink(ROOT_INO, "scratch.txt").unwrap();
     assert!(plan(&vfs).is_empty(), "{:?}", describe(&plan(&vfs)));
     assert!(vfs.queued().is_empty());
-    assert_eq!(env.journal_records(), 0);
+    assert_eq!(env.durable_records(vfs, &listing), 0);
 }
 
 #[test]
@@ -1067,8 +1132,8 @@ fn status_goes_pending_queued_then_merged_with_the_merged_bytes() {
     assert_eq!(read_path(&vfs, "doc.md"), merged);
     assert_eq!(vfs.getxattr(ino, "user.contextfs.version").unwrap(), b"5");
     assert!(plan(&vfs).is_empty());
-    assert_eq!(env.journal_records(), 0);
     assert_eq!(vfs.outcomes(), vec![("doc.md".to_string(), VersionStatus::Merged)]);
+    assert_eq!(env.durable_records(vfs, &listing), 0);
 }
 
 #[test]
@@ -1321,7 +1386,9 @@ fn a_file_in_a_directory_that_reached_the_server_replays_into_it() {
     let v = version_info(50, 1, "d", NodeKind::Dir, BlobHash::of(b""), 0, VersionStatus::Clean);
     vfs.ack_namespace(items[0].uid, items[0].rev, &v).unwrap();
     assert_eq!(describe(&plan(&vfs)), ["commit d/f.md"]);
-    // Crash before the file's commit; the server now lists `d`.
+    // Crash before the file's commit (after the round's journal sync); the
+    // server now lists `d`.
+    vfs.sync_journal().unwrap();
     drop(vfs);
     let listing = TreeListing {
         cursor: 2,
@@ -1411,7 +1478,9 @@ fn deleting_a_file_in_a_renamed_server_directory_deletes_it_where_the_rename_put
     let v = version_info(20, 2, "e", NodeKind::Dir, BlobHash::of(b""), 0, VersionStatus::Clean);
     vfs.ack_namespace(items[0].uid, items[0].rev, &v).unwrap();
     assert_eq!(describe(&plan(&vfs)), ["delete e/x.md"]);
-    // A restart before the deletion reached the server keeps it that way.
+    // A restart (after the round's journal sync) before the deletion reached
+    // the server keeps it that way.
+    vfs.sync_journal().unwrap();
     drop(vfs);
     let listing = TreeListing {
         cursor: 2,
@@ -1444,4 +1513,87 @@ fn editing_a_file_after_its_directory_was_renamed_remotely_is_a_plain_commit() {
     vfs.release(fh).unwrap();
     let (path, node, base, _, _, _) = only_commit(&plan(&vfs));
     assert_eq!((path.as_str(), node, base), ("e/f.md", Some(21), Some(1)));
+}
+
+#[test]
+fn chmod_of_a_server_directory_sends_no_commit() {
+    // `cp -a`, `tar x` and `chmod -R` change directory modes; the server's
+    // commit route refuses directories, so such a record would never drain.
+    let env = Env::new();
+    let listing = TreeListing {
+        cursor: 1,
+        entries: vec![dir_entry("d", 20)],
+    };
+    let vfs = env.mount(&listing);
+    let d = ino_of(&vfs, "d").unwrap();
+    vfs.setattr(
+        d,
+        None,
+        SetAttr {
+            mode: Some(0o700),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(vfs.getattr(d).unwrap().mode, 0o700);
+    let items = plan(&vfs);
+    assert!(
+        !items.iter().any(|i| matches!(i.op, DrainOp::Commit { .. })),
+        "{:?}",
+        describe(&items)
+    );
+    // Renamed too: the rename is sent, and nothing after it.
+    vfs.rename(ROOT_INO, "d", ROOT_INO, "e", false).unwrap();
+    let items = plan(&vfs);
+    assert_eq!(describe(&items), ["rename d -> e"]);
+    let v = version_info(20, 2, "e", NodeKind::Dir, BlobHash::of(b""), 0, VersionStatus::Clean);
+    vfs.ack_namespace(items[0].uid, items[0].rev, &v).unwrap();
+    assert!(
+        plan(&vfs).iter().all(|i| matches!(i.op, DrainOp::Forget)),
+        "{:?}",
+        describe(&plan(&vfs))
+    );
+}
+
+#[test]
+fn recreating_a_deleted_path_waits_for_the_deletion() {
+    // Sent before the deletion, the new file would be written into the old
+    // node (the server merges a base-less commit into it, and mkdir of an
+    // existing directory returns it), and the deletion would then remove it.
+    let env = Env::new();
+    let listing = TreeListing {
+        cursor: 1,
+        entries: vec![
+            dir_entry("b", 2),
+            file_entry(&env.source, "b/a", 3, 1, b"old a"),
+            file_entry(&env.source, "doc.md", 10, 3, DOC),
+        ],
+    };
+    let vfs = env.mount(&listing);
+    // rm -rf b && mkdir b && echo new > b/new
+    let b = ino_of(&vfs, "b").unwrap();
+    vfs.unlink(b, "a").unwrap();
+    vfs.rmdir(ROOT_INO, "b").unwrap();
+    let b = vfs.mkdir(ROOT_INO, "b", 0o755).unwrap().ino;
+    write_file(&vfs, b, "new", b"new");
+    // rm doc.md && echo new > doc.md
+    vfs.unlink(ROOT_INO, "doc.md").unwrap();
+    write_file(&vfs, ROOT_INO, "doc.md", b"recreated");
+
+    let items = plan(&vfs);
+    let mut deletes = describe(&items);
+    deletes.sort();
+    assert_eq!(deletes, ["delete b", "delete b/a", "delete doc.md"]);
+    assert_eq!(items[0].describe(), "delete b/a", "children before their directory");
+    for item in &items {
+        let DrainOp::Delete { node, .. } = item.op else {
+            unreachable!()
+        };
+        vfs.ack_delete(item.uid, item.rev, node).unwrap();
+    }
+    let mut next = describe(&plan(&vfs));
+    next.sort();
+    assert_eq!(next, ["commit b/new", "commit doc.md", "mkdir b"]);
+    assert_eq!(read_path(&vfs, "b/new"), b"new");
+    assert_eq!(read_path(&vfs, "doc.md"), b"recreated");
 }

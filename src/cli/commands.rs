@@ -70,7 +70,10 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
         | Command::Mount(_)
         | Command::Umount { .. }
         | Command::Status { .. }
-        | Command::Login { .. } => {
+        | Command::Login { .. }
+        | Command::Daytona(_)
+        | Command::Run(_)
+        | Command::DockerPlugin(_) => {
             unreachable!("handled before client commands")
         }
         Command::Project(ProjectCommand::Create { name }) => {

@@ -2,7 +2,9 @@
 
 mod commands;
 pub mod config;
+pub mod daytona;
 mod mount;
+mod sandbox;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -139,12 +141,18 @@ the next mount of the same project at the same place commits it."
     Umount { mountpoint: PathBuf },
     /// Show a mount's pending and queued files and recent outcomes
     Status { mountpoint: PathBuf },
+    /// Run a command in a Docker container with the project at /workspace
+    Run(sandbox::RunCommand),
+    /// Serve Docker's volume plugin protocol (`docker volume create -d contextfs`)
+    DockerPlugin(sandbox::DockerPluginCommand),
     /// Save a server and token as defaults in ~/.config/contextfs/config.toml
     Login {
         /// Also save a default project
         #[arg(long = "default-project")]
         default_project: Option<String>,
     },
+    /// Daytona sandboxes with the project at /workspace: create, exec, destroy
+    Daytona(daytona::DaytonaCommand),
 }
 
 #[derive(Args, Debug)]
@@ -285,7 +293,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONTEXTFS_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match cli.command {
-            Command::Serve(_) | Command::Mount(_) => "info,tower_http=warn",
+            Command::Serve(_) | Command::Mount(_) | Command::DockerPlugin(_) => "info,tower_http=warn",
             _ => "warn",
         })
     });
@@ -307,6 +315,7 @@ pub fn main() -> ExitCode {
             return report(mount::run(cli.global, args));
         }
         Command::Umount { mountpoint } => return report(mount::umount(&mountpoint)),
+        Command::Run(args) => return report(sandbox::run(cli.global, args)),
         Command::Status { mountpoint } => return report(mount::status(&mountpoint)),
         _ => cli,
     };
@@ -342,6 +351,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate(args) => crate::migrate::run(args).await,
+        Command::Daytona(cmd) => daytona::run(&cli.global, cmd).await,
+        Command::DockerPlugin(args) => sandbox::docker_plugin(cli.global.clone(), args).await,
         other => commands::run(&cli.global, other).await,
     }
 }

@@ -99,6 +99,21 @@ fn daemonize(mountpoint: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Waits (bounded) until process `pid` has exited (or is a zombie).
+fn wait_for_exit(pid: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if matches!(state, None | Some("Z") | Some("X")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn umount(mountpoint: &Path) -> anyhow::Result<ExitCode> {
     let mountpoint = runtime::canonical_mountpoint(mountpoint)?;
     let socket = runtime::socket_path(&mountpoint);
@@ -112,6 +127,9 @@ pub fn umount(mountpoint: &Path) -> anyhow::Result<ExitCode> {
     });
     match answer {
         Ok(Message::Done(report)) => {
+            // The mount still holds its state lock until it exits: a
+            // `contextfs mount` right after this must not find it taken.
+            wait_for_exit(report.info.pid, Duration::from_secs(10));
             print!("{}", report.render());
             if report.queued.is_empty() {
                 println!("unmounted {}", mountpoint.display());

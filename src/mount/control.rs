@@ -1,5 +1,6 @@
-//! The control socket of a running mount: `contextfs status` and
-//! `contextfs umount` send one JSON line and read JSON lines back.
+//! The control socket of a running mount: `contextfs status`,
+//! `contextfs umount` and `flush` (used by `contextfs run` and the Docker
+//! volume plugin) send one JSON line and read JSON lines back.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -83,6 +84,10 @@ pub enum Message {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Request {
     cmd: String,
+    /// `flush`: report the changes acknowledged at or after this moment
+    /// (ms since the epoch) instead of everything since the mount started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since_ms: Option<i64>,
 }
 
 pub fn report(info: &MountInfo, worker: &SyncWorker) -> MountReport {
@@ -138,7 +143,33 @@ pub async fn serve(
                 return;
             };
             let reply = |m: &Message| serde_json::to_string(m).map(|s| s + "\n").unwrap_or_default();
-            match serde_json::from_str::<Request>(&line).map(|r| r.cmd) {
+            let request = serde_json::from_str::<Request>(&line);
+            let since_ms = request.as_ref().ok().and_then(|r| r.since_ms);
+            match request.map(|r| r.cmd) {
+                Ok(cmd) if cmd == "flush" => {
+                    // Drain with force, like umount, but stay mounted.
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                    let flush = async {
+                        let progress = move |line: String| {
+                            let _ = tx.send(line);
+                        };
+                        super::flush_pending(&worker, &progress).await
+                    };
+                    tokio::pin!(flush);
+                    loop {
+                        tokio::select! {
+                            _ = &mut flush => break,
+                            Some(line) = rx.recv() => {
+                                let _ = write.write_all(reply(&Message::Progress(line)).as_bytes()).await;
+                            }
+                        }
+                    }
+                    let mut done = report(&info, &worker);
+                    if let Some(since) = since_ms {
+                        done.outcomes = worker.acked_since(since);
+                    }
+                    let _ = write.write_all(reply(&Message::Done(done)).as_bytes()).await;
+                }
                 Ok(cmd) if cmd == "status" => {
                     let _ = write
                         .write_all(reply(&Message::Status(report(&info, &worker))).as_bytes())
@@ -171,10 +202,37 @@ pub async fn serve(
 
 /// Sends `cmd` to the mount at `socket`; `on_message` sees every reply line
 /// until the final one, which is returned.
-pub fn request_with(socket: &Path, cmd: &str, mut on_message: impl FnMut(&Message)) -> std::io::Result<Message> {
+pub fn request_with(socket: &Path, cmd: &str, on_message: impl FnMut(&Message)) -> std::io::Result<Message> {
+    send_request(
+        socket,
+        &Request {
+            cmd: cmd.to_string(),
+            since_ms: None,
+        },
+        on_message,
+    )
+}
+
+/// Asks the mount at `socket` to commit everything queued now (waiting for
+/// the server up to the same grace as umount) without unmounting. The answer
+/// is a [`Message::Done`] whose outcomes are the changes acknowledged at or
+/// after `since_ms` (ms since the epoch), and whose `queued` lists what is
+/// still only in the journal.
+pub fn flush(socket: &Path, since_ms: i64, on_message: impl FnMut(&Message)) -> std::io::Result<Message> {
+    send_request(
+        socket,
+        &Request {
+            cmd: "flush".to_string(),
+            since_ms: Some(since_ms),
+        },
+        on_message,
+    )
+}
+
+fn send_request(socket: &Path, request: &Request, mut on_message: impl FnMut(&Message)) -> std::io::Result<Message> {
     let mut stream = UnixStream::connect(socket)?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let line = serde_json::to_string(&Request { cmd: cmd.to_string() })? + "\n";
+    let line = serde_json::to_string(request)? + "\n";
     stream.write_all(line.as_bytes())?;
     let reader = BufReader::new(stream);
     for line in reader.lines() {

@@ -481,7 +481,7 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
 /// Drains the journal until it is empty, the server stays unreachable for
 /// [`OFFLINE_GRACE`], or only refused changes are left. Prints progress when
 /// it takes more than a second.
-async fn flush_pending(worker: &SyncWorker, progress: &dyn Fn(String)) -> bool {
+pub(crate) async fn flush_pending(worker: &SyncWorker, progress: &(dyn Fn(String) + Sync)) -> bool {
     let started = Instant::now();
     let mut offline_since: Option<Instant> = None;
     let mut last_progress = Instant::now();

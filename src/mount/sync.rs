@@ -40,7 +40,21 @@ pub struct SyncWorker {
     status: Mutex<SyncStatus>,
     /// Records the server refused, and when to try them again.
     refused: Mutex<HashMap<u64, Instant>>,
+    /// Recently acknowledged changes with their time, for `flush` reports.
+    acked: Mutex<std::collections::VecDeque<Acked>>,
 }
+
+/// One change the server acknowledged: when (ms since the epoch, local
+/// clock), which path and how (`clean | merged | lww | mkdir | renamed | deleted`).
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub at_ms: i64,
+    pub path: String,
+    pub outcome: String,
+}
+
+/// How many acknowledged changes [`SyncWorker::acked_since`] remembers.
+const ACKED_KEPT: usize = 100_000;
 
 /// What one drain round achieved.
 #[derive(Debug, Default)]
@@ -71,6 +85,28 @@ fn classify(e: ClientError) -> Outcome {
     }
 }
 
+/// The idempotency key of a commit: the same for every retry of one request
+/// (also after a restart replays the journal), different for any other. A
+/// record's `rev` starts again at 1 once it is acknowledged, so uid and rev
+/// alone would repeat: the server would then answer a later commit of the
+/// same file with the earlier commit's version and the new bytes were lost.
+fn commit_key(uid: u64, rev: u64, op: &DrainOp) -> String {
+    let what = match op {
+        DrainOp::Commit {
+            path,
+            node,
+            base_version,
+            hash,
+            kind,
+            mode,
+            ..
+        } => format!("{path}|{node:?}|{base_version:?}|{hash}|{}|{mode}", kind.as_str()),
+        other => format!("{other:?}"),
+    };
+    let digest = blake3::hash(what.as_bytes()).to_hex();
+    format!("u{uid:016x}-r{rev}-{}", &digest[..32])
+}
+
 impl SyncWorker {
     pub fn new(vfs: Arc<Vfs>, client: Client, project: String, agent_id: Option<String>) -> Self {
         Self {
@@ -83,7 +119,33 @@ impl SyncWorker {
                 ..Default::default()
             }),
             refused: Mutex::new(HashMap::new()),
+            acked: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    fn note(&self, path: &str, outcome: &str) {
+        if let Ok(mut acked) = self.acked.lock() {
+            if acked.len() >= ACKED_KEPT {
+                acked.pop_front();
+            }
+            acked.push_back(Acked {
+                at_ms: crate::server::store::now_millis(),
+                path: path.to_string(),
+                outcome: outcome.to_string(),
+            });
+        }
+    }
+
+    /// The last outcome per path of the changes acknowledged at or after
+    /// `since_ms`, sorted by path.
+    pub fn acked_since(&self, since_ms: i64) -> Vec<(String, String)> {
+        let mut last = std::collections::BTreeMap::new();
+        if let Ok(acked) = self.acked.lock() {
+            for a in acked.iter().filter(|a| a.at_ms >= since_ms) {
+                last.insert(a.path.clone(), a.outcome.clone());
+            }
+        }
+        last.into_iter().collect()
     }
 
     pub fn status(&self) -> SyncStatus {
@@ -180,6 +242,13 @@ impl SyncWorker {
             None if round.done > 0 => self.set_status(true, None),
             None => {}
         }
+        // Acknowledgements were appended without waiting; make them durable
+        // so a restart does not resend (harmless, but wasted work).
+        if round.done > 0 {
+            if let Err(e) = self.vfs.sync_journal() {
+                tracing::warn!(error = %e, "cannot sync the journal");
+            }
+        }
         round.left = self.vfs.queued().len();
         round
     }
@@ -199,7 +268,10 @@ impl SyncWorker {
                     message: None,
                 };
                 match self.client.mkdir(p, &req).await {
-                    Ok(v) => self.local(self.vfs.ack_namespace(item.uid, item.rev, &v)),
+                    Ok(v) => {
+                        self.note(&v.path, "mkdir");
+                        self.local(self.vfs.ack_namespace(item.uid, item.rev, &v))
+                    }
                     Err(e) => classify(e),
                 }
             }
@@ -216,7 +288,10 @@ impl SyncWorker {
                     node: Some(*node),
                 };
                 match self.client.rename(p, &req).await {
-                    Ok(v) => self.local(self.vfs.ack_namespace(item.uid, item.rev, &v)),
+                    Ok(v) => {
+                        self.note(&v.path, "renamed");
+                        self.local(self.vfs.ack_namespace(item.uid, item.rev, &v))
+                    }
                     Err(e) if e.status() == Some(StatusCode::NOT_FOUND) || e.code() == Some("node_mismatch") => {
                         // The node is gone from where we knew it: send ours as new.
                         self.local(self.vfs.unbind(item.uid))
@@ -253,7 +328,7 @@ impl SyncWorker {
                     agent_id: self.agent_id.clone(),
                     message: None,
                     // Stable across retries and restarts: a commit is applied once.
-                    idempotency_key: Some(format!("u{:016x}-r{}", item.uid, item.rev)),
+                    idempotency_key: Some(commit_key(item.uid, item.rev, &item.op)),
                     node: *node,
                 };
                 match self.client.commit(p, &req).await {
@@ -261,6 +336,7 @@ impl SyncWorker {
                         if let Ok(mut s) = self.status.lock() {
                             s.commits += 1;
                         }
+                        self.note(&v.path, v.status.as_str());
                         self.local(self.vfs.ack_commit(item.uid, item.rev, hash, &v))
                     }
                     Err(e) if matches!(e.code(), Some("base_version_unknown") | Some("node_mismatch")) => {
@@ -280,7 +356,10 @@ impl SyncWorker {
                     node: Some(*node),
                 };
                 match self.client.delete(p, &req).await {
-                    Ok(_) => self.local(self.vfs.ack_delete(item.uid, item.rev, *node)),
+                    Ok(_) => {
+                        self.note(path.as_str(), "deleted");
+                        self.local(self.vfs.ack_delete(item.uid, item.rev, *node))
+                    }
                     Err(e) if e.status() == Some(StatusCode::NOT_FOUND) || e.code() == Some("node_mismatch") => {
                         self.local(self.vfs.ack_delete(item.uid, item.rev, *node))
                     }

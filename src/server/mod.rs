@@ -128,10 +128,11 @@ pub fn open_embedded(config: &ServeConfig) -> Result<(Arc<Service>, AdminToken),
     Ok((Arc::new(service), token))
 }
 
+/// The metadata store and the blob store a service runs on.
+pub type OpenedBackends = (Arc<dyn store::MetadataStore>, Arc<dyn blobs::BlobStore>);
+
 /// Opens the metadata store and blob store that `config.backends` names.
-pub fn open_backends(
-    config: &ServeConfig,
-) -> Result<(Arc<dyn store::MetadataStore>, Arc<dyn blobs::BlobStore>), ServeError> {
+pub fn open_backends(config: &ServeConfig) -> Result<OpenedBackends, ServeError> {
     let store: Arc<dyn store::MetadataStore> = match &config.backends.database {
         None => Arc::new(store::sqlite::SqliteStore::open(
             &config.data_dir.join("metadata.sqlite3"),

@@ -92,20 +92,43 @@ impl Vfs {
         let st = self.lock();
         let now = now_millis();
         let mut items = Vec::new();
+        let mut deleting = std::collections::HashSet::new();
         for record in st.records.values() {
-            if now - record.changed_at < min_age_ms || skip(record.uid) {
+            let ready = now - record.changed_at >= min_age_ms && !skip(record.uid);
+            if !ready && !record.deleted {
                 continue;
             }
             match self.plan_record(&st, record) {
-                Ok(Some(op)) => items.push(DrainItem {
-                    uid: record.uid,
-                    rev: record.rev,
-                    op,
-                }),
+                Ok(Some(op)) => {
+                    if let DrainOp::Delete { path, .. } = &op {
+                        deleting.insert(path.as_str().to_string());
+                    }
+                    if ready {
+                        items.push(DrainItem {
+                            uid: record.uid,
+                            rev: record.rev,
+                            op,
+                        });
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(uid = record.uid, error = %e, "cannot plan a journaled change"),
             }
         }
+        // Whatever lands at (or below) a path whose old node is still to be
+        // deleted waits for that deletion (a later round): sent first, it would
+        // land in the old node (`rm x; mkdir x` / `rm f; echo > f`), and the
+        // deletion would then remove it from the server.
+        let blocked = |path: &WsPath| {
+            let path = path.as_str();
+            deleting.contains(path) || path.match_indices('/').any(|(i, _)| deleting.contains(&path[..i]))
+        };
+        items.retain(|i| match &i.op {
+            DrainOp::Mkdir { path, .. } | DrainOp::Commit { path, .. } | DrainOp::Rename { to: path, .. } => {
+                !blocked(path)
+            }
+            DrainOp::Delete { .. } | DrainOp::Forget => true,
+        });
         items.sort_by_key(|i| i.order_key());
         items
     }
@@ -170,7 +193,8 @@ impl Vfs {
                         from: valid(&server_path)?,
                         to: path,
                     }
-                } else if r.content.is_some() || r.mode_dirty {
+                } else if r.kind != NodeKind::Dir && (r.content.is_some() || r.mode_dirty) {
+                    // (A directory's mode stays local: the server commits files only.)
                     let hash = match (&r.content, server_hash) {
                         (Some(h), _) => h.clone(),
                         (None, Some(h)) => h,

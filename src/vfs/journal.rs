@@ -1,19 +1,31 @@
 //! The durable journal of local changes the server has not acknowledged yet.
 //!
-//! One record per changed inode, keyed by the inode's local uid, in
-//! `STATE/journal/<uid>.json`. A record describes the *state* the inode should
-//! reach on the server (its path, content, mode, or deletion), not a list of
-//! operations, so repeated edits of one file collapse into one commit and an
-//! editor's temp-file-and-rename save becomes one commit on the target.
-//! Records are replaced atomically (temp file, fsync, rename, fsync of the
-//! directory) before the operation that caused them returns: `close()`
-//! succeeds only once the change is on disk, whether or not the server is up.
-//! Small contents are stored inside the record; larger ones as
-//! `STATE/pending/<hash>` files written (and fsynced) first.
+//! One record per changed inode, keyed by the inode's local uid. A record
+//! describes the *state* the inode should reach on the server (its path,
+//! content, mode, or deletion), not a list of operations, so repeated edits of
+//! one file collapse into one commit and an editor's temp-file-and-rename save
+//! becomes one commit on the target.
+//!
+//! Records live in one append-only log, `STATE/journal/journal.log`, as
+//! checksummed frames. Appending only fills a buffer; [`Journal::sync`] writes
+//! and fdatasyncs everything appended so far, and concurrent callers share one
+//! fsync (group commit). A FUSE call that changes state appends under the
+//! core's lock and syncs after releasing it, so `close()` returns only once the
+//! change is on disk without making every other file operation wait for the
+//! disk. Acknowledgements (removals) are appended without waiting: losing one
+//! in a crash only means a record is sent again, and its idempotency key makes
+//! the server answer with the version it already made.
+//!
+//! Replay reads frames up to the first torn or corrupt one. The log is
+//! compacted (live records only) when the journal is opened and whenever it
+//! empties. Small contents are stored inside the record; larger ones as
+//! `STATE/pending/<hash>` files written (and fsynced) before their record.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -72,7 +84,36 @@ pub struct Record {
 pub struct Journal {
     dir: PathBuf,
     pending: PathBuf,
+    log_path: PathBuf,
+    log: Mutex<Log>,
+    synced: Condvar,
 }
+
+/// One frame of the log.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Entry {
+    Put(Record),
+    Remove(u64),
+}
+
+struct Log {
+    file: File,
+    /// Encoded frames appended but not yet written.
+    buffer: Vec<u8>,
+    /// Frames appended so far / known durable on disk.
+    appended: u64,
+    durable: u64,
+    /// A leader is writing and syncing right now.
+    syncing: bool,
+    /// Live records, to compact the log.
+    live: HashMap<u64, Record>,
+    /// Bytes in the log file.
+    size: u64,
+}
+
+/// Compact when the log grows past this (it is also compacted whenever it empties).
+const COMPACT_AT: u64 = 64 << 20;
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> VfsError {
     let errno = match e.raw_os_error() {
@@ -83,31 +124,202 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> VfsError {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), VfsError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("fsync", dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", dir, e))
+}
+
+/// `len (u32 LE) | blake3(json)[..8] | json`
+fn encode(entry: &Entry, out: &mut Vec<u8>) -> Result<(), VfsError> {
+    let json = serde_json::to_vec(entry).map_err(|e| VfsError::new(libc::EIO, format!("journal: {e}")))?;
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&blake3::hash(&json).as_bytes()[..8]);
+    out.extend_from_slice(&json);
+    Ok(())
+}
+
+/// Frames up to the first torn or corrupt one, and where that one starts.
+fn decode(bytes: &[u8]) -> (Vec<Entry>, usize) {
+    let mut entries = Vec::new();
+    let mut pos = 0;
+    while pos + 12 <= bytes.len() {
+        let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]) as usize;
+        let end = pos + 12 + len;
+        if end > bytes.len() {
+            break;
+        }
+        let json = &bytes[pos + 12..end];
+        if blake3::hash(json).as_bytes()[..8] != bytes[pos + 4..pos + 12] {
+            break;
+        }
+        match serde_json::from_slice::<Entry>(json) {
+            Ok(entry) => entries.push(entry),
+            Err(_) => break,
+        }
+        pos = end;
+    }
+    (entries, pos)
 }
 
 impl Journal {
+    /// Opens the journal, replaying and compacting its log.
     pub fn open(state_dir: &Path) -> Result<Self, VfsError> {
         let dir = state_dir.join("journal");
         let pending = state_dir.join("pending");
         for d in [&dir, &pending] {
             fs::create_dir_all(d).map_err(|e| io("create", d, e))?;
         }
-        Ok(Self { dir, pending })
+        let log_path = dir.join("journal.log");
+        let live = Self::read_log(&log_path)?;
+        let file = Self::write_compacted(&dir, &log_path, &live)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Self {
+            dir,
+            pending,
+            log_path,
+            log: Mutex::new(Log { file, buffer: Vec::new(), appended: 0, durable: 0, syncing: false, live, size }),
+            synced: Condvar::new(),
+        })
+    }
+
+    fn read_log(path: &Path) -> Result<HashMap<u64, Record>, VfsError> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io("read", path, e)),
+        };
+        let (entries, valid) = decode(&bytes);
+        if valid < bytes.len() {
+            // A torn tail: the write that was cut off never returned success.
+            tracing::warn!(path = %path.display(), dropped = bytes.len() - valid, "journal: ignoring a torn tail");
+        }
+        let mut live = HashMap::new();
+        for entry in entries {
+            match entry {
+                Entry::Put(r) => {
+                    live.insert(r.uid, r);
+                }
+                Entry::Remove(uid) => {
+                    live.remove(&uid);
+                }
+            }
+        }
+        Ok(live)
+    }
+
+    /// Rewrites the log with only `live` records (temp file, fsync, rename,
+    /// fsync of the directory) and returns it open for appending.
+    fn write_compacted(dir: &Path, log_path: &Path, live: &HashMap<u64, Record>) -> Result<File, VfsError> {
+        let temp = dir.join("journal.log.tmp");
+        let mut bytes = Vec::new();
+        let mut records: Vec<&Record> = live.values().collect();
+        records.sort_by_key(|r| (r.changed_at, r.uid));
+        for r in records {
+            encode(&Entry::Put(r.clone()), &mut bytes)?;
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(|e| io("create", &temp, e))?;
+        f.write_all(&bytes).map_err(|e| io("write", &temp, e))?;
+        f.sync_all().map_err(|e| io("fsync", &temp, e))?;
+        fs::rename(&temp, log_path).map_err(|e| io("rename", log_path, e))?;
+        fsync_dir(dir)?;
+        OpenOptions::new().append(true).open(log_path).map_err(|e| io("open", log_path, e))
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn record_path(&self, uid: u64) -> PathBuf {
-        self.dir.join(format!("{uid:016x}.json"))
-    }
-
     pub fn pending_blob_path(&self, hash: &BlobHash) -> PathBuf {
         self.pending.join(hash.as_str())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn append(&self, entry: Entry) -> Result<(), VfsError> {
+        let mut log = self.lock();
+        encode(&entry, &mut log.buffer)?;
+        log.appended += 1;
+        match entry {
+            Entry::Put(r) => {
+                log.live.insert(r.uid, r);
+            }
+            Entry::Remove(uid) => {
+                log.live.remove(&uid);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a record; it is durable once [`Journal::sync`] returns.
+    pub fn write(&self, record: &Record) -> Result<(), VfsError> {
+        self.append(Entry::Put(record.clone()))
+    }
+
+    /// Appends the removal of a record the server fully acknowledged.
+    pub fn remove(&self, uid: u64) -> Result<(), VfsError> {
+        self.append(Entry::Remove(uid))
+    }
+
+    /// Makes everything appended so far durable. Concurrent callers share one
+    /// write and fdatasync: the first becomes the leader and writes for all.
+    pub fn sync(&self) -> Result<(), VfsError> {
+        let mut log = self.lock();
+        let target = log.appended;
+        loop {
+            if log.durable >= target {
+                return Ok(());
+            }
+            if log.syncing {
+                log = self.synced.wait(log).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            log.syncing = true;
+            let batch = std::mem::take(&mut log.buffer);
+            let upto = log.appended;
+            let file = log.file.try_clone().map_err(|e| io("open", &self.log_path, e));
+            drop(log);
+            let result = file.and_then(|mut f| {
+                f.write_all(&batch).map_err(|e| io("write", &self.log_path, e))?;
+                f.sync_data().map_err(|e| io("fsync", &self.log_path, e))
+            });
+            log = self.lock();
+            log.syncing = false;
+            if let Err(e) = result {
+                // Keep the frames for the next attempt; a frame that did reach
+                // the file is harmless to repeat (replay keeps the last one).
+                let newer = std::mem::take(&mut log.buffer);
+                log.buffer = batch;
+                log.buffer.extend_from_slice(&newer);
+                self.synced.notify_all();
+                return Err(e);
+            }
+            log.durable = upto;
+            log.size += batch.len() as u64;
+            self.synced.notify_all();
+            if log.live.is_empty() || log.size > COMPACT_AT {
+                self.compact(&mut log);
+            }
+        }
+    }
+
+    /// Rewrites the log with its live records. Runs with the log locked and
+    /// nothing buffered or in flight, so no frame can be lost.
+    fn compact(&self, log: &mut Log) {
+        if !log.buffer.is_empty() || log.syncing || log.durable != log.appended {
+            return;
+        }
+        match Self::write_compacted(&self.dir, &self.log_path, &log.live) {
+            Ok(file) => {
+                log.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                log.file = file;
+            }
+            Err(e) => tracing::warn!(error = %e, "journal compaction failed; the log keeps growing"),
+        }
     }
 
     /// Makes a snapshot of `source` durable and returns its hash and size.
@@ -152,81 +364,19 @@ impl Journal {
         result
     }
 
-    /// Durably replaces the record of `record.uid`.
-    pub fn write(&self, record: &Record) -> Result<(), VfsError> {
-        let target = self.record_path(record.uid);
-        let temp = self.dir.join(format!(".tmp-{:016x}-{}", record.uid, record.rev));
-        let bytes = serde_json::to_vec(record).map_err(|e| VfsError::new(libc::EIO, format!("journal: {e}")))?;
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&temp)
-                .map_err(|e| io("create", &temp, e))?;
-            f.write_all(&bytes).map_err(|e| io("write", &temp, e))?;
-            f.sync_all().map_err(|e| io("fsync", &temp, e))?;
-            fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
-            fsync_dir(&self.dir)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        result
-    }
-
-    /// Drops a record the server has fully acknowledged.
-    pub fn remove(&self, uid: u64) -> Result<(), VfsError> {
-        let path = self.record_path(uid);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("remove", &path, e)),
-        }
-    }
-
     pub fn remove_pending_blob(&self, hash: &BlobHash) {
         let _ = fs::remove_file(self.pending_blob_path(hash));
     }
 
-    /// Every record on disk (for replay after a restart or a crash).
+    /// Every live record (for replay after a restart or a crash).
     pub fn load(&self) -> Result<Vec<Record>, VfsError> {
-        let mut out = Vec::new();
-        let entries = fs::read_dir(&self.dir).map_err(|e| io("read", &self.dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| io("read", &self.dir, e))?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with(".tmp-") {
-                // Never renamed into place: the operation did not return success.
-                let _ = fs::remove_file(entry.path());
-                continue;
-            }
-            if !name.ends_with(".json") {
-                continue;
-            }
-            let bytes = fs::read(entry.path()).map_err(|e| io("read", &entry.path(), e))?;
-            match serde_json::from_slice::<Record>(&bytes) {
-                Ok(r) => out.push(r),
-                Err(e) => {
-                    return Err(VfsError::new(
-                        libc::EIO,
-                        format!(
-                            "journal record {} is unreadable ({e}); move it aside to continue",
-                            entry.path().display()
-                        ),
-                    ))
-                }
-            }
-        }
+        let mut out: Vec<Record> = self.lock().live.values().cloned().collect();
         out.sort_by_key(|r| (r.changed_at, r.uid));
         Ok(out)
     }
 
     pub fn inline_bytes(record: &Record) -> Option<Vec<u8>> {
-        record
-            .inline
-            .as_ref()
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        record.inline.as_ref().and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
     }
 
     pub fn encode_inline(bytes: &[u8]) -> String {
@@ -281,21 +431,73 @@ mod tests {
     }
 
     #[test]
-    fn records_survive_reopen_and_removal_is_durable() {
+    fn synced_records_survive_reopen_and_removals_compact_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
         j.write(&record(7)).unwrap();
         let mut r = record(7);
         r.rev = 2;
         j.write(&r).unwrap();
-        std::fs::write(dir.path().join("journal/.tmp-junk"), b"torn").unwrap();
+        j.write(&record(8)).unwrap();
+        j.sync().unwrap();
         let j2 = Journal::open(dir.path()).unwrap();
         let loaded = j2.load().unwrap();
-        assert_eq!(loaded, vec![r.clone()]);
+        assert_eq!(loaded.len(), 2);
+        assert!(loaded.contains(&r), "the last revision of a record wins");
         assert_eq!(Journal::inline_bytes(&loaded[0]).unwrap(), b"hi");
-        assert!(!dir.path().join("journal/.tmp-junk").exists());
         j2.remove(7).unwrap();
-        assert!(j2.load().unwrap().is_empty());
+        j2.remove(8).unwrap();
+        j2.sync().unwrap();
+        assert!(Journal::open(dir.path()).unwrap().load().unwrap().is_empty());
+        let log = dir.path().join("journal/journal.log");
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "an empty journal is compacted to nothing");
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_is_ignored_and_earlier_records_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.write(&record(1)).unwrap();
+        j.write(&record(2)).unwrap();
+        j.sync().unwrap();
+        drop(j);
+        let log = dir.path().join("journal/journal.log");
+        let mut bytes = std::fs::read(&log).unwrap();
+        let mut third = Vec::new();
+        encode(&Entry::Put(record(3)), &mut third).unwrap();
+        bytes.extend_from_slice(&third[..third.len() / 2]); // cut off mid-frame
+        std::fs::write(&log, &bytes).unwrap();
+        let uids: Vec<u64> = Journal::open(dir.path()).unwrap().load().unwrap().iter().map(|r| r.uid).collect();
+        assert_eq!(uids.len(), 2);
+        assert!(uids.contains(&1) && uids.contains(&2));
+        // A flipped byte inside a frame fails its checksum: replay stops there.
+        let mut bytes = std::fs::read(&log).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0xff;
+        std::fs::write(&log, &bytes).unwrap();
+        assert_eq!(Journal::open(dir.path()).unwrap().load().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn concurrent_writers_share_syncs_and_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = std::sync::Arc::new(Journal::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        j.write(&record(t * 1000 + i)).unwrap();
+                        j.sync().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(j);
+        assert_eq!(Journal::open(dir.path()).unwrap().load().unwrap().len(), 400);
     }
 
     #[test]
@@ -313,15 +515,5 @@ mod tests {
         std::fs::write(&src_path, b"small").unwrap();
         let (_, _, inline) = j.snapshot(&File::open(&src_path).unwrap()).unwrap();
         assert_eq!(inline.unwrap(), b"small");
-    }
-
-    #[test]
-    fn unreadable_record_is_reported_not_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path()).unwrap();
-        std::fs::write(dir.path().join("journal/0000000000000001.json"), b"{broken").unwrap();
-        let err = j.load().unwrap_err();
-        assert_eq!(err.errno, libc::EIO);
-        assert!(err.message.contains("unreadable"));
     }
 }

@@ -361,6 +361,12 @@ impl Vfs {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Makes every journal append durable (acknowledgements are appended
+    /// without waiting; the sync worker calls this after each round).
+    pub fn sync_journal(&self) -> VfsResult<()> {
+        self.journal.sync()
+    }
+
     pub fn journal_dir(&self) -> &Path {
         self.journal.dir()
     }
@@ -615,6 +621,13 @@ impl Vfs {
     }
 
     pub fn mkdir(&self, parent: Ino, name: &str, mode: u32) -> VfsResult<Attr> {
+        let out = self.mkdir_journaled(parent, name, mode)?;
+        // Durable before the call returns; synced outside the core's lock.
+        self.journal.sync()?;
+        Ok(out)
+    }
+
+    fn mkdir_journaled(&self, parent: Ino, name: &str, mode: u32) -> VfsResult<Attr> {
         let mut st = self.lock();
         Self::check_writable(&st, parent)?;
         Self::check_new_path(&st, parent, name)?;
@@ -639,6 +652,13 @@ impl Vfs {
     }
 
     pub fn symlink(&self, parent: Ino, name: &str, target: &str) -> VfsResult<Attr> {
+        let out = self.symlink_journaled(parent, name, target)?;
+        // Durable before the call returns; synced outside the core's lock.
+        self.journal.sync()?;
+        Ok(out)
+    }
+
+    fn symlink_journaled(&self, parent: Ino, name: &str, target: &str) -> VfsResult<Attr> {
         let mut st = self.lock();
         Self::check_writable(&st, parent)?;
         Self::check_new_path(&st, parent, name)?;
@@ -961,7 +981,7 @@ impl Vfs {
             handle.dirty = false;
             handle.ino
         };
-        if let Err(e) = self.journal_content(ino) {
+        if let Err(e) = self.journal_content(ino).and_then(|()| self.journal.sync()) {
             if let Some(h) = self.lock().handles.get_mut(&fh) {
                 h.dirty = true;
             }
@@ -1035,6 +1055,13 @@ impl Vfs {
     }
 
     pub fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> VfsResult<Attr> {
+        let out = self.setattr_journaled(ino, fh, set)?;
+        // Durable before the call returns; synced outside the core's lock.
+        self.journal.sync()?;
+        Ok(out)
+    }
+
+    fn setattr_journaled(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> VfsResult<Attr> {
         if set.size.is_some() || set.mode.is_some() {
             Self::check_writable(&self.lock(), ino)?;
         }
@@ -1106,6 +1133,13 @@ impl Vfs {
     }
 
     pub fn unlink(&self, parent: Ino, name: &str) -> VfsResult<()> {
+        let out = self.unlink_journaled(parent, name)?;
+        // Durable before the call returns; synced outside the core's lock.
+        self.journal.sync()?;
+        Ok(out)
+    }
+
+    fn unlink_journaled(&self, parent: Ino, name: &str) -> VfsResult<()> {
         let mut st = self.lock();
         Self::check_writable(&st, parent)?;
         let ino = Self::child(&st, parent, name)?.ok_or_else(|| VfsError::noent(name))?;
@@ -1117,6 +1151,13 @@ impl Vfs {
     }
 
     pub fn rmdir(&self, parent: Ino, name: &str) -> VfsResult<()> {
+        let out = self.rmdir_journaled(parent, name)?;
+        // Durable before the call returns; synced outside the core's lock.
+        self.journal.sync()?;
+        Ok(out)
+    }
+
+    fn rmdir_journaled(&self, parent: Ino, name: &str) -> VfsResult<()> {
         let mut st = self.lock();
         Self::check_writable(&st, parent)?;
         let ino = Self::child(&st, parent, name)?.ok_or_else(|| VfsError::noent(name))?;
@@ -1185,6 +1226,13 @@ impl Vfs {
     }
 
     pub fn rename(&self, parent: Ino, name: &str, new_parent: Ino, new_name: &str, no_replace: bool) -> VfsResult<()> {
+        let out = self.rename_journaled(parent, name, new_parent, new_name, no_replace)?;
+        // Durable before the call returns; synced outside the core's lock.
+        self.journal.sync()?;
+        Ok(out)
+    }
+
+    fn rename_journaled(&self, parent: Ino, name: &str, new_parent: Ino, new_name: &str, no_replace: bool) -> VfsResult<()> {
         let mut st = self.lock();
         Self::check_writable(&st, parent)?;
         Self::check_writable(&st, new_parent)?;

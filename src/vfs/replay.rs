@@ -350,6 +350,15 @@ impl Vfs {
         } else if record.kind == NodeKind::Symlink {
             inode.size = record.size;
         }
+        // The listing is the truth about where the server has the node: an
+        // acknowledged rename whose record update was lost in a crash is not
+        // sent again.
+        let mut record = record;
+        if existing.is_some() {
+            if let Some(server) = &inode.server {
+                record.server_path = Some(server.path.clone());
+            }
+        }
         st.records.insert(record.uid, record);
         Ok(())
     }

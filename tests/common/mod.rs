@@ -868,3 +868,10 @@ impl TestServer {
         }
     }
 }
+
+impl TestServer {
+    /// The server's process id while it runs (to freeze it with SIGSTOP).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}

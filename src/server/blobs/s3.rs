@@ -41,6 +41,22 @@ const PART_SIZE: usize = 8 << 20;
 const PARTS_IN_FLIGHT: usize = 2;
 /// `tmp/` objects older than this are leftovers of crashed uploads.
 const STALE_TMP: Duration = Duration::from_secs(24 * 3600);
+/// Longest wait for one S3 request (a HEAD, a small PUT, the headers of a
+/// GET, a copy). The HTTP client itself has no overall timeout, because a
+/// blob streamed to a slow reader may take as long as the reader needs;
+/// TCP keepalive notices a peer that went away.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `fut`, or a timeout error after [`REQUEST_TIMEOUT`].
+async fn bounded<T>(fut: impl std::future::Future<Output = object_store::Result<T>>) -> object_store::Result<T> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(object_store::Error::Generic {
+            store: "S3",
+            source: format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()).into(),
+        }),
+    }
+}
 
 /// Where the blobs live: parsed from `s3://bucket[/prefix]` plus endpoint and region.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +141,12 @@ pub struct S3Settings {
 /// Builds a client for `location`: credentials (and anything else `AWS_*`)
 /// from the environment, endpoint and region from `settings`.
 pub fn client(location: &S3Location, settings: &S3Settings) -> Result<AmazonS3, BlobError> {
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(&location.bucket);
+    let options = object_store::ClientOptions::new()
+        .with_timeout_disabled()
+        .with_connect_timeout(Duration::from_secs(10));
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(&location.bucket)
+        .with_client_options(options);
     if let Some(region) = &settings.region {
         builder = builder.with_region(region);
     }
@@ -200,7 +221,7 @@ impl S3BlobStore {
     }
 
     async fn exists(&self, key: &ObjectPath) -> Result<bool, BlobError> {
-        match self.store.head(key).await {
+        match bounded(self.store.head(key)).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(s3_err("HEAD", key, e)),
@@ -213,8 +234,7 @@ impl S3BlobStore {
         if self.exists(&key).await? {
             return Ok(false);
         }
-        self.store
-            .put(&key, PutPayload::from_iter(parts))
+        bounded(self.store.put(&key, PutPayload::from_iter(parts)))
             .await
             .map_err(|e| s3_err("PUT", &key, e))?;
         Ok(true)
@@ -268,7 +288,7 @@ impl Meter {
 impl BlobStore for S3BlobStore {
     async fn size(&self, hash: &BlobHash) -> Result<Option<u64>, BlobError> {
         let key = self.location.blob_key(hash);
-        match self.store.head(&key).await {
+        match bounded(self.store.head(&key)).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(s3_err("HEAD", &key, e)),
@@ -333,15 +353,13 @@ impl BlobStore for S3BlobStore {
         let streamed: Result<(), BlobError> = async {
             while let Some(chunk) = body.next().await {
                 meter.feed(&chunk)?;
-                writer
-                    .wait_for_capacity(PARTS_IN_FLIGHT)
+                bounded(writer.wait_for_capacity(PARTS_IN_FLIGHT))
                     .await
                     .map_err(|e| s3_err("uploading a part of", &target, e))?;
                 writer.put(chunk.map_err(|e| BlobError::Upload(e.to_string()))?);
             }
             // Every part but the last has landed before anything is verified.
-            writer
-                .wait_for_capacity(1)
+            bounded(writer.wait_for_capacity(1))
                 .await
                 .map_err(|e| s3_err("uploading a part of", &target, e))?;
             Ok(())
@@ -364,27 +382,23 @@ impl BlobStore for S3BlobStore {
                 // Same bytes are already there: don't rewrite them.
                 let _ = writer.abort().await;
             } else {
-                writer
-                    .finish()
+                bounded(writer.finish())
                     .await
                     .map_err(|e| s3_err("completing the multipart upload of", &final_key, e))?;
             }
             return Ok((hash, meter.size, !existed));
         }
-        let finished = writer
-            .finish()
+        let finished = bounded(writer.finish())
             .await
             .map_err(|e| s3_err("completing the multipart upload of", &target, e));
         let published = match finished {
             Ok(_) if existed => Ok(()),
-            Ok(_) => self
-                .store
-                .copy(&target, &final_key)
+            Ok(_) => bounded(self.store.copy(&target, &final_key))
                 .await
                 .map_err(|e| s3_err("copying the verified upload to", &final_key, e)),
             Err(e) => Err(e),
         };
-        if let Err(e) = self.store.delete(&target).await {
+        if let Err(e) = bounded(self.store.delete(&target)).await {
             if !matches!(e, object_store::Error::NotFound { .. }) {
                 tracing::warn!(key = %target, error = %e, "cannot delete a temporary upload");
             }
@@ -403,7 +417,7 @@ impl BlobStore for S3BlobStore {
 
     async fn get(&self, hash: &BlobHash) -> Result<(u64, ByteStream), BlobError> {
         let key = self.location.blob_key(hash);
-        let got = match self.store.get(&key).await {
+        let got = match bounded(self.store.get(&key)).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Err(BlobError::NotFound(hash.clone())),
             Err(e) => return Err(s3_err("GET", &key, e)),
@@ -417,7 +431,7 @@ impl BlobStore for S3BlobStore {
 
     async fn read_all(&self, hash: &BlobHash, limit: u64) -> Result<Vec<u8>, BlobError> {
         let key = self.location.blob_key(hash);
-        let got = match self.store.get(&key).await {
+        let got = match bounded(self.store.get(&key)).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Err(BlobError::NotFound(hash.clone())),
             Err(e) => return Err(s3_err("GET", &key, e)),
@@ -425,7 +439,7 @@ impl BlobStore for S3BlobStore {
         if got.meta.size > limit {
             return Err(BlobError::TooLarge { limit });
         }
-        let bytes = got.bytes().await.map_err(|e| s3_err("GET", &key, e))?;
+        let bytes = bounded(got.bytes()).await.map_err(|e| s3_err("GET", &key, e))?;
         Ok(bytes.to_vec())
     }
 }

@@ -63,6 +63,8 @@ const MIGRATION_LOCK: i64 = 0x636f_6e74_6578_7401; // "context" + 1
 const SKILLS_LOCK: i64 = 0x636f_6e74_6578_7402;
 /// The NOTIFY channel carrying the project id of every committed change.
 pub const CHANGES_CHANNEL: &str = "contextfs_changes";
+/// `application_name` of the LISTEN connection (to find it in `pg_stat_activity`).
+pub const LISTENER_NAME: &str = "contextfs-listen";
 /// Connections per instance.
 const POOL_SIZE: usize = 16;
 /// How often a transaction that lost a race is run again before giving up
@@ -139,6 +141,14 @@ impl TxError {
         }
     }
 
+    fn reason(&self) -> String {
+        match self {
+            TxError::Store(e) => e.to_string(),
+            TxError::Pg(e) => describe(e),
+            TxError::Raced => "a compare-and-set found the row changed".into(),
+        }
+    }
+
     fn into_store(self) -> StoreError {
         if self.retryable() {
             return StoreError::HeadMoved;
@@ -176,6 +186,7 @@ macro_rules! write_tx {
                 Ok(value) => break Ok(value),
                 Err(e) if e.retryable() && attempt + 1 < MAX_TX_ATTEMPTS => {
                     attempt += 1;
+                    tracing::debug!(attempt, reason = %e.reason(), "transaction lost a race; running it again");
                     backoff(attempt).await;
                 }
                 Err(e) => break Err(e.into_store()),
@@ -794,7 +805,10 @@ async fn rename_tx<C: GenericClient>(
     } else {
         Vec::new()
     };
-    let mut cursor = 0;
+    // The destination's ancestors are share-locked (or created) before the
+    // first write, so this transaction never waits for a lock while it holds
+    // the project row. If they had to be created, there is no target yet.
+    let mut cursor = ensure_parents(c, project_id, to, meta).await?;
     let mut replaced = None;
     if let Some(target) = live_node(c, project_id, to.as_str(), Lock::Update).await? {
         if !replace {
@@ -832,7 +846,6 @@ async fn rename_tx<C: GenericClient>(
         cursor = cursor.max(seq);
         replaced = Some(info);
     }
-    cursor = cursor.max(ensure_parents(c, project_id, to, meta).await?);
     // Children keep their ids; only their current path moves with the directory.
     if !children.is_empty() {
         let stmt = c.prepare_cached("UPDATE nodes SET path = $2 WHERE id = $1").await?;
@@ -1067,9 +1080,14 @@ async fn migrate(config: &tokio_postgres::Config) -> StoreResult<()> {
 async fn listen(config: tokio_postgres::Config, wakes: tokio::sync::mpsc::UnboundedSender<Wake>) {
     let mut failures: u32 = 0;
     while !wakes.is_closed() {
+        let started = std::time::Instant::now();
         match listen_once(&config, &wakes).await {
             Ok(()) => return,
             Err(e) => {
+                // a connection that lived a while starts the count afresh
+                if started.elapsed() > Duration::from_secs(60) {
+                    failures = 0;
+                }
                 failures += 1;
                 if failures <= 3 || failures % 60 == 0 {
                     tracing::warn!(error = %e, "change-feed listener lost its database connection; reconnecting");
@@ -1150,7 +1168,9 @@ async fn listen_once(
 impl MetadataStore for PostgresStore {
     fn subscribe(&self) -> Option<BoxStream<'static, Wake>> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(listen(self.config.clone(), tx));
+        let mut config = self.config.clone();
+        config.application_name(LISTENER_NAME);
+        tokio::spawn(listen(config, tx));
         Some(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
     }
 
