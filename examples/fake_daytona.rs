@@ -360,7 +360,6 @@ async fn delete_sandbox(State(fake): Shared, Path(id): Path<String>) -> Response
     Json(sandbox_json(&fake, &b, Some("destroyed"))).into_response()
 }
 
-#[allow(clippy::result_large_err)]
 /// `POST /api/sandbox/{id}/stop`: stops the container (Daytona's auto-stop).
 async fn stop_sandbox(State(fake): Shared, Path(id): Path<String>) -> Response {
     lifecycle(fake, id, "stop", "stopped").await
@@ -408,6 +407,7 @@ async fn lifecycle(fake: Arc<Fake>, id: String, verb: &'static str, state: &str)
     Json(sandbox_json(&fake, b, None)).into_response()
 }
 
+#[allow(clippy::result_large_err)]
 fn started(fake: &Fake, id: &str, path: &str) -> Result<Sandbox, Response> {
     match find(fake, id) {
         Some(b) if b.state == "started" => Ok(b),

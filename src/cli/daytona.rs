@@ -120,10 +120,10 @@ fn progress(line: &str) {
 }
 
 fn daytona_client(args: &DaytonaArgs, record: Option<&SandboxRecord>) -> anyhow::Result<Daytona> {
-    let url = args
-        .api_url
-        .clone()
-        .or_else(|| record.map(|r| r.api_url.clone()))
+    // A sandbox lives where it was created, whatever DAYTONA_API_URL says now.
+    let url = record
+        .map(|r| r.api_url.clone())
+        .or_else(|| args.api_url.clone())
         .unwrap_or_else(|| DEFAULT_API_URL.to_string());
     Ok(Daytona::new(&url, args.api_key.as_deref().unwrap_or_default())?)
 }

@@ -371,6 +371,10 @@ impl Toolbox {
     /// `POST /process/execute`: runs `command` in the sandbox's shell.
     pub async fn execute(&self, request: &ExecuteRequest) -> DaytonaResult<ExecuteResponse> {
         let url = format!("{}/process/execute", self.base);
+        let request = &ExecuteRequest {
+            command: portable_command(&request.command),
+            ..request.clone()
+        };
         // The HTTP wait covers the command's own limit, or an hour without one.
         let wait = Duration::from_secs(request.timeout.filter(|t| *t > 0).unwrap_or(3600) + 60);
         self.daytona
@@ -465,6 +469,20 @@ impl Toolbox {
             detail: describe(&e),
         })
     }
+}
+
+/// Toolbox daemons before March 2026 split the command into words and ran it
+/// without a shell; newer ones feed it to a shell on standard input. What
+/// Daytona's SDKs sent to the old ones, `sh -c "echo B64 | base64 -d | sh"`,
+/// runs the same script on both. (Scripts too long for one argument go as
+/// they are: only newer daemons run those.)
+fn portable_command(script: &str) -> String {
+    use base64::Engine;
+    if script.len() > 64 * 1024 {
+        return script.to_string();
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(script);
+    format!("sh -c \"echo '{encoded}' | base64 -d | sh\"")
 }
 
 /// Daytona's errors are JSON with a `message` (a string, or a list of them).
@@ -742,7 +760,8 @@ fn install_script(upload: &str) -> String {
          else bin=/usr/local/bin/contextfs; $S mkdir -p /usr/local/bin; fi\n\
          $S cp {upload} \"$bin\"\n$S chmod 755 \"$bin\"\nrm -f {upload}\n\
          if ! out=$(\"$bin\" --version 2>&1); then echo \"the uploaded contextfs does not run here: $out\"; exit 3; fi\n\
-         $S mkdir -p {WORKSPACE}\n\
+         $S mkdir -p {WORKSPACE} {SKILLS}\n\
+         if [ -n \"$S\" ]; then $S chown \"$(id -u):$(id -g)\" {WORKSPACE} {SKILLS} || true; fi\n\
          echo \"bin=$bin\"\n",
         prelude = privileged_prelude(),
         upload = shell_quote(upload),
@@ -1314,6 +1333,26 @@ pub async fn destroy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn portable_commands_run_the_script_in_a_shell() {
+        let script = "x='a b'; printf '%s|' \"$x\" \"$(echo $((1 + 2)))\"\nexit 4\n";
+        let wrapped = portable_command(script);
+        // As a newer daemon runs it: fed to a shell.
+        let mut child = std::process::Command::new("sh")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), wrapped.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!((out.status.code(), &out.stdout[..]), (Some(4), &b"a b|3|"[..]));
+        // As an older daemon runs it: split into words, no shell around it.
+        let inner = wrapped.strip_prefix("sh -c \"").unwrap().strip_suffix('"').unwrap();
+        let out = std::process::Command::new("sh").arg("-c").arg(inner).output().unwrap();
+        assert_eq!((out.status.code(), &out.stdout[..]), (Some(4), &b"a b|3|"[..]));
+    }
 
     #[test]
     fn quoting_survives_quotes_and_spaces() {

@@ -124,7 +124,9 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> VfsError {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), VfsError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("fsync", dir, e))
 }
 
 /// `len (u32 LE) | blake3(json)[..8] | json`
@@ -175,7 +177,15 @@ impl Journal {
             dir,
             pending,
             log_path,
-            log: Mutex::new(Log { file, buffer: Vec::new(), appended: 0, durable: 0, syncing: false, live, size }),
+            log: Mutex::new(Log {
+                file,
+                buffer: Vec::new(),
+                appended: 0,
+                durable: 0,
+                syncing: false,
+                live,
+                size,
+            }),
             synced: Condvar::new(),
         })
     }
@@ -225,7 +235,10 @@ impl Journal {
         f.sync_all().map_err(|e| io("fsync", &temp, e))?;
         fs::rename(&temp, log_path).map_err(|e| io("rename", log_path, e))?;
         fsync_dir(dir)?;
-        OpenOptions::new().append(true).open(log_path).map_err(|e| io("open", log_path, e))
+        OpenOptions::new()
+            .append(true)
+            .open(log_path)
+            .map_err(|e| io("open", log_path, e))
     }
 
     pub fn dir(&self) -> &Path {
@@ -376,7 +389,10 @@ impl Journal {
     }
 
     pub fn inline_bytes(record: &Record) -> Option<Vec<u8>> {
-        record.inline.as_ref().and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        record
+            .inline
+            .as_ref()
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
     }
 
     pub fn encode_inline(bytes: &[u8]) -> String {
@@ -450,7 +466,11 @@ mod tests {
         j2.sync().unwrap();
         assert!(Journal::open(dir.path()).unwrap().load().unwrap().is_empty());
         let log = dir.path().join("journal/journal.log");
-        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "an empty journal is compacted to nothing");
+        assert_eq!(
+            std::fs::metadata(&log).unwrap().len(),
+            0,
+            "an empty journal is compacted to nothing"
+        );
     }
 
     #[test]
@@ -467,7 +487,13 @@ mod tests {
         encode(&Entry::Put(record(3)), &mut third).unwrap();
         bytes.extend_from_slice(&third[..third.len() / 2]); // cut off mid-frame
         std::fs::write(&log, &bytes).unwrap();
-        let uids: Vec<u64> = Journal::open(dir.path()).unwrap().load().unwrap().iter().map(|r| r.uid).collect();
+        let uids: Vec<u64> = Journal::open(dir.path())
+            .unwrap()
+            .load()
+            .unwrap()
+            .iter()
+            .map(|r| r.uid)
+            .collect();
         assert_eq!(uids.len(), 2);
         assert!(uids.contains(&1) && uids.contains(&2));
         // A flipped byte inside a frame fails its checksum: replay stops there.

@@ -1133,10 +1133,9 @@ impl Vfs {
     }
 
     pub fn unlink(&self, parent: Ino, name: &str) -> VfsResult<()> {
-        let out = self.unlink_journaled(parent, name)?;
+        self.unlink_journaled(parent, name)?;
         // Durable before the call returns; synced outside the core's lock.
-        self.journal.sync()?;
-        Ok(out)
+        self.journal.sync()
     }
 
     fn unlink_journaled(&self, parent: Ino, name: &str) -> VfsResult<()> {
@@ -1151,10 +1150,9 @@ impl Vfs {
     }
 
     pub fn rmdir(&self, parent: Ino, name: &str) -> VfsResult<()> {
-        let out = self.rmdir_journaled(parent, name)?;
+        self.rmdir_journaled(parent, name)?;
         // Durable before the call returns; synced outside the core's lock.
-        self.journal.sync()?;
-        Ok(out)
+        self.journal.sync()
     }
 
     fn rmdir_journaled(&self, parent: Ino, name: &str) -> VfsResult<()> {
@@ -1226,13 +1224,19 @@ impl Vfs {
     }
 
     pub fn rename(&self, parent: Ino, name: &str, new_parent: Ino, new_name: &str, no_replace: bool) -> VfsResult<()> {
-        let out = self.rename_journaled(parent, name, new_parent, new_name, no_replace)?;
+        self.rename_journaled(parent, name, new_parent, new_name, no_replace)?;
         // Durable before the call returns; synced outside the core's lock.
-        self.journal.sync()?;
-        Ok(out)
+        self.journal.sync()
     }
 
-    fn rename_journaled(&self, parent: Ino, name: &str, new_parent: Ino, new_name: &str, no_replace: bool) -> VfsResult<()> {
+    fn rename_journaled(
+        &self,
+        parent: Ino,
+        name: &str,
+        new_parent: Ino,
+        new_name: &str,
+        no_replace: bool,
+    ) -> VfsResult<()> {
         let mut st = self.lock();
         Self::check_writable(&st, parent)?;
         Self::check_writable(&st, new_parent)?;

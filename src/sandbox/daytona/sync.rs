@@ -419,7 +419,7 @@ async fn pull_into(record: &SandboxRecord, toolbox: &Toolbox, manifest: &mut Man
         skills_changed = true;
     }
     if skills_changed {
-        before = format!("mkdir -p {SKILLS}; chmod -R u+w {SKILLS} 2>/dev/null\n{before}");
+        before = format!("mkdir -p {SKILLS} 2>/dev/null; chmod -R u+w {SKILLS} 2>/dev/null\n{before}");
         after.push_str(&format!("chmod -R a-w {SKILLS} 2>/dev/null\n"));
     }
 
