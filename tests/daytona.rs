@@ -642,6 +642,36 @@ async fn daytona_failures_give_clear_errors_and_leave_nothing_behind() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_after_daytona_deleted_the_sandbox_forgets_it_and_revokes_its_token() {
+    require_docker();
+    let server = TestServer::start().await;
+    let p = "autodeleted";
+    server.create_project(p).await;
+    let fake = FakeDaytona::start(&[]);
+    let cli = Cli::new(&server, &fake.api, KEY);
+    let (id, _) = cli.create(p, &["--mode", "sync"]);
+    // What Daytona's auto-delete does.
+    let response = reqwest::Client::new()
+        .delete(format!("{}/sandbox/{id}", fake.api))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let out = cli.run(&["daytona", "destroy", &id]);
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no longer exists"),
+        "{}",
+        both(&out)
+    );
+    assert!(tokens(&server, p).await.iter().all(|t| t.revoked));
+    assert!(String::from_utf8_lossy(&cli.run(&["daytona", "list"]).stdout)
+        .trim()
+        .is_empty());
+}
+
 /// Against Daytona itself; runs only with DAYTONA_API_KEY set (and
 /// DAYTONA_API_URL for a self-hosted one). The test server listens on
 /// loopback, which a cloud sandbox cannot reach, so it uses sync mode.

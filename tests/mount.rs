@@ -367,6 +367,18 @@ impl Steered {
         stdin.flush().expect("flush to python");
     }
 
+    /// Closes its stdin, waits for success and returns what it printed.
+    fn output_lines(mut self) -> Vec<String> {
+        drop(self.stdin.take());
+        let lines: Vec<String> = (&mut self.stdout)
+            .lines()
+            .map(|l| l.expect("read from python"))
+            .collect();
+        let status = self.child.wait().expect("wait for python");
+        assert!(status.success(), "python failed: {status}; printed {lines:?}");
+        lines
+    }
+
     fn finish(mut self) {
         drop(self.stdin.take());
         let status = self.child.wait().expect("wait for python");
@@ -446,8 +458,9 @@ fn edit_line(text: &str, n: usize, new: &str) -> String {
         .collect()
 }
 
-/// Opens a file read-write, edits line N, writes it (flushed to the fs but
-/// not closed), says `written`, and closes only after a line on stdin.
+/// Opens a file read-write and reads it (`ready`); after a line on stdin
+/// replaces line N and writes it through without closing (`written`); after
+/// another line closes it (`closed`).
 const HOLD_OPEN_EDIT: &str = r#"
 import sys
 path, n, text = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -1029,24 +1042,18 @@ async fn published_skills_are_readable_and_read_only() {
             both(&out)
         );
     }
-    let errnos = m.python(
-        &format!(
-            "{TRY_OPS}\nattempt('write', lambda: os.open('skills/pdf/SKILL.md', os.O_WRONLY))\n\
+    let lines = m
+        .python(
+            &format!(
+                "{TRY_OPS}\nattempt('write', lambda: os.open('skills/pdf/SKILL.md', os.O_WRONLY))\n\
              attempt('create', lambda: os.open('skills/pdf/x.md', os.O_WRONLY | os.O_CREAT, 0o644))\n\
              attempt('unlink', lambda: os.unlink('skills/pdf/SKILL.md'))\n\
              attempt('rmdir', lambda: os.rmdir('skills/pdf/scripts'))\n\
              attempt('rename', lambda: os.rename('skills/pdf/SKILL.md', 'skills/pdf/S.md'))\n"
-        ),
-        &[],
-    );
-    let mut lines = Vec::new();
-    let mut errnos = errnos;
-    for _ in 0..5 {
-        let mut line = String::new();
-        errnos.stdout.read_line(&mut line).unwrap();
-        lines.push(line.trim_end().to_string());
-    }
-    errnos.finish();
+            ),
+            &[],
+        )
+        .output_lines();
     assert_eq!(
         lines,
         [
@@ -1182,24 +1189,19 @@ async fn bad_input_is_refused_with_the_right_errno_and_remote_changes_appear() {
 
     let long = "n".repeat(256);
     let max = "m".repeat(255);
-    let mut ops = m.python(
-        &format!(
-            "{TRY_OPS}\nattempt('long', lambda: os.close(os.open('{long}', os.O_WRONLY | os.O_CREAT, 0o644)))\n\
+    let lines = m
+        .python(
+            &format!(
+                "{TRY_OPS}\nattempt('long', lambda: os.close(os.open('{long}', os.O_WRONLY | os.O_CREAT, 0o644)))\n\
              attempt('longdir', lambda: os.mkdir('{long}'))\n\
              attempt('max', lambda: os.close(os.open('{max}', os.O_WRONLY | os.O_CREAT, 0o644)))\n\
              attempt('link', lambda: os.link('f.txt', 'hard.txt'))\n\
              attempt('fifo', lambda: os.mkfifo('pipe'))\n\
              attempt('mknod', lambda: os.mknod('node', 0o600 | 0o100000))\n"
-        ),
-        &[],
-    );
-    let mut lines = Vec::new();
-    for _ in 0..6 {
-        let mut line = String::new();
-        ops.stdout.read_line(&mut line).unwrap();
-        lines.push(line.trim_end().to_string());
-    }
-    ops.finish();
+            ),
+            &[],
+        )
+        .output_lines();
     assert_eq!(
         lines,
         [
@@ -1277,7 +1279,6 @@ fn unread_request_bytes(port: u16) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug in src/vfs: a new file removed while its first commit is in flight stays on the server"]
 async fn a_new_file_removed_while_its_first_commit_is_in_flight_is_gone_on_the_server() {
     let s = TestServer::start().await;
     let p = "inflight";

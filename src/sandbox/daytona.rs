@@ -1231,7 +1231,21 @@ pub async fn destroy(
     log: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<DestroyOutcome> {
     let mut flushed = Vec::new();
+    // Deleted already (Daytona's auto-delete, or elsewhere): nothing to flush.
+    let gone = match daytona.sandbox(id).await {
+        Err(DaytonaError::NotFound { .. }) => true,
+        Err(DaytonaError::Unauthorized { status, message }) => {
+            return Err(DaytonaError::Unauthorized { status, message }.into())
+        }
+        _ => false,
+    };
     let flush: anyhow::Result<()> = async {
+        if gone {
+            log(&format!(
+                "sandbox {id} no longer exists at Daytona; whatever it had not committed went with it"
+            ));
+            return Ok(());
+        }
         if let Some(r) = record {
             // A stopped sandbox still holds what its mount had not committed.
             revive(daytona, r, log).await?;
@@ -1307,7 +1321,7 @@ pub async fn destroy(
             )))
         }
     }
-    match daytona.delete_sandbox(id).await {
+    match if gone { Ok(()) } else { daytona.delete_sandbox(id).await } {
         Ok(()) => {}
         Err(DaytonaError::NotFound { .. }) => log(&format!("sandbox {id} was already gone")),
         Err(e) => return Err(e).with_context(|| format!("cannot delete sandbox {id}")),

@@ -43,6 +43,26 @@ pub const SKILLS: &str = "/skills";
 /// The Docker engine's socket when `DOCKER_HOST` is not set.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
+/// The label naming the host mount a container uses (its shared parent).
+pub const MOUNT_LABEL: &str = "contextfs.mount";
+
+/// Whether a running container (of a `contextfs run` that was killed, say)
+/// still uses the host mount whose shared parent is `root`. `None` when
+/// Docker cannot be asked.
+pub fn containers_using(root: &std::path::Path) -> Option<usize> {
+    let filters = serde_json::json!({ "label": [format!("{MOUNT_LABEL}={}", root.display())] }).to_string();
+    let target = format!(
+        "/containers/json?filters={}",
+        percent_encoding::utf8_percent_encode(&filters, percent_encoding::NON_ALPHANUMERIC)
+    );
+    match engine_request("GET", &target, "text/plain", b"") {
+        Ok((200, body)) => serde_json::from_str::<Vec<serde_json::Value>>(&body)
+            .ok()
+            .map(|v| v.len()),
+        _ => None,
+    }
+}
+
 /// Where to reach the server and as whom.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -346,6 +366,7 @@ fn create_container(
         .args(["--name", name])
         .args(["--label", &format!("contextfs.project={}", conn.project)])
         .args(["--label", &format!("contextfs.agent={agent}")])
+        .args(["--label", &format!("{MOUNT_LABEL}={root}")])
         .args(["--mount", &mount_arg(&mount)])
         .args(["--workdir", WORKSPACE])
         .args(["--env", &format!("CONTEXTFS_AGENT_ID={agent}")])

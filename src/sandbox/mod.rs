@@ -450,7 +450,7 @@ impl Lease {
         let setup = lock_file(&self.layout.setup)?;
         flock(&setup, libc::LOCK_EX, false)?;
         let users = lock_file(&self.layout.users)?;
-        if keep || !flock(&users, libc::LOCK_EX, true)? {
+        if keep || !flock(&users, libc::LOCK_EX, true)? || in_use_by_containers(&self.layout) {
             return Ok(None);
         }
         let report = match mount_status(&self.layout.ws) {
@@ -460,6 +460,12 @@ impl Lease {
         remove_shared_dir(&self.layout);
         Ok(report)
     }
+}
+
+/// Whether containers still run on this mount although no `contextfs run`
+/// holds a lease (one was killed): then it must stay. Unknown counts as yes.
+fn in_use_by_containers(layout: &Layout) -> bool {
+    docker::containers_using(&layout.root).is_none_or(|n| n > 0)
 }
 
 /// Unmounts managed mounts nobody uses any more whose journal is empty
@@ -487,7 +493,7 @@ pub fn collect_idle_mounts() {
                 continue;
             }
             match mount_status(&layout.ws) {
-                Some(r) if r.queued.is_empty() && r.pending.is_empty() => {
+                Some(r) if r.queued.is_empty() && r.pending.is_empty() && !in_use_by_containers(&layout) => {
                     if let Err(e) = unmount(&layout.ws) {
                         tracing::warn!(ws = %layout.ws.display(), error = %e, "cannot unmount an idle mount");
                         continue;

@@ -208,9 +208,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     }
     // Scripts and tests wait for this exact line.
     println!("listening on http://{addr}");
-    let app = routes::router(service);
+    let app = routes::router(service.clone());
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Long-polls answer now instead of holding the shutdown for their timeout.
+            service.begin_shutdown();
+        })
         .await
         .map_err(ServeError::Serve)
 }

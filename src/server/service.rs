@@ -61,6 +61,8 @@ pub struct Service {
     pub limits: Limits,
     pub(super) admin_token_hash: String,
     path_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Flips to true when the server starts shutting down.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 fn meta(caller: &Caller, agent_id: Option<String>, message: Option<String>) -> Result<WriteMeta, ApiError> {
@@ -146,7 +148,14 @@ impl Service {
             limits,
             admin_token_hash: secret_hash(admin_token),
             path_locks: (0..PATH_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            stopping: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Ends every waiting change-feed long-poll (with no events) and makes new
+    /// ones return at once, so a graceful shutdown does not wait for them.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
     }
 
     fn path_lock(&self, project_id: i64, path: &WsPath) -> &tokio::sync::Mutex<()> {
@@ -337,7 +346,12 @@ impl Service {
                 let cursor = events.last().map(|e| e.seq).unwrap_or(since);
                 return Ok(ChangesPage { cursor, events, more });
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let mut stopping = self.stopping.subscribe();
+            let woken = tokio::select! {
+                woken = tokio::time::timeout_at(deadline, notified) => woken.is_ok(),
+                _ = stopping.wait_for(|stop| *stop) => false,
+            };
+            if !woken {
                 let cursor = since;
                 return Ok(ChangesPage {
                     cursor,

@@ -325,8 +325,48 @@ impl Vfs {
     }
 
     /// A mkdir or rename reached the server.
+    /// The server made a node for a file or directory that was removed here
+    /// while the request was in flight (its record was simply forgotten,
+    /// since it had no node yet). Journal the node's deletion so the server
+    /// does not keep what the user deleted. Returns true when it did.
+    fn orphaned(&self, st: &mut State, uid: u64, v: &VersionInfo) -> VfsResult<bool> {
+        let gone = st
+            .by_uid
+            .get(&uid)
+            .and_then(|i| st.inodes.get(i))
+            .is_none_or(|i| i.unlinked);
+        if !gone || st.records.contains_key(&uid) {
+            return Ok(false);
+        }
+        let record = Record {
+            uid,
+            rev: 1,
+            node: Some(v.node),
+            base_version: Some(v.version),
+            server_path: Some(v.path.clone()),
+            parent: super::journal::ParentRef::Root,
+            name: v.path.rsplit('/').next().unwrap_or(&v.path).to_string(),
+            deleted: true,
+            kind: v.kind,
+            mode: v.mode,
+            content: None,
+            size: 0,
+            mode_dirty: false,
+            changed_at: now_millis(),
+            inline: None,
+            last_error: None,
+        };
+        self.journal.write(&record)?;
+        st.records.insert(uid, record);
+        self.wake.notify_one();
+        Ok(true)
+    }
+
     pub fn ack_namespace(&self, uid: u64, rev: u64, v: &VersionInfo) -> VfsResult<()> {
         let mut st = self.lock();
+        if self.orphaned(&mut st, uid, v)? {
+            return Ok(());
+        }
         let old_path = st
             .by_uid
             .get(&uid)
@@ -370,6 +410,9 @@ impl Vfs {
         let mut invalidate = Vec::new();
         {
             let mut st = self.lock();
+            if self.orphaned(&mut st, uid, v)? {
+                return Ok(());
+            }
             let ino = Self::bind(&mut st, uid, v);
             if let Some(ino) = ino {
                 let path = Self::path_of(&st, ino);
