@@ -503,10 +503,8 @@ pub fn collect_idle_mounts() {
                 Some(_) => continue,
                 None => remove_shared_dir(&layout),
             }
-            if !layout.root.exists() {
-                let _ = std::fs::remove_file(&layout.users);
-                let _ = std::fs::remove_file(&layout.setup);
-            }
+            // The lock files stay: removing one while another run waits on
+            // it would let two runs lock different files.
         }
     }
 }
