@@ -81,13 +81,20 @@ impl Service {
                 access: Access::ReadWrite,
             });
         }
+        if let Some(caller) = self.token_cache.get(&hash) {
+            return Ok(caller);
+        }
         match self.store.token_by_secret_hash(&hash).await? {
-            Some(token) if !token.revoked => Ok(Caller {
-                token_id: token.id,
-                admin: false,
-                project: Some(token.project),
-                access: token.access,
-            }),
+            Some(token) if !token.revoked => {
+                let caller = Caller {
+                    token_id: token.id,
+                    admin: false,
+                    project: Some(token.project),
+                    access: token.access,
+                };
+                self.token_cache.insert(hash, caller.clone());
+                Ok(caller)
+            }
             Some(_) => Err(ApiError::unauthorized(
                 "this token has been revoked; ask an admin for a new one",
             )),

@@ -209,6 +209,14 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Scripts and tests wait for this exact line.
     println!("listening on http://{addr}");
     let app = routes::router(service.clone());
+    // Responses go out in several writes (headers, then a streamed body);
+    // without TCP_NODELAY the body waits for a delayed ACK (~40 ms).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

@@ -63,7 +63,14 @@ pub struct Service {
     path_locks: Vec<tokio::sync::Mutex<()>>,
     /// Flips to true when the server starts shutting down.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Valid project tokens by secret hash. A revocation here clears it at
+    /// once; through another instance sharing the store it takes effect
+    /// within the time-to-live.
+    pub(super) token_cache: moka::sync::Cache<String, Caller>,
 }
+
+/// How long another instance may keep accepting a token revoked elsewhere.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
 
 fn meta(caller: &Caller, agent_id: Option<String>, message: Option<String>) -> Result<WriteMeta, ApiError> {
     if agent_id.as_ref().is_some_and(|a| a.len() > MAX_AGENT_ID) {
@@ -149,6 +156,10 @@ impl Service {
             admin_token_hash: secret_hash(admin_token),
             path_locks: (0..PATH_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             stopping: tokio::sync::watch::channel(false).0,
+            token_cache: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(TOKEN_CACHE_TTL)
+                .build(),
         }
     }
 
@@ -225,6 +236,7 @@ impl Service {
     pub async fn revoke_token(&self, caller: &Caller, id: &str) -> Result<(), ApiError> {
         caller.require_admin()?;
         if self.store.revoke_token(id, meta(caller, None, None)?).await? {
+            self.token_cache.invalidate_all();
             Ok(())
         } else {
             Err(ApiError::not_found(format!("token {id} not found")))
