@@ -310,13 +310,7 @@ impl Vfs {
 
     fn bind(st: &mut State, uid: u64, v: &VersionInfo) -> Option<Ino> {
         let ino = st.by_uid.get(&uid).copied()?;
-        let server = ServerState {
-            node: v.node,
-            version: v.version,
-            hash: v.hash.clone(),
-            path: v.path.clone(),
-            mode: v.mode,
-        };
+        let server = ServerState::from_version(v);
         st.by_node.insert(v.node, ino);
         if let Some(inode) = st.inodes.get_mut(&ino) {
             inode.server = Some(server);
@@ -391,13 +385,7 @@ impl Vfs {
             .get(&uid)
             .is_some_and(|r| r.content.is_none() && !r.mode_dirty);
         if !(nothing_else && self.settle(&mut st, uid, rev)?) {
-            let server = ServerState {
-                node: v.node,
-                version: v.version,
-                hash: v.hash.clone(),
-                path: v.path.clone(),
-                mode: v.mode,
-            };
+            let server = ServerState::from_version(v);
             self.rebase(&mut st, uid, &server, true)?;
         }
         Ok(())
@@ -420,13 +408,7 @@ impl Vfs {
             }
             let settled = self.settle(&mut st, uid, rev)?;
             if !settled {
-                let server = ServerState {
-                    node: v.node,
-                    version: v.version,
-                    hash: v.hash.clone(),
-                    path: v.path.clone(),
-                    mode: v.mode,
-                };
+                let server = ServerState::from_version(v);
                 self.rebase(&mut st, uid, &server, v.status == VersionStatus::Clean)?;
             }
             if let Some(ino) = ino {

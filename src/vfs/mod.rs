@@ -105,6 +105,19 @@ pub struct ServerState {
     pub mode: u32,
 }
 
+impl ServerState {
+    /// What the server said about a node in answer to a write.
+    pub fn from_version(v: &crate::api::VersionInfo) -> Self {
+        Self {
+            node: v.node,
+            version: v.version,
+            hash: v.hash.clone(),
+            path: v.path.clone(),
+            mode: v.mode,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Content {
     Dir,
