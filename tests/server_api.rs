@@ -1932,3 +1932,50 @@ async fn node_guard_refuses_a_different_node_at_the_path() {
     let deleted: DeleteResponse = send(s.post(&s.purl("p", "/delete"), &t, &delete)).await.unwrap();
     assert_eq!(deleted.deleted[0].node, v1.node);
 }
+
+/// A base version that never existed cannot restore a deleted file, and a
+/// skills upload naming one file twice is a 400, not a database error.
+#[tokio::test(flavor = "multi_thread")]
+async fn impossible_base_on_a_deleted_file_and_duplicate_skill_files_are_refused() {
+    let s = TestServer::start().await;
+    let (t, v1) = seeded(&s).await;
+    let delete = json!({"path": "docs/keep.md"});
+    let _: DeleteResponse = send(s.post(&s.purl("p", "/delete"), &t, &delete)).await.unwrap();
+    let hash = s.upload("p", &t, b"resurrected\n").await;
+    let before = s.snapshot("p").await;
+    for base in [0, -5, 7] {
+        assert_err(
+            s.commit_req("p", &t, &commit_request("docs/keep.md", Some(base), hash.clone()))
+                .await,
+            StatusCode::CONFLICT,
+            "base_version_unknown",
+        );
+    }
+    assert_eq!(s.snapshot("p").await, before, "nothing was restored");
+    // Base 1 existed before the deletion: the edit restores the file (lww).
+    let v = s
+        .commit_req("p", &t, &commit_request("docs/keep.md", Some(1), hash.clone()))
+        .await
+        .unwrap();
+    assert_eq!((v.node, v.status, v.deleted), (v1.node, VersionStatus::Lww, false));
+
+    let admin = s.admin.clone();
+    let manifest = b"---\nname: dup\ndescription: twice\n---\n";
+    let mhash = hash_of(manifest);
+    let put = s
+        .req(Method::PUT, &s.url(&format!("/skills/blobs/{mhash}")), Some(&admin))
+        .body(manifest.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let file = json!({"path": "dup/SKILL.md", "hash": mhash, "size": manifest.len()});
+    let body = json!({"files": [file, file]});
+    let err = expect_error(
+        s.post(&s.url("/skills"), &admin, &body),
+        StatusCode::BAD_REQUEST,
+        "invalid_skill",
+    )
+    .await;
+    assert!(err.message.contains("dup/SKILL.md"), "{}", err.message);
+}

@@ -588,7 +588,7 @@ impl Service {
                 ),
                 // Edited a file someone else deleted: the edit wins and
                 // restores it; the deletion stays in history.
-                Some(base) if base < head.head.version => write(
+                Some(base) if (1..head.head.version).contains(&base) => write(
                     existing,
                     req.hash.clone(),
                     size,
@@ -916,8 +916,15 @@ impl Service {
     pub async fn publish_skills(&self, caller: &Caller, req: PublishSkillsRequest) -> Result<SkillsListing, ApiError> {
         caller.require_admin()?;
         let mut by_skill: BTreeMap<String, Vec<SkillFile>> = BTreeMap::new();
+        let mut seen = std::collections::HashSet::new();
         for file in req.files {
             check_mode(Some(file.mode))?;
+            if !seen.insert(file.path.clone()) {
+                return Err(ApiError::bad_request(
+                    "invalid_skill",
+                    format!("{} is listed twice; each skill file appears once", file.path),
+                ));
+            }
             let Some((skill, _)) = file.path.as_str().split_once('/') else {
                 return Err(ApiError::bad_request(
                     "invalid_skill",
