@@ -343,37 +343,28 @@ struct NodeRow {
     head: i64,
 }
 
+/// A `nodes` row selected as `id, path, kind, deleted, head`.
+fn node_row(r: &Row) -> rusqlite::Result<NodeRow> {
+    Ok(NodeRow {
+        id: r.get(0)?,
+        path: r.get(1)?,
+        kind: parse_kind(r.get(2)?)?,
+        deleted: r.get(3)?,
+        head: r.get(4)?,
+    })
+}
+
 fn live_node(conn: &Connection, project_id: i64, path: &str) -> StoreResult<Option<NodeRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = ?1 AND path = ?2 AND deleted = 0",
     )?;
-    Ok(stmt
-        .query_row(params![project_id, path], |r| {
-            Ok(NodeRow {
-                id: r.get(0)?,
-                path: r.get(1)?,
-                kind: parse_kind(r.get(2)?)?,
-                deleted: r.get(3)?,
-                head: r.get(4)?,
-            })
-        })
-        .optional()?)
+    Ok(stmt.query_row(params![project_id, path], node_row).optional()?)
 }
 
 fn node_by_id(conn: &Connection, project_id: i64, id: i64) -> StoreResult<Option<NodeRow>> {
     let mut stmt =
         conn.prepare_cached("SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = ?1 AND id = ?2")?;
-    Ok(stmt
-        .query_row(params![project_id, id], |r| {
-            Ok(NodeRow {
-                id: r.get(0)?,
-                path: r.get(1)?,
-                kind: parse_kind(r.get(2)?)?,
-                deleted: r.get(3)?,
-                head: r.get(4)?,
-            })
-        })
-        .optional()?)
+    Ok(stmt.query_row(params![project_id, id], node_row).optional()?)
 }
 
 fn bump_cursor(conn: &Connection, project_id: i64) -> StoreResult<i64> {
@@ -567,15 +558,7 @@ fn live_descendants(conn: &Connection, project_id: i64, dir: &str) -> StoreResul
          WHERE project_id = ?1 AND deleted = 0 AND path >= ?2 AND path < ?3 ORDER BY path DESC",
     )?;
     let rows = stmt
-        .query_map(params![project_id, lower, upper], |r| {
-            Ok(NodeRow {
-                id: r.get(0)?,
-                path: r.get(1)?,
-                kind: parse_kind(r.get(2)?)?,
-                deleted: r.get(3)?,
-                head: r.get(4)?,
-            })
-        })?
+        .query_map(params![project_id, lower, upper], node_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -791,15 +774,7 @@ impl MetadataStore for SqliteStore {
                     "SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = ?1 AND path = ?2
                      ORDER BY deleted ASC, deleted_at DESC, id DESC LIMIT 1",
                 )?
-                .query_row(params![project_id, path], |r| {
-                    Ok(NodeRow {
-                        id: r.get(0)?,
-                        path: r.get(1)?,
-                        kind: parse_kind(r.get(2)?)?,
-                        deleted: r.get(3)?,
-                        head: r.get(4)?,
-                    })
-                })
+                .query_row(params![project_id, path], node_row)
                 .optional()?;
             let Some(row) = row else { return Ok(None) };
             let head = get_version(conn, row.id, row.head)?.ok_or_else(|| backend("node head missing"))?;
