@@ -51,7 +51,7 @@ fn fake_daytona_binary() -> PathBuf {
         .join("examples/fake_daytona");
     assert!(
         path.is_file(),
-        "no {}: build it with `cargo build --example fake_daytona` (cargo test --all-targets does)",
+        "no {}: build it with `cargo build --example fake_daytona` (scripts/test does)",
         path.display()
     );
     path
