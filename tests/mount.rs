@@ -744,6 +744,69 @@ async fn two_mounts_merge_edits_of_one_file_and_share_the_cache() {
 }
 
 /// Names of all files below `dir`.
+/// By default writable files never use FUSE passthrough (which would make
+/// writers wait for readers): a writer, an appender and new readers all work
+/// while a reader holds the file open, and every one sees the latest bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_and_new_readers_work_while_a_reader_holds_the_file_open() {
+    let s = TestServer::start().await;
+    let m = MountedWorkspace::create(&s, "streams", "agent-streams").await;
+    m.sh_ok(
+        "printf old > f.txt && mkdir -p bin && printf '#!/bin/sh\\necho ran\\n' > bin/run.sh && chmod +x bin/run.sh",
+    );
+    m.wait_synced().await;
+    let script = r#"
+import mmap, os
+def whole(fd):
+    os.lseek(fd, 0, 0)
+    return os.read(fd, 1000).decode()
+r1 = os.open('f.txt', os.O_RDONLY)
+print('r1', whole(r1))
+with mmap.mmap(r1, 0, access=mmap.ACCESS_READ) as mm:
+    print('r1 mmap', mm[:].decode())
+w = os.open('f.txt', os.O_WRONLY | os.O_TRUNC)
+os.write(w, b'new')
+os.close(w)
+r2 = os.open('f.txt', os.O_RDONLY)
+print('r2', whole(r2))
+print('r1 again', whole(r1))
+with open('f.txt', 'ab') as a:
+    a.write(b'+more')
+r3 = os.open('f.txt', os.O_RDONLY)
+print('r3', whole(r3))
+with mmap.mmap(r3, 0, access=mmap.ACCESS_COPY) as mm:
+    print('r3 private mmap', mm[:].decode())
+for fd in (r1, r2, r3):
+    os.close(fd)
+r4 = os.open('f.txt', os.O_RDONLY)
+print('r4', whole(r4))
+os.close(r4)
+"#;
+    let lines = m.python(script, &[]).output_lines();
+    assert_eq!(
+        lines,
+        [
+            "r1 old",
+            "r1 mmap old",
+            "r2 new",
+            // One file, one page cache: POSIX says an open reader sees the write.
+            "r1 again new",
+            "r3 new+more",
+            "r3 private mmap new+more",
+            "r4 new+more",
+        ],
+        "mount log:\n{}",
+        m.log()
+    );
+    // Executing a clean file maps it from the kernel's side as well.
+    assert_eq!(m.sh_ok("./bin/run.sh"), "ran\n");
+    m.wait_synced().await;
+    server_has(&s, "streams", "f.txt", b"new+more").await;
+    // Once the writes are acknowledged the file is clean again, and a fresh
+    // reader (passthrough, when the kernel allows it) reads the new blob.
+    assert_eq!(m.sh_ok("cat f.txt"), "new+more");
+}
+
 fn walk_names(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

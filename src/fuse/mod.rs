@@ -2,28 +2,36 @@
 //! [`Vfs`] core and turns the result into a reply. No filesystem logic lives
 //! here, so everything it does is testable without a kernel in `crate::vfs`.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::api::NodeKind;
-use crate::vfs::{Attr, Invalidation, OpenMode, SetAttr, Vfs, VfsError};
+use crate::vfs::{Attr, Invalidation, KernelIo, OpenMode, SetAttr, Vfs, VfsError};
 
 /// How long the kernel may trust attributes and names. Remote changes are
 /// also pushed as invalidations, so this only bounds a missed one.
 const TTL: Duration = Duration::from_secs(1);
 
+/// Set to 0 to keep every read going through the mount process (for
+/// comparisons, or a kernel whose passthrough misbehaves).
+pub const PASSTHROUGH_ENV: &str = "CONTEXTFS_PASSTHROUGH";
+
 pub struct ContextFs {
     vfs: Arc<Vfs>,
     uid: u32,
     gid: u32,
+    /// Registered backing files of the passthrough epochs with open handles.
+    backings: Mutex<HashMap<u64, Arc<BackingId>>>,
 }
 
 fn errno(e: VfsError) -> Errno {
@@ -59,7 +67,12 @@ impl ContextFs {
     pub fn new(vfs: Arc<Vfs>) -> Self {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        Self { vfs, uid, gid }
+        Self {
+            vfs,
+            uid,
+            gid,
+            backings: Mutex::new(HashMap::new()),
+        }
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
@@ -82,11 +95,53 @@ impl ContextFs {
         }
     }
 
-    fn open_flags(&self, ino: u64) -> FopenFlags {
-        if self.vfs.keep_kernel_cache(ino) {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
+    fn open_flags(io: &KernelIo) -> FopenFlags {
+        match io {
+            KernelIo::Cached { keep_cache: true } => FopenFlags::FOPEN_KEEP_CACHE,
+            KernelIo::Cached { keep_cache: false } | KernelIo::Passthrough { .. } => FopenFlags::empty(),
+        }
+    }
+
+    /// The backing file of a passthrough epoch: registered by its first open,
+    /// shared by the rest (the kernel wants one per inode), dropped by the
+    /// last release.
+    fn backing(&self, epoch: u64, file: &std::fs::File, reply: &ReplyOpen) -> std::io::Result<Arc<BackingId>> {
+        let mut backings = self.backings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = backings.get(&epoch) {
+            return Ok(b.clone());
+        }
+        let backing = Arc::new(reply.open_backing(file)?);
+        backings.insert(epoch, backing.clone());
+        Ok(backing)
+    }
+
+    fn end_epoch(&self, epoch: Option<u64>) {
+        if let Some(epoch) = epoch {
+            self.backings.lock().unwrap_or_else(|p| p.into_inner()).remove(&epoch);
+        }
+    }
+
+    fn reply_opened(&self, fh: u64, reply: ReplyOpen) {
+        let io = match self.vfs.kernel_io(fh) {
+            Ok(io) => io,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let KernelIo::Passthrough { file, epoch } = &io else {
+            return reply.opened(FileHandle(fh), Self::open_flags(&io));
+        };
+        match self.backing(*epoch, file, &reply) {
+            Ok(backing) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
+            Err(e) => {
+                // Needs CAP_SYS_ADMIN and a backing file on a plain file system.
+                tracing::warn!(error = %e, "the kernel refused a passthrough backing file; reads go through the mount from now on");
+                match self.vfs.passthrough_failed(fh) {
+                    Ok((io, ended)) => {
+                        self.end_epoch(ended);
+                        reply.opened(FileHandle(fh), Self::open_flags(&io));
+                    }
+                    Err(e) => reply.error(errno(e)),
+                }
+            }
         }
     }
 }
@@ -96,6 +151,15 @@ impl Filesystem for ContextFs {
         // Larger requests mean fewer round trips for sequential I/O.
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        // Passthrough lets the kernel read cached blobs itself (kernel >= 6.9).
+        let wanted = std::env::var(PASSTHROUGH_ENV).map_or(true, |v| v != "0");
+        if wanted
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.vfs.enable_passthrough(true);
+        }
+        tracing::info!(passthrough = self.vfs.passthrough_enabled(), "FUSE session initialised");
         Ok(())
     }
 
@@ -235,7 +299,7 @@ impl Filesystem for ContextFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = OpenMode::from_flags(flags.0);
         match self.vfs.open(ino.0, mode) {
-            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(ino.0)),
+            Ok(fh) => self.reply_opened(fh, reply),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -294,8 +358,11 @@ impl Filesystem for ContextFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.release(fh.0) {
-            Ok(()) => reply.ok(),
+        match self.vfs.release_kernel(fh.0) {
+            Ok(ended) => {
+                self.end_epoch(ended);
+                reply.ok()
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -435,7 +502,14 @@ impl Filesystem for ContextFs {
                 .map_err(errno)
         });
         match result {
-            Ok((a, fh)) => reply.created(&TTL, &self.attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            // Creates are writers: never passthrough.
+            Ok((a, fh)) => {
+                let flags = match self.vfs.kernel_io(fh) {
+                    Ok(io) => Self::open_flags(&io),
+                    Err(e) => return reply.error(errno(e)),
+                };
+                reply.created(&TTL, &self.attr(&a), Generation(0), FileHandle(fh), flags)
+            }
             Err(e) => reply.error(e),
         }
     }

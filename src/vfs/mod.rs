@@ -13,6 +13,7 @@
 
 pub mod drain;
 pub mod journal;
+pub mod kernel_io;
 pub mod remote;
 pub mod replay;
 
@@ -20,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -29,6 +31,7 @@ use crate::api::{NodeKind, VersionStatus};
 use crate::cache::{BlobCache, CacheError, CacheFill};
 use crate::model::{BlobHash, WsPath, MAX_NAME_BYTES, MAX_PATH_BYTES};
 use journal::{Journal, ParentRef, Record};
+use kernel_io::{HandleIo, KernelIoTable};
 
 pub type Ino = u64;
 pub const ROOT_INO: Ino = 1;
@@ -237,6 +240,20 @@ pub struct SetAttr {
     pub mtime: Option<SystemTime>,
 }
 
+/// How the kernel does I/O on an open handle (see [`kernel_io`]).
+#[derive(Debug, Clone)]
+pub enum KernelIo {
+    /// Through the page cache; `keep_cache` when it still holds this blob.
+    Cached { keep_cache: bool },
+    /// The kernel reads `file` itself; handles of one `epoch` share one
+    /// registered backing file.
+    Passthrough { file: Arc<File>, epoch: u64 },
+}
+
+/// How long an open for writing waits for passthrough readers of the same
+/// file to close before it fails with ETXTBSY.
+const PASSTHROUGH_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug)]
 struct Handle {
     ino: Ino,
@@ -246,6 +263,7 @@ struct Handle {
     dirty: bool,
     /// A read-only handle on clean content keeps the blob it opened.
     pinned: Option<Arc<File>>,
+    io: HandleIo,
 }
 
 pub struct VfsConfig {
@@ -270,6 +288,8 @@ struct State {
     outcomes: BTreeMap<String, VersionStatus>,
     /// The project's change-feed cursor this tree reflects.
     cursor: i64,
+    /// The kernel I/O mode of every open handle, per inode.
+    kernel_io: KernelIoTable,
 }
 
 pub struct Vfs {
@@ -283,6 +303,11 @@ pub struct Vfs {
     invalidations: Mutex<Option<mpsc::Sender<Invalidation>>>,
     /// Wakes the sync worker when something new is journaled.
     pub(crate) wake: tokio::sync::Notify,
+    /// The kernel accepted FUSE passthrough and backing files can be registered.
+    passthrough: AtomicBool,
+    /// Passthrough for writable files too, not only read-only ones
+    /// (`--passthrough`): faster reads, but writers wait for readers.
+    passthrough_writable: AtomicBool,
     pub config: VfsConfig,
 }
 
@@ -333,6 +358,7 @@ impl Vfs {
             records: HashMap::new(),
             outcomes: BTreeMap::new(),
             cursor: 0,
+            kernel_io: KernelIoTable::default(),
         };
         Ok(Self {
             state: Mutex::new(state),
@@ -346,6 +372,8 @@ impl Vfs {
             source,
             invalidations: Mutex::new(None),
             wake: tokio::sync::Notify::new(),
+            passthrough: AtomicBool::new(false),
+            passthrough_writable: AtomicBool::new(false),
             config,
         })
     }
@@ -550,6 +578,37 @@ impl Vfs {
         }
     }
 
+    /// Moves the entry at `ino` to a fresh inode number (same uid, node and
+    /// content) and leaves the old inode, unlinked, to the handles holding
+    /// it. Used when passthrough readers pin the old inode to its blob.
+    fn replace_inode(st: &mut State, ino: Ino, out: &mut Vec<Invalidation>) -> Ino {
+        let Some(old) = st.inodes.get_mut(&ino) else {
+            return ino;
+        };
+        old.unlinked = true;
+        let mut fresh = Inode::new(
+            old.uid,
+            old.parent,
+            old.name.clone(),
+            old.kind,
+            old.mode,
+            old.content.clone(),
+        );
+        fresh.size = old.size;
+        fresh.mtime = old.mtime;
+        fresh.ctime = old.ctime;
+        fresh.server = old.server.clone();
+        fresh.data_rev = old.data_rev;
+        fresh.journaled_data_rev = old.journaled_data_rev;
+        fresh.read_only = old.read_only;
+        fresh.last_status = old.last_status;
+        let (parent, name) = (fresh.parent, fresh.name.clone());
+        let new_ino = Self::alloc_ino(st);
+        Self::insert_inode(st, new_ino, fresh);
+        out.push(Invalidation::Entry { parent, name });
+        new_ino
+    }
+
     fn forget_inode(st: &mut State, ino: Ino) {
         if let Some(inode) = st.inodes.remove(&ino) {
             if st.by_uid.get(&inode.uid) == Some(&ino) {
@@ -752,6 +811,8 @@ impl Vfs {
         Self::insert_inode(&mut st, ino, inode);
         let fh = st.next_fh;
         st.next_fh += 1;
+        // A brand-new inode: no passthrough readers can hold it.
+        let io = st.kernel_io.open(ino, None).unwrap_or(HandleIo::Cached);
         // A new file is committed at close even if nothing is written to it.
         st.handles.insert(
             fh,
@@ -761,6 +822,7 @@ impl Vfs {
                 append: open.append,
                 dirty: true,
                 pinned: None,
+                io,
             },
         );
         Ok((Self::attr_of(ino, Self::get(&st, ino)?), fh))
@@ -830,6 +892,11 @@ impl Vfs {
                 Self::check_writable(&st, ino)?;
             }
         }
+        if mode.write || mode.truncate {
+            // Before staging a copy: the kernel lets nobody else in while
+            // passthrough readers hold the file.
+            self.await_passthrough_readers(ino)?;
+        }
         let mut pinned = None;
         // make_local(truncate) drops a clean file's bytes itself: judge the change by the size before.
         let size_before = Self::get(&self.lock(), ino)?.size;
@@ -848,6 +915,16 @@ impl Vfs {
             }
         }
         let mut st = self.lock();
+        // Only a read-only handle pinned to a clean blob can be read by the
+        // kernel without us; `pinned` is set exactly for those.
+        let passthrough_read = match (&pinned, &Self::get(&st, ino)?.content) {
+            (Some(_), Content::Blob { hash }) if self.passthrough_allowed(Self::get(&st, ino)?) => Some(hash.clone()),
+            _ => None,
+        };
+        let io = st
+            .kernel_io
+            .open(ino, passthrough_read.as_ref())
+            .map_err(|_| Self::passthrough_busy(&st, ino))?;
         let mut dirty = false;
         if mode.truncate {
             let inode = Self::get_mut(&mut st, ino)?;
@@ -876,18 +953,97 @@ impl Vfs {
                 append: mode.append,
                 dirty,
                 pinned,
+                io,
             },
         );
         Ok(fh)
     }
 
-    /// Whether the kernel may keep its page cache for this open: only when the
-    /// file is clean and holds the same blob as at the previous open.
-    pub fn keep_kernel_cache(&self, ino: Ino) -> bool {
+    /// Lets read-only opens of clean files use FUSE passthrough; the adapter
+    /// calls it once the kernel has agreed to it.
+    pub fn enable_passthrough(&self, on: bool) {
+        self.passthrough.store(on, Ordering::Relaxed);
+    }
+
+    pub fn passthrough_enabled(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// Passthrough for files that can be written too (`--passthrough`).
+    /// Without it only read-only files (skills, read-only mounts) use it, so
+    /// no writer ever waits.
+    pub fn set_passthrough_writable(&self, on: bool) {
+        self.passthrough_writable.store(on, Ordering::Relaxed);
+    }
+
+    fn passthrough_allowed(&self, inode: &Inode) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+            && (inode.read_only || self.config.read_only || self.passthrough_writable.load(Ordering::Relaxed))
+    }
+
+    fn passthrough_busy(st: &State, ino: Ino) -> VfsError {
+        VfsError::new(
+            libc::ETXTBSY,
+            format!(
+                "{} is open for reading through kernel passthrough; it can be changed once those readers close (mount without --passthrough to never wait)",
+                Self::path_of(st, ino)
+            ),
+        )
+    }
+
+    /// Waits (bounded) until no passthrough reader holds `ino`: the kernel
+    /// refuses every other open of it meanwhile.
+    fn await_passthrough_readers(&self, ino: Ino) -> VfsResult<()> {
+        let started = std::time::Instant::now();
+        loop {
+            {
+                let st = self.lock();
+                if !st.kernel_io.busy(ino) {
+                    return Ok(());
+                }
+                if started.elapsed() > PASSTHROUGH_WRITER_WAIT {
+                    return Err(Self::passthrough_busy(&st, ino));
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// How the kernel should do I/O on a handle just opened or created.
+    pub fn kernel_io(&self, fh: u64) -> VfsResult<KernelIo> {
         let mut st = self.lock();
-        let Some(inode) = st.inodes.get_mut(&ino) else {
-            return false;
+        let handle = st.handles.get(&fh).ok_or_else(VfsError::badf)?;
+        let (ino, io, pinned) = (handle.ino, handle.io, handle.pinned.clone());
+        let inode = Self::get_mut(&mut st, ino)?;
+        Ok(match (io, pinned) {
+            (HandleIo::Passthrough { epoch }, Some(file)) => KernelIo::Passthrough { file, epoch },
+            _ => KernelIo::Cached {
+                keep_cache: Self::keep_kernel_cache(inode),
+            },
+        })
+    }
+
+    /// The kernel would not take the handle's backing file: stop offering
+    /// passthrough and give the handle the mode a plain open would get.
+    /// Returns that mode and the passthrough epoch this ended, if any.
+    pub fn passthrough_failed(&self, fh: u64) -> VfsResult<(KernelIo, Option<u64>)> {
+        self.enable_passthrough(false);
+        let ended = {
+            let mut st = self.lock();
+            let handle = st.handles.get(&fh).ok_or_else(VfsError::badf)?;
+            let (ino, io) = (handle.ino, handle.io);
+            let ended = st.kernel_io.downgrade(ino, io);
+            if let Some(h) = st.handles.get_mut(&fh) {
+                h.io = HandleIo::Cached;
+            }
+            ended
         };
+        Ok((self.kernel_io(fh)?, ended))
+    }
+
+    /// Whether the kernel may keep its page cache for a cached open: only
+    /// when the file is clean and holds the same blob as at the previous open.
+    fn keep_kernel_cache(inode: &mut Inode) -> bool {
         match &inode.content {
             Content::Blob { hash } => {
                 let same = inode.kernel_hash.as_ref() == Some(hash);
@@ -1035,6 +1191,12 @@ impl Vfs {
     }
 
     pub fn release(&self, fh: u64) -> VfsResult<()> {
+        self.release_kernel(fh).map(|_| ())
+    }
+
+    /// release(); also returns the passthrough epoch whose last handle this
+    /// was, so the adapter can let go of its backing file.
+    pub fn release_kernel(&self, fh: u64) -> VfsResult<Option<u64>> {
         let flush_needed = self.lock().handles.get(&fh).is_some_and(|h| h.dirty);
         if flush_needed {
             // release() errors never reach close(); flush already reported any.
@@ -1044,6 +1206,7 @@ impl Vfs {
         }
         let mut st = self.lock();
         let handle = st.handles.remove(&fh).ok_or_else(VfsError::badf)?;
+        let ended_epoch = st.kernel_io.release(handle.ino, handle.io);
         let forget = match st.inodes.get_mut(&handle.ino) {
             Some(inode) => {
                 inode.open_handles = inode.open_handles.saturating_sub(1);
@@ -1057,7 +1220,7 @@ impl Vfs {
         if forget {
             Self::forget_inode(&mut st, handle.ino);
         }
-        Ok(())
+        Ok(ended_epoch)
     }
 
     /// fsync(): the change is journaled (durable); the sync worker is woken.
@@ -1082,6 +1245,8 @@ impl Vfs {
             if self.lock().inodes.get(&ino).is_some_and(|i| i.kind == NodeKind::Dir) {
                 return Err(VfsError::isdir(self.path(ino)));
             }
+            // truncate(2) changes what passthrough readers' backing file shows.
+            self.await_passthrough_readers(ino)?;
             self.make_local(ino, size == 0)?;
             let mut st = self.lock();
             let inode = Self::get_mut(&mut st, ino)?;

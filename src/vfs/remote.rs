@@ -121,8 +121,21 @@ impl Vfs {
                     });
                 }
                 let target = (e.kind == NodeKind::Symlink).then(|| self.cached_text(&e.hash));
+                let Some(changed) = st
+                    .inodes
+                    .get(&ino)
+                    .map(|i| i.server.as_ref().is_none_or(|s| s.hash != e.hash))
+                else {
+                    return;
+                };
+                // The kernel pins every open of an inode to the blob its
+                // passthrough readers hold: new content needs a new inode.
+                let ino = if changed && st.kernel_io.busy(ino) {
+                    Self::replace_inode(st, ino, out)
+                } else {
+                    ino
+                };
                 let Some(inode) = st.inodes.get_mut(&ino) else { return };
-                let changed = inode.server.as_ref().is_none_or(|s| s.hash != e.hash);
                 inode.mode = e.mode;
                 let old_path = inode.server.replace(server).map(|s| s.path);
                 if changed {
