@@ -157,7 +157,8 @@ the next mount of the same project at the same place commits it."
 
 #[derive(Args, Debug)]
 #[command(
-    long_about = "Shows PROJECT at MOUNTPOINT as a POSIX folder, with the published skills read-only under skills/.\n\n\
+    long_about = "Shows PROJECT at MOUNTPOINT as a POSIX folder, with the published skills read-only under skills/ \
+(or, with --skills-dir DIR, at a separate read-only mount point).\n\n\
 Reads come from a content-addressed cache shared by every mount on this machine. A file is committed when it is closed: \
 the change is first written to a durable journal, so close() succeeds even when the server is down, and a background \
 task sends it with retries. Editors' save-by-rename becomes one commit on the original file. Changes made elsewhere \
@@ -192,6 +193,15 @@ pub struct MountCommand {
     /// (reads from the cache work; writes queue in the journal)
     #[arg(long)]
     pub offline: bool,
+    /// Mount the published skills read-only at DIR instead of under
+    /// MOUNTPOINT/skills/ (a second mount, served by the same process; then a
+    /// project may have its own `skills` entry). DIR is created if missing and
+    /// must be an empty directory outside MOUNTPOINT; writes there fail with
+    /// EROFS. It is unmounted together with MOUNTPOINT (Ctrl-C, SIGTERM,
+    /// `contextfs umount MOUNTPOINT`); --offline, --daemon, --allow-other
+    /// and -o apply to it too
+    #[arg(long, value_name = "DIR")]
+    pub skills_dir: Option<PathBuf>,
 }
 
 /// Parses sizes like `10G`, `512M`, `4096`.

@@ -27,6 +27,14 @@ pub fn run(global: GlobalArgs, cmd: MountCommand) -> anyhow::Result<ExitCode> {
     let token = global.token.clone().ok_or_else(|| {
         anyhow!("no token: pass --token, set CONTEXTFS_TOKEN, or run `contextfs login --server URL --token T`")
     })?;
+    if let Some(dir) = &cmd.skills_dir {
+        // Refuse a bad --skills-dir here too, so --daemon reports it plainly
+        // (a running mount at MOUNTPOINT is reported by the mount itself).
+        let mountpoint = runtime::canonical_mountpoint(&cmd.mountpoint)?;
+        if control::request(&runtime::socket_path(&mountpoint), "status").is_err() {
+            runtime::check_skills_dir(&mountpoint, dir)?;
+        }
+    }
     if cmd.daemon {
         return daemonize(&cmd.mountpoint);
     }
@@ -42,6 +50,7 @@ pub fn run(global: GlobalArgs, cmd: MountCommand) -> anyhow::Result<ExitCode> {
         cache_size: cmd.cache_size,
         fuse_options: cmd.options,
         offline: cmd.offline,
+        skills_dir: cmd.skills_dir,
     };
     runtime::run(args, |_| {})
 }
@@ -162,6 +171,9 @@ pub fn status(mountpoint: &Path) -> anyhow::Result<ExitCode> {
                 "project {} at {} (pid {}), server {}",
                 r.info.project, r.info.mountpoint, r.info.pid, r.info.server
             );
+            if let Some(dir) = &r.info.skills_dir {
+                println!("skills: {dir} (read-only)");
+            }
             let state = if r.online { "reachable" } else { "UNREACHABLE" };
             println!(
                 "server: {state}{}",

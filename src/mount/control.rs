@@ -20,6 +20,9 @@ pub struct MountInfo {
     pub server: String,
     pub journal: String,
     pub pid: u32,
+    /// Where the published skills are mounted (`--skills-dir`), if apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skills_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

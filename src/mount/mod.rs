@@ -38,6 +38,9 @@ pub struct MountArgs {
     pub fuse_options: Vec<String>,
     /// Mount the last tree this mount point saw when the server is unreachable.
     pub offline: bool,
+    /// Show the published skills read-only at this separate mount point
+    /// instead of under `skills/` in the project mount.
+    pub skills_dir: Option<PathBuf>,
 }
 
 /// The tree and skills a mount last loaded, kept for `--offline`.
@@ -139,6 +142,152 @@ pub fn detach_stale(path: &Path) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Checks `--skills-dir DIR` against the (canonical) project mount point
+/// before anything is mounted, and returns DIR's canonical path. DIR must not
+/// be the mount point, inside it, or around it, and must be missing or an
+/// empty directory; a live mount at DIR is refused, a stale one (its process
+/// gone) is left for [`prepare_skills_dir`] to detach. Changes nothing.
+pub fn check_skills_dir(mountpoint: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    let given = canonical_mountpoint(dir).map_err(|e| {
+        // Below a dead mount point nothing resolves: say what is wrong.
+        let absolute = std::env::current_dir().map(|cwd| cwd.join(dir)).unwrap_or_default();
+        if absolute.starts_with(mountpoint) {
+            anyhow!(
+                "--skills-dir {} is inside the mount point {}; pick a directory outside it",
+                absolute.display(),
+                mountpoint.display()
+            )
+        } else {
+            e
+        }
+    })?;
+    // A symlink to a directory would be mounted on its target: use that.
+    let dir = match std::fs::symlink_metadata(&given) {
+        Ok(m) if m.file_type().is_symlink() => given
+            .canonicalize()
+            .with_context(|| format!("--skills-dir {} is a dangling symlink", given.display()))?,
+        _ => given,
+    };
+    if dir == mountpoint {
+        bail!(
+            "--skills-dir {} is the mount point itself; the skills need a directory of their own",
+            dir.display()
+        );
+    }
+    if dir.starts_with(mountpoint) {
+        bail!(
+            "--skills-dir {} is inside the mount point {}; pick a directory outside it (without --skills-dir the skills appear under {}/skills)",
+            dir.display(),
+            mountpoint.display(),
+            mountpoint.display()
+        );
+    }
+    if mountpoint.starts_with(&dir) {
+        bail!(
+            "the mount point {} is inside --skills-dir {}: the skills mount would hide it",
+            mountpoint.display(),
+            dir.display()
+        );
+    }
+    if is_mounted(&dir) {
+        if std::fs::metadata(&dir).is_ok() {
+            bail!(
+                "--skills-dir {} is already a mount point in use; unmount it first (fusermount3 -u {})",
+                dir.display(),
+                dir.display()
+            );
+        }
+        // A dead mount (ENOTCONN): prepare_skills_dir detaches it.
+        return Ok(dir);
+    }
+    match std::fs::metadata(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read --skills-dir {}", dir.display())),
+        Ok(m) if !m.is_dir() => bail!("--skills-dir {} exists and is not a directory", dir.display()),
+        Ok(_) => {
+            let mut entries =
+                std::fs::read_dir(&dir).with_context(|| format!("cannot read --skills-dir {}", dir.display()))?;
+            if entries.next().is_some() {
+                bail!(
+                    "--skills-dir {} is not empty: the skills mount would hide what is in it; pick an empty or new directory",
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(dir)
+}
+
+/// [`check_skills_dir`], then detaches a stale mount left at DIR and creates
+/// DIR if it is missing. Returns DIR's canonical path.
+fn prepare_skills_dir(mountpoint: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = check_skills_dir(mountpoint, dir)?;
+    if is_mounted(&dir) {
+        tracing::warn!(skills_dir = %dir.display(), "a stale mount is in the way of --skills-dir; detaching it");
+        detach_stale(&dir)?;
+        // What the dead mount hid must be empty too.
+        check_skills_dir(mountpoint, &dir)?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create --skills-dir {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The FUSE mount options shared by the project and the skills mounts.
+fn session_config(fs_name: String, read_only: bool, n_threads: usize, args: &MountArgs) -> Config {
+    let mut options = vec![MountOption::FSName(fs_name), MountOption::Subtype("contextfs".into())];
+    for o in &args.fuse_options {
+        for part in o.split(',').filter(|p| !p.is_empty()) {
+            options.push(MountOption::CUSTOM(part.to_string()));
+        }
+    }
+    if read_only {
+        options.push(MountOption::RO);
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.n_threads = Some(n_threads);
+    config.clone_fd = true;
+    if args.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config
+}
+
+/// Mounts the published skills, read-only, at `dir` (`--skills-dir`): a Vfs
+/// of its own (state in `STATE/skills`) on the mount's cache and blob source.
+fn mount_skills(
+    dir: &Path,
+    skills: &crate::api::SkillsListing,
+    state_dir: &Path,
+    cache: Arc<BlobCache>,
+    source: Arc<ServerBlobs>,
+    args: &MountArgs,
+) -> anyhow::Result<fuser::BackgroundSession> {
+    let vfs = Arc::new(
+        Vfs::new(
+            VfsConfig {
+                state_dir: state_dir.join("skills"),
+                read_only: true,
+                agent_id: None,
+            },
+            cache,
+            source,
+        )
+        .map_err(|e| anyhow!("skills mount: {e}"))?,
+    );
+    let count = vfs.load_skills_root(skills).map_err(|e| anyhow!("skills mount: {e}"))?;
+    let config = session_config("contextfs-skills".into(), true, 2, args);
+    let session = fuser::Session::new(crate::fuse::ContextFs::new(vfs), dir, &config).with_context(|| {
+        format!(
+            "cannot mount the skills on {} (for --allow-other as non-root, /etc/fuse.conf needs user_allow_other)",
+            dir.display()
+        )
+    })?;
+    let background = session.spawn().context("cannot start the FUSE session of the skills")?;
+    tracing::info!(skills_dir = %dir.display(), skills = count, "skills mounted");
+    Ok(background)
 }
 
 /// Fetches blobs from the server into the cache, from FUSE threads.
@@ -245,12 +394,21 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
             mountpoint.display()
         );
     }
+    // A bad --skills-dir fails here, before anything is mounted.
+    let skills_dir = match &args.skills_dir {
+        Some(dir) => Some(check_skills_dir(&mountpoint, dir)?),
+        None => None,
+    };
     if is_mounted(&mountpoint) {
         tracing::warn!(mountpoint = %mountpoint.display(), "a stale mount is in the way; detaching it");
         detach_stale(&mountpoint)?;
     }
     std::fs::create_dir_all(&mountpoint)
         .with_context(|| format!("cannot create the mount point {}", mountpoint.display()))?;
+    let skills_dir = match skills_dir {
+        Some(dir) => Some(prepare_skills_dir(&mountpoint, &dir)?),
+        None => None,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -318,8 +476,8 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
                 read_only,
                 agent_id: args.agent_id.clone(),
             },
-            cache,
-            source,
+            cache.clone(),
+            source.clone(),
         )
         .map_err(|e| anyhow!("{e}"))?,
     );
@@ -350,32 +508,21 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
             (listing, skills)
         }
     };
+    // With --skills-dir the skills get a mount of their own, and the project
+    // mount no `skills/` folder (so the project may have its own `skills`).
+    let skills_mount = match &skills_dir {
+        Some(dir) => Some(mount_skills(dir, &skills, &state_dir, cache, source, &args)?),
+        None => None,
+    };
     let load_vfs = vfs.clone();
+    let in_tree = skills_dir.is_none().then_some(skills);
     let report = runtime
-        .block_on(async move { tokio::task::spawn_blocking(move || load_vfs.load(&listing, Some(&skills))).await })
+        .block_on(async move { tokio::task::spawn_blocking(move || load_vfs.load(&listing, in_tree.as_ref())).await })
         .context("loading the tree failed")?
         .map_err(|e| anyhow!("{e}"))?;
     tracing::info!(entries = report.entries, skills = report.skills, replayed = report.replayed, elapsed = ?started.elapsed(), "tree loaded");
 
-    let mut options = vec![
-        MountOption::FSName(format!("contextfs:{}", args.project)),
-        MountOption::Subtype("contextfs".into()),
-    ];
-    if read_only {
-        options.push(MountOption::RO);
-    }
-    for o in &args.fuse_options {
-        for part in o.split(',').filter(|p| !p.is_empty()) {
-            options.push(MountOption::CUSTOM(part.to_string()));
-        }
-    }
-    let mut config = Config::default();
-    config.mount_options = options;
-    config.n_threads = Some(4);
-    config.clone_fd = true;
-    if args.allow_other {
-        config.acl = SessionACL::All;
-    }
+    let config = session_config(format!("contextfs:{}", args.project), read_only, 4, &args);
     let fs = crate::fuse::ContextFs::new(vfs.clone());
     let session = fuser::Session::new(fs, &mountpoint, &config)
         .with_context(|| format!("cannot mount on {} (is it an empty directory? for --allow-other as non-root, /etc/fuse.conf needs user_allow_other)", mountpoint.display()))?;
@@ -398,6 +545,7 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         server: args.server.clone(),
         journal: vfs.journal_dir().display().to_string(),
         pid: std::process::id(),
+        skills_dir: skills_dir.as_ref().map(|d| d.display().to_string()),
     };
     let (umount_tx, mut umount_rx) = tokio::sync::mpsc::channel(1);
     let control_task = runtime.spawn(control::serve(
@@ -415,6 +563,9 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         report.entries,
         started.elapsed()
     );
+    if let Some(dir) = &skills_dir {
+        println!("published skills at {} (read-only)", dir.display());
+    }
     if report.replayed > 0 {
         println!(
             "replaying {} change(s) left in the journal by an earlier mount",
@@ -428,11 +579,17 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let gone = {
             let mountpoint = mountpoint.clone();
+            let mut skills_dir = skills_dir.clone();
             async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     if !is_mounted(&mountpoint) {
                         return;
+                    }
+                    // The project mount keeps working without the skills.
+                    if skills_dir.as_deref().is_some_and(|d| !is_mounted(d)) {
+                        tracing::warn!("the skills dir was unmounted from outside; the project mount goes on");
+                        skills_dir = None;
                     }
                 }
             }
@@ -458,6 +615,15 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
     let flushed = runtime.block_on(flush_pending(&worker, &progress));
     let _ = stop_tx.send(true);
     drop(background);
+    if let (Some(session), Some(dir)) = (skills_mount, &skills_dir) {
+        if is_mounted(dir) {
+            drop(session); // unmounts
+        } else {
+            // Unmounted from outside: dropping would try to unmount whatever
+            // is at DIR now. The process exits soon; nothing to release.
+            std::mem::forget(session);
+        }
+    }
     runtime.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(2), drain_task).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), feed_task).await;

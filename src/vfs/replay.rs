@@ -111,6 +111,27 @@ impl Vfs {
         Ok(out)
     }
 
+    /// Fills the root of this Vfs with the published skills, for a mount that
+    /// shows nothing but them (`contextfs mount --skills-dir`). The Vfs must be
+    /// fresh and created read-only; the root becomes a read-only `0o555`
+    /// directory like `skills/` in a project mount. Returns how many skills.
+    pub fn load_skills_root(&self, skills: &SkillsListing) -> VfsResult<usize> {
+        if !self.config.read_only {
+            return Err(VfsError::new(
+                libc::EINVAL,
+                "a skills-only mount must be created read-only",
+            ));
+        }
+        let mut st = self.lock();
+        let root = Self::get_mut(&mut st, ROOT_INO)?;
+        if !root.children.is_empty() {
+            return Err(VfsError::exists("the root of this mount (it is already loaded)"));
+        }
+        root.mode = 0o555;
+        root.read_only = true;
+        Ok(Self::fill_skills(&mut st, ROOT_INO, skills))
+    }
+
     /// Adds a read-only tree of skills under `parent/name`; returns how many skills.
     fn add_skills(st: &mut State, parent: Ino, name: &str, skills: &SkillsListing) -> usize {
         let root = Self::alloc_ino(st);
@@ -124,6 +145,12 @@ impl Vfs {
         );
         dir.read_only = true;
         Self::insert_inode(st, root, dir);
+        Self::fill_skills(st, root, skills)
+    }
+
+    /// Adds every skill file (and the folders leading to it) below the
+    /// directory `root`, all read-only; returns how many skills.
+    fn fill_skills(st: &mut State, root: Ino, skills: &SkillsListing) -> usize {
         let mut dirs: HashMap<String, Ino> = HashMap::from([(String::new(), root)]);
         for skill in &skills.skills {
             for file in &skill.files {

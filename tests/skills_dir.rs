@@ -1,0 +1,749 @@
+//! `contextfs mount MOUNTPOINT --skills-dir DIR`: the published skills in a
+//! second, read-only FUSE mount served by the same process, through real
+//! mounts against a real `contextfs serve`.
+//!
+//! Every test starts its own server, project and temp directories (its own
+//! XDG_STATE_HOME / XDG_CACHE_HOME), so the file runs safely with
+//! `--test-threads=N`. Without /dev/fuse the mount tests FAIL: a skipped mount
+//! test proves nothing.
+
+mod common;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use contextfs::api::{SkillFile, SkillInfo, SkillsListing};
+use contextfs::cache::{BlobCache, CacheError, CacheFill};
+use contextfs::model::BlobHash;
+use contextfs::model::WsPath;
+use contextfs::vfs::{BlobSource, OpenMode, Vfs, VfsConfig, ROOT_INO};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const BIN: &str = env!("CARGO_BIN_EXE_contextfs");
+
+const SKILL_MD: &str = "---\nname: pdf\ndescription: Read and fill PDF forms\n---\n# PDF\nUse the scripts.\n";
+const FILL_SH: &str = "#!/bin/sh\necho filled\n";
+
+// ---------------------------------------------------------------------------
+// Harness (the pattern of tests/mount.rs, with a skills dir)
+// ---------------------------------------------------------------------------
+
+fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: these tests mount a real FUSE filesystem. Install fuse3 (scripts/test does) \
+         and, in a container, run with --device /dev/fuse --cap-add SYS_ADMIN. Not skipping: a skipped mount test proves nothing."
+    );
+    assert!(
+        Command::new("fusermount3").arg("--version").output().is_ok(),
+        "fusermount3 is missing: install fuse3 (scripts/test does)"
+    );
+}
+
+fn both(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(why) if started.elapsed() > DEADLINE => {
+                panic!("{what}: still not true after {DEADLINE:?}; last check: {why}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The /proc/self/mounts line of `path`: (fstype, options).
+fn mount_entry(path: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
+    let wanted = path.display().to_string().replace(' ', "\\040");
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&wanted.as_str())).then(|| (f[2].to_string(), f[3].to_string()))
+    })
+}
+
+fn mounted(path: &Path) -> bool {
+    mount_entry(path).is_some()
+}
+
+/// True while `pid` is a live (not zombie) process.
+fn process_alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, None | Some("Z") | Some("X"))
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: still not true after {DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Publishes the `pdf` skill (SKILL.md and an executable script) as admin.
+fn publish_skills(s: &TestServer) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("pdf/scripts")).expect("mkdir");
+    std::fs::write(dir.path().join("pdf/SKILL.md"), SKILL_MD).expect("write SKILL.md");
+    std::fs::write(dir.path().join("pdf/scripts/fill.sh"), FILL_SH).expect("write fill.sh");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.path().join("pdf/scripts/fill.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod +x fill.sh");
+    let out = Command::new(BIN)
+        .args(["skills", "publish"])
+        .arg(dir.path())
+        .env("CONTEXTFS_SERVER", &s.base)
+        .env("CONTEXTFS_TOKEN", &s.admin)
+        .env_remove("CONTEXTFS_PROJECT")
+        .output()
+        .expect("skills publish");
+    assert!(out.status.success(), "{}", both(&out));
+}
+
+/// A temp home (XDG dirs, mount points) for one project on one server.
+/// Dropping it unmounts whatever is still mounted and kills a survivor.
+struct Setup {
+    home: tempfile::TempDir,
+    server: String,
+    project: String,
+    token: String,
+    pids: Mutex<Vec<u32>>,
+}
+
+impl Setup {
+    async fn new(s: &TestServer, project: &str) -> Setup {
+        require_fuse();
+        let token = s.project_with_token(project).await;
+        Setup {
+            home: tempfile::tempdir().expect("temp dir"),
+            server: s.base.clone(),
+            project: project.to_string(),
+            token,
+            pids: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.home.path().canonicalize().expect("canonical temp dir")
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.root().join("mnt")
+    }
+
+    fn skills(&self) -> PathBuf {
+        self.root().join("skills-ro")
+    }
+
+    fn log(&self) -> String {
+        let path = self.root().join("state/contextfs/logs").join(format!(
+            "mount-{}.log",
+            self.mnt().display().to_string().replace('/', "_")
+        ));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// `program` with this setup's environment and nothing from the caller's.
+    fn command(&self, program: &str) -> Command {
+        let root = self.root();
+        let mut c = Command::new("timeout");
+        c.args(["-k", "5", "120", program]);
+        for var in [
+            "CONTEXTFS_AGENT_ID",
+            "CONTEXTFS_CACHE_DIR",
+            "CONTEXTFS_LOG",
+            "CONTEXTFS_DATA",
+        ] {
+            c.env_remove(var);
+        }
+        c.env("CONTEXTFS_SERVER", &self.server)
+            .env("CONTEXTFS_TOKEN", &self.token)
+            .env("CONTEXTFS_PROJECT", &self.project)
+            .env("XDG_STATE_HOME", root.join("state"))
+            .env("XDG_CACHE_HOME", root.join("cache"))
+            .env("XDG_CONFIG_HOME", root.join("config"))
+            .env("HOME", root.join("home"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        self.command(BIN).args(args).output().expect("run contextfs")
+    }
+
+    /// `contextfs mount MNT --skills-dir SKILLS --daemon EXTRA...`; returns the pid.
+    fn mount(&self, extra: &[&str]) -> u32 {
+        let (mnt, skills) = (self.mnt().display().to_string(), self.skills().display().to_string());
+        let mut args = vec!["mount", &mnt, "--skills-dir", &skills, "--daemon"];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "contextfs mount failed: {}\nlog:\n{}",
+            both(&out),
+            self.log()
+        );
+        // --daemon returns only once both are mounted.
+        assert!(mounted(&self.mnt()), "{mnt} is not mounted after: {}", both(&out));
+        assert!(mounted(&self.skills()), "{skills} is not mounted after: {}", both(&out));
+        let pid = self.pid();
+        self.pids.lock().expect("pids").push(pid);
+        pid
+    }
+
+    fn status(&self) -> String {
+        let out = self.cli(&["status", &self.mnt().display().to_string()]);
+        assert!(out.status.success(), "contextfs status failed: {}", both(&out));
+        stdout(&out)
+    }
+
+    fn pid(&self) -> u32 {
+        let status = self.status();
+        status
+            .split("(pid ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in `contextfs status`:\n{status}"))
+    }
+
+    fn umount(&self) -> Output {
+        self.cli(&["umount", &self.mnt().display().to_string()])
+    }
+
+    /// Runs a bash script in `dir`.
+    fn sh_in(&self, dir: &Path, script: &str) -> Output {
+        self.command("bash")
+            .args(["-c", script])
+            .current_dir(dir)
+            .output()
+            .expect("run bash")
+    }
+
+    fn sh_ok_in(&self, dir: &Path, script: &str) -> String {
+        let out = self.sh_in(dir, script);
+        assert!(
+            out.status.success(),
+            "`{script}` failed in {}: {}\nmount log:\n{}",
+            dir.display(),
+            both(&out),
+            self.log()
+        );
+        stdout(&out)
+    }
+
+    async fn wait_synced(&self) {
+        eventually("the mount has nothing queued or pending", || async {
+            let status = self.status();
+            if status.contains("(0 queued, 0 pending,") {
+                Ok(())
+            } else {
+                Err(status)
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- mount log ---\n{}", self.log());
+        }
+        if mounted(&self.mnt()) {
+            let _ = self.umount();
+        }
+        for dir in [self.mnt(), self.skills()] {
+            if mounted(&dir) {
+                let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&dir).status();
+            }
+        }
+        for pid in self.pids.lock().map(|p| p.clone()).unwrap_or_default() {
+            if process_alive(pid) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+/// Python helper: prints `label OK` or `label ERRNO-NAME` per attempt.
+const TRY_OPS: &str = r#"
+import errno, os, sys
+def attempt(label, fn):
+    try:
+        fn()
+        print(label, "OK")
+    except OSError as e:
+        print(label, errno.errorcode.get(e.errno, str(e.errno)))
+"#;
+
+// ---------------------------------------------------------------------------
+// The core: a Vfs whose root is the skills (no kernel)
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct MapSource(Mutex<std::collections::HashMap<BlobHash, Vec<u8>>>);
+
+impl BlobSource for MapSource {
+    fn fetch(&self, hash: &BlobHash, fill: &mut CacheFill) -> Result<(), CacheError> {
+        let bytes = self.0.lock().expect("blobs").get(hash).cloned();
+        match bytes {
+            Some(bytes) => fill.write(&bytes),
+            None => Err(CacheError::Fetch {
+                hash: hash.clone(),
+                message: "not on the server".into(),
+            }),
+        }
+    }
+}
+
+fn skill_listing(source: &MapSource) -> SkillsListing {
+    let mut files = Vec::new();
+    for (path, bytes, mode) in [
+        ("pdf/SKILL.md", SKILL_MD, 0o644),
+        ("pdf/scripts/fill.sh", FILL_SH, 0o755),
+    ] {
+        let hash = BlobHash::of(bytes.as_bytes());
+        source
+            .0
+            .lock()
+            .expect("blobs")
+            .insert(hash.clone(), bytes.as_bytes().to_vec());
+        files.push(SkillFile {
+            path: WsPath::parse(path).expect("skill path"),
+            hash,
+            size: bytes.len() as u64,
+            mode,
+        });
+    }
+    SkillsListing {
+        published_at: None,
+        skills: vec![SkillInfo {
+            name: "pdf".into(),
+            description: "Read and fill PDF forms".into(),
+            files,
+        }],
+    }
+}
+
+#[test]
+fn load_skills_root_fills_a_read_only_root() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let cache = Arc::new(BlobCache::open(&tmp.path().join("cache"), 1 << 30).expect("cache"));
+    let source = Arc::new(MapSource::default());
+    let listing = skill_listing(&source);
+    let vfs = |read_only: bool, name: &str| {
+        Vfs::new(
+            VfsConfig {
+                state_dir: tmp.path().join(name),
+                read_only,
+                agent_id: None,
+            },
+            cache.clone(),
+            source.clone(),
+        )
+        .expect("vfs")
+    };
+
+    // Only a read-only Vfs takes the skills as its root.
+    let writable = vfs(false, "rw");
+    assert_eq!(
+        writable.load_skills_root(&listing).map_err(|e| e.errno),
+        Err(libc::EINVAL)
+    );
+
+    let v = vfs(true, "skills");
+    assert_eq!(v.load_skills_root(&listing), Ok(1));
+    let root = v.getattr(ROOT_INO).expect("root");
+    assert_eq!(root.mode, 0o555);
+    let names: Vec<String> = v
+        .readdir(ROOT_INO)
+        .expect("readdir")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["pdf"]);
+    let pdf = v.lookup(ROOT_INO, "pdf").expect("pdf");
+    let md = v.lookup(pdf.ino, "SKILL.md").expect("SKILL.md");
+    assert_eq!((md.mode, md.size), (0o444, SKILL_MD.len() as u64));
+    let scripts = v.lookup(pdf.ino, "scripts").expect("scripts");
+    assert_eq!(v.lookup(scripts.ino, "fill.sh").expect("fill.sh").mode, 0o555);
+    let fh = v
+        .open(
+            md.ino,
+            OpenMode {
+                read: true,
+                ..OpenMode::default()
+            },
+        )
+        .expect("open");
+    assert_eq!(v.read(fh, 0, 4096).expect("read"), SKILL_MD.as_bytes());
+    v.release(fh).expect("release");
+
+    // Loaded once; every change is EROFS.
+    assert_eq!(v.load_skills_root(&listing).map_err(|e| e.errno), Err(libc::EEXIST));
+    assert_eq!(v.mkdir(ROOT_INO, "new", 0o755).map_err(|e| e.errno), Err(libc::EROFS));
+    assert_eq!(v.unlink(pdf.ino, "SKILL.md").map_err(|e| e.errno), Err(libc::EROFS));
+    assert_eq!(
+        v.rename(ROOT_INO, "pdf", ROOT_INO, "doc", false).map_err(|e| e.errno),
+        Err(libc::EROFS)
+    );
+    assert_eq!(
+        v.open(
+            md.ino,
+            OpenMode {
+                write: true,
+                ..OpenMode::default()
+            }
+        )
+        .map_err(|e| e.errno),
+        Err(libc::EROFS)
+    );
+    assert!(v.queued().is_empty(), "nothing journaled");
+}
+
+// ---------------------------------------------------------------------------
+// Real mounts
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skills_dir_serves_the_published_skills_read_only() {
+    let s = TestServer::start().await;
+    publish_skills(&s);
+    let t = Setup::new(&s, "skilldir").await;
+    t.mount(&[]);
+    let (mnt, dir) = (t.mnt(), t.skills());
+
+    // The published skills, with their content, at DIR's root.
+    assert_eq!(t.sh_ok_in(&dir, "ls -A"), "pdf\n");
+    assert_eq!(t.sh_ok_in(&dir, "ls pdf"), "SKILL.md\nscripts\n");
+    assert_eq!(t.sh_ok_in(&dir, "cat pdf/SKILL.md"), SKILL_MD);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("pdf/SKILL.md")).expect("read"),
+        SKILL_MD
+    );
+    assert_eq!(
+        t.sh_ok_in(&dir, "pdf/scripts/fill.sh"),
+        "filled\n",
+        "the script is executable"
+    );
+
+    // A read-only FUSE mount of its own.
+    let (fstype, options) = mount_entry(&dir).expect("DIR in /proc/self/mounts");
+    assert!(fstype.starts_with("fuse"), "not a FUSE mount: {fstype}");
+    assert!(options.split(',').any(|o| o == "ro"), "mounted without ro: {options}");
+    assert!(
+        t.status().contains(&format!("skills: {} (read-only)", dir.display())),
+        "{}",
+        t.status()
+    );
+
+    // Every write fails with EROFS, at the root and below.
+    for script in [
+        "echo x > pdf/SKILL.md",
+        "echo x >> pdf/SKILL.md",
+        "touch pdf/SKILL.md",
+        "touch new.md",
+        "rm -f pdf/SKILL.md",
+        "mkdir other",
+        "mv pdf doc",
+        "chmod 600 pdf/SKILL.md",
+    ] {
+        let out = t.sh_in(&dir, script);
+        assert!(!out.status.success(), "`{script}` succeeded in the skills dir");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+            "`{script}`: {}",
+            both(&out)
+        );
+    }
+    let script = format!(
+        "{TRY_OPS}\n\
+         attempt('write', lambda: os.open('pdf/SKILL.md', os.O_WRONLY))\n\
+         attempt('create', lambda: os.open('pdf/x.md', os.O_WRONLY | os.O_CREAT, 0o644))\n\
+         attempt('create-root', lambda: os.open('x.md', os.O_WRONLY | os.O_CREAT, 0o644))\n\
+         attempt('mkdir', lambda: os.mkdir('pdf/new'))\n\
+         attempt('unlink', lambda: os.unlink('pdf/SKILL.md'))\n\
+         attempt('rmdir', lambda: os.rmdir('pdf/scripts'))\n\
+         attempt('rename', lambda: os.rename('pdf/SKILL.md', 'pdf/S.md'))\n\
+         attempt('chmod', lambda: os.chmod('pdf/SKILL.md', 0o600))\n\
+         attempt('utime', lambda: os.utime('pdf/SKILL.md', (0, 0)))\n\
+         attempt('symlink', lambda: os.symlink('pdf', 'link'))\n"
+    );
+    let out = t
+        .command("python3")
+        .args(["-c", &script])
+        .current_dir(&dir)
+        .output()
+        .expect("run python3");
+    assert!(out.status.success(), "{}", both(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        [
+            "write EROFS",
+            "create EROFS",
+            "create-root EROFS",
+            "mkdir EROFS",
+            "unlink EROFS",
+            "rmdir EROFS",
+            "rename EROFS",
+            "chmod EROFS",
+            "utime EROFS",
+            "symlink EROFS",
+        ]
+    );
+    assert_eq!(t.sh_ok_in(&dir, "cat pdf/SKILL.md"), SKILL_MD, "unchanged");
+
+    // Nothing reached the project.
+    t.wait_synced().await;
+    let tree = s.tree("skilldir", &s.admin, &[]).await.expect("tree");
+    assert!(tree.entries.is_empty(), "the project got entries: {:?}", tree.entries);
+    assert!(mounted(&mnt));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_skills_dir_the_project_owns_the_skills_name() {
+    let s = TestServer::start().await;
+    publish_skills(&s);
+    let p = "ownskills";
+    let t = Setup::new(&s, p).await;
+    s.commit(p, &s.admin, "notes.md", None, b"# notes\n")
+        .await
+        .expect("commit notes.md");
+    t.mount(&[]);
+    let (mnt, dir) = (t.mnt(), t.skills());
+
+    // No `skills/` folder in the project mount: the skills are at DIR.
+    assert_eq!(t.sh_ok_in(&mnt, "ls -A"), "notes.md\n");
+    assert_eq!(t.sh_ok_in(&dir, "cat pdf/SKILL.md"), SKILL_MD);
+
+    // The project's own skills/x.md is an ordinary, writable project file.
+    t.sh_ok_in(&mnt, "mkdir skills && echo 'mine' > skills/x.md");
+    assert_eq!(t.sh_ok_in(&mnt, "ls -A"), "notes.md\nskills\n");
+    assert_eq!(t.sh_ok_in(&mnt, "cat skills/x.md"), "mine\n");
+    t.wait_synced().await;
+    assert_eq!(s.read_bytes(p, &s.admin, "skills/x.md").await, b"mine\n");
+    // A remote change under the project's skills/ arrives through the feed.
+    s.commit(p, &s.admin, "skills/y.md", None, b"remote\n")
+        .await
+        .expect("commit skills/y.md");
+    let mnt2 = mnt.clone();
+    eventually("skills/y.md shows up in the mount", || {
+        let mnt = mnt2.clone();
+        async move {
+            std::fs::read_to_string(mnt.join("skills/y.md"))
+                .map_err(|e| e.to_string())
+                .and_then(|t| if t == "remote\n" { Ok(()) } else { Err(t) })
+        }
+    })
+    .await;
+
+    // Mounted again: the project's skills/ is loaded from the tree, the
+    // published skills are still at DIR and nowhere in the project.
+    let out = t.umount();
+    assert!(out.status.success(), "{}", both(&out));
+    t.mount(&[]);
+    assert_eq!(t.sh_ok_in(&mnt, "ls skills"), "x.md\ny.md\n");
+    assert_eq!(t.sh_ok_in(&mnt, "cat skills/x.md"), "mine\n");
+    assert_eq!(t.sh_ok_in(&dir, "ls"), "pdf\n");
+    let tree = s.tree(p, &s.admin, &[]).await.expect("tree");
+    let paths: Vec<&str> = tree.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths.len(), 4, "{paths:?}");
+    assert!(!paths.iter().any(|p| p.contains("SKILL.md")), "{paths:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_mount_unmounts_the_skills_dir_but_not_the_reverse() {
+    let s = TestServer::start().await;
+    publish_skills(&s);
+    let p = "lifecycle";
+    let t = Setup::new(&s, p).await;
+    let (mnt, dir) = (t.mnt(), t.skills());
+
+    // `contextfs umount MOUNTPOINT` takes DIR down too.
+    let pid = t.mount(&[]);
+    let out = t.umount();
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(!mounted(&mnt), "{} still mounted", mnt.display());
+    assert!(
+        !mounted(&dir),
+        "{} still mounted after umount MOUNTPOINT",
+        dir.display()
+    );
+    wait_until("the mount process exits", || !process_alive(pid));
+
+    // So does SIGTERM (the same DIR is reused: empty again).
+    let pid = t.mount(&[]);
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    wait_until("the mount process exits after SIGTERM", || !process_alive(pid));
+    assert!(!mounted(&mnt) && !mounted(&dir), "left mounted after SIGTERM");
+
+    // And so does unmounting MOUNTPOINT from outside.
+    let pid = t.mount(&[]);
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .output()
+        .expect("fusermount3");
+    assert!(out.status.success(), "{}", both(&out));
+    wait_until("the mount process exits after an external unmount", || {
+        !process_alive(pid)
+    });
+    assert!(
+        !mounted(&dir),
+        "DIR left mounted after MOUNTPOINT was unmounted from outside"
+    );
+
+    // Unmounting DIR from outside leaves the project mount working.
+    let pid = t.mount(&[]);
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&dir)
+        .output()
+        .expect("fusermount3");
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(!mounted(&dir));
+    std::thread::sleep(Duration::from_millis(1500)); // past the mount's 1 s watch
+    assert!(
+        process_alive(pid) && mounted(&mnt),
+        "the project mount went away with DIR"
+    );
+    t.sh_ok_in(&mnt, "echo still > after.md");
+    t.wait_synced().await;
+    assert_eq!(s.read_bytes(p, &s.admin, "after.md").await, b"still\n");
+    let out = t.umount();
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(!mounted(&mnt) && !mounted(&dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_mount_is_replaced_and_offline_serves_the_skills() {
+    let mut s = TestServer::start().await;
+    publish_skills(&s);
+    let t = Setup::new(&s, "offline-skills").await;
+    let (mnt, dir) = (t.mnt(), t.skills());
+    let pid = t.mount(&[]);
+    assert_eq!(
+        t.sh_ok_in(&dir, "cat pdf/SKILL.md pdf/scripts/fill.sh"),
+        format!("{SKILL_MD}{FILL_SH}")
+    );
+
+    // kill -9: both mounts are left dead; the next mount detaches both.
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    wait_until("the mount process dies", || !process_alive(pid));
+    assert!(mounted(&dir), "a killed process leaves its mounts behind");
+    t.mount(&[]);
+    assert_eq!(t.sh_ok_in(&dir, "cat pdf/SKILL.md"), SKILL_MD);
+    let out = t.umount();
+    assert!(out.status.success(), "{}", both(&out));
+
+    // Server down: --offline mounts the skills dir from the last snapshot,
+    // reading from the warm cache.
+    s.stop().await;
+    t.mount(&["--offline"]);
+    assert_eq!(t.sh_ok_in(&dir, "ls pdf"), "SKILL.md\nscripts\n");
+    assert_eq!(t.sh_ok_in(&dir, "cat pdf/SKILL.md"), SKILL_MD);
+    assert_eq!(t.sh_ok_in(&mnt, "ls -A"), "");
+    let out = t.umount();
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(!mounted(&mnt) && !mounted(&dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_skills_dir_is_refused_before_mounting() {
+    let s = TestServer::start().await;
+    let t = Setup::new(&s, "baddir").await;
+    let root = t.root();
+    let mnt = t.mnt();
+    std::fs::create_dir_all(root.join("full")).expect("mkdir");
+    std::fs::write(root.join("full/keep.txt"), "mine").expect("write");
+    std::fs::write(root.join("afile"), "x").expect("write");
+    let cases: [(PathBuf, &PathBuf, &str); 5] = [
+        (root.join("full"), &mnt, "is not empty"),
+        (root.join("afile"), &mnt, "is not a directory"),
+        (mnt.clone(), &mnt, "is the mount point itself"),
+        (mnt.join("skills"), &mnt, "is inside the mount point"),
+        (root.join("outer"), &root.join("outer/mnt"), "inside --skills-dir"),
+    ];
+    for (dir, mountpoint, why) in &cases {
+        std::fs::create_dir_all(mountpoint).expect("mkdir mount point");
+        for daemon in [false, true] {
+            let (m, d) = (mountpoint.display().to_string(), dir.display().to_string());
+            let mut args = vec!["mount", m.as_str(), "--skills-dir", d.as_str()];
+            if daemon {
+                args.push("--daemon");
+            }
+            let out = t.cli(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && out.status.code() != Some(124),
+                "`contextfs {}` did not fail promptly: {}",
+                args.join(" "),
+                both(&out)
+            );
+            assert!(
+                err.contains("--skills-dir") && err.contains(why),
+                "`contextfs {}`: no clear error ({why}): {}",
+                args.join(" "),
+                both(&out)
+            );
+            assert!(!mounted(mountpoint) && !mounted(dir), "something was mounted");
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(root.join("full/keep.txt")).expect("read"),
+        "mine"
+    );
+    assert!(
+        !mnt.join("skills").exists(),
+        "created a directory inside the mount point"
+    );
+}
+
+#[test]
+fn mount_help_explains_skills_dir() {
+    let out = Command::new(BIN)
+        .args(["mount", "--help"])
+        .output()
+        .expect("run contextfs");
+    assert!(out.status.success(), "{}", both(&out));
+    let help = stdout(&out);
+    assert!(help.contains("--skills-dir <DIR>"), "{help}");
+    assert!(help.contains("EROFS"), "{help}");
+    assert!(help.contains("unmounted together with MOUNTPOINT"), "{help}");
+}
