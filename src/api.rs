@@ -253,7 +253,8 @@ pub struct CommitRequest {
     /// The version the writer started from; `None` when creating a new file.
     #[serde(default)]
     pub base_version: Option<i64>,
-    /// Hash of the content, uploaded beforehand with `PUT .../blobs/{hash}`.
+    /// Hash of the content: uploaded beforehand with `PUT .../blobs/{hash}`,
+    /// or sent along in `content_base64`.
     pub hash: BlobHash,
     #[serde(default)]
     pub kind: Option<NodeKind>,
@@ -272,7 +273,15 @@ pub struct CommitRequest {
     /// at the path (so a client never writes to a node that replaced its own).
     #[serde(default)]
     pub node: Option<i64>,
+    /// Small content (at most [`MAX_INLINE_CONTENT`] bytes) sent with the
+    /// commit, base64 with the standard alphabet: the server checks it hashes
+    /// to `hash`, stores it, and commits, all in this one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_base64: Option<String>,
 }
+
+/// The most content a commit may carry inline (`content_base64`, decoded).
+pub const MAX_INLINE_CONTENT: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MkdirRequest {

@@ -1635,6 +1635,85 @@ async fn hash_mismatch_and_missing_blobs_are_400() {
     assert_eq!(s.snapshot("p").await, before);
 }
 
+/// Small files commit in one request: the content rides in the commit.
+#[tokio::test(flavor = "multi_thread")]
+async fn commit_with_inline_content_stores_the_blob_and_refuses_bad_content() {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let s = TestServer::start().await;
+    let t = s.project_with_token("p").await;
+
+    let bytes = b"# notes\ninline content\n";
+    let mut req = commit_request("notes.md", None, BlobHash::of(bytes));
+    req.content_base64 = Some(b64(bytes));
+    req.idempotency_key = Some("inline-1".into());
+    let v1 = s.commit_req("p", &t, &req).await.unwrap();
+    assert_eq!(
+        (v1.version, v1.size, v1.status),
+        (1, bytes.len() as u64, VersionStatus::Clean)
+    );
+    assert_eq!(s.read_bytes("p", &t, "notes.md").await, bytes);
+    assert_eq!(
+        s.get_blob("p", &t, v1.hash.as_str()).await.unwrap(),
+        bytes.to_vec(),
+        "the blob is the project's now"
+    );
+    assert_eq!(s.commit_req("p", &t, &req).await.unwrap(), v1, "a retry writes nothing");
+
+    // An inline edit on a moved-on base merges like any commit.
+    s.commit("p", &t, "notes.md", Some(1), b"# notes\ninline content\nremote line\n")
+        .await
+        .unwrap();
+    let edited = b"# NOTES\ninline content\n";
+    let mut req = commit_request("notes.md", Some(1), BlobHash::of(edited));
+    req.content_base64 = Some(b64(edited));
+    let merged = s.commit_req("p", &t, &req).await.unwrap();
+    assert_eq!(merged.status, VersionStatus::Merged);
+    assert_eq!(
+        s.read_bytes("p", &t, "notes.md").await,
+        b"# NOTES\ninline content\nremote line\n"
+    );
+
+    let before = s.snapshot("p").await;
+    // Content that does not hash to `hash`.
+    let mut bad = commit_request("other.md", None, BlobHash::of(b"claimed"));
+    bad.content_base64 = Some(b64(b"something else"));
+    assert_err(
+        s.commit_req("p", &t, &bad).await,
+        StatusCode::BAD_REQUEST,
+        "hash_mismatch",
+    );
+    assert_err(
+        s.get_blob("p", &t, BlobHash::of(b"something else").as_str()).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    // Not base64.
+    bad.content_base64 = Some("not base64 at all!".into());
+    let err = assert_err(
+        s.commit_req("p", &t, &bad).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+    );
+    assert!(err.message.contains("content_base64"), "{err:?}");
+    // Over the inline limit: upload it as a blob instead.
+    let big = vec![b'x'; MAX_INLINE_CONTENT + 1];
+    let mut bad = commit_request("big.bin", None, BlobHash::of(&big));
+    bad.content_base64 = Some(b64(&big));
+    let err = assert_err(
+        s.commit_req("p", &t, &bad).await,
+        StatusCode::BAD_REQUEST,
+        "content_too_large",
+    );
+    assert!(err.message.contains("/blobs/"), "{err:?}");
+    // A read-only token cannot sneak content in either.
+    let ro = s.token("p", Access::Read).await.token;
+    let mut req = commit_request("ro.md", None, BlobHash::of(b"ro"));
+    req.content_base64 = Some(b64(b"ro"));
+    assert_err(s.commit_req("p", &ro, &req).await, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(s.snapshot("p").await, before, "refused commits changed the tree");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_over_the_limits_are_413() {
     let s = TestServer::start_with(&["--max-blob-bytes", "1024", "--max-request-bytes", "4096"]).await;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use reqwest::StatusCode;
@@ -309,17 +310,19 @@ impl SyncWorker {
                 source,
                 ..
             } => {
+                // Small contents travel inside the commit: one request, not two.
+                let inline = match source {
+                    ContentSource::Inline(bytes) => Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                    _ => None,
+                };
                 let upload = match source {
-                    ContentSource::Inline(bytes) => {
-                        self.client.put_blob(p, Bytes::from(bytes.clone())).await.map(|_| ())
-                    }
                     ContentSource::File(file) => self.client.put_blob_file(p, hash, file).await.map(|_| ()),
-                    ContentSource::Server => Ok(()),
+                    ContentSource::Inline(_) | ContentSource::Server => Ok(()),
                 };
                 if let Err(e) = upload {
                     return classify(e);
                 }
-                let req = CommitRequest {
+                let mut req = CommitRequest {
                     path: path.clone(),
                     base_version: *base_version,
                     hash: hash.clone(),
@@ -330,8 +333,20 @@ impl SyncWorker {
                     // Stable across retries and restarts: a commit is applied once.
                     idempotency_key: Some(commit_key(item.uid, item.rev, &item.op)),
                     node: *node,
+                    content_base64: inline,
                 };
-                match self.client.commit(p, &req).await {
+                let mut result = self.client.commit(p, &req).await;
+                if let (Err(e), ContentSource::Inline(bytes)) = (&result, source) {
+                    if e.code() == Some("blob_missing") {
+                        // A server that predates inline content: upload, then commit.
+                        if let Err(e) = self.client.put_blob(p, Bytes::from(bytes.clone())).await {
+                            return classify(e);
+                        }
+                        req.content_base64 = None;
+                        result = self.client.commit(p, &req).await;
+                    }
+                }
+                match result {
                     Ok(v) => {
                         if let Ok(mut s) = self.status.lock() {
                             s.commits += 1;

@@ -449,7 +449,10 @@ impl Service {
         if let Some(done) = self.idempotent_result(project.id, &req).await? {
             return Ok(done);
         }
-        let size = self.visible_blob_size(&project, &req.hash).await?;
+        let size = match req.content_base64.as_deref() {
+            Some(encoded) => self.store_inline_content(&project, &req.hash, encoded).await?,
+            None => self.visible_blob_size(&project, &req.hash).await?,
+        };
         if kind == NodeKind::Symlink && size > MAX_SYMLINK_TARGET {
             return Err(ApiError::bad_request(
                 "invalid_field",
@@ -515,6 +518,38 @@ impl Service {
             return Err(missing());
         }
         self.blobs.size(hash).await?.ok_or_else(missing)
+    }
+
+    /// Stores the content a commit carried inline as the blob `hash`; its size.
+    async fn store_inline_content(
+        &self,
+        project: &ProjectRow,
+        hash: &BlobHash,
+        encoded: &str,
+    ) -> Result<u64, ApiError> {
+        use base64::Engine;
+        let too_large = || {
+            ApiError::bad_request(
+                "content_too_large",
+                format!("content_base64 carries at most {MAX_INLINE_CONTENT} bytes; PUT larger content to .../blobs/{hash} first"),
+            )
+        };
+        // Cheap check before decoding; the exact one after.
+        if encoded.len() > MAX_INLINE_CONTENT.div_ceil(3) * 4 {
+            return Err(too_large());
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| ApiError::bad_request("invalid_field", format!("content_base64 is not base64: {e}")))?;
+        if bytes.len() > MAX_INLINE_CONTENT {
+            return Err(too_large());
+        }
+        let len = bytes.len() as u64;
+        let body: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(Bytes::from(bytes)) }));
+        // put_stream checks the bytes hash to `hash` (400 hash_mismatch otherwise).
+        self.blobs.put_stream(Some(hash), body, len).await?;
+        self.store.record_blob(project.id, hash).await?;
+        Ok(len)
     }
 
     async fn plan_commit(
@@ -734,6 +769,7 @@ impl Service {
             message,
             idempotency_key: None,
             node: None,
+            content_base64: None,
         };
         self.commit(caller, project, req).await
     }

@@ -396,7 +396,8 @@ impl Vfs {
     /// is the merged bytes when the server merged.
     pub fn ack_commit(&self, uid: u64, rev: u64, committed: &BlobHash, v: &VersionInfo) -> VfsResult<()> {
         let mut invalidate = Vec::new();
-        {
+        // The staged copy to retire, once its bytes seeded the cache.
+        let retire = {
             let mut st = self.lock();
             if self.orphaned(&mut st, uid, v)? {
                 return Ok(());
@@ -411,28 +412,53 @@ impl Vfs {
                 let server = ServerState::from_version(v);
                 self.rebase(&mut st, uid, &server, v.status == VersionStatus::Clean)?;
             }
-            if let Some(ino) = ino {
-                let inode = Self::get_mut(&mut st, ino)?;
-                inode.last_status = Some(v.status);
-                let quiet = inode.open_writers == 0 && inode.data_rev == inode.journaled_data_rev;
-                if settled && quiet && inode.kind == NodeKind::File {
-                    if let Content::Local { path, .. } = &inode.content {
-                        if v.hash == *committed {
-                            // Seed the shared cache so the next read needs no download.
-                            if let Err(e) = self.cache.insert_file(committed, path) {
-                                tracing::debug!(error = %e, "could not seed the cache");
-                            }
+            match ino {
+                Some(ino) => {
+                    let inode = Self::get_mut(&mut st, ino)?;
+                    inode.last_status = Some(v.status);
+                    let quiet = inode.open_writers == 0 && inode.data_rev == inode.journaled_data_rev;
+                    match &inode.content {
+                        Content::Local { path, .. } if settled && quiet && inode.kind == NodeKind::File => {
+                            Some((ino, path.clone(), inode.data_rev))
                         }
-                        let _ = std::fs::remove_file(path);
+                        _ => None,
                     }
-                    if v.hash != *committed {
-                        invalidate.push(Invalidation::Inode(ino));
-                    }
-                    inode.content = Content::Blob { hash: v.hash.clone() };
-                    inode.size = v.size;
-                    inode.mtime = SystemTime::now();
                 }
+                None => None,
             }
+        };
+        let Some((ino, staged, rev_seen)) = retire else {
+            return Ok(());
+        };
+        if v.hash == *committed {
+            // Seed the shared cache so the next read needs no download. The
+            // copy (and its fsync) runs outside the core's lock: every FUSE
+            // call would wait behind it otherwise. The copy is hash-checked,
+            // so a writer that reopens the file meanwhile cannot poison it.
+            if let Err(e) = self.cache.insert_file(committed, &staged) {
+                tracing::debug!(error = %e, "could not seed the cache");
+            }
+        }
+        {
+            let mut st = self.lock();
+            let Some(inode) = st.inodes.get_mut(&ino) else {
+                return Ok(());
+            };
+            let unchanged = inode.open_writers == 0
+                && inode.data_rev == rev_seen
+                && inode.data_rev == inode.journaled_data_rev
+                && matches!(&inode.content, Content::Local { path, .. } if *path == staged);
+            if !unchanged {
+                // Written again meanwhile: the staged copy is the newer truth.
+                return Ok(());
+            }
+            let _ = std::fs::remove_file(&staged);
+            if v.hash != *committed {
+                invalidate.push(Invalidation::Inode(ino));
+            }
+            inode.content = Content::Blob { hash: v.hash.clone() };
+            inode.size = v.size;
+            inode.mtime = SystemTime::now();
         }
         self.invalidate(invalidate);
         Ok(())

@@ -517,6 +517,7 @@ pub fn commit_request(path: &str, base: Option<i64>, hash: BlobHash) -> CommitRe
         message: None,
         idempotency_key: None,
         node: None,
+        content_base64: None,
     }
 }
 

@@ -724,6 +724,7 @@ async fn commit_one(
         message: None,
         idempotency_key: Some(key),
         node: base.as_ref().map(|b| b.node),
+        content_base64: None,
     };
     let mut result = client.commit(&record.project, &request).await;
     if let Err(ClientError::Api { code, .. }) = &result {
