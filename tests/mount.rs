@@ -102,6 +102,8 @@ struct MountedWorkspace {
     project: String,
     token: String,
     agent: String,
+    /// Extra `contextfs mount` arguments.
+    mount_args: Vec<String>,
     pid: Option<u32>,
 }
 
@@ -113,6 +115,13 @@ impl MountedWorkspace {
         Self::mount_at(Arc::new(home), "mnt", &s.base, project, &token, agent)
     }
 
+    /// Like `create`, with extra `contextfs mount` arguments.
+    async fn create_with(s: &TestServer, project: &str, agent: &str, args: &[&str]) -> MountedWorkspace {
+        let token = s.project_with_token(project).await;
+        let home = tempfile::tempdir().expect("temp dir");
+        Self::mount_at_with(Arc::new(home), "mnt", &s.base, project, &token, agent, args)
+    }
+
     fn mount_at(
         home: Arc<tempfile::TempDir>,
         name: &str,
@@ -120,6 +129,18 @@ impl MountedWorkspace {
         project: &str,
         token: &str,
         agent: &str,
+    ) -> MountedWorkspace {
+        Self::mount_at_with(home, name, server, project, token, agent, &[])
+    }
+
+    fn mount_at_with(
+        home: Arc<tempfile::TempDir>,
+        name: &str,
+        server: &str,
+        project: &str,
+        token: &str,
+        agent: &str,
+        args: &[&str],
     ) -> MountedWorkspace {
         require_fuse();
         let root = home.path().canonicalize().expect("canonical temp dir");
@@ -130,6 +151,7 @@ impl MountedWorkspace {
             project: project.to_string(),
             token: token.to_string(),
             agent: agent.to_string(),
+            mount_args: args.iter().map(|a| a.to_string()).collect(),
             pid: None,
         };
         m.mount();
@@ -208,7 +230,9 @@ impl MountedWorkspace {
 
     fn mount(&mut self) {
         let dir = self.dir.display().to_string();
-        let out = self.cli(&["mount", &dir, "--daemon", "--agent-id", &self.agent]);
+        let mut args = vec!["mount", dir.as_str(), "--daemon", "--agent-id", &self.agent];
+        args.extend(self.mount_args.iter().map(String::as_str));
+        let out = self.cli(&args);
         assert!(
             out.status.success(),
             "contextfs mount --daemon failed: {}\nlog:\n{}",
@@ -805,6 +829,79 @@ os.close(r4)
     // Once the writes are acknowledged the file is clean again, and a fresh
     // reader (passthrough, when the kernel allows it) reads the new blob.
     assert_eq!(m.sh_ok("cat f.txt"), "new+more");
+}
+
+/// `--passthrough all`: the kernel reads clean files straight from the
+/// cache. It then refuses every other open of a file while such a reader
+/// holds it, so a writer waits for the reader (up to 2 s) and otherwise gets
+/// ETXTBSY; nothing is half-written, and a remote change still reaches new
+/// opens at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_all_makes_writers_wait_for_readers_and_never_serves_stale_bytes() {
+    let s = TestServer::start().await;
+    let m = MountedWorkspace::create_with(&s, "fast", "agent-fast", &["--passthrough", "all"]).await;
+    let status = m.status();
+    assert!(status.contains("kernel passthrough: every clean file"), "{status}");
+    m.sh_ok("printf 'v1\n' > f.txt");
+    m.wait_synced().await;
+    let script = r#"
+import errno, os, sys, threading, time
+def whole(fd):
+    os.lseek(fd, 0, 0)
+    return os.read(fd, 1000).decode().strip()
+r = os.open('f.txt', os.O_RDONLY)
+print('reader', whole(r))
+# A writer while the reader holds the file: refused after a wait.
+t0 = time.monotonic()
+try:
+    os.open('f.txt', os.O_WRONLY | os.O_APPEND)
+    print('writer opened')
+except OSError as e:
+    print('writer', errno.errorcode[e.errno], 'after', 'a wait' if time.monotonic() - t0 >= 1.5 else 'no wait')
+try:
+    os.truncate('f.txt', 0)
+    print('truncate done')
+except OSError as e:
+    print('truncate', errno.errorcode[e.errno])
+print('reader', whole(r))
+# The reader closes during the writer's wait: the writer goes ahead.
+threading.Timer(0.5, os.close, [r]).start()
+with open('f.txt', 'a') as w:
+    w.write('v2\n')
+print('after', open('f.txt').read().split(), flush=True)
+sys.stdin.readline()
+# Committed and clean again: hold a passthrough reader while another
+# writer changes the file on the server.
+r = os.open('f.txt', os.O_RDONLY)
+print('held', whole(r).split())
+print('ready', flush=True)
+sys.stdin.readline()
+print('new open', open('f.txt').read().split())
+print('held', whole(r).split())
+os.close(r)
+"#;
+    let mut py = m.python(script, &[]);
+    py.expect_line("reader v1");
+    py.expect_line("writer ETXTBSY after a wait");
+    py.expect_line("truncate ETXTBSY");
+    py.expect_line("reader v1");
+    py.expect_line("after ['v1', 'v2']");
+    m.wait_synced().await;
+    let head = server_has(&s, "fast", "f.txt", b"v1\nv2\n").await;
+    py.send("go");
+    py.expect_line("held ['v1', 'v2']");
+    py.expect_line("ready");
+    s.commit("fast", &m.token, "f.txt", Some(head.version), b"v1\nv2\nremote v3\n")
+        .await
+        .unwrap();
+    mount_shows(&m, "f.txt", "v1\nv2\nremote v3\n").await;
+    py.send("go");
+    assert_eq!(
+        py.output_lines(),
+        ["new open ['v1', 'v2', 'remote', 'v3']", "held ['v1', 'v2']"],
+        "mount log:\n{}",
+        m.log()
+    );
 }
 
 fn walk_names(dir: &Path) -> Vec<String> {

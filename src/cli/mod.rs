@@ -202,6 +202,14 @@ pub struct MountCommand {
     /// and -o apply to it too
     #[arg(long, value_name = "DIR")]
     pub skills_dir: Option<PathBuf>,
+    /// Which files the kernel may read straight from the cache (FUSE
+    /// passthrough: local-disk read speed, no round trip to this process;
+    /// Linux >= 6.9, as root). `read-only`: skills and read-only mounts, where
+    /// nobody can write. `all`: every clean file; then opening a file for
+    /// writing (or truncating it) while another process reads it waits up to
+    /// 2 s for that reader and then fails with ETXTBSY. `off`: never
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = crate::vfs::PassthroughPolicy::ReadOnly)]
+    pub passthrough: crate::vfs::PassthroughPolicy,
 }
 
 /// Parses sizes like `10G`, `512M`, `4096`.

@@ -51,6 +51,7 @@ pub fn run(global: GlobalArgs, cmd: MountCommand) -> anyhow::Result<ExitCode> {
         fuse_options: cmd.options,
         offline: cmd.offline,
         skills_dir: cmd.skills_dir,
+        passthrough: cmd.passthrough,
     };
     runtime::run(args, |_| {})
 }
@@ -173,6 +174,9 @@ pub fn status(mountpoint: &Path) -> anyhow::Result<ExitCode> {
             );
             if let Some(dir) = &r.info.skills_dir {
                 println!("skills: {dir} (read-only)");
+            }
+            if !r.passthrough.is_empty() {
+                println!("kernel passthrough: {}", r.passthrough);
             }
             let state = if r.online { "reachable" } else { "UNREACHABLE" };
             println!(

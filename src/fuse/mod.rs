@@ -22,10 +22,6 @@ use crate::vfs::{Attr, Invalidation, KernelIo, OpenMode, SetAttr, Vfs, VfsError}
 /// also pushed as invalidations, so this only bounds a missed one.
 const TTL: Duration = Duration::from_secs(1);
 
-/// Set to 0 to keep every read going through the mount process (for
-/// comparisons, or a kernel whose passthrough misbehaves).
-pub const PASSTHROUGH_ENV: &str = "CONTEXTFS_PASSTHROUGH";
-
 pub struct ContextFs {
     vfs: Arc<Vfs>,
     uid: u32,
@@ -152,8 +148,7 @@ impl Filesystem for ContextFs {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         // Passthrough lets the kernel read cached blobs itself (kernel >= 6.9).
-        let wanted = std::env::var(PASSTHROUGH_ENV).map_or(true, |v| v != "0");
-        if wanted
+        if self.vfs.passthrough_wanted()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {

@@ -44,6 +44,9 @@ pub struct MountReport {
     /// (path, clean | merged | lww) of every commit acknowledged since mount.
     pub outcomes: Vec<(String, String)>,
     pub commits: u64,
+    /// Which files the kernel reads straight from the cache, in words.
+    #[serde(default)]
+    pub passthrough: String,
 }
 
 impl MountReport {
@@ -108,6 +111,7 @@ pub fn report(info: &MountInfo, worker: &SyncWorker) -> MountReport {
             .map(|(p, s)| (p, s.as_str().to_string()))
             .collect(),
         commits: status.commits,
+        passthrough: worker.vfs.passthrough_description(),
     }
 }
 

@@ -41,6 +41,8 @@ pub struct MountArgs {
     /// Show the published skills read-only at this separate mount point
     /// instead of under `skills/` in the project mount.
     pub skills_dir: Option<PathBuf>,
+    /// Which files the kernel may read straight from the cache.
+    pub passthrough: crate::vfs::PassthroughPolicy,
 }
 
 /// The tree and skills a mount last loaded, kept for `--offline`.
@@ -277,6 +279,7 @@ fn mount_skills(
         )
         .map_err(|e| anyhow!("skills mount: {e}"))?,
     );
+    vfs.set_passthrough_policy(args.passthrough);
     let count = vfs.load_skills_root(skills).map_err(|e| anyhow!("skills mount: {e}"))?;
     let config = session_config("contextfs-skills".into(), true, 2, args);
     let session = fuser::Session::new(crate::fuse::ContextFs::new(vfs), dir, &config).with_context(|| {
@@ -481,6 +484,7 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         )
         .map_err(|e| anyhow!("{e}"))?,
     );
+    vfs.set_passthrough_policy(args.passthrough);
     let started = Instant::now();
     let (listing, skills) = match saved {
         Some(s) => (s.listing, s.skills),

@@ -250,6 +250,21 @@ pub enum KernelIo {
     Passthrough { file: Arc<File>, epoch: u64 },
 }
 
+/// Which files the kernel may read straight from the cache (FUSE passthrough).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PassthroughPolicy {
+    /// Never: every read goes through the mount process.
+    Off,
+    /// Files nobody can write through this mount: skills, `--read-only`
+    /// mounts, read-only tokens. Writers never wait.
+    #[default]
+    ReadOnly,
+    /// Every clean file: reads at local-disk speed, but opening a file for
+    /// writing while a process reads it this way waits up to 2 s for that
+    /// reader, then fails with ETXTBSY.
+    All,
+}
+
 /// How long an open for writing waits for passthrough readers of the same
 /// file to close before it fails with ETXTBSY.
 const PASSTHROUGH_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -306,8 +321,10 @@ pub struct Vfs {
     /// The kernel accepted FUSE passthrough and backing files can be registered.
     passthrough: AtomicBool,
     /// Passthrough for writable files too, not only read-only ones
-    /// (`--passthrough`): faster reads, but writers wait for readers.
+    /// (`--passthrough all`): faster reads, but writers wait for readers.
     passthrough_writable: AtomicBool,
+    /// `--passthrough off`: never ask the kernel for it.
+    passthrough_off: AtomicBool,
     pub config: VfsConfig,
 }
 
@@ -374,6 +391,7 @@ impl Vfs {
             wake: tokio::sync::Notify::new(),
             passthrough: AtomicBool::new(false),
             passthrough_writable: AtomicBool::new(false),
+            passthrough_off: AtomicBool::new(false),
             config,
         })
     }
@@ -969,11 +987,38 @@ impl Vfs {
         self.passthrough.load(Ordering::Relaxed)
     }
 
-    /// Passthrough for files that can be written too (`--passthrough`).
+    /// Passthrough for files that can be written too (`--passthrough all`).
     /// Without it only read-only files (skills, read-only mounts) use it, so
     /// no writer ever waits.
     pub fn set_passthrough_writable(&self, on: bool) {
         self.passthrough_writable.store(on, Ordering::Relaxed);
+    }
+
+    /// Which files may use passthrough once the kernel offers it.
+    pub fn set_passthrough_policy(&self, policy: PassthroughPolicy) {
+        self.passthrough_off
+            .store(policy == PassthroughPolicy::Off, Ordering::Relaxed);
+        self.set_passthrough_writable(policy == PassthroughPolicy::All);
+    }
+
+    /// For `contextfs status`: which files the kernel reads by itself.
+    pub fn passthrough_description(&self) -> String {
+        if !self.passthrough_wanted() {
+            "off (--passthrough off)".into()
+        } else if !self.passthrough_enabled() {
+            "off (the kernel did not offer it: it needs Linux >= 6.9 with FUSE passthrough, and root)".into()
+        } else if self.passthrough_writable.load(Ordering::Relaxed) {
+            "every clean file (--passthrough all: writers wait for passthrough readers)".into()
+        } else if self.config.read_only {
+            "every file (read-only mount)".into()
+        } else {
+            "read-only files (skills); writable files go through the mount".into()
+        }
+    }
+
+    /// Whether the adapter should ask the kernel for passthrough at all.
+    pub fn passthrough_wanted(&self) -> bool {
+        !self.passthrough_off.load(Ordering::Relaxed)
     }
 
     fn passthrough_allowed(&self, inode: &Inode) -> bool {
