@@ -138,6 +138,24 @@ async fn health_whoami_projects_and_tokens() {
         "unauthorized",
     )
     .await;
+    // Revoking again changes nothing and records nothing new.
+    let again = s
+        .req(
+            Method::DELETE,
+            &s.url(&format!("/tokens/{}", rw.info.id)),
+            Some(&s.admin),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NO_CONTENT);
+    let audit: AuditPage = send(s.get(&s.purl("alpha", "/audit"), &s.admin)).await.unwrap();
+    let revokes = audit
+        .entries
+        .iter()
+        .filter(|e| e.action == "revoke_token" && e.detail.as_deref() == Some(rw.info.id.as_str()))
+        .count();
+    assert_eq!(revokes, 1, "{:?}", audit.entries);
     let tokens: Vec<TokenInfo> = send(s.get(&s.purl("alpha", "/tokens"), &s.admin)).await.unwrap();
     assert!(tokens.iter().find(|t| t.id == rw.info.id).unwrap().revoked);
     assert!(!tokens.iter().find(|t| t.id == ro.info.id).unwrap().revoked);
@@ -1674,7 +1692,6 @@ async fn commit_with_inline_content_stores_the_blob_and_refuses_bad_content() {
         b"# NOTES\ninline content\nremote line\n"
     );
 
-    let before = s.snapshot("p").await;
     // Content that does not hash to `hash`.
     let mut bad = commit_request("other.md", None, BlobHash::of(b"claimed"));
     bad.content_base64 = Some(b64(b"something else"));
@@ -1685,6 +1702,23 @@ async fn commit_with_inline_content_stores_the_blob_and_refuses_bad_content() {
     );
     assert_err(
         s.get_blob("p", &t, BlobHash::of(b"something else").as_str()).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    // A refused commit (onto a directory) leaves its content invisible.
+    let _: VersionInfo = send(s.post(&s.purl("p", "/mkdir"), &t, &json!({"path": "dir"})))
+        .await
+        .unwrap();
+    let orphan = b"meant for a directory";
+    let mut bad_target = commit_request("dir", None, BlobHash::of(orphan));
+    bad_target.content_base64 = Some(b64(orphan));
+    assert_err(
+        s.commit_req("p", &t, &bad_target).await,
+        StatusCode::CONFLICT,
+        "is_a_directory",
+    );
+    assert_err(
+        s.get_blob("p", &t, BlobHash::of(orphan).as_str()).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
@@ -1706,6 +1740,7 @@ async fn commit_with_inline_content_stores_the_blob_and_refuses_bad_content() {
         "content_too_large",
     );
     assert!(err.message.contains("/blobs/"), "{err:?}");
+    let before = s.snapshot("p").await;
     // A read-only token cannot sneak content in either.
     let ro = s.token("p", Access::Read).await.token;
     let mut req = commit_request("ro.md", None, BlobHash::of(b"ro"));
@@ -2030,6 +2065,17 @@ async fn impossible_base_on_a_deleted_file_and_duplicate_skill_files_are_refused
             "base_version_unknown",
         );
     }
+    // Building on the tombstone itself: refused, saying why and what to do.
+    let err = assert_err(
+        s.commit_req("p", &t, &commit_request("docs/keep.md", Some(2), hash.clone()))
+            .await,
+        StatusCode::CONFLICT,
+        "base_version_unknown",
+    );
+    assert!(
+        err.message.contains("deletion") && err.message.contains("without a base"),
+        "{err:?}"
+    );
     assert_eq!(s.snapshot("p").await, before, "nothing was restored");
     // Base 1 existed before the deletion: the edit restores the file (lww).
     let v = s

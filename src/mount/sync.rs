@@ -20,6 +20,8 @@ use crate::vfs::Vfs;
 pub const DEBOUNCE_MS: i64 = 150;
 /// Commits sent at once.
 const COMMIT_CONCURRENCY: usize = 16;
+/// The shortest pause between two drain rounds while changes keep coming.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(25);
 /// A record the server refused is retried after this long.
 const FAILED_RETRY: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -401,22 +403,34 @@ impl SyncWorker {
                 backoff
             } else {
                 backoff = Duration::from_millis(200);
-                // Debounced records become ready soon; wake up for them.
                 if round.left > 0 {
-                    Duration::from_millis(DEBOUNCE_MS as u64)
+                    // Wake when the oldest debounced change is ready.
+                    self.until_next_ready()
                 } else {
                     Duration::from_secs(5)
                 }
             };
             tokio::select! {
                 _ = self.vfs.wake.notified() => {
-                    // Let a burst of closes land before the next round.
-                    tokio::time::sleep(Duration::from_millis(DEBOUNCE_MS as u64)).await;
+                    // Let a burst of closes land, but send the first change
+                    // as soon as its debounce is over.
+                    tokio::time::sleep(self.until_next_ready()).await;
                 }
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => return,
             }
         }
+    }
+
+    /// Until the next journaled change is past its debounce; at least
+    /// [`MIN_ROUND_GAP`], so a steady stream of closes is sent in batches
+    /// (each round commits up to COMMIT_CONCURRENCY changes at once).
+    fn until_next_ready(&self) -> Duration {
+        let debounce = Duration::from_millis(DEBOUNCE_MS as u64);
+        self.vfs
+            .next_ready_in(DEBOUNCE_MS, &|uid| self.refused_recently(uid))
+            .unwrap_or(debounce)
+            .clamp(MIN_ROUND_GAP, debounce)
     }
 
     /// Follows the change feed with long polls.

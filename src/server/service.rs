@@ -450,7 +450,7 @@ impl Service {
             return Ok(done);
         }
         let size = match req.content_base64.as_deref() {
-            Some(encoded) => self.store_inline_content(&project, &req.hash, encoded).await?,
+            Some(encoded) => self.store_inline_content(&req.hash, encoded).await?,
             None => self.visible_blob_size(&project, &req.hash).await?,
         };
         if kind == NodeKind::Symlink && size > MAX_SYMLINK_TARGET {
@@ -475,6 +475,7 @@ impl Service {
                 op: plan.op,
                 status: plan.status,
                 idempotency_key: req.idempotency_key.clone(),
+                record_blob: req.content_base64.is_some().then(|| req.hash.clone()),
             };
             match self.store.write_content(project.id, write, meta.clone()).await {
                 Ok(applied) => {
@@ -521,12 +522,7 @@ impl Service {
     }
 
     /// Stores the content a commit carried inline as the blob `hash`; its size.
-    async fn store_inline_content(
-        &self,
-        project: &ProjectRow,
-        hash: &BlobHash,
-        encoded: &str,
-    ) -> Result<u64, ApiError> {
+    async fn store_inline_content(&self, hash: &BlobHash, encoded: &str) -> Result<u64, ApiError> {
         use base64::Engine;
         let too_large = || {
             ApiError::bad_request(
@@ -546,9 +542,11 @@ impl Service {
         }
         let len = bytes.len() as u64;
         let body: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(Bytes::from(bytes)) }));
-        // put_stream checks the bytes hash to `hash` (400 hash_mismatch otherwise).
+        // put_stream checks the bytes hash to `hash` (400 hash_mismatch
+        // otherwise). The blob becomes the project's with the commit's own
+        // transaction (`ContentWrite::record_blob`): a refused commit leaves
+        // no trace in the project.
         self.blobs.put_stream(Some(hash), body, len).await?;
-        self.store.record_blob(project.id, hash).await?;
         Ok(len)
     }
 
@@ -631,6 +629,15 @@ impl Service {
                     VersionOp::Write,
                     mode_or(head.head.mode),
                 ),
+                // The tombstone itself (or later) holds no content to build on.
+                Some(base) if base == head.head.version => Err(ApiError::conflict(
+                    "base_version_unknown",
+                    format!(
+                        "version {base} of {} is its deletion, which has no content to build on; commit without a base version to create the file again",
+                        req.path
+                    ),
+                )
+                .with_head(Some(head.head))),
                 Some(base) => Err(unknown_base(base, Some(head.head))),
             };
         }
@@ -901,6 +908,7 @@ impl Service {
                 op: VersionOp::Rollback,
                 status: VersionStatus::Clean,
                 idempotency_key: None,
+                record_blob: None,
             };
             match self.store.write_content(project.id, write, meta.clone()).await {
                 Ok(applied) => {

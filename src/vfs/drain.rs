@@ -88,6 +88,19 @@ impl Vfs {
     /// One operation per record whose last change is at least `min_age_ms`
     /// old (a short debounce lets an editor finish its save dance before
     /// anything is sent), in the order they must run.
+    /// How long until the next journaled change (other than `skip`ped ones)
+    /// is `min_age_ms` old and ready to send; `None` when nothing waits.
+    pub fn next_ready_in(&self, min_age_ms: i64, skip: &dyn Fn(u64) -> bool) -> Option<std::time::Duration> {
+        let st = self.lock();
+        let now = now_millis();
+        st.records
+            .values()
+            .filter(|r| !skip(r.uid))
+            .map(|r| (r.changed_at + min_age_ms - now).max(0))
+            .min()
+            .map(|ms| std::time::Duration::from_millis(ms as u64))
+    }
+
     pub fn drain_plan(&self, min_age_ms: i64, skip: &dyn Fn(u64) -> bool) -> Vec<DrainItem> {
         let st = self.lock();
         let now = now_millis();

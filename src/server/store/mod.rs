@@ -101,6 +101,9 @@ pub struct ContentWrite {
     pub op: VersionOp,
     pub status: VersionStatus,
     pub idempotency_key: Option<String>,
+    /// A blob that came with the commit (inline content), recorded as the
+    /// project's in the same transaction as the version.
+    pub record_blob: Option<BlobHash>,
 }
 
 /// A mutation's result plus the project cursor it advanced to, so the service

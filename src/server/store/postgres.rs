@@ -660,6 +660,12 @@ async fn write_content_tx<C: GenericClient>(
             return Err(StoreError::HeadMoved.into());
         }
     }
+    if let Some(hash) = &write.record_blob {
+        let stmt = c
+            .prepare_cached("INSERT INTO project_blobs (project_id, hash) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .await?;
+        c.execute(&stmt, &[&project_id, &hash.as_str()]).await?;
+    }
     match &write.target {
         WriteTarget::New { path } => {
             if live_node(c, project_id, path.as_str(), Lock::None).await?.is_some() {
@@ -1280,12 +1286,16 @@ impl MetadataStore for PostgresStore {
                 None => false,
                 Some(row) => {
                     let project: i64 = col(&row, 0)?;
-                    tx.execute(
-                        "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                        &[&id, &meta.now],
-                    )
-                    .await?;
-                    audit(&tx, Some(project), &meta, "revoke_token", None, None, None, Some(id)).await?;
+                    let revoked = tx
+                        .execute(
+                            "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                            &[&id, &meta.now],
+                        )
+                        .await?;
+                    // Revoking again is a no-op, not a second event.
+                    if revoked > 0 {
+                        audit(&tx, Some(project), &meta, "revoke_token", None, None, None, Some(id)).await?;
+                    }
                     true
                 }
             }

@@ -718,11 +718,14 @@ impl MetadataStore for SqliteStore {
                 .query_row("SELECT project_id FROM tokens WHERE id = ?1", [&id], |r| r.get(0))
                 .optional()?;
             let Some(project) = project else { return Ok(false) };
-            conn.execute(
+            let revoked = conn.execute(
                 "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 params![id, meta.now],
             )?;
-            audit(conn, Some(project), &meta, "revoke_token", None, None, None, Some(&id))?;
+            // Revoking again is a no-op, not a second event.
+            if revoked > 0 {
+                audit(conn, Some(project), &meta, "revoke_token", None, None, None, Some(&id))?;
+            }
             Ok(true)
         })
         .await
@@ -835,6 +838,10 @@ impl MetadataStore for SqliteStore {
                     // A concurrent retry of the same commit won: let the caller find it.
                     return Err(StoreError::HeadMoved);
                 }
+            }
+            if let Some(hash) = &write.record_blob {
+                conn.prepare_cached("INSERT OR IGNORE INTO project_blobs (project_id, hash) VALUES (?1, ?2)")?
+                    .execute(params![project_id, hash.as_str()])?;
             }
             match &write.target {
                 WriteTarget::New { path } => {
