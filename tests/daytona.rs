@@ -225,15 +225,6 @@ impl Cli {
     }
 }
 
-fn both(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 async fn publish_skill(server: &TestServer) -> String {
     let skill_md = "---\nname: pdf\ndescription: Read and fill PDF forms\n---\n# PDF\nUse the scripts.\n";
     let dir = tempfile::tempdir().expect("temp dir");

@@ -11,7 +11,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
@@ -22,59 +21,11 @@ use common::*;
 use contextfs::api::*;
 use contextfs::model::BlobHash;
 
-/// How long a change may take to show up somewhere (server, other mount).
-const DEADLINE: Duration = Duration::from_secs(30);
 const BIN: &str = env!("CARGO_BIN_EXE_contextfs");
 
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
-
-fn require_fuse() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "/dev/fuse is missing: these tests mount a real FUSE filesystem. Install fuse3 (scripts/test does) \
-         and, in a container, run with --device /dev/fuse --cap-add SYS_ADMIN. Not skipping: a skipped mount test proves nothing."
-    );
-    let fusermount = Command::new("fusermount3").arg("--version").output();
-    assert!(
-        fusermount.is_ok(),
-        "fusermount3 is missing: install fuse3 (scripts/test does)"
-    );
-}
-
-/// stdout and stderr of a finished command, for assertion messages.
-fn both(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-/// Polls `probe` until it returns `Ok`, failing the test after [`DEADLINE`]
-/// with the last reason it gave.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let started = Instant::now();
-    loop {
-        match probe().await {
-            Ok(v) => return v,
-            Err(why) if started.elapsed() > DEADLINE => {
-                panic!("{what}: still not true after {DEADLINE:?}; last check: {why}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
 
 /// True while `pid` is a live (not zombie) process serving `mountpoint`.
 fn mount_process_alive(pid: u32, mountpoint: &Path) -> bool {
@@ -112,28 +63,17 @@ impl MountedWorkspace {
     async fn create(s: &TestServer, project: &str, agent: &str) -> MountedWorkspace {
         let token = s.project_with_token(project).await;
         let home = tempfile::tempdir().expect("temp dir");
-        Self::mount_at(Arc::new(home), "mnt", &s.base, project, &token, agent)
+        Self::mount_at(Arc::new(home), "mnt", &s.base, project, &token, agent, &[])
     }
 
     /// Like `create`, with extra `contextfs mount` arguments.
     async fn create_with(s: &TestServer, project: &str, agent: &str, args: &[&str]) -> MountedWorkspace {
         let token = s.project_with_token(project).await;
         let home = tempfile::tempdir().expect("temp dir");
-        Self::mount_at_with(Arc::new(home), "mnt", &s.base, project, &token, agent, args)
+        Self::mount_at(Arc::new(home), "mnt", &s.base, project, &token, agent, args)
     }
 
     fn mount_at(
-        home: Arc<tempfile::TempDir>,
-        name: &str,
-        server: &str,
-        project: &str,
-        token: &str,
-        agent: &str,
-    ) -> MountedWorkspace {
-        Self::mount_at_with(home, name, server, project, token, agent, &[])
-    }
-
-    fn mount_at_with(
         home: Arc<tempfile::TempDir>,
         name: &str,
         server: &str,
@@ -160,7 +100,15 @@ impl MountedWorkspace {
 
     /// A second mount of the same project (same XDG dirs, so the same cache).
     fn another(&self, name: &str, agent: &str) -> MountedWorkspace {
-        Self::mount_at(self.home.clone(), name, &self.server, &self.project, &self.token, agent)
+        Self::mount_at(
+            self.home.clone(),
+            name,
+            &self.server,
+            &self.project,
+            &self.token,
+            agent,
+            &[],
+        )
     }
 
     fn root(&self) -> PathBuf {
@@ -1181,7 +1129,7 @@ async fn published_skills_are_readable_and_read_only() {
     assert!(published.status.success(), "{}", both(&published));
 
     let home = tempfile::tempdir().expect("temp dir");
-    let m = MountedWorkspace::mount_at(Arc::new(home), "mnt", &s.base, p, &token, "agent-skills");
+    let m = MountedWorkspace::mount_at(Arc::new(home), "mnt", &s.base, p, &token, "agent-skills", &[]);
     assert_eq!(m.sh_ok("cat skills/pdf/SKILL.md"), skill_md);
     assert_eq!(m.sh_ok("ls skills/pdf"), "SKILL.md\nscripts\n");
 

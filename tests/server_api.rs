@@ -115,16 +115,15 @@ async fn health_whoami_projects_and_tokens() {
         "token list must not leak secrets"
     );
 
-    let resp = s
-        .req(
+    let revoke = || {
+        s.req(
             Method::DELETE,
             &s.url(&format!("/tokens/{}", rw.info.id)),
             Some(&s.admin),
         )
         .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    };
+    assert_eq!(revoke().await.unwrap().status(), StatusCode::NO_CONTENT);
     let err = expect_error(
         s.get(&s.url("/whoami"), &rw.token),
         StatusCode::UNAUTHORIZED,
@@ -139,16 +138,7 @@ async fn health_whoami_projects_and_tokens() {
     )
     .await;
     // Revoking again changes nothing and records nothing new.
-    let again = s
-        .req(
-            Method::DELETE,
-            &s.url(&format!("/tokens/{}", rw.info.id)),
-            Some(&s.admin),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), StatusCode::NO_CONTENT);
+    assert_eq!(revoke().await.unwrap().status(), StatusCode::NO_CONTENT);
     let audit: AuditPage = send(s.get(&s.purl("alpha", "/audit"), &s.admin)).await.unwrap();
     let revokes = audit
         .entries

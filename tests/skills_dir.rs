@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -31,48 +30,6 @@ const FILL_SH: &str = "#!/bin/sh\necho filled\n";
 // ---------------------------------------------------------------------------
 // Harness (the pattern of tests/mount.rs, with a skills dir)
 // ---------------------------------------------------------------------------
-
-fn require_fuse() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "/dev/fuse is missing: these tests mount a real FUSE filesystem. Install fuse3 (scripts/test does) \
-         and, in a container, run with --device /dev/fuse --cap-add SYS_ADMIN. Not skipping: a skipped mount test proves nothing."
-    );
-    assert!(
-        Command::new("fusermount3").arg("--version").output().is_ok(),
-        "fusermount3 is missing: install fuse3 (scripts/test does)"
-    );
-}
-
-fn both(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let started = Instant::now();
-    loop {
-        match probe().await {
-            Ok(v) => return v,
-            Err(why) if started.elapsed() > DEADLINE => {
-                panic!("{what}: still not true after {DEADLINE:?}; last check: {why}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
 
 /// The /proc/self/mounts line of `path`: (fstype, options).
 fn mount_entry(path: &Path) -> Option<(String, String)> {

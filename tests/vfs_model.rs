@@ -196,6 +196,13 @@ const RW: OpenMode = OpenMode {
     truncate: false,
     append: false,
 };
+/// `open(O_WRONLY | O_TRUNC)`.
+const TRUNC: OpenMode = OpenMode {
+    read: false,
+    write: true,
+    truncate: true,
+    append: false,
+};
 const RO: OpenMode = OpenMode {
     read: true,
     write: false,
@@ -1008,16 +1015,7 @@ fn rewrite_in_place_with_o_trunc_then_chmod_is_one_commit_with_the_mode() {
     let (env, listing) = doc_env();
     let vfs = env.mount(&listing);
     let ino = ino_of(&vfs, "doc.md").unwrap();
-    let fh = vfs
-        .open(
-            ino,
-            OpenMode {
-                write: true,
-                truncate: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let fh = vfs.open(ino, TRUNC).unwrap();
     assert_eq!(vfs.getattr(ino).unwrap().size, 0);
     vfs.write(fh, 0, b"#!/bin/sh\necho hi\n").unwrap();
     vfs.flush(fh).unwrap();
@@ -1076,16 +1074,7 @@ fn o_trunc_alone_on_a_server_file_is_a_change() {
     let (env, listing) = doc_env();
     let vfs = env.mount(&listing);
     let ino = ino_of(&vfs, "doc.md").unwrap();
-    let fh = vfs
-        .open(
-            ino,
-            OpenMode {
-                write: true,
-                truncate: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let fh = vfs.open(ino, TRUNC).unwrap();
     vfs.flush(fh).unwrap();
     vfs.release(fh).unwrap();
     assert_eq!(read_path(&vfs, "doc.md"), b"");
@@ -1216,16 +1205,7 @@ fn reading_a_server_file_with_the_server_down_is_eio_and_writes_need_no_server()
     let ino = ino_of(&vfs, "remote.md").unwrap();
     assert_eq!(vfs.open(ino, RO).unwrap_err().errno, libc::EIO);
     // O_TRUNC needs no old bytes.
-    let fh = vfs
-        .open(
-            ino,
-            OpenMode {
-                write: true,
-                truncate: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let fh = vfs.open(ino, TRUNC).unwrap();
     vfs.write(fh, 0, b"offline").unwrap();
     vfs.release(fh).unwrap();
     assert_eq!(read_path(&vfs, "remote.md"), b"offline");
@@ -1340,16 +1320,7 @@ fn a_remote_change_under_passthrough_readers_moves_the_file_to_a_new_inode() {
     );
     assert_eq!(vfs.getxattr(new_ino, "user.contextfs.version").unwrap(), b"2");
     // The node keeps working as one: a local edit is a change of node 10.
-    let fh = vfs
-        .open(
-            new_ino,
-            OpenMode {
-                write: true,
-                truncate: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let fh = vfs.open(new_ino, TRUNC).unwrap();
     vfs.write(fh, 0, b"local edit").unwrap();
     vfs.release(fh).unwrap();
     assert_eq!(read_path(&vfs, "doc.md"), b"local edit");
@@ -1413,16 +1384,7 @@ fn remote_changes_reach_new_opens_but_not_open_handles() {
 
     // A file with queued local changes keeps them.
     let other = ino_of(&vfs, "other.md").unwrap();
-    let fh = vfs
-        .open(
-            other,
-            OpenMode {
-                write: true,
-                truncate: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let fh = vfs.open(other, TRUNC).unwrap();
     vfs.write(fh, 0, b"local edit").unwrap();
     vfs.flush(fh).unwrap();
     vfs.release(fh).unwrap();

@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+#[allow(unused_imports)] // not every test file runs programs
+pub use process::*;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::ops::Deref;
