@@ -372,6 +372,20 @@ async fn files_checkout_and_one_call_put() {
         StatusCode::CONFLICT,
         "is_a_directory",
     );
+    // A PUT the commit refuses (onto a directory) leaves no readable blob behind.
+    let refused = b"meant for a directory".to_vec();
+    expect_error(
+        s.req(Method::PUT, &s.purl("p", "/files/notes"), Some(&t))
+            .body(refused.clone()),
+        StatusCode::CONFLICT,
+        "is_a_directory",
+    )
+    .await;
+    assert_err(
+        s.get_blob("p", &t, BlobHash::of(&refused).as_str()).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     assert_eq!(s.history("p", &t, "notes/plan.md").await.len(), 3);
 }
 

@@ -426,6 +426,21 @@ impl Service {
     // ----- writes -----
 
     pub async fn commit(&self, caller: &Caller, project: &str, req: CommitRequest) -> Result<VersionInfo, ApiError> {
+        self.commit_content(caller, project, req, None).await
+    }
+
+    /// A commit whose content either was uploaded before (`uploaded: None`:
+    /// it must be the project's already), or came with this request
+    /// (`content_base64`, or `uploaded: Some(size)` from `PUT files`): then the
+    /// blob becomes the project's in the commit's own transaction, so a refused
+    /// commit leaves no trace in the project.
+    async fn commit_content(
+        &self,
+        caller: &Caller,
+        project: &str,
+        req: CommitRequest,
+        uploaded: Option<u64>,
+    ) -> Result<VersionInfo, ApiError> {
         let project = self.project_for(caller, project, true).await?;
         let kind = req.kind.unwrap_or(NodeKind::File);
         if kind == NodeKind::Dir {
@@ -449,10 +464,12 @@ impl Service {
         if let Some(done) = self.idempotent_result(project.id, &req).await? {
             return Ok(done);
         }
-        let size = match req.content_base64.as_deref() {
-            Some(encoded) => self.store_inline_content(&req.hash, encoded).await?,
-            None => self.visible_blob_size(&project, &req.hash).await?,
+        let size = match (req.content_base64.as_deref(), uploaded) {
+            (Some(encoded), _) => self.store_inline_content(&req.hash, encoded).await?,
+            (None, Some(size)) => size,
+            (None, None) => self.visible_blob_size(&project, &req.hash).await?,
         };
+        let came_with_request = req.content_base64.is_some() || uploaded.is_some();
         if kind == NodeKind::Symlink && size > MAX_SYMLINK_TARGET {
             return Err(ApiError::bad_request(
                 "invalid_field",
@@ -475,7 +492,7 @@ impl Service {
                 op: plan.op,
                 status: plan.status,
                 idempotency_key: req.idempotency_key.clone(),
-                record_blob: req.content_base64.is_some().then(|| req.hash.clone()),
+                record_blob: came_with_request.then(|| req.hash.clone()),
             };
             match self.store.write_content(project.id, write, meta.clone()).await {
                 Ok(applied) => {
@@ -757,8 +774,7 @@ impl Service {
         body: ByteStream,
     ) -> Result<VersionInfo, ApiError> {
         let row = self.project_for(caller, project, true).await?;
-        let (hash, _, _) = self.blobs.put_stream(None, body, self.limits.max_blob_bytes).await?;
-        self.store.record_blob(row.id, &hash).await?;
+        let (hash, size, _) = self.blobs.put_stream(None, body, self.limits.max_blob_bytes).await?;
         let base_version = match base_version {
             Some(b) => Some(b),
             None => match self.store.node_at(row.id, &path).await? {
@@ -778,7 +794,7 @@ impl Service {
             node: None,
             content_base64: None,
         };
-        self.commit(caller, project, req).await
+        self.commit_content(caller, project, req, Some(size)).await
     }
 
     pub async fn mkdir(
