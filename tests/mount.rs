@@ -852,6 +852,88 @@ os.close(r)
     );
 }
 
+/// fsync sends the change to the server and waits for it: when fsync
+/// returns, the server has the bytes. With the server down it returns once
+/// the change is durable in the journal (no hang), and the change lands later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_commits_and_waits_and_never_hangs_with_the_server_down() {
+    let mut s = TestServer::start().await;
+    let m = MountedWorkspace::create(&s, "durable", "agent-fsync").await;
+    let script = r#"
+import os, sys, time
+fd = os.open('report.md', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, b'# Report\nfinal numbers\n')
+os.fsync(fd)
+print('fsynced', flush=True)
+sys.stdin.readline()
+os.write(fd, b'offline addendum\n')
+t0 = time.monotonic()
+os.fsync(fd)
+print('offline fsync', 'returned' if time.monotonic() - t0 < 15 else 'hung', flush=True)
+os.close(fd)
+"#;
+    let mut py = m.python(script, &[]);
+    py.expect_line("fsynced");
+    // No polling: fsync returned, so the server has it now.
+    let now = s.read("durable", &s.admin, "report.md", None).await.unwrap();
+    assert_eq!(now.bytes, b"# Report\nfinal numbers\n");
+
+    s.stop().await;
+    py.send("go");
+    assert_eq!(py.output_lines(), ["offline fsync returned"]);
+    let status = m.status();
+    assert!(status.contains("report.md"), "the change is queued: {status}");
+    s.restart_on_same_port().await;
+    server_has(
+        &s,
+        "durable",
+        "report.md",
+        b"# Report\nfinal numbers\noffline addendum\n",
+    )
+    .await;
+}
+
+/// A change the server refuses (here: the mount's token was revoked) makes
+/// fsync fail with EIO at once; the bytes stay in the journal and `status`
+/// says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_of_a_change_the_server_refuses_is_eio() {
+    let s = TestServer::start().await;
+    let m = MountedWorkspace::create(&s, "revoked", "agent-revoked").await;
+    let who: WhoAmI = send(s.get(&s.url("/whoami"), &m.token)).await.unwrap();
+    let revoked = s
+        .req(
+            reqwest::Method::DELETE,
+            &s.url(&format!("/tokens/{}", who.token_id)),
+            Some(&s.admin),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), reqwest::StatusCode::NO_CONTENT);
+    let script = r#"
+import errno, os
+fd = os.open('kept.md', os.O_WRONLY | os.O_CREAT, 0o644)
+os.write(fd, b'written after the revocation\n')
+try:
+    os.fsync(fd)
+    print('fsync ok')
+except OSError as e:
+    print('fsync', errno.errorcode[e.errno])
+os.close(fd)
+print(open('kept.md').read().strip())
+"#;
+    assert_eq!(
+        m.python(script, &[]).output_lines(),
+        ["fsync EIO", "written after the revocation"]
+    );
+    let status = m.status();
+    assert!(
+        status.contains("kept.md") && status.contains("revoked"),
+        "status names the file and the reason: {status}"
+    );
+}
+
 fn walk_names(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

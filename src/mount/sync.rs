@@ -2,6 +2,7 @@
 //! backoff) and follows the project's change feed.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -112,6 +113,8 @@ fn commit_key(uid: u64, rev: u64, op: &DrainOp) -> String {
 
 impl SyncWorker {
     pub fn new(vfs: Arc<Vfs>, client: Client, project: String, agent_id: Option<String>) -> Self {
+        // From now on fsync waits for the server (until a round fails to reach it).
+        vfs.round_finished(true);
         Self {
             vfs,
             client,
@@ -253,6 +256,7 @@ impl SyncWorker {
             }
         }
         round.left = self.vfs.queued().len();
+        self.vfs.round_finished(round.transient.is_none());
         round
     }
 
@@ -397,7 +401,9 @@ impl SyncWorker {
     pub async fn run_drain(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(200);
         loop {
-            let round = self.drain(false).await;
+            // fsync asked for everything to go out now.
+            let urgent = self.vfs.urgent.swap(false, Ordering::Relaxed);
+            let round = self.drain(urgent).await;
             let wait = if round.transient.is_some() {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 backoff
@@ -413,8 +419,10 @@ impl SyncWorker {
             tokio::select! {
                 _ = self.vfs.wake.notified() => {
                     // Let a burst of closes land, but send the first change
-                    // as soon as its debounce is over.
-                    tokio::time::sleep(self.until_next_ready()).await;
+                    // as soon as its debounce is over (fsync: at once).
+                    if !self.vfs.urgent.load(Ordering::Relaxed) {
+                        tokio::time::sleep(self.until_next_ready()).await;
+                    }
                 }
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => return,

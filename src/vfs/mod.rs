@@ -22,7 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use thiserror::Error;
@@ -265,6 +265,9 @@ pub enum PassthroughPolicy {
     All,
 }
 
+/// How long fsync waits for the server to acknowledge the change.
+const FSYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long an open for writing waits for passthrough readers of the same
 /// file to close before it fails with ETXTBSY.
 const PASSTHROUGH_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -318,6 +321,12 @@ pub struct Vfs {
     invalidations: Mutex<Option<mpsc::Sender<Invalidation>>>,
     /// Wakes the sync worker when something new is journaled.
     pub(crate) wake: tokio::sync::Notify,
+    /// fsync asks the worker to send everything now, without the debounce.
+    pub(crate) urgent: AtomicBool,
+    /// Signalled by the worker after every round, for fsync's waiters.
+    round_done: Condvar,
+    /// A sync worker is attached (a real mount) and last reached the server.
+    server_reachable: AtomicBool,
     /// The kernel accepted FUSE passthrough and backing files can be registered.
     passthrough: AtomicBool,
     /// Passthrough for writable files too, not only read-only ones
@@ -389,6 +398,9 @@ impl Vfs {
             source,
             invalidations: Mutex::new(None),
             wake: tokio::sync::Notify::new(),
+            urgent: AtomicBool::new(false),
+            round_done: Condvar::new(),
+            server_reachable: AtomicBool::new(false),
             passthrough: AtomicBool::new(false),
             passthrough_writable: AtomicBool::new(false),
             passthrough_off: AtomicBool::new(false),
@@ -1268,11 +1280,64 @@ impl Vfs {
         Ok(ended_epoch)
     }
 
-    /// fsync(): the change is journaled (durable); the sync worker is woken.
+    /// fsync(): the change is journaled (durable), then sent to the server
+    /// at once, and fsync waits (at most [`FSYNC_WAIT`]) for the answer. With
+    /// the server unreachable it returns as soon as the change is durable
+    /// here: it stays queued. A change the server refuses is `EIO`.
     pub fn fsync(&self, fh: u64) -> VfsResult<()> {
         self.flush(fh)?;
+        let waiting_for = {
+            let st = self.lock();
+            let ino = st.handles.get(&fh).ok_or_else(VfsError::badf)?.ino;
+            st.inodes
+                .get(&ino)
+                .and_then(|i| st.records.get(&i.uid))
+                .map(|r| (r.uid, r.rev))
+        };
+        self.urgent.store(true, Ordering::Relaxed);
         self.wake.notify_one();
-        Ok(())
+        let Some((uid, rev)) = waiting_for else {
+            return Ok(());
+        };
+        let deadline = std::time::Instant::now() + FSYNC_WAIT;
+        let mut st = self.lock();
+        loop {
+            if !self.server_reachable.load(Ordering::Relaxed) {
+                return Ok(()); // durable here; it goes out when the server is back
+            }
+            match st.records.get(&uid) {
+                None => return Ok(()),
+                Some(r) if r.rev > rev => return Ok(()), // superseded by a newer change
+                Some(r) => {
+                    if let Some(error) = &r.last_error {
+                        return Err(VfsError::new(
+                            libc::EIO,
+                            format!(
+                                "the server refused {}: {error}; the change stays in the journal (see `contextfs status`)",
+                                Self::path_of(&st, st.by_uid.get(&uid).copied().unwrap_or(ROOT_INO))
+                            ),
+                        ));
+                    }
+                }
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(()); // still durable here; the worker keeps trying
+            }
+            st = self
+                .round_done
+                .wait_timeout(st, deadline - now)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// The sync worker reports after each round whether it reached the
+    /// server; fsync waits only while it does.
+    pub fn round_finished(&self, server_reachable: bool) {
+        self.server_reachable.store(server_reachable, Ordering::Relaxed);
+        let _guard = self.lock();
+        self.round_done.notify_all();
     }
 
     pub fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> VfsResult<Attr> {
