@@ -397,7 +397,7 @@ def cmd_report(args):
         return f" ({v / nat:.1f}×)"
 
     lines = [
-        "| measurement | native | contextfs | contextfs `--passthrough all` | rclone |",
+        "| measurement | native | contextfs | contextfs `--passthrough read-only` | rclone |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for label, kind, vals in rows:
@@ -450,7 +450,7 @@ def cmd_report(args):
             goals.append(f"- {text}: **{'met' if ok else 'NOT met'}** ({detail})")
 
     wn = get("read_warm", "native", "mb_s")
-    for target, mode in (("contextfs", "default `--passthrough read-only`"), ("contextfs_pt", "`--passthrough all`")):
+    for target, mode in (("contextfs", "default `--passthrough all`"), ("contextfs_pt", "`--passthrough read-only`")):
         wc = get("read_warm", target, "mb_s")
         goal(
             f"warm sequential read ≥ 90 % of native, {mode}",
@@ -503,9 +503,10 @@ def cmd_report(args):
     )
     section.append(
         f"- targets: **native** = a directory on that file system; **contextfs** = `contextfs mount` of a project on "
-        f"`contextfs serve` on 127.0.0.1 (fresh server, empty cache dir); **contextfs `--passthrough all`** = a "
-        f"second mount of the same project with its own empty cache, where the kernel reads clean files straight "
-        f"from the cache (FUSE passthrough; read tests only); **rclone** = `rclone mount` of a local "
+        f"`contextfs serve` on 127.0.0.1 (fresh server, empty cache dir); **contextfs** reads clean files by FUSE passthrough "
+        f"(the default `--passthrough all`); **contextfs `--passthrough read-only`** = a second mount of the same "
+        f"project with its own empty cache, where writable files are read through the mount process and the "
+        f"kernel's page cache (read tests only); **rclone** = `rclone mount` of a local "
         f"directory, `--vfs-cache-mode {meta['rclone_mode']}` ({meta['rclone_version']})"
     )
     section.append(

@@ -715,14 +715,16 @@ async fn two_mounts_merge_edits_of_one_file_and_share_the_cache() {
     s.restart_on_same_port().await;
 }
 
-/// Names of all files below `dir`.
-/// By default writable files never use FUSE passthrough (which would make
-/// writers wait for readers): a writer, an appender and new readers all work
-/// while a reader holds the file open, and every one sees the latest bytes.
+/// With `--passthrough read-only` writable files never use FUSE passthrough
+/// (which makes writers wait for readers): a writer, an appender and new
+/// readers all work while a reader holds the file open, and every one sees
+/// the latest bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writers_and_new_readers_work_while_a_reader_holds_the_file_open() {
+async fn with_passthrough_read_only_writers_never_wait_for_readers() {
     let s = TestServer::start().await;
-    let m = MountedWorkspace::create(&s, "streams", "agent-streams").await;
+    let m = MountedWorkspace::create_with(&s, "streams", "agent-streams", &["--passthrough", "read-only"]).await;
+    let status = m.status();
+    assert!(status.contains("kernel passthrough: read-only files"), "{status}");
     m.sh_ok(
         "printf old > f.txt && mkdir -p bin && printf '#!/bin/sh\\necho ran\\n' > bin/run.sh && chmod +x bin/run.sh",
     );
@@ -779,15 +781,15 @@ os.close(r4)
     assert_eq!(m.sh_ok("cat f.txt"), "new+more");
 }
 
-/// `--passthrough all`: the kernel reads clean files straight from the
-/// cache. It then refuses every other open of a file while such a reader
-/// holds it, so a writer waits for the reader (up to 2 s) and otherwise gets
-/// ETXTBSY; nothing is half-written, and a remote change still reaches new
-/// opens at once.
+/// By default (`--passthrough all`) the kernel reads clean files straight
+/// from the cache. It then refuses every other open of a file while such a
+/// reader holds it, so a writer waits for the reader (up to 2 s) and
+/// otherwise gets ETXTBSY; nothing is half-written, and a remote change still
+/// reaches new opens at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn passthrough_all_makes_writers_wait_for_readers_and_never_serves_stale_bytes() {
+async fn passthrough_makes_writers_wait_for_readers_and_never_serves_stale_bytes() {
     let s = TestServer::start().await;
-    let m = MountedWorkspace::create_with(&s, "fast", "agent-fast", &["--passthrough", "all"]).await;
+    let m = MountedWorkspace::create(&s, "fast", "agent-fast").await;
     let status = m.status();
     assert!(status.contains("kernel passthrough: every clean file"), "{status}");
     m.sh_ok("printf 'v1\n' > f.txt");
@@ -934,6 +936,7 @@ print(open('kept.md').read().strip())
     );
 }
 
+/// Names of all files below `dir`.
 fn walk_names(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

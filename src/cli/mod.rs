@@ -202,13 +202,15 @@ pub struct MountCommand {
     /// and -o apply to it too
     #[arg(long, value_name = "DIR")]
     pub skills_dir: Option<PathBuf>,
-    /// Which files the kernel may read straight from the cache (FUSE
+    /// Which files the kernel reads straight from the cache (FUSE
     /// passthrough: local-disk read speed, no round trip to this process;
-    /// Linux >= 6.9, as root). `read-only`: skills and read-only mounts, where
-    /// nobody can write. `all`: every clean file; then opening a file for
-    /// writing (or truncating it) while another process reads it waits up to
-    /// 2 s for that reader and then fails with ETXTBSY. `off`: never
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = crate::vfs::PassthroughPolicy::ReadOnly)]
+    /// Linux >= 6.9, as root; elsewhere every read goes through the mount).
+    /// `all`: every clean file; while a process holds a file open this way,
+    /// opening it for writing (or truncating it) waits up to 2 s for that
+    /// reader to close and then fails with ETXTBSY. `read-only`: only files
+    /// nobody can write here (skills, read-only mounts), so writers never
+    /// wait. `off`: never
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = crate::vfs::PassthroughPolicy::All)]
     pub passthrough: crate::vfs::PassthroughPolicy,
 }
 

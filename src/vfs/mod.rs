@@ -257,11 +257,11 @@ pub enum PassthroughPolicy {
     Off,
     /// Files nobody can write through this mount: skills, `--read-only`
     /// mounts, read-only tokens. Writers never wait.
-    #[default]
     ReadOnly,
-    /// Every clean file: reads at local-disk speed, but opening a file for
-    /// writing while a process reads it this way waits up to 2 s for that
-    /// reader, then fails with ETXTBSY.
+    /// Every clean file (the mount's default): reads at local-disk speed, but
+    /// opening a file for writing while a process reads it this way waits up
+    /// to 2 s for that reader, then fails with ETXTBSY.
+    #[default]
     All,
 }
 
@@ -1020,11 +1020,11 @@ impl Vfs {
         } else if !self.passthrough_enabled() {
             "off (the kernel did not offer it: it needs Linux >= 6.9 with FUSE passthrough, and root)".into()
         } else if self.passthrough_writable.load(Ordering::Relaxed) {
-            "every clean file (--passthrough all: writers wait for passthrough readers)".into()
+            "every clean file (writers wait for passthrough readers; --passthrough read-only avoids that)".into()
         } else if self.config.read_only {
             "every file (read-only mount)".into()
         } else {
-            "read-only files (skills); writable files go through the mount".into()
+            "read-only files (skills; --passthrough read-only); writable files go through the mount".into()
         }
     }
 
