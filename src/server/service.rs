@@ -557,13 +557,18 @@ impl Service {
         if bytes.len() > MAX_INLINE_CONTENT {
             return Err(too_large());
         }
+        let actual = BlobHash::of(&bytes);
+        if actual != *hash {
+            return Err(BlobError::HashMismatch {
+                expected: hash.clone(),
+                actual,
+            }
+            .into());
+        }
         let len = bytes.len() as u64;
-        let body: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(Bytes::from(bytes)) }));
-        // put_stream checks the bytes hash to `hash` (400 hash_mismatch
-        // otherwise). The blob becomes the project's with the commit's own
-        // transaction (`ContentWrite::record_blob`): a refused commit leaves
-        // no trace in the project.
-        self.blobs.put_stream(Some(hash), body, len).await?;
+        // The blob becomes the project's with the commit's own transaction
+        // (`ContentWrite::record_blob`): a refused commit leaves no trace.
+        self.blobs.put_bytes(Bytes::from(bytes)).await?;
         Ok(len)
     }
 

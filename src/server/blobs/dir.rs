@@ -146,10 +146,35 @@ impl BlobStore for DirBlobStore {
         Ok((actual, size, created))
     }
 
+    /// Small contents (inline commits, merge results) are already in memory:
+    /// one blocking task does it all, instead of a thread hop per file call.
     async fn put_bytes(&self, bytes: Bytes) -> Result<BlobHash, BlobError> {
-        let len = bytes.len() as u64;
-        let stream: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(bytes) }));
-        let (hash, _, _) = self.put_stream(None, stream, len).await?;
+        let hash = BlobHash::of(&bytes);
+        let target = self.path_of(&hash);
+        let temp = self.temp_path();
+        tokio::task::spawn_blocking(move || -> Result<(), BlobError> {
+            if target.exists() {
+                return Ok(()); // content-addressed: already stored, and durable
+            }
+            let written = std::fs::File::create(&temp).and_then(|mut file| {
+                std::io::Write::write_all(&mut file, &bytes)?;
+                file.sync_all()
+            });
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&temp);
+                return Err(io_err("cannot write", &temp, e));
+            }
+            if let Err(e) = std::fs::rename(&temp, &target) {
+                let _ = std::fs::remove_file(&temp);
+                return Err(io_err("cannot move blob to", &target, e));
+            }
+            let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
+            std::fs::File::open(&parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err("cannot fsync", &parent, e))
+        })
+        .await
+        .map_err(|e| BlobError::Io(format!("blob writer task failed: {e}")))??;
         Ok(hash)
     }
 
