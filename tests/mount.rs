@@ -792,7 +792,7 @@ async fn passthrough_makes_writers_wait_for_readers_and_never_serves_stale_bytes
     let m = MountedWorkspace::create(&s, "fast", "agent-fast").await;
     let status = m.status();
     assert!(status.contains("kernel passthrough: every clean file"), "{status}");
-    m.sh_ok("printf 'v1\n' > f.txt");
+    m.sh_ok("printf 'v1\n' > f.txt && printf 'g\n' > g.txt");
     m.wait_synced().await;
     let script = r#"
 import errno, os, sys, threading, time
@@ -819,6 +819,28 @@ threading.Timer(0.5, os.close, [r]).start()
 with open('f.txt', 'a') as w:
     w.write('v2\n')
 print('after', open('f.txt').read().split(), flush=True)
+# Eight writers wait at once (more than the mount's FUSE threads): the mount
+# keeps answering, and when the reader closes they all go ahead.
+r = os.open('g.txt', os.O_RDONLY)
+results = []
+def append(i):
+    try:
+        with open('g.txt', 'a') as w:
+            w.write(f'w{i}\n')
+        results.append('ok')
+    except OSError as e:
+        results.append(errno.errorcode[e.errno])
+writers = [threading.Thread(target=append, args=(i,)) for i in range(8)]
+for w in writers:
+    w.start()
+time.sleep(0.3)
+t0 = time.monotonic()
+os.listdir('.')
+print('mount answers while writers wait:', 'yes' if time.monotonic() - t0 < 0.5 else 'no', flush=True)
+os.close(r)
+for w in writers:
+    w.join()
+print('writers', sorted(set(results)), len(results), 'lines', len(open('g.txt').read().split()), flush=True)
 sys.stdin.readline()
 # Committed and clean again: hold a passthrough reader while another
 # writer changes the file on the server.
@@ -836,6 +858,8 @@ os.close(r)
     py.expect_line("truncate ETXTBSY");
     py.expect_line("reader v1");
     py.expect_line("after ['v1', 'v2']");
+    py.expect_line("mount answers while writers wait: yes");
+    py.expect_line("writers ['ok'] 8 lines 9");
     m.wait_synced().await;
     let head = server_has(&s, "fast", "f.txt", b"v1\nv2\n").await;
     py.send("go");

@@ -47,6 +47,27 @@ fn file_type(kind: NodeKind) -> FileType {
     }
 }
 
+/// Attributes as the kernel wants them; every file belongs to the mounting user.
+fn file_attr(a: &Attr, uid: u32, gid: u32) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: file_type(a.kind),
+        perm: a.mode as u16,
+        nlink: a.nlink,
+        uid,
+        gid,
+        rdev: 0,
+        blksize: 128 * 1024,
+        flags: 0,
+    }
+}
+
 fn name_str(name: &OsStr) -> Result<&str, Errno> {
     // The service stores UTF-8 paths; other names cannot round-trip.
     name.to_str().ok_or(Errno::EINVAL)
@@ -72,23 +93,7 @@ impl ContextFs {
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
-        FileAttr {
-            ino: INodeNo(a.ino),
-            size: a.size,
-            blocks: a.size.div_ceil(512),
-            atime: a.mtime,
-            mtime: a.mtime,
-            ctime: a.ctime,
-            crtime: a.ctime,
-            kind: file_type(a.kind),
-            perm: a.mode as u16,
-            nlink: a.nlink,
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
-            blksize: 128 * 1024,
-            flags: 0,
-        }
+        file_attr(a, self.uid, self.gid)
     }
 
     fn open_flags(io: &KernelIo) -> FopenFlags {
@@ -200,10 +205,16 @@ impl Filesystem for ContextFs {
             mode: mode.map(|m| m & 0o7777),
             mtime: mtime.map(time),
         };
-        match self.vfs.setattr(ino.0, fh.map(|f| f.0), set) {
-            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+        let (vfs, owner) = (self.vfs.clone(), (self.uid, self.gid));
+        let op = move || match vfs.setattr(ino.0, fh.map(|f| f.0), set) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a, owner.0, owner.1)),
             Err(e) => reply.error(errno(e)),
+        };
+        // A truncate waits for passthrough readers of the file.
+        if size.is_some() && self.vfs.passthrough_readers(ino.0) {
+            return run_waiting(op);
         }
+        op()
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -293,6 +304,17 @@ impl Filesystem for ContextFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = OpenMode::from_flags(flags.0);
+        if (mode.write || mode.truncate) && self.vfs.passthrough_readers(ino.0) {
+            // A writer waits for passthrough readers of the file; it never
+            // becomes a passthrough open itself.
+            let vfs = self.vfs.clone();
+            return run_waiting(
+                move || match vfs.open(ino.0, mode).and_then(|fh| Ok((fh, vfs.kernel_io(fh)?))) {
+                    Ok((fh, io)) => reply.opened(FileHandle(fh), Self::open_flags(&io)),
+                    Err(e) => reply.error(errno(e)),
+                },
+            );
+        }
         match self.vfs.open(ino.0, mode) {
             Ok(fh) => self.reply_opened(fh, reply),
             Err(e) => reply.error(errno(e)),
@@ -485,28 +507,53 @@ impl Filesystem for ContextFs {
         reply: ReplyCreate,
     ) {
         let exclusive = flags & libc::O_EXCL != 0;
-        let result = name_str(name).and_then(|n| {
-            self.vfs
+        let name = match name_str(name) {
+            Ok(n) => n.to_string(),
+            Err(e) => return reply.error(e),
+        };
+        // Opening an existing file this way waits for its passthrough readers.
+        let waits = !exclusive
+            && self
+                .vfs
+                .lookup(parent.0, &name)
+                .is_ok_and(|a| self.vfs.passthrough_readers(a.ino));
+        let (vfs, owner) = (self.vfs.clone(), (self.uid, self.gid));
+        let op = move || {
+            let created = vfs
                 .create(
                     parent.0,
-                    n,
+                    &name,
                     mode & !umask & 0o7777,
                     OpenMode::from_flags(flags),
                     exclusive,
                 )
-                .map_err(errno)
-        });
-        match result {
-            // Creates are writers: never passthrough.
-            Ok((a, fh)) => {
-                let flags = match self.vfs.kernel_io(fh) {
-                    Ok(io) => Self::open_flags(&io),
-                    Err(e) => return reply.error(errno(e)),
-                };
-                reply.created(&TTL, &self.attr(&a), Generation(0), FileHandle(fh), flags)
+                .and_then(|(a, fh)| Ok((a, fh, vfs.kernel_io(fh)?)));
+            match created {
+                // Creates are writers: never passthrough.
+                Ok((a, fh, io)) => reply.created(
+                    &TTL,
+                    &file_attr(&a, owner.0, owner.1),
+                    Generation(0),
+                    FileHandle(fh),
+                    Self::open_flags(&io),
+                ),
+                Err(e) => reply.error(errno(e)),
             }
-            Err(e) => reply.error(e),
+        };
+        if waits {
+            return run_waiting(op);
         }
+        op()
+    }
+}
+
+/// Runs an operation that may wait for passthrough readers to close on a
+/// thread of its own, replying from there: blocked FUSE threads could be the
+/// ones the readers' release requests need. (If the thread cannot start, the
+/// dropped reply answers EIO.)
+fn run_waiting(op: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new().name("fuse-wait".into()).spawn(op) {
+        tracing::error!(error = %e, "cannot start a thread for an operation that waits");
     }
 }
 

@@ -1028,6 +1028,12 @@ impl Vfs {
         }
     }
 
+    /// Whether passthrough readers hold `ino`: opening it for writing (or
+    /// truncating it) would wait for them.
+    pub fn passthrough_readers(&self, ino: Ino) -> bool {
+        self.lock().kernel_io.busy(ino)
+    }
+
     /// Whether the adapter should ask the kernel for passthrough at all.
     pub fn passthrough_wanted(&self) -> bool {
         !self.passthrough_off.load(Ordering::Relaxed)
