@@ -20,6 +20,9 @@ use crate::vfs::{BlobSource, Vfs, VfsConfig};
 use control::{MountReport, QueuedItem};
 use sync::SyncWorker;
 
+/// FUSE worker threads of a project mount.
+const FUSE_THREADS: usize = 8;
+
 /// How long `umount` keeps trying to reach an unreachable server before it
 /// gives up and leaves the rest in the journal.
 const OFFLINE_GRACE: Duration = Duration::from_secs(5);
@@ -563,7 +566,11 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         .map_err(|e| anyhow!("{e}"))?;
     tracing::info!(entries = report.entries, skills = report.skills, replayed = report.replayed, elapsed = ?started.elapsed(), "tree loaded");
 
-    let config = session_config(format!("contextfs:{}", args.project), read_only, 4, &args);
+    // A first lookup is a round trip whose latency is mostly waking a
+    // thread; with more idle threads one on the other CPU answers a little
+    // sooner (10,000 cold stats here: 270-300 ms with 4, 245-295 ms with 8,
+    // no better with 16).
+    let config = session_config(format!("contextfs:{}", args.project), read_only, FUSE_THREADS, &args);
     let fs = crate::fuse::ContextFs::new(vfs.clone());
     let session = fuser::Session::new(fs, &mountpoint, &config)
         .with_context(|| format!("cannot mount on {} (is it an empty directory? for --allow-other as non-root, /etc/fuse.conf needs user_allow_other)", mountpoint.display()))?;
