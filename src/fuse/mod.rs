@@ -384,11 +384,14 @@ impl Filesystem for ContextFs {
         }
     }
 
+    /// fsync waits for the server's answer (up to 10 s): on a thread of its
+    /// own, so a slow server never ties up the FUSE threads.
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.vfs.fsync(fh.0) {
+        let vfs = self.vfs.clone();
+        run_waiting(move || match vfs.fsync(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -547,10 +550,10 @@ impl Filesystem for ContextFs {
     }
 }
 
-/// Runs an operation that may wait for passthrough readers to close on a
-/// thread of its own, replying from there: blocked FUSE threads could be the
-/// ones the readers' release requests need. (If the thread cannot start, the
-/// dropped reply answers EIO.)
+/// Runs an operation that may wait (for passthrough readers to close, for
+/// the server) on a thread of its own, replying from there: blocked FUSE
+/// threads could be the ones the readers' release requests need. (If the
+/// thread cannot start, the dropped reply answers EIO.)
 fn run_waiting(op: impl FnOnce() + Send + 'static) {
     if let Err(e) = std::thread::Builder::new().name("fuse-wait".into()).spawn(op) {
         tracing::error!(error = %e, "cannot start a thread for an operation that waits");

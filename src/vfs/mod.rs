@@ -1048,7 +1048,7 @@ impl Vfs {
         VfsError::new(
             libc::ETXTBSY,
             format!(
-                "{} is open for reading through kernel passthrough; it can be changed once those readers close (mount without --passthrough to never wait)",
+                "{} is open for reading through kernel passthrough; it can be changed once those readers close (mount with --passthrough read-only to never wait)",
                 Self::path_of(st, ino)
             ),
         )
