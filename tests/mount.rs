@@ -878,16 +878,19 @@ os.close(r)
     );
 }
 
-/// fsync sends the change to the server and waits for it: when fsync
+/// fsync of an edit to a file the server has sends it and waits: when fsync
 /// returns, the server has the bytes. With the server down it returns once
 /// the change is durable in the journal (no hang), and the change lands later.
+/// (New files go out with the debounce; see the editor-save test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsync_commits_and_waits_and_never_hangs_with_the_server_down() {
     let mut s = TestServer::start().await;
     let m = MountedWorkspace::create(&s, "durable", "agent-fsync").await;
+    m.sh_ok("printf 'draft\n' > report.md");
+    m.wait_synced().await;
     let script = r#"
 import os, sys, time
-fd = os.open('report.md', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+fd = os.open('report.md', os.O_WRONLY | os.O_TRUNC)
 os.write(fd, b'# Report\nfinal numbers\n')
 os.fsync(fd)
 print('fsynced', flush=True)
@@ -926,6 +929,8 @@ os.close(fd)
 async fn fsync_of_a_change_the_server_refuses_is_eio() {
     let s = TestServer::start().await;
     let m = MountedWorkspace::create(&s, "revoked", "agent-revoked").await;
+    m.sh_ok("printf 'before\n' > kept.md");
+    m.wait_synced().await;
     let who: WhoAmI = send(s.get(&s.url("/whoami"), &m.token)).await.unwrap();
     let revoked = s
         .req(
@@ -939,7 +944,7 @@ async fn fsync_of_a_change_the_server_refuses_is_eio() {
     assert_eq!(revoked.status(), reqwest::StatusCode::NO_CONTENT);
     let script = r#"
 import errno, os
-fd = os.open('kept.md', os.O_WRONLY | os.O_CREAT, 0o644)
+fd = os.open('kept.md', os.O_WRONLY | os.O_TRUNC)
 os.write(fd, b'written after the revocation\n')
 try:
     os.fsync(fd)
@@ -1121,13 +1126,14 @@ async fn editor_saves_add_one_version_to_the_same_node() {
     }
     let history = |path: &'static str| s.history(p, &s.admin, path);
 
-    // vim: rename to backup, write the new file, delete the backup.
+    // vim: rename to backup, write the new file and fsync it, delete the
+    // backup. (In one process, as an editor does it: three shell commands can
+    // take longer than the debounce on a loaded machine, and then the rename
+    // to the backup reaches the server on its own.) The fsync of the new file
+    // must not send it before the backup is gone.
     let before = history("vim.md").await;
-    // (In one process, as an editor does it: three shell commands can take
-    // longer than the debounce on a loaded machine, and then the rename to
-    // the backup reaches the server on its own.)
     m.python(
-        "import os\nos.rename('vim.md', 'vim.md~')\nwith open('vim.md', 'w') as f:\n    f.write('vim v2\\n')\nos.unlink('vim.md~')\n",
+        "import os\nos.rename('vim.md', 'vim.md~')\nwith open('vim.md', 'w') as f:\n    f.write('vim v2\\n')\n    f.flush()\n    os.fsync(f.fileno())\nos.unlink('vim.md~')\n",
         &[],
     )
     .finish();

@@ -2,7 +2,6 @@
 //! backoff) and follows the project's change feed.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -401,9 +400,7 @@ impl SyncWorker {
     pub async fn run_drain(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(200);
         loop {
-            // fsync asked for everything to go out now.
-            let urgent = self.vfs.urgent.swap(false, Ordering::Relaxed);
-            let round = self.drain(urgent).await;
+            let round = self.drain(false).await;
             let wait = if round.transient.is_some() {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 backoff
@@ -419,8 +416,8 @@ impl SyncWorker {
             tokio::select! {
                 _ = self.vfs.wake.notified() => {
                     // Let a burst of closes land, but send the first change
-                    // as soon as its debounce is over (fsync: at once).
-                    if !self.vfs.urgent.load(Ordering::Relaxed) {
+                    // as soon as its debounce is over (what fsync waits for: at once).
+                    if !self.vfs.has_urgent() {
                         tokio::time::sleep(self.until_next_ready()).await;
                     }
                 }

@@ -96,7 +96,13 @@ impl Vfs {
         st.records
             .values()
             .filter(|r| !skip(r.uid))
-            .map(|r| (r.changed_at + min_age_ms - now).max(0))
+            .map(|r| {
+                if self.is_urgent(r.uid) {
+                    0
+                } else {
+                    (r.changed_at + min_age_ms - now).max(0)
+                }
+            })
             .min()
             .map(|ms| std::time::Duration::from_millis(ms as u64))
     }
@@ -107,7 +113,7 @@ impl Vfs {
         let mut items = Vec::new();
         let mut deleting = std::collections::HashSet::new();
         for record in st.records.values() {
-            let ready = now - record.changed_at >= min_age_ms && !skip(record.uid);
+            let ready = (now - record.changed_at >= min_age_ms || self.is_urgent(record.uid)) && !skip(record.uid);
             if !ready && !record.deleted {
                 continue;
             }
@@ -146,7 +152,7 @@ impl Vfs {
         items
     }
 
-    fn plan_record(&self, st: &State, r: &Record) -> VfsResult<Option<DrainOp>> {
+    pub(super) fn plan_record(&self, st: &State, r: &Record) -> VfsResult<Option<DrainOp>> {
         let ino = st.by_uid.get(&r.uid).copied();
         let live = ino.and_then(|i| st.inodes.get(&i)).filter(|i| !i.unlinked);
         let (ino, inode) = match (ino, live) {

@@ -321,8 +321,8 @@ pub struct Vfs {
     invalidations: Mutex<Option<mpsc::Sender<Invalidation>>>,
     /// Wakes the sync worker when something new is journaled.
     pub(crate) wake: tokio::sync::Notify,
-    /// fsync asks the worker to send everything now, without the debounce.
-    pub(crate) urgent: AtomicBool,
+    /// Records fsync wants sent now, without the debounce (by uid).
+    pub(crate) urgent: Mutex<std::collections::HashSet<u64>>,
     /// Signalled by the worker after every round, for fsync's waiters.
     round_done: Condvar,
     /// A sync worker is attached (a real mount) and last reached the server.
@@ -398,7 +398,7 @@ impl Vfs {
             source,
             invalidations: Mutex::new(None),
             wake: tokio::sync::Notify::new(),
-            urgent: AtomicBool::new(false),
+            urgent: Mutex::new(std::collections::HashSet::new()),
             round_done: Condvar::new(),
             server_reachable: AtomicBool::new(false),
             passthrough: AtomicBool::new(false),
@@ -1286,25 +1286,57 @@ impl Vfs {
         Ok(ended_epoch)
     }
 
-    /// fsync(): the change is journaled (durable), then sent to the server
-    /// at once, and fsync waits (at most [`FSYNC_WAIT`]) for the answer. With
-    /// the server unreachable it returns as soon as the change is durable
-    /// here: it stays queued. A change the server refuses is `EIO`.
+    /// fsync(): the change is journaled (durable). An edit of a file the
+    /// server has, in place, is then sent at once and fsync waits (at most
+    /// [`FSYNC_WAIT`]) for the answer; a change the server refuses is `EIO`.
+    /// With the server unreachable it returns once the change is durable
+    /// here (it stays queued). A new or moved file goes out with the normal
+    /// debounce: an editor fsyncs its new file before it removes the backup,
+    /// and sending the new file then would split the save into two nodes.
     pub fn fsync(&self, fh: u64) -> VfsResult<()> {
         self.flush(fh)?;
         let waiting_for = {
             let st = self.lock();
             let ino = st.handles.get(&fh).ok_or_else(VfsError::badf)?.ino;
-            st.inodes
-                .get(&ino)
-                .and_then(|i| st.records.get(&i.uid))
-                .map(|r| (r.uid, r.rev))
+            let record = st.inodes.get(&ino).and_then(|i| st.records.get(&i.uid));
+            // Only a commit to a node the server has can go out on its own.
+            match record.map(|r| (r, self.plan_record(&st, r))) {
+                Some((r, Ok(Some(drain::DrainOp::Commit { node: Some(_), .. })))) => Some((r.uid, r.rev)),
+                _ => None,
+            }
         };
-        self.urgent.store(true, Ordering::Relaxed);
         self.wake.notify_one();
         let Some((uid, rev)) = waiting_for else {
             return Ok(());
         };
+        self.set_urgent(uid, true);
+        let result = self.await_commit(uid, rev);
+        self.set_urgent(uid, false);
+        result
+    }
+
+    fn set_urgent(&self, uid: u64, on: bool) {
+        let mut urgent = self.urgent.lock().unwrap_or_else(|p| p.into_inner());
+        if on {
+            urgent.insert(uid);
+        } else {
+            urgent.remove(&uid);
+        }
+    }
+
+    /// Whether fsync waits for some record to go out now.
+    pub fn has_urgent(&self) -> bool {
+        !self.urgent.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    fn is_urgent(&self, uid: u64) -> bool {
+        self.urgent.lock().unwrap_or_else(|p| p.into_inner()).contains(&uid)
+    }
+
+    /// Waits until record `uid` at `rev` was acknowledged (or superseded),
+    /// refused (`EIO`), the server is unreachable, or [`FSYNC_WAIT`] passed.
+    fn await_commit(&self, uid: u64, rev: u64) -> VfsResult<()> {
+        self.wake.notify_one();
         let deadline = std::time::Instant::now() + FSYNC_WAIT;
         let mut st = self.lock();
         loop {
