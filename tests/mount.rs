@@ -1293,6 +1293,27 @@ async fn published_skills_are_readable_and_read_only() {
     m.wait_synced().await;
     let t = tree_map(&s, p).await.unwrap();
     assert!(t.is_empty(), "the project got entries: {:?}", t.keys());
+
+    // Publishing again reaches the running mount, no remount needed.
+    let skill_v2 = "---\nname: pdf\ndescription: Read and fill PDF forms\n---\n# PDF v2\n";
+    std::fs::write(skills.path().join("pdf/SKILL.md"), skill_v2).unwrap();
+    std::fs::create_dir_all(skills.path().join("xlsx")).unwrap();
+    std::fs::write(
+        skills.path().join("xlsx/SKILL.md"),
+        "---\nname: xlsx\ndescription: Spreadsheets\n---\n# XLSX\n",
+    )
+    .unwrap();
+    let published = Command::new(BIN)
+        .args(["skills", "publish"])
+        .arg(skills.path())
+        .env("CONTEXTFS_SERVER", &s.base)
+        .env("CONTEXTFS_TOKEN", &s.admin)
+        .env_remove("CONTEXTFS_PROJECT")
+        .output()
+        .expect("skills publish");
+    assert!(published.status.success(), "{}", both(&published));
+    mount_shows(&m, "skills/pdf/SKILL.md", skill_v2).await;
+    assert_eq!(m.sh_ok("ls skills"), "pdf\nxlsx\n");
 }
 
 // ---------------------------------------------------------------------------

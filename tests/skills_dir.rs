@@ -64,9 +64,14 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 /// Publishes the `pdf` skill (SKILL.md and an executable script) as admin.
 fn publish_skills(s: &TestServer) {
+    publish_skill_md(s, SKILL_MD);
+}
+
+/// Publishes the `pdf` skill with `skill_md` as its SKILL.md.
+fn publish_skill_md(s: &TestServer, skill_md: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir_all(dir.path().join("pdf/scripts")).expect("mkdir");
-    std::fs::write(dir.path().join("pdf/SKILL.md"), SKILL_MD).expect("write SKILL.md");
+    std::fs::write(dir.path().join("pdf/SKILL.md"), skill_md).expect("write SKILL.md");
     std::fs::write(dir.path().join("pdf/scripts/fill.sh"), FILL_SH).expect("write fill.sh");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(
@@ -387,6 +392,132 @@ fn load_skills_root_fills_a_read_only_root() {
     assert!(v.queued().is_empty(), "nothing journaled");
 }
 
+/// A listing of skill files `(path, bytes, mode)`, their blobs on the source.
+fn listing_of(source: &MapSource, published_at: &str, files: &[(&str, &str, u32)]) -> SkillsListing {
+    let mut skills: Vec<SkillInfo> = Vec::new();
+    for (path, bytes, mode) in files {
+        let hash = BlobHash::of(bytes.as_bytes());
+        source
+            .0
+            .lock()
+            .expect("blobs")
+            .insert(hash.clone(), bytes.as_bytes().to_vec());
+        let name = path.split('/').next().expect("skill folder").to_string();
+        let file = SkillFile {
+            path: WsPath::parse(path).expect("skill path"),
+            hash,
+            size: bytes.len() as u64,
+            mode: *mode,
+        };
+        match skills.iter_mut().find(|s| s.name == name) {
+            Some(skill) => skill.files.push(file),
+            None => skills.push(SkillInfo {
+                name,
+                description: "test skill".into(),
+                files: vec![file],
+            }),
+        }
+    }
+    SkillsListing {
+        published_at: Some(published_at.into()),
+        skills,
+    }
+}
+
+/// Skills published again replace the shown set; open files keep their bytes.
+#[test]
+fn refresh_skills_shows_a_new_publication_and_open_files_keep_their_bytes() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let cache = Arc::new(BlobCache::open(&tmp.path().join("cache"), 1 << 30).expect("cache"));
+    let source = Arc::new(MapSource::default());
+    let v = Vfs::new(
+        VfsConfig {
+            state_dir: tmp.path().join("skills"),
+            read_only: true,
+            agent_id: None,
+        },
+        cache,
+        source.clone(),
+    )
+    .expect("vfs");
+    let first = listing_of(
+        &source,
+        "t1",
+        &[
+            ("pdf/SKILL.md", "pdf v1", 0o644),
+            ("pdf/scripts/fill.sh", "fill", 0o755),
+        ],
+    );
+    v.load_skills_root(&first).expect("load");
+    let pdf = v.lookup(ROOT_INO, "pdf").expect("pdf");
+    let md = v.lookup(pdf.ino, "SKILL.md").expect("SKILL.md");
+    let old = v
+        .open(
+            md.ino,
+            OpenMode {
+                read: true,
+                ..Default::default()
+            },
+        )
+        .expect("open");
+
+    let second = listing_of(
+        &source,
+        "t2",
+        &[
+            ("pdf/SKILL.md", "pdf v2, longer", 0o644),
+            ("xlsx/SKILL.md", "xlsx", 0o644),
+        ],
+    );
+    assert_eq!(v.refresh_skills(&second), Ok(true));
+    let names: Vec<String> = v
+        .readdir(ROOT_INO)
+        .expect("readdir")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["pdf", "xlsx"]);
+    let pdf = v.lookup(ROOT_INO, "pdf").expect("pdf");
+    assert!(
+        v.lookup(pdf.ino, "scripts").is_err(),
+        "a file no longer published is gone"
+    );
+    let md = v.lookup(pdf.ino, "SKILL.md").expect("SKILL.md");
+    assert_eq!(md.size, 14);
+    let fresh = v
+        .open(
+            md.ino,
+            OpenMode {
+                read: true,
+                ..Default::default()
+            },
+        )
+        .expect("open");
+    assert_eq!(v.read(fresh, 0, 100).expect("read"), b"pdf v2, longer");
+    assert_eq!(
+        v.read(old, 0, 100).expect("read"),
+        b"pdf v1",
+        "the open handle keeps its bytes"
+    );
+    v.release(old).expect("release");
+    v.release(fresh).expect("release");
+    let xlsx = v.lookup(ROOT_INO, "xlsx").expect("xlsx");
+    assert_eq!(v.getattr(xlsx.ino).expect("attr").mode, 0o555, "still read-only");
+
+    // A mount that shows no skills says so.
+    let other = Vfs::new(
+        VfsConfig {
+            state_dir: tmp.path().join("plain"),
+            read_only: false,
+            agent_id: None,
+        },
+        Arc::new(BlobCache::open(&tmp.path().join("cache2"), 1 << 30).expect("cache")),
+        source,
+    )
+    .expect("vfs");
+    assert_eq!(other.refresh_skills(&second), Ok(false));
+}
+
 // ---------------------------------------------------------------------------
 // Real mounts
 // ---------------------------------------------------------------------------
@@ -484,6 +615,14 @@ async fn skills_dir_serves_the_published_skills_read_only() {
     let tree = s.tree("skilldir", &s.admin, &[]).await.expect("tree");
     assert!(tree.entries.is_empty(), "the project got entries: {:?}", tree.entries);
     assert!(mounted(&mnt));
+
+    // Publishing again reaches DIR without a remount.
+    let v2 = SKILL_MD.replace("Use the scripts.", "Use the scripts, version 2.");
+    assert_ne!(v2, SKILL_MD);
+    publish_skill_md(&s, &v2);
+    wait_until("DIR shows the new SKILL.md", || {
+        std::fs::read_to_string(dir.join("pdf/SKILL.md")).is_ok_and(|t| t == v2)
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -309,7 +309,7 @@ fn mount_skills(
     cache: Arc<BlobCache>,
     source: Arc<ServerBlobs>,
     args: &MountArgs,
-) -> anyhow::Result<fuser::BackgroundSession> {
+) -> anyhow::Result<(fuser::BackgroundSession, Arc<Vfs>)> {
     let vfs = Arc::new(
         Vfs::new(
             VfsConfig {
@@ -325,7 +325,7 @@ fn mount_skills(
     vfs.set_passthrough_policy(args.passthrough);
     let count = vfs.load_skills_root(skills).map_err(|e| anyhow!("skills mount: {e}"))?;
     let config = session_config("contextfs-skills".into(), true, 2, args);
-    let session = fuser::Session::new(crate::fuse::ContextFs::new(vfs), dir, &config).with_context(|| {
+    let session = fuser::Session::new(crate::fuse::ContextFs::new(vfs.clone()), dir, &config).with_context(|| {
         format!(
             "cannot mount the skills on {} (for --allow-other as non-root, /etc/fuse.conf needs user_allow_other)",
             dir.display()
@@ -333,7 +333,7 @@ fn mount_skills(
     })?;
     let background = session.spawn().context("cannot start the FUSE session of the skills")?;
     tracing::info!(skills_dir = %dir.display(), skills = count, "skills mounted");
-    Ok(background)
+    Ok((background, vfs))
 }
 
 /// Fetches blobs from the server into the cache, from FUSE threads.
@@ -545,9 +545,13 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
     };
     // With --skills-dir the skills get a mount of their own, and the project
     // mount no `skills/` folder (so the project may have its own `skills`).
-    let skills_mount = match &skills_dir {
-        Some(dir) => Some(mount_skills(dir, &fetched.1, &state_dir, cache, source, &args)?),
-        None => None,
+    let skills_published = fetched.1.published_at.clone();
+    let (skills_mount, skills_vfs) = match &skills_dir {
+        Some(dir) => {
+            let (session, skills_vfs) = mount_skills(dir, &fetched.1, &state_dir, cache, source, &args)?;
+            (Some(session), skills_vfs)
+        }
+        None => (None, vfs.clone()),
     };
     let load_vfs = vfs.clone();
     let with_skills = skills_dir.is_none();
@@ -587,6 +591,12 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let drain_task = runtime.spawn(worker.clone().run_drain(stop_rx.clone()));
     let feed_task = runtime.spawn(worker.clone().run_feed(stop_rx.clone()));
+    let skills_task = runtime.spawn(follow_skills(
+        client.clone(),
+        skills_vfs,
+        skills_published,
+        stop_rx.clone(),
+    ));
     let info = control::MountInfo {
         project: args.project.clone(),
         mountpoint: mountpoint.display().to_string(),
@@ -675,6 +685,7 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
     runtime.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(2), drain_task).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), feed_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), skills_task).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), control_task).await;
     });
     let _ = std::fs::remove_file(&socket);
@@ -690,6 +701,44 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often a mount asks whether the skills were published again.
+const SKILLS_POLL: Duration = Duration::from_secs(5);
+
+/// Published skills are the same for every project, so the project's change
+/// feed does not carry them: poll, and show a new publication when it comes.
+async fn follow_skills(
+    client: Client,
+    vfs: Arc<Vfs>,
+    mut seen: Option<String>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SKILLS_POLL) => {}
+            _ = stop.changed() => return,
+        }
+        let listing = match client.skills().await {
+            Ok(listing) if listing.published_at != seen => listing,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot check the published skills");
+                continue;
+            }
+        };
+        let published = listing.published_at.clone();
+        let skills = listing.skills.len();
+        let refresh_vfs = vfs.clone();
+        match tokio::task::spawn_blocking(move || refresh_vfs.refresh_skills(&listing)).await {
+            Ok(Ok(shown)) => {
+                tracing::info!(skills, shown, "the skills were published again");
+                seen = published;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot show the newly published skills"),
+            Err(e) => tracing::warn!(error = %e, "the skills refresh task failed"),
+        }
+    }
 }
 
 /// Drains the journal until it is empty, the server stays unreachable for

@@ -308,6 +308,8 @@ struct State {
     cursor: i64,
     /// The kernel I/O mode of every open handle, per inode.
     kernel_io: KernelIoTable,
+    /// The directory that shows the published skills, if this mount has one.
+    skills_root: Option<Ino>,
 }
 
 pub struct Vfs {
@@ -385,6 +387,7 @@ impl Vfs {
             outcomes: BTreeMap::new(),
             cursor: 0,
             kernel_io: KernelIoTable::default(),
+            skills_root: None,
         };
         Ok(Self {
             state: Mutex::new(state),

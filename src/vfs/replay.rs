@@ -133,7 +133,48 @@ impl Vfs {
         }
         root.mode = 0o555;
         root.read_only = true;
+        st.skills_root = Some(ROOT_INO);
         Ok(Self::fill_skills(&mut st, ROOT_INO, skills))
+    }
+
+    /// Shows `skills` instead of the skills loaded before (they were
+    /// published again). Open files keep the bytes they opened; everything
+    /// else sees the new set at once. Returns false when this mount shows no
+    /// skills.
+    pub fn refresh_skills(&self, skills: &SkillsListing) -> VfsResult<bool> {
+        let mut invalidate = Vec::new();
+        {
+            let mut st = self.lock();
+            let Some(root) = st.skills_root else {
+                return Ok(false);
+            };
+            let children: Vec<(String, Ino)> = Self::get(&st, root)?
+                .children
+                .iter()
+                .map(|(name, ino)| (name.clone(), *ino))
+                .collect();
+            for (name, ino) in children {
+                Self::detach_tree(&mut st, ino);
+                invalidate.push(Invalidation::Entry { parent: root, name });
+            }
+            Self::fill_skills(&mut st, root, skills);
+            invalidate.push(Invalidation::Inode(root));
+        }
+        self.invalidate(invalidate);
+        Ok(true)
+    }
+
+    /// Detaches `ino` and everything below it (children first).
+    fn detach_tree(st: &mut State, ino: Ino) {
+        let children: Vec<Ino> = st
+            .inodes
+            .get(&ino)
+            .map(|i| i.children.values().copied().collect())
+            .unwrap_or_default();
+        for child in children {
+            Self::detach_tree(st, child);
+        }
+        Self::detach(st, ino);
     }
 
     /// Adds a read-only tree of skills under `parent/name`; returns how many skills.
@@ -149,6 +190,7 @@ impl Vfs {
         );
         dir.read_only = true;
         Self::insert_inode(st, root, dir);
+        st.skills_root = Some(root);
         Self::fill_skills(st, root, skills)
     }
 
