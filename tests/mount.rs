@@ -124,10 +124,7 @@ impl MountedWorkspace {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.state_dir().join("logs").join(format!(
-            "mount-{}.log",
-            self.dir.display().to_string().replace('/', "_")
-        ))
+        mount_log_path(&self.root().join("state"), &self.dir)
     }
 
     fn log(&self) -> String {
@@ -137,32 +134,13 @@ impl MountedWorkspace {
     /// `program` with this mount's environment and nothing from the caller's.
     fn command(&self, program: &str) -> Command {
         let root = self.root();
-        let mut c = Command::new("timeout");
-        c.args(["-k", "5", "120", program]);
-        for var in [
-            "CONTEXTFS_AGENT_ID",
-            "CONTEXTFS_CACHE_DIR",
-            "CONTEXTFS_LOG",
-            "CONTEXTFS_DATA",
-            "GIT_DIR",
-            "GIT_WORK_TREE",
-        ] {
-            c.env_remove(var);
-        }
-        c.env("CONTEXTFS_SERVER", &self.server)
-            .env("CONTEXTFS_TOKEN", &self.token)
-            .env("CONTEXTFS_PROJECT", &self.project)
-            .env("XDG_STATE_HOME", root.join("state"))
-            .env("XDG_CACHE_HOME", root.join("cache"))
-            .env("XDG_CONFIG_HOME", root.join("config"))
-            .env("HOME", root.join("home"))
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_AUTHOR_NAME", "Mount Test")
-            .env("GIT_AUTHOR_EMAIL", "mount@test.invalid")
-            .env("GIT_COMMITTER_NAME", "Mount Test")
-            .env("GIT_COMMITTER_EMAIL", "mount@test.invalid")
-            .stdin(Stdio::null());
-        c
+        let env = ClientEnv {
+            root: &root,
+            server: &self.server,
+            token: &self.token,
+            project: &self.project,
+        };
+        isolated_command(program, &env)
     }
 
     /// Runs `contextfs ARGS` (bounded to 120 s).

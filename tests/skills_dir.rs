@@ -10,7 +10,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -126,35 +126,19 @@ impl Setup {
     }
 
     fn log(&self) -> String {
-        let path = self.root().join("state/contextfs/logs").join(format!(
-            "mount-{}.log",
-            self.mnt().display().to_string().replace('/', "_")
-        ));
-        std::fs::read_to_string(path).unwrap_or_default()
+        std::fs::read_to_string(mount_log_path(&self.root().join("state"), &self.mnt())).unwrap_or_default()
     }
 
     /// `program` with this setup's environment and nothing from the caller's.
     fn command(&self, program: &str) -> Command {
         let root = self.root();
-        let mut c = Command::new("timeout");
-        c.args(["-k", "5", "120", program]);
-        for var in [
-            "CONTEXTFS_AGENT_ID",
-            "CONTEXTFS_CACHE_DIR",
-            "CONTEXTFS_LOG",
-            "CONTEXTFS_DATA",
-        ] {
-            c.env_remove(var);
-        }
-        c.env("CONTEXTFS_SERVER", &self.server)
-            .env("CONTEXTFS_TOKEN", &self.token)
-            .env("CONTEXTFS_PROJECT", &self.project)
-            .env("XDG_STATE_HOME", root.join("state"))
-            .env("XDG_CACHE_HOME", root.join("cache"))
-            .env("XDG_CONFIG_HOME", root.join("config"))
-            .env("HOME", root.join("home"))
-            .stdin(Stdio::null());
-        c
+        let env = ClientEnv {
+            root: &root,
+            server: &self.server,
+            token: &self.token,
+            project: &self.project,
+        };
+        isolated_command(program, &env)
     }
 
     fn cli(&self, args: &[&str]) -> Output {

@@ -57,3 +57,51 @@ where
         }
     }
 }
+
+/// Where the contextfs client's mount and project settings point: a test's
+/// own server, token and project, and XDG/HOME dirs below `root`.
+pub struct ClientEnv<'a> {
+    pub root: &'a Path,
+    pub server: &'a str,
+    pub token: &'a str,
+    pub project: &'a str,
+}
+
+/// `program` (bounded to 120 s) with `env` and nothing from the caller's
+/// environment that would change what contextfs or git do.
+pub fn isolated_command(program: &str, env: &ClientEnv) -> Command {
+    let mut c = Command::new("timeout");
+    c.args(["-k", "5", "120", program]);
+    for var in [
+        "CONTEXTFS_AGENT_ID",
+        "CONTEXTFS_CACHE_DIR",
+        "CONTEXTFS_LOG",
+        "CONTEXTFS_DATA",
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+    ] {
+        c.env_remove(var);
+    }
+    c.env("CONTEXTFS_SERVER", env.server)
+        .env("CONTEXTFS_TOKEN", env.token)
+        .env("CONTEXTFS_PROJECT", env.project)
+        .env("XDG_STATE_HOME", env.root.join("state"))
+        .env("XDG_CACHE_HOME", env.root.join("cache"))
+        .env("XDG_CONFIG_HOME", env.root.join("config"))
+        .env("HOME", env.root.join("home"))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Mount Test")
+        .env("GIT_AUTHOR_EMAIL", "mount@test.invalid")
+        .env("GIT_COMMITTER_NAME", "Mount Test")
+        .env("GIT_COMMITTER_EMAIL", "mount@test.invalid")
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// The log file `contextfs mount --daemon` writes for `mountpoint`.
+pub fn mount_log_path(state_home: &Path, mountpoint: &Path) -> std::path::PathBuf {
+    state_home.join("contextfs/logs").join(format!(
+        "mount-{}.log",
+        mountpoint.display().to_string().replace('/', "_")
+    ))
+}
