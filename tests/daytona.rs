@@ -237,15 +237,7 @@ async fn publish_skill(server: &TestServer) -> String {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["skills", "publish"])
-        .arg(dir.path())
-        .env("CONTEXTFS_SERVER", &server.base)
-        .env("CONTEXTFS_TOKEN", &server.admin)
-        .env_remove("CONTEXTFS_PROJECT")
-        .output()
-        .expect("skills publish");
-    assert!(out.status.success(), "{}", both(&out));
+    server.publish_skills(dir.path());
     skill_md.to_string()
 }
 

@@ -203,16 +203,7 @@ async fn project(s: &TestServer, name: &str) -> String {
         "---\nname: pdf\ndescription: PDF forms\n---\n# PDF skill\n",
     )
     .unwrap();
-    let published = Command::new(BIN)
-        .args(["skills", "publish"])
-        .arg(skills.path())
-        .env("CONTEXTFS_SERVER", &s.base)
-        .env("CONTEXTFS_TOKEN", &s.admin)
-        .env_remove("CONTEXTFS_PROJECT")
-        .output()
-        .await
-        .expect("skills publish");
-    assert!(published.status.success(), "skills publish: {}", both(&published));
+    s.publish_skills(skills.path());
     token
 }
 

@@ -1211,15 +1211,7 @@ async fn published_skills_are_readable_and_read_only() {
     std::fs::create_dir_all(skills.path().join("pdf/scripts")).unwrap();
     std::fs::write(skills.path().join("pdf/SKILL.md"), skill_md).unwrap();
     std::fs::write(skills.path().join("pdf/scripts/fill.sh"), "#!/bin/sh\necho filled\n").unwrap();
-    let published = Command::new(BIN)
-        .args(["skills", "publish"])
-        .arg(skills.path())
-        .env("CONTEXTFS_SERVER", &s.base)
-        .env("CONTEXTFS_TOKEN", &s.admin)
-        .env_remove("CONTEXTFS_PROJECT")
-        .output()
-        .expect("skills publish");
-    assert!(published.status.success(), "{}", both(&published));
+    s.publish_skills(skills.path());
 
     let home = tempfile::tempdir().expect("temp dir");
     let m = MountedWorkspace::mount_at(Arc::new(home), "mnt", &s.base, p, &token, "agent-skills", &[]);
@@ -1281,15 +1273,7 @@ async fn published_skills_are_readable_and_read_only() {
         "---\nname: xlsx\ndescription: Spreadsheets\n---\n# XLSX\n",
     )
     .unwrap();
-    let published = Command::new(BIN)
-        .args(["skills", "publish"])
-        .arg(skills.path())
-        .env("CONTEXTFS_SERVER", &s.base)
-        .env("CONTEXTFS_TOKEN", &s.admin)
-        .env_remove("CONTEXTFS_PROJECT")
-        .output()
-        .expect("skills publish");
-    assert!(published.status.success(), "{}", both(&published));
+    s.publish_skills(skills.path());
     mount_shows(&m, "skills/pdf/SKILL.md", skill_v2).await;
     assert_eq!(m.sh_ok("ls skills"), "pdf\nxlsx\n");
 }

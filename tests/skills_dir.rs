@@ -79,15 +79,7 @@ fn publish_skill_md(s: &TestServer, skill_md: &str) {
         std::fs::Permissions::from_mode(0o755),
     )
     .expect("chmod +x fill.sh");
-    let out = Command::new(BIN)
-        .args(["skills", "publish"])
-        .arg(dir.path())
-        .env("CONTEXTFS_SERVER", &s.base)
-        .env("CONTEXTFS_TOKEN", &s.admin)
-        .env_remove("CONTEXTFS_PROJECT")
-        .output()
-        .expect("skills publish");
-    assert!(out.status.success(), "{}", both(&out));
+    s.publish_skills(dir.path());
 }
 
 /// A temp home (XDG dirs, mount points) for one project on one server.

@@ -286,6 +286,19 @@ impl Api {
     }
 
     /// A project with one read-write token; returns the token's secret.
+    /// `contextfs skills publish DIR` as admin; panics with its output if it fails.
+    pub fn publish_skills(&self, dir: &std::path::Path) {
+        let out = Command::new(env!("CARGO_BIN_EXE_contextfs"))
+            .args(["skills", "publish"])
+            .arg(dir)
+            .env("CONTEXTFS_SERVER", &self.base)
+            .env("CONTEXTFS_TOKEN", &self.admin)
+            .env_remove("CONTEXTFS_PROJECT")
+            .output()
+            .expect("run contextfs skills publish");
+        assert!(out.status.success(), "skills publish: {}", process::both(&out));
+    }
+
     pub async fn project_with_token(&self, name: &str) -> String {
         self.create_project(name).await;
         self.token(name, Access::ReadWrite).await.token
