@@ -264,32 +264,28 @@ impl BlobSource for MapSource {
 }
 
 fn skill_listing(source: &MapSource) -> SkillsListing {
-    let mut files = Vec::new();
-    for (path, bytes, mode) in [
-        ("pdf/SKILL.md", SKILL_MD, 0o644),
-        ("pdf/scripts/fill.sh", FILL_SH, 0o755),
-    ] {
-        let hash = BlobHash::of(bytes.as_bytes());
-        source
-            .0
-            .lock()
-            .expect("blobs")
-            .insert(hash.clone(), bytes.as_bytes().to_vec());
-        files.push(SkillFile {
-            path: WsPath::parse(path).expect("skill path"),
-            hash,
-            size: bytes.len() as u64,
-            mode,
-        });
-    }
-    SkillsListing {
-        published_at: None,
-        skills: vec![SkillInfo {
-            name: "pdf".into(),
-            description: "Read and fill PDF forms".into(),
-            files,
-        }],
-    }
+    listing_of(
+        source,
+        None,
+        &[
+            ("pdf/SKILL.md", SKILL_MD, 0o644),
+            ("pdf/scripts/fill.sh", FILL_SH, 0o755),
+        ],
+    )
+}
+
+/// A Vfs on `cache` and `source` with its state in `tmp/name`.
+fn test_vfs(tmp: &Path, name: &str, read_only: bool, cache: Arc<BlobCache>, source: Arc<MapSource>) -> Vfs {
+    Vfs::new(
+        VfsConfig {
+            state_dir: tmp.join(name),
+            read_only,
+            agent_id: None,
+        },
+        cache,
+        source,
+    )
+    .expect("vfs")
 }
 
 #[test]
@@ -298,18 +294,7 @@ fn load_skills_root_fills_a_read_only_root() {
     let cache = Arc::new(BlobCache::open(&tmp.path().join("cache"), 1 << 30).expect("cache"));
     let source = Arc::new(MapSource::default());
     let listing = skill_listing(&source);
-    let vfs = |read_only: bool, name: &str| {
-        Vfs::new(
-            VfsConfig {
-                state_dir: tmp.path().join(name),
-                read_only,
-                agent_id: None,
-            },
-            cache.clone(),
-            source.clone(),
-        )
-        .expect("vfs")
-    };
+    let vfs = |read_only: bool, name: &str| test_vfs(tmp.path(), name, read_only, cache.clone(), source.clone());
 
     // Only a read-only Vfs takes the skills as its root.
     let writable = vfs(false, "rw");
@@ -369,7 +354,7 @@ fn load_skills_root_fills_a_read_only_root() {
 }
 
 /// A listing of skill files `(path, bytes, mode)`, their blobs on the source.
-fn listing_of(source: &MapSource, published_at: &str, files: &[(&str, &str, u32)]) -> SkillsListing {
+fn listing_of(source: &MapSource, published_at: Option<&str>, files: &[(&str, &str, u32)]) -> SkillsListing {
     let mut skills: Vec<SkillInfo> = Vec::new();
     for (path, bytes, mode) in files {
         let hash = BlobHash::of(bytes.as_bytes());
@@ -395,7 +380,7 @@ fn listing_of(source: &MapSource, published_at: &str, files: &[(&str, &str, u32)
         }
     }
     SkillsListing {
-        published_at: Some(published_at.into()),
+        published_at: published_at.map(String::from),
         skills,
     }
 }
@@ -406,19 +391,10 @@ fn refresh_skills_shows_a_new_publication_and_open_files_keep_their_bytes() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let cache = Arc::new(BlobCache::open(&tmp.path().join("cache"), 1 << 30).expect("cache"));
     let source = Arc::new(MapSource::default());
-    let v = Vfs::new(
-        VfsConfig {
-            state_dir: tmp.path().join("skills"),
-            read_only: true,
-            agent_id: None,
-        },
-        cache,
-        source.clone(),
-    )
-    .expect("vfs");
+    let v = test_vfs(tmp.path(), "skills", true, cache, source.clone());
     let first = listing_of(
         &source,
-        "t1",
+        Some("t1"),
         &[
             ("pdf/SKILL.md", "pdf v1", 0o644),
             ("pdf/scripts/fill.sh", "fill", 0o755),
@@ -439,7 +415,7 @@ fn refresh_skills_shows_a_new_publication_and_open_files_keep_their_bytes() {
 
     let second = listing_of(
         &source,
-        "t2",
+        Some("t2"),
         &[
             ("pdf/SKILL.md", "pdf v2, longer", 0o644),
             ("xlsx/SKILL.md", "xlsx", 0o644),
@@ -481,16 +457,8 @@ fn refresh_skills_shows_a_new_publication_and_open_files_keep_their_bytes() {
     assert_eq!(v.getattr(xlsx.ino).expect("attr").mode, 0o555, "still read-only");
 
     // A mount that shows no skills says so.
-    let other = Vfs::new(
-        VfsConfig {
-            state_dir: tmp.path().join("plain"),
-            read_only: false,
-            agent_id: None,
-        },
-        Arc::new(BlobCache::open(&tmp.path().join("cache2"), 1 << 30).expect("cache")),
-        source,
-    )
-    .expect("vfs");
+    let cache2 = Arc::new(BlobCache::open(&tmp.path().join("cache2"), 1 << 30).expect("cache"));
+    let other = test_vfs(tmp.path(), "plain", false, cache2, source);
     assert_eq!(other.refresh_skills(&second), Ok(false));
 }
 
