@@ -12,7 +12,9 @@ use contextfs::api::{ChangeEvent, NodeKind, TreeEntry, TreeListing, VersionInfo,
 use contextfs::cache::{BlobCache, CacheError, CacheFill};
 use contextfs::model::BlobHash;
 use contextfs::vfs::drain::{ContentSource, DrainItem, DrainOp};
-use contextfs::vfs::{BlobSource, Ino, KernelIo, OpenMode, SetAttr, Vfs, VfsConfig, VfsError, ROOT_INO};
+use contextfs::vfs::{
+    BlobSource, Ino, KernelIo, OpenMode, PassthroughPolicy, SetAttr, Vfs, VfsConfig, VfsError, ROOT_INO,
+};
 use proptest::prelude::*;
 use proptest::sample::select;
 
@@ -1238,7 +1240,7 @@ fn passthrough_is_only_for_clean_reads_and_writers_wait_for_its_readers() {
     assert!(!is_passthrough(&vfs, fh), "writable files need --passthrough");
     vfs.release(fh).unwrap();
 
-    vfs.set_passthrough_writable(true);
+    vfs.set_passthrough_policy(PassthroughPolicy::All);
     let r1 = vfs.open(data, RO).unwrap();
     let r2 = vfs.open(data, RO).unwrap();
     let (KernelIo::Passthrough { epoch: e1, .. }, KernelIo::Passthrough { epoch: e2, .. }) =
@@ -1294,7 +1296,7 @@ fn a_remote_change_under_passthrough_readers_moves_the_file_to_a_new_inode() {
     };
     let vfs = env.mount(&listing);
     vfs.enable_passthrough(true);
-    vfs.set_passthrough_writable(true);
+    vfs.set_passthrough_policy(PassthroughPolicy::All);
     let old_ino = ino_of(&vfs, "doc.md").unwrap();
     let reader = vfs.open(old_ino, RO).unwrap();
     assert!(is_passthrough(&vfs, reader));

@@ -91,13 +91,14 @@ impl Vfs {
     /// How long until the next journaled change (other than `skip`ped ones)
     /// is `min_age_ms` old and ready to send; `None` when nothing waits.
     pub fn next_ready_in(&self, min_age_ms: i64, skip: &dyn Fn(u64) -> bool) -> Option<std::time::Duration> {
+        let urgent = self.urgent_uids();
         let st = self.lock();
         let now = now_millis();
         st.records
             .values()
             .filter(|r| !skip(r.uid))
             .map(|r| {
-                if self.is_urgent(r.uid) {
+                if urgent.contains(&r.uid) {
                     0
                 } else {
                     (r.changed_at + min_age_ms - now).max(0)
@@ -108,12 +109,13 @@ impl Vfs {
     }
 
     pub fn drain_plan(&self, min_age_ms: i64, skip: &dyn Fn(u64) -> bool) -> Vec<DrainItem> {
+        let urgent = self.urgent_uids();
         let st = self.lock();
         let now = now_millis();
         let mut items = Vec::new();
         let mut deleting = std::collections::HashSet::new();
         for record in st.records.values() {
-            let ready = (now - record.changed_at >= min_age_ms || self.is_urgent(record.uid)) && !skip(record.uid);
+            let ready = (now - record.changed_at >= min_age_ms || urgent.contains(&record.uid)) && !skip(record.uid);
             if !ready && !record.deleted {
                 continue;
             }

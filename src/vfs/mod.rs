@@ -331,11 +331,9 @@ pub struct Vfs {
     server_reachable: AtomicBool,
     /// The kernel accepted FUSE passthrough and backing files can be registered.
     passthrough: AtomicBool,
-    /// Passthrough for writable files too, not only read-only ones
-    /// (`--passthrough all`): faster reads, but writers wait for readers.
-    passthrough_writable: AtomicBool,
-    /// `--passthrough off`: never ask the kernel for it.
-    passthrough_off: AtomicBool,
+    /// Which files may use passthrough (`--passthrough`); a Vfs starts with
+    /// `ReadOnly` until the mount says otherwise.
+    passthrough_policy: Mutex<PassthroughPolicy>,
     pub config: VfsConfig,
 }
 
@@ -405,8 +403,7 @@ impl Vfs {
             round_done: Condvar::new(),
             server_reachable: AtomicBool::new(false),
             passthrough: AtomicBool::new(false),
-            passthrough_writable: AtomicBool::new(false),
-            passthrough_off: AtomicBool::new(false),
+            passthrough_policy: Mutex::new(PassthroughPolicy::ReadOnly),
             config,
         })
     }
@@ -950,8 +947,9 @@ impl Vfs {
         let mut st = self.lock();
         // Only a read-only handle pinned to a clean blob can be read by the
         // kernel without us; `pinned` is set exactly for those.
-        let passthrough_read = match (&pinned, &Self::get(&st, ino)?.content) {
-            (Some(_), Content::Blob { hash }) if self.passthrough_allowed(Self::get(&st, ino)?) => Some(hash.clone()),
+        let inode = Self::get(&st, ino)?;
+        let passthrough_read = match (&pinned, &inode.content) {
+            (Some(_), Content::Blob { hash }) if self.passthrough_allowed(inode) => Some(hash.clone()),
             _ => None,
         };
         let io = st
@@ -1002,18 +1000,13 @@ impl Vfs {
         self.passthrough.load(Ordering::Relaxed)
     }
 
-    /// Passthrough for files that can be written too (`--passthrough all`).
-    /// Without it only read-only files (skills, read-only mounts) use it, so
-    /// no writer ever waits.
-    pub fn set_passthrough_writable(&self, on: bool) {
-        self.passthrough_writable.store(on, Ordering::Relaxed);
-    }
-
     /// Which files may use passthrough once the kernel offers it.
     pub fn set_passthrough_policy(&self, policy: PassthroughPolicy) {
-        self.passthrough_off
-            .store(policy == PassthroughPolicy::Off, Ordering::Relaxed);
-        self.set_passthrough_writable(policy == PassthroughPolicy::All);
+        *self.passthrough_policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
+    fn passthrough_policy(&self) -> PassthroughPolicy {
+        *self.passthrough_policy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// For `contextfs status`: which files the kernel reads by itself.
@@ -1022,7 +1015,7 @@ impl Vfs {
             "off (--passthrough off)".into()
         } else if !self.passthrough_enabled() {
             "off (the kernel did not offer it: it needs Linux >= 6.9 with FUSE passthrough, and root)".into()
-        } else if self.passthrough_writable.load(Ordering::Relaxed) {
+        } else if self.passthrough_policy() == PassthroughPolicy::All {
             "every clean file (writers wait for passthrough readers; --passthrough read-only avoids that)".into()
         } else if self.config.read_only {
             "every file (read-only mount)".into()
@@ -1039,12 +1032,12 @@ impl Vfs {
 
     /// Whether the adapter should ask the kernel for passthrough at all.
     pub fn passthrough_wanted(&self) -> bool {
-        !self.passthrough_off.load(Ordering::Relaxed)
+        self.passthrough_policy() != PassthroughPolicy::Off
     }
 
     fn passthrough_allowed(&self, inode: &Inode) -> bool {
         self.passthrough.load(Ordering::Relaxed)
-            && (inode.read_only || self.config.read_only || self.passthrough_writable.load(Ordering::Relaxed))
+            && (inode.read_only || self.config.read_only || self.passthrough_policy() == PassthroughPolicy::All)
     }
 
     fn passthrough_busy(st: &State, ino: Ino) -> VfsError {
@@ -1332,8 +1325,9 @@ impl Vfs {
         !self.urgent.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 
-    fn is_urgent(&self, uid: u64) -> bool {
-        self.urgent.lock().unwrap_or_else(|p| p.into_inner()).contains(&uid)
+    /// The records fsync waits for (usually none), copied once per plan.
+    fn urgent_uids(&self) -> std::collections::HashSet<u64> {
+        self.urgent.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Waits until record `uid` at `rev` was acknowledged (or superseded),
