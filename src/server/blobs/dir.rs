@@ -70,24 +70,30 @@ impl DirBlobStore {
             .join(format!("upload-{:016x}", rand::random::<u64>()))
     }
 
-    /// fsync the temp file, move it under its hash and fsync the directory.
+    /// Moves a written and fsynced temp file under its hash and fsyncs the
+    /// directory; false (and the temp file removed) when the blob was there.
+    fn publish_blocking(temp: &Path, target: &Path) -> Result<bool, BlobError> {
+        if target.exists() {
+            let _ = std::fs::remove_file(temp);
+            return Ok(false);
+        }
+        let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
+        std::fs::create_dir_all(&parent).map_err(|e| io_err("cannot create", &parent, e))?;
+        if let Err(e) = std::fs::rename(temp, target) {
+            let _ = std::fs::remove_file(temp);
+            return Err(io_err("cannot move blob to", target, e));
+        }
+        std::fs::File::open(&parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err("cannot fsync", &parent, e))?;
+        Ok(true)
+    }
+
     async fn publish(&self, temp: PathBuf, hash: &BlobHash) -> Result<bool, BlobError> {
         let target = self.path_of(hash);
-        tokio::task::spawn_blocking(move || -> Result<bool, BlobError> {
-            if target.exists() {
-                let _ = std::fs::remove_file(&temp);
-                return Ok(false);
-            }
-            let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
-            std::fs::create_dir_all(&parent).map_err(|e| io_err("cannot create", &parent, e))?;
-            std::fs::rename(&temp, &target).map_err(|e| io_err("cannot move blob to", &target, e))?;
-            std::fs::File::open(&parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_err("cannot fsync", &parent, e))?;
-            Ok(true)
-        })
-        .await
-        .map_err(|e| BlobError::Io(format!("blob writer task failed: {e}")))?
+        tokio::task::spawn_blocking(move || Self::publish_blocking(&temp, &target))
+            .await
+            .map_err(|e| BlobError::Io(format!("blob writer task failed: {e}")))?
     }
 }
 
@@ -164,14 +170,7 @@ impl BlobStore for DirBlobStore {
                 let _ = std::fs::remove_file(&temp);
                 return Err(io_err("cannot write", &temp, e));
             }
-            if let Err(e) = std::fs::rename(&temp, &target) {
-                let _ = std::fs::remove_file(&temp);
-                return Err(io_err("cannot move blob to", &target, e));
-            }
-            let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
-            std::fs::File::open(&parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_err("cannot fsync", &parent, e))
+            Self::publish_blocking(&temp, &target).map(drop)
         })
         .await
         .map_err(|e| BlobError::Io(format!("blob writer task failed: {e}")))??;
