@@ -106,6 +106,38 @@ pub struct ContentWrite {
     pub record_blob: Option<BlobHash>,
 }
 
+/// Everything a new version row needs beyond its node (both stores).
+pub(crate) struct NewVersion<'a> {
+    pub path: &'a str,
+    pub kind: NodeKind,
+    pub mode: u32,
+    pub hash: &'a BlobHash,
+    pub size: u64,
+    pub op: VersionOp,
+    pub status: VersionStatus,
+    pub deleted: bool,
+    pub idempotency_key: Option<&'a str>,
+    pub old_path: Option<&'a str>,
+}
+
+impl<'a> NewVersion<'a> {
+    /// The version a content write puts at `path`.
+    pub fn content(write: &'a ContentWrite, path: &'a str) -> Self {
+        Self {
+            path,
+            kind: write.kind,
+            mode: write.mode,
+            hash: &write.hash,
+            size: write.size,
+            op: write.op,
+            status: write.status,
+            deleted: false,
+            idempotency_key: write.idempotency_key.as_deref(),
+            old_path: None,
+        }
+    }
+}
+
 /// A mutation's result plus the project cursor it advanced to, so the service
 /// can wake change-feed waiters.
 #[derive(Debug, Clone)]

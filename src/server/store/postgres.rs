@@ -372,20 +372,6 @@ async fn audit<C: GenericClient>(
     Ok(())
 }
 
-/// Everything a new version row needs beyond its node.
-struct NewVersion<'a> {
-    path: &'a str,
-    kind: NodeKind,
-    mode: u32,
-    hash: &'a BlobHash,
-    size: u64,
-    op: VersionOp,
-    status: VersionStatus,
-    deleted: bool,
-    idempotency_key: Option<&'a str>,
-    old_path: Option<&'a str>,
-}
-
 /// Appends version `parent + 1` (or 1) to `node`, moves the node's head with
 /// a compare-and-set, and records the change-feed event (with its NOTIFY) and
 /// the audit row. The node row must already be locked (or freshly inserted).
@@ -672,18 +658,7 @@ async fn write_content_tx<C: GenericClient>(
                 return Err(StoreError::HeadMoved.into());
             }
             let parents_cursor = ensure_parents(c, project_id, path, meta).await?;
-            let v = NewVersion {
-                path: path.as_str(),
-                kind: write.kind,
-                mode: write.mode,
-                hash: &write.hash,
-                size: write.size,
-                op: write.op,
-                status: write.status,
-                deleted: false,
-                idempotency_key: write.idempotency_key.as_deref(),
-                old_path: None,
-            };
+            let v = NewVersion::content(write, path.as_str());
             // A node created meanwhile at the path trips the unique index:
             // the retry then answers HeadMoved.
             let (info, seq) = create_node(c, project_id, &v, meta).await?;
@@ -728,18 +703,7 @@ async fn write_content_tx<C: GenericClient>(
                 }
                 .into());
             }
-            let v = NewVersion {
-                path: &row.path,
-                kind: write.kind,
-                mode: write.mode,
-                hash: &write.hash,
-                size: write.size,
-                op: write.op,
-                status: write.status,
-                deleted: false,
-                idempotency_key: write.idempotency_key.as_deref(),
-                old_path: None,
-            };
+            let v = NewVersion::content(write, &row.path);
             let (info, seq) = match append_version(c, project_id, row.id, Some(row.head), &v, meta).await {
                 // The head is the caller's expectation, not ours to re-read.
                 Err(TxError::Raced) => return Err(StoreError::HeadMoved.into()),

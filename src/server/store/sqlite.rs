@@ -405,20 +405,6 @@ fn audit(
     Ok(())
 }
 
-/// Everything a new version row needs beyond its node.
-struct NewVersion<'a> {
-    path: &'a str,
-    kind: NodeKind,
-    mode: u32,
-    hash: &'a BlobHash,
-    size: u64,
-    op: VersionOp,
-    status: VersionStatus,
-    deleted: bool,
-    idempotency_key: Option<&'a str>,
-    old_path: Option<&'a str>,
-}
-
 /// Appends version `parent + 1` (or 1) to `node`, moves the node's head, and
 /// records the change-feed event and the audit row.
 fn append_version(
@@ -849,18 +835,7 @@ impl MetadataStore for SqliteStore {
                         return Err(StoreError::HeadMoved);
                     }
                     let parents_cursor = ensure_parents(conn, project_id, path, &meta)?;
-                    let v = NewVersion {
-                        path: path.as_str(),
-                        kind: write.kind,
-                        mode: write.mode,
-                        hash: &write.hash,
-                        size: write.size,
-                        op: write.op,
-                        status: write.status,
-                        deleted: false,
-                        idempotency_key: write.idempotency_key.as_deref(),
-                        old_path: None,
-                    };
+                    let v = NewVersion::content(&write, path.as_str());
                     let (info, seq) = create_node(conn, project_id, &v, &meta)?;
                     Ok(Applied {
                         value: info,
@@ -899,18 +874,7 @@ impl MetadataStore for SqliteStore {
                             ),
                         });
                     }
-                    let v = NewVersion {
-                        path: &row.path,
-                        kind: write.kind,
-                        mode: write.mode,
-                        hash: &write.hash,
-                        size: write.size,
-                        op: write.op,
-                        status: write.status,
-                        deleted: false,
-                        idempotency_key: write.idempotency_key.as_deref(),
-                        old_path: None,
-                    };
+                    let v = NewVersion::content(&write, &row.path);
                     let (info, seq) = append_version(conn, project_id, row.id, Some(row.head), &v, &meta)?;
                     Ok(Applied {
                         value: info,
