@@ -20,7 +20,7 @@ use crate::vfs::{Attr, Invalidation, KernelIo, OpenMode, SetAttr, Vfs, VfsError}
 
 /// How long the kernel may trust attributes and names. Remote changes are
 /// also pushed as invalidations, so this only bounds a missed one.
-const TTL: Duration = Duration::from_secs(1);
+pub const TTL: Duration = Duration::from_secs(1);
 
 pub struct ContextFs {
     vfs: Arc<Vfs>,

@@ -21,7 +21,7 @@ use control::{MountReport, QueuedItem};
 use sync::SyncWorker;
 
 /// FUSE worker threads of a project mount.
-const FUSE_THREADS: usize = 8;
+pub const FUSE_THREADS: usize = 8;
 
 /// How long `umount` keeps trying to reach an unreachable server before it
 /// gives up and leaves the rest in the journal.
