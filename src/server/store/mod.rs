@@ -7,6 +7,7 @@
 //! events and audit rows, and every content write is a compare-and-set on the
 //! node's head version: that is the optimistic lock the whole service rests on.
 
+mod namespace;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;
@@ -39,6 +40,11 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A database failure (or a row the database should never hold) as text.
+fn backend(message: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(message.to_string())
+}
 
 #[derive(Debug, Clone)]
 pub struct ProjectRow {

@@ -50,6 +50,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::FromSql;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 
+use super::namespace::{self, NodeRow};
 use super::*;
 use crate::api::{AuditEntry, SkillFile, TreeEntry};
 
@@ -76,10 +77,6 @@ const LISTEN_PING: Duration = Duration::from_secs(10);
 pub struct PostgresStore {
     pool: Pool,
     config: tokio_postgres::Config,
-}
-
-fn backend(message: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(message.to_string())
 }
 
 /// A database error with the server's message and SQLSTATE when there is one.
@@ -245,14 +242,6 @@ async fn head_of<C: GenericClient>(c: &C, node: &NodeRow) -> TxResult<VersionInf
         .ok_or_else(|| backend("node head missing"))?)
 }
 
-struct NodeRow {
-    id: i64,
-    path: String,
-    kind: NodeKind,
-    deleted: bool,
-    head: i64,
-}
-
 fn node_from_row(r: &Row) -> StoreResult<NodeRow> {
     Ok(NodeRow {
         id: col(r, 0)?,
@@ -310,8 +299,8 @@ async fn lock_node<C: GenericClient>(c: &C, project_id: i64, id: i64) -> TxResul
 
 /// Live descendants of a directory path, deepest first, locked for update.
 async fn live_descendants<C: GenericClient>(c: &C, project_id: i64, dir: &str) -> TxResult<Vec<NodeRow>> {
-    let lower = format!("{dir}/");
-    let upper = format!("{dir}0"); // '0' sorts right after '/' (bytewise, COLLATE "C")
+    // bytewise order: the path column is COLLATE "C"
+    let (lower, upper) = namespace::descendant_range(dir);
     let stmt = c
         .prepare_cached(
             "SELECT id, path, kind, deleted, head FROM nodes
@@ -535,11 +524,7 @@ async fn ensure_dir<C: GenericClient>(
             };
             Ok((head, 0, false))
         }
-        Some(node) => Err(StoreError::Conflict {
-            code: "not_a_directory",
-            message: format!("{} is a {}, not a directory", node.path, node.kind.as_str()),
-        }
-        .into()),
+        Some(node) => Err(node.not_a_directory().into()),
         None => {
             let hash = empty_hash();
             let v = NewVersion {
@@ -580,24 +565,6 @@ async fn tombstone<C: GenericClient>(
         old_path: None,
     };
     append_version(c, project_id, node.id, Some(node.head), &v, meta).await
-}
-
-fn check_base(node: &NodeRow, guard: &NodeGuard) -> StoreResult<()> {
-    if guard.node.is_some_and(|n| n != node.id) {
-        return Err(StoreError::Conflict {
-            code: "node_mismatch",
-            message: format!(
-                "{} is node {}, not node {}",
-                node.path,
-                node.id,
-                guard.node.unwrap_or_default()
-            ),
-        });
-    }
-    match guard.base_version {
-        Some(base) if base != node.head => Err(StoreError::HeadMoved),
-        _ => Ok(()),
-    }
 }
 
 fn project_row(r: &Row) -> StoreResult<ProjectRow> {
@@ -679,29 +646,12 @@ async fn write_content_tx<C: GenericClient>(
             if row.deleted {
                 // Restoring a deleted node: its path must be free again.
                 if let Some(other) = live_node(c, project_id, &row.path, Lock::None).await? {
-                    return Err(StoreError::Conflict {
-                        code: "path_occupied",
-                        message: format!(
-                            "{} was deleted and another {} now lives at that path; rename it first",
-                            row.path,
-                            other.kind.as_str()
-                        ),
-                    }
-                    .into());
+                    return Err(row.restore_blocked_by(&other).into());
                 }
                 let path = WsPath::parse(&row.path).map_err(backend)?;
                 parents_cursor = ensure_parents(c, project_id, &path, meta).await?;
-            } else if row.kind != write.kind {
-                return Err(StoreError::Conflict {
-                    code: "kind_mismatch",
-                    message: format!(
-                        "{} is a {}; delete it before writing a {}",
-                        row.path,
-                        row.kind.as_str(),
-                        write.kind.as_str()
-                    ),
-                }
-                .into());
+            } else {
+                row.check_write_kind(write.kind)?;
             }
             let v = NewVersion::content(write, &row.path);
             let (info, seq) = match append_version(c, project_id, row.id, Some(row.head), &v, meta).await {
@@ -751,14 +701,7 @@ async fn rename_tx<C: GenericClient>(
     let source = live_node(c, project_id, from.as_str(), Lock::Update)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("{from} does not exist")))?;
-    check_base(&source, guard)?;
-    if source.kind == NodeKind::Dir && to.starts_with(from) && to != from {
-        return Err(StoreError::Conflict {
-            code: "invalid_rename",
-            message: format!("cannot move directory {from} into itself ({to})"),
-        }
-        .into());
-    }
+    namespace::check_rename_source(&source, guard, from, to)?;
     if to == from {
         let head = head_of(c, &source).await?;
         return Ok(Applied {
@@ -781,36 +724,9 @@ async fn rename_tx<C: GenericClient>(
     let mut cursor = ensure_parents(c, project_id, to, meta).await?;
     let mut replaced = None;
     if let Some(target) = live_node(c, project_id, to.as_str(), Lock::Update).await? {
-        if !replace {
-            return Err(StoreError::Conflict {
-                code: "exists",
-                message: format!("{to} already exists; pass replace=true to overwrite it"),
-            }
-            .into());
-        }
-        match (source.kind == NodeKind::Dir, target.kind == NodeKind::Dir) {
-            (false, true) => {
-                return Err(StoreError::Conflict {
-                    code: "is_a_directory",
-                    message: format!("{to} is a directory and {from} is not"),
-                }
-                .into())
-            }
-            (true, false) => {
-                return Err(StoreError::Conflict {
-                    code: "not_a_directory",
-                    message: format!("{to} is not a directory and {from} is one"),
-                }
-                .into())
-            }
-            (true, true) if !live_descendants(c, project_id, &target.path).await?.is_empty() => {
-                return Err(StoreError::Conflict {
-                    code: "not_empty",
-                    message: format!("directory {to} is not empty"),
-                }
-                .into())
-            }
-            _ => {}
+        namespace::check_rename_target(&source, &target, replace, from, to)?;
+        if target.kind == NodeKind::Dir && !live_descendants(c, project_id, &target.path).await?.is_empty() {
+            return Err(namespace::rename_target_not_empty(to).into());
         }
         let (info, seq) = tombstone(c, project_id, &target, meta).await?;
         cursor = cursor.max(seq);
@@ -819,9 +735,8 @@ async fn rename_tx<C: GenericClient>(
     // Children keep their ids; only their current path moves with the directory.
     if !children.is_empty() {
         let stmt = c.prepare_cached("UPDATE nodes SET path = $2 WHERE id = $1").await?;
-        let prefix_len = from.as_str().len();
         for child in &children {
-            let new_path = format!("{}{}", to.as_str(), &child.path[prefix_len..]);
+            let new_path = namespace::moved_path(&child.path, from, to);
             c.execute(&stmt, &[&child.id, &new_path]).await?;
         }
     }
@@ -856,18 +771,12 @@ async fn delete_tx<C: GenericClient>(
     let node = live_node(c, project_id, path.as_str(), Lock::Update)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("{path} does not exist")))?;
-    check_base(&node, guard)?;
+    node.check_guard(guard)?;
     let mut deleted = Vec::new();
     let mut cursor = 0;
     if node.kind == NodeKind::Dir {
         let children = live_descendants(c, project_id, &node.path).await?;
-        if !children.is_empty() && !recursive {
-            return Err(StoreError::Conflict {
-                code: "not_empty",
-                message: format!("directory {path} is not empty; pass recursive=true to delete it and its contents"),
-            }
-            .into());
-        }
+        namespace::check_delete_contents(path, !children.is_empty(), recursive)?;
         for child in &children {
             let (info, seq) = tombstone(c, project_id, child, meta).await?;
             cursor = cursor.max(seq);
@@ -1282,7 +1191,7 @@ impl MetadataStore for PostgresStore {
              WHERE n.project_id = $1 AND NOT n.deleted";
         let (rows, depth_start) = match prefix {
             Some(p) => {
-                let (lower, upper) = (format!("{p}/"), format!("{p}0"));
+                let (lower, upper) = namespace::descendant_range(p.as_str());
                 let stmt = tx
                     .prepare_cached(&format!("{COLUMNS} AND n.path >= $2 AND n.path < $3 ORDER BY n.path"))
                     .await
@@ -1305,7 +1214,7 @@ impl MetadataStore for PostgresStore {
         let mut entries = Vec::with_capacity(rows.len());
         for r in &rows {
             let path: String = col(r, 0)?;
-            if !recursive && path[depth_start..].contains('/') {
+            if !namespace::tree_lists(&path, depth_start, recursive) {
                 continue;
             }
             entries.push(TreeEntry {

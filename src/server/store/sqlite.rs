@@ -14,6 +14,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::namespace::{self, NodeRow};
 use super::*;
 use crate::api::{AuditEntry, SkillFile};
 
@@ -143,10 +144,6 @@ impl ReaderPool {
             }
         }
     }
-}
-
-fn backend(message: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(message.to_string())
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -335,14 +332,6 @@ fn get_version(conn: &Connection, node: i64, number: i64) -> StoreResult<Option<
     Ok(stmt.query_row(params![node, number], version_from_row).optional()?)
 }
 
-struct NodeRow {
-    id: i64,
-    path: String,
-    kind: NodeKind,
-    deleted: bool,
-    head: i64,
-}
-
 /// A `nodes` row selected as `id, path, kind, deleted, head`.
 fn node_row(r: &Row) -> rusqlite::Result<NodeRow> {
     Ok(NodeRow {
@@ -511,10 +500,7 @@ fn ensure_dir(
             let head = get_version(conn, node.id, node.head)?.ok_or_else(|| backend("node head missing"))?;
             Ok((head, 0, false))
         }
-        Some(node) => Err(StoreError::Conflict {
-            code: "not_a_directory",
-            message: format!("{} is a {}, not a directory", node.path, node.kind.as_str()),
-        }),
+        Some(node) => Err(node.not_a_directory()),
         None => {
             let hash = empty_hash();
             let v = NewVersion {
@@ -537,8 +523,7 @@ fn ensure_dir(
 
 /// Live descendants of a directory path, deepest first.
 fn live_descendants(conn: &Connection, project_id: i64, dir: &str) -> StoreResult<Vec<NodeRow>> {
-    let lower = format!("{dir}/");
-    let upper = format!("{dir}0"); // '0' sorts right after '/'
+    let (lower, upper) = namespace::descendant_range(dir);
     let mut stmt = conn.prepare_cached(
         "SELECT id, path, kind, deleted, head FROM nodes
          WHERE project_id = ?1 AND deleted = 0 AND path >= ?2 AND path < ?3 ORDER BY path DESC",
@@ -564,24 +549,6 @@ fn tombstone(conn: &Connection, project_id: i64, node: &NodeRow, meta: &WriteMet
         old_path: None,
     };
     append_version(conn, project_id, node.id, Some(node.head), &v, meta)
-}
-
-fn check_base(node: &NodeRow, guard: &NodeGuard) -> StoreResult<()> {
-    if guard.node.is_some_and(|n| n != node.id) {
-        return Err(StoreError::Conflict {
-            code: "node_mismatch",
-            message: format!(
-                "{} is node {}, not node {}",
-                node.path,
-                node.id,
-                guard.node.unwrap_or_default()
-            ),
-        });
-    }
-    match guard.base_version {
-        Some(base) if base != node.head => Err(StoreError::HeadMoved),
-        _ => Ok(()),
-    }
 }
 
 fn project_row(r: &Row) -> rusqlite::Result<ProjectRow> {
@@ -722,7 +689,7 @@ impl MetadataStore for SqliteStore {
         self.read(move |conn| {
             let cursor = current_cursor(conn, project_id)?;
             let (lower, upper) = match &prefix {
-                Some(p) => (format!("{p}/"), format!("{p}0")),
+                Some(p) => namespace::descendant_range(p),
                 None => (String::new(), "\u{10FFFF}".to_string()),
             };
             let mut stmt = conn.prepare_cached(
@@ -736,7 +703,7 @@ impl MetadataStore for SqliteStore {
             let mut rows = stmt.query(params![project_id, lower, upper])?;
             while let Some(r) = rows.next()? {
                 let path: String = r.get(0)?;
-                if !recursive && path[depth_start..].contains('/') {
+                if !namespace::tree_lists(&path, depth_start, recursive) {
                     continue;
                 }
                 entries.push(crate::api::TreeEntry {
@@ -852,27 +819,12 @@ impl MetadataStore for SqliteStore {
                     if row.deleted {
                         // Restoring a deleted node: its path must be free again.
                         if let Some(other) = live_node(conn, project_id, &row.path)? {
-                            return Err(StoreError::Conflict {
-                                code: "path_occupied",
-                                message: format!(
-                                    "{} was deleted and another {} now lives at that path; rename it first",
-                                    row.path,
-                                    other.kind.as_str()
-                                ),
-                            });
+                            return Err(row.restore_blocked_by(&other));
                         }
                         let path = WsPath::parse(&row.path).map_err(backend)?;
                         parents_cursor = ensure_parents(conn, project_id, &path, &meta)?;
-                    } else if row.kind != write.kind {
-                        return Err(StoreError::Conflict {
-                            code: "kind_mismatch",
-                            message: format!(
-                                "{} is a {}; delete it before writing a {}",
-                                row.path,
-                                row.kind.as_str(),
-                                write.kind.as_str()
-                            ),
-                        });
+                    } else {
+                        row.check_write_kind(write.kind)?;
                     }
                     let v = NewVersion::content(&write, &row.path);
                     let (info, seq) = append_version(conn, project_id, row.id, Some(row.head), &v, &meta)?;
@@ -923,13 +875,7 @@ impl MetadataStore for SqliteStore {
         self.write(move |conn| {
             let source = live_node(conn, project_id, from.as_str())?
                 .ok_or_else(|| StoreError::NotFound(format!("{from} does not exist")))?;
-            check_base(&source, &guard)?;
-            if source.kind == NodeKind::Dir && to.starts_with(&from) && to != from {
-                return Err(StoreError::Conflict {
-                    code: "invalid_rename",
-                    message: format!("cannot move directory {from} into itself ({to})"),
-                });
-            }
+            namespace::check_rename_source(&source, &guard, &from, &to)?;
             let mut cursor = 0;
             let mut replaced = None;
             if to == from {
@@ -943,32 +889,9 @@ impl MetadataStore for SqliteStore {
                 });
             }
             if let Some(target) = live_node(conn, project_id, to.as_str())? {
-                if !replace {
-                    return Err(StoreError::Conflict {
-                        code: "exists",
-                        message: format!("{to} already exists; pass replace=true to overwrite it"),
-                    });
-                }
-                match (source.kind == NodeKind::Dir, target.kind == NodeKind::Dir) {
-                    (false, true) => {
-                        return Err(StoreError::Conflict {
-                            code: "is_a_directory",
-                            message: format!("{to} is a directory and {from} is not"),
-                        })
-                    }
-                    (true, false) => {
-                        return Err(StoreError::Conflict {
-                            code: "not_a_directory",
-                            message: format!("{to} is not a directory and {from} is one"),
-                        })
-                    }
-                    (true, true) if !live_descendants(conn, project_id, &target.path)?.is_empty() => {
-                        return Err(StoreError::Conflict {
-                            code: "not_empty",
-                            message: format!("directory {to} is not empty"),
-                        })
-                    }
-                    _ => {}
+                namespace::check_rename_target(&source, &target, replace, &from, &to)?;
+                if target.kind == NodeKind::Dir && !live_descendants(conn, project_id, &target.path)?.is_empty() {
+                    return Err(namespace::rename_target_not_empty(&to));
                 }
                 let (info, seq) = tombstone(conn, project_id, &target, &meta)?;
                 cursor = cursor.max(seq);
@@ -977,9 +900,8 @@ impl MetadataStore for SqliteStore {
             cursor = cursor.max(ensure_parents(conn, project_id, &to, &meta)?);
             // Children keep their ids; only their current path moves with the directory.
             if source.kind == NodeKind::Dir {
-                let prefix_len = from.as_str().len();
                 for child in live_descendants(conn, project_id, from.as_str())? {
-                    let new_path = format!("{}{}", to.as_str(), &child.path[prefix_len..]);
+                    let new_path = namespace::moved_path(&child.path, &from, &to);
                     conn.prepare_cached("UPDATE nodes SET path = ?2 WHERE id = ?1")?
                         .execute(params![child.id, new_path])?;
                 }
@@ -1018,19 +940,12 @@ impl MetadataStore for SqliteStore {
         self.write(move |conn| {
             let node = live_node(conn, project_id, path.as_str())?
                 .ok_or_else(|| StoreError::NotFound(format!("{path} does not exist")))?;
-            check_base(&node, &guard)?;
+            node.check_guard(&guard)?;
             let mut deleted = Vec::new();
             let mut cursor = 0;
             if node.kind == NodeKind::Dir {
                 let children = live_descendants(conn, project_id, &node.path)?;
-                if !children.is_empty() && !recursive {
-                    return Err(StoreError::Conflict {
-                        code: "not_empty",
-                        message: format!(
-                            "directory {path} is not empty; pass recursive=true to delete it and its contents"
-                        ),
-                    });
-                }
+                namespace::check_delete_contents(&path, !children.is_empty(), recursive)?;
                 for child in &children {
                     let (info, seq) = tombstone(conn, project_id, child, &meta)?;
                     cursor = cursor.max(seq);
