@@ -12,6 +12,8 @@ pub mod postgres;
 pub mod records;
 pub mod sqlite;
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use thiserror::Error;
@@ -21,6 +23,7 @@ use crate::api::{
     VersionStatus,
 };
 use crate::model::{BlobHash, WsPath};
+use namespace::NodeRow;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -142,7 +145,59 @@ impl<'a> NewVersion<'a> {
             old_path: None,
         }
     }
+
+    /// A new directory at `path` (`mkdir`, or a missing parent of a write).
+    pub fn directory(path: &'a str, mode: u32) -> Self {
+        Self {
+            path,
+            kind: NodeKind::Dir,
+            mode,
+            hash: &EMPTY_CONTENT,
+            size: 0,
+            op: VersionOp::Mkdir,
+            status: VersionStatus::Clean,
+            deleted: false,
+            idempotency_key: None,
+            old_path: None,
+        }
+    }
+
+    /// The tombstone that deletes `node`; it keeps the head's content so a
+    /// restore knows what was there.
+    pub fn tombstone(node: &'a NodeRow, head: &'a VersionInfo) -> Self {
+        Self {
+            deleted: true,
+            ..Self::unchanged(&node.path, node.kind, head, VersionOp::Delete)
+        }
+    }
+
+    /// `head`'s node moved from `from` to `to`, content unchanged.
+    pub fn rename(from: &'a str, to: &'a str, kind: NodeKind, head: &'a VersionInfo) -> Self {
+        Self {
+            old_path: Some(from),
+            ..Self::unchanged(to, kind, head, VersionOp::Rename)
+        }
+    }
+
+    /// A version at `path` with `head`'s content (a namespace change).
+    fn unchanged(path: &'a str, kind: NodeKind, head: &'a VersionInfo, op: VersionOp) -> Self {
+        Self {
+            path,
+            kind,
+            mode: head.mode,
+            hash: &head.hash,
+            size: head.size,
+            op,
+            status: VersionStatus::Clean,
+            deleted: false,
+            idempotency_key: None,
+            old_path: None,
+        }
+    }
 }
+
+/// What a directory version records as its content.
+static EMPTY_CONTENT: LazyLock<BlobHash> = LazyLock::new(|| BlobHash::of(b""));
 
 /// A mutation's result plus the project cursor it advanced to, so the service
 /// can wake change-feed waiters.

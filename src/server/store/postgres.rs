@@ -489,10 +489,6 @@ async fn create_node<C: GenericClient>(
     append_version(c, project_id, node, None, v, meta).await
 }
 
-fn empty_hash() -> BlobHash {
-    BlobHash::of(b"")
-}
-
 /// `mkdir -p` of every ancestor of `path` (each share-locked, so none can be
 /// moved or deleted before this transaction ends); fails if one of them is
 /// not a directory. Returns the cursor it advanced to (0 if nothing was made).
@@ -526,19 +522,7 @@ async fn ensure_dir<C: GenericClient>(
         }
         Some(node) => Err(node.not_a_directory().into()),
         None => {
-            let hash = empty_hash();
-            let v = NewVersion {
-                path: dir.as_str(),
-                kind: NodeKind::Dir,
-                mode,
-                hash: &hash,
-                size: 0,
-                op: VersionOp::Mkdir,
-                status: VersionStatus::Clean,
-                deleted: false,
-                idempotency_key: None,
-                old_path: None,
-            };
+            let v = NewVersion::directory(dir.as_str(), mode);
             let (info, seq) = create_node(c, project_id, &v, meta).await?;
             Ok((Some(info), seq, true))
         }
@@ -552,18 +536,7 @@ async fn tombstone<C: GenericClient>(
     meta: &WriteMeta,
 ) -> TxResult<(VersionInfo, i64)> {
     let head = head_of(c, node).await?;
-    let v = NewVersion {
-        path: &node.path,
-        kind: node.kind,
-        mode: head.mode,
-        hash: &head.hash,
-        size: head.size,
-        op: VersionOp::Delete,
-        status: VersionStatus::Clean,
-        deleted: true,
-        idempotency_key: None,
-        old_path: None,
-    };
+    let v = NewVersion::tombstone(node, &head);
     append_version(c, project_id, node.id, Some(node.head), &v, meta).await
 }
 
@@ -741,18 +714,7 @@ async fn rename_tx<C: GenericClient>(
         }
     }
     let head = head_of(c, &source).await?;
-    let v = NewVersion {
-        path: to.as_str(),
-        kind: source.kind,
-        mode: head.mode,
-        hash: &head.hash,
-        size: head.size,
-        op: VersionOp::Rename,
-        status: VersionStatus::Clean,
-        deleted: false,
-        idempotency_key: None,
-        old_path: Some(from.as_str()),
-    };
+    let v = NewVersion::rename(from.as_str(), to.as_str(), source.kind, &head);
     let (moved, seq) = append_version(c, project_id, source.id, Some(source.head), &v, meta).await?;
     Ok(Applied {
         value: RenameOutcome { moved, replaced },

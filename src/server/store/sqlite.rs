@@ -473,10 +473,6 @@ fn create_node(
     append_version(conn, project_id, node, None, v, meta)
 }
 
-fn empty_hash() -> BlobHash {
-    BlobHash::of(b"")
-}
-
 /// `mkdir -p` of every ancestor of `path`; fails if one of them is not a directory.
 fn ensure_parents(conn: &Connection, project_id: i64, path: &WsPath, meta: &WriteMeta) -> StoreResult<i64> {
     let mut cursor = 0;
@@ -502,19 +498,7 @@ fn ensure_dir(
         }
         Some(node) => Err(node.not_a_directory()),
         None => {
-            let hash = empty_hash();
-            let v = NewVersion {
-                path: dir.as_str(),
-                kind: NodeKind::Dir,
-                mode,
-                hash: &hash,
-                size: 0,
-                op: VersionOp::Mkdir,
-                status: VersionStatus::Clean,
-                deleted: false,
-                idempotency_key: None,
-                old_path: None,
-            };
+            let v = NewVersion::directory(dir.as_str(), mode);
             let (info, seq) = create_node(conn, project_id, &v, meta)?;
             Ok((info, seq, true))
         }
@@ -536,18 +520,7 @@ fn live_descendants(conn: &Connection, project_id: i64, dir: &str) -> StoreResul
 
 fn tombstone(conn: &Connection, project_id: i64, node: &NodeRow, meta: &WriteMeta) -> StoreResult<(VersionInfo, i64)> {
     let head = get_version(conn, node.id, node.head)?.ok_or_else(|| backend("node head missing"))?;
-    let v = NewVersion {
-        path: &node.path,
-        kind: node.kind,
-        mode: head.mode,
-        hash: &head.hash,
-        size: head.size,
-        op: VersionOp::Delete,
-        status: VersionStatus::Clean,
-        deleted: true,
-        idempotency_key: None,
-        old_path: None,
-    };
+    let v = NewVersion::tombstone(node, &head);
     append_version(conn, project_id, node.id, Some(node.head), &v, meta)
 }
 
@@ -907,18 +880,7 @@ impl MetadataStore for SqliteStore {
                 }
             }
             let head = get_version(conn, source.id, source.head)?.ok_or_else(|| backend("node head missing"))?;
-            let v = NewVersion {
-                path: to.as_str(),
-                kind: source.kind,
-                mode: head.mode,
-                hash: &head.hash,
-                size: head.size,
-                op: VersionOp::Rename,
-                status: VersionStatus::Clean,
-                deleted: false,
-                idempotency_key: None,
-                old_path: Some(from.as_str()),
-            };
+            let v = NewVersion::rename(from.as_str(), to.as_str(), source.kind, &head);
             let (moved, seq) = append_version(conn, project_id, source.id, Some(source.head), &v, &meta)?;
             Ok(Applied {
                 value: RenameOutcome { moved, replaced },
