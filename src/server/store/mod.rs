@@ -19,8 +19,8 @@ use futures_util::stream::BoxStream;
 use thiserror::Error;
 
 use crate::api::{
-    Access, AuditPage, ChangeEvent, NodeKind, SkillInfo, SkillsListing, TreeListing, VersionInfo, VersionOp,
-    VersionStatus,
+    Access, AuditEntry, AuditPage, ChangeEvent, NodeKind, SkillFile, SkillInfo, SkillsListing, TreeListing,
+    VersionInfo, VersionOp, VersionStatus,
 };
 use crate::model::{BlobHash, WsPath};
 use namespace::NodeRow;
@@ -352,6 +352,43 @@ pub trait MetadataStore: Send + Sync + 'static {
         Err(StoreError::Backend(
             "this metadata store cannot be a migration target yet".into(),
         ))
+    }
+}
+
+// ----- results both stores build from the rows they read -----
+
+/// Cuts rows read with `LIMIT limit + 1` back to `limit`; true when more
+/// were waiting.
+fn trim_page<T>(rows: &mut Vec<T>, limit: u32) -> bool {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    more
+}
+
+/// An audit page from entries read with `LIMIT limit + 1`; the next page
+/// starts after the last entry shown.
+fn audit_page(mut entries: Vec<AuditEntry>, limit: u32) -> AuditPage {
+    let more = trim_page(&mut entries, limit);
+    let next_since = if more { entries.last().map(|e| e.seq) } else { None };
+    AuditPage { entries, next_since }
+}
+
+/// The published skills with their files: each `(skill name, file)` joins
+/// its skill, in the given order. `published_at` is the stored `meta` value
+/// (Unix milliseconds).
+fn skills_listing(
+    published_at: Option<String>,
+    mut skills: Vec<SkillInfo>,
+    files: Vec<(String, SkillFile)>,
+) -> SkillsListing {
+    for (skill, file) in files {
+        if let Some(s) = skills.iter_mut().find(|s| s.name == skill) {
+            s.files.push(file);
+        }
+    }
+    SkillsListing {
+        published_at: published_at.and_then(|v| v.parse().ok()).map(format_time),
+        skills,
     }
 }
 

@@ -1345,8 +1345,7 @@ impl MetadataStore for PostgresStore {
                 at: format_time(col(r, 12)?),
             });
         }
-        let more = events.len() > limit as usize;
-        events.truncate(limit as usize);
+        let more = trim_page(&mut events, limit);
         Ok((events, more))
     }
 
@@ -1377,10 +1376,7 @@ impl MetadataStore for PostgresStore {
                 detail: col(r, 8)?,
             });
         }
-        let more = entries.len() > limit as usize;
-        entries.truncate(limit as usize);
-        let next_since = if more { entries.last().map(|e| e.seq) } else { None };
-        Ok(AuditPage { entries, next_since })
+        Ok(audit_page(entries, limit))
     }
 
     async fn record_blob(&self, project_id: i64, hash: &BlobHash) -> StoreResult<()> {
@@ -1426,7 +1422,7 @@ impl MetadataStore for PostgresStore {
             .map_err(TxError::from)?
             .map(|r| col::<String>(&r, 0))
             .transpose()?;
-        let mut skills = tx
+        let skills = tx
             .query("SELECT name, description FROM skills ORDER BY name", &[])
             .await
             .map_err(TxError::from)?
@@ -1447,8 +1443,8 @@ impl MetadataStore for PostgresStore {
             .await
             .map_err(TxError::from)?;
         tx.commit().await.map_err(TxError::from)?;
+        let mut files = Vec::with_capacity(rows.len());
         for r in &rows {
-            let skill: &str = col(r, 0)?;
             let path: &str = col(r, 1)?;
             let file = SkillFile {
                 path: WsPath::parse(path).map_err(backend)?,
@@ -1456,14 +1452,9 @@ impl MetadataStore for PostgresStore {
                 size: col::<i64>(r, 3)? as u64,
                 mode: col::<i64>(r, 4)? as u32,
             };
-            if let Some(s) = skills.iter_mut().find(|s| s.name == skill) {
-                s.files.push(file);
-            }
+            files.push((col(r, 0)?, file));
         }
-        Ok(SkillsListing {
-            published_at: published_at.and_then(|v| v.parse().ok()).map(format_time),
-            skills,
-        })
+        Ok(skills_listing(published_at, skills, files))
     }
 
     async fn skill_has_blob(&self, hash: &BlobHash) -> StoreResult<bool> {

@@ -954,8 +954,7 @@ impl MetadataStore for SqliteStore {
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            let more = events.len() > limit as usize;
-            events.truncate(limit as usize);
+            let more = trim_page(&mut events, limit);
             Ok((events, more))
         })
         .await
@@ -967,7 +966,7 @@ impl MetadataStore for SqliteStore {
                 "SELECT id, created_at, actor, agent_id, action, path, version, status, detail FROM audit
                  WHERE project_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             )?;
-            let mut entries = stmt
+            let entries = stmt
                 .query_map(params![project_id, since, limit as i64 + 1], |r| {
                     Ok(AuditEntry {
                         seq: r.get(0)?,
@@ -982,10 +981,7 @@ impl MetadataStore for SqliteStore {
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            let more = entries.len() > limit as usize;
-            entries.truncate(limit as usize);
-            let next_since = if more { entries.last().map(|e| e.seq) } else { None };
-            Ok(AuditPage { entries, next_since })
+            Ok(audit_page(entries, limit))
         })
         .await
     }
@@ -1062,7 +1058,7 @@ impl MetadataStore for SqliteStore {
                     r.get(0)
                 })
                 .optional()?;
-            let mut skills: Vec<SkillInfo> = conn
+            let skills: Vec<SkillInfo> = conn
                 .prepare("SELECT name, description FROM skills ORDER BY name")?
                 .query_map([], |r| {
                     Ok(SkillInfo {
@@ -1074,8 +1070,8 @@ impl MetadataStore for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()?;
             let mut stmt = conn.prepare("SELECT skill, path, hash, size, mode FROM skill_files ORDER BY path")?;
             let mut rows = stmt.query([])?;
+            let mut files = Vec::new();
             while let Some(r) = rows.next()? {
-                let skill: String = r.get(0)?;
                 let path: String = r.get(1)?;
                 let file = SkillFile {
                     path: WsPath::parse(&path).map_err(backend)?,
@@ -1083,14 +1079,9 @@ impl MetadataStore for SqliteStore {
                     size: r.get::<_, i64>(3)? as u64,
                     mode: r.get(4)?,
                 };
-                if let Some(s) = skills.iter_mut().find(|s| s.name == skill) {
-                    s.files.push(file);
-                }
+                files.push((r.get(0)?, file));
             }
-            Ok(SkillsListing {
-                published_at: published_at.and_then(|v| v.parse().ok()).map(format_time),
-                skills,
-            })
+            Ok(skills_listing(published_at, skills, files))
         })
         .await
     }
