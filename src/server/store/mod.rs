@@ -44,6 +44,12 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+impl From<records::InvalidRecord> for StoreError {
+    fn from(e: records::InvalidRecord) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
 /// A database failure (or a row the database should never hold) as text.
 fn backend(message: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(message.to_string())

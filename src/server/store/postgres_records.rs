@@ -12,8 +12,6 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, Row};
 
 use super::{backend, describe, PostgresStore};
-use crate::api::{Access, NodeKind, VersionOp, VersionStatus};
-use crate::model::BlobHash;
 use crate::server::store::records::*;
 use crate::server::store::{StoreError, StoreResult};
 
@@ -258,14 +256,6 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
         .map_err(|_| backend("the migration stopped reading the export"))
 }
 
-fn check(ok: bool, what: &str, value: &str) -> StoreResult<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(backend(format!("cannot import: invalid {what} {value:?}")))
-    }
-}
-
 fn col<T, U>(rows: &[T], f: impl Fn(&T) -> U) -> Vec<U> {
     rows.iter().map(f).collect()
 }
@@ -297,6 +287,7 @@ pub(super) async fn import(
             return Err(backend("the export stopped before its end; nothing was imported"));
         };
         counts.add(&batch);
+        batch.validate()?;
         match batch {
             RecordBatch::End => break,
             RecordBatch::Meta(rows) => {
@@ -324,9 +315,6 @@ pub(super) async fn import(
                 .await?;
             }
             RecordBatch::Tokens(rows) => {
-                for r in &rows {
-                    check(Access::parse(&r.access).is_some(), "token access", &r.access)?;
-                }
                 insert(
                     &tx,
                     "INSERT INTO tokens (id, secret_hash, project_id, access, label, created_at, revoked_at)
@@ -345,9 +333,6 @@ pub(super) async fn import(
                 .await?;
             }
             RecordBatch::Nodes(rows) => {
-                for r in &rows {
-                    check(NodeKind::parse(&r.kind).is_some(), "node kind", &r.kind)?;
-                }
                 insert(
                     &tx,
                     "INSERT INTO nodes (id, project_id, path, kind, deleted, head, deleted_at)
@@ -366,12 +351,6 @@ pub(super) async fn import(
                 .await?;
             }
             RecordBatch::Versions(rows) => {
-                for r in &rows {
-                    check(NodeKind::parse(&r.kind).is_some(), "version kind", &r.kind)?;
-                    check(VersionOp::parse(&r.op).is_some(), "version op", &r.op)?;
-                    check(VersionStatus::parse(&r.status).is_some(), "version status", &r.status)?;
-                    check(BlobHash::parse(&r.hash).is_ok(), "blob hash", &r.hash)?;
-                }
                 insert(
                     &tx,
                     "INSERT INTO versions (node_id, number, project_id, path, kind, mode, hash, size, op, status,
@@ -444,9 +423,6 @@ pub(super) async fn import(
                 .await?;
             }
             RecordBatch::ProjectBlobs(rows) => {
-                for r in &rows {
-                    check(BlobHash::parse(&r.hash).is_ok(), "blob hash", &r.hash)?;
-                }
                 insert(
                     &tx,
                     "INSERT INTO project_blobs (project_id, hash)
@@ -464,9 +440,6 @@ pub(super) async fn import(
                 .await?;
             }
             RecordBatch::SkillFiles(rows) => {
-                for r in &rows {
-                    check(BlobHash::parse(&r.hash).is_ok(), "blob hash", &r.hash)?;
-                }
                 insert(
                     &tx,
                     "INSERT INTO skill_files (path, skill, hash, size, mode)

@@ -16,6 +16,11 @@
 //! API uses (`Access::as_str`, `NodeKind::as_str`, ...); times are Unix
 //! milliseconds.
 
+use thiserror::Error;
+
+use crate::api::{Access, NodeKind, VersionOp, VersionStatus};
+use crate::model::BlobHash;
+
 /// Rows per batch that exporters aim for.
 pub const BATCH_ROWS: usize = 2000;
 
@@ -207,6 +212,58 @@ impl RecordBatch {
     }
 }
 
+/// A row an import refuses: a column that holds one of the API's names (or a
+/// blob hash) holds something else, so no store could read the row back.
+#[derive(Debug, Error)]
+#[error("cannot import: invalid {what} {value:?}")]
+pub struct InvalidRecord {
+    pub what: &'static str,
+    pub value: String,
+}
+
+impl RecordBatch {
+    /// Checks the enum-like and hash columns of every row (both stores run
+    /// this before they write a batch).
+    pub fn validate(&self) -> Result<(), InvalidRecord> {
+        match self {
+            RecordBatch::Tokens(rows) => rows
+                .iter()
+                .try_for_each(|r| check(Access::parse(&r.access).is_some(), "token access", &r.access)),
+            RecordBatch::Nodes(rows) => rows
+                .iter()
+                .try_for_each(|r| check(NodeKind::parse(&r.kind).is_some(), "node kind", &r.kind)),
+            RecordBatch::Versions(rows) => rows.iter().try_for_each(|r| {
+                check(NodeKind::parse(&r.kind).is_some(), "version kind", &r.kind)?;
+                check(VersionOp::parse(&r.op).is_some(), "version op", &r.op)?;
+                check(VersionStatus::parse(&r.status).is_some(), "version status", &r.status)?;
+                check_hash(&r.hash)
+            }),
+            RecordBatch::ProjectBlobs(rows) => rows.iter().try_for_each(|r| check_hash(&r.hash)),
+            RecordBatch::SkillFiles(rows) => rows.iter().try_for_each(|r| check_hash(&r.hash)),
+            RecordBatch::Meta(_)
+            | RecordBatch::Projects(_)
+            | RecordBatch::Events(_)
+            | RecordBatch::Audit(_)
+            | RecordBatch::Skills(_)
+            | RecordBatch::End => Ok(()),
+        }
+    }
+}
+
+fn check(ok: bool, what: &'static str, value: &str) -> Result<(), InvalidRecord> {
+    if ok {
+        return Ok(());
+    }
+    Err(InvalidRecord {
+        what,
+        value: value.to_string(),
+    })
+}
+
+fn check_hash(hash: &str) -> Result<(), InvalidRecord> {
+    check(BlobHash::parse(hash).is_ok(), "blob hash", hash)
+}
+
 /// Rows per table that an import wrote, in [`TABLES`] order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportCounts {
@@ -226,5 +283,57 @@ impl ImportCounts {
             .position(|t| *t == table)
             .map(|i| self.rows[i])
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(kind: &str, op: &str, status: &str, hash: &str) -> VersionRecord {
+        VersionRecord {
+            node_id: 1,
+            number: 1,
+            project_id: 1,
+            path: "a".into(),
+            kind: kind.into(),
+            mode: 0o644,
+            hash: hash.into(),
+            size: 0,
+            op: op.into(),
+            status: status.into(),
+            deleted: false,
+            parent: None,
+            author: "admin".into(),
+            agent_id: None,
+            message: None,
+            created_at: 0,
+            idempotency_key: None,
+        }
+    }
+
+    #[test]
+    fn validate_names_the_first_invalid_column() {
+        let hash = BlobHash::of(b"").as_str().to_string();
+        let good = version(
+            NodeKind::File.as_str(),
+            VersionOp::Write.as_str(),
+            VersionStatus::Clean.as_str(),
+            &hash,
+        );
+        assert!(RecordBatch::Versions(vec![good.clone()]).validate().is_ok());
+        let bad_op = VersionRecord {
+            op: "explode".into(),
+            ..good.clone()
+        };
+        let err = RecordBatch::Versions(vec![good, bad_op]).validate().unwrap_err();
+        assert_eq!(err.to_string(), "cannot import: invalid version op \"explode\"");
+        let blob = ProjectBlobRecord {
+            project_id: 1,
+            hash: "nope".into(),
+        };
+        let err = RecordBatch::ProjectBlobs(vec![blob]).validate().unwrap_err();
+        assert_eq!(err.to_string(), "cannot import: invalid blob hash \"nope\"");
+        assert!(RecordBatch::End.validate().is_ok());
     }
 }

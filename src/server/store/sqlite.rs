@@ -1133,8 +1133,6 @@ mod records_io {
     use rusqlite::{params, Connection, Row};
 
     use super::{backend, StoreResult};
-    use crate::api::{Access, NodeKind, VersionOp, VersionStatus};
-    use crate::model::BlobHash;
     use crate::server::store::records::*;
 
     type Sink = tokio::sync::mpsc::Sender<RecordBatch>;
@@ -1349,18 +1347,6 @@ mod records_io {
             .map_err(|_| backend("the migration stopped reading the export"))
     }
 
-    fn check(ok: bool, what: &str, value: &str) -> StoreResult<()> {
-        if ok {
-            Ok(())
-        } else {
-            Err(backend(format!("cannot import: invalid {what} {value:?}")))
-        }
-    }
-
-    fn check_hash(hash: &str) -> StoreResult<()> {
-        check(BlobHash::parse(hash).is_ok(), "blob hash", hash)
-    }
-
     pub fn import(
         conn: &Connection,
         mut source: tokio::sync::mpsc::Receiver<RecordBatch>,
@@ -1379,6 +1365,7 @@ mod records_io {
                 return Err(backend("the export stopped before its end; nothing was imported"));
             };
             counts.add(&batch);
+            batch.validate()?;
             match batch {
                 RecordBatch::End => break,
                 RecordBatch::Meta(rows) => {
@@ -1404,7 +1391,6 @@ mod records_io {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?;
                     for r in rows {
-                        check(Access::parse(&r.access).is_some(), "token access", &r.access)?;
                         stmt.execute(params![
                             r.id,
                             r.secret_hash,
@@ -1422,7 +1408,6 @@ mod records_io {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?;
                     for r in rows {
-                        check(NodeKind::parse(&r.kind).is_some(), "node kind", &r.kind)?;
                         stmt.execute(params![
                             r.id,
                             r.project_id,
@@ -1441,10 +1426,6 @@ mod records_io {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                     )?;
                     for r in rows {
-                        check(NodeKind::parse(&r.kind).is_some(), "version kind", &r.kind)?;
-                        check(VersionOp::parse(&r.op).is_some(), "version op", &r.op)?;
-                        check(VersionStatus::parse(&r.status).is_some(), "version status", &r.status)?;
-                        check_hash(&r.hash)?;
                         stmt.execute(params![
                             r.node_id,
                             r.number,
@@ -1499,7 +1480,6 @@ mod records_io {
                     let mut stmt =
                         conn.prepare_cached("INSERT OR IGNORE INTO project_blobs (project_id, hash) VALUES (?1, ?2)")?;
                     for r in rows {
-                        check_hash(&r.hash)?;
                         stmt.execute(params![r.project_id, r.hash])?;
                     }
                 }
@@ -1514,7 +1494,6 @@ mod records_io {
                         "INSERT INTO skill_files (path, skill, hash, size, mode) VALUES (?1, ?2, ?3, ?4, ?5)",
                     )?;
                     for r in rows {
-                        check_hash(&r.hash)?;
                         stmt.execute(params![r.path, r.skill, r.hash, r.size, r.mode])?;
                     }
                 }
