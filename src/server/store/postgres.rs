@@ -95,6 +95,11 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// A database error as a store error that says what was being done.
+fn pg_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError + Copy {
+    move |e| backend(format!("{what}: {}", describe(&e)))
+}
+
 /// Why a transaction attempt failed: a final store error, or a database
 /// error that may only mean it lost a race.
 enum TxError {
@@ -198,6 +203,7 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(1 + rand::random::<u64>() % cap_ms)).await;
 }
 
+/// A column of a row, or a store error naming the column.
 fn col<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> StoreResult<T> {
     row.try_get(idx)
         .map_err(|e| backend(format!("unexpected value in column {idx}: {e}")))
@@ -230,10 +236,8 @@ async fn get_version<C: GenericClient>(c: &C, node: i64, number: i64) -> TxResul
             " FROM versions WHERE node_id = $1 AND number = $2"
         ))
         .await?;
-    match c.query_opt(&stmt, &[&node, &number]).await? {
-        Some(row) => Ok(Some(version_from_row(&row)?)),
-        None => Ok(None),
-    }
+    let row = c.query_opt(&stmt, &[&node, &number]).await?;
+    Ok(row.as_ref().map(version_from_row).transpose()?)
 }
 
 async fn head_of<C: GenericClient>(c: &C, node: &NodeRow) -> TxResult<VersionInfo> {
@@ -278,10 +282,8 @@ async fn live_node<C: GenericClient>(c: &C, project_id: i64, path: &str, lock: L
         }
     };
     let stmt = c.prepare_cached(sql).await?;
-    match c.query_opt(&stmt, &[&project_id, &path]).await? {
-        Some(row) => Ok(Some(node_from_row(&row)?)),
-        None => Ok(None),
-    }
+    let row = c.query_opt(&stmt, &[&project_id, &path]).await?;
+    Ok(row.as_ref().map(node_from_row).transpose()?)
 }
 
 /// The node with this id, locked for an update of its head.
@@ -291,10 +293,8 @@ async fn lock_node<C: GenericClient>(c: &C, project_id: i64, id: i64) -> TxResul
             "SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = $1 AND id = $2 FOR NO KEY UPDATE",
         )
         .await?;
-    match c.query_opt(&stmt, &[&project_id, &id]).await? {
-        Some(row) => Ok(Some(node_from_row(&row)?)),
-        None => Ok(None),
-    }
+    let row = c.query_opt(&stmt, &[&project_id, &id]).await?;
+    Ok(row.as_ref().map(node_from_row).transpose()?)
 }
 
 /// Live descendants of a directory path, deepest first, locked for update.
@@ -858,6 +858,17 @@ impl PostgresStore {
     }
 }
 
+/// A read-only REPEATABLE READ transaction: all its queries see one snapshot.
+async fn read_snapshot(
+    c: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    c.build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+}
+
 /// Opens one connection outside the pool; its driver runs on this runtime
 /// until the client is dropped.
 async fn connect(config: &tokio_postgres::Config) -> StoreResult<tokio_postgres::Client> {
@@ -878,7 +889,7 @@ async fn connect(config: &tokio_postgres::Config) -> StoreResult<tokio_postgres:
 /// the second finds nothing left to do.
 async fn migrate(config: &tokio_postgres::Config) -> StoreResult<()> {
     let mut client = connect(config).await?;
-    let pg = |e: tokio_postgres::Error| backend(format!("cannot migrate the database schema: {}", describe(&e)));
+    let pg = pg_error("cannot migrate the database schema");
     let tx = client.transaction().await.map_err(pg)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
@@ -1039,10 +1050,8 @@ impl MetadataStore for PostgresStore {
             .prepare_cached("SELECT id, name, created_at, cursor FROM projects WHERE name = $1")
             .await
             .map_err(TxError::from)?;
-        match c.query_opt(&stmt, &[&name]).await.map_err(TxError::from)? {
-            Some(row) => Ok(Some(project_row(&row)?)),
-            None => Ok(None),
-        }
+        let row = c.query_opt(&stmt, &[&name]).await.map_err(TxError::from)?;
+        row.as_ref().map(project_row).transpose()
     }
 
     async fn projects(&self) -> StoreResult<Vec<ProjectRow>> {
@@ -1094,10 +1103,8 @@ impl MetadataStore for PostgresStore {
             .prepare_cached(concat!(token_select!(), " WHERE t.secret_hash = $1"))
             .await
             .map_err(TxError::from)?;
-        match c.query_opt(&stmt, &[&secret_hash]).await.map_err(TxError::from)? {
-            Some(row) => Ok(Some(token_row(&row)?)),
-            None => Ok(None),
-        }
+        let row = c.query_opt(&stmt, &[&secret_hash]).await.map_err(TxError::from)?;
+        row.as_ref().map(token_row).transpose()
     }
 
     async fn tokens(&self, project_id: i64) -> StoreResult<Vec<TokenRow>> {
@@ -1140,13 +1147,7 @@ impl MetadataStore for PostgresStore {
     async fn tree(&self, project_id: i64, prefix: Option<&WsPath>, recursive: bool) -> StoreResult<TreeListing> {
         let mut c = self.client().await?;
         // The cursor and the entries come from one snapshot.
-        let tx = c
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(TxError::from)?;
+        let tx = read_snapshot(&mut c).await.map_err(TxError::from)?;
         let cursor = current_cursor(&tx, project_id).await?;
         const COLUMNS: &str = "SELECT n.path, n.id, v.kind, v.mode, v.size, v.hash, v.number, v.created_at
              FROM nodes n JOIN versions v ON v.node_id = n.id AND v.number = n.head
@@ -1260,10 +1261,8 @@ impl MetadataStore for PostgresStore {
             ))
             .await
             .map_err(TxError::from)?;
-        match c.query_opt(&stmt, &[&project_id, &key]).await.map_err(TxError::from)? {
-            Some(row) => Ok(Some(version_from_row(&row)?)),
-            None => Ok(None),
-        }
+        let row = c.query_opt(&stmt, &[&project_id, &key]).await.map_err(TxError::from)?;
+        row.as_ref().map(version_from_row).transpose()
     }
 
     async fn write_content(
@@ -1409,13 +1408,7 @@ impl MetadataStore for PostgresStore {
 
     async fn skills(&self) -> StoreResult<SkillsListing> {
         let mut c = self.client().await?;
-        let tx = c
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(TxError::from)?;
+        let tx = read_snapshot(&mut c).await.map_err(TxError::from)?;
         let published_at = tx
             .query_opt("SELECT value FROM meta WHERE key = 'skills_published_at'", &[])
             .await

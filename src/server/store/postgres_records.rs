@@ -9,20 +9,11 @@
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{IsolationLevel, Row};
+use tokio_postgres::Row;
 
-use super::{backend, describe, PostgresStore};
+use super::{backend, col, pg_error, read_snapshot, PostgresStore};
 use crate::server::store::records::*;
-use crate::server::store::{StoreError, StoreResult};
-
-fn pg(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
-    move |e| backend(format!("{what}: {}", describe(&e)))
-}
-
-fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, idx: usize) -> StoreResult<T> {
-    row.try_get(idx)
-        .map_err(|e| backend(format!("unexpected value in column {idx}: {e}")))
-}
+use crate::server::store::StoreResult;
 
 pub(super) async fn is_empty(store: &PostgresStore) -> StoreResult<bool> {
     let c = store.client().await?;
@@ -34,8 +25,8 @@ pub(super) async fn is_empty(store: &PostgresStore) -> StoreResult<bool> {
             &[],
         )
         .await
-        .map_err(pg("cannot inspect the database"))?;
-    Ok(!get::<bool>(&row, 0)?)
+        .map_err(pg_error("cannot inspect the database"))?;
+    Ok(!col::<bool>(&row, 0)?)
 }
 
 type Sink = tokio::sync::mpsc::Sender<RecordBatch>;
@@ -48,13 +39,13 @@ async fn table<T>(
     map: impl Fn(&Row) -> StoreResult<T>,
     wrap: impl Fn(Vec<T>) -> RecordBatch,
 ) -> StoreResult<()> {
-    let stmt = tx.prepare(sql).await.map_err(pg("cannot export"))?;
-    let portal = tx.bind(&stmt, &[]).await.map_err(pg("cannot export"))?;
+    let stmt = tx.prepare(sql).await.map_err(pg_error("cannot export"))?;
+    let portal = tx.bind(&stmt, &[]).await.map_err(pg_error("cannot export"))?;
     loop {
         let rows = tx
             .query_portal(&portal, BATCH_ROWS as i32)
             .await
-            .map_err(pg("cannot export"))?;
+            .map_err(pg_error("cannot export"))?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -67,13 +58,9 @@ async fn table<T>(
 
 pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()> {
     let mut c = store.client().await?;
-    let tx = c
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+    let tx = read_snapshot(&mut c)
         .await
-        .map_err(pg("cannot start the export"))?;
+        .map_err(pg_error("cannot start the export"))?;
     let s = &sink;
     table(
         &tx,
@@ -81,8 +68,8 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
         "SELECT key, value FROM meta ORDER BY key",
         |r| {
             Ok(MetaRecord {
-                key: get(r, 0)?,
-                value: get(r, 1)?,
+                key: col(r, 0)?,
+                value: col(r, 1)?,
             })
         },
         RecordBatch::Meta,
@@ -94,10 +81,10 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
         "SELECT id, name, created_at, cursor FROM projects ORDER BY id",
         |r| {
             Ok(ProjectRecord {
-                id: get(r, 0)?,
-                name: get(r, 1)?,
-                created_at: get(r, 2)?,
-                cursor: get(r, 3)?,
+                id: col(r, 0)?,
+                name: col(r, 1)?,
+                created_at: col(r, 2)?,
+                cursor: col(r, 3)?,
             })
         },
         RecordBatch::Projects,
@@ -109,13 +96,13 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
         "SELECT id, secret_hash, project_id, access, label, created_at, revoked_at FROM tokens ORDER BY id",
         |r| {
             Ok(TokenRecord {
-                id: get(r, 0)?,
-                secret_hash: get(r, 1)?,
-                project_id: get(r, 2)?,
-                access: get(r, 3)?,
-                label: get(r, 4)?,
-                created_at: get(r, 5)?,
-                revoked_at: get(r, 6)?,
+                id: col(r, 0)?,
+                secret_hash: col(r, 1)?,
+                project_id: col(r, 2)?,
+                access: col(r, 3)?,
+                label: col(r, 4)?,
+                created_at: col(r, 5)?,
+                revoked_at: col(r, 6)?,
             })
         },
         RecordBatch::Tokens,
@@ -127,13 +114,13 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
         "SELECT id, project_id, path, kind, deleted, head, deleted_at FROM nodes ORDER BY id",
         |r| {
             Ok(NodeRecord {
-                id: get(r, 0)?,
-                project_id: get(r, 1)?,
-                path: get(r, 2)?,
-                kind: get(r, 3)?,
-                deleted: get(r, 4)?,
-                head: get(r, 5)?,
-                deleted_at: get(r, 6)?,
+                id: col(r, 0)?,
+                project_id: col(r, 1)?,
+                path: col(r, 2)?,
+                kind: col(r, 3)?,
+                deleted: col(r, 4)?,
+                head: col(r, 5)?,
+                deleted_at: col(r, 6)?,
             })
         },
         RecordBatch::Nodes,
@@ -147,23 +134,23 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
          FROM versions ORDER BY node_id, number",
         |r| {
             Ok(VersionRecord {
-                node_id: get(r, 0)?,
-                number: get(r, 1)?,
-                project_id: get(r, 2)?,
-                path: get(r, 3)?,
-                kind: get(r, 4)?,
-                mode: get(r, 5)?,
-                hash: get(r, 6)?,
-                size: get(r, 7)?,
-                op: get(r, 8)?,
-                status: get(r, 9)?,
-                deleted: get(r, 10)?,
-                parent: get(r, 11)?,
-                author: get(r, 12)?,
-                agent_id: get(r, 13)?,
-                message: get(r, 14)?,
-                created_at: get(r, 15)?,
-                idempotency_key: get(r, 16)?,
+                node_id: col(r, 0)?,
+                number: col(r, 1)?,
+                project_id: col(r, 2)?,
+                path: col(r, 3)?,
+                kind: col(r, 4)?,
+                mode: col(r, 5)?,
+                hash: col(r, 6)?,
+                size: col(r, 7)?,
+                op: col(r, 8)?,
+                status: col(r, 9)?,
+                deleted: col(r, 10)?,
+                parent: col(r, 11)?,
+                author: col(r, 12)?,
+                agent_id: col(r, 13)?,
+                message: col(r, 14)?,
+                created_at: col(r, 15)?,
+                idempotency_key: col(r, 16)?,
             })
         },
         RecordBatch::Versions,
@@ -175,11 +162,11 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
         "SELECT project_id, seq, node_id, version, old_path FROM events ORDER BY project_id, seq",
         |r| {
             Ok(EventRecord {
-                project_id: get(r, 0)?,
-                seq: get(r, 1)?,
-                node_id: get(r, 2)?,
-                version: get(r, 3)?,
-                old_path: get(r, 4)?,
+                project_id: col(r, 0)?,
+                seq: col(r, 1)?,
+                node_id: col(r, 2)?,
+                version: col(r, 3)?,
+                old_path: col(r, 4)?,
             })
         },
         RecordBatch::Events,
@@ -192,17 +179,17 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
          FROM audit ORDER BY id",
         |r| {
             Ok(AuditRecord {
-                id: get(r, 0)?,
-                project_id: get(r, 1)?,
-                seq: get(r, 2)?,
-                created_at: get(r, 3)?,
-                actor: get(r, 4)?,
-                agent_id: get(r, 5)?,
-                action: get(r, 6)?,
-                path: get(r, 7)?,
-                version: get(r, 8)?,
-                status: get(r, 9)?,
-                detail: get(r, 10)?,
+                id: col(r, 0)?,
+                project_id: col(r, 1)?,
+                seq: col(r, 2)?,
+                created_at: col(r, 3)?,
+                actor: col(r, 4)?,
+                agent_id: col(r, 5)?,
+                action: col(r, 6)?,
+                path: col(r, 7)?,
+                version: col(r, 8)?,
+                status: col(r, 9)?,
+                detail: col(r, 10)?,
             })
         },
         RecordBatch::Audit,
@@ -214,8 +201,8 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
         "SELECT project_id, hash FROM project_blobs ORDER BY project_id, hash",
         |r| {
             Ok(ProjectBlobRecord {
-                project_id: get(r, 0)?,
-                hash: get(r, 1)?,
+                project_id: col(r, 0)?,
+                hash: col(r, 1)?,
             })
         },
         RecordBatch::ProjectBlobs,
@@ -227,8 +214,8 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
         "SELECT name, description FROM skills ORDER BY name",
         |r| {
             Ok(SkillRecord {
-                name: get(r, 0)?,
-                description: get(r, 1)?,
+                name: col(r, 0)?,
+                description: col(r, 1)?,
             })
         },
         RecordBatch::Skills,
@@ -240,28 +227,29 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
         "SELECT path, skill, hash, size, mode FROM skill_files ORDER BY path",
         |r| {
             Ok(SkillFileRecord {
-                path: get(r, 0)?,
-                skill: get(r, 1)?,
-                hash: get(r, 2)?,
-                size: get(r, 3)?,
-                mode: get(r, 4)?,
+                path: col(r, 0)?,
+                skill: col(r, 1)?,
+                hash: col(r, 2)?,
+                size: col(r, 3)?,
+                mode: col(r, 4)?,
             })
         },
         RecordBatch::SkillFiles,
     )
     .await?;
-    tx.commit().await.map_err(pg("cannot finish the export"))?;
+    tx.commit().await.map_err(pg_error("cannot finish the export"))?;
     sink.send(RecordBatch::End)
         .await
         .map_err(|_| backend("the migration stopped reading the export"))
 }
 
-fn col<T, U>(rows: &[T], f: impl Fn(&T) -> U) -> Vec<U> {
+/// One column of `rows`, as the array an `unnest(...)` parameter takes.
+fn array<T, U>(rows: &[T], f: impl Fn(&T) -> U) -> Vec<U> {
     rows.iter().map(f).collect()
 }
 
 async fn insert(tx: &deadpool_postgres::Transaction<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<()> {
-    tx.execute(sql, params).await.map_err(pg("cannot import"))?;
+    tx.execute(sql, params).await.map_err(pg_error("cannot import"))?;
     Ok(())
 }
 
@@ -271,14 +259,14 @@ pub(super) async fn import(
     replace: bool,
 ) -> StoreResult<ImportCounts> {
     let mut c = store.client().await?;
-    let tx = c.transaction().await.map_err(pg("cannot start the import"))?;
+    let tx = c.transaction().await.map_err(pg_error("cannot start the import"))?;
     if replace {
         tx.batch_execute(
             "TRUNCATE skill_files, skills, project_blobs, audit, events, versions, nodes, tokens, projects;
              DELETE FROM meta;",
         )
         .await
-        .map_err(pg("cannot empty the target"))?;
+        .map_err(pg_error("cannot empty the target"))?;
     }
     let mut counts = ImportCounts::default();
     loop {
@@ -296,7 +284,7 @@ pub(super) async fn import(
                     &tx,
                     "INSERT INTO meta (key, value) SELECT * FROM unnest($1::text[], $2::text[])
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    &[&col(&rows, |r| r.key.clone()), &col(&rows, |r| r.value.clone())],
+                    &[&array(&rows, |r| r.key.clone()), &array(&rows, |r| r.value.clone())],
                 )
                 .await?;
             }
@@ -306,10 +294,10 @@ pub(super) async fn import(
                     "INSERT INTO projects (id, name, created_at, cursor)
                      SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[])",
                     &[
-                        &col(&rows, |r| r.id),
-                        &col(&rows, |r| r.name.clone()),
-                        &col(&rows, |r| r.created_at),
-                        &col(&rows, |r| r.cursor),
+                        &array(&rows, |r| r.id),
+                        &array(&rows, |r| r.name.clone()),
+                        &array(&rows, |r| r.created_at),
+                        &array(&rows, |r| r.cursor),
                     ],
                 )
                 .await?;
@@ -321,13 +309,13 @@ pub(super) async fn import(
                      SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
                                           $6::bigint[], $7::bigint[])",
                     &[
-                        &col(&rows, |r| r.id.clone()),
-                        &col(&rows, |r| r.secret_hash.clone()),
-                        &col(&rows, |r| r.project_id),
-                        &col(&rows, |r| r.access.clone()),
-                        &col(&rows, |r| r.label.clone()),
-                        &col(&rows, |r| r.created_at),
-                        &col(&rows, |r| r.revoked_at),
+                        &array(&rows, |r| r.id.clone()),
+                        &array(&rows, |r| r.secret_hash.clone()),
+                        &array(&rows, |r| r.project_id),
+                        &array(&rows, |r| r.access.clone()),
+                        &array(&rows, |r| r.label.clone()),
+                        &array(&rows, |r| r.created_at),
+                        &array(&rows, |r| r.revoked_at),
                     ],
                 )
                 .await?;
@@ -339,13 +327,13 @@ pub(super) async fn import(
                      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bool[],
                                           $6::bigint[], $7::bigint[])",
                     &[
-                        &col(&rows, |r| r.id),
-                        &col(&rows, |r| r.project_id),
-                        &col(&rows, |r| r.path.clone()),
-                        &col(&rows, |r| r.kind.clone()),
-                        &col(&rows, |r| r.deleted),
-                        &col(&rows, |r| r.head),
-                        &col(&rows, |r| r.deleted_at),
+                        &array(&rows, |r| r.id),
+                        &array(&rows, |r| r.project_id),
+                        &array(&rows, |r| r.path.clone()),
+                        &array(&rows, |r| r.kind.clone()),
+                        &array(&rows, |r| r.deleted),
+                        &array(&rows, |r| r.head),
+                        &array(&rows, |r| r.deleted_at),
                     ],
                 )
                 .await?;
@@ -360,23 +348,23 @@ pub(super) async fn import(
                                           $11::bool[], $12::bigint[], $13::text[], $14::text[], $15::text[],
                                           $16::bigint[], $17::text[])",
                     &[
-                        &col(&rows, |r| r.node_id),
-                        &col(&rows, |r| r.number),
-                        &col(&rows, |r| r.project_id),
-                        &col(&rows, |r| r.path.clone()),
-                        &col(&rows, |r| r.kind.clone()),
-                        &col(&rows, |r| r.mode),
-                        &col(&rows, |r| r.hash.clone()),
-                        &col(&rows, |r| r.size),
-                        &col(&rows, |r| r.op.clone()),
-                        &col(&rows, |r| r.status.clone()),
-                        &col(&rows, |r| r.deleted),
-                        &col(&rows, |r| r.parent),
-                        &col(&rows, |r| r.author.clone()),
-                        &col(&rows, |r| r.agent_id.clone()),
-                        &col(&rows, |r| r.message.clone()),
-                        &col(&rows, |r| r.created_at),
-                        &col(&rows, |r| r.idempotency_key.clone()),
+                        &array(&rows, |r| r.node_id),
+                        &array(&rows, |r| r.number),
+                        &array(&rows, |r| r.project_id),
+                        &array(&rows, |r| r.path.clone()),
+                        &array(&rows, |r| r.kind.clone()),
+                        &array(&rows, |r| r.mode),
+                        &array(&rows, |r| r.hash.clone()),
+                        &array(&rows, |r| r.size),
+                        &array(&rows, |r| r.op.clone()),
+                        &array(&rows, |r| r.status.clone()),
+                        &array(&rows, |r| r.deleted),
+                        &array(&rows, |r| r.parent),
+                        &array(&rows, |r| r.author.clone()),
+                        &array(&rows, |r| r.agent_id.clone()),
+                        &array(&rows, |r| r.message.clone()),
+                        &array(&rows, |r| r.created_at),
+                        &array(&rows, |r| r.idempotency_key.clone()),
                     ],
                 )
                 .await?;
@@ -387,11 +375,11 @@ pub(super) async fn import(
                     "INSERT INTO events (project_id, seq, node_id, version, old_path)
                      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[])",
                     &[
-                        &col(&rows, |r| r.project_id),
-                        &col(&rows, |r| r.seq),
-                        &col(&rows, |r| r.node_id),
-                        &col(&rows, |r| r.version),
-                        &col(&rows, |r| r.old_path.clone()),
+                        &array(&rows, |r| r.project_id),
+                        &array(&rows, |r| r.seq),
+                        &array(&rows, |r| r.node_id),
+                        &array(&rows, |r| r.version),
+                        &array(&rows, |r| r.old_path.clone()),
                     ],
                 )
                 .await?;
@@ -406,18 +394,18 @@ pub(super) async fn import(
                                           $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[],
                                           $11::text[])",
                     &[
-                        &col(&rows, |r| r.id),
-                        &col(&rows, |r| r.project_id),
+                        &array(&rows, |r| r.id),
+                        &array(&rows, |r| r.project_id),
                         // a row of a project always has its number
-                        &col(&rows, |r| r.seq.or(r.project_id.map(|_| r.id))),
-                        &col(&rows, |r| r.created_at),
-                        &col(&rows, |r| r.actor.clone()),
-                        &col(&rows, |r| r.agent_id.clone()),
-                        &col(&rows, |r| r.action.clone()),
-                        &col(&rows, |r| r.path.clone()),
-                        &col(&rows, |r| r.version),
-                        &col(&rows, |r| r.status.clone()),
-                        &col(&rows, |r| r.detail.clone()),
+                        &array(&rows, |r| r.seq.or(r.project_id.map(|_| r.id))),
+                        &array(&rows, |r| r.created_at),
+                        &array(&rows, |r| r.actor.clone()),
+                        &array(&rows, |r| r.agent_id.clone()),
+                        &array(&rows, |r| r.action.clone()),
+                        &array(&rows, |r| r.path.clone()),
+                        &array(&rows, |r| r.version),
+                        &array(&rows, |r| r.status.clone()),
+                        &array(&rows, |r| r.detail.clone()),
                     ],
                 )
                 .await?;
@@ -427,7 +415,7 @@ pub(super) async fn import(
                     &tx,
                     "INSERT INTO project_blobs (project_id, hash)
                      SELECT * FROM unnest($1::bigint[], $2::text[]) ON CONFLICT DO NOTHING",
-                    &[&col(&rows, |r| r.project_id), &col(&rows, |r| r.hash.clone())],
+                    &[&array(&rows, |r| r.project_id), &array(&rows, |r| r.hash.clone())],
                 )
                 .await?;
             }
@@ -435,7 +423,10 @@ pub(super) async fn import(
                 insert(
                     &tx,
                     "INSERT INTO skills (name, description) SELECT * FROM unnest($1::text[], $2::text[])",
-                    &[&col(&rows, |r| r.name.clone()), &col(&rows, |r| r.description.clone())],
+                    &[
+                        &array(&rows, |r| r.name.clone()),
+                        &array(&rows, |r| r.description.clone()),
+                    ],
                 )
                 .await?;
             }
@@ -445,11 +436,11 @@ pub(super) async fn import(
                     "INSERT INTO skill_files (path, skill, hash, size, mode)
                      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])",
                     &[
-                        &col(&rows, |r| r.path.clone()),
-                        &col(&rows, |r| r.skill.clone()),
-                        &col(&rows, |r| r.hash.clone()),
-                        &col(&rows, |r| r.size),
-                        &col(&rows, |r| r.mode),
+                        &array(&rows, |r| r.path.clone()),
+                        &array(&rows, |r| r.skill.clone()),
+                        &array(&rows, |r| r.hash.clone()),
+                        &array(&rows, |r| r.size),
+                        &array(&rows, |r| r.mode),
                     ],
                 )
                 .await?;
@@ -464,7 +455,7 @@ pub(super) async fn import(
          SELECT setval(pg_get_serial_sequence('audit', 'id'), coalesce((SELECT max(id) FROM audit), 0) + 1, false);",
     )
     .await
-    .map_err(pg("cannot move the id sequences past the imported rows"))?;
-    tx.commit().await.map_err(pg("cannot commit the import"))?;
+    .map_err(pg_error("cannot move the id sequences past the imported rows"))?;
+    tx.commit().await.map_err(pg_error("cannot commit the import"))?;
     Ok(counts)
 }
