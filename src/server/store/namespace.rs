@@ -5,8 +5,8 @@
 //! operation may do given those rows is decided here once, so both stores
 //! answer a request with the same conflict.
 
-use super::{NodeGuard, StoreError, StoreResult};
-use crate::api::NodeKind;
+use super::{NodeGuard, NodeHead, StoreError, StoreResult};
+use crate::api::{NodeKind, VersionInfo};
 use crate::model::WsPath;
 
 /// A `nodes` row as both stores select it: `id, path, kind, deleted, head`.
@@ -19,6 +19,17 @@ pub(crate) struct NodeRow {
 }
 
 impl NodeRow {
+    /// The node as `node_at` answers it, with its head version.
+    pub fn into_head(self, head: VersionInfo) -> NodeHead {
+        NodeHead {
+            node: self.id,
+            path: self.path,
+            kind: self.kind,
+            deleted: self.deleted,
+            head,
+        }
+    }
+
     /// The guard's preconditions: the node at the path is the expected one
     /// (`node_mismatch`) and its head is still the base version (`HeadMoved`).
     pub fn check_guard(&self, guard: &NodeGuard) -> StoreResult<()> {

@@ -1220,13 +1220,7 @@ impl MetadataStore for PostgresStore {
             return Err(backend("node head missing"));
         }
         let head = version_from_row_at(&row, 5)?;
-        Ok(Some(NodeHead {
-            node: node.id,
-            path: node.path,
-            kind: node.kind,
-            deleted: node.deleted,
-            head,
-        }))
+        Ok(Some(node.into_head(head)))
     }
 
     async fn version(&self, node: i64, number: i64) -> StoreResult<Option<VersionInfo>> {

@@ -332,6 +332,11 @@ fn get_version(conn: &Connection, node: i64, number: i64) -> StoreResult<Option<
     Ok(stmt.query_row(params![node, number], version_from_row).optional()?)
 }
 
+/// The node's head version (a node without one is a broken database).
+fn head_of(conn: &Connection, node: &NodeRow) -> StoreResult<VersionInfo> {
+    get_version(conn, node.id, node.head)?.ok_or_else(|| backend("node head missing"))
+}
+
 /// A `nodes` row selected as `id, path, kind, deleted, head`.
 fn node_row(r: &Row) -> rusqlite::Result<NodeRow> {
     Ok(NodeRow {
@@ -493,7 +498,7 @@ fn ensure_dir(
 ) -> StoreResult<(VersionInfo, i64, bool)> {
     match live_node(conn, project_id, dir.as_str())? {
         Some(node) if node.kind == NodeKind::Dir => {
-            let head = get_version(conn, node.id, node.head)?.ok_or_else(|| backend("node head missing"))?;
+            let head = head_of(conn, &node)?;
             Ok((head, 0, false))
         }
         Some(node) => Err(node.not_a_directory()),
@@ -519,7 +524,7 @@ fn live_descendants(conn: &Connection, project_id: i64, dir: &str) -> StoreResul
 }
 
 fn tombstone(conn: &Connection, project_id: i64, node: &NodeRow, meta: &WriteMeta) -> StoreResult<(VersionInfo, i64)> {
-    let head = get_version(conn, node.id, node.head)?.ok_or_else(|| backend("node head missing"))?;
+    let head = head_of(conn, node)?;
     let v = NewVersion::tombstone(node, &head);
     append_version(conn, project_id, node.id, Some(node.head), &v, meta)
 }
@@ -706,14 +711,8 @@ impl MetadataStore for SqliteStore {
                 .query_row(params![project_id, path], node_row)
                 .optional()?;
             let Some(row) = row else { return Ok(None) };
-            let head = get_version(conn, row.id, row.head)?.ok_or_else(|| backend("node head missing"))?;
-            Ok(Some(NodeHead {
-                node: row.id,
-                path: row.path,
-                kind: row.kind,
-                deleted: row.deleted,
-                head,
-            }))
+            let head = head_of(conn, &row)?;
+            Ok(Some(row.into_head(head)))
         })
         .await
     }
@@ -852,7 +851,7 @@ impl MetadataStore for SqliteStore {
             let mut cursor = 0;
             let mut replaced = None;
             if to == from {
-                let head = get_version(conn, source.id, source.head)?.ok_or_else(|| backend("node head missing"))?;
+                let head = head_of(conn, &source)?;
                 return Ok(Applied {
                     value: RenameOutcome {
                         moved: head,
@@ -879,7 +878,7 @@ impl MetadataStore for SqliteStore {
                         .execute(params![child.id, new_path])?;
                 }
             }
-            let head = get_version(conn, source.id, source.head)?.ok_or_else(|| backend("node head missing"))?;
+            let head = head_of(conn, &source)?;
             let v = NewVersion::rename(from.as_str(), to.as_str(), source.kind, &head);
             let (moved, seq) = append_version(conn, project_id, source.id, Some(source.head), &v, &meta)?;
             Ok(Applied {
