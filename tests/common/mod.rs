@@ -689,6 +689,16 @@ impl TestServer {
     }
 
     async fn spawn(&mut self) {
+        match self.spawn_listening_on("127.0.0.1:0").await {
+            Ok(addr) => self.api.base = format!("http://{addr}"),
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// Starts `contextfs serve --listen LISTEN` and waits for its `listening
+    /// on` line: the address it printed, or (with the log) why it exited
+    /// before listening. Panics if it neither listens nor exits in time.
+    async fn spawn_listening_on(&mut self, listen: &str) -> Result<SocketAddr, String> {
         assert!(self.child.is_none(), "server already running");
         self.starts += 1;
         let log = std::fs::File::create(self.log_path(self.starts)).expect("create log file");
@@ -697,7 +707,7 @@ impl TestServer {
             .arg("--data")
             .arg(&self.data_dir)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .args(&self.extra_args)
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env(contextfs::server::ADMIN_TOKEN_ENV, ADMIN_TOKEN)
@@ -724,11 +734,14 @@ impl TestServer {
         });
         self.child = Some(child);
         match tokio::time::timeout(START_DEADLINE, rx).await {
-            Ok(Ok(addr)) => self.api.base = format!("http://{addr}"),
+            Ok(Ok(addr)) => Ok(addr),
             Ok(Err(_)) => {
                 let status = self.child.as_mut().and_then(|c| c.wait().ok());
                 self.child = None;
-                panic!("server exited before listening ({status:?}); log:\n{}", self.log());
+                Err(format!(
+                    "server exited before listening ({status:?}); log:\n{}",
+                    self.log()
+                ))
             }
             Err(_) => panic!(
                 "server did not print `listening on` within {START_DEADLINE:?}; log:\n{}",
@@ -772,6 +785,12 @@ impl TestServer {
     /// Starts the server again on the same data directory (stopping it
     /// gracefully first when it is still running). The port changes.
     pub async fn restart(&mut self) {
+        self.stop_gracefully_if_running().await;
+        self.spawn().await;
+    }
+
+    /// SIGTERM when the server runs; it must exit successfully.
+    async fn stop_gracefully_if_running(&mut self) {
         if self.child.is_some() {
             let status = self.stop().await;
             assert!(
@@ -780,7 +799,6 @@ impl TestServer {
                 self.log()
             );
         }
-        self.spawn().await;
     }
 }
 
@@ -808,14 +826,7 @@ impl TestServer {
     /// that keep the URL — a running mount, a journal keyed by the URL —
     /// reconnect. Retries for a while if the port is briefly not bindable.
     pub async fn restart_on_same_port(&mut self) {
-        if self.child.is_some() {
-            let status = self.stop().await;
-            assert!(
-                status.success(),
-                "graceful shutdown failed: {status:?}; log:\n{}",
-                self.log()
-            );
-        }
+        self.stop_gracefully_if_running().await;
         let addr = self.listen_addr();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -833,57 +844,10 @@ impl TestServer {
     /// Like the private `spawn`, but on a fixed address and returning an
     /// error (with the log) instead of panicking when the server exits early.
     async fn spawn_at(&mut self, addr: &str) -> Result<(), String> {
-        assert!(self.child.is_none(), "server already running");
-        self.starts += 1;
-        let log = std::fs::File::create(self.log_path(self.starts)).expect("create log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_contextfs"))
-            .arg("serve")
-            .arg("--data")
-            .arg(&self.data_dir)
-            .arg("--listen")
-            .arg(addr)
-            .args(&self.extra_args)
-            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
-            .env(contextfs::server::ADMIN_TOKEN_ENV, ADMIN_TOKEN)
-            .env("CONTEXTFS_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn contextfs serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = tokio::sync::oneshot::channel::<SocketAddr>();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.trim().strip_prefix("listening on http://") {
-                    if let (Some(tx), Ok(addr)) = (tx.take(), addr.parse()) {
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        self.child = Some(child);
-        match tokio::time::timeout(START_DEADLINE, rx).await {
-            Ok(Ok(got)) => {
-                assert_eq!(got.to_string(), addr, "server listens elsewhere");
-                self.api.base = format!("http://{got}");
-                Ok(())
-            }
-            Ok(Err(_)) => {
-                let status = self.child.as_mut().and_then(|c| c.wait().ok());
-                self.child = None;
-                Err(format!(
-                    "server exited before listening ({status:?}); log:\n{}",
-                    self.log()
-                ))
-            }
-            Err(_) => panic!(
-                "server did not print `listening on` within {START_DEADLINE:?}; log:\n{}",
-                self.log()
-            ),
-        }
+        let got = self.spawn_listening_on(addr).await?;
+        assert_eq!(got.to_string(), addr, "server listens elsewhere");
+        self.api.base = format!("http://{got}");
+        Ok(())
     }
 }
 
