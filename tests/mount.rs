@@ -12,7 +12,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::ops::Deref;
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,41 +22,27 @@ use common::*;
 use contextfs::api::*;
 use contextfs::model::BlobHash;
 
-const BIN: &str = env!("CARGO_BIN_EXE_contextfs");
-
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
-
-/// True while `pid` is a live (not zombie) process serving `mountpoint`.
-fn mount_process_alive(pid: u32, mountpoint: &Path) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    if matches!(state, None | Some("Z") | Some("X")) {
-        return false;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&cmdline).contains(mountpoint.to_string_lossy().as_ref())
-}
 
 /// A project mounted with `contextfs mount --daemon` into a temp dir with its
 /// own XDG state and cache dirs. Dropping it runs `contextfs umount`, then
 /// `fusermount3 -u -z` if something is still mounted, then kills a mount
 /// process that survived both.
 struct MountedWorkspace {
-    /// Holds XDG_STATE_HOME, XDG_CACHE_HOME, HOME and the mount points;
-    /// shared by the mounts of one test so they share the blob cache.
-    home: Arc<tempfile::TempDir>,
-    dir: PathBuf,
-    server: String,
-    project: String,
-    token: String,
+    client: MountClient,
     agent: String,
     /// Extra `contextfs mount` arguments.
     mount_args: Vec<String>,
     pid: Option<u32>,
+}
+
+impl Deref for MountedWorkspace {
+    type Target = MountClient;
+    fn deref(&self) -> &MountClient {
+        &self.client
+    }
 }
 
 impl MountedWorkspace {
@@ -82,14 +69,8 @@ impl MountedWorkspace {
         agent: &str,
         args: &[&str],
     ) -> MountedWorkspace {
-        require_fuse();
-        let root = home.path().canonicalize().expect("canonical temp dir");
         let mut m = MountedWorkspace {
-            dir: root.join(name),
-            home,
-            server: server.to_string(),
-            project: project.to_string(),
-            token: token.to_string(),
+            client: MountClient::new(home, name, server, project, token),
             agent: agent.to_string(),
             mount_args: args.iter().map(|a| a.to_string()).collect(),
             pid: None,
@@ -111,49 +92,6 @@ impl MountedWorkspace {
         )
     }
 
-    fn root(&self) -> PathBuf {
-        self.home.path().canonicalize().expect("canonical temp dir")
-    }
-
-    fn cache_dir(&self) -> PathBuf {
-        self.root().join("cache").join("contextfs")
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.root().join("state").join("contextfs")
-    }
-
-    fn log_path(&self) -> PathBuf {
-        mount_log_path(&self.root().join("state"), &self.dir)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    /// `program` with this mount's environment and nothing from the caller's.
-    fn command(&self, program: &str) -> Command {
-        let root = self.root();
-        let env = ClientEnv {
-            root: &root,
-            server: &self.server,
-            token: &self.token,
-            project: &self.project,
-        };
-        isolated_command(program, &env)
-    }
-
-    /// Runs `contextfs ARGS` (bounded to 120 s).
-    fn cli(&self, args: &[&str]) -> Output {
-        self.command(BIN).args(args).output().expect("run contextfs")
-    }
-
-    fn cli_ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(out.status.success(), "contextfs {args:?} failed: {}", both(&out));
-        stdout(&out)
-    }
-
     fn mount(&mut self) {
         let dir = self.dir.display().to_string();
         let mut args = vec!["mount", dir.as_str(), "--daemon", "--agent-id", &self.agent];
@@ -172,21 +110,6 @@ impl MountedWorkspace {
             "{dir} is not in /proc/mounts after: {text}"
         );
         self.pid = Some(self.pid_from_status());
-    }
-
-    /// The mount process's pid, as `contextfs status` reports it.
-    fn pid_from_status(&self) -> u32 {
-        let status = self.status();
-        status
-            .split("(pid ")
-            .nth(1)
-            .and_then(|rest| rest.split(')').next())
-            .and_then(|pid| pid.parse().ok())
-            .unwrap_or_else(|| panic!("no pid in `contextfs status`:\n{status}"))
-    }
-
-    fn status(&self) -> String {
-        self.cli_ok(&["status", &self.dir.display().to_string()])
     }
 
     /// `contextfs umount`. When it returns, the mount process is gone (so a
@@ -226,27 +149,6 @@ impl MountedWorkspace {
         self.pid = None;
     }
 
-    /// Runs a bash script inside the mount point.
-    fn sh(&self, script: &str) -> Output {
-        self.command("bash")
-            .args(["-c", script])
-            .current_dir(&self.dir)
-            .output()
-            .expect("run bash")
-    }
-
-    /// Runs a bash script inside the mount point that must succeed; its stdout.
-    fn sh_ok(&self, script: &str) -> String {
-        let out = self.sh(script);
-        assert!(
-            out.status.success(),
-            "`{script}` failed in the mount: {}\nmount log:\n{}",
-            both(&out),
-            self.log()
-        );
-        stdout(&out)
-    }
-
     /// Starts a python script inside the mount, with pipes to talk to it.
     fn python(&self, script: &str, args: &[&str]) -> Steered {
         let mut child = self
@@ -264,36 +166,11 @@ impl MountedWorkspace {
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         Steered { child, stdin, stdout }
     }
-
-    /// Waits until `contextfs status` shows nothing queued or pending.
-    async fn wait_synced(&self) {
-        eventually("the mount has nothing queued or pending", || async {
-            let status = self.status();
-            if status.contains("(0 queued, 0 pending,") {
-                Ok(())
-            } else {
-                Err(status)
-            }
-        })
-        .await;
-    }
 }
 
 impl Drop for MountedWorkspace {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- mount log of {} ---\n{}", self.dir.display(), self.log());
-        }
-        let alive = self.pid.is_some_and(|pid| mount_process_alive(pid, &self.dir));
-        if alive || contextfs::mount::is_mounted(&self.dir) {
-            let _ = self.cli(&["umount", &self.dir.display().to_string()]);
-        }
-        if contextfs::mount::is_mounted(&self.dir) {
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.dir).status();
-        }
-        if let Some(pid) = self.pid.filter(|pid| mount_process_alive(*pid, &self.dir)) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
+        self.client.clean_up(&[], self.pid.as_slice());
     }
 }
 
@@ -427,17 +304,6 @@ print("written", flush=True)
 sys.stdin.readline()
 f.close()
 print("closed", flush=True)
-"#;
-
-/// Tries each operation and prints `label ERRNO-NAME` (or `label OK`).
-const TRY_OPS: &str = r#"
-import errno, os, sys
-def attempt(label, fn):
-    try:
-        fn()
-        print(label, "OK")
-    except OSError as e:
-        print(label, errno.errorcode.get(e.errno, str(e.errno)))
 "#;
 
 // ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,7 @@ const SKILL_MD: &str = "---\nname: pdf\ndescription: Read and fill PDF forms\n--
 const FILL_SH: &str = "#!/bin/sh\necho filled\n";
 
 // ---------------------------------------------------------------------------
-// Harness (the pattern of tests/mount.rs, with a skills dir)
+// Harness (tests/common/mount.rs, with a skills dir)
 // ---------------------------------------------------------------------------
 
 /// The /proc/self/mounts line of `path`: (fstype, options).
@@ -43,15 +44,6 @@ fn mount_entry(path: &Path) -> Option<(String, String)> {
 
 fn mounted(path: &Path) -> bool {
     mount_entry(path).is_some()
-}
-
-/// True while `pid` is a live (not zombie) process.
-fn process_alive(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, None | Some("Z") | Some("X"))
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -85,56 +77,33 @@ fn publish_skill_md(s: &TestServer, skill_md: &str) {
 /// A temp home (XDG dirs, mount points) for one project on one server.
 /// Dropping it unmounts whatever is still mounted and kills a survivor.
 struct Setup {
-    home: tempfile::TempDir,
-    server: String,
-    project: String,
-    token: String,
+    client: MountClient,
     pids: Mutex<Vec<u32>>,
+}
+
+impl Deref for Setup {
+    type Target = MountClient;
+    fn deref(&self) -> &MountClient {
+        &self.client
+    }
 }
 
 impl Setup {
     async fn new(s: &TestServer, project: &str) -> Setup {
-        require_fuse();
         let token = s.project_with_token(project).await;
+        let home = Arc::new(tempfile::tempdir().expect("temp dir"));
         Setup {
-            home: tempfile::tempdir().expect("temp dir"),
-            server: s.base.clone(),
-            project: project.to_string(),
-            token,
+            client: MountClient::new(home, "mnt", &s.base, project, &token),
             pids: Mutex::new(Vec::new()),
         }
     }
 
-    fn root(&self) -> PathBuf {
-        self.home.path().canonicalize().expect("canonical temp dir")
-    }
-
     fn mnt(&self) -> PathBuf {
-        self.root().join("mnt")
+        self.dir.clone()
     }
 
     fn skills(&self) -> PathBuf {
         self.root().join("skills-ro")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(mount_log_path(&self.root().join("state"), &self.mnt())).unwrap_or_default()
-    }
-
-    /// `program` with this setup's environment and nothing from the caller's.
-    fn command(&self, program: &str) -> Command {
-        let root = self.root();
-        let env = ClientEnv {
-            root: &root,
-            server: &self.server,
-            token: &self.token,
-            project: &self.project,
-        };
-        isolated_command(program, &env)
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        self.command(BIN).args(args).output().expect("run contextfs")
     }
 
     /// `contextfs mount MNT --skills-dir SKILLS --daemon EXTRA...`; returns the pid.
@@ -152,96 +121,22 @@ impl Setup {
         // --daemon returns only once both are mounted.
         assert!(mounted(&self.mnt()), "{mnt} is not mounted after: {}", both(&out));
         assert!(mounted(&self.skills()), "{skills} is not mounted after: {}", both(&out));
-        let pid = self.pid();
+        let pid = self.pid_from_status();
         self.pids.lock().expect("pids").push(pid);
         pid
-    }
-
-    fn status(&self) -> String {
-        let out = self.cli(&["status", &self.mnt().display().to_string()]);
-        assert!(out.status.success(), "contextfs status failed: {}", both(&out));
-        stdout(&out)
-    }
-
-    fn pid(&self) -> u32 {
-        let status = self.status();
-        status
-            .split("(pid ")
-            .nth(1)
-            .and_then(|rest| rest.split(')').next())
-            .and_then(|pid| pid.parse().ok())
-            .unwrap_or_else(|| panic!("no pid in `contextfs status`:\n{status}"))
     }
 
     fn umount(&self) -> Output {
         self.cli(&["umount", &self.mnt().display().to_string()])
     }
-
-    /// Runs a bash script in `dir`.
-    fn sh_in(&self, dir: &Path, script: &str) -> Output {
-        self.command("bash")
-            .args(["-c", script])
-            .current_dir(dir)
-            .output()
-            .expect("run bash")
-    }
-
-    fn sh_ok_in(&self, dir: &Path, script: &str) -> String {
-        let out = self.sh_in(dir, script);
-        assert!(
-            out.status.success(),
-            "`{script}` failed in {}: {}\nmount log:\n{}",
-            dir.display(),
-            both(&out),
-            self.log()
-        );
-        stdout(&out)
-    }
-
-    async fn wait_synced(&self) {
-        eventually("the mount has nothing queued or pending", || async {
-            let status = self.status();
-            if status.contains("(0 queued, 0 pending,") {
-                Ok(())
-            } else {
-                Err(status)
-            }
-        })
-        .await;
-    }
 }
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- mount log ---\n{}", self.log());
-        }
-        if mounted(&self.mnt()) {
-            let _ = self.umount();
-        }
-        for dir in [self.mnt(), self.skills()] {
-            if mounted(&dir) {
-                let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&dir).status();
-            }
-        }
-        for pid in self.pids.lock().map(|p| p.clone()).unwrap_or_default() {
-            if process_alive(pid) {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-        }
+        let pids = self.pids.lock().map(|p| p.clone()).unwrap_or_default();
+        self.client.clean_up(&[self.skills()], &pids);
     }
 }
-
-/// Python helper: prints `label OK` or `label ERRNO-NAME` per attempt.
-const TRY_OPS: &str = r#"
-import errno, os, sys
-def attempt(label, fn):
-    try:
-        fn()
-        print(label, "OK")
-    except OSError as e:
-        print(label, errno.errorcode.get(e.errno, str(e.errno)))
-"#;
 
 // ---------------------------------------------------------------------------
 // The core: a Vfs whose root is the skills (no kernel)

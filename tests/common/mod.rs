@@ -3,7 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod mount;
 pub mod process;
+#[allow(unused_imports)] // not every test file mounts
+pub use mount::*;
 #[allow(unused_imports)] // not every test file runs programs
 pub use process::*;
 
