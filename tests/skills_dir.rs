@@ -129,6 +129,13 @@ impl Setup {
     fn umount(&self) -> Output {
         self.cli(&["umount", &self.mnt().display().to_string()])
     }
+
+    /// `contextfs umount MNT`, which must succeed.
+    #[track_caller]
+    fn umount_ok(&self) {
+        let out = self.umount();
+        assert!(out.status.success(), "contextfs umount failed: {}", both(&out));
+    }
 }
 
 impl Drop for Setup {
@@ -169,6 +176,23 @@ fn skill_listing(source: &MapSource) -> SkillsListing {
     )
 }
 
+/// `open(O_RDONLY)`.
+const READ: OpenMode = OpenMode {
+    read: true,
+    write: false,
+    truncate: false,
+    append: false,
+};
+
+/// The names in the Vfs's root directory, in readdir order.
+fn root_names(v: &Vfs) -> Vec<String> {
+    v.readdir(ROOT_INO)
+        .expect("readdir")
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
+}
+
 /// A Vfs on `cache` and `source` with its state in `tmp/name`.
 fn test_vfs(tmp: &Path, name: &str, read_only: bool, cache: Arc<BlobCache>, source: Arc<MapSource>) -> Vfs {
     Vfs::new(
@@ -202,27 +226,14 @@ fn load_skills_root_fills_a_read_only_root() {
     assert_eq!(v.load_skills_root(&listing), Ok(1));
     let root = v.getattr(ROOT_INO).expect("root");
     assert_eq!(root.mode, 0o555);
-    let names: Vec<String> = v
-        .readdir(ROOT_INO)
-        .expect("readdir")
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
+    let names = root_names(&v);
     assert_eq!(names, ["pdf"]);
     let pdf = v.lookup(ROOT_INO, "pdf").expect("pdf");
     let md = v.lookup(pdf.ino, "SKILL.md").expect("SKILL.md");
     assert_eq!((md.mode, md.size), (0o444, SKILL_MD.len() as u64));
     let scripts = v.lookup(pdf.ino, "scripts").expect("scripts");
     assert_eq!(v.lookup(scripts.ino, "fill.sh").expect("fill.sh").mode, 0o555);
-    let fh = v
-        .open(
-            md.ino,
-            OpenMode {
-                read: true,
-                ..OpenMode::default()
-            },
-        )
-        .expect("open");
+    let fh = v.open(md.ino, READ).expect("open");
     assert_eq!(v.read(fh, 0, 4096).expect("read"), SKILL_MD.as_bytes());
     v.release(fh).expect("release");
 
@@ -298,15 +309,7 @@ fn refresh_skills_shows_a_new_publication_and_open_files_keep_their_bytes() {
     v.load_skills_root(&first).expect("load");
     let pdf = v.lookup(ROOT_INO, "pdf").expect("pdf");
     let md = v.lookup(pdf.ino, "SKILL.md").expect("SKILL.md");
-    let old = v
-        .open(
-            md.ino,
-            OpenMode {
-                read: true,
-                ..Default::default()
-            },
-        )
-        .expect("open");
+    let old = v.open(md.ino, READ).expect("open");
 
     let second = listing_of(
         &source,
@@ -317,12 +320,7 @@ fn refresh_skills_shows_a_new_publication_and_open_files_keep_their_bytes() {
         ],
     );
     assert_eq!(v.refresh_skills(&second), Ok(true));
-    let names: Vec<String> = v
-        .readdir(ROOT_INO)
-        .expect("readdir")
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
+    let names = root_names(&v);
     assert_eq!(names, ["pdf", "xlsx"]);
     let pdf = v.lookup(ROOT_INO, "pdf").expect("pdf");
     assert!(
@@ -331,15 +329,7 @@ fn refresh_skills_shows_a_new_publication_and_open_files_keep_their_bytes() {
     );
     let md = v.lookup(pdf.ino, "SKILL.md").expect("SKILL.md");
     assert_eq!(md.size, 14);
-    let fresh = v
-        .open(
-            md.ino,
-            OpenMode {
-                read: true,
-                ..Default::default()
-            },
-        )
-        .expect("open");
+    let fresh = v.open(md.ino, READ).expect("open");
     assert_eq!(v.read(fresh, 0, 100).expect("read"), b"pdf v2, longer");
     assert_eq!(
         v.read(old, 0, 100).expect("read"),
@@ -503,8 +493,7 @@ async fn with_skills_dir_the_project_owns_the_skills_name() {
 
     // Mounted again: the project's skills/ is loaded from the tree, the
     // published skills are still at DIR and nowhere in the project.
-    let out = t.umount();
-    assert!(out.status.success(), "{}", both(&out));
+    t.umount_ok();
     t.mount(&[]);
     assert_eq!(t.sh_ok_in(&mnt, "ls skills"), "x.md\ny.md\n");
     assert_eq!(t.sh_ok_in(&mnt, "cat skills/x.md"), "mine\n");
@@ -525,8 +514,7 @@ async fn stopping_the_mount_unmounts_the_skills_dir_but_not_the_reverse() {
 
     // `contextfs umount MOUNTPOINT` takes DIR down too.
     let pid = t.mount(&[]);
-    let out = t.umount();
-    assert!(out.status.success(), "{}", both(&out));
+    t.umount_ok();
     assert!(!mounted(&mnt), "{} still mounted", mnt.display());
     assert!(
         !mounted(&dir),
@@ -578,8 +566,7 @@ async fn stopping_the_mount_unmounts_the_skills_dir_but_not_the_reverse() {
     t.sh_ok_in(&mnt, "echo still > after.md");
     t.wait_synced().await;
     assert_eq!(s.read_bytes(p, &s.admin, "after.md").await, b"still\n");
-    let out = t.umount();
-    assert!(out.status.success(), "{}", both(&out));
+    t.umount_ok();
     assert!(!mounted(&mnt) && !mounted(&dir));
 }
 
@@ -604,8 +591,7 @@ async fn a_killed_mount_is_replaced_and_offline_serves_the_skills() {
     assert!(mounted(&dir), "a killed process leaves its mounts behind");
     t.mount(&[]);
     assert_eq!(t.sh_ok_in(&dir, "cat pdf/SKILL.md"), SKILL_MD);
-    let out = t.umount();
-    assert!(out.status.success(), "{}", both(&out));
+    t.umount_ok();
 
     // Server down: --offline mounts the skills dir from the last snapshot,
     // reading from the warm cache.
@@ -614,8 +600,7 @@ async fn a_killed_mount_is_replaced_and_offline_serves_the_skills() {
     assert_eq!(t.sh_ok_in(&dir, "ls pdf"), "SKILL.md\nscripts\n");
     assert_eq!(t.sh_ok_in(&dir, "cat pdf/SKILL.md"), SKILL_MD);
     assert_eq!(t.sh_ok_in(&mnt, "ls -A"), "");
-    let out = t.umount();
-    assert!(out.status.success(), "{}", both(&out));
+    t.umount_ok();
     assert!(!mounted(&mnt) && !mounted(&dir));
 }
 
