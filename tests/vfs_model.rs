@@ -113,11 +113,12 @@ impl Env {
 
 const TIME: &str = "2024-01-01T00:00:00Z";
 
+fn tree_listing(cursor: i64, entries: Vec<TreeEntry>) -> TreeListing {
+    TreeListing { cursor, entries }
+}
+
 fn empty_listing() -> TreeListing {
-    TreeListing {
-        cursor: 0,
-        entries: vec![],
-    }
+    tree_listing(0, vec![])
 }
 
 fn file_entry(source: &MapSource, path: &str, id: i64, version: i64, bytes: &[u8]) -> TreeEntry {
@@ -192,6 +193,13 @@ fn event(seq: i64, node: i64, version: i64, path: &str, hash: BlobHash, size: u6
     }
 }
 
+/// `e` as a rename from `old_path` to its path.
+fn rename_event(mut e: ChangeEvent, old_path: &str) -> ChangeEvent {
+    e.op = VersionOp::Rename;
+    e.old_path = Some(old_path.into());
+    e
+}
+
 const RW: OpenMode = OpenMode {
     read: true,
     write: true,
@@ -244,6 +252,11 @@ fn write_file(vfs: &Vfs, parent: Ino, name: &str, bytes: &[u8]) -> Ino {
     vfs.flush(fh).unwrap();
     vfs.release(fh).unwrap();
     attr.ino
+}
+
+/// The names in the root directory, in readdir order.
+fn root_names(vfs: &Vfs) -> Vec<String> {
+    vfs.readdir(ROOT_INO).unwrap().into_iter().map(|e| e.name).collect()
 }
 
 fn status(vfs: &Vfs, ino: Ino) -> String {
@@ -312,6 +325,15 @@ impl Model {
             }
         }
         Ok(())
+    }
+
+    /// What opening `path` as a file reports: its file id or the errno.
+    fn file_at(&self, path: &str) -> Result<usize, i32> {
+        self.walk_parent(path).and_then(|()| match self.tree.get(path) {
+            None => Err(libc::ENOENT),
+            Some(MNode::Dir) => Err(libc::EISDIR),
+            Some(MNode::File(id)) => Ok(*id),
+        })
     }
 
     fn has_children(&self, dir: &str) -> bool {
@@ -401,7 +423,7 @@ fn server_listing(source: &MapSource) -> (TreeListing, Model) {
         model.tree.insert(path.into(), MNode::File(fid));
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
-    (TreeListing { cursor: 7, entries }, model)
+    (tree_listing(7, entries), model)
 }
 
 #[derive(Debug, Clone)]
@@ -532,6 +554,12 @@ fn vfs_parent(vfs: &Vfs, path: &str) -> Result<(Ino, String), i32> {
     Ok((ino, name.to_string()))
 }
 
+/// Looks `path` up the way the kernel's path walk would.
+fn vfs_ino(vfs: &Vfs, path: &str) -> Result<Ino, i32> {
+    let (parent, name) = vfs_parent(vfs, path)?;
+    Ok(vfs.lookup(parent, &name).map_err(|e| e.errno)?.ino)
+}
+
 fn errno<T>(r: Result<T, VfsError>) -> Result<T, i32> {
     r.map_err(|e| e.errno)
 }
@@ -654,15 +682,8 @@ fn run_model(ops: &[Op], with_server: bool, remount: bool) -> Result<(), TestCas
                     truncate: *truncate,
                     append: *append,
                 };
-                let got = vfs_parent(&vfs, path).and_then(|(parent, name)| {
-                    let ino = vfs.lookup(parent, &name).map_err(|e| e.errno)?.ino;
-                    errno(vfs.open(ino, mode)).map(|fh| (ino, fh))
-                });
-                let want = model.walk_parent(path).and_then(|()| match model.tree.get(path) {
-                    None => Err(libc::ENOENT),
-                    Some(MNode::Dir) => Err(libc::EISDIR),
-                    Some(MNode::File(id)) => Ok(*id),
-                });
+                let got = vfs_ino(&vfs, path).and_then(|ino| errno(vfs.open(ino, mode)).map(|fh| (ino, fh)));
+                let want = model.file_at(path);
                 prop_assert_eq!(got.map(|_| ()), want.map(|_| ()), "{}", when);
                 if let (Ok((ino, fh)), Ok(file)) = (got, want) {
                     if *truncate {
@@ -707,8 +728,7 @@ fn run_model(ops: &[Op], with_server: bool, remount: bool) -> Result<(), TestCas
                 model.data[handle.file].resize(*size as usize, 0);
             }
             Op::TruncatePath { path, size } => {
-                let got = vfs_parent(&vfs, path).and_then(|(parent, name)| {
-                    let ino = vfs.lookup(parent, &name).map_err(|e| e.errno)?.ino;
+                let got = vfs_ino(&vfs, path).and_then(|ino| {
                     errno(vfs.setattr(
                         ino,
                         None,
@@ -718,11 +738,7 @@ fn run_model(ops: &[Op], with_server: bool, remount: bool) -> Result<(), TestCas
                         },
                     ))
                 });
-                let want = model.walk_parent(path).and_then(|()| match model.tree.get(path) {
-                    None => Err(libc::ENOENT),
-                    Some(MNode::Dir) => Err(libc::EISDIR),
-                    Some(MNode::File(id)) => Ok(*id),
-                });
+                let want = model.file_at(path);
                 prop_assert_eq!(got.as_ref().map(|_| ()).map_err(|e| *e), want.map(|_| ()), "{}", when);
                 if let Ok(id) = want {
                     model.data[id].resize(*size as usize, 0);
@@ -899,10 +915,7 @@ const DOC: &[u8] = b"# Doc\nversion three\n";
 /// A mount whose server tree has `doc.md` (node 10, version 3).
 fn doc_env() -> (Env, TreeListing) {
     let env = Env::new();
-    let listing = TreeListing {
-        cursor: 3,
-        entries: vec![file_entry(&env.source, "doc.md", 10, 3, DOC)],
-    };
+    let listing = tree_listing(3, vec![file_entry(&env.source, "doc.md", 10, 3, DOC)]);
     (env, listing)
 }
 
@@ -1008,7 +1021,7 @@ fn os_replace_from_a_hidden_temp_name_is_one_commit() {
     vfs.rename(ROOT_INO, ".doc.md.x7f3k2", ROOT_INO, "doc.md", false)
         .unwrap();
     assert_commit_on_doc(&vfs, b"python wrote\n");
-    let names: Vec<String> = vfs.readdir(ROOT_INO).unwrap().into_iter().map(|e| e.name).collect();
+    let names = root_names(&vfs);
     assert_eq!(names, ["doc.md"]);
 }
 
@@ -1196,14 +1209,7 @@ fn reading_a_server_file_with_the_server_down_is_eio_and_writes_need_no_server()
         version: 1,
         modified_at: TIME.into(),
     };
-    vfs.load(
-        &TreeListing {
-            cursor: 1,
-            entries: vec![entry],
-        },
-        None,
-    )
-    .unwrap();
+    vfs.load(&tree_listing(1, vec![entry]), None).unwrap();
     let ino = ino_of(&vfs, "remote.md").unwrap();
     assert_eq!(vfs.open(ino, RO).unwrap_err().errno, libc::EIO);
     // O_TRUNC needs no old bytes.
@@ -1224,10 +1230,7 @@ fn is_passthrough(vfs: &Vfs, fh: u64) -> bool {
 #[test]
 fn passthrough_is_only_for_clean_reads_and_writers_wait_for_its_readers() {
     let env = Env::new();
-    let listing = TreeListing {
-        cursor: 1,
-        entries: vec![file_entry(&env.source, "data.bin", 10, 1, b"version one")],
-    };
+    let listing = tree_listing(1, vec![file_entry(&env.source, "data.bin", 10, 1, b"version one")]);
     let vfs = env.mount(&listing);
     let data = ino_of(&vfs, "data.bin").unwrap();
 
@@ -1290,10 +1293,7 @@ fn passthrough_is_only_for_clean_reads_and_writers_wait_for_its_readers() {
 #[test]
 fn a_remote_change_under_passthrough_readers_moves_the_file_to_a_new_inode() {
     let env = Env::new();
-    let listing = TreeListing {
-        cursor: 1,
-        entries: vec![file_entry(&env.source, "doc.md", 10, 1, b"old bytes")],
-    };
+    let listing = tree_listing(1, vec![file_entry(&env.source, "doc.md", 10, 1, b"old bytes")]);
     let vfs = env.mount(&listing);
     vfs.enable_passthrough(true);
     vfs.set_passthrough_policy(PassthroughPolicy::All);
@@ -1334,10 +1334,7 @@ fn a_remote_change_under_passthrough_readers_moves_the_file_to_a_new_inode() {
 #[test]
 fn read_only_files_use_passthrough_without_the_flag() {
     let env = Env::new();
-    let listing = TreeListing {
-        cursor: 1,
-        entries: vec![file_entry(&env.source, "spec.md", 10, 1, b"spec")],
-    };
+    let listing = tree_listing(1, vec![file_entry(&env.source, "spec.md", 10, 1, b"spec")]);
     let config = VfsConfig {
         state_dir: env.state_dir.clone(),
         read_only: true,
@@ -1356,13 +1353,13 @@ fn read_only_files_use_passthrough_without_the_flag() {
 #[test]
 fn remote_changes_reach_new_opens_but_not_open_handles() {
     let env = Env::new();
-    let listing = TreeListing {
-        cursor: 3,
-        entries: vec![
+    let listing = tree_listing(
+        3,
+        vec![
             file_entry(&env.source, "doc.md", 10, 3, b"v3 bytes"),
             file_entry(&env.source, "other.md", 11, 1, b"other v1"),
         ],
-    };
+    );
     let vfs = env.mount(&listing);
     let doc = ino_of(&vfs, "doc.md").unwrap();
     let old = vfs.open(doc, RO).unwrap();
@@ -1402,11 +1399,11 @@ fn remote_changes_reach_new_opens_but_not_open_handles() {
 
     // Remote create, then remote delete.
     vfs.apply_events(&[event(8, 12, 1, "new.md", env.source.put(b"from elsewhere"), 14, false)]);
-    let names: Vec<String> = vfs.readdir(ROOT_INO).unwrap().into_iter().map(|e| e.name).collect();
+    let names = root_names(&vfs);
     assert_eq!(names, ["doc.md", "new.md", "other.md"]);
     assert_eq!(read_path(&vfs, "new.md"), b"from elsewhere");
     vfs.apply_events(&[event(9, 12, 2, "new.md", BlobHash::of(b""), 0, true)]);
-    let names: Vec<String> = vfs.readdir(ROOT_INO).unwrap().into_iter().map(|e| e.name).collect();
+    let names = root_names(&vfs);
     assert_eq!(names, ["doc.md", "other.md"]);
     assert_eq!(vfs.lookup(ROOT_INO, "new.md").unwrap_err().errno, libc::ENOENT);
     assert_eq!(vfs.cursor(), 9);
@@ -1417,15 +1414,13 @@ fn remote_changes_reach_new_opens_but_not_open_handles() {
 #[test]
 fn a_remote_rename_moves_a_clean_file() {
     let env = Env::new();
-    let listing = TreeListing {
-        cursor: 1,
-        entries: vec![dir_entry("docs", 1), file_entry(&env.source, "docs/a.md", 2, 1, b"aaa")],
-    };
+    let listing = tree_listing(
+        1,
+        vec![dir_entry("docs", 1), file_entry(&env.source, "docs/a.md", 2, 1, b"aaa")],
+    );
     let vfs = env.mount(&listing);
     let ino = ino_of(&vfs, "docs/a.md").unwrap();
-    let mut e = event(2, 2, 2, "b.md", BlobHash::of(b"aaa"), 3, false);
-    e.op = VersionOp::Rename;
-    e.old_path = Some("docs/a.md".into());
+    let e = rename_event(event(2, 2, 2, "b.md", BlobHash::of(b"aaa"), 3, false), "docs/a.md");
     vfs.apply_events(&[e]);
     assert_eq!(ino_of(&vfs, "b.md").unwrap(), ino);
     assert_eq!(
@@ -1455,13 +1450,13 @@ fn replay_puts_children_in_a_local_directory_renamed_after_they_were_written() {
 #[test]
 fn replay_of_swapped_server_files_keeps_both_contents() {
     let env = Env::new();
-    let listing = TreeListing {
-        cursor: 1,
-        entries: vec![
+    let listing = tree_listing(
+        1,
+        vec![
             file_entry(&env.source, "a", 1, 1, b"AAA"),
             file_entry(&env.source, "b", 2, 1, b"BBB"),
         ],
-    };
+    );
     let vfs = env.mount(&listing);
     vfs.rename(ROOT_INO, "a", ROOT_INO, "tmp", false).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(3));
@@ -1499,10 +1494,7 @@ fn a_file_in_a_directory_that_reached_the_server_replays_into_it() {
     // server now lists `d`.
     vfs.sync_journal().unwrap();
     drop(vfs);
-    let listing = TreeListing {
-        cursor: 2,
-        entries: vec![dir_entry("d", 50)],
-    };
+    let listing = tree_listing(2, vec![dir_entry("d", 50)]);
     let vfs = env.mount(&listing);
     assert_eq!(read_path(&vfs, "d/f.md"), b"inside d");
     assert_eq!(vfs.lookup(ROOT_INO, "f.md").unwrap_err().errno, libc::ENOENT);
@@ -1538,10 +1530,7 @@ fn acknowledging_one_of_two_identical_large_files_keeps_the_others_bytes() {
         other => panic!("expected a pending file, got {other:?}"),
     }
     drop(vfs);
-    let listing = TreeListing {
-        cursor: 2,
-        entries: vec![file_entry(&env.source, "one.bin", 60, 1, &big)],
-    };
+    let listing = tree_listing(2, vec![file_entry(&env.source, "one.bin", 60, 1, &big)]);
     let vfs = env.mount(&listing);
     assert_eq!(read_path(&vfs, "two.bin"), big);
 }
@@ -1549,10 +1538,10 @@ fn acknowledging_one_of_two_identical_large_files_keeps_the_others_bytes() {
 #[test]
 fn editing_a_file_in_a_renamed_server_directory_plans_no_rename_of_the_file() {
     let env = Env::new();
-    let listing = TreeListing {
-        cursor: 1,
-        entries: vec![dir_entry("d", 20), file_entry(&env.source, "d/f.md", 21, 1, b"f")],
-    };
+    let listing = tree_listing(
+        1,
+        vec![dir_entry("d", 20), file_entry(&env.source, "d/f.md", 21, 1, b"f")],
+    );
     let vfs = env.mount(&listing);
     vfs.rename(ROOT_INO, "d", ROOT_INO, "e", false).unwrap();
     let fh = vfs.open(ino_of(&vfs, "e/f.md").unwrap(), RW).unwrap();
@@ -1570,14 +1559,14 @@ fn editing_a_file_in_a_renamed_server_directory_plans_no_rename_of_the_file() {
 #[test]
 fn deleting_a_file_in_a_renamed_server_directory_deletes_it_where_the_rename_put_it() {
     let env = Env::new();
-    let listing = TreeListing {
-        cursor: 1,
-        entries: vec![
+    let listing = tree_listing(
+        1,
+        vec![
             dir_entry("d", 20),
             file_entry(&env.source, "d/f.md", 21, 1, b"f"),
             file_entry(&env.source, "d/x.md", 22, 1, b"x"),
         ],
-    };
+    );
     let vfs = env.mount(&listing);
     vfs.rename(ROOT_INO, "d", ROOT_INO, "e", false).unwrap();
     vfs.unlink(ino_of(&vfs, "e").unwrap(), "x.md").unwrap();
@@ -1591,14 +1580,14 @@ fn deleting_a_file_in_a_renamed_server_directory_deletes_it_where_the_rename_put
     // the server keeps it that way.
     vfs.sync_journal().unwrap();
     drop(vfs);
-    let listing = TreeListing {
-        cursor: 2,
-        entries: vec![
+    let listing = tree_listing(
+        2,
+        vec![
             dir_entry("e", 20),
             file_entry(&env.source, "e/f.md", 21, 1, b"f"),
             file_entry(&env.source, "e/x.md", 22, 1, b"x"),
         ],
-    };
+    );
     let vfs = env.mount(&listing);
     assert_eq!(describe(&plan(&vfs)), ["delete e/x.md"]);
     assert_eq!(vfs.readdir(ino_of(&vfs, "e").unwrap()).unwrap().len(), 1);
@@ -1607,16 +1596,14 @@ fn deleting_a_file_in_a_renamed_server_directory_deletes_it_where_the_rename_put
 #[test]
 fn editing_a_file_after_its_directory_was_renamed_remotely_is_a_plain_commit() {
     let env = Env::new();
-    let listing = TreeListing {
-        cursor: 1,
-        entries: vec![dir_entry("d", 20), file_entry(&env.source, "d/f.md", 21, 1, b"f")],
-    };
+    let listing = tree_listing(
+        1,
+        vec![dir_entry("d", 20), file_entry(&env.source, "d/f.md", 21, 1, b"f")],
+    );
     let vfs = env.mount(&listing);
     let mut e = event(2, 20, 2, "e", BlobHash::of(b""), 0, false);
     e.kind = NodeKind::Dir;
-    e.op = VersionOp::Rename;
-    e.old_path = Some("d".into());
-    vfs.apply_events(&[e]);
+    vfs.apply_events(&[rename_event(e, "d")]);
     let fh = vfs.open(ino_of(&vfs, "e/f.md").unwrap(), RW).unwrap();
     vfs.write(fh, 1, b"+").unwrap();
     vfs.release(fh).unwrap();
@@ -1629,10 +1616,7 @@ fn chmod_of_a_server_directory_sends_no_commit() {
     // `cp -a`, `tar x` and `chmod -R` change directory modes; the server's
     // commit route refuses directories, so such a record would never drain.
     let env = Env::new();
-    let listing = TreeListing {
-        cursor: 1,
-        entries: vec![dir_entry("d", 20)],
-    };
+    let listing = tree_listing(1, vec![dir_entry("d", 20)]);
     let vfs = env.mount(&listing);
     let d = ino_of(&vfs, "d").unwrap();
     vfs.setattr(
@@ -1670,14 +1654,14 @@ fn recreating_a_deleted_path_waits_for_the_deletion() {
     // node (the server merges a base-less commit into it, and mkdir of an
     // existing directory returns it), and the deletion would then remove it.
     let env = Env::new();
-    let listing = TreeListing {
-        cursor: 1,
-        entries: vec![
+    let listing = tree_listing(
+        1,
+        vec![
             dir_entry("b", 2),
             file_entry(&env.source, "b/a", 3, 1, b"old a"),
             file_entry(&env.source, "doc.md", 10, 3, DOC),
         ],
-    };
+    );
     let vfs = env.mount(&listing);
     // rm -rf b && mkdir b && echo new > b/new
     let b = ino_of(&vfs, "b").unwrap();
