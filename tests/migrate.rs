@@ -8,6 +8,7 @@ mod common;
 mod s3_support;
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -38,10 +39,11 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// `migrate --from FROM --to TO --blobs s3://... --s3-endpoint ...` plus `extra`.
-fn migrate_to_s3(from: &Path, to: &Path, prefix: &str, extra: &[&str]) -> Output {
+/// `migrate --from FROM --to TO --blobs s3://... --s3-endpoint ...` plus
+/// `extra`; TO is a data directory or a database URL.
+fn migrate_to_s3(from: &Path, to: impl AsRef<OsStr>, prefix: &str, extra: &[&str]) -> Output {
     let blob_args = s3_support::blob_args(prefix);
-    let mut args: Vec<&str> = vec!["--from", from.to_str().unwrap(), "--to", to.to_str().unwrap()];
+    let mut args: Vec<&str> = vec!["--from", from.to_str().unwrap(), "--to", to.as_ref().to_str().unwrap()];
     args.extend(blob_args.iter().map(String::as_str));
     args.extend_from_slice(extra);
     migrate(&args)
@@ -382,6 +384,40 @@ fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
     }
 }
 
+/// Panics with the first difference (`what differs: ...`) unless `after`
+/// tells the same story as `before`.
+fn assert_no_difference(before: &Value, after: &Value, what: &str) {
+    if let Some(diff) = first_difference(before, after, "") {
+        panic!("{what} differs: {diff}");
+    }
+}
+
+/// Writes a new version of alpha's notes/plan.md on the migrated `target`:
+/// it must get the next version number of the same node. Returns the head
+/// it was written on.
+async fn assert_a_new_version_continues_the_numbering(target: &TestServer, tokens: &Tokens) -> Checkout {
+    let head = target
+        .read("alpha", &tokens.alpha_rw, "notes/plan.md", None)
+        .await
+        .unwrap();
+    let next = target
+        .commit(
+            "alpha",
+            &tokens.alpha_rw,
+            "notes/plan.md",
+            Some(head.version),
+            b"after the move\n",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (next.node, next.version),
+        (head.node, head.version + 1),
+        "a new version of notes/plan.md after the migration"
+    );
+    head
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn migrate_sqlite_dir_to_sqlite_plus_s3_keeps_everything() {
     let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -413,26 +449,10 @@ async fn migrate_sqlite_dir_to_sqlite_plus_s3_keeps_everything() {
     // a server on the target tells the same story
     target.restart().await;
     let (after, _) = snapshot(&target, &tokens).await;
-    if let Some(diff) = first_difference(&before, &after, "") {
-        panic!("the migrated deployment differs: {diff}");
-    }
+    assert_no_difference(&before, &after, "the migrated deployment");
     assert_eq!(before, after);
     // and it keeps working: new versions continue the numbering
-    let head = target
-        .read("alpha", &tokens.alpha_rw, "notes/plan.md", None)
-        .await
-        .unwrap();
-    let next = target
-        .commit(
-            "alpha",
-            &tokens.alpha_rw,
-            "notes/plan.md",
-            Some(head.version),
-            b"after the move\n",
-        )
-        .await
-        .unwrap();
-    assert_eq!((next.node, next.version), (head.node, head.version + 1));
+    assert_a_new_version_continues_the_numbering(&target, &tokens).await;
     let p = target.project_with_token("gamma").await;
     target.commit("gamma", &p, "new.md", None, b"new\n").await.unwrap();
     target.stop().await;
@@ -562,34 +582,15 @@ async fn migrate_sqlite_dir_to_postgres_plus_s3_keeps_everything() {
     source.stop().await;
 
     let prefix = s3_support::fresh_prefix("migrate-pg");
-    let blob_args = s3_support::blob_args(&prefix);
-    let mut args: Vec<&str> = vec!["--from", source.data_dir.to_str().unwrap(), "--to", &database];
-    args.extend(blob_args.iter().map(String::as_str));
-    let out = migrate(&args);
+    let out = migrate_to_s3(&source.data_dir, &database, &prefix, &[]);
     assert!(out.status.success(), "{}", text(&out));
     eprintln!("{}", text(&out));
 
     let mut target = s3_server(&target_dir, &prefix, &["--database", &database]).await;
     let (after, _) = snapshot(&target, &tokens).await;
-    if let Some(diff) = first_difference(&before, &after, "") {
-        panic!("the migrated deployment differs: {diff}");
-    }
+    assert_no_difference(&before, &after, "the migrated deployment");
     // ids, version numbers, audit and feed sequences continue after the imported rows
-    let head = target
-        .read("alpha", &tokens.alpha_rw, "notes/plan.md", None)
-        .await
-        .unwrap();
-    let next = target
-        .commit(
-            "alpha",
-            &tokens.alpha_rw,
-            "notes/plan.md",
-            Some(head.version),
-            b"after the move\n",
-        )
-        .await
-        .unwrap();
-    assert_eq!((next.node, next.version), (head.node, head.version + 1));
+    let head = assert_a_new_version_continues_the_numbering(&target, &tokens).await;
     let fresh = target
         .commit("alpha", &tokens.alpha_rw, "brand/new.md", None, b"new\n")
         .await
@@ -620,14 +621,13 @@ async fn migrate_sqlite_dir_to_postgres_plus_s3_keeps_everything() {
     target.stop().await;
 
     // not empty any more: refused, then replaced with --force
-    let again = migrate(&args);
+    let again = migrate_to_s3(&source.data_dir, &database, &prefix, &[]);
     assert!(
         !again.status.success() && text(&again).contains("--force"),
         "{}",
         text(&again)
     );
-    args.push("--force");
-    let forced = migrate(&args);
+    let forced = migrate_to_s3(&source.data_dir, &database, &prefix, &["--force"]);
     assert!(forced.status.success(), "{}", text(&forced));
     target.restart().await;
     let (replaced, _) = snapshot(&target, &tokens).await;
@@ -654,7 +654,5 @@ async fn migrate_sqlite_dir_to_postgres_plus_s3_keeps_everything() {
     assert!(out.status.success(), "{}", text(&out));
     let back = embedded_server(&back_dir).await;
     let (round_trip, _) = snapshot(&back, &tokens).await;
-    if let Some(diff) = first_difference(&before, &round_trip, "") {
-        panic!("SQLite -> PostgreSQL -> SQLite differs: {diff}");
-    }
+    assert_no_difference(&before, &round_trip, "SQLite -> PostgreSQL -> SQLite");
 }
