@@ -50,13 +50,9 @@ async fn s3_upload_verify_and_mismatch_leave_nothing_under_a_wrong_hash() {
     let bytes = b"hello S3 blobs\n".to_vec();
     let hash = BlobHash::of(&bytes);
     let url = s.purl("p", &format!("/blobs/{hash}"));
-    let (status, receipt): (_, BlobReceipt) = send_with_status(s.req(Method::PUT, &url, Some(&t)).body(bytes.clone()))
-        .await
-        .unwrap();
+    let (status, receipt) = s.put_blob("p", &t, &hash, bytes.clone()).await.unwrap();
     assert_eq!((status, receipt.created, receipt.size), (StatusCode::CREATED, true, 15));
-    let (status, receipt): (_, BlobReceipt) = send_with_status(s.req(Method::PUT, &url, Some(&t)).body(bytes.clone()))
-        .await
-        .unwrap();
+    let (status, receipt) = s.put_blob("p", &t, &hash, bytes.clone()).await.unwrap();
     assert_eq!((status, receipt.created), (StatusCode::OK, false));
     assert_eq!(s.get_blob("p", &t, hash.as_str()).await.unwrap(), bytes);
     let head = s.req(Method::HEAD, &url, Some(&t)).send().await.unwrap();
@@ -76,14 +72,8 @@ async fn s3_upload_verify_and_mismatch_leave_nothing_under_a_wrong_hash() {
     for (len, seed) in [(1000usize, 1u64), (12 << 20, 2)] {
         let claimed = BlobHash::of(format!("claimed {len}").as_bytes());
         let sent = pattern(len, seed);
-        let err = expect_error(
-            s.req(Method::PUT, &s.purl("p", &format!("/blobs/{claimed}")), Some(&t))
-                .body(sent.clone()),
-            StatusCode::BAD_REQUEST,
-            "hash_mismatch",
-        )
-        .await;
-        assert!(err.message.contains(claimed.as_str()), "{err:?}");
+        s.put_blob_expecting_hash_mismatch("p", &t, &claimed, sent.clone())
+            .await;
         for h in [&claimed, &BlobHash::of(&sent)] {
             let head = s
                 .req(Method::HEAD, &s.purl("p", &format!("/blobs/{h}")), Some(&t))
@@ -100,7 +90,7 @@ async fn s3_upload_verify_and_mismatch_leave_nothing_under_a_wrong_hash() {
     }
     // a large body claiming the hash of a stored blob is verified all the same
     expect_error(
-        s.req(Method::PUT, &url, Some(&t)).body(pattern(10 << 20, 3)),
+        s.put_blob_request("p", &t, &hash, pattern(10 << 20, 3)),
         StatusCode::BAD_REQUEST,
         "hash_mismatch",
     )
@@ -130,10 +120,12 @@ async fn s3_large_streamed_blob_round_trip() {
     let hash = BlobHash::of(&big);
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big.chunks(1 << 20).map(|c| Ok(c.to_vec())).collect();
     let started = std::time::Instant::now();
-    let (status, receipt): (_, BlobReceipt) = send_with_status(
-        s.req(Method::PUT, &s.purl("p", &format!("/blobs/{hash}")), Some(&t))
-            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))),
-    )
+    let (status, receipt): (_, BlobReceipt) = send_with_status(s.put_blob_request(
+        "p",
+        &t,
+        &hash,
+        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)),
+    ))
     .await
     .unwrap_or_else(|e| panic!("64 MiB upload: {e:?}; log:\n{}", s.log()));
     eprintln!("64 MiB upload to S3 took {:?}", started.elapsed());
@@ -143,12 +135,7 @@ async fn s3_large_streamed_blob_round_trip() {
     );
 
     // the same bytes again: verified, not stored twice
-    let (status, receipt): (_, BlobReceipt) = send_with_status(
-        s.req(Method::PUT, &s.purl("p", &format!("/blobs/{hash}")), Some(&t))
-            .body(big.to_vec()),
-    )
-    .await
-    .unwrap();
+    let (status, receipt) = s.put_blob("p", &t, &hash, big.to_vec()).await.unwrap();
     assert_eq!((status, receipt.created), (StatusCode::OK, false));
 
     // GET streams it back intact

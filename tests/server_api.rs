@@ -234,15 +234,11 @@ async fn blobs_put_get_head() {
     let hash = BlobHash::of(&bytes);
     let url = s.purl("p", &format!("/blobs/{hash}"));
 
-    let (status, receipt): (_, BlobReceipt) = send_with_status(s.req(Method::PUT, &url, Some(&t)).body(bytes.clone()))
-        .await
-        .unwrap();
+    let (status, receipt) = s.put_blob("p", &t, &hash, bytes.clone()).await.unwrap();
     assert_eq!(status, StatusCode::CREATED);
     assert!(receipt.created);
     assert_eq!((receipt.hash.clone(), receipt.size), (hash.clone(), bytes.len() as u64));
-    let (status, receipt): (_, BlobReceipt) = send_with_status(s.req(Method::PUT, &url, Some(&t)).body(bytes.clone()))
-        .await
-        .unwrap();
+    let (status, receipt) = s.put_blob("p", &t, &hash, bytes.clone()).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert!(!receipt.created);
 
@@ -1403,8 +1399,7 @@ async fn another_projects_token_sees_404_like_a_missing_project() {
         s.req(Method::PUT, &s.file_url("p", "docs/new.md"), Some(&foreign))
             .body("x"),
         s.post(&s.purl("p", "/delete"), &foreign, &json!({"path": "docs/keep.md"})),
-        s.req(Method::PUT, &s.purl("p", &format!("/blobs/{hash}")), Some(&foreign))
-            .body("foreign bytes"),
+        s.put_blob_request("p", &foreign, &hash, "foreign bytes"),
     ] {
         let e = expect_error(rb, StatusCode::NOT_FOUND, "not_found").await;
         assert_eq!(e.message, err.message);
@@ -1434,11 +1429,7 @@ async fn read_only_token_cannot_write() {
                 &json!({"path": "docs/keep.md", "base_version": 1, "hash": known}),
             ),
         ),
-        (
-            "blob put",
-            s.req(Method::PUT, &s.purl("p", &format!("/blobs/{new_hash}")), Some(&ro))
-                .body(new_bytes.clone()),
-        ),
+        ("blob put", s.put_blob_request("p", &ro, &new_hash, new_bytes.clone())),
         (
             "file put",
             s.req(Method::PUT, &s.file_url("p", "docs/keep.md"), Some(&ro))
@@ -1599,14 +1590,8 @@ async fn hash_mismatch_and_missing_blobs_are_400() {
     let before = s.snapshot("p").await;
     let claimed = BlobHash::of(b"what I said I would send");
     let sent = b"what I actually sent".to_vec();
-    let err = expect_error(
-        s.req(Method::PUT, &s.purl("p", &format!("/blobs/{claimed}")), Some(&t))
-            .body(sent.clone()),
-        StatusCode::BAD_REQUEST,
-        "hash_mismatch",
-    )
-    .await;
-    assert!(err.message.contains(claimed.as_str()), "{err:?}");
+    s.put_blob_expecting_hash_mismatch("p", &t, &claimed, sent.clone())
+        .await;
     assert_err(
         s.get_blob("p", &t, claimed.as_str()).await,
         StatusCode::NOT_FOUND,
@@ -1762,8 +1747,7 @@ async fn bodies_over_the_limits_are_413() {
     let big = vec![b'x'; 2048];
     let big_hash = BlobHash::of(&big);
     expect_error(
-        s.req(Method::PUT, &s.purl("p", &format!("/blobs/{big_hash}")), Some(&t))
-            .body(big.clone()),
+        s.put_blob_request("p", &t, &big_hash, big.clone()),
         StatusCode::PAYLOAD_TOO_LARGE,
         "too_large",
     )

@@ -309,13 +309,57 @@ impl Api {
 
     // ----- content -----
 
+    /// The request `PUT /projects/PROJECT/blobs/HASH` with `body`.
+    pub fn put_blob_request(
+        &self,
+        project: &str,
+        token: &str,
+        hash: &BlobHash,
+        body: impl Into<reqwest::Body>,
+    ) -> RequestBuilder {
+        let url = self.purl(project, &format!("/blobs/{hash}"));
+        self.req(Method::PUT, &url, Some(token)).body(body)
+    }
+
+    /// `PUT /projects/PROJECT/blobs/HASH` with `body`: the status and receipt.
+    pub async fn put_blob(
+        &self,
+        project: &str,
+        token: &str,
+        hash: &BlobHash,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<(StatusCode, BlobReceipt), ApiErr> {
+        send_with_status(self.put_blob_request(project, token, hash, body)).await
+    }
+
+    /// A blob PUT of `body` that claims the hash `claimed` (which `body` does
+    /// not have): it must fail with 400 `hash_mismatch` naming `claimed`.
+    pub async fn put_blob_expecting_hash_mismatch(
+        &self,
+        project: &str,
+        token: &str,
+        claimed: &BlobHash,
+        body: impl Into<reqwest::Body>,
+    ) -> ApiErr {
+        let err = expect_error(
+            self.put_blob_request(project, token, claimed, body),
+            StatusCode::BAD_REQUEST,
+            "hash_mismatch",
+        )
+        .await;
+        assert!(
+            err.message.contains(claimed.as_str()),
+            "hash_mismatch does not name the claimed hash {claimed}: {err:?}"
+        );
+        err
+    }
+
     pub async fn upload(&self, project: &str, token: &str, bytes: &[u8]) -> BlobHash {
         let hash = BlobHash::of(bytes);
-        let rb = self
-            .req(Method::PUT, &self.purl(project, &format!("/blobs/{hash}")), Some(token))
-            .body(bytes.to_vec());
-        let (status, receipt): (_, BlobReceipt) =
-            send_with_status(rb).await.unwrap_or_else(|e| panic!("upload: {e:?}"));
+        let (status, receipt) = self
+            .put_blob(project, token, &hash, bytes.to_vec())
+            .await
+            .unwrap_or_else(|e| panic!("upload: {e:?}"));
         assert_eq!(receipt.hash, hash);
         assert_eq!(receipt.size, bytes.len() as u64);
         assert_eq!(
@@ -356,8 +400,7 @@ impl Api {
     ) -> Option<VersionInfo> {
         let hash = BlobHash::of(bytes);
         let put = self
-            .req(Method::PUT, &self.purl(project, &format!("/blobs/{hash}")), Some(token))
-            .body(bytes.to_vec())
+            .put_blob_request(project, token, &hash, bytes.to_vec())
             .send()
             .await
             .ok()?;
