@@ -1300,6 +1300,25 @@ async fn seeded(s: &TestServer) -> (String, VersionInfo) {
     (t, v)
 }
 
+/// Commits `hash` to `path` of project `p` on top of `base`, which the server
+/// must refuse with 409 `base_version_unknown`; the error.
+async fn refused_as_unknown_base(s: &TestServer, token: &str, path: &str, base: i64, hash: &BlobHash) -> ApiErr {
+    let result = s
+        .commit_req("p", token, &commit_request(path, Some(base), hash.clone()))
+        .await;
+    match result {
+        Ok(v) => panic!("a commit to {path} on base {base} succeeded: {v:?}"),
+        Err(e) => {
+            assert_eq!(
+                (e.status, e.code.as_str()),
+                (StatusCode::CONFLICT, "base_version_unknown"),
+                "a commit to {path} on base {base}: {e:?}"
+            );
+            e
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn authentication_failures_are_401() {
     let s = TestServer::start().await;
@@ -1810,12 +1829,7 @@ async fn unknown_base_version_is_409_with_the_head() {
     let before = s.snapshot("p").await;
 
     for base in [3, 99, 0, -1] {
-        let err = assert_err(
-            s.commit_req("p", &t, &commit_request("docs/keep.md", Some(base), hash.clone()))
-                .await,
-            StatusCode::CONFLICT,
-            "base_version_unknown",
-        );
+        let err = refused_as_unknown_base(&s, &t, "docs/keep.md", base, &hash).await;
         assert_eq!(
             err.head.as_ref(),
             Some(&v2),
@@ -1833,12 +1847,7 @@ async fn unknown_base_version_is_409_with_the_head() {
     .await;
     assert_eq!(err.head.as_ref(), Some(&v2));
     // a base version for a path that does not exist: no head to report
-    let err = assert_err(
-        s.commit_req("p", &t, &commit_request("docs/absent.md", Some(1), hash.clone()))
-            .await,
-        StatusCode::CONFLICT,
-        "base_version_unknown",
-    );
+    let err = refused_as_unknown_base(&s, &t, "docs/absent.md", 1, &hash).await;
     assert_eq!(err.head, None);
     assert_eq!(s.snapshot("p").await, before);
     assert_eq!(s.read("p", &t, "docs/keep.md", None).await.unwrap().version, 2);
@@ -2046,20 +2055,10 @@ async fn impossible_base_on_a_deleted_file_and_duplicate_skill_files_are_refused
     let hash = s.upload("p", &t, b"resurrected\n").await;
     let before = s.snapshot("p").await;
     for base in [0, -5, 7] {
-        assert_err(
-            s.commit_req("p", &t, &commit_request("docs/keep.md", Some(base), hash.clone()))
-                .await,
-            StatusCode::CONFLICT,
-            "base_version_unknown",
-        );
+        refused_as_unknown_base(&s, &t, "docs/keep.md", base, &hash).await;
     }
     // Building on the tombstone itself: refused, saying why and what to do.
-    let err = assert_err(
-        s.commit_req("p", &t, &commit_request("docs/keep.md", Some(2), hash.clone()))
-            .await,
-        StatusCode::CONFLICT,
-        "base_version_unknown",
-    );
+    let err = refused_as_unknown_base(&s, &t, "docs/keep.md", 2, &hash).await;
     assert!(
         err.message.contains("deletion") && err.message.contains("without a base"),
         "{err:?}"
