@@ -131,6 +131,21 @@ impl Sandbox {
         c
     }
 
+    /// `contextfs run` started in the background, its output piped.
+    fn spawn_run(&self, args: &[&str], script: &str) -> tokio::process::Child {
+        self.run_cmd(args, script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn contextfs run")
+    }
+
+    /// `contextfs status MOUNTPOINT`: which process serves it.
+    async fn status_of(&self, mountpoint: &Path) -> String {
+        let out = self.cmd().arg("status").arg(mountpoint).output().await;
+        stdout(&out.expect("run contextfs status"))
+    }
+
     fn run(&self, args: &[&str], script: &str) -> impl std::future::Future<Output = Output> {
         let mut c = self.run_cmd(args, script);
         async move { c.output().await.expect("run contextfs run") }
@@ -207,11 +222,33 @@ async fn project(s: &TestServer, name: &str) -> String {
     token
 }
 
-async fn agent_of(s: &TestServer, project: &str, token: &str, path: &str) -> Option<String> {
-    s.history(project, token, path)
+/// A server with project `p` (see [`project`]), its read-write token and
+/// a sandbox that uses that token.
+async fn server_with_sandbox(p: &str) -> (TestServer, String, Sandbox) {
+    let s = TestServer::start().await;
+    let token = project(&s, p).await;
+    let sb = Sandbox::new(&s, p, &token);
+    (s, token, sb)
+}
+
+/// The newest version of `path` carries `agent`'s id.
+async fn assert_written_by(s: &TestServer, project: &str, token: &str, path: &str, agent: &str) {
+    let newest = s
+        .history(project, token, path)
         .await
         .first()
-        .and_then(|v| v.agent_id.clone())
+        .and_then(|v| v.agent_id.clone());
+    assert_eq!(
+        newest.as_deref(),
+        Some(agent),
+        "the agent id of {path}'s newest version"
+    );
+}
+
+/// Waits until `path` is on the server (failing with `what` after
+/// [`DEADLINE`]); its newest version.
+async fn committed(s: &TestServer, project: &str, token: &str, path: &str, what: &str) -> Checkout {
+    eventually(what, || async { s.read(project, token, path, None).await.ok() }).await
 }
 
 // ---------------------------------------------------------------------------
@@ -237,10 +274,8 @@ exit 7
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_as_root_and_as_a_user_reads_writes_and_commits_with_the_agent_id() {
     require_docker();
-    let s = TestServer::start().await;
     let p = "runs";
-    let token = project(&s, p).await;
-    let sb = Sandbox::new(&s, p, &token);
+    let (s, token, sb) = server_with_sandbox(p).await;
     let root_name = format!("cfs-test-root-{}", suffix());
     let user_agent = format!("agent-user-{}", suffix());
     let started = Instant::now();
@@ -296,11 +331,8 @@ async fn run_as_root_and_as_a_user_reads_writes_and_commits_with_the_agent_id() 
             s.read_bytes(p, &token, &path).await,
             format!("written by {agent}\n").into_bytes()
         );
-        assert_eq!(agent_of(&s, p, &token, &path).await.as_deref(), Some(agent));
-        assert_eq!(
-            agent_of(&s, p, &token, &format!("reports/{role}.md")).await.as_deref(),
-            Some(agent)
-        );
+        assert_written_by(&s, p, &token, &path, agent).await;
+        assert_written_by(&s, p, &token, &format!("reports/{role}.md"), agent).await;
     }
     // `contextfs log` shows the agents too.
     let log = sb.cmd().args(["log", "out-user.md"]).output().await.unwrap();
@@ -324,20 +356,15 @@ async fn run_as_root_and_as_a_user_reads_writes_and_commits_with_the_agent_id() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_runs_of_one_agent_share_its_mount_until_the_last_one_ends() {
     require_docker();
-    let s = TestServer::start().await;
     let p = "sharing";
-    let token = project(&s, p).await;
-    let sb = Sandbox::new(&s, p, &token);
+    let (s, token, sb) = server_with_sandbox(p).await;
     let agent = format!("shared-{}", suffix());
     let long = sb.run(
         &["--agent-id", &agent],
         "echo one > /workspace/long.md; while [ ! -e /workspace/short.md ]; do sleep 0.1; done; sleep 2; echo two >> /workspace/long.md",
     );
     let short = async {
-        eventually("the long run wrote long.md", || async {
-            s.read(p, &token, "long.md", None).await.ok().map(|_| ())
-        })
-        .await;
+        committed(&s, p, &token, "long.md", "the long run wrote long.md").await;
         let sockets = std::fs::read_dir(sb.state().join("contextfs/sockets")).unwrap().count();
         let out = sb
             .run(&["--agent-id", &agent], "echo short > /workspace/short.md")
@@ -357,7 +384,7 @@ async fn concurrent_runs_of_one_agent_share_its_mount_until_the_last_one_ends() 
     assert!(stderr(&long).contains("clean    long.md"), "{}", both(&long));
     assert_eq!(s.read_bytes(p, &token, "long.md").await, b"one\ntwo\n");
     for path in ["long.md", "short.md"] {
-        assert_eq!(agent_of(&s, p, &token, path).await.as_deref(), Some(agent.as_str()));
+        assert_written_by(&s, p, &token, path, agent.as_str()).await;
     }
     assert_eq!(sb.leftover_mounts(), Vec::<String>::new(), "the last run unmounted");
 }
@@ -365,10 +392,8 @@ async fn concurrent_runs_of_one_agent_share_its_mount_until_the_last_one_ends() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_of_the_host_mount_shows_up_in_a_running_container() {
     require_docker();
-    let s = TestServer::start().await;
     let p = "restart";
-    let token = project(&s, p).await;
-    let sb = Sandbox::new(&s, p, &token);
+    let (s, token, sb) = server_with_sandbox(p).await;
     let agent = format!("restarter-{}", suffix());
     // The container checks in, waits for `go` (committed through the API
     // after the restart, so it arrives through the NEW mount), then lists
@@ -380,25 +405,10 @@ ls /workspace
 cat /workspace/hello.md
 echo after > /workspace/after.md
 "#;
-    let run = sb
-        .run_cmd(&["--agent-id", &agent], script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn contextfs run");
-    eventually("the container wrote started.md", || async {
-        s.read(p, &token, "started.md", None).await.ok().map(|_| ())
-    })
-    .await;
+    let run = sb.spawn_run(&["--agent-id", &agent], script);
+    committed(&s, p, &token, "started.md", "the container wrote started.md").await;
     let ws = sb.ws_of(&agent);
-    let first_pid = sb
-        .cmd()
-        .arg("status")
-        .arg(&ws)
-        .output()
-        .await
-        .map(|o| stdout(&o))
-        .unwrap();
+    let first_pid = sb.status_of(&ws).await;
     let umount = sb.cmd().arg("umount").arg(&ws).output().await.unwrap();
     assert!(umount.status.success(), "umount: {}", both(&umount));
     let mount = sb
@@ -409,14 +419,7 @@ echo after > /workspace/after.md
         .await
         .unwrap();
     assert!(mount.status.success(), "mount again: {}", both(&mount));
-    let second_pid = sb
-        .cmd()
-        .arg("status")
-        .arg(&ws)
-        .output()
-        .await
-        .map(|o| stdout(&o))
-        .unwrap();
+    let second_pid = sb.status_of(&ws).await;
     assert_ne!(first_pid, second_pid, "a new mount process serves the workspace");
     s.commit(p, &token, "go", None, b"").await.expect("put go");
     let out = tokio::time::timeout(Duration::from_secs(60), run.wait_with_output())
@@ -432,33 +435,20 @@ echo after > /workspace/after.md
     );
     assert!(text.contains("hello from the api"), "{}", both(&out));
     assert_eq!(s.read_bytes(p, &token, "after.md").await, b"after\n");
-    assert_eq!(
-        agent_of(&s, p, &token, "after.md").await.as_deref(),
-        Some(agent.as_str())
-    );
+    assert_written_by(&s, p, &token, "after.md", agent.as_str()).await;
     assert!(stderr(&out).contains("clean    after.md"), "{}", both(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_when_the_server_stops_during_a_run() {
     require_docker();
-    let mut s = TestServer::start().await;
     let p = "outage";
-    let token = project(&s, p).await;
-    let sb = Sandbox::new(&s, p, &token);
+    let (mut s, token, sb) = server_with_sandbox(p).await;
     let agent = format!("offline-{}", suffix());
     let script =
         "echo up > /workspace/started.md; sleep 3; echo 'written while the server was down' > /workspace/queued.md";
-    let run = sb
-        .run_cmd(&["--agent-id", &agent], script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn contextfs run");
-    eventually("the container wrote started.md", || async {
-        s.read(p, &token, "started.md", None).await.ok().map(|_| ())
-    })
-    .await;
+    let run = sb.spawn_run(&["--agent-id", &agent], script);
+    committed(&s, p, &token, "started.md", "the container wrote started.md").await;
     s.stop().await;
     let out = tokio::time::timeout(Duration::from_secs(90), run.wait_with_output())
         .await
@@ -485,20 +475,15 @@ async fn nothing_is_lost_when_the_server_stops_during_a_run() {
         s.read_bytes(p, &token, "queued.md").await,
         b"written while the server was down\n"
     );
-    assert_eq!(
-        agent_of(&s, p, &token, "queued.md").await.as_deref(),
-        Some(agent.as_str())
-    );
+    assert_written_by(&s, p, &token, "queued.md", agent.as_str()).await;
     assert_eq!(sb.leftover_mounts(), Vec::<String>::new(), "the last run unmounted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_and_missing_pieces_fail_with_the_fix() {
     require_docker();
-    let s = TestServer::start().await;
     let p = "errors";
-    let token = project(&s, p).await;
-    let sb = Sandbox::new(&s, p, &token);
+    let (_server, _token, sb) = server_with_sandbox(p).await;
 
     // An image that is not here: no registry to pull from.
     let mut c = sb.cmd();
@@ -596,10 +581,8 @@ struct ManyAgents {
 }
 
 async fn many_agents(n: usize, size: usize) -> ManyAgents {
-    let s = TestServer::start().await;
     let p = "crowd";
-    let token = project(&s, p).await;
-    let sb = Sandbox::new(&s, p, &token);
+    let (s, token, sb) = server_with_sandbox(p).await;
     let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 4096) as u8).collect();
     s.commit(p, &token, "big.bin", None, &data).await.expect("put big.bin");
     let expected = format!("{}", data.len());
@@ -631,7 +614,7 @@ async fn many_agents(n: usize, size: usize) -> ManyAgents {
             both(out)
         );
         let path = format!("agent-{i}.txt");
-        assert_eq!(agent_of(&s, p, &token, &path).await.as_deref(), Some(agent.as_str()));
+        assert_written_by(&s, p, &token, &path, agent.as_str()).await;
     }
     let du = std::process::Command::new("du")
         .arg("-sb")
@@ -704,6 +687,36 @@ async fn docker_ok(args: &[&str]) -> String {
     stdout(&out)
 }
 
+/// `docker run --rm -v VOLUME:/workspace IMAGE sh -c SCRIPT`.
+async fn run_on_volume(volume: &str, script: &str) -> Output {
+    docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{volume}:/workspace"),
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ])
+    .await
+}
+
+/// `docker volume create -d contextfs -o OPTION... NAME`.
+async fn create_volume(options: &[&str], name: &str) -> Output {
+    let mut args = vec!["volume", "create", "-d", "contextfs"];
+    for option in options {
+        args.extend(["-o", option]);
+    }
+    args.push(name);
+    docker(&args).await
+}
+
+/// The volume's status as the plugin reports it (its mount IDs in use).
+async fn volume_status(volume: &str) -> String {
+    docker_ok(&["volume", "inspect", volume, "--format", "{{json .Status}}"]).await
+}
+
 fn is_mounted(path: &Path) -> bool {
     let wanted = path.display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -744,73 +757,39 @@ async fn the_volume_plugin_mounts_refcounts_commits_and_unmounts() {
     let vol = format!("cfs-test-vol-{}", suffix());
     let agent = format!("vol-agent-{}", suffix());
     // Bad options are refused with the list of good ones.
-    let bad = docker(&[
-        "volume",
-        "create",
-        "-d",
-        "contextfs",
-        "-o",
-        "projekt=x",
-        &format!("{vol}-bad"),
-    ])
-    .await;
+    let bad = create_volume(&["projekt=x"], &format!("{vol}-bad")).await;
     assert!(
         !bad.status.success() && stderr(&bad).contains("project="),
         "{}",
         both(&bad)
     );
-    let missing = docker(&[
-        "volume",
-        "create",
-        "-d",
-        "contextfs",
-        "-o",
-        "project=nope",
-        &format!("{vol}-nope"),
-    ])
-    .await;
+    let missing = create_volume(&["project=nope"], &format!("{vol}-nope")).await;
     assert!(
         !missing.status.success() && stderr(&missing).contains("does not exist"),
         "{}",
         both(&missing)
     );
 
-    docker_ok(&[
-        "volume",
-        "create",
-        "-d",
-        "contextfs",
-        "-o",
-        &format!("project={p}"),
-        "-o",
-        &format!("agent_id={agent}"),
-        "-o",
-        &format!("token={token}"),
-        &vol,
-    ])
-    .await;
+    let options = [
+        format!("project={p}"),
+        format!("agent_id={agent}"),
+        format!("token={token}"),
+    ];
+    let created = create_volume(&options.each_ref().map(String::as_str), &vol).await;
+    assert!(
+        created.status.success(),
+        "docker volume create {vol}: {}",
+        both(&created)
+    );
     let ws = contextfs::sandbox::plugin::volume_mountpoint(&state_dir.canonicalize().unwrap(), &vol);
 
     // One container: reads, writes; committed once it is gone.
-    let out = docker(&[
-        "run",
-        "--rm",
-        "-v",
-        &format!("{vol}:/workspace"),
-        IMAGE,
-        "sh",
-        "-c",
-        "cat /workspace/hello.md; echo v > /workspace/vol.md",
-    ])
-    .await;
+    let out = run_on_volume(&vol, "cat /workspace/hello.md; echo v > /workspace/vol.md").await;
     assert!(out.status.success(), "{}", both(&out));
     assert!(stdout(&out).contains("hello from the api"), "{}", both(&out));
-    let version = eventually("vol.md committed", || async {
-        s.read(p, &token, "vol.md", None).await.ok()
-    })
-    .await;
+    let version = committed(&s, p, &token, "vol.md", "vol.md committed").await;
     assert_eq!(version.bytes, b"v\n");
-    assert_eq!(agent_of(&s, p, &token, "vol.md").await.as_deref(), Some(agent.as_str()));
+    assert_written_by(&s, p, &token, "vol.md", agent.as_str()).await;
 
     // Two containers at once on the same volume: the first one's mount
     // survives the second one leaving.
@@ -830,39 +809,23 @@ async fn the_volume_plugin_mounts_refcounts_commits_and_unmounts() {
         "while [ ! -e /workspace/stop ]; do sleep 0.1; done; echo a > /workspace/a.md",
     ])
     .await;
-    let status = docker_ok(&["volume", "inspect", &vol, "--format", "{{json .Status}}"]).await;
+    let status = volume_status(&vol).await;
     assert!(status.contains("\"mounts\":1"), "one mount ID in use: {status}");
-    let out = docker(&[
-        "run",
-        "--rm",
-        "-v",
-        &format!("{vol}:/workspace"),
-        IMAGE,
-        "sh",
-        "-c",
-        "echo b > /workspace/b.md",
-    ])
-    .await;
+    let out = run_on_volume(&vol, "echo b > /workspace/b.md").await;
     assert!(out.status.success(), "{}", both(&out));
     assert!(is_mounted(&ws), "the volume stays mounted while a container uses it");
-    let status = docker_ok(&["volume", "inspect", &vol, "--format", "{{json .Status}}"]).await;
+    let status = volume_status(&vol).await;
     assert!(status.contains("\"mounts\":1"), "back to one mount ID: {status}");
-    eventually("b.md committed", || async {
-        s.read(p, &token, "b.md", None).await.ok()
-    })
-    .await;
+    committed(&s, p, &token, "b.md", "b.md committed").await;
     s.commit(p, &token, "stop", None, b"").await.expect("put stop");
     let code = docker_ok(&["wait", &long]).await;
     assert_eq!(code.trim(), "0");
     docker_ok(&["rm", &long]).await;
     // The last Unmount flushed: a.md is on the server now.
-    let a = eventually("a.md committed", || async {
-        s.read(p, &token, "a.md", None).await.ok()
-    })
-    .await;
+    let a = committed(&s, p, &token, "a.md", "a.md committed").await;
     assert_eq!(a.bytes, b"a\n");
-    assert_eq!(agent_of(&s, p, &token, "a.md").await.as_deref(), Some(agent.as_str()));
-    let status = docker_ok(&["volume", "inspect", &vol, "--format", "{{json .Status}}"]).await;
+    assert_written_by(&s, p, &token, "a.md", agent.as_str()).await;
+    let status = volume_status(&vol).await;
     assert!(status.contains("\"mounts\":0"), "{status}");
 
     // docker volume rm unmounts.
