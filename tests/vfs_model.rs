@@ -246,6 +246,13 @@ fn read_path(vfs: &Vfs, path: &str) -> Vec<u8> {
     bytes
 }
 
+/// Opens `path` read-write, writes `bytes` at `offset` and closes it.
+fn write_at(vfs: &Vfs, path: &str, offset: u64, bytes: &[u8]) {
+    let fh = vfs.open(ino_of(vfs, path).unwrap(), RW).unwrap();
+    vfs.write(fh, offset, bytes).unwrap();
+    vfs.release(fh).unwrap();
+}
+
 fn write_file(vfs: &Vfs, parent: Ino, name: &str, bytes: &[u8]) -> Ino {
     let (attr, fh) = vfs.create(parent, name, 0o644, RW, false).unwrap();
     vfs.write(fh, 0, bytes).unwrap();
@@ -1535,23 +1542,31 @@ fn acknowledging_one_of_two_identical_large_files_keeps_the_others_bytes() {
     assert_eq!(read_path(&vfs, "two.bin"), big);
 }
 
+/// A server tree of directory `d` (node 20) holding `d/f.md` (node 21, version 1).
+fn dir_d_with_f_md(env: &Env) -> TreeListing {
+    tree_listing(
+        1,
+        vec![dir_entry("d", 20), file_entry(&env.source, "d/f.md", 21, 1, b"f")],
+    )
+}
+
+/// The server's acknowledgement of `item`, the rename of directory `d`
+/// (node 20) to `e` as its version 2.
+fn ack_rename_of_d_to_e(vfs: &Vfs, item: &DrainItem) {
+    let v = version_info(20, 2, "e", NodeKind::Dir, BlobHash::of(b""), 0, VersionStatus::Clean);
+    vfs.ack_namespace(item.uid, item.rev, &v).unwrap();
+}
+
 #[test]
 fn editing_a_file_in_a_renamed_server_directory_plans_no_rename_of_the_file() {
     let env = Env::new();
-    let listing = tree_listing(
-        1,
-        vec![dir_entry("d", 20), file_entry(&env.source, "d/f.md", 21, 1, b"f")],
-    );
-    let vfs = env.mount(&listing);
+    let vfs = env.mount(&dir_d_with_f_md(&env));
     vfs.rename(ROOT_INO, "d", ROOT_INO, "e", false).unwrap();
-    let fh = vfs.open(ino_of(&vfs, "e/f.md").unwrap(), RW).unwrap();
-    vfs.write(fh, 1, b"+").unwrap();
-    vfs.release(fh).unwrap();
+    write_at(&vfs, "e/f.md", 1, b"+");
     let items = plan(&vfs);
     assert_eq!(describe(&items), ["rename d -> e", "commit e/f.md"]);
     // After the directory's rename reached the server, the file is just a commit.
-    let v = version_info(20, 2, "e", NodeKind::Dir, BlobHash::of(b""), 0, VersionStatus::Clean);
-    vfs.ack_namespace(items[0].uid, items[0].rev, &v).unwrap();
+    ack_rename_of_d_to_e(&vfs, &items[0]);
     let (path, node, base, _, _, _) = only_commit(&plan(&vfs));
     assert_eq!((path.as_str(), node, base), ("e/f.md", Some(21), Some(1)));
 }
@@ -1573,8 +1588,7 @@ fn deleting_a_file_in_a_renamed_server_directory_deletes_it_where_the_rename_put
     let items = plan(&vfs);
     // The deletion runs after the rename, so it names the node's new path.
     assert_eq!(describe(&items), ["rename d -> e", "delete e/x.md"]);
-    let v = version_info(20, 2, "e", NodeKind::Dir, BlobHash::of(b""), 0, VersionStatus::Clean);
-    vfs.ack_namespace(items[0].uid, items[0].rev, &v).unwrap();
+    ack_rename_of_d_to_e(&vfs, &items[0]);
     assert_eq!(describe(&plan(&vfs)), ["delete e/x.md"]);
     // A restart (after the round's journal sync) before the deletion reached
     // the server keeps it that way.
@@ -1596,17 +1610,11 @@ fn deleting_a_file_in_a_renamed_server_directory_deletes_it_where_the_rename_put
 #[test]
 fn editing_a_file_after_its_directory_was_renamed_remotely_is_a_plain_commit() {
     let env = Env::new();
-    let listing = tree_listing(
-        1,
-        vec![dir_entry("d", 20), file_entry(&env.source, "d/f.md", 21, 1, b"f")],
-    );
-    let vfs = env.mount(&listing);
+    let vfs = env.mount(&dir_d_with_f_md(&env));
     let mut e = event(2, 20, 2, "e", BlobHash::of(b""), 0, false);
     e.kind = NodeKind::Dir;
     vfs.apply_events(&[rename_event(e, "d")]);
-    let fh = vfs.open(ino_of(&vfs, "e/f.md").unwrap(), RW).unwrap();
-    vfs.write(fh, 1, b"+").unwrap();
-    vfs.release(fh).unwrap();
+    write_at(&vfs, "e/f.md", 1, b"+");
     let (path, node, base, _, _, _) = only_commit(&plan(&vfs));
     assert_eq!((path.as_str(), node, base), ("e/f.md", Some(21), Some(1)));
 }
@@ -1639,8 +1647,7 @@ fn chmod_of_a_server_directory_sends_no_commit() {
     vfs.rename(ROOT_INO, "d", ROOT_INO, "e", false).unwrap();
     let items = plan(&vfs);
     assert_eq!(describe(&items), ["rename d -> e"]);
-    let v = version_info(20, 2, "e", NodeKind::Dir, BlobHash::of(b""), 0, VersionStatus::Clean);
-    vfs.ack_namespace(items[0].uid, items[0].rev, &v).unwrap();
+    ack_rename_of_d_to_e(&vfs, &items[0]);
     assert!(
         plan(&vfs).iter().all(|i| matches!(i.op, DrainOp::Forget)),
         "{:?}",
