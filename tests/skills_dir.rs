@@ -46,6 +46,17 @@ fn mounted(path: &Path) -> bool {
     mount_entry(path).is_some()
 }
 
+/// `fusermount3 -u DIR`, as something other than contextfs would unmount it.
+#[track_caller]
+fn unmount_from_outside(dir: &Path) {
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(dir)
+        .output()
+        .expect("fusermount3");
+    assert!(out.status.success(), "fusermount3 -u {}: {}", dir.display(), both(&out));
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
     while !done() {
@@ -535,12 +546,7 @@ async fn stopping_the_mount_unmounts_the_skills_dir_but_not_the_reverse() {
 
     // And so does unmounting MOUNTPOINT from outside.
     let pid = t.mount(&[]);
-    let out = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&mnt)
-        .output()
-        .expect("fusermount3");
-    assert!(out.status.success(), "{}", both(&out));
+    unmount_from_outside(&mnt);
     wait_until("the mount process exits after an external unmount", || {
         !process_alive(pid)
     });
@@ -551,12 +557,7 @@ async fn stopping_the_mount_unmounts_the_skills_dir_but_not_the_reverse() {
 
     // Unmounting DIR from outside leaves the project mount working.
     let pid = t.mount(&[]);
-    let out = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&dir)
-        .output()
-        .expect("fusermount3");
-    assert!(out.status.success(), "{}", both(&out));
+    unmount_from_outside(&dir);
     assert!(!mounted(&dir));
     std::thread::sleep(Duration::from_millis(1500)); // past the mount's 1 s watch
     assert!(
