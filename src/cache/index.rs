@@ -22,6 +22,9 @@ pub(super) struct Entry {
     pub last_used: SystemTime,
     /// The mtime we last saw or set on disk; other processes order by it.
     pub disk_mtime: SystemTime,
+    /// This process wrote the blob, or has checked its bytes since it found
+    /// it on disk (see `UNSYNCED_MAX` in the parent module).
+    pub verified: bool,
 }
 
 impl Entry {
@@ -31,6 +34,7 @@ impl Entry {
             size,
             last_used: mtime,
             disk_mtime: mtime,
+            verified: false,
         }
     }
 
@@ -120,6 +124,17 @@ impl Index {
         }
     }
 
+    /// Whether the blob is indexed and its bytes are known to be good.
+    pub fn is_verified(&self, hash: &BlobHash) -> bool {
+        self.lru.peek(hash).is_some_and(|e| e.verified)
+    }
+
+    pub fn mark_verified(&mut self, hash: &BlobHash) {
+        if let Some(entry) = self.lru.peek_mut(hash) {
+            entry.verified = true;
+        }
+    }
+
     /// Merges a fresh directory scan into the index. Indexed blobs missing
     /// from the scan are kept only if `still_exists` says so (they may have
     /// been published after the scan started); blobs only in the scan are
@@ -201,6 +216,22 @@ mod tests {
         assert_eq!(index.promote(&h("zz"), at(1061)), None);
         // A clock that went backwards still refreshes.
         assert!(needs_touch(at(2000), at(1000)));
+    }
+
+    #[test]
+    fn blobs_found_on_disk_start_unverified_and_a_scan_keeps_the_mark() {
+        let mut index = Index::new();
+        index.insert(h("a"), Entry::on_disk(1, at(1000)));
+        assert!(!index.is_verified(&h("a")));
+        index.mark_verified(&h("a"));
+        assert!(index.is_verified(&h("a")));
+        index.merge_scan(vec![(h("a"), 1, at(1000)), (h("b"), 2, at(1000))], |_| true);
+        assert!(
+            index.is_verified(&h("a")),
+            "a rescan must not forget a check already done"
+        );
+        assert!(!index.is_verified(&h("b")));
+        assert!(!index.is_verified(&h("zz")));
     }
 
     #[test]

@@ -5,8 +5,14 @@
 //!
 //! * `blobs/ab/abcdef…` — one file per blob, named by its full hash;
 //! * `tmp/` — fills in progress, renamed into `blobs/` only once their bytes
-//!   hashed to the expected value and were fsynced, so a name under `blobs/`
-//!   always holds exactly the bytes it promises, even after a crash.
+//!   hashed to the expected value.
+//!
+//! A name under `blobs/` never serves bytes other than the ones it promises,
+//! even after a power loss: a blob larger than [`UNSYNCED_MAX`] is fsynced
+//! before the rename; a smaller one is not (an fsync per small file was a
+//! large share of a mount's CPU when agents write many files), and each
+//! process instead checks its hash the first time it opens one that it did
+//! not write itself. A torn blob is then removed and fetched again.
 //!
 //! Several processes may use one root at once. There is no lock file: each
 //! process keeps its own LRU index (rebuilt from the directory on open and
@@ -42,6 +48,9 @@ const STALE_TMP_AGE: Duration = Duration::from_secs(60 * 60);
 const RESYNC_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// Read size when copying a local file into the cache.
 const COPY_CHUNK: usize = 256 * 1024;
+/// Blobs up to this size are published without an fsync and verified on a
+/// process's first open instead (hashing 64 KiB costs microseconds).
+pub const UNSYNCED_MAX: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -340,9 +349,10 @@ impl CacheFill {
         self.written
     }
 
-    /// Checks the hash and makes the bytes durable, so the rename that
-    /// follows can never expose a torn or wrong blob. Returns a read handle on
-    /// the same inode, which stays valid even if the blob is evicted at once.
+    /// Checks the hash and, above [`UNSYNCED_MAX`], makes the bytes durable,
+    /// so the rename that follows cannot expose a torn blob after a crash
+    /// (smaller ones are checked when opened instead). Returns a read handle
+    /// on the same inode, which stays valid even if the blob is evicted at once.
     fn seal(&mut self, expected: &BlobHash) -> Result<File, CacheError> {
         let actual = BlobHash::from_blake3(self.hasher.finalize());
         if actual != *expected {
@@ -351,7 +361,9 @@ impl CacheFill {
                 actual,
             });
         }
-        self.file.sync_all().map_err(|e| CacheError::io(&self.path, e))?;
+        if self.written > UNSYNCED_MAX {
+            self.file.sync_all().map_err(|e| CacheError::io(&self.path, e))?;
+        }
         File::open(&self.path).map_err(|e| CacheError::io(&self.path, e))
     }
 }
@@ -445,7 +457,9 @@ impl BlobCache {
     /// process's index, and on disk by touching its mtime at most once a
     /// minute so other processes' scans see the recency. `None` when absent,
     /// including when another process evicted it (it is then dropped from the
-    /// index). Blobs that another process added are learned here.
+    /// index). Blobs that another process added are learned here; the first
+    /// open of a small one this process did not write checks its bytes, and
+    /// a torn one (left by a power loss) is removed and reported absent.
     pub fn open_blob(&self, hash: &BlobHash) -> Result<Option<File>, CacheError> {
         let path = self.path_of(hash);
         let file = match File::open(&path) {
@@ -475,6 +489,7 @@ impl BlobCache {
                                 size: meta.len(),
                                 last_used: now,
                                 disk_mtime,
+                                verified: false,
                             },
                         );
                         touch
@@ -483,6 +498,10 @@ impl BlobCache {
                 },
             }
         };
+        let verified = lock(&self.state).index.is_verified(hash);
+        if !verified && !self.check_bytes(hash, &path, &file)? {
+            return Ok(None);
+        }
         if touch {
             // Best effort: a failed touch only weakens other processes' LRU.
             if let Err(e) = file.set_modified(now) {
@@ -490,6 +509,47 @@ impl BlobCache {
             }
         }
         Ok(Some(file))
+    }
+
+    /// The first open of a blob this process did not write: a blob of at
+    /// most [`UNSYNCED_MAX`] bytes may have been published without an fsync,
+    /// so its bytes are hashed (with positioned reads: `file`'s offset stays
+    /// at 0). False when they do not match, after removing the blob, unless
+    /// another process already replaced it with a new file.
+    fn check_bytes(&self, hash: &BlobHash, path: &Path, file: &File) -> Result<bool, CacheError> {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let meta = file.metadata().map_err(|e| CacheError::io(path, e))?;
+        if meta.len() <= UNSYNCED_MAX {
+            let mut bytes = vec![0u8; meta.len() as usize];
+            let mut read = 0;
+            while read < bytes.len() {
+                match file.read_at(&mut bytes[read..], read as u64) {
+                    Ok(0) => break,
+                    Ok(n) => read += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(CacheError::io(path, e)),
+                }
+            }
+            bytes.truncate(read);
+            let actual = BlobHash::of(&bytes);
+            if actual != *hash {
+                warn!(
+                    "cached blob {} holds bytes hashing to {actual} (torn by a crash?); removing it",
+                    path.display()
+                );
+                let same_file =
+                    fs::symlink_metadata(path).is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
+                if same_file {
+                    if let Err(e) = fs::remove_file(path) {
+                        debug!("cannot remove {}: {e}", path.display());
+                    }
+                }
+                lock(&self.state).index.remove(hash);
+                return Ok(false);
+            }
+        }
+        lock(&self.state).index.mark_verified(hash);
+        Ok(true)
     }
 
     /// Whether the blob is on disk right now (it may be evicted by another
@@ -505,7 +565,7 @@ impl BlobCache {
     /// Single-flight get-or-fill. If the blob is cached it is opened.
     /// Otherwise exactly one caller per hash in this process runs `fill`,
     /// which writes the bytes into the [`CacheFill`]; they are verified
-    /// (blake3 must equal `hash`), fsynced, room is made by evicting LRU blobs,
+    /// (blake3 must equal `hash`), fsynced if larger than [`UNSYNCED_MAX`], room is made by evicting LRU blobs,
     /// and the file is renamed into place and indexed. The filler gets a
     /// handle on the new file, and concurrent callers for the same hash then
     /// open it.
@@ -652,6 +712,8 @@ impl BlobCache {
                 size,
                 last_used: now,
                 disk_mtime: now,
+                // Its bytes were hashed on the way in.
+                verified: true,
             },
         );
         Ok(())
@@ -930,6 +992,59 @@ mod tests {
         let refilled = two.get_or_fill(&hx, |fill| fill.write(&x)).expect("refill");
         assert_eq!(read_all(refilled), x);
         assert!(one.open_blob(&hx).expect("open").is_some());
+    }
+
+    #[test]
+    fn a_small_blob_torn_by_a_crash_is_caught_on_open_and_fetched_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes = b"# notes\nwritten by an agent just before the power went\n".to_vec();
+        let hash = BlobHash::of(&bytes);
+        {
+            let before = BlobCache::open(dir.path(), 1 << 20).expect("open");
+            before.insert_bytes(&hash, &bytes).expect("insert");
+        }
+        // What a power loss can leave of an unsynced small blob: the name,
+        // with the right size but bytes that never reached the disk.
+        fs::write(
+            dir.path().join("blobs").join(&hash.as_str()[..2]).join(hash.as_str()),
+            vec![0u8; bytes.len()],
+        )
+        .expect("tear the blob");
+
+        let after = BlobCache::open(dir.path(), 1 << 20).expect("open after the crash");
+        assert!(
+            after.contains(&hash),
+            "the torn file is still there before anyone opens it"
+        );
+        assert!(
+            after.open_blob(&hash).expect("open").is_none(),
+            "a torn blob must never be served"
+        );
+        assert!(!after.path_of(&hash).exists(), "the torn blob is removed");
+        assert_eq!(after.usage(), (0, 1 << 20, 0));
+        let refilled = after
+            .get_or_fill(&hash, |fill| fill.write(&bytes))
+            .expect("fetch again");
+        assert_eq!(read_all(refilled), bytes);
+        assert_eq!(read_all(after.open_blob(&hash).expect("open").expect("present")), bytes);
+    }
+
+    #[test]
+    fn a_small_blob_of_another_process_is_checked_once_and_read_from_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let writer = BlobCache::open(dir.path(), 1 << 20).expect("open writer");
+        let reader = BlobCache::open(dir.path(), 1 << 20).expect("open reader");
+        let bytes = vec![b'k'; UNSYNCED_MAX as usize];
+        let hash = BlobHash::of(&bytes);
+        writer.insert_bytes(&hash, &bytes).expect("insert");
+        assert!(!reader.state.lock().expect("state").index.is_verified(&hash));
+        // The check reads with positioned reads: the caller still reads it all.
+        assert_eq!(
+            read_all(reader.open_blob(&hash).expect("open").expect("present")),
+            bytes
+        );
+        assert!(reader.state.lock().expect("state").index.is_verified(&hash));
+        assert!(writer.state.lock().expect("state").index.is_verified(&hash));
     }
 
     #[test]
