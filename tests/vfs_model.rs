@@ -4,6 +4,7 @@
 //! tests pin the editor-save patterns, acknowledgements and remote changes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1165,12 +1166,24 @@ fn clean_ack_reads_the_committed_bytes_from_the_cache() {
         calls,
         "the acknowledged bytes were seeded into the cache"
     );
-    // Later writes stage the file again and commit on the new node.
+    // Nothing is left behind in the staging area.
+    let staged: Vec<_> = std::fs::read_dir(env.state_dir.join("staging")).unwrap().collect();
+    assert!(staged.is_empty(), "left in staging: {staged:?}");
+    // Later writes stage the file again and commit on the new node...
     let fh = vfs.open(ino, RW).unwrap();
     vfs.write(fh, 0, b"FRESH").unwrap();
     vfs.release(fh).unwrap();
     let (_, node, base, _, _, _) = only_commit(&plan(&vfs));
     assert_eq!((node, base), (Some(40), Some(1)));
+    // ...in a copy: the cached blob still holds the bytes of its hash.
+    let mut cached = Vec::new();
+    env.cache
+        .open_blob(&hash)
+        .unwrap()
+        .expect("still cached")
+        .read_to_end(&mut cached)
+        .unwrap();
+    assert_eq!(cached, b"fresh\n");
 }
 
 #[test]
