@@ -85,11 +85,19 @@ fn valid(path: &str) -> VfsResult<WsPath> {
 }
 
 impl Vfs {
-    /// One operation per record whose last change is at least `min_age_ms`
-    /// old (a short debounce lets an editor finish its save dance before
-    /// anything is sent), in the order they must run.
+    /// Milliseconds until `record` may be sent: its last change is
+    /// `min_age_ms` old (a short debounce lets an editor finish its save
+    /// dance before anything is sent), or at once when fsync waits for it.
+    fn ready_in_ms(record: &Record, now: i64, min_age_ms: i64, urgent: &std::collections::HashSet<u64>) -> i64 {
+        if urgent.contains(&record.uid) {
+            0
+        } else {
+            (record.changed_at + min_age_ms - now).max(0)
+        }
+    }
+
     /// How long until the next journaled change (other than `skip`ped ones)
-    /// is `min_age_ms` old and ready to send; `None` when nothing waits.
+    /// is ready to send; `None` when nothing waits.
     pub fn next_ready_in(&self, min_age_ms: i64, skip: &dyn Fn(u64) -> bool) -> Option<std::time::Duration> {
         let urgent = self.urgent_uids();
         let st = self.lock();
@@ -97,17 +105,13 @@ impl Vfs {
         st.records
             .values()
             .filter(|r| !skip(r.uid))
-            .map(|r| {
-                if urgent.contains(&r.uid) {
-                    0
-                } else {
-                    (r.changed_at + min_age_ms - now).max(0)
-                }
-            })
+            .map(|r| Self::ready_in_ms(r, now, min_age_ms, &urgent))
             .min()
             .map(|ms| std::time::Duration::from_millis(ms as u64))
     }
 
+    /// One operation per record that is ready (see [`Vfs::ready_in_ms`]),
+    /// in the order they must run.
     pub fn drain_plan(&self, min_age_ms: i64, skip: &dyn Fn(u64) -> bool) -> Vec<DrainItem> {
         let urgent = self.urgent_uids();
         let st = self.lock();
@@ -115,7 +119,7 @@ impl Vfs {
         let mut items = Vec::new();
         let mut deleting = std::collections::HashSet::new();
         for record in st.records.values() {
-            let ready = (now - record.changed_at >= min_age_ms || urgent.contains(&record.uid)) && !skip(record.uid);
+            let ready = Self::ready_in_ms(record, now, min_age_ms, &urgent) == 0 && !skip(record.uid);
             if !ready && !record.deleted {
                 continue;
             }
