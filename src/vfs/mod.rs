@@ -1301,10 +1301,12 @@ impl Vfs {
                 _ => None,
             }
         };
-        self.wake.notify_one();
         let Some((uid, rev)) = waiting_for else {
+            self.wake.notify_one();
             return Ok(());
         };
+        // Marked urgent before the worker is woken (in await_commit), so the
+        // wake-up sends it at once instead of sleeping out the debounce.
         self.set_urgent(uid, true);
         let result = self.await_commit(uid, rev);
         self.set_urgent(uid, false);
