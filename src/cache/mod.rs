@@ -471,9 +471,9 @@ impl BlobCache {
             Err(e) => return Err(CacheError::io(path, e)),
         };
         let now = SystemTime::now();
-        let touch = {
+        let (touch, verified) = {
             let mut state = lock(&self.state);
-            match state.index.promote(hash, now) {
+            let touch = match state.index.promote(hash, now) {
                 Some(touch) => touch,
                 // Not ours yet: added by another process, or evicted by one of
                 // our threads between the open and the lock. Index it only if
@@ -496,9 +496,9 @@ impl BlobCache {
                     }
                     _ => false,
                 },
-            }
+            };
+            (touch, state.index.is_verified(hash))
         };
-        let verified = lock(&self.state).index.is_verified(hash);
         if !verified && !self.check_bytes(hash, &path, &file)? {
             return Ok(None);
         }
