@@ -83,7 +83,7 @@ class Api:
                 time.sleep(0.1 * (attempt + 1))
                 continue
             if r.status >= 300:
-                raise RuntimeError(f"{method} {path}: HTTP {r.status}: {data[:300]!r}")
+                raise HttpError(r.status, f"{method} {path}: HTTP {r.status}: {data[:300]!r}")
             return data
         raise RuntimeError("unreachable")
 
@@ -95,9 +95,22 @@ class Api:
         body = json.dumps({"path": path}).encode()
         return self.request("POST", f"/api/v1/projects/{project}/mkdir", body, {"Content-Type": "application/json"})
 
-    def tree(self, project, prefix):
+    def tree(self, project, prefix, missing_ok=False):
+        """The listing below `prefix`; with `missing_ok`, an empty one while
+        `prefix` itself is not on the server yet."""
         q = urllib.parse.urlencode({"prefix": prefix, "recursive": "true"})
-        return json.loads(self.request("GET", f"/api/v1/projects/{project}/tree?{q}"))
+        try:
+            return json.loads(self.request("GET", f"/api/v1/projects/{project}/tree?{q}"))
+        except HttpError as e:
+            if missing_ok and e.status == 404:
+                return {"entries": []}
+            raise
+
+
+class HttpError(RuntimeError):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
 
 
 def wait_committed(api, project, prefix, expected, timeout=180.0):
@@ -106,7 +119,8 @@ def wait_committed(api, project, prefix, expected, timeout=180.0):
     deadline = time.monotonic() + timeout
     polls = 0
     while True:
-        listing = api.tree(project, prefix)
+        # The directory itself may not be committed yet either.
+        listing = api.tree(project, prefix, missing_ok=True)
         polls += 1
         have = {e["path"]: e["size"] for e in listing["entries"] if e["kind"] == "file"}
         missing = sum(1 for p, s in expected.items() if have.get(p) != s)
