@@ -106,7 +106,7 @@ impl Env {
     /// What survives a restart once the sync worker ended its round
     /// (acknowledgements are appended without waiting; the round syncs them).
     fn durable_records(&self, vfs: Vfs, listing: &TreeListing) -> usize {
-        vfs.sync_journal().unwrap();
+        vfs.make_journal_durable().unwrap();
         drop(vfs);
         self.mount(listing).queued().len()
     }
@@ -1512,7 +1512,7 @@ fn a_file_in_a_directory_that_reached_the_server_replays_into_it() {
     assert_eq!(describe(&plan(&vfs)), ["commit d/f.md"]);
     // Crash before the file's commit (after the round's journal sync); the
     // server now lists `d`.
-    vfs.sync_journal().unwrap();
+    vfs.make_journal_durable().unwrap();
     drop(vfs);
     let listing = tree_listing(2, vec![dir_entry("d", 50)]);
     let vfs = env.mount(&listing);
@@ -1605,7 +1605,7 @@ fn deleting_a_file_in_a_renamed_server_directory_deletes_it_where_the_rename_put
     assert_eq!(describe(&plan(&vfs)), ["delete e/x.md"]);
     // A restart (after the round's journal sync) before the deletion reached
     // the server keeps it that way.
-    vfs.sync_journal().unwrap();
+    vfs.make_journal_durable().unwrap();
     drop(vfs);
     let listing = tree_listing(
         2,

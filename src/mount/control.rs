@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use super::sync::SyncWorker;
+use super::replicator::Replicator;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MountInfo {
@@ -96,7 +96,7 @@ struct Request {
     since_ms: Option<i64>,
 }
 
-pub fn report(info: &MountInfo, worker: &SyncWorker) -> MountReport {
+pub fn report(info: &MountInfo, worker: &Replicator) -> MountReport {
     let status = worker.status();
     MountReport {
         info: info.clone(),
@@ -119,7 +119,7 @@ pub fn report(info: &MountInfo, worker: &SyncWorker) -> MountReport {
 pub async fn serve(
     path: PathBuf,
     info: MountInfo,
-    worker: Arc<SyncWorker>,
+    worker: Arc<Replicator>,
     umount: tokio::sync::mpsc::Sender<tokio::sync::mpsc::Sender<Message>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {

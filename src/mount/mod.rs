@@ -3,7 +3,7 @@
 //! socket that `umount` and `status` talk to.
 
 pub mod control;
-pub mod sync;
+pub mod replicator;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,7 +18,7 @@ use crate::client::{Client, ClientError};
 use crate::model::BlobHash;
 use crate::vfs::{BlobSource, Vfs, VfsConfig};
 use control::{MountReport, QueuedItem};
-use sync::SyncWorker;
+use replicator::Replicator;
 
 /// FUSE worker threads of a project mount.
 pub const FUSE_THREADS: usize = 8;
@@ -582,7 +582,7 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         crate::fuse::spawn_invalidator(session.notifier(), &vfs).context("cannot start the invalidation thread")?;
     let background = session.spawn().context("cannot start the FUSE session")?;
 
-    let worker = Arc::new(SyncWorker::new(
+    let worker = Arc::new(Replicator::new(
         vfs.clone(),
         client.clone(),
         args.project.clone(),
@@ -744,7 +744,7 @@ async fn follow_skills(
 /// Drains the journal until it is empty, the server stays unreachable for
 /// [`OFFLINE_GRACE`], or only refused changes are left. Prints progress when
 /// it takes more than a second.
-pub(crate) async fn flush_pending(worker: &SyncWorker, progress: &(dyn Fn(String) + Sync)) -> bool {
+pub(crate) async fn flush_pending(worker: &Replicator, progress: &(dyn Fn(String) + Sync)) -> bool {
     let started = Instant::now();
     let mut offline_since: Option<Instant> = None;
     let mut last_progress = Instant::now();

@@ -7,7 +7,7 @@
 //! becomes one commit on the target.
 //!
 //! Records live in one append-only log, `STATE/journal/journal.log`, as
-//! checksummed frames. Appending only fills a buffer; [`Journal::sync`] writes
+//! checksummed frames. Appending only fills a buffer; [`Journal::make_durable`] writes
 //! and fdatasyncs everything appended so far, and concurrent callers share one
 //! fsync (group commit). A FUSE call that changes state appends under the
 //! core's lock and syncs after releasing it, so `close()` returns only once the
@@ -268,7 +268,7 @@ impl Journal {
         Ok(())
     }
 
-    /// Appends a record; it is durable once [`Journal::sync`] returns.
+    /// Appends a record; it is durable once [`Journal::make_durable`] returns.
     pub fn write(&self, record: &Record) -> Result<(), VfsError> {
         self.append(Entry::Put(record.clone()))
     }
@@ -280,7 +280,7 @@ impl Journal {
 
     /// Makes everything appended so far durable. Concurrent callers share one
     /// write and fdatasync: the first becomes the leader and writes for all.
-    pub fn sync(&self) -> Result<(), VfsError> {
+    pub fn make_durable(&self) -> Result<(), VfsError> {
         let mut log = self.lock();
         let target = log.appended;
         loop {
@@ -455,7 +455,7 @@ mod tests {
         r.rev = 2;
         j.write(&r).unwrap();
         j.write(&record(8)).unwrap();
-        j.sync().unwrap();
+        j.make_durable().unwrap();
         let j2 = Journal::open(dir.path()).unwrap();
         let loaded = j2.load().unwrap();
         assert_eq!(loaded.len(), 2);
@@ -463,7 +463,7 @@ mod tests {
         assert_eq!(Journal::inline_bytes(&loaded[0]).unwrap(), b"hi");
         j2.remove(7).unwrap();
         j2.remove(8).unwrap();
-        j2.sync().unwrap();
+        j2.make_durable().unwrap();
         assert!(Journal::open(dir.path()).unwrap().load().unwrap().is_empty());
         let log = dir.path().join("journal/journal.log");
         assert_eq!(
@@ -479,7 +479,7 @@ mod tests {
         let j = Journal::open(dir.path()).unwrap();
         j.write(&record(1)).unwrap();
         j.write(&record(2)).unwrap();
-        j.sync().unwrap();
+        j.make_durable().unwrap();
         drop(j);
         let log = dir.path().join("journal/journal.log");
         let mut bytes = std::fs::read(&log).unwrap();
@@ -514,7 +514,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..50 {
                         j.write(&record(t * 1000 + i)).unwrap();
-                        j.sync().unwrap();
+                        j.make_durable().unwrap();
                     }
                 })
             })

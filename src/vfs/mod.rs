@@ -434,8 +434,8 @@ impl Vfs {
 
     /// Makes every journal append durable (acknowledgements are appended
     /// without waiting; the sync worker calls this after each round).
-    pub fn sync_journal(&self) -> VfsResult<()> {
-        self.journal.sync()
+    pub fn make_journal_durable(&self) -> VfsResult<()> {
+        self.journal.make_durable()
     }
 
     pub fn journal_dir(&self) -> &Path {
@@ -725,7 +725,7 @@ impl Vfs {
     pub fn mkdir(&self, parent: Ino, name: &str, mode: u32) -> VfsResult<Attr> {
         let out = self.mkdir_journaled(parent, name, mode)?;
         // Durable before the call returns; synced outside the core's lock.
-        self.journal.sync()?;
+        self.journal.make_durable()?;
         Ok(out)
     }
 
@@ -756,7 +756,7 @@ impl Vfs {
     pub fn symlink(&self, parent: Ino, name: &str, target: &str) -> VfsResult<Attr> {
         let out = self.symlink_journaled(parent, name, target)?;
         // Durable before the call returns; synced outside the core's lock.
-        self.journal.sync()?;
+        self.journal.make_durable()?;
         Ok(out)
     }
 
@@ -1209,7 +1209,7 @@ impl Vfs {
             handle.dirty = false;
             handle.ino
         };
-        if let Err(e) = self.journal_content(ino).and_then(|()| self.journal.sync()) {
+        if let Err(e) = self.journal_content(ino).and_then(|()| self.journal.make_durable()) {
             if let Some(h) = self.lock().handles.get_mut(&fh) {
                 h.dirty = true;
             }
@@ -1380,7 +1380,7 @@ impl Vfs {
     pub fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> VfsResult<Attr> {
         let out = self.setattr_journaled(ino, fh, set)?;
         // Durable before the call returns; synced outside the core's lock.
-        self.journal.sync()?;
+        self.journal.make_durable()?;
         Ok(out)
     }
 
@@ -1460,7 +1460,7 @@ impl Vfs {
     pub fn unlink(&self, parent: Ino, name: &str) -> VfsResult<()> {
         self.unlink_journaled(parent, name)?;
         // Durable before the call returns; synced outside the core's lock.
-        self.journal.sync()
+        self.journal.make_durable()
     }
 
     fn unlink_journaled(&self, parent: Ino, name: &str) -> VfsResult<()> {
@@ -1477,7 +1477,7 @@ impl Vfs {
     pub fn rmdir(&self, parent: Ino, name: &str) -> VfsResult<()> {
         self.rmdir_journaled(parent, name)?;
         // Durable before the call returns; synced outside the core's lock.
-        self.journal.sync()
+        self.journal.make_durable()
     }
 
     fn rmdir_journaled(&self, parent: Ino, name: &str) -> VfsResult<()> {
@@ -1551,7 +1551,7 @@ impl Vfs {
     pub fn rename(&self, parent: Ino, name: &str, new_parent: Ino, new_name: &str, no_replace: bool) -> VfsResult<()> {
         self.rename_journaled(parent, name, new_parent, new_name, no_replace)?;
         // Durable before the call returns; synced outside the core's lock.
-        self.journal.sync()
+        self.journal.make_durable()
     }
 
     fn rename_journaled(

@@ -27,7 +27,7 @@ const FAILED_RETRY: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Default)]
-pub struct SyncStatus {
+pub struct ReplicatorStatus {
     /// The last round could reach the server.
     pub online: bool,
     /// Why the server could not be reached or refused, if it did.
@@ -35,12 +35,12 @@ pub struct SyncStatus {
     pub commits: u64,
 }
 
-pub struct SyncWorker {
+pub struct Replicator {
     pub vfs: Arc<Vfs>,
     client: Client,
     project: String,
     agent_id: Option<String>,
-    status: Mutex<SyncStatus>,
+    status: Mutex<ReplicatorStatus>,
     /// Records the server refused, and when to try them again.
     refused: Mutex<HashMap<u64, Instant>>,
     /// Recently acknowledged changes with their time, for `flush` reports.
@@ -56,7 +56,7 @@ pub struct Acked {
     pub outcome: String,
 }
 
-/// How many acknowledged changes [`SyncWorker::acked_since`] remembers.
+/// How many acknowledged changes [`Replicator::acked_since`] remembers.
 const ACKED_KEPT: usize = 100_000;
 
 /// What one drain round achieved.
@@ -110,7 +110,7 @@ fn commit_key(uid: u64, rev: u64, op: &DrainOp) -> String {
     format!("u{uid:016x}-r{rev}-{}", &digest[..32])
 }
 
-impl SyncWorker {
+impl Replicator {
     pub fn new(vfs: Arc<Vfs>, client: Client, project: String, agent_id: Option<String>) -> Self {
         // From now on fsync waits for the server (until a round fails to reach it).
         vfs.round_finished(true);
@@ -119,7 +119,7 @@ impl SyncWorker {
             client,
             project,
             agent_id,
-            status: Mutex::new(SyncStatus {
+            status: Mutex::new(ReplicatorStatus {
                 online: true,
                 ..Default::default()
             }),
@@ -153,7 +153,7 @@ impl SyncWorker {
         last.into_iter().collect()
     }
 
-    pub fn status(&self) -> SyncStatus {
+    pub fn status(&self) -> ReplicatorStatus {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
@@ -250,7 +250,7 @@ impl SyncWorker {
         // Acknowledgements were appended without waiting; make them durable
         // so a restart does not resend (harmless, but wasted work).
         if round.done > 0 {
-            if let Err(e) = self.vfs.sync_journal() {
+            if let Err(e) = self.vfs.make_journal_durable() {
                 tracing::warn!(error = %e, "cannot sync the journal");
             }
         }
