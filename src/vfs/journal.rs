@@ -16,9 +16,14 @@
 //! in a crash only means a record is sent again, and its idempotency key makes
 //! the server answer with the version it already made.
 //!
-//! Replay reads frames up to the first torn or corrupt one. The log is
-//! compacted (live records only) when the journal is opened and whenever it
-//! empties. Small contents are stored inside the record; larger ones as
+//! Replay keeps every complete frame whose checksum holds. A torn or corrupt
+//! frame (a power loss mid-write, a bad sector) is skipped with a warning
+//! naming its offset and length, and replay resynchronises on the next valid
+//! frame, so one bad frame in the middle never hides the frames after it. A
+//! write that fails part-way (EIO, ENOSPC, EFBIG) is cut off again before
+//! anything else is appended: the log never holds a torn frame followed by
+//! frames that were reported durable. The log is compacted (live records
+//! only) when the journal is opened and whenever it empties. Small contents are stored inside the record; larger ones as
 //! `STATE/pending/<hash>` files written (and fsynced) before their record.
 
 use std::collections::HashMap;
@@ -108,8 +113,15 @@ struct Log {
     syncing: bool,
     /// Live records, to compact the log.
     live: HashMap<u64, Record>,
-    /// Bytes in the log file.
+    /// Bytes in the log file: where the next write starts.
     size: u64,
+    /// A failed write left bytes past `size` that could not be cut off: the
+    /// next write rewrites the whole log instead of appending after them.
+    torn: bool,
+    /// Test hook: the next write stops after this many bytes and fails, as a
+    /// full disk or an I/O error would.
+    #[cfg(test)]
+    fail_write_after: Option<usize>,
 }
 
 /// Compact when the log grows past this (it is also compacted whenever it empties).
@@ -138,27 +150,53 @@ fn encode(entry: &Entry, out: &mut Vec<u8>) -> Result<(), VfsError> {
     Ok(())
 }
 
-/// Frames up to the first torn or corrupt one, and where that one starts.
-fn decode(bytes: &[u8]) -> (Vec<Entry>, usize) {
-    let mut entries = Vec::new();
-    let mut pos = 0;
-    while pos + 12 <= bytes.len() {
-        let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]) as usize;
-        let end = pos + 12 + len;
-        if end > bytes.len() {
-            break;
-        }
-        let json = &bytes[pos + 12..end];
-        if blake3::hash(json).as_bytes()[..8] != bytes[pos + 4..pos + 12] {
-            break;
-        }
-        match serde_json::from_slice::<Entry>(json) {
-            Ok(entry) => entries.push(entry),
-            Err(_) => break,
-        }
-        pos = end;
+/// A frame longer than this is taken for garbage while resynchronising.
+const MAX_FRAME: usize = 64 << 20;
+
+/// The frame starting at `pos`, and where it ends, if it is complete and intact.
+fn frame_at(bytes: &[u8], pos: usize) -> Option<(Entry, usize)> {
+    let header = bytes.get(pos..pos + 12)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > MAX_FRAME {
+        return None;
     }
-    (entries, pos)
+    let json = bytes.get(pos + 12..pos + 12 + len)?;
+    if json.first() != Some(&b'{') || blake3::hash(json).as_bytes()[..8] != header[4..12] {
+        return None;
+    }
+    let entry = serde_json::from_slice::<Entry>(json).ok()?;
+    Some((entry, pos + 12 + len))
+}
+
+/// A stretch of the log that held no valid frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Skipped {
+    offset: usize,
+    len: usize,
+}
+
+/// Every intact frame, resynchronising after a torn or corrupt one on the
+/// next offset where an intact frame starts; and the stretches skipped.
+fn decode(bytes: &[u8]) -> (Vec<Entry>, Vec<Skipped>) {
+    let mut entries = Vec::new();
+    let mut skipped = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        if let Some((entry, end)) = frame_at(bytes, pos) {
+            entries.push(entry);
+            pos = end;
+            continue;
+        }
+        let next = (pos + 1..bytes.len())
+            .find(|&p| frame_at(bytes, p).is_some())
+            .unwrap_or(bytes.len());
+        skipped.push(Skipped {
+            offset: pos,
+            len: next - pos,
+        });
+        pos = next;
+    }
+    (entries, skipped)
 }
 
 impl Journal {
@@ -185,6 +223,9 @@ impl Journal {
                 syncing: false,
                 live,
                 size,
+                torn: false,
+                #[cfg(test)]
+                fail_write_after: None,
             }),
             synced: Condvar::new(),
         })
@@ -196,10 +237,16 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io("read", path, e)),
         };
-        let (entries, valid) = decode(&bytes);
-        if valid < bytes.len() {
-            // A torn tail: the write that was cut off never returned success.
-            tracing::warn!(path = %path.display(), dropped = bytes.len() - valid, "journal: ignoring a torn tail");
+        let (entries, skipped) = decode(&bytes);
+        for s in &skipped {
+            // A write that was cut off (it never returned success), or damage.
+            tracing::warn!(
+                path = %path.display(),
+                offset = s.offset,
+                bytes = s.len,
+                at_tail = s.offset + s.len == bytes.len(),
+                "journal: skipping a torn or corrupt frame; every intact frame around it is kept"
+            );
         }
         let mut live = HashMap::new();
         for entry in entries {
@@ -291,23 +338,48 @@ impl Journal {
                 log = self.synced.wait(log).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
+            if log.torn {
+                // A failed write left bytes that could not be cut off: rewrite
+                // the log from the live records (they include the buffer).
+                self.rewrite(&mut log)?;
+                self.synced.notify_all();
+                continue;
+            }
             log.syncing = true;
             let batch = std::mem::take(&mut log.buffer);
             let upto = log.appended;
-            let file = log.file.try_clone().map_err(|e| io("open", &self.log_path, e));
+            let start = log.size;
+            #[cfg(test)]
+            let fail_after = log.fail_write_after.take();
+            #[cfg(not(test))]
+            let fail_after: Option<usize> = None;
+            // Nothing reached the file if it cannot even be reopened.
+            let file = log.file.try_clone().map_err(|e| (io("open", &self.log_path, e), true));
             drop(log);
             let result = file.and_then(|mut f| {
-                f.write_all(&batch).map_err(|e| io("write", &self.log_path, e))?;
-                f.sync_data().map_err(|e| io("fsync", &self.log_path, e))
+                let write = match fail_after {
+                    Some(n) => f
+                        .write_all(&batch[..n.min(batch.len())])
+                        .and(Err(std::io::Error::from_raw_os_error(libc::EIO))),
+                    None => f.write_all(&batch),
+                };
+                write.map_err(|e| {
+                    // Cut off whatever part of the batch reached the file, so
+                    // the retry does not append after a torn frame.
+                    let cut = f.set_len(start).and_then(|()| f.sync_data());
+                    (io("write", &self.log_path, e), cut.is_ok())
+                })?;
+                f.sync_data().map_err(|e| (io("fsync", &self.log_path, e), false))
             });
             log = self.lock();
             log.syncing = false;
-            if let Err(e) = result {
-                // Keep the frames for the next attempt; a frame that did reach
-                // the file is harmless to repeat (replay keeps the last one).
+            if let Err((e, cut)) = result {
+                // Keep the frames for the next attempt. After a failed fsync
+                // the file's state is unknown, so that attempt rewrites it.
                 let newer = std::mem::take(&mut log.buffer);
                 log.buffer = batch;
                 log.buffer.extend_from_slice(&newer);
+                log.torn |= !cut;
                 self.synced.notify_all();
                 return Err(e);
             }
@@ -320,18 +392,26 @@ impl Journal {
         }
     }
 
+    /// Rewrites the log from the live records, which already hold every
+    /// appended frame: afterwards nothing is buffered and all is durable.
+    fn rewrite(&self, log: &mut Log) -> Result<(), VfsError> {
+        let file = Self::write_compacted(&self.dir, &self.log_path, &log.live)?;
+        log.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        log.file = file;
+        log.buffer.clear();
+        log.durable = log.appended;
+        log.torn = false;
+        Ok(())
+    }
+
     /// Rewrites the log with its live records. Runs with the log locked and
     /// nothing buffered or in flight, so no frame can be lost.
     fn compact(&self, log: &mut Log) {
         if !log.buffer.is_empty() || log.syncing || log.durable != log.appended {
             return;
         }
-        match Self::write_compacted(&self.dir, &self.log_path, &log.live) {
-            Ok(file) => {
-                log.size = file.metadata().map(|m| m.len()).unwrap_or(0);
-                log.file = file;
-            }
-            Err(e) => tracing::warn!(error = %e, "journal compaction failed; the log keeps growing"),
+        if let Err(e) = self.rewrite(log) {
+            tracing::warn!(error = %e, "journal compaction failed; the log keeps growing");
         }
     }
 
@@ -502,6 +582,96 @@ mod tests {
         bytes[last] ^= 0xff;
         std::fs::write(&log, &bytes).unwrap();
         assert_eq!(Journal::open(dir.path()).unwrap().load().unwrap().len(), 1);
+    }
+
+    fn uids_after_reopen(dir: &Path) -> Vec<u64> {
+        let mut uids: Vec<u64> = Journal::open(dir)
+            .unwrap()
+            .load()
+            .unwrap()
+            .iter()
+            .map(|r| r.uid)
+            .collect();
+        uids.sort();
+        uids
+    }
+
+    /// A write that fails part-way (EIO, ENOSPC, EFBIG) leaves no torn frame
+    /// in front of the frames that later syncs report durable.
+    #[test]
+    fn a_write_failing_mid_frame_loses_nothing_synced_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.write(&record(1)).unwrap();
+        j.make_durable().unwrap();
+        j.write(&record(2)).unwrap();
+        j.lock().fail_write_after = Some(20); // inside the frame's JSON
+        let err = j
+            .make_durable()
+            .expect_err("the injected write failure must reach the caller");
+        assert_eq!(err.errno, libc::EIO);
+        j.write(&record(3)).unwrap();
+        j.make_durable().unwrap();
+        j.write(&record(4)).unwrap();
+        j.make_durable().unwrap();
+        let on_disk = std::fs::read(dir.path().join("journal/journal.log")).unwrap();
+        assert_eq!(decode(&on_disk).1, [], "the torn part of the failed write was cut off");
+        drop(j);
+        assert_eq!(uids_after_reopen(dir.path()), [1, 2, 3, 4]);
+    }
+
+    /// When the torn bytes cannot be cut off, the next sync rewrites the log.
+    #[test]
+    fn a_torn_write_that_cannot_be_cut_off_is_rewritten_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.write(&record(1)).unwrap();
+        j.make_durable().unwrap();
+        // What a failed write leaves when truncating it fails too.
+        let mut half = Vec::new();
+        encode(&Entry::Put(record(9)), &mut half).unwrap();
+        let log_path = dir.path().join("journal/journal.log");
+        let mut f = OpenOptions::new().append(true).open(&log_path).unwrap();
+        f.write_all(&half[..half.len() / 2]).unwrap();
+        j.lock().torn = true;
+        j.write(&record(2)).unwrap();
+        j.make_durable().unwrap();
+        assert!(!j.lock().torn);
+        j.write(&record(3)).unwrap();
+        j.make_durable().unwrap();
+        drop(j);
+        assert_eq!(uids_after_reopen(dir.path()), [1, 2, 3]);
+    }
+
+    /// A torn or corrupt frame in the middle hides none of the frames after it.
+    #[test]
+    fn replay_resynchronises_after_a_bad_frame_in_the_middle() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("journal")).unwrap();
+        let log = dir.path().join("journal/journal.log");
+        let frame = |uid| {
+            let mut b = Vec::new();
+            encode(&Entry::Put(record(uid)), &mut b).unwrap();
+            b
+        };
+        // 1, half of 2, 3, 4 with a flipped byte, 5.
+        let mut bytes = frame(1);
+        bytes.extend_from_slice(&frame(2)[..30]);
+        bytes.extend(frame(3));
+        let mut corrupt = frame(4);
+        let mid = corrupt.len() / 2;
+        corrupt[mid] ^= 0x55;
+        bytes.extend(corrupt);
+        bytes.extend(frame(5));
+        let (entries, skipped) = decode(&bytes);
+        assert_eq!(entries.len(), 3);
+        assert_eq!(skipped.len(), 2, "the torn and the corrupt frame: {skipped:?}");
+        assert_eq!(skipped[0].offset, frame(1).len());
+        assert_eq!(skipped[0].len, 30);
+        std::fs::write(&log, &bytes).unwrap();
+        assert_eq!(uids_after_reopen(dir.path()), [1, 3, 5]);
+        // Opening compacted the log: it now holds only intact frames.
+        assert!(decode(&std::fs::read(&log).unwrap()).1.is_empty());
     }
 
     #[test]
