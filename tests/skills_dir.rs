@@ -104,7 +104,7 @@ impl Setup {
         let token = s.project_with_token(project).await;
         let home = Arc::new(tempfile::tempdir().expect("temp dir"));
         Setup {
-            client: MountClient::new(home, "mnt", &s.base, project, &token),
+            client: MountClient::new(home, "mnt", &s.mount_url(), project, &token),
             pids: Mutex::new(Vec::new()),
         }
     }

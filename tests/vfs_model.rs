@@ -859,7 +859,7 @@ fn run_model(ops: &[Op], with_server: bool, remount: bool) -> Result<(), TestCas
     let mut planned = 0;
     for item in plan(&vfs) {
         if let DrainOp::Delete { node, .. } = item.op {
-            prop_assert_eq!(vfs.ack_delete(item.uid, item.rev, node), Ok(()));
+            prop_assert_eq!(vfs.ack_delete(item.uid, item.rev, node, &[]), Ok(()));
             planned += 1;
         }
     }
@@ -1702,7 +1702,7 @@ fn recreating_a_deleted_path_waits_for_the_deletion() {
         let DrainOp::Delete { node, .. } = item.op else {
             unreachable!()
         };
-        vfs.ack_delete(item.uid, item.rev, node).unwrap();
+        vfs.ack_delete(item.uid, item.rev, node, &[]).unwrap();
     }
     let mut next = describe(&plan(&vfs));
     next.sort();

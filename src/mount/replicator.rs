@@ -184,15 +184,22 @@ impl Replicator {
                 break;
             }
             let mut progressed = 0;
+            // Contents are independent of each other, and so are deletions
+            // at one depth (children go before their parents): those run
+            // concurrently. Namespace changes run one by one, in order.
+            let phase_of = |item: &DrainItem| match item.order_key() {
+                (3, depth) => (3, depth),
+                (kind, _) => (kind, 0),
+            };
             let mut phases: Vec<Vec<DrainItem>> = Vec::new();
             for item in plan {
                 match phases.last_mut() {
-                    Some(last) if last[0].order_key().0 == item.order_key().0 => last.push(item),
+                    Some(last) if phase_of(&last[0]) == phase_of(&item) => last.push(item),
                     _ => phases.push(vec![item]),
                 }
             }
             for phase in phases {
-                let concurrent = phase[0].order_key().0 == 2;
+                let concurrent = matches!(phase_of(&phase[0]).0, 2 | 3);
                 let outcomes: Vec<(DrainItem, Outcome)> = if concurrent {
                     stream::iter(phase)
                         .map(|item| async move {
@@ -261,6 +268,8 @@ impl Replicator {
 
     async fn execute(&self, item: &DrainItem) -> Outcome {
         let p = &self.project;
+        // Until its answer is applied, the feed's echo of a create waits.
+        let _in_flight = self.vfs.sending(item);
         match &item.op {
             DrainOp::Forget => match self.vfs.forget_record(item.uid, item.rev) {
                 Ok(()) => Outcome::Done,
@@ -282,6 +291,7 @@ impl Replicator {
                 }
             }
             DrainOp::Rename { node, from, to } => {
+                let from = &self.vfs.server_path_now(item.uid).unwrap_or_else(|| from.clone());
                 let req = RenameRequest {
                     from: from.clone(),
                     to: to.clone(),
@@ -367,6 +377,7 @@ impl Replicator {
                 }
             }
             DrainOp::Delete { node, path, recursive } => {
+                let path = &self.vfs.server_path_now(item.uid).unwrap_or_else(|| path.clone());
                 let req = DeleteRequest {
                     path: path.clone(),
                     base_version: None,
@@ -376,12 +387,12 @@ impl Replicator {
                     node: Some(*node),
                 };
                 match self.client.delete(p, &req).await {
-                    Ok(_) => {
+                    Ok(response) => {
                         self.note(path.as_str(), "deleted");
-                        self.local(self.vfs.ack_delete(item.uid, item.rev, *node))
+                        self.local(self.vfs.ack_delete(item.uid, item.rev, *node, &response.deleted))
                     }
                     Err(e) if e.status() == Some(StatusCode::NOT_FOUND) || e.code() == Some("node_mismatch") => {
-                        self.local(self.vfs.ack_delete(item.uid, item.rev, *node))
+                        self.local(self.vfs.ack_delete(item.uid, item.rev, *node, &[]))
                     }
                     Err(e) => classify(e),
                 }

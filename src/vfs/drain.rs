@@ -118,9 +118,14 @@ impl Vfs {
         let now = now_millis();
         let mut items = Vec::new();
         let mut deleting = std::collections::HashSet::new();
+        // Directories whose own change waits for a later round.
+        let mut waiting = std::collections::HashSet::new();
         for record in st.records.values() {
             let ready = Self::ready_in_ms(record, now, min_age_ms, &urgent) == 0 && !skip(record.uid);
             if !ready && !record.deleted {
+                if record.kind == NodeKind::Dir {
+                    waiting.insert(record.uid);
+                }
                 continue;
             }
             match self.plan_record(&st, record) {
@@ -148,9 +153,24 @@ impl Vfs {
             let path = path.as_str();
             deleting.contains(path) || path.match_indices('/').any(|(i, _)| deleting.contains(&path[..i]))
         };
+        // Whatever lies below a directory whose rename or mkdir is not in
+        // this plan waits too: its path assumes that change has been made
+        // (sent now, a new file would make the server create the renamed
+        // directory's new path, and the rename would then find it taken).
+        let below_waiting = |uid: u64| {
+            let mut current = st.by_uid.get(&uid).and_then(|i| st.inodes.get(i)).map(|i| i.parent);
+            while let Some(ino) = current.filter(|i| *i != ROOT_INO) {
+                let Some(dir) = st.inodes.get(&ino) else { break };
+                if waiting.contains(&dir.uid) {
+                    return true;
+                }
+                current = Some(dir.parent);
+            }
+            false
+        };
         items.retain(|i| match &i.op {
             DrainOp::Mkdir { path, .. } | DrainOp::Commit { path, .. } | DrainOp::Rename { to: path, .. } => {
-                !blocked(path)
+                !blocked(path) && (waiting.is_empty() || !below_waiting(i.uid))
             }
             DrainOp::Delete { .. } | DrainOp::Forget => true,
         });
@@ -189,7 +209,16 @@ impl Vfs {
         let source = || -> ContentSource {
             match (Journal::inline_bytes(r), &r.content) {
                 (Some(bytes), _) => ContentSource::Inline(bytes),
-                (None, Some(hash)) => ContentSource::File(self.journal.pending_blob_path(hash)),
+                (None, Some(hash)) => {
+                    let staged = self.journal.pending_blob_path(hash);
+                    // No pending file: the content is one the server already
+                    // has (a node re-committed as new after `unbind`).
+                    if staged.exists() {
+                        ContentSource::File(staged)
+                    } else {
+                        ContentSource::Server
+                    }
+                }
                 (None, None) => ContentSource::Server,
             }
         };
@@ -357,13 +386,25 @@ impl Vfs {
         if !gone || st.records.contains_key(&uid) {
             return Ok(false);
         }
+        st.local_news.deleting(v.node);
+        // The directory the server put it in, so the deletion follows that
+        // directory if it is renamed before the deletion is sent.
+        let parent = match v.path.rsplit_once('/') {
+            None => ParentRef::Root,
+            Some((dir, _)) => st
+                .inodes
+                .iter()
+                .find(|(_, i)| !i.unlinked && i.server.as_ref().is_some_and(|s| s.path == dir))
+                .map(|(ino, _)| Self::parent_ref(st, *ino))
+                .unwrap_or(ParentRef::Root),
+        };
         let record = Record {
             uid,
             rev: 1,
             node: Some(v.node),
             base_version: Some(v.version),
             server_path: Some(v.path.clone()),
-            parent: super::journal::ParentRef::Root,
+            parent,
             name: v.path.rsplit('/').next().unwrap_or(&v.path).to_string(),
             deleted: true,
             kind: v.kind,
@@ -489,9 +530,26 @@ impl Vfs {
         Ok(())
     }
 
-    /// A deletion reached the server (or the node was already gone).
-    pub fn ack_delete(&self, uid: u64, rev: u64, node: i64) -> VfsResult<()> {
+    /// Where the server has the node a record names, now. Renames of its
+    /// ancestors acknowledged since the plan was made have moved it, so a
+    /// rename or deletion sends this instead of the path it was planned with
+    /// (sent with a stale path, the server would refuse it as `node_mismatch`).
+    pub fn server_path_now(&self, uid: u64) -> Option<WsPath> {
+        let st = self.lock();
+        WsPath::parse(st.records.get(&uid)?.server_path.as_deref()?).ok()
+    }
+
+    /// A deletion reached the server: `tombstones` are the versions it made
+    /// (none when the node was no longer where this mount deleted it, in
+    /// which case the server's later news of it is applied as usual).
+    pub fn ack_delete(&self, uid: u64, rev: u64, node: i64, tombstones: &[VersionInfo]) -> VfsResult<()> {
         let mut st = self.lock();
+        if tombstones.is_empty() {
+            st.local_news.delete_refused(node);
+        }
+        for t in tombstones {
+            st.local_news.deleted(t.node, t.version);
+        }
         if st
             .by_node
             .get(&node)

@@ -14,6 +14,7 @@
 pub mod drain;
 pub mod journal;
 pub mod kernel_io;
+pub mod ordering;
 pub mod remote;
 pub mod replay;
 
@@ -310,6 +311,8 @@ struct State {
     kernel_io: KernelIoTable,
     /// The directory that shows the published skills, if this mount has one.
     skills_root: Option<Ino>,
+    /// What this mount did that the server's news may not show yet.
+    local_news: ordering::LocalNews,
 }
 
 pub struct Vfs {
@@ -386,6 +389,7 @@ impl Vfs {
             cursor: 0,
             kernel_io: KernelIoTable::default(),
             skills_root: None,
+            local_news: ordering::LocalNews::default(),
         };
         Ok(Self {
             state: Mutex::new(state),
@@ -1439,7 +1443,8 @@ impl Vfs {
     fn journal_deletion(&self, st: &mut State, ino: Ino) -> VfsResult<()> {
         let inode = Self::get(st, ino)?;
         match &inode.server {
-            Some(_) => {
+            Some(server) => {
+                st.local_news.deleting(server.node);
                 let mut record = Self::next_record(st, ino)?;
                 record.deleted = true;
                 record.content = None;

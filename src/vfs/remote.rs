@@ -51,6 +51,7 @@ impl Vfs {
             for e in events {
                 st.cursor = st.cursor.max(e.seq);
                 self.apply_event(&mut st, e, &mut invalidations);
+                st.local_news.seen(e);
             }
         }
         self.invalidate(invalidations);
@@ -156,7 +157,7 @@ impl Vfs {
                 }
             }
             None => {
-                if e.deleted {
+                if e.deleted || st.local_news.is_stale(e) {
                     return;
                 }
                 let Some(parent) = Self::resolve(st, parent_path) else {

@@ -3,12 +3,16 @@
 
 #![allow(dead_code)]
 
+pub mod latency;
 pub mod mount;
 pub mod process;
+pub mod workspace;
 #[allow(unused_imports)] // not every test file mounts
 pub use mount::*;
 #[allow(unused_imports)] // not every test file runs programs
 pub use process::*;
+#[allow(unused_imports)] // only the mount suites use it
+pub use workspace::*;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -645,6 +649,9 @@ pub struct TestServer {
     extra_env: Vec<(String, String)>,
     child: Option<Child>,
     starts: usize,
+    /// With `CONTEXTFS_TEST_LATENCY_MS` set: the slow, reordering way in
+    /// that mounts use (see [`TestServer::mount_url`]).
+    proxy: Option<latency::LatencyProxy>,
 }
 
 impl Deref for TestServer {
@@ -709,6 +716,7 @@ impl TestServer {
             extra_env,
             child: None,
             starts: 0,
+            proxy: None,
         };
         server.spawn().await;
         server
@@ -736,8 +744,38 @@ impl TestServer {
 
     async fn spawn(&mut self) {
         match self.spawn_listening_on("127.0.0.1:0").await {
-            Ok(addr) => self.api.base = format!("http://{addr}"),
+            Ok(addr) => {
+                self.api.base = format!("http://{addr}");
+                self.route_mounts_to(addr);
+            }
             Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// Points the latency proxy (started on first use) at `addr`.
+    fn route_mounts_to(&mut self, addr: SocketAddr) {
+        match (&self.proxy, latency::latency_from_env()) {
+            (Some(proxy), _) => proxy.set_upstream(addr),
+            (None, Some((min, max))) => self.proxy = Some(latency::LatencyProxy::start(addr, min, max)),
+            (None, None) => {}
+        }
+    }
+
+    /// From now on mounts reach this server through a proxy that adds
+    /// `min..=max` to every round trip and reorders concurrent answers
+    /// (whatever `CONTEXTFS_TEST_LATENCY_MS` says).
+    pub fn slow_down_mounts(&mut self, min: Duration, max: Duration) {
+        let addr = self.listen_addr().parse().expect("the server's address");
+        self.proxy = Some(latency::LatencyProxy::start(addr, min, max));
+    }
+
+    /// The URL mounts use: the server itself, or with
+    /// `CONTEXTFS_TEST_LATENCY_MS` set, a proxy that delays and reorders
+    /// every request and answer. The test's own API calls stay direct.
+    pub fn mount_url(&self) -> String {
+        match &self.proxy {
+            Some(proxy) => proxy.url(),
+            None => self.api.base.clone(),
         }
     }
 

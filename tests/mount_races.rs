@@ -1,0 +1,182 @@
+//! The mount against a slow server: every request and answer between the
+//! mount and a real `contextfs serve` goes through a proxy that delays it by
+//! a random 20–100 ms per round trip and so reorders concurrent answers.
+//! Local operations must behave as on a local disk whatever the server's
+//! latency: nothing the user deleted comes back, nothing written is lost,
+//! and the mount, a second mount and the server end up agreeing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use contextfs::api::NodeKind;
+use contextfs::model::BlobHash;
+
+const SLOW_MIN: Duration = Duration::from_millis(20);
+const SLOW_MAX: Duration = Duration::from_millis(100);
+
+/// Every entry under `dir`: a file's hash, or `None` for a directory.
+fn entries_under(dir: &Path) -> BTreeMap<String, Option<BlobHash>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current).unwrap_or_else(|e| panic!("read {}: {e}", current.display())) {
+            let entry = entry.expect("dir entry");
+            let rel = entry.path().strip_prefix(dir).expect("below dir").display().to_string();
+            if rel == "skills" && current == dir {
+                continue; // the mount's read-only skills tree
+            }
+            let kind = entry.file_type().expect("file type");
+            if kind.is_dir() {
+                stack.push(entry.path());
+                out.insert(rel, None);
+            } else {
+                let bytes = std::fs::read(entry.path()).expect("read file");
+                out.insert(rel, Some(BlobHash::of(&bytes)));
+            }
+        }
+    }
+    out
+}
+
+/// The server's tree in the same shape as [`entries_under`].
+async fn server_entries(s: &TestServer, project: &str) -> Result<BTreeMap<String, Option<BlobHash>>, String> {
+    Ok(tree_map(s, project)
+        .await?
+        .into_iter()
+        .map(|(path, e)| (path, (e.kind != NodeKind::Dir).then_some(e.hash)))
+        .collect())
+}
+
+/// `rm -rf` of a directory whose files were created a moment ago, while
+/// their commits are still in flight: the issue's reproduction, three times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rm_rf_right_after_a_burst_of_creates_succeeds_and_nothing_comes_back() {
+    let mut s = TestServer::start().await;
+    s.slow_down_mounts(SLOW_MIN, SLOW_MAX);
+    let p = "rmrf";
+    let m = MountedWorkspace::create(&s, p, "agent-rmrf").await;
+    for round in 0..3 {
+        m.sh_ok(&format!(
+            "mkdir rr{round} && python3 -c \"
+for i in range(1000): open(f'rr{round}/f{{i}}', 'w').write('x' * 100)
+\" && sleep 0.5 && rm -rf rr{round} && test ! -e rr{round}"
+        ));
+    }
+    m.sh_ok("echo kept > kept.md");
+    m.wait_synced().await;
+    eventually("the server holds kept.md and nothing of rr*", || async {
+        let t = server_entries(&s, p).await?;
+        let left: Vec<&String> = t.keys().filter(|k| k.starts_with("rr")).collect();
+        if left.is_empty() && t.contains_key("kept.md") {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} rr* entries left, e.g. {:?}",
+                left.len(),
+                left.iter().take(5).collect::<Vec<_>>()
+            ))
+        }
+    })
+    .await;
+    // Give the change feed time to deliver every echo of those commits:
+    // none may bring a deleted file back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let shown = entries_under(&m.dir);
+    assert_eq!(
+        shown.keys().collect::<Vec<_>>(),
+        ["kept.md"],
+        "the mount shows more than it should"
+    );
+}
+
+/// Creates, renames, rename-overs and deletions in bursts, in a mount that a
+/// second mount of the project watches: the mount ends as a local disk
+/// would (the same script in a plain folder is the oracle), and the server
+/// and the second mount agree with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_namespace_changes_converge_on_the_mount_a_second_mount_and_the_server() {
+    let mut s = TestServer::start().await;
+    s.slow_down_mounts(SLOW_MIN, SLOW_MAX);
+    let p = "bursts";
+    let m = MountedWorkspace::create(&s, p, "agent-bursts").await;
+    let watcher = m.another("mnt2", "agent-watcher");
+    let script = r#"
+set -e
+for r in 1 2 3; do
+    mkdir -p burst$r/a burst$r/b
+    for i in $(seq 1 150); do echo "round $r file $i" > burst$r/a/f$i; done
+    for i in $(seq 1 75); do mv burst$r/a/f$i burst$r/b/g$i; done
+    for i in $(seq 3 3 150); do rm -f burst$r/a/f$i burst$r/b/g$i; done
+    mkdir burst$r/tmp
+    for i in $(seq 1 40); do echo scratch > burst$r/tmp/t$i; done
+    rm -rf burst$r/tmp
+    for i in $(seq 1 40); do echo "saved $i" > burst$r/b/.g$i.swp && mv burst$r/b/.g$i.swp burst$r/b/g$i; done
+    for i in $(seq 1 30); do echo gone > burst$r/x$i && rm burst$r/x$i; done
+done
+rm -rf burst2
+mv burst3 burst4
+mv burst1/b burst4/moved
+"#;
+    let native = tempfile::tempdir().expect("temp dir");
+    let ran = std::process::Command::new("bash")
+        .args(["-c", script])
+        .current_dir(native.path())
+        .output()
+        .expect("run bash");
+    assert!(
+        ran.status.success(),
+        "the script fails on a plain folder: {}",
+        both(&ran)
+    );
+    let want = entries_under(native.path());
+    assert!(
+        want.len() > 200,
+        "the script leaves too little to compare: {}",
+        want.len()
+    );
+
+    m.sh_ok(script);
+    assert_eq!(
+        entries_under(&m.dir),
+        want,
+        "right after the script the mount differs from a plain folder"
+    );
+    m.wait_synced().await;
+    eventually("the server holds exactly what the plain folder holds", || async {
+        let got = server_entries(&s, p).await?;
+        if got == want {
+            Ok(())
+        } else {
+            Err(diff(&want, &got))
+        }
+    })
+    .await;
+    eventually("the second mount shows exactly that too", || async {
+        let got = entries_under(&watcher.dir);
+        if got == want {
+            Ok(())
+        } else {
+            Err(diff(&want, &got))
+        }
+    })
+    .await;
+    // Late echoes of the mount's own commits change nothing.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(entries_under(&m.dir), want, "the mount changed after it had synced");
+}
+
+fn diff(want: &BTreeMap<String, Option<BlobHash>>, got: &BTreeMap<String, Option<BlobHash>>) -> String {
+    let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).take(8).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).take(8).collect();
+    let changed: Vec<&String> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+        .map(|(k, _)| k)
+        .take(8)
+        .collect();
+    format!("missing {missing:?}, extra {extra:?}, different {changed:?}")
+}
