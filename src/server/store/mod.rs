@@ -11,6 +11,7 @@ mod namespace;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;
+mod txn;
 
 use std::sync::LazyLock;
 
