@@ -129,6 +129,7 @@ fn run_batch(conn: &Connection, batch: Vec<Box<dyn Job>>) {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::{c_char, c_int, c_void, CStr};
     use std::path::Path;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -197,22 +198,32 @@ mod tests {
         assert!(rows(&path).is_empty());
     }
 
-    /// Denies `SAVEPOINT ...` (not RELEASE or ROLLBACK TO) on the connection
-    /// it is installed on.
-    unsafe extern "C" fn deny_savepoints(
-        _: *mut std::os::raw::c_void,
-        action: std::os::raw::c_int,
-        operation: *const std::os::raw::c_char,
-        _: *const std::os::raw::c_char,
-        _: *const std::os::raw::c_char,
-        _: *const std::os::raw::c_char,
-    ) -> std::os::raw::c_int {
-        let begins = !operation.is_null() && std::ffi::CStr::from_ptr(operation).to_bytes() == b"BEGIN";
-        if action == rusqlite::ffi::SQLITE_SAVEPOINT && begins {
+    /// An authorizer that denies the savepoint statements whose operation
+    /// (`BEGIN`, `RELEASE` or `ROLLBACK`) is the C string `denied` points to.
+    unsafe extern "C" fn deny_savepoint_op(
+        denied: *mut c_void,
+        action: c_int,
+        operation: *const c_char,
+        _: *const c_char,
+        _: *const c_char,
+        _: *const c_char,
+    ) -> c_int {
+        let denied = CStr::from_ptr(denied as *const c_char);
+        if action == rusqlite::ffi::SQLITE_SAVEPOINT && !operation.is_null() && CStr::from_ptr(operation) == denied {
             rusqlite::ffi::SQLITE_DENY
         } else {
             rusqlite::ffi::SQLITE_OK
         }
+    }
+
+    /// From now on `conn` refuses (SQLITE_AUTH) the savepoint operation `op`.
+    fn deny_savepoint(conn: &Connection, op: &'static CStr) {
+        // SAFETY: the handle is a live connection; the callback only reads
+        // its arguments and `op`, which lives for the whole program.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_set_authorizer(conn.handle(), Some(deny_savepoint_op), op.as_ptr() as *mut c_void)
+        };
+        assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
     }
 
     #[test]
@@ -222,14 +233,7 @@ mod tests {
         // The first job succeeds, then makes every later SAVEPOINT fail
         // (SQLITE_AUTH) through an authorizer on the writer's connection.
         let (first_ran, second_ran) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-        let (first, mut first_reply) = insert_job("a", first_ran.clone(), |conn| {
-            // SAFETY: the handle is the live connection the job runs on, and
-            // the callback is a plain function that reads only its arguments.
-            let rc = unsafe {
-                rusqlite::ffi::sqlite3_set_authorizer(conn.handle(), Some(deny_savepoints), std::ptr::null_mut())
-            };
-            assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
-        });
+        let (first, mut first_reply) = insert_job("a", first_ran.clone(), |conn| deny_savepoint(conn, c"BEGIN"));
         let (second, mut second_reply) = insert_job("b", second_ran.clone(), |_| {});
         run_batch(&conn, vec![first, second]);
         assert!(first_ran.load(Ordering::SeqCst));
@@ -240,5 +244,32 @@ mod tests {
             other => panic!("expected a backend error, got {other:?}"),
         }
         assert_eq!(rows(&path), ["a"]);
+    }
+
+    #[test]
+    fn a_failed_job_that_cannot_be_undone_fails_its_whole_batch() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (conn, path) = writer(&dir);
+        let (first, mut first_reply) = insert_job("a", Arc::new(AtomicBool::new(false)), |_| {});
+        // The second job writes, then fails; its savepoint cannot be rolled
+        // back (ROLLBACK TO is denied), so its write would reach the commit.
+        let (reply, mut failing_reply) = tokio::sync::oneshot::channel::<StoreResult<()>>();
+        let work = |conn: &Connection| {
+            deny_savepoint(conn, c"ROLLBACK");
+            conn.execute("INSERT INTO t (x) VALUES ('b')", [])?;
+            Err(StoreError::HeadMoved)
+        };
+        let failing: Box<dyn Job> = Box::new(Request { work, reply });
+        let third_ran = Arc::new(AtomicBool::new(false));
+        let (third, mut third_reply) = insert_job("c", third_ran.clone(), |_| {});
+        run_batch(&conn, vec![first, failing, third]);
+        assert!(
+            !third_ran.load(Ordering::SeqCst),
+            "a job ran in a batch that must roll back"
+        );
+        for reply in [&mut first_reply, &mut failing_reply, &mut third_reply] {
+            assert!(matches!(reply.try_recv(), Ok(Err(_))), "every job of the batch fails");
+        }
+        assert!(rows(&path).is_empty(), "nothing of the batch is committed");
     }
 }
