@@ -12,8 +12,8 @@
 //! PostgreSQL is reached through tokio-postgres, whose every query is a
 //! future; SQLite runs synchronously on its writer thread, inside the batch's
 //! transaction. A synchronous core would force PostgreSQL to block a runtime
-//! thread per query (or to plan every read before the first write, which the
-//! row locks make impossible). So the core is `async`, and the SQLite `Txn`
+//! thread on every query (reads depend on earlier reads and writes, so they
+//! cannot be planned ahead). So the core is `async`, and the SQLite `Txn`
 //! implements each method as an `async fn` that never awaits anything: its
 //! futures are ready on the first poll, and the writer thread drives a whole
 //! transaction with one `now_or_never()` (no executor, no waker, no runtime on
