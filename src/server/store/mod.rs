@@ -6,11 +6,15 @@
 //! Every mutating call is one transaction that also appends its change-feed
 //! events and audit rows, and every content write is a compare-and-set on the
 //! node's head version: that is the optimistic lock the whole service rests on.
+//!
+//! The namespace writes are written once, in `txn`, over the row access
+//! each store provides; `sqlite/` and `postgres/` hold what is theirs alone.
 
 mod namespace;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;
+mod txn;
 
 use std::sync::LazyLock;
 

@@ -11,7 +11,10 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::{backend, col, pg_error, read_snapshot, PostgresStore};
+use super::retry::pg_error;
+use super::rows::col;
+use super::{read_snapshot, PostgresStore};
+use crate::server::store::backend;
 use crate::server::store::records::*;
 use crate::server::store::StoreResult;
 

@@ -1,0 +1,142 @@
+//! The SQLite schema and opening a database: WAL mode, `synchronous=FULL`,
+//! the schema version check and an integrity check.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::server::store::{backend, StoreResult};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS projects (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    cursor INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL UNIQUE,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    access TEXT NOT NULL,
+    label TEXT,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    path TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    head INTEGER NOT NULL,
+    deleted_at INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS nodes_live_path ON nodes(project_id, path) WHERE deleted = 0;
+CREATE INDEX IF NOT EXISTS nodes_any_path ON nodes(project_id, path, deleted_at);
+CREATE TABLE IF NOT EXISTS versions (
+    node_id INTEGER NOT NULL REFERENCES nodes(id),
+    number INTEGER NOT NULL,
+    project_id INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    mode INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    status TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    parent INTEGER,
+    author TEXT NOT NULL,
+    agent_id TEXT,
+    message TEXT,
+    created_at INTEGER NOT NULL,
+    idempotency_key TEXT,
+    PRIMARY KEY (node_id, number)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS versions_idempotency ON versions(project_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    project_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    node_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    old_path TEXT,
+    PRIMARY KEY (project_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER,
+    created_at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    agent_id TEXT,
+    action TEXT NOT NULL,
+    path TEXT,
+    version INTEGER,
+    status TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_project ON audit(project_id, id);
+CREATE TABLE IF NOT EXISTS project_blobs (
+    project_id INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (project_id, hash)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS skills (
+    name TEXT PRIMARY KEY,
+    description TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS skill_files (
+    path TEXT PRIMARY KEY,
+    skill TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mode INTEGER NOT NULL
+);
+"#;
+
+/// One connection to the database at `path` (the writer's or a reader's).
+pub(super) fn open_connection(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;",
+    )?;
+    Ok(conn)
+}
+
+/// The writer's connection: creates the schema if needed, checks its version
+/// and the database's integrity.
+pub(super) fn open_database(path: &Path) -> StoreResult<Connection> {
+    let conn = open_connection(path)?;
+    conn.execute_batch(SCHEMA)?;
+    let found: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+        .optional()?;
+    match found {
+        None => {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                [SCHEMA_VERSION.to_string()],
+            )?;
+        }
+        Some(v) if v == SCHEMA_VERSION.to_string() => {}
+        Some(v) => {
+            return Err(backend(format!(
+                "database schema version {v} is not supported by this build (expects {SCHEMA_VERSION})"
+            )))
+        }
+    }
+    // An integrity check on open turns silent corruption into a loud refusal.
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(backend(format!(
+            "database {} failed its integrity check: {check}",
+            path.display()
+        )));
+    }
+    Ok(conn)
+}
