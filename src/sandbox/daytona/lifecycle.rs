@@ -1,5 +1,5 @@
 //! The life of a contextfs sandbox: [`create`] (token, sandbox, binary,
-//! mount or sync mode), [`exec`] (with revival of a stopped sandbox or a dead
+//! mount or copy mode), [`exec`] (with revival of a stopped sandbox or a dead
 //! mount) and [`destroy`] (flush, delete, revoke).
 
 use std::collections::BTreeMap;
@@ -10,10 +10,10 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 
 use super::api::{Daytona, DaytonaError, Toolbox};
+use super::copy_mode;
 use super::records::{CreateSandbox, ExecuteRequest};
 use super::scripts::{guarded_command, install_script, mount_script, tail, umount_script, MOUNT_ALIVE, NOT_MOUNTED};
 use super::state::{Mode, ModeChoice, SandboxRecord, StateLock};
-use super::sync;
 use super::{PROJECT_LABEL, SANDBOX_STATE, SKILLS, WORKSPACE};
 use crate::api::Access;
 use crate::client::{Client, ClientError};
@@ -173,7 +173,7 @@ pub async fn create(
             created_at: chrono::Utc::now().to_rfc3339(),
         };
         let mounted = match opts.mode {
-            ModeChoice::Sync => false,
+            ModeChoice::Copy => false,
             ModeChoice::Auto | ModeChoice::Mount => match mount_in(&toolbox, &record).await {
                 Ok(output) => {
                     for line in output.lines().filter(|l| l.starts_with("note:")) {
@@ -197,9 +197,9 @@ pub async fn create(
             },
         };
         if !mounted {
-            record.mode = Mode::Sync;
+            record.mode = Mode::Copy;
             let _lock = StateLock::acquire(&record.id)?;
-            let report = sync::pull(&record, &toolbox, &mut sync::Manifest::default()).await?;
+            let report = copy_mode::pull(&record, &toolbox, &mut copy_mode::Manifest::default()).await?;
             log(&format!(
                 "copied {} files and {} skill files into the sandbox",
                 report.uploaded, report.skills
@@ -314,11 +314,11 @@ pub struct ExecOptions {
 pub struct ExecOutcome {
     pub exit_code: i64,
     pub output: String,
-    /// Sync mode: what went in and what was committed.
-    pub sync: Option<sync::SyncReport>,
+    /// Copy mode: what went in and what was committed.
+    pub copied: Option<copy_mode::CopyReport>,
 }
 
-/// Runs a shell command in the sandbox. In sync mode the tree is brought up
+/// Runs a shell command in the sandbox. In copy mode the tree is brought up
 /// to date first and changes are committed afterwards. A sandbox Daytona
 /// stopped meanwhile is started again (and remounted) first; so is a mount
 /// that died.
@@ -370,21 +370,21 @@ pub async fn exec(
             Ok(ExecOutcome {
                 exit_code: response.exit_code,
                 output: response.result,
-                sync: None,
+                copied: None,
             })
         }
-        Mode::Sync => {
+        Mode::Copy => {
             let _lock = StateLock::acquire(&record.id)?;
-            let mut manifest = sync::Manifest::load(&record.id)?;
+            let mut manifest = copy_mode::Manifest::load(&record.id)?;
             // The pull is the first call: if Daytona refuses it, nothing ran yet.
-            let pulled = match sync::pull(record, &toolbox, &mut manifest).await {
+            let pulled = match copy_mode::pull(record, &toolbox, &mut manifest).await {
                 Err(e) if from_daytona(&e) && revive(daytona, record, log).await? => {
-                    sync::pull(record, &toolbox, &mut manifest).await?
+                    copy_mode::pull(record, &toolbox, &mut manifest).await?
                 }
                 other => other?,
             };
             let marker = format!("__contextfs_scan_{}__", hex::encode(rand::random::<[u8; 8]>()));
-            let script = sync::command_then_scan(command, &marker, &record.binary);
+            let script = copy_mode::command_then_scan(command, &marker, &record.binary);
             let response = toolbox
                 .execute(&request(script))
                 .await
@@ -392,28 +392,28 @@ pub async fn exec(
             let (output, scan) = match response.result.rfind(&marker) {
                 Some(at) => (
                     response.result[..at].to_string(),
-                    sync::parse_scan(&response.result[at + marker.len()..]).ok(),
+                    copy_mode::parse_scan(&response.result[at + marker.len()..]).ok(),
                 ),
                 None => (response.result.clone(), None),
             };
-            let mut report = sync::push(record, &toolbox, &mut manifest, scan).await?;
+            let mut report = copy_mode::push(record, &toolbox, &mut manifest, scan).await?;
             report.pulled = pulled;
             Ok(ExecOutcome {
                 exit_code: response.exit_code,
                 output,
-                sync: Some(report),
+                copied: Some(report),
             })
         }
     }
 }
 
 pub struct DestroyOutcome {
-    /// The mount's umount report, or the final sync's outcomes.
+    /// The mount's umount report, or the outcomes of copy mode's last round.
     pub flushed: Vec<String>,
     pub token_revoked: Option<Result<String, String>>,
 }
 
-/// Flushes (umount in the sandbox, or a last sync) and deletes the sandbox;
+/// Flushes (umount in the sandbox, or a last round of copy mode) and deletes the sandbox;
 /// then revokes its project token when `admin` may. Refuses to delete when
 /// the flush left changes behind, unless `force`.
 pub async fn destroy(
@@ -445,11 +445,11 @@ pub async fn destroy(
             revive(daytona, r, log).await?;
         }
         match record {
-            Some(r) if r.mode == Mode::Sync => {
+            Some(r) if r.mode == Mode::Copy => {
                 let _lock = StateLock::acquire(id)?;
                 let toolbox = r.toolbox(daytona);
-                let mut manifest = sync::Manifest::load(id)?;
-                let report = sync::push(r, &toolbox, &mut manifest, None).await?;
+                let mut manifest = copy_mode::Manifest::load(id)?;
+                let report = copy_mode::push(r, &toolbox, &mut manifest, None).await?;
                 flushed.extend(report.lines());
                 if report.failed > 0 {
                     bail!("{} changes could not be committed", report.failed);

@@ -18,20 +18,21 @@
 //! On top of it, [`create`], [`exec`] and [`destroy`] run the life of a
 //! contextfs sandbox: a project token, a static `contextfs` binary uploaded
 //! into the sandbox, the project mounted at `/workspace` with the skills at
-//! `/skills` — or, where FUSE is not available, [`sync`] mode, which copies
-//! the tree in before each command and commits what changed afterwards.
+//! `/skills` — or, where FUSE is not available, [`copy_mode`] (`--mode sync`
+//! on the command line), which copies the tree in before each command and
+//! commits what changed afterwards.
 //!
 //! The parts: `api` (the REST client and its errors), `records` (the
 //! request and response bodies), `state` (what this machine remembers about
 //! each sandbox), `scripts` (the shell snippets run inside a sandbox),
-//! `lifecycle` (create, exec, destroy) and [`sync`].
+//! `lifecycle` (create, exec, destroy) and [`copy_mode`].
 
 mod api;
+pub mod copy_mode;
 mod lifecycle;
 mod records;
 mod scripts;
 mod state;
-pub mod sync;
 
 pub use api::{Daytona, DaytonaError, DaytonaResult, Toolbox};
 pub use lifecycle::{
@@ -39,7 +40,6 @@ pub use lifecycle::{
 };
 pub use records::{CreateSandbox, ExecuteRequest, ExecuteResponse, Sandbox};
 pub use scripts::{shell_quote, tail};
-pub(crate) use state::write_private;
 pub use state::{state_dir, Mode, ModeChoice, SandboxRecord, StateLock};
 
 /// Daytona's hosted API; self-hosted installations set `DAYTONA_API_URL`.

@@ -1,5 +1,5 @@
 //! What this machine remembers about each sandbox it created:
-//! `STATE/daytona/<id>.json` ([`SandboxRecord`]), the sync-mode manifest
+//! `STATE/daytona/<id>.json` ([`SandboxRecord`]), the copy-mode manifest
 //! beside it, and the lock that keeps two commands on one sandbox apart.
 
 use std::io::Write;
@@ -18,15 +18,17 @@ pub enum Mode {
     /// `contextfs mount` runs inside the sandbox (FUSE).
     Mount,
     /// No FUSE: this machine copies the tree in before each command and
-    /// commits what changed after it.
-    Sync,
+    /// commits what changed after it. Recorded (and shown) as `sync`, the
+    /// name the command line uses.
+    #[serde(rename = "sync")]
+    Copy,
 }
 
 impl Mode {
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Mount => "mount",
-            Mode::Sync => "sync",
+            Mode::Copy => "sync",
         }
     }
 }
@@ -34,10 +36,11 @@ impl Mode {
 /// Which mode `create` should use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModeChoice {
-    /// Mount; fall back to sync when the mount fails.
+    /// Mount; fall back to copy mode when the mount fails.
     Auto,
     Mount,
-    Sync,
+    /// Copy mode (`--mode sync`).
+    Copy,
 }
 
 /// A sandbox this machine created, kept in `STATE/daytona/<id>.json` (0600:
@@ -52,7 +55,7 @@ pub struct SandboxRecord {
     pub server: String,
     /// The contextfs server as the sandbox reaches it (mount mode).
     pub sandbox_server: String,
-    /// The project token the sandbox (and sync mode) uses.
+    /// The project token the sandbox (and copy mode) uses.
     pub token: String,
     pub token_id: String,
     pub mode: Mode,
@@ -141,7 +144,7 @@ impl SandboxRecord {
 }
 
 /// Writes a file with mode 0600 atomically (temp file, fsync, rename).
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(super) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().expect("state files live in a directory");
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
@@ -159,7 +162,7 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An exclusive lock on one sandbox's local state, held while a sync-mode
+/// An exclusive lock on one sandbox's local state, held while a copy-mode
 /// command runs so two commands never interleave their manifests.
 pub struct StateLock {
     _file: std::fs::File,
@@ -184,5 +187,19 @@ impl StateLock {
             return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot lock {}", path.display()));
         }
         Ok(StateLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_mode_keeps_its_recorded_name() {
+        // Records written before the rename say "sync" and must still load.
+        assert_eq!(serde_json::to_string(&Mode::Copy).unwrap(), "\"sync\"");
+        assert_eq!(serde_json::from_str::<Mode>("\"sync\"").unwrap(), Mode::Copy);
+        assert_eq!(serde_json::from_str::<Mode>("\"mount\"").unwrap(), Mode::Mount);
+        assert_eq!(Mode::Copy.as_str(), "sync");
     }
 }
