@@ -34,6 +34,8 @@ pub struct DaytonaCommand {
 #[derive(Args, Debug, Clone)]
 pub struct DaytonaArgs {
     /// Daytona's API URL [default: https://app.daytona.io/api]
+    // This doc is the --help text, which shows the URL as it is.
+    #[allow(rustdoc::bare_urls)]
     #[arg(long, global = true, env = "DAYTONA_API_URL")]
     pub api_url: Option<String>,
     /// Daytona API key

@@ -81,7 +81,7 @@ pub struct RunOptions {
     pub agent_id: Option<String>,
     /// `KEY=VALUE` pairs for the container.
     pub env: Vec<String>,
-    /// Container name [default: `cfs-<project>-<random>`].
+    /// Container name (default: `cfs-<project>-<random>`).
     pub name: Option<String>,
     /// Keep stdin open and attached.
     pub interactive: bool,
