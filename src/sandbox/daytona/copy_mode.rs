@@ -38,7 +38,9 @@ use super::api::Toolbox;
 use super::scripts::{shell_quote, tail};
 use super::state::{write_private, SandboxRecord};
 use super::{SKILLS, WORKSPACE};
-use crate::api::{CommitRequest, DeleteRequest, MkdirRequest, NodeKind, TreeEntry, VersionInfo, VersionStatus};
+use crate::api::{
+    CommitRequest, DeleteRequest, ErrorCode, MkdirRequest, NodeKind, TreeEntry, VersionInfo, VersionStatus,
+};
 use crate::client::{Client, ClientError};
 use crate::model::{BlobHash, WsPath};
 
@@ -734,7 +736,7 @@ async fn commit_one(
     };
     let mut result = client.commit(&record.project, &request).await;
     if let Err(ClientError::Api { code, .. }) = &result {
-        if code == "node_mismatch" || code == "base_version_unknown" {
+        if matches!(code, ErrorCode::NodeMismatch | ErrorCode::BaseVersionUnknown) {
             // The path holds another file now (deleted and re-created, or
             // renamed over): commit over whatever is there.
             request.node = None;
