@@ -137,6 +137,163 @@ impl Access {
     }
 }
 
+/// The `code` of an error response: what kind of failure it was, stable
+/// across versions (docs/HTTP_API.md §14 says when each one is sent). On the
+/// wire it is the snake_case name, e.g. `base_version_unknown`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the JSON body is missing its content type, unparsable, or a field is missing or wrong.
+    InvalidBody,
+    /// 400: a query parameter does not parse.
+    InvalidQuery,
+    /// 400: a workspace path in the URL or query breaks the path rules.
+    InvalidPath,
+    /// 400: a hash in the URL is not 64 lowercase hex characters.
+    InvalidHash,
+    /// 400: an `x-contextfs-*` header does not parse.
+    InvalidHeader,
+    /// 400: a project name breaks the naming rule.
+    InvalidName,
+    /// 400: a field of the request is out of its limits.
+    InvalidField,
+    /// 400: a published skill is malformed.
+    InvalidSkill,
+    /// 400: a commit or skill names a blob the server does not have for it.
+    BlobMissing,
+    /// 400: bytes do not hash to the hash they were sent under.
+    HashMismatch,
+    /// 400: a commit's inline content is over its limit.
+    ContentTooLarge,
+    /// 400: the request body broke during an upload.
+    UploadFailed,
+    /// 401: no token, or an unknown or revoked one.
+    Unauthorized,
+    /// 403: the token may not do this.
+    Forbidden,
+    /// 404: no such route, project, path, version, blob or token.
+    NotFound,
+    /// 405: the route does not take this method.
+    MethodNotAllowed,
+    /// 409: the name or path is taken.
+    Exists,
+    /// 409: the `base_version` is no longer the head.
+    BaseVersionStale,
+    /// 409: the node has no such `base_version`.
+    BaseVersionUnknown,
+    /// 409: the `node` guard names another node than the one at the path.
+    NodeMismatch,
+    /// 409: the path is a directory.
+    IsADirectory,
+    /// 409: the path or a parent is not a directory.
+    NotADirectory,
+    /// 409: the directory is not empty.
+    NotEmpty,
+    /// 409: the commit would change a live node's kind.
+    KindMismatch,
+    /// 409: a directory would move into itself.
+    InvalidRename,
+    /// 409: another live node took the path of a node being restored.
+    PathOccupied,
+    /// 413: an upload or request body is over the server's limit.
+    TooLarge,
+    /// 500: the server failed (database or blob storage).
+    Internal,
+    /// 503: the node changes too fast to commit; retry.
+    Busy,
+    /// A code this build does not know (e.g. sent by a newer server), as sent.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl ErrorCode {
+    /// Every code this build knows (all but [`ErrorCode::Other`]).
+    pub const KNOWN: &'static [ErrorCode] = &[
+        ErrorCode::InvalidBody,
+        ErrorCode::InvalidQuery,
+        ErrorCode::InvalidPath,
+        ErrorCode::InvalidHash,
+        ErrorCode::InvalidHeader,
+        ErrorCode::InvalidName,
+        ErrorCode::InvalidField,
+        ErrorCode::InvalidSkill,
+        ErrorCode::BlobMissing,
+        ErrorCode::HashMismatch,
+        ErrorCode::ContentTooLarge,
+        ErrorCode::UploadFailed,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Exists,
+        ErrorCode::BaseVersionStale,
+        ErrorCode::BaseVersionUnknown,
+        ErrorCode::NodeMismatch,
+        ErrorCode::IsADirectory,
+        ErrorCode::NotADirectory,
+        ErrorCode::NotEmpty,
+        ErrorCode::KindMismatch,
+        ErrorCode::InvalidRename,
+        ErrorCode::PathOccupied,
+        ErrorCode::TooLarge,
+        ErrorCode::Internal,
+        ErrorCode::Busy,
+    ];
+
+    /// The name on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::InvalidPath => "invalid_path",
+            ErrorCode::InvalidHash => "invalid_hash",
+            ErrorCode::InvalidHeader => "invalid_header",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::InvalidSkill => "invalid_skill",
+            ErrorCode::BlobMissing => "blob_missing",
+            ErrorCode::HashMismatch => "hash_mismatch",
+            ErrorCode::ContentTooLarge => "content_too_large",
+            ErrorCode::UploadFailed => "upload_failed",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Exists => "exists",
+            ErrorCode::BaseVersionStale => "base_version_stale",
+            ErrorCode::BaseVersionUnknown => "base_version_unknown",
+            ErrorCode::NodeMismatch => "node_mismatch",
+            ErrorCode::IsADirectory => "is_a_directory",
+            ErrorCode::NotADirectory => "not_a_directory",
+            ErrorCode::NotEmpty => "not_empty",
+            ErrorCode::KindMismatch => "kind_mismatch",
+            ErrorCode::InvalidRename => "invalid_rename",
+            ErrorCode::PathOccupied => "path_occupied",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Other(code) => code,
+        }
+    }
+}
+
+impl From<&str> for ErrorCode {
+    /// The code named `code`; [`ErrorCode::Other`] when it is not known.
+    fn from(code: &str) -> Self {
+        ErrorCode::KNOWN
+            .iter()
+            .find(|known| known.as_str() == code)
+            .cloned()
+            .unwrap_or_else(|| ErrorCode::Other(code.to_string()))
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
@@ -145,7 +302,7 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `base_version_unknown`.
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
     /// For conflicts on a node: what the server holds now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -443,4 +600,36 @@ pub struct SkillInfo {
 pub struct SkillsListing {
     pub published_at: Option<String>,
     pub skills: Vec<SkillInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_keep_their_wire_names() {
+        for code in ErrorCode::KNOWN {
+            let json = serde_json::to_string(code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()), "{code:?}");
+            assert_eq!(&serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+            assert_eq!(&ErrorCode::from(code.as_str()), code);
+            assert_eq!(code.to_string(), code.as_str());
+        }
+        assert_eq!(ErrorCode::KNOWN.len(), 29);
+        assert_eq!(ErrorCode::BaseVersionUnknown.as_str(), "base_version_unknown");
+        assert_eq!(ErrorCode::IsADirectory.as_str(), "is_a_directory");
+    }
+
+    #[test]
+    fn an_unknown_error_code_still_decodes() {
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"error":{"code":"quota_exceeded","message":"over quota"}}"#).unwrap();
+        assert_eq!(body.error.code, ErrorCode::Other("quota_exceeded".into()));
+        assert_eq!(body.error.code.as_str(), "quota_exceeded");
+        assert_eq!(ErrorCode::from("quota_exceeded"), body.error.code);
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"error":{"code":"quota_exceeded","message":"over quota"}}"#
+        );
+    }
 }

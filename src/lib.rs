@@ -1,9 +1,20 @@
 //! contextfs: a shared, versioned workspace for AI agents, served over REST
 //! (`contextfs serve`) and used as plain files.
 //!
-//! Layout: [`model`] (validated names), [`api`] (wire types), [`merge`]
-//! (pure three-way merge), [`server`] (service, stores, routes), [`client`]
-//! (typed REST client), [`cli`] (the command line).
+//! Layout:
+//!
+//! - [`model`]: validated names (paths, hashes, project names);
+//! - [`api`]: the wire types of the REST API, error codes included;
+//! - [`merge`]: pure three-way merge of JSON and text;
+//! - [`server`]: `contextfs serve`: routes, auth, the service, stores, blobs;
+//! - [`migrate`]: `contextfs migrate`, copying a deployment between backends;
+//! - [`client`]: the typed REST client of the CLI, mounts and sandboxes;
+//! - [`cache`]: the content-addressed blob cache the mounts share;
+//! - [`vfs`]: the filesystem core (inodes, handles, staging, journal);
+//! - [`fuse`]: the thin fuser adapter over [`vfs`];
+//! - [`mount`]: `contextfs mount`: ties vfs, cache, fuse and replication;
+//! - [`sandbox`]: Docker runs, the Docker volume plugin and Daytona;
+//! - [`cli`]: the command line.
 
 pub mod api;
 pub mod cache;

@@ -26,9 +26,10 @@ fn explain(e: ClientError) -> anyhow::Error {
             "this token may not do that: use a read-write project token, or the admin token for admin commands"
                 .to_string()
         }
-        ClientError::Api { code, .. } if code == "base_version_unknown" || code == "base_version_stale" => {
-            "see the file's versions with `contextfs log PATH`".to_string()
-        }
+        ClientError::Api {
+            code: ErrorCode::BaseVersionUnknown | ErrorCode::BaseVersionStale,
+            ..
+        } => "see the file's versions with `contextfs log PATH`".to_string(),
         _ => String::new(),
     };
     if hint.is_empty() {
@@ -298,7 +299,7 @@ async fn login(global: &GlobalArgs, default_project: Option<String>) -> anyhow::
 async fn current_head(c: &Client, project: &str, path: &WsPath) -> anyhow::Result<Option<i64>> {
     match c.history(project, path.as_str(), None, 1).await {
         Ok(page) => Ok(page.versions.first().filter(|v| !v.deleted).map(|v| v.version)),
-        Err(e) if e.status().map(|s| s.as_u16()) == Some(404) && e.code() == Some("not_found") => {
+        Err(e) if e.status().map(|s| s.as_u16()) == Some(404) && e.has_code(ErrorCode::NotFound) => {
             // Either the path is new or the project is missing; the commit tells which.
             Ok(None)
         }

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use super::GlobalArgs;
 use crate::client::Client;
 use crate::sandbox::daytona::{
-    self, is_static_elf, shell_quote, sync, CreateOptions, Daytona, ExecOptions, ModeChoice, SandboxRecord,
+    self, copy_mode, is_static_elf, shell_quote, CreateOptions, Daytona, ExecOptions, ModeChoice, SandboxRecord,
     DEFAULT_API_URL, SKILLS, WORKSPACE,
 };
 
@@ -34,6 +34,8 @@ pub struct DaytonaCommand {
 #[derive(Args, Debug, Clone)]
 pub struct DaytonaArgs {
     /// Daytona's API URL [default: https://app.daytona.io/api]
+    // This doc is the --help text, which shows the URL as it is.
+    #[allow(rustdoc::bare_urls)]
     #[arg(long, global = true, env = "DAYTONA_API_URL")]
     pub api_url: Option<String>,
     /// Daytona API key
@@ -171,7 +173,7 @@ pub async fn run(global: &GlobalArgs, cmd: DaytonaCommand) -> anyhow::Result<Exi
     let args = cmd.daytona;
     match cmd.command {
         DaytonaSub::Scan { dir } => {
-            let scan = sync::scan(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+            let scan = copy_mode::scan(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
             println!("{}", serde_json::to_string(&scan)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -217,7 +219,7 @@ pub async fn run(global: &GlobalArgs, cmd: DaytonaCommand) -> anyhow::Result<Exi
                 mode: match mode {
                     ModeArg::Auto => ModeChoice::Auto,
                     ModeArg::Mount => ModeChoice::Mount,
-                    ModeArg::Sync => ModeChoice::Sync,
+                    ModeArg::Sync => ModeChoice::Copy,
                 },
                 start_timeout: Duration::from_secs(start_timeout),
             };
@@ -269,7 +271,7 @@ pub async fn run(global: &GlobalArgs, cmd: DaytonaCommand) -> anyhow::Result<Exi
                     .and_then(|_| out.flush())
                     .context("cannot write to standard output")?;
             }
-            if let Some(report) = &outcome.sync {
+            if let Some(report) = &outcome.copied {
                 let p = &report.pulled;
                 if p.uploaded + p.removed + p.skills > 0 {
                     eprintln!(

@@ -21,7 +21,7 @@ pub enum ClientError {
     #[error("{message} (HTTP {status}, {code})")]
     Api {
         status: StatusCode,
-        code: String,
+        code: ErrorCode,
         message: String,
         head: Option<Box<VersionInfo>>,
     },
@@ -39,11 +39,17 @@ impl ClientError {
         }
     }
 
-    pub fn code(&self) -> Option<&str> {
+    /// The server's error code, when the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Api { code, .. } => Some(code),
+            ClientError::Api { code, .. } => Some(code.clone()),
             _ => None,
         }
+    }
+
+    /// Whether the server answered with `code`.
+    pub fn has_code(&self, code: ErrorCode) -> bool {
+        matches!(self, ClientError::Api { code: c, .. } if *c == code)
     }
 
     /// Worth retrying later: the server was unreachable or failed on its side.

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use reqwest::StatusCode;
 
-use crate::api::{CommitRequest, DeleteRequest, MkdirRequest, RenameRequest};
+use crate::api::{CommitRequest, DeleteRequest, ErrorCode, MkdirRequest, RenameRequest};
 use crate::client::{Client, ClientError};
 use crate::vfs::drain::{ContentSource, DrainItem, DrainOp};
 use crate::vfs::Vfs;
@@ -308,7 +308,7 @@ impl Replicator {
                         self.note(&v.path, "renamed");
                         self.local(self.vfs.ack_namespace(item.uid, item.rev, &v))
                     }
-                    Err(e) if e.status() == Some(StatusCode::NOT_FOUND) || e.code() == Some("node_mismatch") => {
+                    Err(e) if e.status() == Some(StatusCode::NOT_FOUND) || e.has_code(ErrorCode::NodeMismatch) => {
                         // The node is gone from where we knew it: send ours as new.
                         self.local(self.vfs.unbind(item.uid))
                     }
@@ -352,7 +352,7 @@ impl Replicator {
                 };
                 let mut result = self.client.commit(p, &req).await;
                 if let (Err(e), ContentSource::Inline(bytes)) = (&result, source) {
-                    if e.code() == Some("blob_missing") {
+                    if e.has_code(ErrorCode::BlobMissing) {
                         // A server that predates inline content: upload, then commit.
                         if let Err(e) = self.client.put_blob(p, Bytes::from(bytes.clone())).await {
                             return classify(e);
@@ -369,7 +369,7 @@ impl Replicator {
                         self.note(&v.path, v.status.as_str());
                         self.local(self.vfs.ack_commit(item.uid, item.rev, hash, &v))
                     }
-                    Err(e) if matches!(e.code(), Some("base_version_unknown") | Some("node_mismatch")) => {
+                    Err(e) if matches!(e.code(), Some(ErrorCode::BaseVersionUnknown | ErrorCode::NodeMismatch)) => {
                         // The node's history is not what we knew: commit as new.
                         self.local(self.vfs.unbind(item.uid))
                     }
@@ -391,7 +391,7 @@ impl Replicator {
                         self.note(path.as_str(), "deleted");
                         self.local(self.vfs.ack_delete(item.uid, item.rev, *node, &response.deleted))
                     }
-                    Err(e) if e.status() == Some(StatusCode::NOT_FOUND) || e.code() == Some("node_mismatch") => {
+                    Err(e) if e.status() == Some(StatusCode::NOT_FOUND) || e.has_code(ErrorCode::NodeMismatch) => {
                         self.local(self.vfs.ack_delete(item.uid, item.rev, *node, &[]))
                     }
                     Err(e) => classify(e),

@@ -32,7 +32,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 
-use super::{check_fuse, collect_idle_mounts, slug, Layout, Lease, MountSpec, WS_DIR};
+use super::host_mount::{self, collect_idle_mounts, Layout, Lease, MountSpec, WS_DIR};
+use super::{check_fuse, slug};
 
 /// Where the mount's shared parent appears inside the container.
 pub const CONTAINER_MNT: &str = "/mnt/contextfs";
@@ -80,7 +81,7 @@ pub struct RunOptions {
     pub agent_id: Option<String>,
     /// `KEY=VALUE` pairs for the container.
     pub env: Vec<String>,
-    /// Container name [default: `cfs-<project>-<random>`].
+    /// Container name (default: `cfs-<project>-<random>`).
     pub name: Option<String>,
     /// Keep stdin open and attached.
     pub interactive: bool,
@@ -479,7 +480,7 @@ pub fn run(conn: Connection, opts: RunOptions) -> anyhow::Result<ExitCode> {
         Ok(code)
     })();
     // Whatever happened to the container, what it wrote is committed now.
-    let flushed = super::flush(&layout.ws, started_ms, |line| eprintln!("contextfs: {line}"));
+    let flushed = host_mount::flush(&layout.ws, started_ms, |line| eprintln!("contextfs: {line}"));
     let code = match outcome {
         Ok(code) => code,
         Err(e) => {

@@ -33,7 +33,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{ensure_mount, flush, mount_status, unmount, Layout, MountSpec};
+use super::host_mount::{ensure_mount, flush, mount_status, unmount, Layout, MountSpec};
 use crate::client::{Client, ClientError};
 
 /// Where Docker looks for plugin sockets.

@@ -7,18 +7,18 @@ use axum::Json;
 
 use super::blobs::BlobError;
 use super::store::StoreError;
-use crate::api::{ErrorBody, ErrorDetail, VersionInfo};
+use crate::api::{ErrorBody, ErrorCode, ErrorDetail, VersionInfo};
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub head: Option<Box<VersionInfo>>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -26,23 +26,23 @@ impl ApiError {
             head: None,
         }
     }
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, message)
     }
     pub fn with_head(mut self, head: Option<VersionInfo>) -> Self {
         self.head = head.map(Box::new);
@@ -53,11 +53,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
-            tracing::error!(code = self.code, message = %self.message, "request failed");
+            tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
         }
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code.to_string(),
+                code: self.code,
                 message: self.message,
                 head: self.head.map(|h| *h),
             },
@@ -70,12 +70,13 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(m) => ApiError::not_found(m),
-            StoreError::AlreadyExists(m) => ApiError::conflict("exists", m),
+            StoreError::AlreadyExists(m) => ApiError::conflict(ErrorCode::Exists, m),
             StoreError::HeadMoved => ApiError::conflict(
-                "base_version_stale",
+                ErrorCode::BaseVersionStale,
                 "the node changed meanwhile; fetch its head and retry",
             ),
-            StoreError::Conflict { code, message } => ApiError::conflict(code, message),
+            // The store names its codes as strings; they become ErrorCodes here.
+            StoreError::Conflict { code, message } => ApiError::conflict(ErrorCode::from(code), message),
             StoreError::Backend(m) => ApiError::internal(m),
         }
     }
@@ -84,10 +85,12 @@ impl From<StoreError> for ApiError {
 impl From<BlobError> for ApiError {
     fn from(e: BlobError) -> Self {
         match &e {
-            BlobError::HashMismatch { .. } => ApiError::bad_request("hash_mismatch", e.to_string()),
-            BlobError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
+            BlobError::HashMismatch { .. } => ApiError::bad_request(ErrorCode::HashMismatch, e.to_string()),
+            BlobError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, e.to_string())
+            }
             BlobError::NotFound(_) => ApiError::not_found(e.to_string()),
-            BlobError::Upload(_) => ApiError::bad_request("upload_failed", e.to_string()),
+            BlobError::Upload(_) => ApiError::bad_request(ErrorCode::UploadFailed, e.to_string()),
             BlobError::Io(_) => ApiError::internal(e.to_string()),
         }
     }

@@ -42,11 +42,11 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             "the request body is over the server's limit",
         )
     } else {
-        ApiError::bad_request("invalid_body", rejection.body_text())
+        ApiError::bad_request(ErrorCode::InvalidBody, rejection.body_text())
     }
 }
 
@@ -60,7 +60,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|e: QueryRejection| ApiError::bad_request("invalid_query", e.body_text()))
+            .map_err(|e: QueryRejection| ApiError::bad_request(ErrorCode::InvalidQuery, e.body_text()))
     }
 }
 
@@ -76,9 +76,9 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
             .map(|p| ApiPath(p.0))
             .map_err(|e| {
                 let code = if e.status().is_client_error() {
-                    "invalid_path"
+                    ErrorCode::InvalidPath
                 } else {
-                    "internal"
+                    ErrorCode::Internal
                 };
                 ApiError::new(e.status(), code, e.body_text())
             })
@@ -86,11 +86,11 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 }
 
 fn ws_path(raw: &str) -> Result<WsPath, ApiError> {
-    WsPath::parse(raw).map_err(|e| ApiError::bad_request("invalid_path", e.to_string()))
+    WsPath::parse(raw).map_err(|e| ApiError::bad_request(ErrorCode::InvalidPath, e.to_string()))
 }
 
 fn blob_hash(raw: &str) -> Result<BlobHash, ApiError> {
-    BlobHash::parse(raw).map_err(|e| ApiError::bad_request("invalid_hash", e.to_string()))
+    BlobHash::parse(raw).map_err(|e| ApiError::bad_request(ErrorCode::InvalidHash, e.to_string()))
 }
 
 fn body_stream(body: Body) -> ByteStream {
@@ -137,7 +137,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "this route does not take that method; see docs/HTTP_API.md",
             )
         })
@@ -303,9 +303,9 @@ fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
     headers
         .get(name)
         .map(|v| {
-            v.to_str()
-                .map(str::to_string)
-                .map_err(|_| ApiError::bad_request("invalid_header", format!("header {name} is not visible ASCII")))
+            v.to_str().map(str::to_string).map_err(|_| {
+                ApiError::bad_request(ErrorCode::InvalidHeader, format!("header {name} is not visible ASCII"))
+            })
         })
         .transpose()
 }
@@ -322,7 +322,7 @@ async fn put_file(
         .map(|v| {
             v.parse::<i64>().map_err(|_| {
                 ApiError::bad_request(
-                    "invalid_header",
+                    ErrorCode::InvalidHeader,
                     format!("header {HEADER_BASE_VERSION} must be a version number, got {v:?}"),
                 )
             })

@@ -75,13 +75,13 @@ pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
 fn meta(caller: &Caller, agent_id: Option<String>, message: Option<String>) -> Result<WriteMeta, ApiError> {
     if agent_id.as_ref().is_some_and(|a| a.len() > MAX_AGENT_ID) {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("agent_id is longer than {MAX_AGENT_ID} bytes"),
         ));
     }
     if message.as_ref().is_some_and(|m| m.len() > MAX_MESSAGE) {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("message is longer than {MAX_MESSAGE} bytes"),
         ));
     }
@@ -96,7 +96,7 @@ fn meta(caller: &Caller, agent_id: Option<String>, message: Option<String>) -> R
 fn check_mode(mode: Option<u32>) -> Result<(), ApiError> {
     match mode {
         Some(m) if m > 0o7777 => Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("mode {m:#o} has bits outside 0o7777"),
         )),
         _ => Ok(()),
@@ -179,7 +179,7 @@ impl Service {
 
     pub async fn create_project(&self, caller: &Caller, req: CreateProjectRequest) -> Result<ProjectInfo, ApiError> {
         caller.require_admin()?;
-        validate_project_name(&req.name).map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+        validate_project_name(&req.name).map_err(|e| ApiError::bad_request(ErrorCode::InvalidName, e.to_string()))?;
         let row = self.store.create_project(&req.name, meta(caller, None, None)?).await?;
         Ok(project_info(&row))
     }
@@ -206,7 +206,10 @@ impl Service {
         caller.require_admin()?;
         let project = self.project_for(caller, project, true).await?;
         if req.label.as_ref().is_some_and(|l| l.len() > MAX_AGENT_ID) {
-            return Err(ApiError::bad_request("invalid_field", "label is longer than 256 bytes"));
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidField,
+                "label is longer than 256 bytes",
+            ));
         }
         let secret = new_secret();
         let id = format!("tok_{}", hex::encode(rand::random::<[u8; 6]>()));
@@ -258,7 +261,7 @@ impl Service {
                 Some(n) if !n.deleted && n.kind == NodeKind::Dir => {}
                 Some(n) if !n.deleted => {
                     return Err(ApiError::conflict(
-                        "not_a_directory",
+                        ErrorCode::NotADirectory,
                         format!("{prefix} is a {}", n.kind.as_str()),
                     ))
                 }
@@ -299,7 +302,7 @@ impl Service {
         }
         if info.kind == NodeKind::Dir {
             return Err(ApiError::conflict(
-                "is_a_directory",
+                ErrorCode::IsADirectory,
                 format!("{path} is a directory; list it with the tree route"),
             ));
         }
@@ -445,7 +448,7 @@ impl Service {
         let kind = req.kind.unwrap_or(NodeKind::File);
         if kind == NodeKind::Dir {
             return Err(ApiError::bad_request(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "kind: directories are made with the mkdir route",
             ));
         }
@@ -456,7 +459,7 @@ impl Service {
             .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
         {
             return Err(ApiError::bad_request(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 format!("idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY} bytes"),
             ));
         }
@@ -472,7 +475,7 @@ impl Service {
         let came_with_request = req.content_base64.is_some() || uploaded.is_some();
         if kind == NodeKind::Symlink && size > MAX_SYMLINK_TARGET {
             return Err(ApiError::bad_request(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 format!("a symlink target is at most {MAX_SYMLINK_TARGET} bytes"),
             ));
         }
@@ -510,7 +513,7 @@ impl Service {
         }
         Err(ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
+            ErrorCode::Busy,
             format!("{} is changing too fast to commit; retry", req.path),
         ))
     }
@@ -525,7 +528,7 @@ impl Service {
     async fn visible_blob_size(&self, project: &ProjectRow, hash: &BlobHash) -> Result<u64, ApiError> {
         let missing = || {
             ApiError::bad_request(
-                "blob_missing",
+                ErrorCode::BlobMissing,
                 format!(
                     "blob {hash} has not been uploaded to project {}; PUT it to .../blobs/{hash} first",
                     project.name
@@ -543,7 +546,7 @@ impl Service {
         use base64::Engine;
         let too_large = || {
             ApiError::bad_request(
-                "content_too_large",
+                ErrorCode::ContentTooLarge,
                 format!("content_base64 carries at most {MAX_INLINE_CONTENT} bytes; PUT larger content to .../blobs/{hash} first"),
             )
         };
@@ -551,9 +554,9 @@ impl Service {
         if encoded.len() > MAX_INLINE_CONTENT.div_ceil(3) * 4 {
             return Err(too_large());
         }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .map_err(|e| ApiError::bad_request("invalid_field", format!("content_base64 is not base64: {e}")))?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|e| {
+            ApiError::bad_request(ErrorCode::InvalidField, format!("content_base64 is not base64: {e}"))
+        })?;
         if bytes.len() > MAX_INLINE_CONTENT {
             return Err(too_large());
         }
@@ -582,7 +585,7 @@ impl Service {
     ) -> Result<Planned, ApiError> {
         let unknown_base = |base: i64, head: Option<VersionInfo>| {
             ApiError::conflict(
-                "base_version_unknown",
+                ErrorCode::BaseVersionUnknown,
                 format!(
                     "{} has no version {base} to build on; re-read the file and commit again",
                     req.path
@@ -604,7 +607,7 @@ impl Service {
         if let Some(expected) = req.node {
             if head.as_ref().map(|h| h.node) != Some(expected) {
                 return Err(ApiError::conflict(
-                    "node_mismatch",
+                    ErrorCode::NodeMismatch,
                     format!(
                         "{} is not node {expected} any more; re-read it and commit again",
                         req.path
@@ -653,7 +656,7 @@ impl Service {
                 ),
                 // The tombstone itself (or later) holds no content to build on.
                 Some(base) if base == head.head.version => Err(ApiError::conflict(
-                    "base_version_unknown",
+                    ErrorCode::BaseVersionUnknown,
                     format!(
                         "version {base} of {} is its deletion, which has no content to build on; commit without a base version to create the file again",
                         req.path
@@ -665,7 +668,7 @@ impl Service {
         }
         if head.kind == NodeKind::Dir {
             return Err(ApiError::conflict(
-                "is_a_directory",
+                ErrorCode::IsADirectory,
                 format!("{} is a directory", req.path),
             ));
         }
@@ -881,7 +884,7 @@ impl Service {
             .flatten()
             .map(|n| n.head);
         ApiError::conflict(
-            "base_version_stale",
+            ErrorCode::BaseVersionStale,
             format!("{path} changed since the given base version; re-read it and retry"),
         )
         .with_head(head)
@@ -910,7 +913,7 @@ impl Service {
             })?;
             if target.deleted {
                 return Err(ApiError::bad_request(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     format!(
                         "version {} of {} is a deletion; use the delete route to delete",
                         req.version, req.path
@@ -942,7 +945,7 @@ impl Service {
         }
         Err(ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
+            ErrorCode::Busy,
             format!("{} is changing too fast; retry", req.path),
         ))
     }
@@ -986,13 +989,13 @@ impl Service {
             check_mode(Some(file.mode))?;
             if !seen.insert(file.path.clone()) {
                 return Err(ApiError::bad_request(
-                    "invalid_skill",
+                    ErrorCode::InvalidSkill,
                     format!("{} is listed twice; each skill file appears once", file.path),
                 ));
             }
             let Some((skill, _)) = file.path.as_str().split_once('/') else {
                 return Err(ApiError::bad_request(
-                    "invalid_skill",
+                    ErrorCode::InvalidSkill,
                     format!(
                         "{}: every skill file must be inside a skill folder (skill-name/...)",
                         file.path
@@ -1007,20 +1010,23 @@ impl Service {
                 .iter()
                 .find(|f| f.path.as_str() == format!("{name}/SKILL.md"))
                 .ok_or_else(|| {
-                    ApiError::bad_request("invalid_skill", format!("skill {name}: missing {name}/SKILL.md"))
+                    ApiError::bad_request(
+                        ErrorCode::InvalidSkill,
+                        format!("skill {name}: missing {name}/SKILL.md"),
+                    )
                 })?;
             for f in &files {
                 match self.blobs.size(&f.hash).await? {
                     Some(size) if size == f.size => {}
                     Some(size) => {
                         return Err(ApiError::bad_request(
-                            "invalid_skill",
+                            ErrorCode::InvalidSkill,
                             format!("skill {name}: {} is {size} bytes, not {}", f.path, f.size),
                         ))
                     }
                     None => {
                         return Err(ApiError::bad_request(
-                            "blob_missing",
+                            ErrorCode::BlobMissing,
                             format!("skill {name}: blob {} of {} was not uploaded", f.hash, f.path),
                         ))
                     }
@@ -1028,11 +1034,11 @@ impl Service {
             }
             let text = self.blobs.read_all(&manifest.hash, 1 << 20).await?;
             let (front_name, description) = parse_skill_front_matter(&text).map_err(|problem| {
-                ApiError::bad_request("invalid_skill", format!("skill {name}: SKILL.md {problem}"))
+                ApiError::bad_request(ErrorCode::InvalidSkill, format!("skill {name}: SKILL.md {problem}"))
             })?;
             if front_name != name {
                 return Err(ApiError::bad_request(
-                    "invalid_skill",
+                    ErrorCode::InvalidSkill,
                     format!("skill {name}: SKILL.md front matter says name: {front_name}, but the folder is {name}"),
                 ));
             }

@@ -106,7 +106,7 @@ pub fn decode_error(status: StatusCode, content_type: Option<&str>, body: &[u8])
         serde_json::from_value(value).unwrap_or_else(|e| panic!("error body does not decode ({e}): {text}"));
     ApiErr {
         status,
-        code: parsed.error.code,
+        code: parsed.error.code.to_string(),
         message: parsed.error.message,
         head: parsed.error.head,
     }

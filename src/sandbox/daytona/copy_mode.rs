@@ -1,8 +1,11 @@
-//! Sync mode: the workspace for sandboxes that cannot mount FUSE.
+//! Copy mode (`--mode sync` on the command line): the workspace for
+//! sandboxes that cannot mount FUSE. Instead of a mount, files are copied
+//! into the sandbox before each command and out of it afterwards.
 //!
 //! This machine keeps a manifest per sandbox (`STATE/daytona/<id>.manifest.json`):
 //! for every file it put into or took out of the sandbox, the server node,
-//! version, hash and mode that file was based on. Around each command:
+//! version, hash and mode that file was based on. Around each command (one
+//! round):
 //!
 //! 1. **scan** — the contextfs binary inside the sandbox lists `/workspace`
 //!    with blake3 hashes (`contextfs daytona scan`), so nothing is downloaded
@@ -31,8 +34,13 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::{shell_quote, tail, write_private, SandboxRecord, Toolbox, SKILLS, WORKSPACE};
-use crate::api::{CommitRequest, DeleteRequest, MkdirRequest, NodeKind, TreeEntry, VersionInfo, VersionStatus};
+use super::api::Toolbox;
+use super::scripts::{shell_quote, tail};
+use super::state::{write_private, SandboxRecord};
+use super::{SKILLS, WORKSPACE};
+use crate::api::{
+    CommitRequest, DeleteRequest, ErrorCode, MkdirRequest, NodeKind, TreeEntry, VersionInfo, VersionStatus,
+};
 use crate::client::{Client, ClientError};
 use crate::model::{BlobHash, WsPath};
 
@@ -58,7 +66,7 @@ pub struct ScanEntry {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Scan {
     pub entries: Vec<ScanEntry>,
-    /// Entries that cannot be synced (names that are not UTF-8, fifos, …).
+    /// Entries that cannot be copied (names that are not UTF-8, fifos, …).
     #[serde(default)]
     pub skipped: Vec<String>,
 }
@@ -296,7 +304,7 @@ async fn pull_into(record: &SandboxRecord, toolbox: &Toolbox, manifest: &mut Man
                 Some(l) if l.kind == NodeKind::Dir => {}
                 // Something else took the place in the sandbox: its commit reports it.
                 Some(_) => continue,
-                // Removed in the sandbox since the last sync: the push deletes it.
+                // Removed in the sandbox since the last round: the push deletes it.
                 None if manifest.dirs.contains(path) => continue,
                 None => after.push_str(&format!("mkdir -p {}\n", shell_quote(&in_workspace(path)))),
             }
@@ -316,10 +324,10 @@ async fn pull_into(record: &SandboxRecord, toolbox: &Toolbox, manifest: &mut Man
                 }
                 false
             }
-            // Deleted in the sandbox since the last sync: the push deletes it.
+            // Deleted in the sandbox since the last round: the push deletes it.
             (None, Some(_)) => continue,
             (None, None) => true,
-            // Untouched in the sandbox since the last sync: take the server's.
+            // Untouched in the sandbox since the last round: take the server's.
             (Some(l), Some(b)) if same_content(l, b.kind, &b.hash) => true,
             // Changed on both sides (or created on both): the push merges.
             (Some(_), _) => continue,
@@ -473,9 +481,9 @@ fn chmod(path: &str, mode: u32) -> String {
     format!("chmod {:o} {}\n", mode & 0o7777, shell_quote(&in_workspace(path)))
 }
 
-/// What one sync did, file by file.
+/// What one round of copy mode did, file by file.
 #[derive(Debug, Clone, Default)]
-pub struct SyncReport {
+pub struct CopyReport {
     pub pulled: PullReport,
     /// `path: outcome`, one per changed file, in path order.
     pub outcomes: Vec<(String, String)>,
@@ -483,7 +491,7 @@ pub struct SyncReport {
     pub failed: usize,
 }
 
-impl SyncReport {
+impl CopyReport {
     pub fn lines(&self) -> Vec<String> {
         self.outcomes.iter().map(|(p, o)| format!("{p}: {o}")).collect()
     }
@@ -518,14 +526,14 @@ pub async fn push(
     toolbox: &Toolbox,
     manifest: &mut Manifest,
     scan: Option<Scan>,
-) -> anyhow::Result<SyncReport> {
+) -> anyhow::Result<CopyReport> {
     let scan = match scan {
         Some(s) => s,
         None => scan_sandbox(record, toolbox).await?,
     };
     let client = Client::new(&record.server, Some(record.token.clone()))?;
     let agent = format!("daytona-{}", record.id);
-    let mut report = SyncReport::default();
+    let mut report = CopyReport::default();
     let local: HashMap<&str, &ScanEntry> = scan.entries.iter().map(|e| (e.path.as_str(), e)).collect();
 
     for skipped in &scan.skipped {
@@ -728,7 +736,7 @@ async fn commit_one(
     };
     let mut result = client.commit(&record.project, &request).await;
     if let Err(ClientError::Api { code, .. }) = &result {
-        if code == "node_mismatch" || code == "base_version_unknown" {
+        if matches!(code, ErrorCode::NodeMismatch | ErrorCode::BaseVersionUnknown) {
             // The path holds another file now (deleted and re-created, or
             // renamed over): commit over whatever is there.
             request.node = None;
@@ -753,7 +761,7 @@ async fn commit_one(
             Err(e) => tracing::warn!("cannot fetch the merged {}: {e}", entry.path),
         }
         if !rewritten {
-            // Keep the base at what the sandbox has, so the next sync merges again.
+            // Keep the base at what the sandbox has, so the next round merges again.
             return Outcome::Committed(VersionInfo { hash, ..version }, false);
         }
     }

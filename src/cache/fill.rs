@@ -1,0 +1,289 @@
+//! Filling the cache and trusting what is in it: a [`CacheFill`] writes one
+//! blob into `tmp/`, hashing as it goes, and is sealed (hash checked, fsynced
+//! above [`UNSYNCED_MAX`]) before [`super::BlobCache`] renames it into
+//! place; a small blob found on disk is hashed on first open, and one torn by
+//! a power loss is removed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::{debug, warn};
+
+use super::dir::create_private_dir;
+use super::{CacheError, UNSYNCED_MAX};
+use crate::model::BlobHash;
+/// Distinguishes temp files of concurrent fills within one process.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The destination of one fill: a temp file that is hashed as it is written.
+/// Dropped without being published, it deletes its temp file.
+pub struct CacheFill {
+    file: File,
+    path: PathBuf,
+    hasher: blake3::Hasher,
+    written: u64,
+    published: bool,
+}
+
+impl CacheFill {
+    pub(super) fn create(tmp_dir: &Path, hash: &BlobHash) -> Result<Self, CacheError> {
+        let prefix = hash.as_str().get(..16).unwrap_or(hash.as_str());
+        let mut recreated = false;
+        loop {
+            // The pid keeps processes apart; create_new settles the rare
+            // collision (e.g. containers sharing the directory) by retrying.
+            let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = tmp_dir.join(format!("{prefix}.{}.{n}", std::process::id()));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    return Ok(Self {
+                        file,
+                        path,
+                        hasher: blake3::Hasher::new(),
+                        written: 0,
+                        published: false,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                // Someone removed the cache directory under a running mount:
+                // recreate it once rather than failing every read from now on.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !recreated => {
+                    recreated = true;
+                    create_private_dir(tmp_dir)?;
+                }
+                Err(e) => return Err(CacheError::io(path, e)),
+            }
+        }
+    }
+
+    /// Appends a chunk. A full disk is reported as [`CacheError::NoSpace`].
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), CacheError> {
+        self.file.write_all(chunk).map_err(|e| CacheError::io(&self.path, e))?;
+        self.hasher.update(chunk);
+        self.written += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Checks the hash and, above [`UNSYNCED_MAX`], makes the bytes durable,
+    /// so the rename that follows cannot expose a torn blob after a crash
+    /// (smaller ones are checked when opened instead). Returns a read handle
+    /// on the same inode, which stays valid even if the blob is evicted at once.
+    pub(super) fn seal(&mut self, expected: &BlobHash) -> Result<File, CacheError> {
+        let actual = BlobHash::from_blake3(self.hasher.finalize());
+        if actual != *expected {
+            return Err(CacheError::HashMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        if self.written > UNSYNCED_MAX {
+            self.file.sync_all().map_err(|e| CacheError::io(&self.path, e))?;
+        }
+        File::open(&self.path).map_err(|e| CacheError::io(&self.path, e))
+    }
+
+    /// Renames the sealed fill to `target`. From then on the file is the
+    /// cache's: dropping the fill no longer removes it.
+    pub(super) fn rename_to(&mut self, target: &Path) -> Result<(), CacheError> {
+        fs::rename(&self.path, target).map_err(|e| CacheError::io(target, e))?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for CacheFill {
+    fn drop(&mut self) {
+        if self.published {
+            return;
+        }
+        match fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => warn!("cannot remove cache temp file {}: {e}", self.path.display()),
+        }
+    }
+}
+
+/// The first open of a blob this process did not write: a blob of at most
+/// [`UNSYNCED_MAX`] bytes may have been published without an fsync, so its
+/// bytes are hashed (with positioned reads: `file`'s offset stays at 0).
+/// False when they do not match, after removing the blob, unless another
+/// process already replaced it with a new file. Larger blobs were fsynced
+/// before they were published and are trusted as they are.
+pub(super) fn check_unsynced(hash: &BlobHash, path: &Path, file: &File) -> Result<bool, CacheError> {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let meta = file.metadata().map_err(|e| CacheError::io(path, e))?;
+    if meta.len() <= UNSYNCED_MAX {
+        let mut bytes = vec![0u8; meta.len() as usize];
+        let mut read = 0;
+        while read < bytes.len() {
+            match file.read_at(&mut bytes[read..], read as u64) {
+                Ok(0) => break,
+                Ok(n) => read += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CacheError::io(path, e)),
+            }
+        }
+        bytes.truncate(read);
+        let actual = BlobHash::of(&bytes);
+        if actual != *hash {
+            warn!(
+                "cached blob {} holds bytes hashing to {actual} (torn by a crash?); removing it",
+                path.display()
+            );
+            let same_file = fs::symlink_metadata(path).is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
+            if same_file {
+                if let Err(e) = fs::remove_file(path) {
+                    debug!("cannot remove {}: {e}", path.display());
+                }
+            }
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::tests::{read_all, tmp_files};
+    use crate::cache::BlobCache;
+
+    #[test]
+    fn hash_mismatch_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = BlobCache::open(dir.path(), 1 << 20).expect("open");
+        let expected = BlobHash::of(b"the real content");
+        let err = cache
+            .get_or_fill(&expected, |fill| fill.write(b"something else"))
+            .expect_err("mismatch");
+        match &err {
+            CacheError::HashMismatch { expected: e, actual } => {
+                assert_eq!(e, &expected);
+                assert_eq!(actual, &BlobHash::of(b"something else"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(err.errno(), libc::EIO);
+        assert!(!cache.path_of(&expected).exists());
+        assert!(tmp_files(&cache).is_empty());
+        assert_eq!(cache.usage(), (0, 1 << 20, 0));
+
+        let err = cache.insert_bytes(&expected, b"wrong").expect_err("mismatch");
+        assert!(matches!(err, CacheError::HashMismatch { .. }));
+        assert!(!cache.contains(&expected));
+        assert!(tmp_files(&cache).is_empty());
+    }
+
+    #[test]
+    fn failed_fill_leaves_nothing_and_is_retried_later() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = BlobCache::open(dir.path(), 1 << 20).expect("open");
+        let hash = BlobHash::of(b"payload");
+        let err = cache
+            .get_or_fill(&hash, |fill| {
+                fill.write(b"pay")?;
+                Err(CacheError::Fetch {
+                    hash: hash.clone(),
+                    message: "connection reset".into(),
+                })
+            })
+            .expect_err("fill fails");
+        assert!(matches!(err, CacheError::Fetch { .. }), "{err:?}");
+        assert!(tmp_files(&cache).is_empty());
+        assert!(!cache.contains(&hash));
+        // A panicking fill also cleans up and does not wedge the hash.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = cache.get_or_fill(&hash, |fill| {
+                fill.write(b"pay")?;
+                panic!("fill blew up")
+            });
+        }));
+        assert!(panicked.is_err());
+        assert!(tmp_files(&cache).is_empty());
+        assert!(cache.flights.is_empty());
+
+        let file = cache.get_or_fill(&hash, |fill| fill.write(b"payload")).expect("retry");
+        assert_eq!(read_all(file), b"payload");
+    }
+
+    #[test]
+    fn a_small_blob_torn_by_a_crash_is_caught_on_open_and_fetched_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes = b"# notes\nwritten by an agent just before the power went\n".to_vec();
+        let hash = BlobHash::of(&bytes);
+        {
+            let before = BlobCache::open(dir.path(), 1 << 20).expect("open");
+            before.insert_bytes(&hash, &bytes).expect("insert");
+        }
+        // What a power loss can leave of an unsynced small blob: the name,
+        // with the right size but bytes that never reached the disk.
+        fs::write(
+            dir.path().join("blobs").join(&hash.as_str()[..2]).join(hash.as_str()),
+            vec![0u8; bytes.len()],
+        )
+        .expect("tear the blob");
+
+        let after = BlobCache::open(dir.path(), 1 << 20).expect("open after the crash");
+        assert!(
+            after.contains(&hash),
+            "the torn file is still there before anyone opens it"
+        );
+        assert!(
+            after.open_blob(&hash).expect("open").is_none(),
+            "a torn blob must never be served"
+        );
+        assert!(!after.path_of(&hash).exists(), "the torn blob is removed");
+        assert_eq!(after.usage(), (0, 1 << 20, 0));
+        let refilled = after
+            .get_or_fill(&hash, |fill| fill.write(&bytes))
+            .expect("fetch again");
+        assert_eq!(read_all(refilled), bytes);
+        assert_eq!(read_all(after.open_blob(&hash).expect("open").expect("present")), bytes);
+    }
+
+    #[test]
+    fn a_small_blob_of_another_process_is_checked_once_and_read_from_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let writer = BlobCache::open(dir.path(), 1 << 20).expect("open writer");
+        let reader = BlobCache::open(dir.path(), 1 << 20).expect("open reader");
+        let bytes = vec![b'k'; UNSYNCED_MAX as usize];
+        let hash = BlobHash::of(&bytes);
+        writer.insert_bytes(&hash, &bytes).expect("insert");
+        assert!(!reader.state.lock().expect("state").index.is_verified(&hash));
+        // The check reads with positioned reads: the caller still reads it all.
+        assert_eq!(
+            read_all(reader.open_blob(&hash).expect("open").expect("present")),
+            bytes
+        );
+        assert!(reader.state.lock().expect("state").index.is_verified(&hash));
+        assert!(writer.state.lock().expect("state").index.is_verified(&hash));
+    }
+
+    #[test]
+    fn real_enospc_from_a_fill_write_is_no_space() {
+        // /dev/full fails every write with ENOSPC, no root or tmpfs needed.
+        let Ok(file) = File::options().write(true).open("/dev/full") else {
+            return;
+        };
+        let mut fill = CacheFill {
+            file,
+            path: PathBuf::from("/dev/full"),
+            hasher: blake3::Hasher::new(),
+            written: 0,
+            // Never let Drop try to remove /dev/full.
+            published: true,
+        };
+        let err = fill.write(b"bytes").expect_err("disk full");
+        assert!(matches!(err, CacheError::NoSpace { .. }), "{err:?}");
+        assert_eq!(err.errno(), libc::ENOSPC);
+        assert_eq!(fill.written(), 0);
+    }
+}

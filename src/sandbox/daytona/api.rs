@@ -1,0 +1,467 @@
+//! The client for the parts of Daytona's REST API that contextfs needs: the
+//! sandbox endpoints ([`Daytona`]) and one sandbox's toolbox ([`Toolbox`]),
+//! with errors worded as what to do about them ([`DaytonaError`]).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use super::records::{CreateSandbox, ExecuteRequest, ExecuteResponse, Sandbox};
+use super::scripts::tail;
+
+/// Characters left as they are in a URL path segment (RFC 3986 unreserved).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// What went wrong talking to Daytona, worded as what to do about it.
+#[derive(Debug, Error)]
+pub enum DaytonaError {
+    #[error("no Daytona API key: set DAYTONA_API_KEY (or pass --api-key); keys are made in the Daytona dashboard")]
+    NoKey,
+    #[error("Daytona refused the API key (HTTP {status}: {message}); check DAYTONA_API_KEY")]
+    Unauthorized { status: u16, message: String },
+    #[error("Daytona is failing (HTTP {status}: {message}); retry")]
+    Server { status: u16, message: String },
+    #[error("cannot reach Daytona at {url}: {detail}; check DAYTONA_API_URL and the network")]
+    Unreachable { url: String, detail: String },
+    #[error("Daytona: {message} (HTTP 404, {what})")]
+    NotFound { what: String, message: String },
+    #[error("Daytona rejected the request for {what} (HTTP {status}: {message})")]
+    Rejected { what: String, status: u16, message: String },
+    #[error("unexpected answer from Daytona at {url}: {detail}")]
+    Protocol { url: String, detail: String },
+}
+
+impl DaytonaError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            DaytonaError::Unauthorized { status, .. }
+            | DaytonaError::Server { status, .. }
+            | DaytonaError::Rejected { status, .. } => Some(*status),
+            DaytonaError::NotFound { .. } => Some(404),
+            _ => None,
+        }
+    }
+
+    pub(super) fn is_transient(&self) -> bool {
+        matches!(self, DaytonaError::Server { .. } | DaytonaError::Unreachable { .. })
+    }
+}
+
+pub type DaytonaResult<T> = Result<T, DaytonaError>;
+
+/// A client for Daytona's REST API.
+#[derive(Clone)]
+pub struct Daytona {
+    http: reqwest::Client,
+    api: String,
+    key: String,
+}
+
+impl Daytona {
+    pub fn new(api_url: &str, key: &str) -> DaytonaResult<Self> {
+        let api = api_url.trim().trim_end_matches('/').to_string();
+        if !(api.starts_with("http://") || api.starts_with("https://")) {
+            return Err(DaytonaError::Protocol {
+                url: api,
+                detail: "DAYTONA_API_URL must start with http:// or https://".into(),
+            });
+        }
+        if key.trim().is_empty() {
+            return Err(DaytonaError::NoKey);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| DaytonaError::Protocol {
+                url: api.clone(),
+                detail: e.to_string(),
+            })?;
+        Ok(Self {
+            http,
+            api,
+            key: key.trim().to_string(),
+        })
+    }
+
+    pub fn api_url(&self) -> &str {
+        &self.api
+    }
+
+    fn request(&self, method: Method, url: &str) -> RequestBuilder {
+        self.http.request(method, url).bearer_auth(&self.key)
+    }
+
+    async fn send(&self, what: &str, builder: RequestBuilder) -> DaytonaResult<Response> {
+        let response = builder.send().await.map_err(|e| DaytonaError::Unreachable {
+            url: e.url().map(|u| u.to_string()).unwrap_or_else(|| self.api.clone()),
+            detail: if e.is_timeout() {
+                "no answer in time".to_string()
+            } else {
+                cause(&e)
+            },
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let message = error_message(&text, status);
+        Err(match status.as_u16() {
+            401 | 403 => DaytonaError::Unauthorized {
+                status: status.as_u16(),
+                message,
+            },
+            404 => DaytonaError::NotFound {
+                what: what.to_string(),
+                message,
+            },
+            s if s >= 500 => DaytonaError::Server { status: s, message },
+            s => DaytonaError::Rejected {
+                what: what.to_string(),
+                status: s,
+                message,
+            },
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, what: &str, builder: RequestBuilder) -> DaytonaResult<T> {
+        let response = self.send(what, builder).await?;
+        let url = response.url().to_string();
+        let bytes = response.bytes().await.map_err(|e| DaytonaError::Unreachable {
+            url: url.clone(),
+            detail: describe(&e),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| DaytonaError::Protocol {
+            url,
+            detail: format!(
+                "{e}: {}",
+                String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()
+            ),
+        })
+    }
+
+    fn sandbox_url(&self, id: &str) -> String {
+        format!("{}/sandbox/{}", self.api, utf8_percent_encode(id, SEGMENT))
+    }
+
+    /// `POST /sandbox`.
+    pub async fn create_sandbox(&self, request: &CreateSandbox) -> DaytonaResult<Sandbox> {
+        let url = format!("{}/sandbox", self.api);
+        self.json(
+            "sandbox creation",
+            self.request(Method::POST, &url)
+                .json(request)
+                .timeout(Duration::from_secs(300)),
+        )
+        .await
+    }
+
+    /// `GET /sandbox/{id}`.
+    pub async fn sandbox(&self, id: &str) -> DaytonaResult<Sandbox> {
+        self.json(
+            &format!("sandbox {id}"),
+            self.request(Method::GET, &self.sandbox_url(id))
+                .timeout(Duration::from_secs(60)),
+        )
+        .await
+    }
+
+    /// `DELETE /sandbox/{id}`.
+    pub async fn delete_sandbox(&self, id: &str) -> DaytonaResult<()> {
+        self.send(
+            &format!("sandbox {id}"),
+            self.request(Method::DELETE, &self.sandbox_url(id))
+                .timeout(Duration::from_secs(120)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `POST /sandbox/{id}/start`: starts a stopped (or archived) sandbox.
+    pub async fn start_sandbox(&self, id: &str) -> DaytonaResult<()> {
+        self.send(
+            &format!("sandbox {id}"),
+            self.request(Method::POST, &format!("{}/start", self.sandbox_url(id)))
+                .timeout(Duration::from_secs(300)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Polls `GET /sandbox/{id}` until the sandbox is `started`. Passing
+    /// failures (5xx, connection resets) are retried until the deadline.
+    pub async fn wait_started(&self, id: &str, timeout: Duration) -> anyhow::Result<Sandbox> {
+        let deadline = Instant::now() + timeout;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.sandbox(id).await {
+                Ok(sandbox) => match sandbox.state.as_deref() {
+                    Some("started") => return Ok(sandbox),
+                    Some(state @ ("error" | "build_failed" | "destroyed" | "destroying")) => bail!(
+                        "sandbox {id} did not start: its state is {state}{}",
+                        sandbox
+                            .error_reason
+                            .as_deref()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default()
+                    ),
+                    state => {
+                        if Instant::now() > deadline {
+                            bail!(
+                                "sandbox {id} was not started after {timeout:?} (state {})",
+                                state.unwrap_or("unknown")
+                            );
+                        }
+                    }
+                },
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tracing::warn!("waiting for sandbox {id}: {e}");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// The toolbox API of a sandbox.
+    pub fn toolbox(&self, sandbox_id: &str, toolbox_proxy_url: Option<&str>) -> Toolbox {
+        let id = utf8_percent_encode(sandbox_id, SEGMENT).to_string();
+        let base = match toolbox_proxy_url.map(str::trim).filter(|u| !u.is_empty()) {
+            Some(proxy) => format!("{}/{id}", proxy.trim_end_matches('/')),
+            // Older installations proxy the toolbox through the API itself.
+            None => format!("{}/toolbox/{id}/toolbox", self.api),
+        };
+        Toolbox {
+            daytona: self.clone(),
+            sandbox: sandbox_id.to_string(),
+            base,
+        }
+    }
+}
+
+/// The toolbox API of one sandbox (`{toolboxProxyUrl}/{sandboxId}`).
+#[derive(Clone)]
+pub struct Toolbox {
+    daytona: Daytona,
+    sandbox: String,
+    base: String,
+}
+
+impl Toolbox {
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `POST /process/execute`: runs `command` in the sandbox's shell.
+    pub async fn execute(&self, request: &ExecuteRequest) -> DaytonaResult<ExecuteResponse> {
+        let url = format!("{}/process/execute", self.base);
+        let request = &ExecuteRequest {
+            command: portable_command(&request.command),
+            ..request.clone()
+        };
+        // The HTTP wait covers the command's own limit, or an hour without one.
+        let wait = Duration::from_secs(request.timeout.filter(|t| *t > 0).unwrap_or(3600) + 60);
+        self.daytona
+            .json(
+                &format!("sandbox {} (process/execute)", self.sandbox),
+                self.daytona.request(Method::POST, &url).json(request).timeout(wait),
+            )
+            .await
+    }
+
+    /// Runs a script and fails unless it exits 0; returns its output.
+    pub async fn run(&self, what: &str, script: String, envs: BTreeMap<String, String>) -> anyhow::Result<String> {
+        let response = self
+            .execute(&ExecuteRequest {
+                command: script,
+                cwd: None,
+                envs,
+                timeout: Some(600),
+            })
+            .await
+            .with_context(|| format!("cannot {what}"))?;
+        if response.exit_code != 0 {
+            bail!(
+                "cannot {what} (exit code {}): {}",
+                response.exit_code,
+                tail(&response.result, 20)
+            );
+        }
+        Ok(response.result)
+    }
+
+    /// `POST /files/upload?path=P` with the bytes as the multipart field `file`.
+    pub async fn upload(&self, path: &str, bytes: Bytes) -> DaytonaResult<()> {
+        let url = format!("{}/files/upload", self.base);
+        let boundary = format!("contextfs-{}", hex::encode(rand::random::<[u8; 12]>()));
+        let name = path
+            .rsplit('/')
+            .next()
+            .unwrap_or("file")
+            .replace(['"', '\r', '\n'], "_");
+        let mut body = Vec::with_capacity(bytes.len() + 256);
+        write!(
+            body,
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .expect("write to a Vec");
+        body.extend_from_slice(&bytes);
+        write!(body, "\r\n--{boundary}--\r\n").expect("write to a Vec");
+        self.daytona
+            .send(
+                &format!("sandbox {} (files/upload {path})", self.sandbox),
+                self.daytona
+                    .request(Method::POST, &url)
+                    .query(&[("path", path)])
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        format!("multipart/form-data; boundary={boundary}"),
+                    )
+                    .body(body)
+                    .timeout(Duration::from_secs(600)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /files/download?path=P`; `None` when the file does not exist.
+    pub async fn download(&self, path: &str) -> DaytonaResult<Option<Bytes>> {
+        let url = format!("{}/files/download", self.base);
+        let result = self
+            .daytona
+            .send(
+                &format!("file {path} in sandbox {}", self.sandbox),
+                self.daytona
+                    .request(Method::GET, &url)
+                    .query(&[("path", path)])
+                    .timeout(Duration::from_secs(600)),
+            )
+            .await;
+        let response = match result {
+            Ok(r) => r,
+            Err(DaytonaError::NotFound { .. }) => return Ok(None),
+            // The toolbox answers a missing file with 400 on some versions.
+            Err(DaytonaError::Rejected {
+                status: 400, message, ..
+            }) if message.contains("no such file") || message.contains("not exist") => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let url = response.url().to_string();
+        response.bytes().await.map(Some).map_err(|e| DaytonaError::Unreachable {
+            url,
+            detail: describe(&e),
+        })
+    }
+}
+
+/// Toolbox daemons before March 2026 split the command into words and ran it
+/// without a shell; newer ones feed it to a shell on standard input. What
+/// Daytona's SDKs sent to the old ones, `sh -c "echo B64 | base64 -d | sh"`,
+/// runs the same script on both. (Scripts too long for one argument go as
+/// they are: only newer daemons run those.)
+fn portable_command(script: &str) -> String {
+    use base64::Engine;
+    if script.len() > 64 * 1024 {
+        return script.to_string();
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(script);
+    format!("sh -c \"echo '{encoded}' | base64 -d | sh\"")
+}
+
+/// Daytona's errors are JSON with a `message` (a string, or a list of them).
+fn error_message(text: &str, status: StatusCode) -> String {
+    if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
+        match value.get("message") {
+            Some(serde_json::Value::String(m)) if !m.is_empty() => return m.clone(),
+            Some(serde_json::Value::Array(items)) if !items.is_empty() => {
+                return items
+                    .iter()
+                    .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }
+            _ => {}
+        }
+        if let Some(e) = value.get("error").and_then(|e| e.as_str()) {
+            return e.to_string();
+        }
+    }
+    let text = text.trim();
+    if text.is_empty() {
+        status.canonical_reason().unwrap_or("no message").to_string()
+    } else {
+        text.chars().take(200).collect()
+    }
+}
+
+/// reqwest's Display hides the cause; walk the chain.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The causes of a transport error, without reqwest's "error sending request for url (...)".
+fn cause(e: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn portable_commands_run_the_script_in_a_shell() {
+        let script = "x='a b'; printf '%s|' \"$x\" \"$(echo $((1 + 2)))\"\nexit 4\n";
+        let wrapped = portable_command(script);
+        // As a newer daemon runs it: fed to a shell.
+        let mut child = std::process::Command::new("sh")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), wrapped.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!((out.status.code(), &out.stdout[..]), (Some(4), &b"a b|3|"[..]));
+        // As an older daemon runs it: split into words, no shell around it.
+        let inner = wrapped.strip_prefix("sh -c \"").unwrap().strip_suffix('"').unwrap();
+        let out = std::process::Command::new("sh").arg("-c").arg(inner).output().unwrap();
+        assert_eq!((out.status.code(), &out.stdout[..]), (Some(4), &b"a b|3|"[..]));
+    }
+
+    #[test]
+    fn daytona_error_messages_are_read() {
+        let body = r#"{"path":"/api/sandbox","timestamp":"x","statusCode":401,"error":"Unauthorized","message":"Invalid API key"}"#;
+        assert_eq!(error_message(body, StatusCode::UNAUTHORIZED), "Invalid API key");
+        assert_eq!(
+            error_message(r#"{"message":["a","b"]}"#, StatusCode::BAD_REQUEST),
+            "a; b"
+        );
+        assert_eq!(error_message("", StatusCode::BAD_GATEWAY), "Bad Gateway");
+    }
+}
