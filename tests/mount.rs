@@ -1130,3 +1130,29 @@ async fn a_new_file_removed_while_its_first_commit_is_in_flight_is_gone_on_the_s
     })
     .await;
 }
+
+/// `isatty()` on every Python `open()` sends TCGETS: it gets ENOTTY, as on a
+/// local disk, and the mount log names the command once, not once per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_ioctls_get_enotty_and_one_log_line() {
+    let s = TestServer::start().await;
+    let m = MountedWorkspace::create(&s, "ioctl", "agent-ioctl").await;
+    let out = m.sh_ok(
+        r#"python3 -c "
+import errno, fcntl, termios
+for i in range(200):
+    with open(f'f{i % 5}', 'w') as f:
+        assert not f.isatty()
+        try:
+            fcntl.ioctl(f.fileno(), termios.TCGETS, bytes(64))
+            print('TCGETS succeeded')
+        except OSError as e:
+            if i == 0: print(errno.errorcode[e.errno])
+""#,
+    );
+    assert_eq!(out, "ENOTTY\n");
+    let log = m.log();
+    assert!(!log.contains("Not Implemented] ioctl"), "fuser's per-call warning is back:\n{log}");
+    let lines = log.lines().filter(|l| l.contains("unsupported ioctl")).count();
+    assert_eq!(lines, 1, "one line for TCGETS, however often it is sent:\n{log}");
+}

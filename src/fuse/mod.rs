@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::api::NodeKind;
@@ -28,6 +28,9 @@ pub struct ContextFs {
     gid: u32,
     /// Registered backing files of the passthrough epochs with open handles.
     backings: Mutex<HashMap<u64, Arc<BackingId>>>,
+    /// ioctl commands already logged as unsupported (each is logged once:
+    /// `isatty()` alone sends TCGETS on every Python `open()`).
+    unsupported_ioctls: Mutex<std::collections::HashSet<u32>>,
 }
 
 fn errno(e: VfsError) -> Errno {
@@ -89,6 +92,7 @@ impl ContextFs {
             uid,
             gid,
             backings: Mutex::new(HashMap::new()),
+            unsupported_ioctls: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -442,6 +446,34 @@ impl Filesystem for ContextFs {
             }
         }
         reply.ok();
+    }
+
+    /// No ioctl is supported: ENOTTY, as a regular file on a local disk
+    /// answers the terminal ioctls (fuser's default logs every call and
+    /// answers ENOSYS).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let first = self
+            .unsupported_ioctls
+            .lock()
+            .map(|mut seen| seen.insert(cmd))
+            .unwrap_or(false);
+        if first {
+            tracing::info!(
+                cmd = format_args!("{cmd:#x}"),
+                "unsupported ioctl answered ENOTTY (logged once per command)"
+            );
+        }
+        reply.error(Errno::ENOTTY);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
