@@ -5,7 +5,7 @@
 //! feed, the audit log and the skills.
 
 mod common;
-mod s3_support;
+use common::s3_support;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;

@@ -1152,7 +1152,10 @@ for i in range(200):
     );
     assert_eq!(out, "ENOTTY\n");
     let log = m.log();
-    assert!(!log.contains("Not Implemented] ioctl"), "fuser's per-call warning is back:\n{log}");
+    assert!(
+        !log.contains("Not Implemented] ioctl"),
+        "fuser's per-call warning is back:\n{log}"
+    );
     let lines = log.lines().filter(|l| l.contains("unsupported ioctl")).count();
     assert_eq!(lines, 1, "one line for TCGETS, however often it is sent:\n{log}");
 }

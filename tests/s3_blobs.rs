@@ -4,7 +4,7 @@
 //! not verified, never a leftover after a crash.
 
 mod common;
-mod s3_support;
+use common::s3_support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -6,6 +6,8 @@
 pub mod latency;
 pub mod mount;
 pub mod process;
+#[path = "../s3_support/mod.rs"]
+pub mod s3_support;
 pub mod workspace;
 #[allow(unused_imports)] // not every test file mounts
 pub use mount::*;
@@ -639,6 +641,19 @@ pub async fn fresh_test_database() -> Option<String> {
     Some(database_url(&admin, &name))
 }
 
+/// With this set to `s3`, every test server keeps its blobs in the S3
+/// server of `s3_support` (under a prefix of its own) unless the test names
+/// its own `--blobs`: `scripts/test` runs the mount suites that way.
+pub const TEST_BLOBS_ENV: &str = "CONTEXTFS_TEST_BLOBS";
+
+fn blobs_in_s3() -> bool {
+    match std::env::var(TEST_BLOBS_ENV).unwrap_or_default().as_str() {
+        "" => false,
+        "s3" => true,
+        other => panic!("{TEST_BLOBS_ENV}={other:?}: the only value is `s3`"),
+    }
+}
+
 /// A running `contextfs serve` on its own temporary data directory.
 pub struct TestServer {
     root: tempfile::TempDir,
@@ -678,10 +693,14 @@ impl TestServer {
         let root = tempfile::tempdir().expect("temp dir");
         let data_dir = root.path().join("data");
         let mut args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         if let Some(url) = fresh_test_database().await {
             args.extend(["--database".to_string(), url]);
         }
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if blobs_in_s3() && !args.iter().any(|a| a == "--blobs") {
+            args.extend(s3_support::blob_args(&s3_support::fresh_prefix("server")));
+            env.extend(s3_support::AWS_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        }
         Self::start_in(root, data_dir, args, env).await
     }
 
