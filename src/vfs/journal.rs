@@ -128,11 +128,7 @@ struct Log {
 const COMPACT_AT: u64 = 64 << 20;
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> VfsError {
-    let errno = match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => libc::ENOSPC,
-        _ => libc::EIO,
-    };
-    VfsError::new(errno, format!("journal: cannot {what} {}: {e}", path.display()))
+    VfsError::io(format_args!("journal: cannot {what} {}", path.display()), e)
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), VfsError> {

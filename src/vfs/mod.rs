@@ -12,6 +12,7 @@
 //! crash is written to the [`journal::Journal`] before the call returns.
 
 pub mod drain;
+mod error;
 pub mod journal;
 pub mod kernel_io;
 pub mod ordering;
@@ -26,63 +27,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use thiserror::Error;
-
 use crate::api::{NodeKind, VersionStatus};
 use crate::cache::{BlobCache, CacheError, CacheFill};
 use crate::model::{BlobHash, WsPath, MAX_NAME_BYTES, MAX_PATH_BYTES};
+pub use error::{errno_for_io, VfsError};
 use journal::{Journal, ParentRef, Record};
 use kernel_io::{HandleIo, KernelIoTable};
 
 pub type Ino = u64;
 pub const ROOT_INO: Ino = 1;
-
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
-#[error("{message}")]
-pub struct VfsError {
-    pub errno: i32,
-    pub message: String,
-}
-
-impl VfsError {
-    pub fn new(errno: i32, message: impl Into<String>) -> Self {
-        Self {
-            errno,
-            message: message.into(),
-        }
-    }
-    fn noent(what: impl std::fmt::Display) -> Self {
-        Self::new(libc::ENOENT, format!("{what}: no such file or directory"))
-    }
-    fn exists(what: impl std::fmt::Display) -> Self {
-        Self::new(libc::EEXIST, format!("{what} already exists"))
-    }
-    fn notdir(what: impl std::fmt::Display) -> Self {
-        Self::new(libc::ENOTDIR, format!("{what} is not a directory"))
-    }
-    fn isdir(what: impl std::fmt::Display) -> Self {
-        Self::new(libc::EISDIR, format!("{what} is a directory"))
-    }
-    fn rofs(what: impl std::fmt::Display) -> Self {
-        Self::new(libc::EROFS, format!("{what} is read-only"))
-    }
-    fn badf() -> Self {
-        Self::new(libc::EBADF, "unknown file handle")
-    }
-    fn io(what: &str, e: std::io::Error) -> Self {
-        let errno = match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => libc::ENOSPC,
-            _ => libc::EIO,
-        };
-        Self::new(errno, format!("{what}: {e}"))
-    }
-}
-
-impl From<CacheError> for VfsError {
-    fn from(e: CacheError) -> Self {
-        VfsError::new(e.errno(), e.to_string())
-    }
-}
 
 pub type VfsResult<T> = Result<T, VfsError>;
 
