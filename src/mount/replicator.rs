@@ -490,3 +490,8 @@ impl Replicator {
         }
     }
 }
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
