@@ -3,6 +3,7 @@
 //! socket that `umount` and `status` talk to.
 
 pub mod control;
+pub mod remote;
 pub mod replicator;
 
 use std::path::{Path, PathBuf};
@@ -584,7 +585,7 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
 
     let worker = Arc::new(Replicator::new(
         vfs.clone(),
-        client.clone(),
+        Arc::new(client.clone()),
         args.project.clone(),
         args.agent_id.clone(),
     ));

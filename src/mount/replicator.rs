@@ -10,8 +10,9 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use reqwest::StatusCode;
 
+use super::remote::Remote;
 use crate::api::{CommitRequest, DeleteRequest, ErrorCode, MkdirRequest, RenameRequest};
-use crate::client::{Client, ClientError};
+use crate::client::ClientError;
 use crate::vfs::drain::{ContentSource, DrainItem, DrainOp};
 use crate::vfs::Vfs;
 
@@ -37,7 +38,7 @@ pub struct ReplicatorStatus {
 
 pub struct Replicator {
     pub vfs: Arc<Vfs>,
-    client: Client,
+    remote: Arc<dyn Remote>,
     project: String,
     agent_id: Option<String>,
     status: Mutex<ReplicatorStatus>,
@@ -111,12 +112,12 @@ fn commit_key(uid: u64, rev: u64, op: &DrainOp) -> String {
 }
 
 impl Replicator {
-    pub fn new(vfs: Arc<Vfs>, client: Client, project: String, agent_id: Option<String>) -> Self {
+    pub fn new(vfs: Arc<Vfs>, remote: Arc<dyn Remote>, project: String, agent_id: Option<String>) -> Self {
         // From now on fsync waits for the server (until a round fails to reach it).
         vfs.round_finished(true);
         Self {
             vfs,
-            client,
+            remote,
             project,
             agent_id,
             status: Mutex::new(ReplicatorStatus {
@@ -282,7 +283,7 @@ impl Replicator {
                     agent_id: self.agent_id.clone(),
                     message: None,
                 };
-                match self.client.mkdir(p, &req).await {
+                match self.remote.mkdir(p, &req).await {
                     Ok(v) => {
                         self.note(&v.path, "mkdir");
                         self.local(self.vfs.ack_namespace(item.uid, item.rev, &v))
@@ -303,7 +304,7 @@ impl Replicator {
                     message: None,
                     node: Some(*node),
                 };
-                match self.client.rename(p, &req).await {
+                match self.remote.rename(p, &req).await {
                     Ok(v) => {
                         self.note(&v.path, "renamed");
                         self.local(self.vfs.ack_namespace(item.uid, item.rev, &v))
@@ -331,7 +332,7 @@ impl Replicator {
                     _ => None,
                 };
                 let upload = match source {
-                    ContentSource::File(file) => self.client.put_blob_file(p, hash, file).await.map(|_| ()),
+                    ContentSource::File(file) => self.remote.put_blob_file(p, hash, file).await.map(|_| ()),
                     ContentSource::Inline(_) | ContentSource::Server => Ok(()),
                 };
                 if let Err(e) = upload {
@@ -350,15 +351,15 @@ impl Replicator {
                     node: *node,
                     content_base64: inline,
                 };
-                let mut result = self.client.commit(p, &req).await;
+                let mut result = self.remote.commit(p, &req).await;
                 if let (Err(e), ContentSource::Inline(bytes)) = (&result, source) {
                     if e.has_code(ErrorCode::BlobMissing) {
                         // A server that predates inline content: upload, then commit.
-                        if let Err(e) = self.client.put_blob(p, Bytes::from(bytes.clone())).await {
+                        if let Err(e) = self.remote.put_blob(p, Bytes::from(bytes.clone())).await {
                             return classify(e);
                         }
                         req.content_base64 = None;
-                        result = self.client.commit(p, &req).await;
+                        result = self.remote.commit(p, &req).await;
                     }
                 }
                 match result {
@@ -386,7 +387,7 @@ impl Replicator {
                     message: None,
                     node: Some(*node),
                 };
-                match self.client.delete(p, &req).await {
+                match self.remote.delete(p, &req).await {
                     Ok(response) => {
                         self.note(path.as_str(), "deleted");
                         self.local(self.vfs.ack_delete(item.uid, item.rev, *node, &response.deleted))
@@ -454,7 +455,7 @@ impl Replicator {
         let mut backoff = Duration::from_millis(200);
         loop {
             let since = self.vfs.cursor();
-            let poll = self.client.changes(&self.project, since, Duration::from_secs(25));
+            let poll = self.remote.changes(&self.project, since, Duration::from_secs(25));
             let page = tokio::select! {
                 page = poll => page,
                 _ = stop.changed() => return,
@@ -489,3 +490,8 @@ impl Replicator {
         }
     }
 }
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,62 @@
+//! What the sync worker needs from the server, as a trait: the mount uses
+//! the HTTP [`Client`]; unit tests use a scripted fake that can fail the Nth
+//! call, delay a call or lose an answer (see `replicator/tests.rs`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::api::{
+    BlobReceipt, ChangesPage, CommitRequest, DeleteRequest, DeleteResponse, MkdirRequest, RenameRequest, VersionInfo,
+};
+use crate::client::{Client, ClientResult};
+use crate::model::BlobHash;
+
+/// The calls [`super::replicator::Replicator`] makes, with the signatures
+/// and errors of [`Client`]'s methods of the same names.
+#[async_trait]
+pub trait Remote: Send + Sync {
+    async fn mkdir(&self, project: &str, request: &MkdirRequest) -> ClientResult<VersionInfo>;
+    async fn rename(&self, project: &str, request: &RenameRequest) -> ClientResult<VersionInfo>;
+    async fn commit(&self, project: &str, request: &CommitRequest) -> ClientResult<VersionInfo>;
+    async fn delete(&self, project: &str, request: &DeleteRequest) -> ClientResult<DeleteResponse>;
+    /// Uploads bytes; the hash is computed by the callee.
+    async fn put_blob(&self, project: &str, bytes: Bytes) -> ClientResult<BlobReceipt>;
+    /// Uploads the file at `path`, whose bytes hash to `hash`.
+    async fn put_blob_file(&self, project: &str, hash: &BlobHash, path: &Path) -> ClientResult<BlobReceipt>;
+    /// Events after `since`; waits up to `wait` for the first one.
+    async fn changes(&self, project: &str, since: i64, wait: Duration) -> ClientResult<ChangesPage>;
+}
+
+#[async_trait]
+impl Remote for Client {
+    async fn mkdir(&self, project: &str, request: &MkdirRequest) -> ClientResult<VersionInfo> {
+        Client::mkdir(self, project, request).await
+    }
+
+    async fn rename(&self, project: &str, request: &RenameRequest) -> ClientResult<VersionInfo> {
+        Client::rename(self, project, request).await
+    }
+
+    async fn commit(&self, project: &str, request: &CommitRequest) -> ClientResult<VersionInfo> {
+        Client::commit(self, project, request).await
+    }
+
+    async fn delete(&self, project: &str, request: &DeleteRequest) -> ClientResult<DeleteResponse> {
+        Client::delete(self, project, request).await
+    }
+
+    async fn put_blob(&self, project: &str, bytes: Bytes) -> ClientResult<BlobReceipt> {
+        Client::put_blob(self, project, bytes).await
+    }
+
+    async fn put_blob_file(&self, project: &str, hash: &BlobHash, path: &Path) -> ClientResult<BlobReceipt> {
+        Client::put_blob_file(self, project, hash, path).await
+    }
+
+    async fn changes(&self, project: &str, since: i64, wait: Duration) -> ClientResult<ChangesPage> {
+        Client::changes(self, project, since, wait).await
+    }
+}
