@@ -67,6 +67,9 @@ pub struct Round {
     pub left: usize,
     /// Set when the round stopped on an error worth retrying later.
     pub transient: Option<String>,
+    /// The server refused something this round (its reason is the status's
+    /// last error, which the changes that did land must not clear).
+    pub refused: bool,
 }
 
 enum Outcome {
@@ -234,6 +237,7 @@ impl Replicator {
                         Outcome::Refused(e) => {
                             tracing::warn!(op = %item.describe(), error = %e, "the server refused a change; it stays in the journal");
                             self.vfs.fail(item.uid, &e);
+                            round.refused = true;
                             if let Ok(mut r) = self.refused.lock() {
                                 r.insert(item.uid, Instant::now());
                             }
@@ -252,7 +256,7 @@ impl Replicator {
         }
         match &round.transient {
             Some(e) => self.set_status(false, Some(e.clone())),
-            None if round.done > 0 => self.set_status(true, None),
+            None if round.done > 0 && !round.refused => self.set_status(true, None),
             None => {}
         }
         // Acknowledgements were appended without waiting; make them durable

@@ -254,7 +254,15 @@ async fn a_refused_change_stays_queued_with_its_reason_while_the_rest_land() {
     );
     let tree = m.server.tree();
     assert_eq!(tree.keys().collect::<Vec<_>>(), ["good1.txt", "good2.txt"]);
-    assert!(m.worker.status().online, "the server answered");
+    let status = m.worker.status();
+    assert!(status.online, "the server answered");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused by the test")),
+        "`contextfs status` names the refusal although other changes landed: {status:?}"
+    );
 
     // Not hammered: the next round leaves it alone for a while.
     let round = m.worker.drain(true).await;
