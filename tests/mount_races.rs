@@ -180,3 +180,98 @@ fn diff(want: &BTreeMap<String, Option<BlobHash>>, got: &BTreeMap<String, Option
         .collect();
     format!("missing {missing:?}, extra {extra:?}, different {changed:?}")
 }
+
+/// A download that hangs (the server frozen mid-answer) ties up none of the
+/// mount's FUSE threads: with more cold opens waiting than the mount has
+/// FUSE threads, a cached file still opens and reads and the folder lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_opens_stuck_on_a_frozen_server_leave_cached_files_readable() {
+    let s = TestServer::start().await;
+    let p = "cold";
+    let m = MountedWorkspace::create(&s, p, "agent-cold").await;
+    m.sh_ok("echo cached > cached.md && cat cached.md");
+    const COLD: usize = 12; // more than the mount's 8 FUSE threads
+    for i in 0..COLD {
+        s.commit(
+            p,
+            &s.admin,
+            &format!("cold{i}.md"),
+            None,
+            format!("cold {i}\n").as_bytes(),
+        )
+        .await
+        .expect("commit a file the mount has not read");
+    }
+    eventually("the mount lists every cold file", || async {
+        let listed = m.sh_ok("ls");
+        match (0..COLD).find(|i| !listed.lines().any(|l| l == format!("cold{i}.md"))) {
+            None => Ok(()),
+            Some(i) => Err(format!("cold{i}.md missing: {listed}")),
+        }
+    })
+    .await;
+    m.wait_synced().await;
+    let pid = s.pid().expect("server runs").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let readers: Vec<std::process::Child> = (0..COLD)
+        .map(|i| {
+            m.command("cat")
+                .arg(format!("cold{i}.md"))
+                .current_dir(&m.dir)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start cat")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1)); // every cat is now waiting in open()
+                                                // While the server stays frozen (the downloads give up only after 30 s),
+                                                // a cached file must open and read, and the folder must list.
+    let mut meanwhile = m
+        .command("bash")
+        .args(["-c", "cat cached.md && ls | wc -l"])
+        .current_dir(&m.dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start bash");
+    let frozen_until = std::time::Instant::now() + Duration::from_secs(15);
+    let finished_while_frozen = loop {
+        if meanwhile.try_wait().expect("poll bash").is_some() {
+            break true;
+        }
+        if std::time::Instant::now() > frozen_until {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let meanwhile = meanwhile.wait_with_output().expect("wait for bash");
+    assert!(
+        finished_while_frozen,
+        "reading a cached file hung behind downloads from the frozen server: {}",
+        both(&meanwhile)
+    );
+    assert!(meanwhile.status.success(), "{}", both(&meanwhile));
+    assert_eq!(
+        stdout(&meanwhile),
+        format!("cached\n{}\n", COLD + 2),
+        "cached.md, cold*, skills"
+    );
+    for (i, reader) in readers.into_iter().enumerate() {
+        let out = reader.wait_with_output().expect("wait for cat");
+        assert!(
+            out.status.success(),
+            "cat cold{i}.md failed once the server was back: {}",
+            both(&out)
+        );
+        assert_eq!(stdout(&out), format!("cold {i}\n"));
+    }
+}

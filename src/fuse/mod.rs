@@ -26,8 +26,9 @@ pub struct ContextFs {
     vfs: Arc<Vfs>,
     uid: u32,
     gid: u32,
-    /// Registered backing files of the passthrough epochs with open handles.
-    backings: Mutex<HashMap<u64, Arc<BackingId>>>,
+    backings: Arc<Backings>,
+    /// Opens running on threads of their own (see [`ContextFs::open`]).
+    handed_off: Arc<std::sync::atomic::AtomicUsize>,
     /// ioctl commands already logged as unsupported (each is logged once:
     /// `isatty()` alone sends TCGETS on every Python `open()`).
     unsupported_ioctls: Mutex<std::collections::HashSet<u32>>,
@@ -91,7 +92,8 @@ impl ContextFs {
             vfs,
             uid,
             gid,
-            backings: Mutex::new(HashMap::new()),
+            backings: Arc::new(Backings::default()),
+            handed_off: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             unsupported_ioctls: Mutex::new(std::collections::HashSet::new()),
         }
     }
@@ -107,11 +109,25 @@ impl ContextFs {
         }
     }
 
+    fn end_epoch(&self, epoch: Option<u64>) {
+        self.backings.end(epoch);
+    }
+
+    fn reply_opened(&self, fh: u64, reply: ReplyOpen) {
+        reply_opened(&self.vfs, &self.backings, fh, reply)
+    }
+}
+
+/// Registered backing files of the passthrough epochs with open handles.
+#[derive(Default)]
+struct Backings(Mutex<HashMap<u64, Arc<BackingId>>>);
+
+impl Backings {
     /// The backing file of a passthrough epoch: registered by its first open,
     /// shared by the rest (the kernel wants one per inode), dropped by the
     /// last release.
-    fn backing(&self, epoch: u64, file: &std::fs::File, reply: &ReplyOpen) -> std::io::Result<Arc<BackingId>> {
-        let mut backings = self.backings.lock().unwrap_or_else(|p| p.into_inner());
+    fn get_or_register(&self, epoch: u64, file: &std::fs::File, reply: &ReplyOpen) -> std::io::Result<Arc<BackingId>> {
+        let mut backings = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = backings.get(&epoch) {
             return Ok(b.clone());
         }
@@ -120,34 +136,60 @@ impl ContextFs {
         Ok(backing)
     }
 
-    fn end_epoch(&self, epoch: Option<u64>) {
+    fn end(&self, epoch: Option<u64>) {
         if let Some(epoch) = epoch {
-            self.backings.lock().unwrap_or_else(|p| p.into_inner()).remove(&epoch);
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&epoch);
         }
     }
+}
 
-    fn reply_opened(&self, fh: u64, reply: ReplyOpen) {
-        let io = match self.vfs.kernel_io(fh) {
-            Ok(io) => io,
-            Err(e) => return reply.error(errno(e)),
-        };
-        let KernelIo::Passthrough { file, epoch } = &io else {
-            return reply.opened(FileHandle(fh), Self::open_flags(&io));
-        };
-        match self.backing(*epoch, file, &reply) {
-            Ok(backing) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
-            Err(e) => {
-                // Needs CAP_SYS_ADMIN and a backing file on a plain file system.
-                tracing::warn!(error = %e, "the kernel refused a passthrough backing file; reads go through the mount from now on");
-                match self.vfs.passthrough_failed(fh) {
-                    Ok((io, ended)) => {
-                        self.end_epoch(ended);
-                        reply.opened(FileHandle(fh), Self::open_flags(&io));
-                    }
-                    Err(e) => reply.error(errno(e)),
+/// Replies to an open with the handle's kernel I/O mode, registering its
+/// passthrough backing file when it has one.
+fn reply_opened(vfs: &Vfs, backings: &Backings, fh: u64, reply: ReplyOpen) {
+    let io = match vfs.kernel_io(fh) {
+        Ok(io) => io,
+        Err(e) => return reply.error(errno(e)),
+    };
+    let KernelIo::Passthrough { file, epoch } = &io else {
+        return reply.opened(FileHandle(fh), ContextFs::open_flags(&io));
+    };
+    match backings.get_or_register(*epoch, file, &reply) {
+        Ok(backing) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
+        Err(e) => {
+            // Needs CAP_SYS_ADMIN and a backing file on a plain file system.
+            tracing::warn!(error = %e, "the kernel refused a passthrough backing file; reads go through the mount from now on");
+            match vfs.passthrough_failed(fh) {
+                Ok((io, ended)) => {
+                    backings.end(ended);
+                    reply.opened(FileHandle(fh), ContextFs::open_flags(&io));
                 }
+                Err(e) => reply.error(errno(e)),
             }
         }
+    }
+}
+
+/// Opens that download on threads of their own at most; beyond that they run
+/// on the FUSE thread that received them (slower for the others, never lost).
+const MAX_HANDED_OFF_OPENS: usize = 64;
+
+/// One of the [`MAX_HANDED_OFF_OPENS`] places, given back when dropped
+/// (also when the thread meant to use it could not start).
+struct HandOffSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl HandOffSlot {
+    fn take(count: &Arc<std::sync::atomic::AtomicUsize>) -> Option<Self> {
+        use std::sync::atomic::Ordering::SeqCst;
+        count
+            .fetch_update(SeqCst, SeqCst, |n| (n < MAX_HANDED_OFF_OPENS).then_some(n + 1))
+            .ok()
+            .map(|_| Self(count.clone()))
+    }
+}
+
+impl Drop for HandOffSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -318,6 +360,20 @@ impl Filesystem for ContextFs {
                     Err(e) => reply.error(errno(e)),
                 },
             );
+        }
+        if self.vfs.open_would_fetch(ino.0) {
+            // A cold open downloads first (up to the client's timeout): off
+            // the fixed FUSE threads, so cached reads and stats keep going.
+            if let Some(slot) = HandOffSlot::take(&self.handed_off) {
+                let (vfs, backings) = (self.vfs.clone(), self.backings.clone());
+                return run_waiting(move || {
+                    let _slot = slot;
+                    match vfs.open(ino.0, mode) {
+                        Ok(fh) => reply_opened(&vfs, &backings, fh, reply),
+                        Err(e) => reply.error(errno(e)),
+                    }
+                });
+            }
         }
         match self.vfs.open(ino.0, mode) {
             Ok(fh) => self.reply_opened(fh, reply),

@@ -820,6 +820,18 @@ impl Vfs {
     /// Opens the blob of a clean file through the cache (fetching it if
     /// needed). Open descriptors are shared for a while: blobs never change,
     /// and every read is positional, so one fd serves all handles.
+    /// Whether opening `ino` would have to download its content first (a
+    /// clean file whose blob is in no local cache): the FUSE adapter then
+    /// opens it off its fixed worker threads, so one slow download does not
+    /// hold a thread every other request may need.
+    pub fn open_would_fetch(&self, ino: Ino) -> bool {
+        let hash = match Self::get(&self.lock(), ino).map(|i| &i.content) {
+            Ok(Content::Blob { hash }) => hash.clone(),
+            _ => return false,
+        };
+        !self.open_files.contains_key(&hash) && !self.cache.contains(&hash)
+    }
+
     fn open_blob(&self, hash: &BlobHash) -> VfsResult<Arc<File>> {
         if let Some(file) = self.open_files.get(hash) {
             return Ok(file);
