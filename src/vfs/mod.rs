@@ -117,6 +117,11 @@ struct Inode {
     last_status: Option<VersionStatus>,
     /// The blob the kernel's page cache last saw for this inode.
     kernel_hash: Option<BlobHash>,
+    /// Held across a change of the staging file's bytes or length (pwrite,
+    /// truncate), which run outside the state lock: writes to different
+    /// files proceed in parallel, and one file's size stays in step with
+    /// its staging file.
+    data_lock: Arc<Mutex<()>>,
 }
 
 impl Inode {
@@ -142,6 +147,7 @@ impl Inode {
             read_only: false,
             last_status: None,
             kernel_hash: None,
+            data_lock: Arc::new(Mutex::new(())),
         }
     }
 }
@@ -219,6 +225,10 @@ pub enum PassthroughPolicy {
     All,
 }
 
+/// How often a write retries when its staging file is replaced under it
+/// (each retry needs another acknowledgement or remote change to race with).
+const WRITE_ATTEMPTS: usize = 8;
+
 /// How long fsync waits for the server to acknowledge the change.
 const FSYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -269,6 +279,17 @@ struct State {
 }
 
 pub struct Vfs {
+    /// The tree, handles and journaled records.
+    ///
+    /// Lock order (never take an earlier one while holding a later one):
+    /// 1. an inode's `data_lock` (staging-file bytes and length);
+    /// 2. this state lock;
+    /// 3. the journal's log lock (`Journal::write` under the state lock);
+    /// 4. the cache's index lock (`BlobCache` calls under the state lock).
+    ///
+    /// Disk data I/O (pwrite, hashing, copies, fsync) runs outside the state
+    /// lock, re-checking what it raced with (`data_rev`, the staging file)
+    /// once it has the lock again.
     state: Mutex<State>,
     journal: Journal,
     staging_dir: PathBuf,
@@ -913,6 +934,13 @@ impl Vfs {
                 pinned = Some(self.open_blob(&hash)?);
             }
         }
+        // O_TRUNC changes the staging file's length: in step with writers.
+        let data_lock = if mode.truncate {
+            Some(self.data_lock_of(ino)?)
+        } else {
+            None
+        };
+        let _data = data_lock.as_ref().map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
         let mut st = self.lock();
         // Only a read-only handle pinned to a clean blob can be read by the
         // kernel without us; `pinned` is set exactly for those.
@@ -1142,28 +1170,57 @@ impl Vfs {
             }
             handle.ino
         };
-        // Content may have gone clean after an acknowledgement: stage it again.
-        self.make_local(ino, false)?;
-        let mut st = self.lock();
-        let append = st.handles.get(&fh).is_some_and(|h| h.append);
-        let inode = Self::get_mut(&mut st, ino)?;
-        let Content::Local { file, .. } = &inode.content else {
-            return Err(VfsError::new(libc::EIO, "staging file vanished"));
-        };
-        let at = if append { inode.size } else { offset };
-        file.write_all_at(data, at)
-            .map_err(|e| VfsError::io("write to staging file", e))?;
-        if !data.is_empty() {
-            // A zero-length write never extends a file.
-            inode.size = inode.size.max(at + data.len() as u64);
+        for _attempt in 0..WRITE_ATTEMPTS {
+            // Content may have gone clean after an acknowledgement: stage it again.
+            self.make_local(ino, false)?;
+            let (staged, data_lock, append) = {
+                let st = self.lock();
+                let append = st.handles.get(&fh).is_some_and(|h| h.append);
+                let inode = Self::get(&st, ino)?;
+                let Content::Local { file, .. } = &inode.content else {
+                    continue; // gone clean again between the two locks
+                };
+                (file.clone(), inode.data_lock.clone(), append)
+            };
+            // The bytes go to disk outside the state lock; the data lock
+            // keeps this file's size, appends and truncates in order.
+            let _data = data_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let at = if append {
+                Self::get(&self.lock(), ino)?.size
+            } else {
+                offset
+            };
+            staged
+                .write_all_at(data, at)
+                .map_err(|e| VfsError::io("write to staging file", e))?;
+            let mut st = self.lock();
+            let inode = Self::get_mut(&mut st, ino)?;
+            if !matches!(&inode.content, Content::Local { file, .. } if Arc::ptr_eq(file, &staged)) {
+                // Replaced meanwhile (acknowledged and retired, or a remote
+                // change): those bytes went to a file nobody reads; again.
+                continue;
+            }
+            if !data.is_empty() {
+                // A zero-length write never extends a file.
+                inode.size = inode.size.max(at + data.len() as u64);
+            }
+            inode.data_rev += 1;
+            inode.mtime = SystemTime::now();
+            inode.ctime = inode.mtime;
+            if let Some(h) = st.handles.get_mut(&fh) {
+                h.dirty = true;
+            }
+            return Ok(data.len() as u32);
         }
-        inode.data_rev += 1;
-        inode.mtime = SystemTime::now();
-        inode.ctime = inode.mtime;
-        if let Some(h) = st.handles.get_mut(&fh) {
-            h.dirty = true;
-        }
-        Ok(data.len() as u32)
+        Err(VfsError::new(
+            libc::EIO,
+            "the staging file kept being replaced during a write",
+        ))
+    }
+
+    /// The data lock of `ino` (see [`Inode::data_lock`]).
+    fn data_lock_of(&self, ino: Ino) -> VfsResult<Arc<Mutex<()>>> {
+        Ok(Self::get(&self.lock(), ino)?.data_lock.clone())
     }
 
     /// close(): commits the handle's changes into the journal. Returns only
@@ -1364,6 +1421,8 @@ impl Vfs {
             // truncate(2) changes what passthrough readers' backing file shows.
             self.await_passthrough_readers(ino)?;
             self.make_local(ino, size == 0)?;
+            let data_lock = self.data_lock_of(ino)?;
+            let _data = data_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut st = self.lock();
             let inode = Self::get_mut(&mut st, ino)?;
             if let Content::Local { file, .. } = &inode.content {
