@@ -12,8 +12,10 @@
 
 mod harness;
 mod model;
+mod sync_model;
 
 mod acks;
+mod crash;
 mod drain_plan;
 mod editor_saves;
 mod local_ops;
