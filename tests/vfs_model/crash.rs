@@ -29,6 +29,7 @@ pub fn bound(kind: Kind, bytes: &[u8], mode: u32, node: i64, path: &str) -> Entr
         server_path: path.into(),
         changed: 0,
         dirty: false,
+        content: false,
         ..Entry::local(kind, bytes.to_vec(), mode)
     }
 }

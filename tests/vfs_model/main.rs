@@ -22,3 +22,4 @@ mod local_ops;
 mod passthrough;
 mod remote;
 mod replay;
+mod sync;

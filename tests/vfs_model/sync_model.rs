@@ -29,6 +29,8 @@ pub struct Entry {
     pub changed: u64,
     /// Local changes the server has not acknowledged (a journal record).
     pub dirty: bool,
+    /// Of those, a content or mode change (a rename's answer leaves it queued).
+    pub content: bool,
 }
 
 impl Entry {
@@ -42,6 +44,7 @@ impl Entry {
             server_path: String::new(),
             changed: 1,
             dirty: true,
+            content: kind != Kind::Dir,
         }
     }
 }
@@ -84,9 +87,12 @@ impl SyncModel {
         id
     }
 
-    pub fn touch(&mut self, id: usize) {
-        self.entries[id].changed += 1;
-        self.entries[id].dirty = true;
+    /// A local change of entry `id`; `content` for data or mode.
+    pub fn touch(&mut self, id: usize, content: bool) {
+        let e = &mut self.entries[id];
+        e.changed += 1;
+        e.dirty = true;
+        e.content |= content;
     }
 
     pub fn bound(&self, node: i64) -> Option<(String, usize)> {
@@ -154,6 +160,7 @@ impl SyncModel {
                     h.seen = e.seen;
                     h.server_path = e.server_path.clone();
                     h.dirty = true;
+                    h.content = true;
                     return;
                 }
             }
@@ -210,7 +217,7 @@ impl SyncModel {
             let id = self.tree.remove(&old).unwrap();
             self.tree.insert(format!("{to}{}", &old[from.len()..]), id);
         }
-        self.touch(src);
+        self.touch(src, false);
         Ok(())
     }
 }
@@ -324,7 +331,7 @@ pub fn local_op(vfs: &Vfs, model: &mut SyncModel, op: &LocalOp) -> Result<(), Te
                 Some(Kind::File) => {
                     let id = model.tree[path];
                     model.entries[id].bytes = data.clone();
-                    model.touch(id);
+                    model.touch(id, true);
                     Ok(())
                 }
                 None => {
@@ -358,7 +365,7 @@ pub fn local_op(vfs: &Vfs, model: &mut SyncModel, op: &LocalOp) -> Result<(), Te
                         bytes[*offset as usize..end].copy_from_slice(data);
                     }
                     // Even an empty write makes the handle dirty: a new revision.
-                    model.touch(id);
+                    model.touch(id, true);
                     Ok(())
                 }
             });
@@ -432,7 +439,7 @@ pub fn local_op(vfs: &Vfs, model: &mut SyncModel, op: &LocalOp) -> Result<(), Te
                 Some(&id) => {
                     if model.entries[id].mode != *mode {
                         model.entries[id].mode = *mode;
-                        model.touch(id);
+                        model.touch(id, true);
                     }
                     Ok(*mode)
                 }
@@ -452,7 +459,7 @@ pub fn local_op(vfs: &Vfs, model: &mut SyncModel, op: &LocalOp) -> Result<(), Te
                 Some(Kind::File) => {
                     let id = model.tree[path];
                     model.entries[id].bytes.resize(*size as usize, 0);
-                    model.touch(id);
+                    model.touch(id, true);
                     Ok(*size)
                 }
             });
