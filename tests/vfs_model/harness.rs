@@ -46,6 +46,11 @@ impl MapSource {
         hash
     }
 
+    /// The bytes of a blob the server holds.
+    pub fn get(&self, hash: &BlobHash) -> Option<Vec<u8>> {
+        self.blobs.lock().unwrap().get(hash).cloned()
+    }
+
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
