@@ -7,6 +7,11 @@
 //! - `model`: the reference model of the tree and the comparison with it;
 //! - `local_ops`: property test of local operations (every errno and byte)
 //!   and of journal replay;
+//! - `sync_model`: a model of whole system calls (symlink, chmod, truncate,
+//!   touch, fsync) with what the mount knows of each server node;
+//! - `sync`: property test against a simulated server (late, reordered
+//!   answers; echoes and another writer's changes in the feed);
+//! - `crash`: property test cutting the journal at any byte before a remount;
 //! - `editor_saves`, `acks`, `drain_plan`, `passthrough`, `remote`, `replay`:
 //!   unit tests pinning one concern each.
 
