@@ -1,0 +1,30 @@
+//! Model-based and unit tests of the filesystem core (`contextfs::vfs`),
+//! driven without a kernel or a server. Laid out like mountpoint-s3's
+//! `tests/reftests/`: shared fixtures, the reference model, the property
+//! tests that compare the core against it, and one file per concern.
+//!
+//! - `harness`: `Env`, `MapSource`, listings, answers, events, helpers;
+//! - `model`: the reference model of the tree and the comparison with it;
+//! - `local_ops`: property test of local operations (every errno and byte)
+//!   and of journal replay;
+//! - `sync_model`: a model of whole system calls (symlink, chmod, truncate,
+//!   touch, fsync) with what the mount knows of each server node;
+//! - `sync`: property test against a simulated server (late, reordered
+//!   answers; echoes and another writer's changes in the feed);
+//! - `crash`: property test cutting the journal at any byte before a remount;
+//! - `editor_saves`, `acks`, `drain_plan`, `passthrough`, `remote`, `replay`:
+//!   unit tests pinning one concern each.
+
+mod harness;
+mod model;
+mod sync_model;
+
+mod acks;
+mod crash;
+mod drain_plan;
+mod editor_saves;
+mod local_ops;
+mod passthrough;
+mod remote;
+mod replay;
+mod sync;

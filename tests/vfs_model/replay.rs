@@ -1,0 +1,72 @@
+//! Journal replay corner cases (a remount rebuilds the tree).
+
+use crate::harness::*;
+
+#[test]
+fn replay_puts_children_in_a_local_directory_renamed_after_they_were_written() {
+    let env = Env::new();
+    let vfs = env.mount(&empty_listing());
+    let dir = vfs.mkdir(ROOT_INO, "notes", 0o755).unwrap().ino;
+    write_file(&vfs, dir, "todo.md", b"- replay\n");
+    // Journal timestamps have millisecond resolution: make the order visible.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    vfs.rename(ROOT_INO, "notes", ROOT_INO, "journal", false).unwrap();
+    drop(vfs);
+    let vfs = env.mount(&empty_listing());
+    assert_eq!(read_path(&vfs, "journal/todo.md"), b"- replay\n");
+    assert_eq!(vfs.lookup(ROOT_INO, "todo.md").unwrap_err().errno, libc::ENOENT);
+}
+
+#[test]
+fn replay_of_swapped_server_files_keeps_both_contents() {
+    let env = Env::new();
+    let listing = tree_listing(
+        1,
+        vec![
+            file_entry(&env.source, "a", 1, 1, b"AAA"),
+            file_entry(&env.source, "b", 2, 1, b"BBB"),
+        ],
+    );
+    let vfs = env.mount(&listing);
+    vfs.rename(ROOT_INO, "a", ROOT_INO, "tmp", false).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    vfs.rename(ROOT_INO, "b", ROOT_INO, "a", false).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    vfs.rename(ROOT_INO, "tmp", ROOT_INO, "b", false).unwrap();
+    assert_eq!(
+        (read_path(&vfs, "a"), read_path(&vfs, "b")),
+        (b"BBB".to_vec(), b"AAA".to_vec())
+    );
+    drop(vfs);
+    let vfs = env.mount(&listing);
+    assert_eq!(
+        (read_path(&vfs, "a"), read_path(&vfs, "b")),
+        (b"BBB".to_vec(), b"AAA".to_vec())
+    );
+    assert_eq!(
+        vfs.getxattr(ino_of(&vfs, "a").unwrap(), "user.contextfs.node").unwrap(),
+        b"2"
+    );
+}
+
+#[test]
+fn a_file_in_a_directory_that_reached_the_server_replays_into_it() {
+    let env = Env::new();
+    let vfs = env.mount(&empty_listing());
+    let dir = vfs.mkdir(ROOT_INO, "d", 0o755).unwrap().ino;
+    let items = plan(&vfs);
+    assert_eq!(describe(&items), ["mkdir d"]);
+    write_file(&vfs, dir, "f.md", b"inside d");
+    let v = version_info(50, 1, "d", NodeKind::Dir, BlobHash::of(b""), 0, VersionStatus::Clean);
+    vfs.ack_namespace(items[0].uid, items[0].rev, &v).unwrap();
+    assert_eq!(describe(&plan(&vfs)), ["commit d/f.md"]);
+    // Crash before the file's commit (after the round's journal sync); the
+    // server now lists `d`.
+    vfs.make_journal_durable().unwrap();
+    drop(vfs);
+    let listing = tree_listing(2, vec![dir_entry("d", 50)]);
+    let vfs = env.mount(&listing);
+    assert_eq!(read_path(&vfs, "d/f.md"), b"inside d");
+    assert_eq!(vfs.lookup(ROOT_INO, "f.md").unwrap_err().errno, libc::ENOENT);
+    assert_eq!(describe(&plan(&vfs)), ["commit d/f.md"]);
+}
