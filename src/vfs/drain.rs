@@ -362,14 +362,81 @@ impl Vfs {
         Ok(())
     }
 
-    fn bind(st: &mut State, uid: u64, v: &VersionInfo) -> Option<Ino> {
-        let ino = st.by_uid.get(&uid).copied()?;
-        let server = ServerState::from_version(v);
+    /// Binds the inode of `uid` to the node the server answered with.
+    fn bind(&self, st: &mut State, uid: u64, v: &VersionInfo, out: &mut Vec<Invalidation>) -> VfsResult<Option<Ino>> {
+        let Some(ino) = st.by_uid.get(&uid).copied() else {
+            return Ok(None);
+        };
+        let other = st.by_node.get(&v.node).copied().filter(|other| *other != ino);
+        // Only when the answer is newer than what that inode shows: a late
+        // answer must not undo a later move the feed already applied.
+        let older = |o: &Ino| {
+            st.inodes
+                .get(o)
+                .and_then(|i| i.server.as_ref())
+                .is_some_and(|s| s.version < v.version)
+        };
+        if let Some(other) = other.filter(older) {
+            self.release_node(st, other, out)?;
+        }
         st.by_node.insert(v.node, ino);
         if let Some(inode) = st.inodes.get_mut(&ino) {
-            inode.server = Some(server);
+            inode.server = Some(ServerState::from_version(v));
         }
-        Some(ino)
+        Ok(Some(ino))
+    }
+
+    /// Another inode showed the node the server just put at one of this
+    /// mount's paths (another writer moved it there, and this mount's create
+    /// landed in it): the server has nothing at that inode's path any more.
+    /// A clean file goes, as the other writer's rename would have taken it;
+    /// one with local changes keeps them and is committed as a new file.
+    fn release_node(&self, st: &mut State, ino: Ino, out: &mut Vec<Invalidation>) -> VfsResult<()> {
+        let Some(inode) = st.inodes.get(&ino) else {
+            return Ok(());
+        };
+        if inode.kind == NodeKind::Dir {
+            // Its entries follow the directory's own events; leave it be.
+            return Ok(());
+        }
+        let busy =
+            st.records.contains_key(&inode.uid) || inode.data_rev != inode.journaled_data_rev || inode.open_writers > 0;
+        if busy {
+            let uid = inode.uid;
+            return self.unbind_locked(st, uid);
+        }
+        let (parent, name) = (inode.parent, inode.name.clone());
+        if let Some(inode) = st.inodes.get_mut(&ino) {
+            inode.server = None;
+        }
+        Self::detach(st, ino);
+        out.push(Invalidation::Entry { parent, name });
+        Ok(())
+    }
+
+    /// A clean file whose node's head another writer changed before this
+    /// mount's own change of it landed: the answer carries that head, so the
+    /// file now shows its bytes (a new inode if passthrough readers pin the
+    /// old ones).
+    fn adopt_head_content(st: &mut State, ino: Ino, v: &VersionInfo, out: &mut Vec<Invalidation>) {
+        let Some(inode) = st.inodes.get(&ino) else { return };
+        let clean = !st.records.contains_key(&inode.uid) && inode.data_rev == inode.journaled_data_rev;
+        let stale = matches!(&inode.content, Content::Blob { hash } if *hash != v.hash);
+        if v.kind != NodeKind::File || !clean || !stale || inode.open_writers > 0 {
+            return;
+        }
+        let ino = if st.kernel_io.busy(ino) {
+            Self::replace_inode(st, ino, out)
+        } else {
+            ino
+        };
+        if let Some(inode) = st.inodes.get_mut(&ino) {
+            inode.content = Content::Blob { hash: v.hash.clone() };
+            inode.size = v.size;
+            inode.mtime = SystemTime::now();
+            inode.ctime = inode.mtime;
+            out.push(Invalidation::Inode(ino));
+        }
     }
 
     /// A mkdir or rename reached the server.
@@ -423,20 +490,21 @@ impl Vfs {
     }
 
     pub fn ack_namespace(&self, uid: u64, rev: u64, v: &VersionInfo) -> VfsResult<()> {
+        let mut invalidate = Vec::new();
         let mut st = self.lock();
         if self.orphaned(&mut st, uid, v)? {
             return Ok(());
         }
-        let old_path = st
+        let before = st
             .by_uid
             .get(&uid)
             .and_then(|i| st.inodes.get(i))
             .and_then(|i| i.server.as_ref())
-            .map(|s| s.path.clone());
-        Self::bind(&mut st, uid, v);
+            .map(|s| (s.path.clone(), s.hash.clone()));
+        let ino = self.bind(&mut st, uid, v, &mut invalidate)?;
         if v.kind == NodeKind::Dir {
-            if let Some(old) = old_path {
-                self.rebase_server_paths(&mut st, &old, &v.path)?;
+            if let Some((old, _)) = &before {
+                self.rebase_server_paths(&mut st, old, &v.path)?;
             }
             // Records inside it named it by local uid, which a remount cannot resolve.
             for r in st.records.values_mut() {
@@ -451,9 +519,19 @@ impl Vfs {
             .get(&uid)
             .is_some_and(|r| r.content.is_none() && !r.mode_dirty);
         if !(nothing_else && self.settle(&mut st, uid, rev)?) {
+            // Pending content derives from the head this mount knew: only
+            // when the answer carries that same content may it be the new
+            // base; otherwise another writer's change sits in between, and
+            // the server must merge with it instead of overwriting it.
+            let same_content = before.as_ref().is_none_or(|(_, hash)| *hash == v.hash);
             let server = ServerState::from_version(v);
-            self.rebase(&mut st, uid, &server, true)?;
+            self.rebase(&mut st, uid, &server, same_content || v.kind == NodeKind::Dir)?;
         }
+        if let Some(ino) = ino {
+            Self::adopt_head_content(&mut st, ino, v, &mut invalidate);
+        }
+        drop(st);
+        self.invalidate(invalidate);
         Ok(())
     }
 
@@ -468,7 +546,7 @@ impl Vfs {
             if self.orphaned(&mut st, uid, v)? {
                 return Ok(());
             }
-            let ino = Self::bind(&mut st, uid, v);
+            let ino = self.bind(&mut st, uid, v, &mut invalidate)?;
             if let Some(ino) = ino {
                 let path = Self::path_of(&st, ino);
                 st.outcomes.insert(path, v.status);
@@ -571,6 +649,10 @@ impl Vfs {
     /// on it is a new file (its content will be committed as new).
     pub fn unbind(&self, uid: u64) -> VfsResult<()> {
         let mut st = self.lock();
+        self.unbind_locked(&mut st, uid)
+    }
+
+    fn unbind_locked(&self, st: &mut State, uid: u64) -> VfsResult<()> {
         let Some(&ino) = st.by_uid.get(&uid) else { return Ok(()) };
         let Some(inode) = st.inodes.get_mut(&ino) else {
             return Ok(());
@@ -578,7 +660,9 @@ impl Vfs {
         let old = inode.server.take();
         let kind = inode.kind;
         if let Some(old) = &old {
-            st.by_node.remove(&old.node);
+            if st.by_node.get(&old.node) == Some(&ino) {
+                st.by_node.remove(&old.node);
+            }
         }
         if let Some(r) = st.records.get_mut(&uid) {
             r.node = None;

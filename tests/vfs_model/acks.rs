@@ -167,13 +167,15 @@ fn acknowledging_one_of_two_identical_large_files_keeps_the_others_bytes() {
     assert_eq!(read_path(&vfs, "two.bin"), big);
 }
 
-/// Found by `sync::late_acks_echoes_and_remote_news_never_beat_local_state`
+/// A rename's answer carries the node's head, which another writer edited
+/// meanwhile: the clean file shows those bytes (the edit's own event is old
+/// news by then). Found by
+/// `sync::late_acks_echoes_and_remote_news_never_beat_local_state`
 /// (minimal case: `[Local(Rename { from: "a", to: "c" }), RemoteWrite
 /// { pick: 2, data: [0] }, Drain, RemoteCreate { path: "d" }, RemoteRename
 /// { pick: 3, to: "b/d" }, Answer(0), Feed(2), Feed(2)]`).
 #[test]
-#[ignore = "bug: ack_namespace stores the answer's hash (the node's head, which another writer changed) as the inode's server state but keeps the old content; the other writer's edit event is then old news (version below the answer's) and a later event carrying that hash looks unchanged, so the clean file shows stale bytes for good"]
-fn bug_a_rename_ack_hides_another_writers_earlier_edit() {
+fn a_rename_ack_shows_another_writers_earlier_edit() {
     let env = Env::new();
     let listing = tree_listing(1, vec![file_entry(&env.source, "a", 1, 1, b"old")]);
     let vfs = env.mount(&listing);

@@ -82,12 +82,15 @@ fn a_remote_rename_moves_a_clean_file() {
     assert_eq!(read_path(&vfs, "b.md"), b"aaa");
 }
 
-/// Found by `sync::late_acks_echoes_and_remote_news_never_beat_local_state`
-/// (minimal case: `[Local(Write { path: "b/c", data: [] }), RemoteRename
-/// { pick: 0, to: "b/c" }, Drain, Answer(0), Feed(1)]`).
+/// Another writer moved a node onto the path of a new local file, and the
+/// mount's commit landed in that node: the inode that showed the node at its
+/// old path goes (the server has nothing there), instead of staying as a
+/// ghost whose edits would be committed into the other file's node. Found by
+/// `sync::late_acks_echoes_and_remote_news_never_beat_local_state` (minimal
+/// case: `[Local(Write { path: "b/c", data: [] }), RemoteRename { pick: 0,
+/// to: "b/c" }, Drain, Answer(0), Feed(1)]`).
 #[test]
-#[ignore = "bug: an ack binding a new local file to a node another inode still shows (another writer renamed that node onto the file's path; the server merged the base-less commit into it) leaves two inodes bound to one node: the rename's event is then old news (version 2 < 3), so the old path stays as a ghost the server no longer has, and an edit of the ghost is committed into the other file's node"]
-fn bug_an_ack_binding_a_node_another_inode_shows_leaves_a_ghost() {
+fn an_ack_binding_a_node_another_inode_shows_leaves_no_ghost() {
     let env = Env::new();
     let listing = tree_listing(1, vec![file_entry(&env.source, "a", 1, 1, b"server a")]);
     let vfs = env.mount(&listing);
