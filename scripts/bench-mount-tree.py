@@ -339,6 +339,40 @@ def cmd_untar(args):
     emit(args, **fields)
 
 
+def cmd_parwrite(args):
+    """`--writers` threads, each writing its own new file of `--mb` MiB in
+    128 KiB writes and closing it: the aggregate rate until every close
+    returned (writes to different files through one mount)."""
+    os.makedirs(args.dir, exist_ok=True)
+    chunk = bytes(range(256)) * 512  # 128 KiB
+    per_file = args.mb * (1 << 20)
+    errors = []
+
+    def writer(k):
+        try:
+            fd = os.open(os.path.join(args.dir, f"w{k}.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                done = 0
+                while done < per_file:
+                    done += os.write(fd, chunk)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(args.writers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    if errors:
+        sys.exit(f"parwrite: {errors[0]}")
+    total = per_file * args.writers
+    emit(args, writers=args.writers, bytes=total, seconds=seconds, mb_s=total / seconds / 1e6)
+
+
 def read_status(pid):
     out = {}
     with open(f"/proc/{pid}/status") as f:
@@ -407,6 +441,9 @@ def cmd_report(args):
     row(f"{s:,} × create+4 KiB+close: committed on server", "small", "committed_s", "time")
     row(f"untar {meta['crate_name']} ({meta['crate_files']} files): tar returns", "untar", "close_s", "time")
     row(f"untar {meta['crate_name']}: committed on server", "untar", "committed_s", "time")
+    pw = meta.get("par_writers")
+    if pw:
+        row(f"{pw} writers × {meta['par_mb']} MiB, each its own new file, until every close (MB/s)", "parwrite", "mb_s", "rate")
 
     def ratio(kind, v, nat):
         if v is None or nat is None or nat == 0:
@@ -620,6 +657,12 @@ def main():
             s.add_argument("--fsync", action="store_true")
         s.add_argument("--server", nargs=4, metavar=("URL", "TOKEN", "PROJECT", "PREFIX"))
         s.set_defaults(fn=fn)
+
+    s = sub.add_parser("parwrite")
+    s.add_argument("dir")
+    s.add_argument("--writers", type=int, default=4)
+    s.add_argument("--mb", type=int, default=64)
+    s.set_defaults(fn=cmd_parwrite)
 
     s = sub.add_parser("rss")
     s.add_argument("pid", type=int)
