@@ -1,0 +1,504 @@
+//! Open handles and their data: open, read, write (to the staging file,
+//! outside the state lock), flush = commit on close, release, fsync and
+//! setattr (truncate, chmod, utimes).
+
+use super::*;
+
+impl Vfs {
+    /// Opens the blob of a clean file through the cache (fetching it if
+    /// needed). Open descriptors are shared for a while: blobs never change,
+    /// and every read is positional, so one fd serves all handles.
+    /// Whether opening `ino` would have to download its content first (a
+    /// clean file whose blob is in no local cache): the FUSE adapter then
+    /// opens it off its fixed worker threads, so one slow download does not
+    /// hold a thread every other request may need.
+    pub fn open_would_fetch(&self, ino: Ino) -> bool {
+        let hash = match Self::get(&self.lock(), ino).map(|i| &i.content) {
+            Ok(Content::Blob { hash }) => hash.clone(),
+            _ => return false,
+        };
+        !self.open_files.contains_key(&hash) && !self.cache.contains(&hash)
+    }
+
+    pub(super) fn open_blob(&self, hash: &BlobHash) -> VfsResult<Arc<File>> {
+        if let Some(file) = self.open_files.get(hash) {
+            return Ok(file);
+        }
+        let file = match self.cache.open_blob(hash)? {
+            Some(file) => file,
+            None => self.cache.get_or_fill(hash, |fill| self.source.fetch(hash, fill))?,
+        };
+        let file = Arc::new(file);
+        self.open_files.insert(hash.clone(), file.clone());
+        Ok(file)
+    }
+
+    /// Turns clean content into a local staging file (copy on first write).
+    pub(super) fn make_local(&self, ino: Ino, truncate: bool) -> VfsResult<()> {
+        let hash = {
+            let st = self.lock();
+            match &Self::get(&st, ino)?.content {
+                Content::Blob { hash } => hash.clone(),
+                Content::Local { .. } => return Ok(()),
+                Content::Dir => return Err(VfsError::isdir(Self::path_of(&st, ino))),
+                Content::Symlink { .. } => return Err(VfsError::new(libc::ELOOP, "cannot open a symlink for writing")),
+            }
+        };
+        let (file, path) = self.new_local_file()?;
+        let mut size = 0;
+        if !truncate {
+            let source = self.open_blob(&hash)?;
+            let mut reader = std::io::BufReader::with_capacity(1 << 20, journal::ReadAt::new(&source));
+            let mut writer = std::io::BufWriter::with_capacity(1 << 20, &*file);
+            size = std::io::copy(&mut reader, &mut writer).map_err(|e| VfsError::io("copy into staging", e))?;
+            std::io::Write::flush(&mut writer).map_err(|e| VfsError::io("copy into staging", e))?;
+        }
+        let mut st = self.lock();
+        let inode = Self::get_mut(&mut st, ino)?;
+        match &inode.content {
+            // Someone else made it local meanwhile: use theirs.
+            Content::Local { .. } => {
+                let _ = std::fs::remove_file(&path);
+            }
+            _ => {
+                inode.content = Content::Local { file, path };
+                inode.size = size;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn open(&self, ino: Ino, mode: OpenMode) -> VfsResult<u64> {
+        {
+            let st = self.lock();
+            let inode = Self::get(&st, ino)?;
+            if inode.kind == NodeKind::Dir && mode.write {
+                return Err(VfsError::isdir(Self::path_of(&st, ino)));
+            }
+            if mode.write || mode.truncate {
+                Self::check_writable(&st, ino)?;
+            }
+        }
+        if mode.write || mode.truncate {
+            // Before staging a copy: the kernel lets nobody else in while
+            // passthrough readers hold the file.
+            self.await_passthrough_readers(ino)?;
+        }
+        let mut pinned = None;
+        // make_local(truncate) drops a clean file's bytes itself: judge the change by the size before.
+        let size_before = Self::get(&self.lock(), ino)?.size;
+        if mode.write || mode.truncate {
+            self.make_local(ino, mode.truncate)?;
+        } else {
+            let hash = {
+                let st = self.lock();
+                match &Self::get(&st, ino)?.content {
+                    Content::Blob { hash } => Some(hash.clone()),
+                    _ => None,
+                }
+            };
+            if let Some(hash) = hash {
+                pinned = Some(self.open_blob(&hash)?);
+            }
+        }
+        // O_TRUNC changes the staging file's length: in step with writers.
+        let data_lock = if mode.truncate {
+            Some(self.data_lock_of(ino)?)
+        } else {
+            None
+        };
+        let _data = data_lock.as_ref().map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut st = self.lock();
+        // Only a read-only handle pinned to a clean blob can be read by the
+        // kernel without us; `pinned` is set exactly for those.
+        let inode = Self::get(&st, ino)?;
+        let passthrough_read = match (&pinned, &inode.content) {
+            (Some(_), Content::Blob { hash }) if self.passthrough_allowed(inode) => Some(hash.clone()),
+            _ => None,
+        };
+        let io = st
+            .kernel_io
+            .open(ino, passthrough_read.as_ref())
+            .map_err(|_| Self::passthrough_busy(&st, ino))?;
+        let mut dirty = false;
+        if mode.truncate {
+            let inode = Self::get_mut(&mut st, ino)?;
+            if let Content::Local { file, .. } = &inode.content {
+                if inode.size != 0 || size_before != 0 {
+                    file.set_len(0).map_err(|e| VfsError::io("truncate", e))?;
+                    inode.size = 0;
+                    inode.data_rev += 1;
+                    inode.mtime = SystemTime::now();
+                    dirty = true;
+                }
+            }
+        }
+        let inode = Self::get_mut(&mut st, ino)?;
+        inode.open_handles += 1;
+        if mode.write {
+            inode.open_writers += 1;
+        }
+        let fh = st.next_fh;
+        st.next_fh += 1;
+        st.handles.insert(
+            fh,
+            Handle {
+                ino,
+                write: mode.write,
+                append: mode.append,
+                dirty,
+                pinned,
+                io,
+            },
+        );
+        Ok(fh)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
+        let (file, ino) = {
+            let st = self.lock();
+            let handle = st.handles.get(&fh).ok_or_else(VfsError::badf)?;
+            match &handle.pinned {
+                Some(f) => (Some(f.clone()), handle.ino),
+                None => match &Self::get(&st, handle.ino)?.content {
+                    Content::Local { file, .. } => (Some(file.clone()), handle.ino),
+                    Content::Blob { .. } => (None, handle.ino),
+                    Content::Dir => return Err(VfsError::isdir(Self::path_of(&st, handle.ino))),
+                    Content::Symlink { target } => {
+                        let bytes = target.as_bytes();
+                        let start = (offset as usize).min(bytes.len());
+                        let end = (start + size as usize).min(bytes.len());
+                        return Ok(bytes[start..end].to_vec());
+                    }
+                },
+            }
+        };
+        let file = match file {
+            Some(f) => f,
+            None => {
+                // A writable handle whose content went clean (acknowledged) meanwhile.
+                let hash = {
+                    let st = self.lock();
+                    match &Self::get(&st, ino)?.content {
+                        Content::Blob { hash } => hash.clone(),
+                        _ => return Err(VfsError::new(libc::EAGAIN, "content changed; retry")),
+                    }
+                };
+                self.open_blob(&hash)?
+            }
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file
+                .read_at(&mut buf[filled..], offset + filled as u64)
+                .map_err(|e| VfsError::io("read", e))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
+        let ino = {
+            let st = self.lock();
+            let handle = st.handles.get(&fh).ok_or_else(VfsError::badf)?;
+            if !handle.write {
+                return Err(VfsError::badf());
+            }
+            handle.ino
+        };
+        for _attempt in 0..WRITE_ATTEMPTS {
+            // Content may have gone clean after an acknowledgement: stage it again.
+            self.make_local(ino, false)?;
+            let (staged, data_lock, append) = {
+                let st = self.lock();
+                let append = st.handles.get(&fh).is_some_and(|h| h.append);
+                let inode = Self::get(&st, ino)?;
+                let Content::Local { file, .. } = &inode.content else {
+                    continue; // gone clean again between the two locks
+                };
+                (file.clone(), inode.data_lock.clone(), append)
+            };
+            // The bytes go to disk outside the state lock; the data lock
+            // keeps this file's size, appends and truncates in order.
+            let _data = data_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let at = if append {
+                Self::get(&self.lock(), ino)?.size
+            } else {
+                offset
+            };
+            staged
+                .write_all_at(data, at)
+                .map_err(|e| VfsError::io("write to staging file", e))?;
+            let mut st = self.lock();
+            let inode = Self::get_mut(&mut st, ino)?;
+            if !matches!(&inode.content, Content::Local { file, .. } if Arc::ptr_eq(file, &staged)) {
+                // Replaced meanwhile (acknowledged and retired, or a remote
+                // change): those bytes went to a file nobody reads; again.
+                continue;
+            }
+            if !data.is_empty() {
+                // A zero-length write never extends a file.
+                inode.size = inode.size.max(at + data.len() as u64);
+            }
+            inode.data_rev += 1;
+            inode.mtime = SystemTime::now();
+            inode.ctime = inode.mtime;
+            if let Some(h) = st.handles.get_mut(&fh) {
+                h.dirty = true;
+            }
+            return Ok(data.len() as u32);
+        }
+        Err(VfsError::new(
+            libc::EIO,
+            "the staging file kept being replaced during a write",
+        ))
+    }
+
+    /// The data lock of `ino` (see [`Inode::data_lock`]).
+    pub(super) fn data_lock_of(&self, ino: Ino) -> VfsResult<Arc<Mutex<()>>> {
+        Ok(Self::get(&self.lock(), ino)?.data_lock.clone())
+    }
+
+    /// close(): commits the handle's changes into the journal. Returns only
+    /// after they are durable, so a successful close never loses data.
+    pub fn flush(&self, fh: u64) -> VfsResult<()> {
+        let ino = {
+            let mut st = self.lock();
+            let handle = st.handles.get_mut(&fh).ok_or_else(VfsError::badf)?;
+            if !handle.dirty {
+                return Ok(());
+            }
+            handle.dirty = false;
+            handle.ino
+        };
+        if let Err(e) = self.journal_content(ino).and_then(|()| self.journal.make_durable()) {
+            if let Some(h) = self.lock().handles.get_mut(&fh) {
+                h.dirty = true;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Snapshots a local file's content into the journal if it changed.
+    pub(super) fn journal_content(&self, ino: Ino) -> VfsResult<()> {
+        let (file, rev) = {
+            let st = self.lock();
+            let inode = Self::get(&st, ino)?;
+            if inode.unlinked || inode.data_rev == inode.journaled_data_rev {
+                return Ok(());
+            }
+            match &inode.content {
+                Content::Local { file, .. } => (file.clone(), inode.data_rev),
+                _ => return Ok(()),
+            }
+        };
+        // Hashing and copying happen outside the lock; the revision check below
+        // keeps a concurrent writer's newer change from being marked journaled.
+        let (hash, size, inline) = self.journal.snapshot(&file)?;
+        let mut st = self.lock();
+        let inode = Self::get(&st, ino)?;
+        if inode.unlinked {
+            return Ok(());
+        }
+        let mut record = Self::next_record(&st, ino)?;
+        record.content = Some(hash);
+        record.size = size;
+        record.inline = inline.map(|b| Journal::encode_inline(&b));
+        self.commit_record(&mut st, ino, record)?;
+        let inode = Self::get_mut(&mut st, ino)?;
+        inode.journaled_data_rev = inode.journaled_data_rev.max(rev);
+        Ok(())
+    }
+
+    pub fn release(&self, fh: u64) -> VfsResult<()> {
+        self.release_kernel(fh).map(|_| ())
+    }
+
+    /// release(); also returns the passthrough epoch whose last handle this
+    /// was, so the adapter can let go of its backing file.
+    pub fn release_kernel(&self, fh: u64) -> VfsResult<Option<u64>> {
+        let flush_needed = self.lock().handles.get(&fh).is_some_and(|h| h.dirty);
+        if flush_needed {
+            // release() errors never reach close(); flush already reported any.
+            if let Err(e) = self.flush(fh) {
+                tracing::error!(error = %e, "commit on release failed; the change stays staged");
+            }
+        }
+        let mut st = self.lock();
+        let handle = st.handles.remove(&fh).ok_or_else(VfsError::badf)?;
+        let ended_epoch = st.kernel_io.release(handle.ino, handle.io);
+        let forget = match st.inodes.get_mut(&handle.ino) {
+            Some(inode) => {
+                inode.open_handles = inode.open_handles.saturating_sub(1);
+                if handle.write {
+                    inode.open_writers = inode.open_writers.saturating_sub(1);
+                }
+                inode.unlinked && inode.open_handles == 0
+            }
+            None => false,
+        };
+        if forget {
+            Self::forget_inode(&mut st, handle.ino);
+        }
+        Ok(ended_epoch)
+    }
+
+    /// fsync(): the change is journaled (durable). An edit of a file the
+    /// server has, in place, is then sent at once and fsync waits (at most
+    /// [`FSYNC_WAIT`]) for the answer; a change the server refuses is `EIO`.
+    /// With the server unreachable it returns once the change is durable
+    /// here (it stays queued). A new or moved file goes out with the normal
+    /// debounce: an editor fsyncs its new file before it removes the backup,
+    /// and sending the new file then would split the save into two nodes.
+    pub fn fsync(&self, fh: u64) -> VfsResult<()> {
+        self.flush(fh)?;
+        let waiting_for = {
+            let st = self.lock();
+            let ino = st.handles.get(&fh).ok_or_else(VfsError::badf)?.ino;
+            let record = st.inodes.get(&ino).and_then(|i| st.records.get(&i.uid));
+            // Only a commit to a node the server has can go out on its own.
+            match record.map(|r| (r, self.plan_record(&st, r))) {
+                Some((r, Ok(Some(drain::DrainOp::Commit { node: Some(_), .. })))) => Some((r.uid, r.rev)),
+                _ => None,
+            }
+        };
+        let Some((uid, rev)) = waiting_for else {
+            self.wake.notify_one();
+            return Ok(());
+        };
+        // Marked urgent before the worker is woken (in await_commit), so the
+        // wake-up sends it at once instead of sleeping out the debounce.
+        self.set_urgent(uid, true);
+        let result = self.await_commit(uid, rev);
+        self.set_urgent(uid, false);
+        result
+    }
+
+    pub(super) fn set_urgent(&self, uid: u64, on: bool) {
+        let mut urgent = self.urgent.lock().unwrap_or_else(|p| p.into_inner());
+        if on {
+            urgent.insert(uid);
+        } else {
+            urgent.remove(&uid);
+        }
+    }
+
+    /// Whether fsync waits for some record to go out now.
+    pub fn has_urgent(&self) -> bool {
+        !self.urgent.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    /// The records fsync waits for (usually none), copied once per plan.
+    pub(super) fn urgent_uids(&self) -> std::collections::HashSet<u64> {
+        self.urgent.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until record `uid` at `rev` was acknowledged (or superseded),
+    /// refused (`EIO`), the server is unreachable, or [`FSYNC_WAIT`] passed.
+    pub(super) fn await_commit(&self, uid: u64, rev: u64) -> VfsResult<()> {
+        self.wake.notify_one();
+        let deadline = std::time::Instant::now() + FSYNC_WAIT;
+        let mut st = self.lock();
+        loop {
+            if !self.server_reachable.load(Ordering::Relaxed) {
+                return Ok(()); // durable here; it goes out when the server is back
+            }
+            match st.records.get(&uid) {
+                None => return Ok(()),
+                Some(r) if r.rev > rev => return Ok(()), // superseded by a newer change
+                Some(r) => {
+                    if let Some(error) = &r.last_error {
+                        return Err(VfsError::new(
+                            libc::EIO,
+                            format!(
+                                "the server refused {}: {error}; the change stays in the journal (see `contextfs status`)",
+                                Self::path_of(&st, st.by_uid.get(&uid).copied().unwrap_or(ROOT_INO))
+                            ),
+                        ));
+                    }
+                }
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(()); // still durable here; the worker keeps trying
+            }
+            st = self
+                .round_done
+                .wait_timeout(st, deadline - now)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// The sync worker reports after each round whether it reached the
+    /// server; fsync waits only while it does.
+    pub fn round_finished(&self, server_reachable: bool) {
+        self.server_reachable.store(server_reachable, Ordering::Relaxed);
+        let _guard = self.lock();
+        self.round_done.notify_all();
+    }
+
+    pub fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> VfsResult<Attr> {
+        let out = self.setattr_journaled(ino, fh, set)?;
+        // Durable before the call returns; synced outside the core's lock.
+        self.journal.make_durable()?;
+        Ok(out)
+    }
+
+    pub(super) fn setattr_journaled(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> VfsResult<Attr> {
+        if set.size.is_some() || set.mode.is_some() {
+            Self::check_writable(&self.lock(), ino)?;
+        }
+        if let Some(size) = set.size {
+            if self.lock().inodes.get(&ino).is_some_and(|i| i.kind == NodeKind::Dir) {
+                return Err(VfsError::isdir(self.path(ino)));
+            }
+            // truncate(2) changes what passthrough readers' backing file shows.
+            self.await_passthrough_readers(ino)?;
+            self.make_local(ino, size == 0)?;
+            let data_lock = self.data_lock_of(ino)?;
+            let _data = data_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = self.lock();
+            let inode = Self::get_mut(&mut st, ino)?;
+            if let Content::Local { file, .. } = &inode.content {
+                file.set_len(size).map_err(|e| VfsError::io("truncate", e))?;
+            }
+            inode.size = size;
+            inode.data_rev += 1;
+            inode.mtime = SystemTime::now();
+            inode.ctime = inode.mtime;
+            let through_handle = fh.and_then(|f| st.handles.get_mut(&f)).filter(|h| h.write);
+            match through_handle {
+                // ftruncate on a writable handle: committed with that handle's close.
+                Some(handle) => handle.dirty = true,
+                None => {
+                    drop(st);
+                    self.journal_content(ino)?;
+                }
+            }
+        }
+        let mut st = self.lock();
+        if let Some(mode) = set.mode {
+            let inode = Self::get_mut(&mut st, ino)?;
+            let mode = mode & 0o7777;
+            if inode.mode != mode {
+                inode.mode = mode;
+                inode.ctime = SystemTime::now();
+                let mut record = Self::next_record(&st, ino)?;
+                record.mode_dirty = true;
+                self.commit_record(&mut st, ino, record)?;
+            }
+        }
+        if let Some(mtime) = set.mtime {
+            // mtime is local metadata: the server keeps version times.
+            Self::get_mut(&mut st, ino)?.mtime = mtime;
+        }
+        Ok(Self::attr_of(ino, Self::get(&st, ino)?))
+    }
+}
