@@ -1,0 +1,140 @@
+//! The service: commit logic with optimistic locking and three-way merge,
+//! namespace operations, history, rollback, the change feed and skills.
+//!
+//! Handlers in `routes.rs` only translate HTTP; every rule lives here, on top
+//! of the [`MetadataStore`] and [`BlobStore`] traits.
+//!
+//! One file per concept, each an `impl Service` block:
+//! - `admin.rs`: projects and tokens;
+//! - `read.rs`: tree, checkout, history, the change feed, audit, blobs;
+//! - `commit.rs`: commits (idempotency, inline content, the three-way merge
+//!   decision) and the one-call `PUT files` upload;
+//! - `namespace.rs`: mkdir, rename, delete, rollback;
+//! - `skills.rs`: publishing and reading skills, SKILL.md front matter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::auth::{secret_hash, Caller};
+use super::blobs::BlobStore;
+use super::error::ApiError;
+use super::feed::Feed;
+use super::store::{now_millis, MetadataStore, WriteMeta};
+use crate::api::*;
+use crate::model::WsPath;
+
+mod admin;
+mod commit;
+mod namespace;
+mod read;
+mod skills;
+
+pub use commit::MAX_MERGE_BYTES;
+pub use skills::parse_skill_front_matter;
+
+/// How often a commit re-reads the head after losing a compare-and-set.
+const MAX_COMMIT_ATTEMPTS: usize = 64;
+const MAX_AGENT_ID: usize = 256;
+const MAX_MESSAGE: usize = 4096;
+/// Commits to one path are serialised in-process to avoid retry storms; the
+/// compare-and-set in the store stays the real guarantee.
+const PATH_LOCK_STRIPES: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest blob upload, in bytes.
+    pub max_blob_bytes: u64,
+    /// Largest JSON request body, in bytes.
+    pub max_request_bytes: usize,
+    /// Longest change-feed long-poll.
+    pub max_poll: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_blob_bytes: 1 << 30,
+            max_request_bytes: 8 << 20,
+            max_poll: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct Service {
+    pub store: Arc<dyn MetadataStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub feed: Feed,
+    pub limits: Limits,
+    pub(super) admin_token_hash: String,
+    path_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Flips to true when the server starts shutting down.
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// Valid project tokens by secret hash. A revocation here clears it at
+    /// once; through another instance sharing the store it takes effect
+    /// within the time-to-live.
+    pub(super) token_cache: moka::sync::Cache<String, Caller>,
+}
+
+/// How long another instance may keep accepting a token revoked elsewhere.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
+
+fn meta(caller: &Caller, agent_id: Option<String>, message: Option<String>) -> Result<WriteMeta, ApiError> {
+    if agent_id.as_ref().is_some_and(|a| a.len() > MAX_AGENT_ID) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            format!("agent_id is longer than {MAX_AGENT_ID} bytes"),
+        ));
+    }
+    if message.as_ref().is_some_and(|m| m.len() > MAX_MESSAGE) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            format!("message is longer than {MAX_MESSAGE} bytes"),
+        ));
+    }
+    Ok(WriteMeta {
+        author: caller.token_id.clone(),
+        agent_id,
+        message,
+        now: now_millis(),
+    })
+}
+
+fn check_mode(mode: Option<u32>) -> Result<(), ApiError> {
+    match mode {
+        Some(m) if m > 0o7777 => Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            format!("mode {m:#o} has bits outside 0o7777"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl Service {
+    pub fn new(store: Arc<dyn MetadataStore>, blobs: Arc<dyn BlobStore>, admin_token: &str, limits: Limits) -> Self {
+        Self {
+            store,
+            blobs,
+            feed: Feed::default(),
+            limits,
+            admin_token_hash: secret_hash(admin_token),
+            path_locks: (0..PATH_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            stopping: tokio::sync::watch::channel(false).0,
+            token_cache: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(TOKEN_CACHE_TTL)
+                .build(),
+        }
+    }
+
+    /// Ends every waiting change-feed long-poll (with no events) and makes new
+    /// ones return at once, so a graceful shutdown does not wait for them.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    fn path_lock(&self, project_id: i64, path: &WsPath) -> &tokio::sync::Mutex<()> {
+        let key = blake3::hash(format!("{project_id}\0{path}").as_bytes());
+        let idx = u64::from_le_bytes(key.as_bytes()[..8].try_into().unwrap_or_default()) as usize;
+        &self.path_locks[idx % PATH_LOCK_STRIPES]
+    }
+}

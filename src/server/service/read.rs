@@ -1,0 +1,191 @@
+//! Reads: the tree, checkout of a version, history, the change feed, the
+//! audit log, and a project's blobs.
+
+use std::time::Duration;
+
+use super::Service;
+use crate::api::*;
+use crate::model::{BlobHash, WsPath};
+use crate::server::auth::Caller;
+use crate::server::blobs::ByteStream;
+use crate::server::error::ApiError;
+
+impl Service {
+    pub async fn tree(
+        &self,
+        caller: &Caller,
+        project: &str,
+        prefix: Option<&WsPath>,
+        recursive: bool,
+    ) -> Result<TreeListing, ApiError> {
+        let project = self.project_for(caller, project, false).await?;
+        if let Some(prefix) = prefix {
+            match self.store.node_at(project.id, prefix).await? {
+                Some(n) if !n.deleted && n.kind == NodeKind::Dir => {}
+                Some(n) if !n.deleted => {
+                    return Err(ApiError::conflict(
+                        ErrorCode::NotADirectory,
+                        format!("{prefix} is a {}", n.kind.as_str()),
+                    ))
+                }
+                _ => return Err(ApiError::not_found(format!("{prefix} does not exist"))),
+            }
+        }
+        Ok(self.store.tree(project.id, prefix, recursive).await?)
+    }
+
+    /// The version of `path` to read: its head, or `version` when given.
+    pub async fn checkout(
+        &self,
+        caller: &Caller,
+        project: &str,
+        path: &WsPath,
+        version: Option<i64>,
+    ) -> Result<(VersionInfo, ByteStream), ApiError> {
+        let project = self.project_for(caller, project, false).await?;
+        let node = self.store.node_at(project.id, path).await?;
+        let info = match (node, version) {
+            (Some(n), None) if !n.deleted => n.head,
+            (Some(n), None) => {
+                return Err(ApiError::not_found(format!(
+                    "{path} was deleted in version {}; read an older version or roll it back",
+                    n.head.version
+                )))
+            }
+            (Some(n), Some(v)) => self.store.version(n.node, v).await?.ok_or_else(|| {
+                ApiError::not_found(format!("{path} has no version {v} (head is {})", n.head.version))
+            })?,
+            (None, _) => return Err(ApiError::not_found(format!("{path} does not exist"))),
+        };
+        if info.deleted {
+            return Err(ApiError::not_found(format!(
+                "version {} of {path} is a deletion",
+                info.version
+            )));
+        }
+        if info.kind == NodeKind::Dir {
+            return Err(ApiError::conflict(
+                ErrorCode::IsADirectory,
+                format!("{path} is a directory; list it with the tree route"),
+            ));
+        }
+        let (_, stream) = self.blobs.get(&info.hash).await?;
+        Ok((info, stream))
+    }
+
+    pub async fn history(
+        &self,
+        caller: &Caller,
+        project: &str,
+        path: &WsPath,
+        before: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<HistoryPage, ApiError> {
+        let project = self.project_for(caller, project, false).await?;
+        let node = self
+            .store
+            .node_at(project.id, path)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("{path} has no history")))?;
+        let limit = limit.unwrap_or(100).clamp(1, 1000);
+        let versions = self.store.history(node.node, before, limit).await?;
+        let next_before = match versions.last() {
+            Some(v) if versions.len() as u32 == limit && v.version > 1 => Some(v.version),
+            _ => None,
+        };
+        Ok(HistoryPage {
+            node: node.node,
+            path: node.path,
+            versions,
+            next_before,
+        })
+    }
+
+    pub async fn changes(
+        &self,
+        caller: &Caller,
+        project: &str,
+        since: i64,
+        timeout: Duration,
+        limit: Option<u32>,
+    ) -> Result<ChangesPage, ApiError> {
+        let project = self.project_for(caller, project, false).await?;
+        let limit = limit.unwrap_or(1000).clamp(1, 10_000);
+        let deadline = tokio::time::Instant::now() + timeout.min(self.limits.max_poll);
+        let notify = self.feed.handle(project.id);
+        loop {
+            // Register for wake-ups before reading, so a commit landing in
+            // between cannot be missed.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (events, more) = self.store.changes(project.id, since, limit).await?;
+            if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+                let cursor = events.last().map(|e| e.seq).unwrap_or(since);
+                return Ok(ChangesPage { cursor, events, more });
+            }
+            let mut stopping = self.stopping.subscribe();
+            let woken = tokio::select! {
+                woken = tokio::time::timeout_at(deadline, notified) => woken.is_ok(),
+                _ = stopping.wait_for(|stop| *stop) => false,
+            };
+            if !woken {
+                let cursor = since;
+                return Ok(ChangesPage {
+                    cursor,
+                    events: Vec::new(),
+                    more: false,
+                });
+            }
+        }
+    }
+
+    pub async fn audit(
+        &self,
+        caller: &Caller,
+        project: &str,
+        since: i64,
+        limit: Option<u32>,
+    ) -> Result<AuditPage, ApiError> {
+        let project = self.project_for(caller, project, false).await?;
+        Ok(self
+            .store
+            .audit(project.id, since, limit.unwrap_or(100).clamp(1, 1000))
+            .await?)
+    }
+
+    // ----- blobs -----
+
+    pub async fn put_blob(
+        &self,
+        caller: &Caller,
+        project: &str,
+        hash: &BlobHash,
+        body: ByteStream,
+    ) -> Result<BlobReceipt, ApiError> {
+        let project = self.project_for(caller, project, true).await?;
+        let (hash, size, created) = self
+            .blobs
+            .put_stream(Some(hash), body, self.limits.max_blob_bytes)
+            .await?;
+        self.store.record_blob(project.id, &hash).await?;
+        Ok(BlobReceipt { hash, size, created })
+    }
+
+    /// A project may read blobs it uploaded or refers to, and published skills.
+    pub async fn get_blob(
+        &self,
+        caller: &Caller,
+        project: &str,
+        hash: &BlobHash,
+    ) -> Result<(u64, ByteStream), ApiError> {
+        let project = self.project_for(caller, project, false).await?;
+        if !self.store.project_has_blob(project.id, hash).await? && !self.store.skill_has_blob(hash).await? {
+            return Err(ApiError::not_found(format!(
+                "blob {hash} not found in project {}",
+                project.name
+            )));
+        }
+        Ok(self.blobs.get(hash).await?)
+    }
+}
