@@ -27,12 +27,20 @@ ensure_rust() {
 }
 
 # Start `contextfs serve` in the background; sets SERVER_PID and SERVER_URL.
+# With SERVER_SESSION set it runs in a session of its own (see scripts/run).
 # usage: start_server BINARY DATA_DIR [LISTEN]
 start_server() {
     local bin=$1 data=$2 listen=${3:-127.0.0.1:0}
     local log="$data/serve.log"
     mkdir -p "$data"
-    "$bin" serve --data "$data" --listen "$listen" >"$log" 2>&1 &
+    if [ -n "${SERVER_SESSION:-}" ]; then
+        # Its own session: a terminal's Ctrl-C (SIGINT to the foreground
+        # process group) does not reach it. A background job of a script is
+        # no group leader, so setsid runs it in place: the pid stays valid.
+        setsid "$bin" serve --data "$data" --listen "$listen" >"$log" 2>&1 </dev/null &
+    else
+        "$bin" serve --data "$data" --listen "$listen" >"$log" 2>&1 &
+    fi
     SERVER_PID=$!
     for _ in $(seq 1 100); do
         SERVER_URL=$(grep -o 'listening on http://[^ ]*' "$log" 2>/dev/null | sed 's/listening on //' || true)
