@@ -1159,3 +1159,36 @@ for i in range(200):
     let lines = log.lines().filter(|l| l.contains("unsupported ioctl")).count();
     assert_eq!(lines, 1, "one line for TCGETS, however often it is sent:\n{log}");
 }
+
+/// Limits answer as ext4 does: a 256-byte name is ENAMETOOLONG on every
+/// operation (lookup included), a size beyond the maximum is EFBIG, and a
+/// directory's link count is 2 plus its subdirectories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_answer_as_ext4_does() {
+    let s = TestServer::start().await;
+    let m = MountedWorkspace::create(&s, "limits", "agent-limits").await;
+    let script = format!(
+        r#"{TRY_OPS}
+long = "x" * 256
+attempt("stat", lambda: os.stat(long))
+attempt("chmod", lambda: os.chmod(long, 0o600))
+attempt("unlink", lambda: os.unlink(long))
+attempt("create", lambda: open(long, "w"))
+attempt("mkdir", lambda: os.mkdir(long))
+open("f", "w").write("x")
+attempt("truncate", lambda: os.truncate("f", 999_999_999_999_999))
+attempt("truncate-ok", lambda: os.truncate("f", 3))
+os.makedirs("d/a/deep"); os.mkdir("d/b"); open("d/file", "w").close()
+print("nlink", os.stat("d").st_nlink, os.stat("d/a").st_nlink, os.stat("d/b").st_nlink)
+os.rmdir("d/b")
+print("nlink", os.stat("d").st_nlink)
+"#
+    );
+    let out = m.sh_ok(&format!("python3 -c '{}'", script.replace('\'', "'\\''")));
+    assert_eq!(
+        out,
+        "stat ENAMETOOLONG\nchmod ENAMETOOLONG\nunlink ENAMETOOLONG\ncreate ENAMETOOLONG\nmkdir ENAMETOOLONG\n\
+         truncate EFBIG\ntruncate-ok OK\nnlink 4 3 2\nnlink 3\n"
+    );
+    assert_eq!(m.sh_ok("stat -c %s f"), "3\n", "the refused truncate changed nothing");
+}

@@ -7,11 +7,14 @@ use std::sync::Arc;
 use crate::cache::{is_no_space, CacheError};
 
 /// The errno for a failed disk operation: a full disk or quota is `ENOSPC`
-/// (the writer can act on it), anything else is `EIO`. The one place this
-/// rule lives; the cache classifies with the same [`is_no_space`].
+/// and a size beyond the file system's maximum `EFBIG` (the caller can act
+/// on both), anything else is `EIO`. The one place this rule lives; the
+/// cache classifies with the same [`is_no_space`].
 pub fn errno_for_io(e: &std::io::Error) -> i32 {
     if is_no_space(e) {
         libc::ENOSPC
+    } else if e.raw_os_error() == Some(libc::EFBIG) {
+        libc::EFBIG
     } else {
         libc::EIO
     }
@@ -120,6 +123,8 @@ mod tests {
             cause.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error()),
             Some(libc::EDQUOT)
         );
+        let too_big = VfsError::io("truncate", std::io::Error::from_raw_os_error(libc::EFBIG));
+        assert_eq!(too_big.errno, libc::EFBIG);
         let other = VfsError::io("read", std::io::Error::from_raw_os_error(libc::EBADMSG));
         assert_eq!(other.errno, libc::EIO);
         assert!(other.message.starts_with("read: "), "{}", other.message);

@@ -499,6 +499,6 @@ impl Vfs {
             // mtime is local metadata: the server keeps version times.
             Self::get_mut(&mut st, ino)?.mtime = mtime;
         }
-        Ok(Self::attr_of(ino, Self::get(&st, ino)?))
+        Ok(Self::attr(&st, ino)?)
     }
 }

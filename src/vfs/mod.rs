@@ -324,6 +324,10 @@ fn check_name(name: &str) -> VfsResult<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(VfsError::new(libc::EINVAL, format!("invalid file name {name:?}")));
     }
+    check_name_length(name)
+}
+
+fn check_name_length(name: &str) -> VfsResult<()> {
     if name.len() > MAX_NAME_BYTES {
         return Err(VfsError::new(
             libc::ENAMETOOLONG,

@@ -44,7 +44,7 @@ impl Vfs {
             Self::detach(&mut st, ino);
             return Err(e);
         }
-        Ok(Self::attr_of(ino, Self::get(&st, ino)?))
+        Ok(Self::attr(&st, ino)?)
     }
 
     pub fn symlink(&self, parent: Ino, name: &str, target: &str) -> VfsResult<Attr> {
@@ -88,7 +88,7 @@ impl Vfs {
             Self::detach(&mut st, ino);
             return Err(e);
         }
-        Ok(Self::attr_of(ino, Self::get(&st, ino)?))
+        Ok(Self::attr(&st, ino)?)
     }
 
     /// Creates (or, without `exclusive`, opens) a regular file.
@@ -149,7 +149,7 @@ impl Vfs {
                 io,
             },
         );
-        Ok((Self::attr_of(ino, Self::get(&st, ino)?), fh))
+        Ok((Self::attr(&st, ino)?, fh))
     }
 
     /// Journals that `ino` (and, for a directory, everything below) is gone.

@@ -4,22 +4,32 @@
 use super::*;
 
 impl Vfs {
-    pub(super) fn attr_of(ino: Ino, inode: &Inode) -> Attr {
-        Attr {
+    /// The attributes of `ino`. A directory's link count is 2 plus its
+    /// subdirectories (their `..`), as on ext4: `find` and some build tools
+    /// rely on it.
+    pub(super) fn attr(st: &State, ino: Ino) -> VfsResult<Attr> {
+        let inode = Self::get(st, ino)?;
+        let nlink = if inode.kind == NodeKind::Dir {
+            let subdirs = inode
+                .children
+                .values()
+                .filter(|c| st.inodes.get(c).is_some_and(|c| c.kind == NodeKind::Dir))
+                .count();
+            2 + u32::try_from(subdirs).unwrap_or(u32::MAX - 2)
+        } else if inode.unlinked {
+            0
+        } else {
+            1
+        };
+        Ok(Attr {
             ino,
             kind: inode.kind,
             size: inode.size,
             mode: inode.mode & 0o7777,
             mtime: inode.mtime,
             ctime: inode.ctime,
-            nlink: if inode.kind == NodeKind::Dir {
-                2
-            } else if inode.unlinked {
-                0
-            } else {
-                1
-            },
-        }
+            nlink,
+        })
     }
 
     pub(super) fn get(st: &State, ino: Ino) -> VfsResult<&Inode> {
@@ -67,14 +77,17 @@ impl Vfs {
     }
 
     pub fn lookup(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
+        // A name no entry can have: ENAMETOOLONG as on ext4, not ENOENT
+        // (stat, chmod and unlink of it all start with this lookup).
+        check_name_length(name)?;
         let st = self.lock();
         let ino = Self::child(&st, parent, name)?.ok_or_else(|| VfsError::noent(name))?;
-        Ok(Self::attr_of(ino, Self::get(&st, ino)?))
+        Ok(Self::attr(&st, ino)?)
     }
 
     pub fn getattr(&self, ino: Ino) -> VfsResult<Attr> {
         let st = self.lock();
-        Ok(Self::attr_of(ino, Self::get(&st, ino)?))
+        Ok(Self::attr(&st, ino)?)
     }
 
     pub fn readdir(&self, ino: Ino) -> VfsResult<Vec<DirEntry>> {
