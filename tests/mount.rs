@@ -1192,3 +1192,33 @@ print("nlink", os.stat("d").st_nlink)
     );
     assert_eq!(m.sh_ok("stat -c %s f"), "3\n", "the refused truncate changed nothing");
 }
+
+/// fallocate(2) on files being written: preallocation (with and without
+/// KEEP_SIZE), punching a hole and zeroing a range change the staging file
+/// and are committed on close; other modes are EOPNOTSUPP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallocate_preallocates_punches_and_zeroes_and_is_committed() {
+    let s = TestServer::start().await;
+    let p = "falloc";
+    let m = MountedWorkspace::create(&s, p, "agent-falloc").await;
+    m.sh_ok("fallocate -l 65536 pre.bin && test $(stat -c %s pre.bin) = 65536");
+    m.sh_ok("printf abcdefgh > hole.bin && fallocate -p -o 1 -l 3 hole.bin");
+    m.sh_ok("printf abcdefgh > zero.bin && fallocate -z -o 4 -l 2 zero.bin");
+    m.sh_ok("printf abc > keep.bin && fallocate -n -l 4096 keep.bin && test $(stat -c %s keep.bin) = 3");
+    let collapse = m.sh("printf abcdefgh > c.bin && fallocate -c -o 0 -l 4096 c.bin");
+    assert!(
+        !collapse.status.success(),
+        "collapse-range is not supported: {}",
+        both(&collapse)
+    );
+    assert!(
+        both(&collapse).contains("not supported"),
+        "EOPNOTSUPP, not EIO: {}",
+        both(&collapse)
+    );
+    assert_eq!(m.sh_ok("od -An -c hole.bin | tr -s ' '"), " a \\0 \\0 \\0 e f g h\n");
+    server_has(&s, p, "pre.bin", &[0u8; 65536]).await;
+    server_has(&s, p, "hole.bin", b"a\0\0\0efgh").await;
+    server_has(&s, p, "zero.bin", b"abcd\0\0gh").await;
+    server_has(&s, p, "keep.bin", b"abc").await;
+}

@@ -532,6 +532,22 @@ impl Filesystem for ContextFs {
         reply.error(Errno::ENOTTY);
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.vfs.fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.vfs.statfs();
         reply.statfs(s.blocks, s.bfree, s.bfree, s.files, s.ffree, 4096, 255, 4096);

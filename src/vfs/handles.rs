@@ -203,6 +203,56 @@ impl Vfs {
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
+        self.change_staged(fh, "write to staging file", |staged, size, append| {
+            let at = if append { size } else { offset };
+            staged.write_all_at(data, at)?;
+            // A zero-length write never extends a file.
+            Ok(if data.is_empty() { 0 } else { at + data.len() as u64 })
+        })?;
+        Ok(data.len() as u32)
+    }
+
+    /// fallocate(2) on a writable handle, applied to the staging file and
+    /// committed on close like a write: mode 0 and `FALLOC_FL_KEEP_SIZE`
+    /// preallocate, `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE` and
+    /// `FALLOC_FL_ZERO_RANGE` zero a range; other modes are `EOPNOTSUPP`.
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> VfsResult<()> {
+        use libc::{FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH, FALLOC_FL_ZERO_RANGE as ZERO};
+        if ![0, KEEP, PUNCH | KEEP, ZERO, ZERO | KEEP].contains(&mode) {
+            return Err(VfsError::new(
+                libc::EOPNOTSUPP,
+                format!("fallocate mode {mode:#x} is not supported"),
+            ));
+        }
+        if length == 0 {
+            return Err(VfsError::new(libc::EINVAL, "fallocate of zero bytes"));
+        }
+        let end = offset
+            .checked_add(length)
+            .filter(|end| i64::try_from(*end).is_ok())
+            .ok_or_else(|| VfsError::new(libc::EFBIG, "fallocate beyond the largest file size"))?;
+        self.change_staged(fh, "fallocate in staging file", |staged, _, _| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid descriptor; offset and length fit in off_t (checked above).
+            let rc = unsafe { libc::fallocate(staged.as_raw_fd(), mode, offset as libc::off_t, length as libc::off_t) };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(if mode & KEEP != 0 { 0 } else { end })
+        })
+    }
+
+    /// Changes the bytes of the staging file of `fh`'s (writable) inode:
+    /// `change` gets the file, its size and whether the handle appends, and
+    /// returns the size the file has at least afterwards. It runs outside
+    /// the state lock under the inode's data lock, which keeps this file's
+    /// size, appends and truncates in order.
+    fn change_staged(
+        &self,
+        fh: u64,
+        what: &str,
+        change: impl Fn(&File, u64, bool) -> std::io::Result<u64>,
+    ) -> VfsResult<()> {
         let ino = {
             let st = self.lock();
             let handle = st.handles.get(&fh).ok_or_else(VfsError::badf)?;
@@ -223,39 +273,28 @@ impl Vfs {
                 };
                 (file.clone(), inode.data_lock.clone(), append)
             };
-            // The bytes go to disk outside the state lock; the data lock
-            // keeps this file's size, appends and truncates in order.
             let _data = data_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let at = if append {
-                Self::get(&self.lock(), ino)?.size
-            } else {
-                offset
-            };
-            staged
-                .write_all_at(data, at)
-                .map_err(|e| VfsError::io("write to staging file", e))?;
+            let size = Self::get(&self.lock(), ino)?.size;
+            let at_least = change(&staged, size, append).map_err(|e| VfsError::io(what, e))?;
             let mut st = self.lock();
             let inode = Self::get_mut(&mut st, ino)?;
             if !matches!(&inode.content, Content::Local { file, .. } if Arc::ptr_eq(file, &staged)) {
                 // Replaced meanwhile (acknowledged and retired, or a remote
-                // change): those bytes went to a file nobody reads; again.
+                // change): the change went to a file nobody reads; again.
                 continue;
             }
-            if !data.is_empty() {
-                // A zero-length write never extends a file.
-                inode.size = inode.size.max(at + data.len() as u64);
-            }
+            inode.size = inode.size.max(at_least);
             inode.data_rev += 1;
             inode.mtime = SystemTime::now();
             inode.ctime = inode.mtime;
             if let Some(h) = st.handles.get_mut(&fh) {
                 h.dirty = true;
             }
-            return Ok(data.len() as u32);
+            return Ok(());
         }
         Err(VfsError::new(
             libc::EIO,
-            "the staging file kept being replaced during a write",
+            format!("{what}: the staging file kept being replaced"),
         ))
     }
 
