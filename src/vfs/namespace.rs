@@ -44,7 +44,7 @@ impl Vfs {
             Self::detach(&mut st, ino);
             return Err(e);
         }
-        Ok(Self::attr(&st, ino)?)
+        Self::attr(&st, ino)
     }
 
     pub fn symlink(&self, parent: Ino, name: &str, target: &str) -> VfsResult<Attr> {
@@ -88,7 +88,7 @@ impl Vfs {
             Self::detach(&mut st, ino);
             return Err(e);
         }
-        Ok(Self::attr(&st, ino)?)
+        Self::attr(&st, ino)
     }
 
     /// Creates (or, without `exclusive`, opens) a regular file.

@@ -82,12 +82,12 @@ impl Vfs {
         check_name_length(name)?;
         let st = self.lock();
         let ino = Self::child(&st, parent, name)?.ok_or_else(|| VfsError::noent(name))?;
-        Ok(Self::attr(&st, ino)?)
+        Self::attr(&st, ino)
     }
 
     pub fn getattr(&self, ino: Ino) -> VfsResult<Attr> {
         let st = self.lock();
-        Ok(Self::attr(&st, ino)?)
+        Self::attr(&st, ino)
     }
 
     pub fn readdir(&self, ino: Ino) -> VfsResult<Vec<DirEntry>> {
