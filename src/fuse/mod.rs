@@ -116,6 +116,18 @@ impl ContextFs {
     fn reply_opened(&self, fh: u64, reply: ReplyOpen) {
         reply_opened(&self.vfs, &self.backings, fh, reply)
     }
+
+    /// An entry reply; the kernel then holds a reference to the inode until
+    /// it forgets it (see `Vfs::kernel_ref`).
+    fn reply_entry(&self, result: Result<Attr, Errno>, reply: ReplyEntry) {
+        match result {
+            Ok(a) => {
+                self.vfs.kernel_ref(a.ino);
+                reply.entry(&TTL, &self.attr(&a), Generation(0))
+            }
+            Err(e) => reply.error(e),
+        }
+    }
 }
 
 /// Registered backing files of the passthrough epochs with open handles.
@@ -211,10 +223,12 @@ impl Filesystem for ContextFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let result = name_str(name).and_then(|n| self.vfs.lookup(parent.0, n).map_err(errno));
-        match result {
-            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(result, reply);
+    }
+
+    /// (fuser's default `batch_forget` calls this for each inode.)
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.vfs.kernel_forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -286,10 +300,7 @@ impl Filesystem for ContextFs {
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let result = name_str(name).and_then(|n| self.vfs.mkdir(parent.0, n, mode & !umask).map_err(errno));
-        match result {
-            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(result, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -311,10 +322,7 @@ impl Filesystem for ContextFs {
             let target = target.to_str().ok_or(Errno::EINVAL)?;
             self.vfs.symlink(parent.0, n, target).map_err(errno)
         });
-        match result {
-            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(result, reply);
     }
 
     fn rename(
@@ -500,6 +508,10 @@ impl Filesystem for ContextFs {
             ) {
                 break;
             }
+            // The kernel counts a lookup for every entry but `.` and `..`.
+            if entry.name != "." && entry.name != ".." {
+                self.vfs.kernel_ref(entry.ino);
+            }
         }
         reply.ok();
     }
@@ -637,13 +649,16 @@ impl Filesystem for ContextFs {
                 .and_then(|(a, fh)| Ok((a, fh, vfs.kernel_io(fh)?)));
             match created {
                 // Creates are writers: never passthrough.
-                Ok((a, fh, io)) => reply.created(
-                    &TTL,
-                    &file_attr(&a, owner.0, owner.1),
-                    Generation(0),
-                    FileHandle(fh),
-                    Self::open_flags(&io),
-                ),
+                Ok((a, fh, io)) => {
+                    vfs.kernel_ref(a.ino);
+                    reply.created(
+                        &TTL,
+                        &file_attr(&a, owner.0, owner.1),
+                        Generation(0),
+                        FileHandle(fh),
+                        Self::open_flags(&io),
+                    )
+                }
                 Err(e) => reply.error(errno(e)),
             }
         };

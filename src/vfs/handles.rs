@@ -378,7 +378,7 @@ impl Vfs {
                 if handle.write {
                     inode.open_writers = inode.open_writers.saturating_sub(1);
                 }
-                inode.unlinked && inode.open_handles == 0
+                inode.unlinked && !inode.held()
             }
             None => false,
         };

@@ -116,6 +116,11 @@ struct Inode {
     journaled_data_rev: u64,
     open_handles: u32,
     open_writers: u32,
+    /// References the kernel holds (its lookup count): the kernel may still
+    /// send requests for this inode (an open of a path it resolved before a
+    /// rename replaced it) until it forgets them, so an inode removed from
+    /// the tree lives on, unlinked, until then.
+    kernel_refs: u64,
     /// Removed from the tree but still open somewhere.
     unlinked: bool,
     read_only: bool,
@@ -131,6 +136,11 @@ struct Inode {
 }
 
 impl Inode {
+    /// Something still refers to it: an open handle, or the kernel.
+    fn held(&self) -> bool {
+        self.open_handles > 0 || self.kernel_refs > 0
+    }
+
     fn new(uid: u64, parent: Ino, name: String, kind: NodeKind, mode: u32, content: Content) -> Self {
         let now = SystemTime::now();
         Self {
@@ -149,6 +159,7 @@ impl Inode {
             journaled_data_rev: 0,
             open_handles: 0,
             open_writers: 0,
+            kernel_refs: 0,
             unlinked: false,
             read_only: false,
             last_status: None,

@@ -347,7 +347,7 @@ impl Vfs {
             } else {
                 self.journal_deletion(&mut st, target)?;
             }
-            let keep = st.inodes.get(&target).is_some_and(|t| t.open_handles > 0);
+            let keep = st.inodes.get(&target).is_some_and(Inode::held);
             if !keep {
                 Self::forget_inode(&mut st, target);
             }

@@ -69,7 +69,14 @@ impl Vfs {
             path: e.path.clone(),
             mode: e.mode,
         };
-        match st.by_node.get(&e.node).copied() {
+        // An inode already removed from the tree (kept for the kernel or an
+        // open handle until they let go) no longer shows the node.
+        let shown = st
+            .by_node
+            .get(&e.node)
+            .copied()
+            .filter(|ino| st.inodes.get(ino).is_some_and(|i| !i.unlinked));
+        match shown {
             Some(ino) => {
                 let Some(inode) = st.inodes.get(&ino) else { return };
                 if inode.server.as_ref().is_some_and(|s| s.version >= e.version) {

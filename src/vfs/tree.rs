@@ -167,7 +167,7 @@ impl Vfs {
             p.mtime = SystemTime::now();
             p.ctime = p.mtime;
         }
-        let keep = st.inodes.get(&ino).is_some_and(|i| i.open_handles > 0);
+        let keep = st.inodes.get(&ino).is_some_and(Inode::held);
         if keep {
             if let Some(i) = st.inodes.get_mut(&ino) {
                 i.unlinked = true;
@@ -206,6 +206,25 @@ impl Vfs {
         Self::insert_inode(st, new_ino, fresh);
         out.push(Invalidation::Entry { parent, name });
         new_ino
+    }
+
+    /// The kernel got `ino` in a reply (lookup, create, mkdir, symlink,
+    /// readdirplus): it holds one more reference until it forgets it.
+    pub fn kernel_ref(&self, ino: Ino) {
+        if let Some(inode) = self.lock().inodes.get_mut(&ino) {
+            inode.kernel_refs += 1;
+        }
+    }
+
+    /// The kernel dropped `n` references (FUSE forget). An inode already
+    /// removed from the tree goes once nothing holds it.
+    pub fn kernel_forget(&self, ino: Ino, n: u64) {
+        let mut st = self.lock();
+        let Some(inode) = st.inodes.get_mut(&ino) else { return };
+        inode.kernel_refs = inode.kernel_refs.saturating_sub(n);
+        if inode.unlinked && !inode.held() && ino != ROOT_INO {
+            Self::forget_inode(&mut st, ino);
+        }
     }
 
     pub(super) fn forget_inode(st: &mut State, ino: Ino) {

@@ -1,0 +1,115 @@
+//! POSIX behaviour that agents' tools notice, through a real FUSE mount on a
+//! real server: atomic rename-over for concurrent readers, limits answered
+//! as ext4 answers them, fallocate.
+
+mod common;
+
+use common::*;
+
+/// An editor saves `doc.txt` 200 times by writing a temp file and renaming
+/// it over; a reader keeps opening and reading it meanwhile. POSIX rename(2)
+/// replaces the target atomically: every open finds a file, and every read
+/// is one whole version, never a mix and never nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_over_is_atomic_for_concurrent_readers() {
+    let s = TestServer::start().await;
+    let m = MountedWorkspace::create(&s, "atomic", "agent-atomic").await;
+    let out = m.sh_ok(
+        r#"python3 - <<'PY'
+import os, threading
+def version(n):
+    return "".join(f"version {n} line {i}\n" for i in range(200))
+with open("doc.txt", "w") as f:
+    f.write(version(0))
+done = threading.Event()
+def save():
+    for n in range(1, 201):
+        with open(".doc.txt.tmp", "w") as f:
+            f.write(version(n))
+        os.replace(".doc.txt.tmp", "doc.txt")
+    done.set()
+saver = threading.Thread(target=save)
+saver.start()
+reads = missing = mixed = 0
+while not done.is_set() or reads < 50:
+    try:
+        with open("doc.txt") as f:
+            text = f.read()
+    except FileNotFoundError:
+        missing += 1
+        continue
+    reads += 1
+    lines = text.splitlines()
+    first = lines[0].split(" line ")[0] if lines else ""
+    if len(lines) != 200 or any(not l.startswith(first + " line ") for l in lines):
+        mixed += 1
+saver.join()
+print(f"missing {missing} mixed {mixed}")
+print("reads", "many" if reads >= 50 else reads)
+PY"#,
+    );
+    assert_eq!(out, "missing 0 mixed 0\nreads many\n");
+}
+
+/// Limits answer as ext4 does: a 256-byte name is ENAMETOOLONG on every
+/// operation (lookup included), a size beyond the maximum is EFBIG, and a
+/// directory's link count is 2 plus its subdirectories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_answer_as_ext4_does() {
+    let s = TestServer::start().await;
+    let m = MountedWorkspace::create(&s, "limits", "agent-limits").await;
+    let script = format!(
+        r#"{TRY_OPS}
+long = "x" * 256
+attempt("stat", lambda: os.stat(long))
+attempt("chmod", lambda: os.chmod(long, 0o600))
+attempt("unlink", lambda: os.unlink(long))
+attempt("create", lambda: open(long, "w"))
+attempt("mkdir", lambda: os.mkdir(long))
+open("f", "w").write("x")
+attempt("truncate", lambda: os.truncate("f", 999_999_999_999_999))
+attempt("truncate-ok", lambda: os.truncate("f", 3))
+os.makedirs("d/a/deep"); os.mkdir("d/b"); open("d/file", "w").close()
+print("nlink", os.stat("d").st_nlink, os.stat("d/a").st_nlink, os.stat("d/b").st_nlink)
+os.rmdir("d/b")
+print("nlink", os.stat("d").st_nlink)
+"#
+    );
+    let out = m.sh_ok(&format!("python3 -c '{}'", script.replace('\'', "'\\''")));
+    assert_eq!(
+        out,
+        "stat ENAMETOOLONG\nchmod ENAMETOOLONG\nunlink ENAMETOOLONG\ncreate ENAMETOOLONG\nmkdir ENAMETOOLONG\n\
+         truncate EFBIG\ntruncate-ok OK\nnlink 4 3 2\nnlink 3\n"
+    );
+    assert_eq!(m.sh_ok("stat -c %s f"), "3\n", "the refused truncate changed nothing");
+}
+
+/// fallocate(2) on files being written: preallocation (with and without
+/// KEEP_SIZE), punching a hole and zeroing a range change the staging file
+/// and are committed on close; other modes are EOPNOTSUPP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallocate_preallocates_punches_and_zeroes_and_is_committed() {
+    let s = TestServer::start().await;
+    let p = "falloc";
+    let m = MountedWorkspace::create(&s, p, "agent-falloc").await;
+    m.sh_ok("fallocate -l 65536 pre.bin && test $(stat -c %s pre.bin) = 65536");
+    m.sh_ok("printf abcdefgh > hole.bin && fallocate -p -o 1 -l 3 hole.bin");
+    m.sh_ok("printf abcdefgh > zero.bin && fallocate -z -o 4 -l 2 zero.bin");
+    m.sh_ok("printf abc > keep.bin && fallocate -n -l 4096 keep.bin && test $(stat -c %s keep.bin) = 3");
+    let collapse = m.sh("printf abcdefgh > c.bin && fallocate -c -o 0 -l 4096 c.bin");
+    assert!(
+        !collapse.status.success(),
+        "collapse-range is not supported: {}",
+        both(&collapse)
+    );
+    assert!(
+        both(&collapse).contains("not supported"),
+        "EOPNOTSUPP, not EIO: {}",
+        both(&collapse)
+    );
+    assert_eq!(m.sh_ok("od -An -c hole.bin | tr -s ' '"), " a \\0 \\0 \\0 e f g h\n");
+    server_has(&s, p, "pre.bin", &[0u8; 65536]).await;
+    server_has(&s, p, "hole.bin", b"a\0\0\0efgh").await;
+    server_has(&s, p, "zero.bin", b"abcd\0\0gh").await;
+    server_has(&s, p, "keep.bin", b"abc").await;
+}
