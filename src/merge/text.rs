@@ -13,21 +13,26 @@
 //! 1. that is identical (same base range, same replacement) is applied once;
 //! 2. conflicts when both replace non-empty ranges that share at least one
 //!    base line;
-//! 3. when both insert different lines at the same point, keeps both: head's
-//!    lines first, then new's (a union, like git's `merge=union`), so agents
-//!    appending different lines to one file (a log, a `.jsonl` file) all keep
-//!    their lines. With an empty base (a file both sides created) the whole
-//!    of both files is such an insertion and they are concatenated;
+//! 3. when both insert different lines at the same point, keeps both (a
+//!    union, like git's `merge=union`), so agents appending different lines
+//!    to one file (a log, a `.jsonl` file) all keep their lines. The two
+//!    insertions are diffed against each other: lines common to both, in
+//!    order, are written once, and where they differ head's lines go first,
+//!    then new's. With an empty base (a file both sides created) the whole of
+//!    both files is such an insertion;
 //! 4. conflicts when one inserts strictly inside a range the other replaces
 //!    (`start < point < end`), since the insertion's context is gone;
 //! 5. otherwise merges, in base order. In particular an insertion at the
 //!    edge of a replaced range is kept: at `start` it goes before the
 //!    replacement, at `end` after it.
 //!
-//! Rule 3 only concatenates: a line both sides inserted at the same point
-//! appears twice unless the two insertions are identical as a whole (rule 1).
-//! Merging is therefore not symmetric there: swapping head and new swaps the
-//! order of the two blocks. The union never runs two lines together: if a
+//! Writing common lines once is what keeps a writer that commits twice from
+//! a stale base (its second commit still names the base of its first, whose
+//! lines are now in head) from duplicating its own lines; the price is that
+//! a line both sides inserted independently at that point (a blank line, a
+//! `---`) is kept once. Distinct lines are all kept, each exactly once. The
+//! union is not symmetric: swapping head and new swaps the order of the
+//! lines that differ. The union never runs two lines together: if a
 //! line without a final newline ends up followed by another line, a line
 //! ending is added to it (`\r\n` if the nearest line ending before it is one,
 //! or with none before it, if the next line has one; else `\n`).
@@ -82,9 +87,13 @@ pub fn merge_lines(base: &str, head: &str, new: &str) -> Result<String, Conflict
                     head_index += 1;
                     new_index += 1;
                 } else if head_hunk.base.is_empty() && head_hunk.base == new_hunk.base {
-                    // Rule 3: both sides inserted here; head's lines, then new's.
-                    out.apply(head_hunk, &head_side.lines)?;
-                    out.apply(new_hunk, &new_side.lines)?;
+                    // Rule 3: both sides inserted here.
+                    let (Some(head_lines), Some(new_lines)) =
+                        (head_side.replacement(head_hunk), new_side.replacement(new_hunk))
+                    else {
+                        return Err(lines_conflict(&head_hunk.base, &new_hunk.base));
+                    };
+                    out.apply_union(head_hunk.base.start, head_lines, new_lines)?;
                     head_index += 1;
                     new_index += 1;
                 } else if clash(&head_hunk.base, &new_hunk.base) {
@@ -213,6 +222,33 @@ impl Output<'_> {
         Ok(())
     }
 
+    /// Copies unchanged base lines up to `point`, then the union of two
+    /// insertions there (rule 3): the insertions are diffed against each
+    /// other; lines they have in common (in order) are written once, and
+    /// where they differ head's lines go before new's.
+    fn apply_union(&mut self, point: usize, head: &[&str], new: &[&str]) -> Result<(), ConflictReason> {
+        let Some(unchanged) = self.base.get(self.cursor..point) else {
+            return Err(lines_conflict(&(point..point), &(point..point)));
+        };
+        for line in unchanged {
+            self.push(line);
+        }
+        let deadline = Instant::now().checked_add(DIFF_TIME_BUDGET);
+        for op in capture_diff_slices_deadline(Algorithm::Myers, head, new, deadline) {
+            let (tag, head_range, new_range) = op.as_tag_tuple();
+            let new_part = if tag == DiffTag::Equal {
+                &[][..]
+            } else {
+                new.get(new_range).unwrap_or_default()
+            };
+            for line in head.get(head_range).unwrap_or_default().iter().chain(new_part) {
+                self.push(line);
+            }
+        }
+        self.cursor = point;
+        Ok(())
+    }
+
     fn finish(mut self) -> Result<String, ConflictReason> {
         let rest = self.base.get(self.cursor..).unwrap_or_default();
         for line in rest {
@@ -302,9 +338,18 @@ mod tests {
     }
 
     #[test]
-    fn a_line_repeated_in_both_insertions_is_kept_twice() {
-        // Only whole identical insertions are deduplicated (rule 1).
-        assert_eq!(merged("a\n", "a\n---\nh\n", "a\n---\nn\n"), "a\n---\nh\n---\nn\n");
+    fn lines_common_to_both_insertions_are_kept_once() {
+        assert_eq!(merged("a\n", "a\n---\nh\n", "a\n---\nn\n"), "a\n---\nh\nn\n");
+    }
+
+    #[test]
+    fn a_stale_base_commit_does_not_duplicate_its_own_lines() {
+        // The writer committed "x" on base "a" (now in head, after another
+        // writer's "o"), then commits "x" plus "y", still on base "a".
+        let base = "a\n";
+        let head = "a\no\nx\np\n";
+        let new = "a\nx\ny\n";
+        assert_eq!(merged(base, head, new), "a\no\nx\np\ny\n");
     }
 
     #[test]
