@@ -11,8 +11,10 @@
 //! * Trivial cases are decided on raw bytes for every kind of content, so
 //!   `merge(b, a, b) == a`, `merge(b, b, c) == c` and `merge(b, x, x) == x`
 //!   hold even for binary data or broken JSON.
-//! * JSON documents merge key by key, see [`json`].
-//! * Other UTF-8 text merges line by line (diff3 style), see [`text`].
+//! * JSON documents (`.json`) merge key by key, see [`json`].
+//! * Other UTF-8 text merges line by line (diff3 style), see [`text`]; this
+//!   includes JSON Lines (`.jsonl`, `.ndjson`: one JSON value per line), so
+//!   records appended on both sides are all kept.
 //! * Anything else is [`ConflictReason::Binary`].
 
 pub mod json;
@@ -33,7 +35,9 @@ pub enum ContentKind {
 ///
 /// The `.json` extension (case-insensitive) wins over content sniffing so a
 /// broken JSON file is reported as unparsable rather than merged as text,
-/// which could silently produce invalid JSON. Otherwise the content is text
+/// which could silently produce invalid JSON. Only that exact extension is
+/// whole-document JSON: JSON Lines files (`.jsonl`, `.ndjson`) hold one value
+/// per line and are text, merged by line. Otherwise the content is text
 /// when every sample is valid UTF-8 without NUL bytes (NUL is the classic
 /// marker of binary formats that happen to be valid UTF-8).
 pub fn classify(path: &str, samples: &[&[u8]]) -> ContentKind {
@@ -92,9 +96,9 @@ pub enum ConflictReason {
     ///
     /// The range is 1-based and half-open like a Rust range: `start..end`
     /// covers base lines `start` up to but excluding `end`, so lines 3 and 4
-    /// are `3..5`. When `start == end` both sides inserted different lines at
-    /// the same point, just before base line `start` (`n + 1` is the end of an
-    /// `n`-line file).
+    /// are `3..5`. Insertions by both sides at one point are merged, never a
+    /// conflict, so the range is not empty (an insertion strictly inside a
+    /// range the other side replaced reports that range).
     #[error("both sides changed lines {start}..{end} of the base")]
     Lines {
         /// First contested base line, 1-based.
@@ -149,6 +153,37 @@ mod tests {
         assert_eq!(classify("x.txt", &[&[0xff, 0xfe]]), ContentKind::Binary);
         assert_eq!(classify("json", &[b"{}"]), ContentKind::Text);
         assert_eq!(classify("é", &[b"{}"]), ContentKind::Text);
+        for lines in ["log.jsonl", "events.NDJSON", "x.json.bak", "x.jsonc"] {
+            assert_eq!(classify(lines, &[b"{\"a\":1}\n"]), ContentKind::Text, "{lines}");
+        }
+    }
+
+    #[test]
+    fn json_lines_appended_on_both_sides_are_all_kept() {
+        let base = b"{\"n\":1}\n";
+        let head = b"{\"n\":1}\n{\"n\":2,\"by\":\"h\"}\n";
+        let new = b"{\"n\":1}\n{\"n\":2,\"by\":\"n\"}\n";
+        let want = b"{\"n\":1}\n{\"n\":2,\"by\":\"h\"}\n{\"n\":2,\"by\":\"n\"}\n".to_vec();
+        for path in ["events.jsonl", "events.ndjson"] {
+            assert_eq!(
+                merge(path, base, head, new),
+                MergeOutcome::Merged(want.clone()),
+                "{path}"
+            );
+        }
+        // The same bytes as one `.json` document do not parse.
+        assert_eq!(
+            merge("events.json", base, head, new),
+            MergeOutcome::Conflict(ConflictReason::UnparsableJson { which: "head" })
+        );
+    }
+
+    #[test]
+    fn markdown_appends_on_both_sides_merge() {
+        assert_eq!(
+            merge("log.md", b"# Log\n", b"# Log\nw1 line 1\n", b"# Log\nw2 line 1\n"),
+            MergeOutcome::Merged(b"# Log\nw1 line 1\nw2 line 1\n".to_vec())
+        );
     }
 
     #[test]

@@ -13,13 +13,29 @@
 //! 1. that is identical (same base range, same replacement) is applied once;
 //! 2. conflicts when both replace non-empty ranges that share at least one
 //!    base line;
-//! 3. conflicts when both insert at the same point with different lines
-//!    (two agents appending different lines to a file conflict);
+//! 3. when both insert different lines at the same point, keeps both (a
+//!    union, like git's `merge=union`), so agents appending different lines
+//!    to one file (a log, a `.jsonl` file) all keep their lines. The two
+//!    insertions are diffed against each other: lines common to both, in
+//!    order, are written once, and where they differ head's lines go first,
+//!    then new's. With an empty base (a file both sides created) the whole of
+//!    both files is such an insertion;
 //! 4. conflicts when one inserts strictly inside a range the other replaces
 //!    (`start < point < end`), since the insertion's context is gone;
 //! 5. otherwise merges, in base order. In particular an insertion at the
 //!    edge of a replaced range is kept: at `start` it goes before the
 //!    replacement, at `end` after it.
+//!
+//! Writing common lines once is what keeps a writer that commits twice from
+//! a stale base (its second commit still names the base of its first, whose
+//! lines are now in head) from duplicating its own lines; the price is that
+//! a line both sides inserted independently at that point (a blank line, a
+//! `---`) is kept once. Distinct lines are all kept, each exactly once. The
+//! union is not symmetric: swapping head and new swaps the order of the
+//! lines that differ. The union never runs two lines together: if a
+//! line without a final newline ends up followed by another line, a line
+//! ending is added to it (`\r\n` if the nearest line ending before it is one,
+//! or with none before it, if the next line has one; else `\n`).
 //!
 //! Rule 5 also keeps changes to adjacent but non-overlapping ranges (one side
 //! edits line 3, the other line 4), which git's diff3 would reject. This is
@@ -68,6 +84,16 @@ pub fn merge_lines(base: &str, head: &str, new: &str) -> Result<String, Conflict
                 if head_hunk.base == new_hunk.base && head_side.replacement(head_hunk) == new_side.replacement(new_hunk)
                 {
                     out.apply(head_hunk, &head_side.lines)?;
+                    head_index += 1;
+                    new_index += 1;
+                } else if head_hunk.base.is_empty() && head_hunk.base == new_hunk.base {
+                    // Rule 3: both sides inserted here.
+                    let (Some(head_lines), Some(new_lines)) =
+                        (head_side.replacement(head_hunk), new_side.replacement(new_hunk))
+                    else {
+                        return Err(lines_conflict(&head_hunk.base, &new_hunk.base));
+                    };
+                    out.apply_union(head_hunk.base.start, head_lines, new_lines)?;
                     head_index += 1;
                     new_index += 1;
                 } else if clash(&head_hunk.base, &new_hunk.base) {
@@ -150,10 +176,11 @@ fn diff_hunks(base: &[&str], side: &[&str]) -> Vec<Hunk> {
 }
 
 /// Whether hunks over these base ranges, from different sides and not
-/// identical, cannot both be applied (rules 2–4 of the module docs).
+/// identical, cannot both be applied (rules 2 and 4 of the module docs; two
+/// insertions never clash, rule 3).
 fn clash(a: &Range<usize>, b: &Range<usize>) -> bool {
     match (a.is_empty(), b.is_empty()) {
-        (true, true) => a.start == b.start,
+        (true, true) => false,
         (true, false) => b.start < a.start && a.start < b.end,
         (false, true) => a.start < b.start && b.start < a.end,
         (false, false) => a.start < b.end && b.start < a.end,
@@ -188,15 +215,59 @@ impl Output<'_> {
         ) else {
             return Err(lines_conflict(&hunk.base, &hunk.base));
         };
-        self.text.extend(unchanged.iter().chain(replacement).copied());
+        for line in unchanged.iter().chain(replacement) {
+            self.push(line);
+        }
         self.cursor = hunk.base.end;
+        Ok(())
+    }
+
+    /// Copies unchanged base lines up to `point`, then the union of two
+    /// insertions there (rule 3): the insertions are diffed against each
+    /// other; lines they have in common (in order) are written once, and
+    /// where they differ head's lines go before new's.
+    fn apply_union(&mut self, point: usize, head: &[&str], new: &[&str]) -> Result<(), ConflictReason> {
+        let Some(unchanged) = self.base.get(self.cursor..point) else {
+            return Err(lines_conflict(&(point..point), &(point..point)));
+        };
+        for line in unchanged {
+            self.push(line);
+        }
+        let deadline = Instant::now().checked_add(DIFF_TIME_BUDGET);
+        for op in capture_diff_slices_deadline(Algorithm::Myers, head, new, deadline) {
+            let (tag, head_range, new_range) = op.as_tag_tuple();
+            let new_part = if tag == DiffTag::Equal {
+                &[][..]
+            } else {
+                new.get(new_range).unwrap_or_default()
+            };
+            for line in head.get(head_range).unwrap_or_default().iter().chain(new_part) {
+                self.push(line);
+            }
+        }
+        self.cursor = point;
         Ok(())
     }
 
     fn finish(mut self) -> Result<String, ConflictReason> {
         let rest = self.base.get(self.cursor..).unwrap_or_default();
-        self.text.extend(rest.iter().copied());
+        for line in rest {
+            self.push(line);
+        }
         Ok(self.text)
+    }
+
+    /// Appends one line, first ending the previous one if it has no line
+    /// ending (only a union can put a side's last line before another line).
+    fn push(&mut self, line: &str) {
+        if !self.text.is_empty() && !self.text.ends_with('\n') {
+            let crlf = match self.text.rfind('\n') {
+                Some(at) => self.text.get(..at).is_some_and(|before| before.ends_with('\r')),
+                None => line.ends_with("\r\n"),
+            };
+            self.text.push_str(if crlf { "\r\n" } else { "\n" });
+        }
+        self.text.push_str(line);
     }
 }
 
@@ -243,11 +314,59 @@ mod tests {
     }
 
     #[test]
-    fn two_different_appends_at_the_end_conflict() {
+    fn two_different_appends_at_the_end_are_both_kept_head_first() {
         let base = "a\nb\n";
+        assert_eq!(merged(base, "a\nb\nh1\nh2\n", "a\nb\nn1\n"), "a\nb\nh1\nh2\nn1\n");
+        assert_eq!(merged(base, "a\nb\nn1\n", "a\nb\nh1\nh2\n"), "a\nb\nn1\nh1\nh2\n");
+    }
+
+    #[test]
+    fn different_insertions_at_one_inner_point_are_both_kept() {
+        let base = "# Log\n\n## Done\n";
+        let head = "# Log\n- a\n\n## Done\n";
+        let new = "# Log\n- b\n- c\n\n## Done\n";
+        assert_eq!(merged(base, head, new), "# Log\n- a\n- b\n- c\n\n## Done\n");
+    }
+
+    #[test]
+    fn union_next_to_other_edits_merges_all() {
+        let base = "a\nb\nc\n";
+        // Head edits a and appends; new appends and edits nothing else.
+        let head = "A\nb\nc\nh\n";
+        let new = "a\nb\nc\nn\n";
+        assert_eq!(merged(base, head, new), "A\nb\nc\nh\nn\n");
+    }
+
+    #[test]
+    fn lines_common_to_both_insertions_are_kept_once() {
+        assert_eq!(merged("a\n", "a\n---\nh\n", "a\n---\nn\n"), "a\n---\nh\nn\n");
+    }
+
+    #[test]
+    fn a_stale_base_commit_does_not_duplicate_its_own_lines() {
+        // The writer committed "x" on base "a" (now in head, after another
+        // writer's "o"), then commits "x" plus "y", still on base "a".
+        let base = "a\n";
+        let head = "a\no\nx\np\n";
+        let new = "a\nx\ny\n";
+        assert_eq!(merged(base, head, new), "a\no\nx\np\ny\n");
+    }
+
+    #[test]
+    fn union_ends_an_unterminated_head_line_before_new_lines() {
+        assert_eq!(merged("a\n", "a\nh", "a\nn\n"), "a\nh\nn\n");
+        assert_eq!(merged("a\r\n", "a\r\nh", "a\r\nn"), "a\r\nh\r\nn");
+        assert_eq!(merged("", "h", "n\r\n"), "h\r\nn\r\n");
+        // New's unterminated last line stays the file's unterminated end.
+        assert_eq!(merged("a\n", "a\nh\n", "a\nn"), "a\nh\nn");
+    }
+
+    #[test]
+    fn appends_after_an_unterminated_last_line_still_conflict() {
+        // Both sides rewrite the base's last line "b" (it gains a newline).
         assert_eq!(
-            conflict(base, "a\nb\nfrom head\n", "a\nb\nfrom new\n"),
-            ConflictReason::Lines { start: 3, end: 3 }
+            conflict("a\nb", "a\nb\nh\n", "a\nb\nn\n"),
+            ConflictReason::Lines { start: 2, end: 3 }
         );
     }
 
@@ -303,8 +422,16 @@ mod tests {
     }
 
     #[test]
-    fn empty_base_with_different_contents_conflicts() {
-        assert_eq!(conflict("", "x\n", "y\n"), ConflictReason::Lines { start: 1, end: 1 });
+    fn empty_base_with_different_contents_concatenates() {
+        assert_eq!(merged("", "x\n", "y\n"), "x\ny\n");
+    }
+
+    #[test]
+    fn replacements_of_one_range_still_conflict_with_insertions_around() {
+        let base = "a\nb\nc\n";
+        let head = "a\nB\nh\nc\n";
+        let new = "a\nX\nc\n";
+        assert_eq!(conflict(base, head, new), ConflictReason::Lines { start: 2, end: 3 });
     }
 
     #[test]
