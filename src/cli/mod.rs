@@ -264,6 +264,16 @@ pub struct ServeArgs {
     /// S3 region
     #[arg(long, env = "AWS_REGION")]
     pub s3_region: Option<String>,
+    /// Seconds a client has to send a complete request header; also how long
+    /// an idle keep-alive connection stays open
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub header_timeout: u64,
+    /// Seconds a request body may go without sending a byte before it fails
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub body_timeout: u64,
+    /// Most connections served at once; more wait in the listen backlog
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -317,9 +327,12 @@ pub fn main() -> ExitCode {
             _ => "warn",
         })
     });
+    // Colour codes only on a terminal: a log file or journal gets plain text.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -365,6 +378,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     blobs: args.blobs,
                     s3_endpoint: args.s3_endpoint,
                     s3_region: args.s3_region,
+                },
+                conn: crate::server::listen::ConnLimits {
+                    header_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+                    body_timeout: std::time::Duration::from_secs(args.body_timeout.max(1)),
+                    max_connections: args.max_connections.max(1),
+                    ..Default::default()
                 },
             };
             crate::server::serve(config).await?;

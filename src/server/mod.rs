@@ -4,6 +4,7 @@ pub mod auth;
 pub mod blobs;
 pub mod error;
 pub mod feed;
+pub mod listen;
 pub mod routes;
 pub mod service;
 pub mod store;
@@ -26,6 +27,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub limits: Limits,
     pub backends: Backends,
+    /// Timeouts and the connection cap of the HTTP listener.
+    pub conn: listen::ConnLimits,
 }
 
 /// Where metadata and blobs live. `None` means the embedded default under
@@ -209,22 +212,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Scripts and tests wait for this exact line.
     println!("listening on http://{addr}");
     let app = routes::router(service.clone());
-    // Responses go out in several writes (headers, then a streamed body);
-    // without TCP_NODELAY the body waits for a delayed ACK (~40 ms).
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Long-polls answer now instead of holding the shutdown for their timeout.
-            service.begin_shutdown();
-        })
-        .await
-        .map_err(ServeError::Serve)
+    listen::serve(listener, app, config.conn.clone(), async move {
+        shutdown_signal().await;
+        // Long-polls answer now instead of holding the shutdown for their timeout.
+        service.begin_shutdown();
+    })
+    .await
+    .map_err(ServeError::Serve)
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,185 @@
+//! Hardening of `contextfs serve` against hostile or broken clients, each
+//! checked against a real server process: timeouts and the connection cap,
+//! log injection, the revocation race, file modes, tokens off the command
+//! line and per-project blob receipts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use contextfs::api::*;
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+// ---------------------------------------------------------------------------
+// 1. Timeouts and the connection cap
+// ---------------------------------------------------------------------------
+
+/// Reads until the server closes the connection (or `limit` passes);
+/// returns how long that took, or `None` if it was still open.
+async fn wait_for_close(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.checked_sub(started.elapsed())?;
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A connection that sent half a request line and then nothing.
+async fn slow_client(addr: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(b"GET /api/v1/hea").await.expect("write half a line");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn half_a_request_line_is_cut_off_and_idle_keep_alive_closes() {
+    let s = TestServer::start_with(&["--header-timeout", "2"]).await;
+    let addr = s.listen_addr();
+
+    let mut slow = slow_client(&addr).await;
+    let took = wait_for_close(&mut slow, Duration::from_secs(10))
+        .await
+        .expect("a half-sent request header must be cut off");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+        "cut off after {took:?}; the header timeout is 2 s"
+    );
+
+    // A keep-alive connection that finished a request and then idles is closed too.
+    let mut idle = TcpStream::connect(&addr).await.expect("connect");
+    idle.write_all(format!("GET /api/v1/health HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).await.expect("read response");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let took = wait_for_close(&mut idle, Duration::from_secs(10))
+        .await
+        .expect("an idle keep-alive connection must be closed");
+    assert!(took < Duration::from_secs(5), "idle connection closed after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_stays_fast_with_a_thousand_slow_clients() {
+    const SLOW: usize = 1000;
+    let s = TestServer::start_with(&["--header-timeout", "10"]).await;
+    let addr = s.listen_addr();
+    let opened = Instant::now();
+    let mut slow = Vec::with_capacity(SLOW);
+    for _ in 0..SLOW {
+        slow.push(slow_client(&addr).await);
+    }
+    let open_time = opened.elapsed();
+
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        // A fresh connection each time: the slow ones must not hold up accepting.
+        let health: Health = send(new_http_client().get(s.url("/health"))).await.expect("health");
+        assert_eq!(health.status, "ok");
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let (median, max) = (latencies[latencies.len() / 2], latencies[latencies.len() - 1]);
+    eprintln!("{SLOW} slow clients opened in {open_time:?}; /health median {median:?}, max {max:?}");
+    assert!(
+        opened.elapsed() < Duration::from_secs(9),
+        "the slow clients must still be open while health is measured"
+    );
+    assert!(
+        max < Duration::from_secs(1),
+        "health took {max:?} with {SLOW} slow clients"
+    );
+
+    // And every slow client is cut off by the header timeout.
+    let deadline = opened + Duration::from_secs(20);
+    for stream in &mut slow {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            wait_for_close(stream, left).await.is_some(),
+            "a slow client was still connected 20 s after opening (header timeout 10 s)"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_request_body_fails_but_a_long_poll_does_not() {
+    let s = TestServer::start_with(&["--header-timeout", "2", "--body-timeout", "1"]).await;
+    let token = s.project_with_token("slow").await;
+    let addr = s.listen_addr();
+
+    // A blob upload that promises 100 bytes, sends 10 and stalls.
+    let hash = hash_of(&[b'x'; 100]);
+    let mut stream = TcpStream::connect(&addr).await.expect("connect");
+    let head = format!(
+        "PUT /api/v1/projects/slow/blobs/{hash} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    stream.write_all(&[b'x'; 10]).await.expect("write some body");
+    let started = Instant::now();
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let took = started.elapsed();
+    assert!(
+        read.is_ok(),
+        "a stalled body must end the request within the body timeout"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "stalled body ended after {took:?}; body timeout 1 s"
+    );
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 4"),
+        "a stalled upload must not succeed: {text}"
+    );
+    // Nothing was stored.
+    assert_err(
+        s.get_blob("slow", &token, hash.as_str()).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // A long-poll is a slow *response*: it outlives both timeouts.
+    let started = Instant::now();
+    let page = s.changes("slow", &token, 0, 4000).await.expect("long poll");
+    assert!(page.events.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(3900),
+        "the long poll returned early: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_connection_cap_queues_new_connections_and_says_so_once() {
+    let s = TestServer::start_with(&["--header-timeout", "2", "--max-connections", "4"]).await;
+    let addr = s.listen_addr();
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        slow.push(slow_client(&addr).await);
+    }
+    for _ in 0..3 {
+        slow.push(slow_client(&addr).await);
+    }
+    // Health waits for a slot (the slow ones are cut off after 2 s), then works.
+    let started = Instant::now();
+    let health: Health = send(new_http_client().get(s.url("/health"))).await.expect("health");
+    assert_eq!(health.status, "ok");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let log = s.log();
+    assert_eq!(
+        log.matches("connection limit reached").count(),
+        1,
+        "one log line when the cap is hit; log:\n{log}"
+    );
+    assert!(log.contains("max_connections=4"), "the log names the cap; log:\n{log}");
+}
