@@ -183,3 +183,143 @@ async fn the_connection_cap_queues_new_connections_and_says_so_once() {
     );
     assert!(log.contains("max_connections=4"), "the log names the cap; log:\n{log}");
 }
+
+// ---------------------------------------------------------------------------
+// 2. Log injection and control characters in names
+// ---------------------------------------------------------------------------
+
+const FORGED: &str = "l\n2026-12-06T00:00:00Z ERROR forged";
+
+/// True when some line of `log` starts like a log record that says "forged".
+fn has_forged_line(log: &str) -> bool {
+    log.lines()
+        .any(|l| l.starts_with("2026-12-06T00:00:00Z") || l.trim_start().starts_with("ERROR forged"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_characters_in_new_paths_are_refused_and_never_reach_the_log() {
+    let s = TestServer::start_with_env(&[], &[("CONTEXTFS_LOG", "debug")]).await;
+    let token = s.project_with_token("logs").await;
+    let hash = s.upload("logs", &token, b"x").await;
+    for bad in [
+        FORGED,
+        "esc\u{1b}[31mred",
+        "del\u{7f}",
+        "c1\u{85}next",
+        "tab\there",
+        "dir/\rx",
+    ] {
+        let err = assert_err(
+            s.commit_req("logs", &token, &commit_request(bad, None, hash.clone()))
+                .await,
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+        );
+        assert!(err.message.contains("control character"), "{err:?}");
+        assert!(
+            !err.message.contains('\n') && !err.message.contains('\u{1b}'),
+            "{err:?}"
+        );
+        // mkdir, rename's target and the one-call PUT refuse them too.
+        expect_error(
+            s.post(&s.purl("logs", "/mkdir"), &token, &serde_json::json!({ "path": bad })),
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+        )
+        .await;
+        expect_error(
+            s.req(reqwest::Method::PUT, &s.file_url("logs", bad), Some(&token))
+                .body("x"),
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+        )
+        .await;
+    }
+    s.commit("logs", &token, "clean.txt", None, b"x").await.expect("commit");
+    expect_error(
+        s.post(
+            &s.purl("logs", "/rename"),
+            &token,
+            &serde_json::json!({ "from": "clean.txt", "to": FORGED }),
+        ),
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+    )
+    .await;
+
+    // Client text that is logged (agent id, message) comes out escaped.
+    let agent = "agent\n2026-12-06T00:00:00Z ERROR forged\u{1b}[2J";
+    let mut req = commit_request("note.txt", None, hash.clone());
+    req.agent_id = Some(agent.into());
+    req.message = Some("msg\r\n\u{1b}]0;title\u{7}".into());
+    s.commit_req("logs", &token, &req)
+        .await
+        .expect("commit with odd agent id");
+    let log = eventually("the commit is logged", || async {
+        let log = s.log();
+        if log.contains("note.txt") {
+            Ok(log)
+        } else {
+            Err("no `committed` line yet".to_string())
+        }
+    })
+    .await;
+    assert!(!has_forged_line(&log), "a client value started a log line:\n{log}");
+    assert!(!log.contains('\u{1b}'), "an escape sequence reached the log:\n{log:?}");
+    assert!(
+        !log.contains('\u{7}') && !log.contains('\r'),
+        "a control character reached the log:\n{log:?}"
+    );
+    assert!(
+        log.contains(r#"agent=Some("agent\n2026-12-06T00:00:00Z ERROR forged\u{1b}[2J")"#),
+        "the agent id is logged quoted and escaped:\n{log}"
+    );
+    assert!(
+        log.contains(r#"commit_message=Some("msg\r\n\u{1b}]0;title\u{7}")"#),
+        "the message is logged quoted and escaped:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_stored_before_the_rule_stays_readable() {
+    let mut s = TestServer::start_with(&[]).await;
+    if s.database().is_some() {
+        eprintln!("skipped: this test edits the SQLite database");
+        return;
+    }
+    let token = s.project_with_token("legacy").await;
+    s.commit("legacy", &token, "old-name", None, b"kept")
+        .await
+        .expect("commit");
+    s.stop().await;
+    // As if the name had been stored before control characters were refused.
+    let db = rusqlite::Connection::open(s.data_dir.join("metadata.sqlite3")).expect("open db");
+    let legacy = "old\nname";
+    db.execute("UPDATE nodes SET path = ?1 WHERE path = 'old-name'", [legacy])
+        .expect("rename node");
+    db.execute("UPDATE versions SET path = ?1 WHERE path = 'old-name'", [legacy])
+        .expect("rename versions");
+    drop(db);
+    s.restart().await;
+
+    let listing = s.tree("legacy", &token, &[]).await.expect("tree lists the legacy name");
+    assert!(listing.entries.iter().any(|e| e.path.as_str() == legacy), "{listing:?}");
+    assert_eq!(s.read_bytes("legacy", &token, legacy).await, b"kept");
+    assert_eq!(s.history("legacy", &token, legacy).await.len(), 1);
+    // It can be renamed away to a clean name, but not written under its old name.
+    let hash = s.upload("legacy", &token, b"new").await;
+    assert_err(
+        s.commit_req("legacy", &token, &commit_request(legacy, None, hash))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+    );
+    let _: VersionInfo = send(s.post(
+        &s.purl("legacy", "/rename"),
+        &token,
+        &serde_json::json!({ "from": legacy, "to": "new-name" }),
+    ))
+    .await
+    .expect("rename to a clean name");
+    assert_eq!(s.read_bytes("legacy", &token, "new-name").await, b"kept");
+}

@@ -99,6 +99,13 @@ fn meta(caller: &Caller, agent_id: Option<String>, message: Option<String>) -> R
     })
 }
 
+/// Refuses a path that a write would create (or rename to) when it holds
+/// control characters: 400 `invalid_path`.
+fn check_new_path(path: &WsPath) -> Result<(), ApiError> {
+    path.check_new()
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidPath, e.to_string()))
+}
+
 fn check_mode(mode: Option<u32>) -> Result<(), ApiError> {
     match mode {
         Some(m) if m > 0o7777 => Err(ApiError::bad_request(
