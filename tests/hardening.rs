@@ -323,3 +323,62 @@ async fn a_name_stored_before_the_rule_stays_readable() {
     .expect("rename to a clean name");
     assert_eq!(s.read_bytes("legacy", &token, "new-name").await, b"kept");
 }
+
+// ---------------------------------------------------------------------------
+// 3. Revocation race
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_request_sent_after_a_revocation_returns_is_authorised() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    const ROUNDS: usize = 40;
+    const CLIENTS: usize = 6;
+    let s = TestServer::start().await;
+    s.create_project("revoke").await;
+    let (mut late_successes, mut total) = (0usize, 0usize);
+    for round in 0..ROUNDS {
+        let created = s.token("revoke", Access::ReadWrite).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        // (sent at, succeeded) of every request.
+        let seen = Arc::new(Mutex::new(Vec::<(Instant, bool)>::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..CLIENTS {
+            let (api, stop, seen, token) = (s.with_own_client(), stop.clone(), seen.clone(), created.token.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let sent = Instant::now();
+                    let resp = api.get(&api.url("/whoami"), &token).send().await.expect("whoami");
+                    seen.lock().unwrap().push((sent, resp.status().is_success()));
+                }
+            }));
+        }
+        // Let the token be used (and cached) a little, varying the moment.
+        tokio::time::sleep(Duration::from_millis(5 + (round as u64 * 7) % 40)).await;
+        let resp = s
+            .req(
+                reqwest::Method::DELETE,
+                &s.url(&format!("/tokens/{}", created.info.id)),
+                Some(&s.admin),
+            )
+            .send()
+            .await
+            .expect("revoke");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let revoked_at = Instant::now();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.store(true, Ordering::SeqCst);
+        for t in tasks {
+            t.await.expect("client task");
+        }
+        let seen = seen.lock().unwrap();
+        total += seen.len();
+        late_successes += seen.iter().filter(|(sent, ok)| *ok && *sent > revoked_at).count();
+        assert!(
+            seen.iter().any(|(sent, _)| *sent > revoked_at),
+            "round {round}: no request was sent after the revocation"
+        );
+    }
+    eprintln!("{ROUNDS} rounds, {total} requests");
+    assert_eq!(late_successes, 0, "requests sent after the 204 were authorised");
+}
