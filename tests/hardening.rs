@@ -382,3 +382,138 @@ async fn no_request_sent_after_a_revocation_returns_is_authorised() {
     eprintln!("{ROUNDS} rounds, {total} requests");
     assert_eq!(late_successes, 0, "requests sent after the 204 were authorised");
 }
+
+// ---------------------------------------------------------------------------
+// 4. Secret and data file modes
+// ---------------------------------------------------------------------------
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Runs `contextfs serve` on `data` WITHOUT `CONTEXTFS_ADMIN_TOKEN` (unless
+/// given in `env`): `Ok(stderr so far)` once it listens (then stops it), or
+/// `Err(stderr)` if it exits first.
+fn run_serve(data: &std::path::Path, listen: &str, env: &[(&str, &str)]) -> Result<String, String> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let log = data.with_extension("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_contextfs"))
+        .args(["serve", "--listen", listen, "--data"])
+        .arg(data)
+        .env_remove(contextfs::server::ADMIN_TOKEN_ENV)
+        .env("CONTEXTFS_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let listening = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("listening on "));
+    if listening {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    if listening {
+        Ok(stderr)
+    } else {
+        Err(stderr)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_directory_database_and_blobs_are_private() {
+    let s = TestServer::start().await;
+    let token = s.project_with_token("modes").await;
+    s.commit("modes", &token, "f.txt", None, b"private bytes")
+        .await
+        .expect("commit");
+    assert_eq!(mode_of(&s.data_dir), 0o700, "data directory");
+    if s.database().is_none() {
+        assert_eq!(mode_of(&s.data_dir.join("metadata.sqlite3")), 0o600, "database");
+    }
+    let mut checked = 0;
+    let mut dirs = vec![s.data_dir.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                assert_eq!(mode_of(&path), 0o700, "{}", path.display());
+                dirs.push(path);
+            } else {
+                assert_eq!(mode_of(&path), 0o600, "{}", path.display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 2,
+        "expected a database and a blob under {}",
+        s.data_dir.display()
+    );
+}
+
+#[test]
+fn the_admin_token_file_is_0600_and_a_readable_one_is_refused() {
+    let root = tempfile::tempdir().expect("tempdir");
+
+    // Generated on first start: 0600.
+    let fresh = root.path().join("fresh");
+    run_serve(&fresh, "127.0.0.1:0", &[]).expect("serve on a fresh directory");
+    assert_eq!(mode_of(&fresh.join("admin-token")), 0o600);
+    assert_eq!(mode_of(&fresh), 0o700);
+
+    // An existing empty file gets the secret and mode 0600.
+    let empty = root.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    std::fs::write(empty.join("admin-token"), "").expect("write");
+    set_mode(&empty.join("admin-token"), 0o644);
+    run_serve(&empty, "127.0.0.1:0", &[]).expect("serve with an empty token file");
+    assert_eq!(mode_of(&empty.join("admin-token")), 0o600);
+    assert!(std::fs::read_to_string(empty.join("admin-token"))
+        .unwrap()
+        .starts_with("cfs_admin_"));
+
+    // A secret others can read: refused, naming the fix.
+    set_mode(&empty.join("admin-token"), 0o640);
+    let err = run_serve(&empty, "127.0.0.1:0", &[]).expect_err("a group-readable secret must be refused");
+    assert!(err.contains("chmod 600"), "{err}");
+    set_mode(&empty.join("admin-token"), 0o604);
+    let err = run_serve(&empty, "127.0.0.1:0", &[]).expect_err("a world-readable secret must be refused");
+    assert!(err.contains("chmod 600"), "{err}");
+    set_mode(&empty.join("admin-token"), 0o600);
+    run_serve(&empty, "127.0.0.1:0", &[]).expect("after chmod 600 it starts");
+
+    // A short admin secret is refused, saying why.
+    let err = run_serve(
+        &root.path().join("short"),
+        "127.0.0.1:0",
+        &[(contextfs::server::ADMIN_TOKEN_ENV, "hunter2")],
+    )
+    .expect_err("a 7-character admin secret must be refused");
+    assert!(err.contains("at least 16"), "{err}");
+}
+
+#[test]
+fn listening_beyond_loopback_warns_once_about_tls() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let local = run_serve(&root.path().join("a"), "127.0.0.1:0", &[]).expect("serve on loopback");
+    assert!(!local.contains("without TLS"), "{local}");
+    let open = run_serve(&root.path().join("b"), "0.0.0.0:0", &[]).expect("serve on 0.0.0.0");
+    assert_eq!(open.matches("without TLS").count(), 1, "{open}");
+}
