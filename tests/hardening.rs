@@ -517,3 +517,62 @@ fn listening_beyond_loopback_warns_once_about_tls() {
     let open = run_serve(&root.path().join("b"), "0.0.0.0:0", &[]).expect("serve on 0.0.0.0");
     assert_eq!(open.matches("without TLS").count(), 1, "{open}");
 }
+
+// ---------------------------------------------------------------------------
+// 5. Tokens never on a command line
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_come_from_the_environment_a_file_or_login_and_token_flag_warns() {
+    use std::process::Command;
+    let s = TestServer::start().await;
+    s.create_project("cli").await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let cli = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_contextfs"))
+            .args(args)
+            .env_remove("CONTEXTFS_TOKEN")
+            .env_remove("CONTEXTFS_TOKEN_FILE")
+            .env_remove("CONTEXTFS_PROJECT")
+            .env("CONTEXTFS_SERVER", &s.base)
+            .env("XDG_CONFIG_HOME", home.path())
+            .envs(env.iter().copied())
+            .output()
+            .expect("run contextfs");
+        (out.status.success(), stdout(&out), stderr(&out))
+    };
+    const WARNING: &str = "other users can see it";
+
+    let (ok, out, err) = cli(&["project", "list"], &[("CONTEXTFS_TOKEN", &s.admin)]);
+    assert!(ok && out.contains("cli"), "{out}{err}");
+    assert!(!err.contains(WARNING), "{err}");
+
+    let (ok, out, err) = cli(&["--token", &s.admin, "project", "list"], &[]);
+    assert!(ok && out.contains("cli"), "{out}{err}");
+    assert_eq!(err.matches(WARNING).count(), 1, "--token must warn once: {err}");
+    assert!(
+        !out.contains(WARNING),
+        "the warning goes to stderr, not into parsed output"
+    );
+
+    let file = home.path().join("token");
+    std::fs::write(&file, format!("{}\n", s.admin)).expect("write token file");
+    let file = file.to_str().expect("utf-8 path");
+    let (ok, out, err) = cli(&["--token-file", file, "project", "list"], &[]);
+    assert!(ok && out.contains("cli"), "{out}{err}");
+    assert!(!err.contains(WARNING), "{err}");
+    let (ok, out, err) = cli(&["project", "list"], &[("CONTEXTFS_TOKEN_FILE", file)]);
+    assert!(ok && out.contains("cli"), "{out}{err}");
+
+    // `contextfs login` saves it (0600) and later commands need nothing else.
+    let (ok, out, err) = cli(&["login"], &[("CONTEXTFS_TOKEN", &s.admin)]);
+    assert!(ok, "{out}{err}");
+    let config = home.path().join("contextfs").join("config.toml");
+    assert_eq!(mode_of(&config), 0o600);
+    let (ok, out, err) = cli(&["project", "list"], &[]);
+    assert!(ok && out.contains("cli"), "{out}{err}");
+    assert!(!err.contains(WARNING), "{err}");
+
+    let (ok, _, err) = cli(&["--token-file", "/nonexistent/token", "project", "list"], &[]);
+    assert!(!ok && err.contains("cannot read the token file"), "{err}");
+}
