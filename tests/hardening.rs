@@ -576,3 +576,30 @@ async fn tokens_come_from_the_environment_a_file_or_login_and_token_flag_warns()
     let (ok, _, err) = cli(&["--token-file", "/nonexistent/token", "project", "list"], &[]);
     assert!(!ok && err.contains("cannot read the token file"), "{err}");
 }
+
+// ---------------------------------------------------------------------------
+// 6. Blob de-duplication does not leak across projects
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_another_project_stored_is_created_for_this_one() {
+    let s = TestServer::start().await;
+    let a = s.project_with_token("dedup-a").await;
+    let b = s.project_with_token("dedup-b").await;
+    let bytes = b"the same secret bytes in two projects".to_vec();
+    let hash = hash_of(&bytes);
+    let put = |project: &'static str, token: String| {
+        let rb = s.put_blob_request(project, &token, &hash, bytes.clone());
+        async move { send_with_status::<BlobReceipt>(rb).await.expect("upload") }
+    };
+    let (status, receipt) = put("dedup-a", a.clone()).await;
+    assert_eq!((status, receipt.created), (StatusCode::CREATED, true));
+    // Project b cannot tell that a has these bytes.
+    let (status, receipt) = put("dedup-b", b.clone()).await;
+    assert_eq!((status, receipt.created), (StatusCode::CREATED, true));
+    // A repeat within one project is not new.
+    let (status, receipt) = put("dedup-b", b.clone()).await;
+    assert_eq!((status, receipt.created), (StatusCode::OK, false));
+    let (status, receipt) = put("dedup-a", a.clone()).await;
+    assert_eq!((status, receipt.created), (StatusCode::OK, false));
+}
