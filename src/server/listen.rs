@@ -145,11 +145,11 @@ fn raise_fd_limit(max_connections: usize) {
     };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur as u64 >= want {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= want {
             return;
         }
-        let target = want.min(lim.rlim_max as u64);
-        lim.rlim_cur = target as libc::rlim_t;
+        let target = want.min(lim.rlim_max);
+        lim.rlim_cur = target;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 || target < want {
             tracing::warn!(
                 max_connections,
