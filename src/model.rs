@@ -29,6 +29,15 @@ pub enum PathError {
     NameTooLong { component: String, len: usize },
     #[error("path is {0} bytes; the limit is {MAX_PATH_BYTES}")]
     PathTooLong(usize),
+    #[error("path {0:?} contains a control character (U+0001-U+001F, U+007F-U+009F: newline, tab, ESC, DEL, ...); new names may not")]
+    ControlChar(String),
+}
+
+/// True for the characters a new name may not contain: C0 controls, DEL and
+/// C1 controls (Unicode category Cc). They would let a name forge log lines
+/// or send terminal escape sequences to whoever lists the directory.
+pub fn is_forbidden_in_name(c: char) -> bool {
+    c.is_control()
 }
 
 /// A relative, normalised path inside a project: `dir/sub/file.md`.
@@ -64,6 +73,25 @@ impl WsPath {
             }
         }
         Ok(Self(raw.to_string()))
+    }
+
+    /// The extra rule for a name being created or renamed to: no control
+    /// characters. [`WsPath::parse`] does not apply it, so names stored
+    /// before the rule existed stay readable, listable, deletable and can be
+    /// renamed to a clean name.
+    pub fn check_new(&self) -> Result<(), PathError> {
+        if self.0.chars().any(is_forbidden_in_name) {
+            Err(PathError::ControlChar(self.0.clone()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// [`WsPath::parse`] plus [`WsPath::check_new`].
+    pub fn parse_new(raw: &str) -> Result<Self, PathError> {
+        let path = Self::parse(raw)?;
+        path.check_new()?;
+        Ok(path)
     }
 
     pub fn as_str(&self) -> &str {
@@ -182,6 +210,19 @@ impl<'de> Deserialize<'de> for BlobHash {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn control_characters_are_refused_in_new_names_only() {
+        for bad in ["a\nb", "a\tb", "x/\u{1b}[31m", "del\u{7f}", "c1\u{85}", "c1\u{9f}"] {
+            let parsed = WsPath::parse(bad).expect("stored names stay readable");
+            assert!(matches!(parsed.check_new(), Err(PathError::ControlChar(_))), "{bad:?}");
+            assert!(WsPath::parse_new(bad).is_err(), "{bad:?}");
+        }
+        for good in ["a b", "ünïcödé/文件", "\u{a0}nbsp", "emoji😀"] {
+            WsPath::parse_new(good).expect(good);
+        }
+    }
+
     use super::*;
 
     #[test]

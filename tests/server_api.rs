@@ -273,14 +273,15 @@ async fn blobs_put_get_head() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
-    // ... until it uploads the same bytes itself (which then is not new on disk)
+    // ... until it uploads the same bytes itself; the receipt says "created"
+    // (new to q) and so does not reveal that p stored them already
     let (status, receipt): (_, BlobReceipt) = send_with_status(
         s.req(Method::PUT, &s.purl("q", &format!("/blobs/{hash}")), Some(&other))
             .body(bytes.clone()),
     )
     .await
     .unwrap();
-    assert_eq!((status, receipt.created), (StatusCode::OK, false));
+    assert_eq!((status, receipt.created), (StatusCode::CREATED, true));
     assert_eq!(s.get_blob("q", &other, hash.as_str()).await.unwrap(), bytes);
 }
 

@@ -20,7 +20,7 @@ fn explain(e: ClientError) -> anyhow::Error {
             "is `contextfs serve` running there? Point --server (or CONTEXTFS_SERVER) at it".to_string()
         }
         ClientError::Api { status, .. } if status.as_u16() == 401 => {
-            "check --token / CONTEXTFS_TOKEN (the admin token is in the server's DATA/admin-token)".to_string()
+            "check CONTEXTFS_TOKEN / --token-file (the admin token is in the server's DATA/admin-token)".to_string()
         }
         ClientError::Api { status, .. } if status.as_u16() == 403 => {
             "this token may not do that: use a read-write project token, or the admin token for admin commands"
@@ -41,7 +41,7 @@ fn explain(e: ClientError) -> anyhow::Error {
 
 fn client(global: &GlobalArgs) -> anyhow::Result<Client> {
     let token = global.token.clone().ok_or_else(|| {
-        anyhow!("no token: pass --token or set CONTEXTFS_TOKEN (the admin token is in the server's DATA/admin-token)")
+        anyhow!("no token: set CONTEXTFS_TOKEN, pass --token-file FILE or run `contextfs login` (the admin token is in the server's DATA/admin-token)")
     })?;
     Client::new(&global.server_url(), Some(token)).map_err(explain)
 }

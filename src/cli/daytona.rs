@@ -199,7 +199,7 @@ pub async fn run(global: &GlobalArgs, cmd: DaytonaCommand) -> anyhow::Result<Exi
                 .clone()
                 .ok_or_else(|| anyhow!("no project: pass --project NAME or set CONTEXTFS_PROJECT"))?;
             let admin_token = global.token.clone().ok_or_else(|| {
-                anyhow!("no token: creating a sandbox needs the admin token (--token or CONTEXTFS_TOKEN); it makes a project token for the sandbox")
+                anyhow!("no token: creating a sandbox needs the admin token (CONTEXTFS_TOKEN or --token-file); it makes a project token for the sandbox")
             })?;
             let labels = labels
                 .iter()

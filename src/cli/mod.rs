@@ -22,8 +22,9 @@ use crate::server::{Limits, ServeConfig};
     long_about = "contextfs keeps a versioned file tree per project (`contextfs serve`) and lets agents, \
 people and pipelines read and write it. Every write is a new version; concurrent edits are merged \
 three ways (JSON by key, text by line) and nothing is ever lost.\n\n\
-Client commands need a server, a token and usually a project: pass --server/--token/--project or set \
-CONTEXTFS_SERVER, CONTEXTFS_TOKEN and CONTEXTFS_PROJECT."
+Client commands need a server, a token and usually a project: set CONTEXTFS_SERVER, CONTEXTFS_TOKEN \
+(or --token-file FILE) and CONTEXTFS_PROJECT, pass --server/--project, or save them with `contextfs login`. \
+--token works too but shows the secret to other users in `ps`."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -37,9 +38,19 @@ pub struct GlobalArgs {
     /// Server URL [default: from `contextfs login`, else http://127.0.0.1:8420]
     #[arg(long, global = true, env = "CONTEXTFS_SERVER")]
     pub server: Option<String>,
-    /// Bearer token: the admin token or a project token
-    #[arg(long, global = true, env = "CONTEXTFS_TOKEN", hide_env_values = true)]
+    /// Bearer token (admin or project). Other users on this machine can read
+    /// it in `ps`: prefer $CONTEXTFS_TOKEN, --token-file or `contextfs login`
+    #[arg(long, global = true)]
     pub token: Option<String>,
+    /// Read the bearer token from FILE (first line; keep it mode 0600)
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "CONTEXTFS_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
     /// Project to work in
     #[arg(long, short = 'p', global = true, env = "CONTEXTFS_PROJECT")]
     pub project: Option<String>,
@@ -264,6 +275,16 @@ pub struct ServeArgs {
     /// S3 region
     #[arg(long, env = "AWS_REGION")]
     pub s3_region: Option<String>,
+    /// Seconds a client has to send a complete request header; also how long
+    /// an idle keep-alive connection stays open
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub header_timeout: u64,
+    /// Seconds a request body may go without sending a byte before it fails
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub body_timeout: u64,
+    /// Most connections served at once; more wait in the listen backlog
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -310,16 +331,23 @@ fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Err(e) = cli.global.resolve_token() {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONTEXTFS_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match cli.command {
             Command::Serve(_) | Command::Mount(_) | Command::DockerPlugin(_) => "info,tower_http=warn",
             _ => "warn",
         })
     });
+    // Colour codes only on a terminal: a log file or journal gets plain text.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -366,6 +394,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     s3_endpoint: args.s3_endpoint,
                     s3_region: args.s3_region,
                 },
+                conn: crate::server::listen::ConnLimits {
+                    header_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+                    body_timeout: std::time::Duration::from_secs(args.body_timeout.max(1)),
+                    max_connections: args.max_connections.max(1),
+                    ..Default::default()
+                },
             };
             crate::server::serve(config).await?;
             Ok(ExitCode::SUCCESS)
@@ -377,7 +411,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Environment variable holding the bearer token (preferred over `--token`).
+pub const TOKEN_ENV: &str = "CONTEXTFS_TOKEN";
+
 impl GlobalArgs {
+    /// Settles where the token comes from: `--token-file`, else `--token`
+    /// (with a warning: it is visible in `ps`), else `$CONTEXTFS_TOKEN`;
+    /// `contextfs login`'s file fills in later if none of them is set.
+    pub fn resolve_token(&mut self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            let token = text.lines().next().unwrap_or("").trim().to_string();
+            anyhow::ensure!(!token.is_empty(), "the token file {} is empty", path.display());
+            self.token = Some(token);
+        } else if self.token.is_some() {
+            eprintln!(
+                "warning: --token puts the secret on the command line, where other users can see it (ps, /proc); \
+                 use ${TOKEN_ENV}, --token-file FILE or `contextfs login` instead"
+            );
+        } else {
+            self.token = std::env::var(TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| t.trim().to_string());
+        }
+        Ok(())
+    }
+
     /// Fills what flags and environment left open from `contextfs login`'s file.
     pub fn with_saved_defaults(mut self) -> anyhow::Result<Self> {
         if self.server.is_some() && self.token.is_some() && self.project.is_some() {

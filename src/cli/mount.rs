@@ -25,7 +25,7 @@ pub fn run(global: GlobalArgs, cmd: MountCommand) -> anyhow::Result<ExitCode> {
         .clone()
         .ok_or_else(|| anyhow!("no project: pass --project NAME, set CONTEXTFS_PROJECT, or save one with `contextfs login --default-project`"))?;
     let token = global.token.clone().ok_or_else(|| {
-        anyhow!("no token: pass --token, set CONTEXTFS_TOKEN, or run `contextfs login --server URL --token T`")
+        anyhow!("no token: set CONTEXTFS_TOKEN, pass --token-file FILE, or run `CONTEXTFS_TOKEN=T contextfs login --server URL`")
     })?;
     if let Some(dir) = &cmd.skills_dir {
         // Refuse a bad --skills-dir here too, so --daemon reports it plainly

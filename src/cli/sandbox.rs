@@ -88,7 +88,7 @@ pub fn run(global: GlobalArgs, cmd: RunCommand) -> anyhow::Result<ExitCode> {
         anyhow!("no project: pass --project NAME, set CONTEXTFS_PROJECT, or save one with `contextfs login --default-project`")
     })?;
     let token = global.token.clone().ok_or_else(|| {
-        anyhow!("no token: pass --token, set CONTEXTFS_TOKEN, or run `contextfs login --server URL --token T`")
+        anyhow!("no token: set CONTEXTFS_TOKEN, pass --token-file FILE, or run `CONTEXTFS_TOKEN=T contextfs login --server URL`")
     })?;
     let conn = Connection {
         server: global.server_url(),

@@ -105,6 +105,10 @@ impl Client {
             // Long enough for large blobs; per-request timeouts tighten it where it matters.
             .timeout(Duration::from_secs(600))
             .pool_max_idle_per_host(64)
+            // The server closes a connection idle for its header timeout
+            // (5 s by default): drop ours first, so a request never goes out
+            // on a connection the server is closing.
+            .pool_idle_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| ClientError::Protocol {
                 url: server.to_string(),

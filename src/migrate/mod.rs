@@ -134,6 +134,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
 
 fn config(data_dir: PathBuf, backends: Backends) -> ServeConfig {
     ServeConfig {
+        conn: Default::default(),
         data_dir,
         listen: ([127, 0, 0, 1], 0).into(),
         limits: Limits::default(),

@@ -6,6 +6,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::error::ApiError;
@@ -81,8 +82,13 @@ impl Service {
                 access: Access::ReadWrite,
             });
         }
-        if let Some(caller) = self.token_cache.get(&hash) {
-            return Ok(caller);
+        // Read before the lookup: a revocation that lands after this point
+        // bumps the epoch, so what this lookup fills is never used again.
+        let epoch = self.revocation_epoch.load(Ordering::SeqCst);
+        if let Some((caller, filled_in)) = self.token_cache.get(&hash) {
+            if filled_in == epoch {
+                return Ok(caller);
+            }
         }
         match self.store.token_by_secret_hash(&hash).await? {
             Some(token) if !token.revoked => {
@@ -92,7 +98,7 @@ impl Service {
                     project: Some(token.project),
                     access: token.access,
                 };
-                self.token_cache.insert(hash, caller.clone());
+                self.token_cache.insert(hash, (caller.clone(), epoch));
                 Ok(caller)
             }
             Some(_) => Err(ApiError::unauthorized(

@@ -53,7 +53,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
-            tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
+            tracing::error!(code = self.code.as_str(), message = ?self.message, "request failed");
         }
         let body = ErrorBody {
             error: ErrorDetail {

@@ -4,12 +4,13 @@ pub mod auth;
 pub mod blobs;
 pub mod error;
 pub mod feed;
+pub mod listen;
 pub mod routes;
 pub mod service;
 pub mod store;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,6 +27,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub limits: Limits,
     pub backends: Backends,
+    /// Timeouts and the connection cap of the HTTP listener.
+    pub conn: listen::ConnLimits,
 }
 
 /// Where metadata and blobs live. `None` means the embedded default under
@@ -75,10 +78,27 @@ impl AdminToken {
     }
 }
 
-/// `CONTEXTFS_ADMIN_TOKEN` when set, else DIR/admin-token, generated (mode 0600) on first start.
+/// Shortest admin secret `serve` accepts: anything shorter can be guessed.
+pub const MIN_ADMIN_SECRET: usize = 16;
+
+fn check_secret_length(token: &str, from: &str) -> Result<(), ServeError> {
+    if token.chars().count() < MIN_ADMIN_SECRET {
+        return Err(ServeError::Unsupported(format!(
+            "the admin secret from {from} is {} characters; it needs at least {MIN_ADMIN_SECRET} \
+             (it grants every project): use e.g. `openssl rand -hex 24`",
+            token.chars().count()
+        )));
+    }
+    Ok(())
+}
+
+/// `CONTEXTFS_ADMIN_TOKEN` when set, else DIR/admin-token, generated (mode
+/// 0600) on first start. A file holding a secret that other users may read
+/// is refused; an empty one is filled and its mode fixed to 0600.
 pub fn admin_token(data_dir: &Path) -> Result<AdminToken, ServeError> {
     if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
         if !token.trim().is_empty() {
+            check_secret_length(token.trim(), &format!("${ADMIN_TOKEN_ENV}"))?;
             return Ok(AdminToken::FromEnv(token.trim().to_string()));
         }
     }
@@ -89,11 +109,22 @@ pub fn admin_token(data_dir: &Path) -> Result<AdminToken, ServeError> {
     };
     match std::fs::read_to_string(&path) {
         Ok(token) if !token.trim().is_empty() => {
+            let mode = std::fs::metadata(&path).map_err(io)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(ServeError::Unsupported(format!(
+                    "{} holds the admin secret but has mode {:03o}: other users can read it; \
+                     run `chmod 600 {}` (and consider the secret leaked if they could)",
+                    path.display(),
+                    mode & 0o777,
+                    path.display()
+                )));
+            }
+            check_secret_length(token.trim(), &path.display().to_string())?;
             return Ok(AdminToken::FromFile {
                 token: token.trim().to_string(),
                 path,
                 created: false,
-            })
+            });
         }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -107,6 +138,10 @@ pub fn admin_token(data_dir: &Path) -> Result<AdminToken, ServeError> {
         .mode(0o600)
         .open(&path)
         .map_err(io)?;
+    // `mode` applies only to a new file; an existing (empty) one keeps its
+    // own until fixed here, before the secret goes in.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io)?;
     std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)?;
     Ok(AdminToken::FromFile {
@@ -117,11 +152,30 @@ pub fn admin_token(data_dir: &Path) -> Result<AdminToken, ServeError> {
 }
 
 /// Opens the data directory and builds the service on the embedded defaults.
+/// The directory is created 0700; with the umask `serve` sets, the database
+/// and blob files in it are created 0600.
 pub fn open_embedded(config: &ServeConfig) -> Result<(Arc<Service>, AdminToken), ServeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+    let data_dir_err = |source| ServeError::DataDir {
         path: config.data_dir.clone(),
         source,
-    })?;
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .map_err(data_dir_err)?;
+    let mode = std::fs::metadata(&config.data_dir)
+        .map_err(data_dir_err)?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        eprintln!(
+            "warning: data directory {} has mode {:03o}: other users may read its database and blobs; \
+             `chmod 700` it unless that is intended",
+            config.data_dir.display(),
+            mode & 0o777
+        );
+    }
     let token = admin_token(&config.data_dir)?;
     let (store, blobs) = open_backends(config)?;
     let service = Service::new(store, blobs, token.secret(), config.limits.clone());
@@ -167,6 +221,12 @@ pub fn open_backends(config: &ServeConfig) -> Result<OpenedBackends, ServeError>
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    // Everything this process creates (database, WAL, blobs, directories) is
+    // for its own user only: files 0600, directories 0700.
+    // SAFETY: umask only swaps the process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     let (service, token) = open_embedded(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -183,6 +243,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         AdminToken::FromFile { path, .. } => println!("admin token: read from {}", path.display()),
     }
     println!("data: {}", config.data_dir.display());
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "warning: listening on {addr} without TLS: tokens and data cross the network in clear text; \
+             put a TLS-terminating reverse proxy in front (docs/DEPLOY.md) or listen on 127.0.0.1"
+        );
+    }
     if config.backends.database.is_some() {
         println!("metadata: PostgreSQL (shared; every instance needs the same ${ADMIN_TOKEN_ENV})");
         if !matches!(token, AdminToken::FromEnv(_)) {
@@ -209,22 +275,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Scripts and tests wait for this exact line.
     println!("listening on http://{addr}");
     let app = routes::router(service.clone());
-    // Responses go out in several writes (headers, then a streamed body);
-    // without TCP_NODELAY the body waits for a delayed ACK (~40 ms).
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Long-polls answer now instead of holding the shutdown for their timeout.
-            service.begin_shutdown();
-        })
-        .await
-        .map_err(ServeError::Serve)
+    listen::serve(listener, app, config.conn.clone(), async move {
+        shutdown_signal().await;
+        // Long-polls answer now instead of holding the shutdown for their timeout.
+        service.begin_shutdown();
+    })
+    .await
+    .map_err(ServeError::Serve)
 }
 
 async fn shutdown_signal() {

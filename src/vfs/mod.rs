@@ -335,6 +335,15 @@ fn check_name(name: &str) -> VfsResult<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(VfsError::new(libc::EINVAL, format!("invalid file name {name:?}")));
     }
+    // The server refuses new names with control characters (they could forge
+    // log lines or smuggle terminal escapes); refusing here gives EINVAL at
+    // once instead of a commit that fails later in the background.
+    if name.chars().any(crate::model::is_forbidden_in_name) {
+        return Err(VfsError::new(
+            libc::EINVAL,
+            format!("file name {name:?} contains a control character (newline, tab, ESC, DEL, U+0080-U+009F); contextfs refuses those"),
+        ));
+    }
     check_name_length(name)
 }
 

@@ -89,6 +89,10 @@ impl Service {
     pub async fn revoke_token(&self, caller: &Caller, id: &str) -> Result<(), ApiError> {
         caller.require_admin()?;
         if self.store.revoke_token(id, meta(caller, None, None)?).await? {
+            // The store has the revocation now, so a lookup that starts after
+            // this bump sees it; entries from earlier lookups (including one
+            // still in flight) carry an older epoch and are ignored.
+            self.revocation_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.token_cache.invalidate_all();
             Ok(())
         } else {

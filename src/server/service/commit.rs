@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use super::{check_mode, meta, Service, MAX_COMMIT_ATTEMPTS};
+use super::{check_mode, check_new_path, meta, Service, MAX_COMMIT_ATTEMPTS};
 use crate::api::*;
 use crate::merge::{merge, MergeOutcome};
 use crate::model::{BlobHash, WsPath};
@@ -44,6 +44,7 @@ enum Planned {
 
 impl Service {
     pub async fn commit(&self, caller: &Caller, project: &str, req: CommitRequest) -> Result<VersionInfo, ApiError> {
+        check_new_path(&req.path)?;
         self.commit_content(caller, project, req, None).await
     }
 
@@ -115,13 +116,23 @@ impl Service {
             match self.store.write_content(project.id, write, meta.clone()).await {
                 Ok(applied) => {
                     self.feed.notify(project.id);
+                    // Client text goes out through `?` (Debug): quoted, with
+                    // newlines and escape sequences escaped.
+                    tracing::debug!(
+                        project = ?project.name,
+                        path = ?req.path.as_str(),
+                        version = applied.value.version,
+                        agent = ?meta.agent_id,
+                        commit_message = ?meta.message,
+                        "committed"
+                    );
                     return Ok(applied.value);
                 }
                 Err(StoreError::HeadMoved) => {
                     if let Some(done) = self.idempotent_result(project.id, &req).await? {
                         return Ok(done);
                     }
-                    tracing::debug!(path = %req.path, "commit lost the compare-and-set; merging again");
+                    tracing::debug!(path = ?req.path.as_str(), "commit lost the compare-and-set; merging again");
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -324,7 +335,7 @@ impl Service {
         let new_bytes = self.read_for_merge(&req.hash).await?;
         let (Some(base), Some(head_bytes), Some(new_bytes), NodeKind::File) = (base_bytes, head_bytes, new_bytes, kind)
         else {
-            tracing::info!(path = %req.path, "not merged (symlink or over {MAX_MERGE_BYTES} bytes): last writer wins");
+            tracing::info!(path = ?req.path.as_str(), agent = ?req.agent_id, "not merged (symlink or over {MAX_MERGE_BYTES} bytes): last writer wins");
             return write(
                 existing,
                 req.hash.clone(),
@@ -361,7 +372,7 @@ impl Service {
                 )
             }
             MergeOutcome::Conflict(reason) => {
-                tracing::info!(path = %req.path, %reason, "true conflict: last writer wins, the previous head stays in history");
+                tracing::info!(path = ?req.path.as_str(), agent = ?req.agent_id, reason = ?reason, "true conflict: last writer wins, the previous head stays in history");
                 write(
                     existing,
                     req.hash.clone(),
@@ -396,6 +407,7 @@ impl Service {
         message: Option<String>,
         body: ByteStream,
     ) -> Result<VersionInfo, ApiError> {
+        check_new_path(&path)?;
         let row = self.project_for(caller, project, true).await?;
         let (hash, size, _) = self.blobs.put_stream(None, body, self.limits.max_blob_bytes).await?;
         let base_version = match base_version {

@@ -69,10 +69,14 @@ pub struct Service {
     path_locks: Vec<tokio::sync::Mutex<()>>,
     /// Flips to true when the server starts shutting down.
     stopping: tokio::sync::watch::Sender<bool>,
-    /// Valid project tokens by secret hash. A revocation here clears it at
-    /// once; through another instance sharing the store it takes effect
-    /// within the time-to-live.
-    pub(super) token_cache: moka::sync::Cache<String, Caller>,
+    /// Valid project tokens by secret hash, each with the revocation epoch
+    /// its store lookup started in. A revocation here bumps the epoch, so
+    /// every entry filled before it (even a fill still in flight when the
+    /// revocation returned) is ignored from then on; through another
+    /// instance sharing the store it takes effect within the time-to-live.
+    pub(super) token_cache: moka::sync::Cache<String, (Caller, u64)>,
+    /// Bumped by every revocation on this instance, after the store has it.
+    pub(super) revocation_epoch: std::sync::atomic::AtomicU64,
 }
 
 /// How long another instance may keep accepting a token revoked elsewhere.
@@ -99,6 +103,13 @@ fn meta(caller: &Caller, agent_id: Option<String>, message: Option<String>) -> R
     })
 }
 
+/// Refuses a path that a write would create (or rename to) when it holds
+/// control characters: 400 `invalid_path`.
+fn check_new_path(path: &WsPath) -> Result<(), ApiError> {
+    path.check_new()
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidPath, e.to_string()))
+}
+
 fn check_mode(mode: Option<u32>) -> Result<(), ApiError> {
     match mode {
         Some(m) if m > 0o7777 => Err(ApiError::bad_request(
@@ -123,6 +134,7 @@ impl Service {
                 .max_capacity(10_000)
                 .time_to_live(TOKEN_CACHE_TTL)
                 .build(),
+            revocation_epoch: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Namespace operations: mkdir, rename, delete (with the stale-base answer
 //! they share) and rollback.
 
-use super::{check_mode, meta, Service, MAX_COMMIT_ATTEMPTS};
+use super::{check_mode, check_new_path, meta, Service, MAX_COMMIT_ATTEMPTS};
 use crate::api::*;
 use crate::model::WsPath;
 use crate::server::auth::Caller;
@@ -15,6 +15,7 @@ impl Service {
         project: &str,
         req: MkdirRequest,
     ) -> Result<(VersionInfo, bool), ApiError> {
+        check_new_path(&req.path)?;
         let project = self.project_for(caller, project, true).await?;
         check_mode(req.mode)?;
         let meta = meta(caller, req.agent_id, req.message)?;
@@ -27,6 +28,8 @@ impl Service {
     }
 
     pub async fn rename(&self, caller: &Caller, project: &str, req: RenameRequest) -> Result<VersionInfo, ApiError> {
+        // Only the new name: an old one with control characters may be renamed away.
+        check_new_path(&req.to)?;
         let project = self.project_for(caller, project, true).await?;
         let meta = meta(caller, req.agent_id, req.message)?;
         match self

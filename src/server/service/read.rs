@@ -164,12 +164,20 @@ impl Service {
         body: ByteStream,
     ) -> Result<BlobReceipt, ApiError> {
         let project = self.project_for(caller, project, true).await?;
-        let (hash, size, created) = self
+        // `created` means new to *this project*: whether the store already
+        // held the bytes for another project must not show (that would tell
+        // a caller what others have stored).
+        let already_here = self.store.project_has_blob(project.id, hash).await?;
+        let (hash, size, _new_to_the_store) = self
             .blobs
             .put_stream(Some(hash), body, self.limits.max_blob_bytes)
             .await?;
         self.store.record_blob(project.id, &hash).await?;
-        Ok(BlobReceipt { hash, size, created })
+        Ok(BlobReceipt {
+            hash,
+            size,
+            created: !already_here,
+        })
     }
 
     /// A project may read blobs it uploaded or refers to, and published skills.
