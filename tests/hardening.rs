@@ -383,6 +383,49 @@ async fn no_request_sent_after_a_revocation_returns_is_authorised() {
     assert_eq!(late_successes, 0, "requests sent after the 204 were authorised");
 }
 
+/// The race itself, made to happen every time: the server holds each
+/// token-cache fill 500 ms after its lookup (a test-only delay). A request
+/// whose lookup found the token valid is still filling when the DELETE
+/// returns; the next request must not be authorised by that late fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_fill_in_flight_during_a_revocation_authorises_nothing_after_it() {
+    let s = TestServer::start_with_env(&[], &[("CONTEXTFS_TEST_TOKEN_FILL_DELAY_MS", "500")]).await;
+    s.create_project("fill").await;
+    let created = s.token("fill", Access::ReadWrite).await;
+    let api = s.with_own_client();
+    let token = created.token.clone();
+    // The first use looks the token up and starts filling the cache.
+    let first = tokio::spawn({
+        let (api, token) = (api.clone(), token.clone());
+        async move {
+            api.get(&api.url("/whoami"), &token)
+                .send()
+                .await
+                .expect("whoami")
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let resp = s
+        .req(
+            reqwest::Method::DELETE,
+            &s.url(&format!("/tokens/{}", created.info.id)),
+            Some(&s.admin),
+        )
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    // That request was authorised before the DELETE returned; its fill lands now.
+    assert!(first.await.expect("first request").is_success());
+    let after = api.get(&api.url("/whoami"), &token).send().await.expect("whoami");
+    assert_eq!(
+        after.status(),
+        StatusCode::UNAUTHORIZED,
+        "a request sent after the revocation returned was authorised"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 4. Secret and data file modes
 // ---------------------------------------------------------------------------

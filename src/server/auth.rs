@@ -71,6 +71,19 @@ impl Caller {
     }
 }
 
+/// Test-only fault injection: `CONTEXTFS_TEST_TOKEN_FILL_DELAY_MS` holds
+/// every token-cache fill that long after its store lookup, which makes the
+/// race between a fill in flight and a revocation happen every time.
+fn token_fill_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("CONTEXTFS_TEST_TOKEN_FILL_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+    })
+}
+
 impl Service {
     pub async fn authenticate(&self, secret: &str) -> Result<Caller, ApiError> {
         let hash = secret_hash(secret);
@@ -98,6 +111,11 @@ impl Service {
                     project: Some(token.project),
                     access: token.access,
                 };
+                if let Some(delay) = token_fill_delay() {
+                    // Fault injection for the revocation test: hold the fill
+                    // in flight so a revocation can land before it.
+                    tokio::time::sleep(delay).await;
+                }
                 self.token_cache.insert(hash, (caller.clone(), epoch));
                 Ok(caller)
             }
