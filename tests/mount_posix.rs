@@ -113,3 +113,21 @@ async fn fallocate_preallocates_punches_and_zeroes_and_is_committed() {
     server_has(&s, p, "zero.bin", b"abcd\0\0gh").await;
     server_has(&s, p, "keep.bin", b"abc").await;
 }
+
+/// A name that is not UTF-8 cannot be stored by the service: EINVAL at
+/// once, with a log line that says why (the bytes escaped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_is_not_utf8_gets_einval_and_a_clear_log_line() {
+    let s = TestServer::start().await;
+    let m = MountedWorkspace::create(&s, "utf8", "agent-utf8").await;
+    let out = m.sh_ok(&format!(
+        "python3 -c '{TRY_OPS}\nattempt(\"create\", lambda: open(b\"caf\\xe9.txt\", \"w\"))\nattempt(\"mkdir\", lambda: os.mkdir(b\"d\\xff\"))'"
+    ));
+    assert_eq!(out, "create EINVAL\nmkdir EINVAL\n");
+    let log = m.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("not UTF-8") && l.to_lowercase().contains("caf\\xe9.txt")),
+        "no log line names the refused name:\n{log}"
+    );
+}

@@ -74,7 +74,11 @@ fn file_attr(a: &Attr, uid: u32, gid: u32) -> FileAttr {
 
 fn name_str(name: &OsStr) -> Result<&str, Errno> {
     // The service stores UTF-8 paths; other names cannot round-trip.
-    name.to_str().ok_or(Errno::EINVAL)
+    name.to_str().ok_or_else(|| {
+        // `{:?}` escapes the bytes, so the name cannot forge log lines.
+        tracing::info!(name = ?name, "refused a file name that is not UTF-8 (EINVAL): contextfs stores UTF-8 paths");
+        Errno::EINVAL
+    })
 }
 
 fn time(t: TimeOrNow) -> SystemTime {
