@@ -44,6 +44,12 @@ pub struct Replicator {
     status: Mutex<ReplicatorStatus>,
     /// Records the server refused, and when to try them again.
     refused: Mutex<HashMap<u64, Instant>>,
+    /// First commits of new files whose answer never came (the connection
+    /// dropped) and whose file was deleted meanwhile, so no record asks for
+    /// them again: the server may or may not have made the node. Each is sent
+    /// again with its idempotency key until the server answers, and its
+    /// answer then has the node deleted.
+    doubtful: Mutex<Vec<DrainItem>>,
     /// Recently acknowledged changes with their time, for `flush` reports.
     acked: Mutex<std::collections::VecDeque<Acked>>,
 }
@@ -128,6 +134,7 @@ impl Replicator {
                 ..Default::default()
             }),
             refused: Mutex::new(HashMap::new()),
+            doubtful: Mutex::new(Vec::new()),
             acked: Mutex::new(std::collections::VecDeque::new()),
         }
     }
@@ -181,6 +188,7 @@ impl Replicator {
     /// left or the server cannot be reached. `force` skips the debounce.
     pub async fn drain(&self, force: bool) -> Round {
         let mut round = Round::default();
+        self.resolve_doubtful(&mut round).await;
         loop {
             let min_age = if force { 0 } else { DEBOUNCE_MS };
             let plan = self.vfs.drain_plan(min_age, &|uid| self.refused_recently(uid));
@@ -233,7 +241,10 @@ impl Replicator {
                                 r.remove(&item.uid);
                             }
                         }
-                        Outcome::Transient(e) => round.transient = Some(e),
+                        Outcome::Transient(e) => {
+                            self.keep_if_doubtful(&item);
+                            round.transient = Some(e);
+                        }
                         Outcome::Refused(e) => {
                             tracing::warn!(op = %item.describe(), error = %e, "the server refused a change; it stays in the journal");
                             self.vfs.fail(item.uid, &e);
@@ -269,6 +280,42 @@ impl Replicator {
         round.left = self.vfs.queued().len();
         self.vfs.round_finished(round.transient.is_none());
         round
+    }
+
+    /// A first commit that failed in a way that may have reached the server,
+    /// for a file deleted meanwhile: nothing else would ever find out.
+    fn keep_if_doubtful(&self, item: &DrainItem) {
+        let first_commit = matches!(item.op, DrainOp::Commit { node: None, .. });
+        if first_commit && !self.vfs.has_record(item.uid) {
+            if let Ok(mut doubtful) = self.doubtful.lock() {
+                doubtful.push(item.clone());
+            }
+        }
+    }
+
+    /// Sends the doubtful commits again (same idempotency key, so the server
+    /// makes at most one node); an answer leads to that node's deletion, a
+    /// refusal means the server never made it.
+    async fn resolve_doubtful(&self, round: &mut Round) {
+        let pending = self
+            .doubtful
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        for item in pending {
+            match self.execute(&item).await {
+                Outcome::Done => round.done += 1,
+                Outcome::Refused(e) => {
+                    tracing::debug!(op = %item.describe(), error = %e, "a doubtful commit was refused: the server has no such node")
+                }
+                Outcome::Transient(e) => {
+                    round.transient = Some(e);
+                    if let Ok(mut doubtful) = self.doubtful.lock() {
+                        doubtful.push(item);
+                    }
+                }
+            }
+        }
     }
 
     async fn execute(&self, item: &DrainItem) -> Outcome {

@@ -696,6 +696,11 @@ impl Vfs {
         self.lock().outcomes.iter().map(|(p, s)| (p.clone(), *s)).collect()
     }
 
+    /// Whether the journal holds a record for `uid`.
+    pub fn has_record(&self, uid: u64) -> bool {
+        self.lock().records.contains_key(&uid)
+    }
+
     pub fn has_queued(&self) -> bool {
         !self.lock().records.is_empty()
     }

@@ -97,6 +97,9 @@ pub enum Fault {
     Refuse(StatusCode, ErrorCode),
     /// The server applies the request; its answer waits for the gate.
     Hold(Arc<Gate>),
+    /// The server applies the request; once the gate opens, its answer is
+    /// lost on the way back.
+    HoldThenLose(Arc<Gate>),
 }
 
 struct Rule {
@@ -244,6 +247,11 @@ impl FakeRemote {
                 gate.reached.notify_one();
                 gate.open.notified().await;
                 result
+            }
+            Some(Fault::HoldThenLose(gate)) => {
+                gate.reached.notify_one();
+                gate.open.notified().await;
+                Err(unreachable("connection reset before the answer"))
             }
             _ => result,
         }

@@ -327,3 +327,50 @@ async fn a_late_answer_does_not_resurrect_a_file_deleted_meanwhile() {
     assert_eq!(ino_of(&m.vfs, "f"), Err(libc::ENOENT));
     assert!(m.vfs.queued().is_empty());
 }
+
+/// The answer to a new file's first commit is lost (the connection drops)
+/// after the server made the node, and the file is deleted meanwhile, so no
+/// journal record would ever send anything for it again: the commit is
+/// sent again with its idempotency key, and the node its answer names is
+/// deleted. The server does not keep a file the user deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_file_whose_first_commit_lost_its_answer_is_not_left_on_the_server() {
+    let m = mount();
+    write_file(&m.vfs, ROOT_INO, "f", b"short-lived\n");
+    let gate = Arc::new(Gate::default());
+    m.server
+        .on(Op::Commit, Some("f"), Fault::HoldThenLose(gate.clone()), Some(1));
+    let script = async {
+        gate.reached().await;
+        m.vfs.unlink(ROOT_INO, "f").unwrap();
+        gate.open();
+    };
+    let (round, ()) = tokio::join!(m.worker.drain(true), script);
+    assert!(round.transient.is_some(), "the answer was lost: {round:?}");
+    assert!(m.server.tree().contains_key("f"), "the server made the node");
+    assert!(m.vfs.queued().is_empty(), "no record asks for f any more");
+    for _ in 0..5 {
+        m.worker.drain(true).await;
+        if m.server.tree().is_empty() && m.vfs.queued().is_empty() {
+            break;
+        }
+    }
+    assert!(
+        m.server.tree().is_empty(),
+        "f stays on the server: {:?}",
+        m.server.tree().keys().collect::<Vec<_>>()
+    );
+    assert_eq!(m.server.commits_to("f").len(), 2, "sent twice");
+    let keys: Vec<_> = m
+        .server
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Commit(r) => r.idempotency_key,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1], "the same idempotency key: one node at most");
+    assert_eq!(ino_of(&m.vfs, "f"), Err(libc::ENOENT));
+}
