@@ -203,8 +203,8 @@ impl Vfs {
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
-        self.change_staged(fh, "write to staging file", |staged, size, append| {
-            let at = if append { size } else { offset };
+        self.change_staged(fh, "write to staging file", |staged, append_at| {
+            let at = append_at.unwrap_or(offset);
             staged.write_all_at(data, at)?;
             // A zero-length write never extends a file.
             Ok(if data.is_empty() { 0 } else { at + data.len() as u64 })
@@ -231,7 +231,7 @@ impl Vfs {
             .checked_add(length)
             .filter(|end| i64::try_from(*end).is_ok())
             .ok_or_else(|| VfsError::new(libc::EFBIG, "fallocate beyond the largest file size"))?;
-        self.change_staged(fh, "fallocate in staging file", |staged, _, _| {
+        self.change_staged(fh, "fallocate in staging file", |staged, _| {
             use std::os::fd::AsRawFd;
             // SAFETY: a valid descriptor; offset and length fit in off_t (checked above).
             let rc = unsafe { libc::fallocate(staged.as_raw_fd(), mode, offset as libc::off_t, length as libc::off_t) };
@@ -243,15 +243,16 @@ impl Vfs {
     }
 
     /// Changes the bytes of the staging file of `fh`'s (writable) inode:
-    /// `change` gets the file, its size and whether the handle appends, and
-    /// returns the size the file has at least afterwards. It runs outside
+    /// `change` gets the file and, when the handle appends, the file's size
+    /// (where an append goes), and returns the size the file has at least
+    /// afterwards. It runs outside
     /// the state lock under the inode's data lock, which keeps this file's
     /// size, appends and truncates in order.
     fn change_staged(
         &self,
         fh: u64,
         what: &str,
-        change: impl Fn(&File, u64, bool) -> std::io::Result<u64>,
+        change: impl Fn(&File, Option<u64>) -> std::io::Result<u64>,
     ) -> VfsResult<()> {
         let ino = {
             let st = self.lock();
@@ -274,8 +275,13 @@ impl Vfs {
                 (file.clone(), inode.data_lock.clone(), append)
             };
             let _data = data_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let size = Self::get(&self.lock(), ino)?.size;
-            let at_least = change(&staged, size, append).map_err(|e| VfsError::io(what, e))?;
+            // Only an append needs the size (stable under the data lock).
+            let append_at = if append {
+                Some(Self::get(&self.lock(), ino)?.size)
+            } else {
+                None
+            };
+            let at_least = change(&staged, append_at).map_err(|e| VfsError::io(what, e))?;
             let mut st = self.lock();
             let inode = Self::get_mut(&mut st, ino)?;
             if !matches!(&inode.content, Content::Local { file, .. } if Arc::ptr_eq(file, &staged)) {
