@@ -328,6 +328,20 @@ async fn a_name_stored_before_the_rule_stays_readable() {
 // 3. Revocation race
 // ---------------------------------------------------------------------------
 
+/// `DELETE /tokens/{id}` as the admin; it must answer 204.
+async fn revoke(s: &TestServer, id: &str) {
+    let resp = s
+        .req(
+            reqwest::Method::DELETE,
+            &s.url(&format!("/tokens/{id}")),
+            Some(&s.admin),
+        )
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_request_sent_after_a_revocation_returns_is_authorised() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -355,16 +369,7 @@ async fn no_request_sent_after_a_revocation_returns_is_authorised() {
         }
         // Let the token be used (and cached) a little, varying the moment.
         tokio::time::sleep(Duration::from_millis(5 + (round as u64 * 7) % 40)).await;
-        let resp = s
-            .req(
-                reqwest::Method::DELETE,
-                &s.url(&format!("/tokens/{}", created.info.id)),
-                Some(&s.admin),
-            )
-            .send()
-            .await
-            .expect("revoke");
-        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        revoke(&s, &created.info.id).await;
         let revoked_at = Instant::now();
         tokio::time::sleep(Duration::from_millis(100)).await;
         stop.store(true, Ordering::SeqCst);
@@ -406,16 +411,7 @@ async fn a_cache_fill_in_flight_during_a_revocation_authorises_nothing_after_it(
         }
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let resp = s
-        .req(
-            reqwest::Method::DELETE,
-            &s.url(&format!("/tokens/{}", created.info.id)),
-            Some(&s.admin),
-        )
-        .send()
-        .await
-        .expect("revoke");
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    revoke(&s, &created.info.id).await;
     // That request was authorised before the DELETE returned; its fill lands now.
     assert!(first.await.expect("first request").is_success());
     let after = api.get(&api.url("/whoami"), &token).send().await.expect("whoami");

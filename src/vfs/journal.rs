@@ -563,15 +563,7 @@ mod tests {
         encode(&Entry::Put(record(3)), &mut third).unwrap();
         bytes.extend_from_slice(&third[..third.len() / 2]); // cut off mid-frame
         std::fs::write(&log, &bytes).unwrap();
-        let uids: Vec<u64> = Journal::open(dir.path())
-            .unwrap()
-            .load()
-            .unwrap()
-            .iter()
-            .map(|r| r.uid)
-            .collect();
-        assert_eq!(uids.len(), 2);
-        assert!(uids.contains(&1) && uids.contains(&2));
+        assert_eq!(uids_after_reopen(dir.path()), [1, 2]);
         // A flipped byte inside a frame fails its checksum: replay stops there.
         let mut bytes = std::fs::read(&log).unwrap();
         let last = bytes.len() - 3;
