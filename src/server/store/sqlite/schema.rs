@@ -7,7 +7,8 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::server::store::{backend, StoreResult};
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: versions carry the file times their writer set (`mtime`, `atime`).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,6 +56,8 @@ CREATE TABLE IF NOT EXISTS versions (
     message TEXT,
     created_at INTEGER NOT NULL,
     idempotency_key TEXT,
+    mtime INTEGER,
+    atime INTEGER,
     PRIMARY KEY (node_id, number)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS versions_idempotency ON versions(project_id, idempotency_key)
@@ -124,6 +127,18 @@ pub(super) fn open_database(path: &Path) -> StoreResult<Connection> {
             )?;
         }
         Some(v) if v == SCHEMA_VERSION.to_string() => {}
+        // Version 1 predates file times: its versions keep the commit time
+        // as their mtime (NULL columns).
+        Some(v) if v == "1" => {
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 ALTER TABLE versions ADD COLUMN mtime INTEGER;
+                 ALTER TABLE versions ADD COLUMN atime INTEGER;
+                 UPDATE meta SET value = '2' WHERE key = 'schema_version';
+                 COMMIT;",
+            )?;
+            tracing::info!(path = %path.display(), "upgraded the database schema to version 2 (file times)");
+        }
         Some(v) => {
             return Err(backend(format!(
                 "database schema version {v} is not supported by this build (expects {SCHEMA_VERSION})"
