@@ -10,8 +10,12 @@ use thiserror::Error;
 
 /// Longest single path component, as on ext4 and most POSIX filesystems.
 pub const MAX_NAME_BYTES: usize = 255;
-/// Longest whole path, matching Linux's PATH_MAX.
-pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest whole path inside a project: four times Linux's PATH_MAX. Linux
+/// limits each syscall's path argument to PATH_MAX (4,096 bytes with the
+/// NUL), not a file's distance from the root, so a relative path of that
+/// length must work from any directory inside the mount: from any directory
+/// whose own path is up to 12 KiB.
+pub const MAX_PATH_BYTES: usize = 16 * 1024;
 /// Longest project name.
 pub const MAX_PROJECT_NAME: usize = 64;
 
@@ -288,8 +292,12 @@ mod tests {
             Err(PathError::NameTooLong { .. })
         ));
         assert!(WsPath::parse(&"n".repeat(255)).is_ok());
-        let long = vec!["d".repeat(200); 21].join("/");
+        let long = vec!["d".repeat(200); 82].join("/");
+        assert!(long.len() > MAX_PATH_BYTES);
         assert!(matches!(WsPath::parse(&long), Err(PathError::PathTooLong(_))));
+        let longest = vec!["d".repeat(255); 64].join("/");
+        assert!(longest.len() <= MAX_PATH_BYTES && longest.len() > 4 * 4000);
+        assert!(WsPath::parse(&longest).is_ok());
     }
 
     #[test]

@@ -231,3 +231,51 @@ async fn rsync_twice_transfers_nothing_the_second_time() {
     let second = m.sh_ok(&format!("rsync -ai {src_dir}/ ./ws/"));
     assert_eq!(second, "", "the second rsync found differences");
 }
+
+/// Linux applies PATH_MAX to each syscall's path argument, not to a file's
+/// distance from the root: a 4,095-byte relative path works from a
+/// subdirectory (and from a directory already thousands of bytes deep), as on
+/// ext4, and is committed; a 4,096-byte argument is refused by the kernel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_paths_up_to_path_max_work_from_any_directory() {
+    let s = TestServer::start().await;
+    let p = "pathmax";
+    let m = MountedWorkspace::create(&s, p, "agent-pathmax").await;
+    let out = m.sh_ok(
+        r#"python3 - <<'PY'
+import errno, os
+def relative(total):
+    # dirs of 250-byte names, then a file name that makes `total` bytes
+    parts, used = [], 0
+    while total - used > 255:
+        name = chr(ord("a") + len(parts) % 26) * 250
+        parts.append(name); used += 251
+    parts.append("f" * (total - used))
+    return "/".join(parts)
+root = os.getcwd()
+for start in ("sub", "sub/" + "s" * 250 + "/" + "t" * 250 + "/" + "u" * 250):
+    os.makedirs(start, exist_ok=True)
+    os.chdir(start)
+    rel = relative(4095)
+    os.makedirs(os.path.dirname(rel), exist_ok=True)
+    with open(rel, "w") as f:
+        f.write("deep\n")
+    print(len(rel), open(rel).read().strip(), os.stat(rel).st_size)
+    try:
+        open(relative(4096), "w")
+    except OSError as e:
+        print("4096", errno.errorcode[e.errno])
+    os.chdir(root)
+PY"#,
+    );
+    assert_eq!(out, "4095 deep 5\n4096 ENAMETOOLONG\n4095 deep 5\n4096 ENAMETOOLONG\n");
+    m.wait_synced().await;
+    let tree = tree_map(&s, p).await.expect("tree");
+    let deepest = tree.keys().max_by_key(|k| k.len()).expect("entries").clone();
+    assert_eq!(
+        deepest.len(),
+        "sub/".len() + 3 * 251 + 4095,
+        "the deepest file reached the server"
+    );
+    server_has(&s, p, &deepest, b"deep\n").await;
+}

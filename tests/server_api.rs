@@ -1588,6 +1588,47 @@ async fn read_only_token_cannot_write() {
     assert_eq!(s.history("p", &ro, "docs/keep.md").await.len(), 1);
 }
 
+/// Paths up to `MAX_PATH_BYTES` (16 KiB) that do not compress work on every
+/// route and in both stores (PostgreSQL indexes such a path by prefix and
+/// hash: a B-tree entry holds at most about 2.7 KB).
+#[tokio::test(flavor = "multi_thread")]
+async fn long_paths_that_do_not_compress_work_everywhere() {
+    let s = TestServer::start().await;
+    let t = s.project_with_token("p").await;
+    // Distinct pseudo-random components: nothing for a compressor to share.
+    let component = |i: usize| -> String {
+        let seed = blake3::hash(format!("component {i}").as_bytes()).to_hex().to_string();
+        seed.repeat(4)[..250].to_string()
+    };
+    let dir: String = (0..60).map(component).collect::<Vec<_>>().join("/");
+    let path = format!("{dir}/{}", "f".repeat(200));
+    assert!(path.len() > 15_000 && path.len() <= contextfs::model::MAX_PATH_BYTES);
+    let v1 = s.commit("p", &t, &path, None, b"one\n").await.unwrap();
+    assert_eq!(s.read_bytes("p", &t, &path).await, b"one\n");
+    let v2 = s.commit("p", &t, &path, Some(1), b"two\n").await.unwrap();
+    assert_eq!((v2.node, v2.version), (v1.node, 2));
+    let below = s.tree("p", &t, &[("prefix", dir.as_str())]).await.unwrap();
+    assert_eq!(
+        below.entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+        [path.as_str()]
+    );
+    let renamed = format!("{dir}/{}", "g".repeat(200));
+    let moved: VersionInfo = send(s.post(&s.purl("p", "/rename"), &t, &json!({"from": path, "to": renamed})))
+        .await
+        .unwrap();
+    assert_eq!(moved.node, v1.node);
+    // A second file beside it, then the whole directory deleted and listed.
+    s.commit("p", &t, &format!("{dir}/other"), None, b"x").await.unwrap();
+    let top = component(0);
+    let _: DeleteResponse = send(s.post(&s.purl("p", "/delete"), &t, &json!({"path": top, "recursive": true})))
+        .await
+        .unwrap();
+    assert!(s.tree("p", &t, &[]).await.unwrap().entries.is_empty());
+    // The same long path again: a new node where the old one was deleted.
+    let again = s.commit("p", &t, &renamed, None, b"again\n").await.unwrap();
+    assert_ne!(again.node, v1.node);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_paths_are_400() {
     let s = TestServer::start().await;
@@ -1595,8 +1636,8 @@ async fn invalid_paths_are_400() {
     let hash = s.upload("p", &t, b"content").await;
     let before = s.snapshot("p").await;
     let long_component = "n".repeat(256);
-    let long_path = vec!["d".repeat(200); 21].join("/");
-    assert!(long_path.len() > 4096);
+    let long_path = vec!["d".repeat(200); 82].join("/");
+    assert!(long_path.len() > contextfs::model::MAX_PATH_BYTES);
     let bad = [
         "..",
         "../escape.md",

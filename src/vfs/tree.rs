@@ -130,7 +130,10 @@ impl Vfs {
         check_name(name)?;
         let parent_path = Self::path_of(st, parent);
         if parent_path.len() + 1 + name.len() > MAX_PATH_BYTES {
-            return Err(VfsError::new(libc::ENAMETOOLONG, "path is longer than 4096 bytes"));
+            return Err(VfsError::new(
+                libc::ENAMETOOLONG,
+                format!("path inside the project would be longer than {MAX_PATH_BYTES} bytes"),
+            ));
         }
         Ok(())
     }

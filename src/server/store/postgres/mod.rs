@@ -371,7 +371,11 @@ impl MetadataStore for PostgresStore {
             Some(p) => {
                 let (lower, upper) = namespace::descendant_range(p.as_str());
                 let stmt = tx
-                    .prepare_cached(&format!("{COLUMNS} AND n.path >= $2 AND n.path < $3 ORDER BY n.path"))
+                    // The prefix bounds let the range use `nodes_any_path` (migration 3).
+                    .prepare_cached(&format!(
+                        "{COLUMNS} AND n.path >= $2 AND n.path < $3
+                         AND left(n.path, 512) BETWEEN left($2, 512) AND left($3, 512) ORDER BY n.path"
+                    ))
                     .await
                     .map_err(TxError::from)?;
                 let rows = tx
@@ -420,7 +424,7 @@ impl MetadataStore for PostgresStore {
                 "v.node_id, v.number, v.path, v.kind, v.mode, v.hash, v.size, v.op, v.status, v.deleted, v.parent,
                  v.author, v.agent_id, v.message, v.created_at, v.mtime, v.atime
                  FROM nodes n LEFT JOIN versions v ON v.node_id = n.id AND v.number = n.head
-                 WHERE n.project_id = $1 AND n.path = $2
+                 WHERE n.project_id = $1 AND left(n.path, 512) = left($2, 512) AND n.path = $2
                  ORDER BY n.deleted ASC, n.deleted_at DESC NULLS LAST, n.id DESC LIMIT 1"
             ))
             .await

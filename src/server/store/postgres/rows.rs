@@ -61,19 +61,20 @@ pub(super) fn node_from_row(r: &Row) -> StoreResult<NodeRow> {
     })
 }
 
+/// Selects the live node at `$2` through the `nodes_live_path` index (on
+/// the path's MD5: see migration 3).
+macro_rules! live_node_at {
+    () => {
+        "SELECT id, path, kind, deleted, head FROM nodes
+         WHERE project_id = $1 AND md5(path) = md5($2::text) AND path = $2 AND NOT deleted"
+    };
+}
+
 async fn live_node<C: GenericClient>(c: &C, project_id: i64, path: &str, lock: Lock) -> TxResult<Option<NodeRow>> {
     let sql = match lock {
-        Lock::None => {
-            "SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = $1 AND path = $2 AND NOT deleted"
-        }
-        Lock::Share => {
-            "SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = $1 AND path = $2 AND NOT deleted
-             FOR SHARE"
-        }
-        Lock::Update => {
-            "SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = $1 AND path = $2 AND NOT deleted
-             FOR NO KEY UPDATE"
-        }
+        Lock::None => live_node_at!(),
+        Lock::Share => concat!(live_node_at!(), " FOR SHARE"),
+        Lock::Update => concat!(live_node_at!(), " FOR NO KEY UPDATE"),
     };
     let stmt = c.prepare_cached(sql).await?;
     let row = c.query_opt(&stmt, &[&project_id, &path]).await?;
@@ -98,7 +99,9 @@ async fn live_descendants<C: GenericClient>(c: &C, project_id: i64, dir: &str) -
     let stmt = c
         .prepare_cached(
             "SELECT id, path, kind, deleted, head FROM nodes
-             WHERE project_id = $1 AND NOT deleted AND path >= $2 AND path < $3 ORDER BY path DESC
+             WHERE project_id = $1 AND NOT deleted AND path >= $2 AND path < $3
+               AND left(path, 512) BETWEEN left($2, 512) AND left($3, 512)
+             ORDER BY path DESC
              FOR NO KEY UPDATE",
         )
         .await?;
