@@ -129,6 +129,7 @@ impl Vfs {
                     inode.size = 0;
                     inode.data_rev += 1;
                     inode.mtime = SystemTime::now();
+                    inode.ctime = inode.mtime;
                     dirty = true;
                 }
             }
