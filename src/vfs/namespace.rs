@@ -18,8 +18,9 @@ impl Vfs {
 
     pub fn mkdir(&self, parent: Ino, name: &str, mode: u32) -> VfsResult<Attr> {
         let out = self.mkdir_journaled(parent, name, mode)?;
-        // Durable before the call returns; synced outside the core's lock.
-        self.journal.make_durable()?;
+        // Written before the call returns (outside the core's lock); durable
+        // with the next group sync (docs/SEMANTICS.md, "Durability").
+        self.journal.make_written()?;
         Ok(out)
     }
 
@@ -49,8 +50,9 @@ impl Vfs {
 
     pub fn symlink(&self, parent: Ino, name: &str, target: &str) -> VfsResult<Attr> {
         let out = self.symlink_journaled(parent, name, target)?;
-        // Durable before the call returns; synced outside the core's lock.
-        self.journal.make_durable()?;
+        // Written before the call returns (outside the core's lock); durable
+        // with the next group sync (docs/SEMANTICS.md, "Durability").
+        self.journal.make_written()?;
         Ok(out)
     }
 
@@ -177,8 +179,9 @@ impl Vfs {
 
     pub fn unlink(&self, parent: Ino, name: &str) -> VfsResult<()> {
         self.unlink_journaled(parent, name)?;
-        // Durable before the call returns; synced outside the core's lock.
-        self.journal.make_durable()
+        // Written before the call returns (outside the core's lock); durable
+        // with the next group sync (docs/SEMANTICS.md, "Durability").
+        self.journal.make_written()
     }
 
     pub(super) fn unlink_journaled(&self, parent: Ino, name: &str) -> VfsResult<()> {
@@ -194,8 +197,9 @@ impl Vfs {
 
     pub fn rmdir(&self, parent: Ino, name: &str) -> VfsResult<()> {
         self.rmdir_journaled(parent, name)?;
-        // Durable before the call returns; synced outside the core's lock.
-        self.journal.make_durable()
+        // Written before the call returns (outside the core's lock); durable
+        // with the next group sync (docs/SEMANTICS.md, "Durability").
+        self.journal.make_written()
     }
 
     pub(super) fn rmdir_journaled(&self, parent: Ino, name: &str) -> VfsResult<()> {
@@ -268,8 +272,9 @@ impl Vfs {
 
     pub fn rename(&self, parent: Ino, name: &str, new_parent: Ino, new_name: &str, no_replace: bool) -> VfsResult<()> {
         self.rename_journaled(parent, name, new_parent, new_name, no_replace)?;
-        // Durable before the call returns; synced outside the core's lock.
-        self.journal.make_durable()
+        // Written before the call returns (outside the core's lock); durable
+        // with the next group sync (docs/SEMANTICS.md, "Durability").
+        self.journal.make_written()
     }
 
     pub(super) fn rename_journaled(
