@@ -707,6 +707,32 @@ mod tests {
         assert_eq!(Journal::open(dir.path()).unwrap().load().unwrap().len(), 1);
     }
 
+    /// `Durability::Local`: a record is in the log file (it survives the
+    /// process) as soon as close_point returns, without an fsync; the next
+    /// make_durable makes it durable.
+    #[test]
+    fn local_close_point_writes_without_an_fsync_and_survives_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open_with(dir.path(), Durability::DEFAULT).unwrap();
+        for uid in 1..=500 {
+            j.write(&record(uid)).unwrap();
+            j.close_point().unwrap();
+        }
+        j.remove(7).unwrap();
+        j.make_written().unwrap();
+        assert!(
+            j.wait_until_undurable(std::time::Duration::ZERO),
+            "nothing was fsynced yet"
+        );
+        // The process dies here: nothing more is written or synced.
+        let expected: Vec<u64> = (1..=500).filter(|u| *u != 7).collect();
+        assert_eq!(uids_after_reopen(dir.path()), expected);
+        j.make_durable().unwrap();
+        assert!(!j.wait_until_undurable(std::time::Duration::ZERO));
+        drop(j);
+        assert_eq!(uids_after_reopen(dir.path()), expected);
+    }
+
     fn uids_after_reopen(dir: &Path) -> Vec<u64> {
         let mut uids: Vec<u64> = Journal::open(dir)
             .unwrap()

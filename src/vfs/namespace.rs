@@ -178,10 +178,31 @@ impl Vfs {
     }
 
     pub fn unlink(&self, parent: Ino, name: &str) -> VfsResult<()> {
+        let removed = Self::child(&self.lock(), parent, name)?;
         self.unlink_journaled(parent, name)?;
         // Written before the call returns (outside the core's lock); durable
         // with the next group sync (docs/SEMANTICS.md, "Durability").
-        self.journal.make_written()
+        match self.journal.make_written() {
+            // A full disk: rm must free space, not fail for want of it.
+            Err(e) if e.errno == libc::ENOSPC && removed.is_some_and(|ino| self.free_unlinked_staging(ino)) => {
+                self.journal.make_written()
+            }
+            other => other,
+        }
+    }
+
+    /// Empties the staging file of an unlinked inode that no handle has
+    /// open (only the kernel still refers to it, and forgets it soon): its
+    /// bytes can never be read or committed again. True if it freed any.
+    fn free_unlinked_staging(&self, ino: Ino) -> bool {
+        let st = self.lock();
+        let Some(inode) = st.inodes.get(&ino).filter(|i| i.unlinked && i.open_handles == 0) else {
+            return false;
+        };
+        match &inode.content {
+            Content::Local { file, .. } if inode.size > 0 => file.set_len(0).is_ok(),
+            _ => false,
+        }
     }
 
     pub(super) fn unlink_journaled(&self, parent: Ino, name: &str) -> VfsResult<()> {
