@@ -300,3 +300,80 @@ fn find_last_frame(bytes: &[u8]) -> usize {
     assert_eq!(pos, bytes.len(), "the journal is not a sequence of whole frames");
     last
 }
+
+/// A closed file over 64 KiB becomes the journal's pending content without a
+/// copy (its staging file is linked there and sealed). Writing it again
+/// copies it first: every pending file still holds exactly the bytes its
+/// name (their hash) says, through appends, overwrites, truncates, a kill -9
+/// and the replay, and the server ends with the last bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_are_journaled_without_a_copy_and_rewritten_by_copy_on_write() {
+    let mut s = TestServer::start().await;
+    let p = "seal";
+    let mut m = MountedWorkspace::create(&s, p, "agent-seal").await;
+    s.stop().await;
+    let out = m.sh_ok(
+        r#"python3 - <<'PY'
+import hashlib, os
+data = bytes((i * 7 + i // 256) % 251 for i in range(300_000))
+with open("big.bin", "wb") as f:
+    f.write(data)
+with open("big.bin", "ab") as f:          # append after the seal
+    f.write(b"tail")
+with open("big.bin", "r+b") as f:         # overwrite in the middle
+    f.seek(1000); f.write(b"MIDDLE")
+os.truncate("big.bin", 250_000)           # truncate by path
+with open("big.bin", "r+b") as f:         # two handles: one closes, one goes on
+    g = open("big.bin", "r+b")
+    f.seek(0); f.write(b"HEAD"); f.close()
+    g.seek(10); g.write(b"AFTER-CLOSE"); g.close()
+final = bytearray(data[:1000] + b"MIDDLE" + data[1006:250_000])
+final[0:4] = b"HEAD"; final[10:21] = b"AFTER-CLOSE"
+print(open("big.bin", "rb").read() == bytes(final))
+open("/tmp/seal-final.bin", "wb").write(final)
+PY"#,
+    );
+    assert_eq!(out, "True\n");
+    let pending_ok = |m: &MountedWorkspace| {
+        let pending = find_dir(&m.state_dir(), "pending").expect("a pending dir");
+        for entry in std::fs::read_dir(&pending).expect("list pending").flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') {
+                continue;
+            }
+            let bytes = std::fs::read(entry.path()).expect("read pending");
+            assert_eq!(
+                BlobHash::of(&bytes).as_str(),
+                name,
+                "a pending file changed under its name"
+            );
+        }
+    };
+    pending_ok(&m);
+    m.kill_9();
+    // The server is still down: the mount starts from the tree it last saw.
+    m.mount_args = vec!["--offline".into()];
+    m.mount();
+    let final_bytes = std::fs::read("/tmp/seal-final.bin").expect("final bytes");
+    assert_eq!(std::fs::read(m.dir.join("big.bin")).expect("read back"), final_bytes);
+    pending_ok(&m);
+    s.restart_on_same_port().await;
+    m.wait_synced().await;
+    server_has(&s, p, "big.bin", &final_bytes).await;
+    let _ = std::fs::remove_file("/tmp/seal-final.bin");
+}
+
+fn find_dir(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if entry.file_name() == name {
+                return Some(path);
+            }
+            if let Some(found) = find_dir(&path, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}

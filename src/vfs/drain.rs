@@ -336,14 +336,7 @@ impl Vfs {
                 self.journal.remove(uid)?;
                 st.records.remove(&uid);
                 if let Some(hash) = pending_blob {
-                    // Identical contents share one pending file.
-                    if !st
-                        .records
-                        .values()
-                        .any(|o| o.inline.is_none() && o.content.as_ref() == Some(&hash))
-                    {
-                        self.journal.remove_pending_blob(&hash);
-                    }
+                    Self::drop_pending_unless_used(&self.journal, st, &hash);
                 }
                 Ok(true)
             }

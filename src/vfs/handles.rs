@@ -4,6 +4,12 @@
 
 use super::*;
 
+/// Where a new staging file's bytes come from.
+enum StagingSource {
+    Blob(BlobHash),
+    Sealed(Arc<File>),
+}
+
 impl Vfs {
     /// Opens the blob of a clean file through the cache (fetching it if
     /// needed). Open descriptors are shared for a while: blobs never change,
@@ -33,13 +39,15 @@ impl Vfs {
         Ok(file)
     }
 
-    /// Turns clean content into a local staging file (copy on first write).
+    /// Turns clean content into a local staging file (copy on first write),
+    /// and a sealed staging file into a fresh one (copy on write).
     pub(super) fn make_local(&self, ino: Ino, truncate: bool) -> VfsResult<()> {
-        let hash = {
+        let (source, sealed) = {
             let st = self.lock();
             match &Self::get(&st, ino)?.content {
-                Content::Blob { hash } => hash.clone(),
-                Content::Local { .. } => return Ok(()),
+                Content::Blob { hash } => (StagingSource::Blob(hash.clone()), None),
+                Content::Local { sealed: false, .. } => return Ok(()),
+                Content::Local { file, .. } => (StagingSource::Sealed(file.clone()), Some(file.clone())),
                 Content::Dir => return Err(VfsError::isdir(Self::path_of(&st, ino))),
                 Content::Symlink { .. } => return Err(VfsError::new(libc::ELOOP, "cannot open a symlink for writing")),
             }
@@ -47,7 +55,10 @@ impl Vfs {
         let (file, path) = self.new_local_file()?;
         let mut size = 0;
         if !truncate {
-            let source = self.open_blob(&hash)?;
+            let source = match source {
+                StagingSource::Blob(hash) => self.open_blob(&hash)?,
+                StagingSource::Sealed(file) => file,
+            };
             let mut reader = std::io::BufReader::with_capacity(1 << 20, journal::ReadAt::new(&source));
             let mut writer = std::io::BufWriter::with_capacity(1 << 20, &*file);
             size = std::io::copy(&mut reader, &mut writer).map_err(|e| VfsError::io("copy into staging", e))?;
@@ -55,15 +66,25 @@ impl Vfs {
         }
         let mut st = self.lock();
         let inode = Self::get_mut(&mut st, ino)?;
-        match &inode.content {
-            // Someone else made it local meanwhile: use theirs.
-            Content::Local { .. } => {
-                let _ = std::fs::remove_file(&path);
+        let replace = match (&inode.content, &sealed) {
+            (Content::Local { file: current, .. }, Some(old)) => Arc::ptr_eq(current, old),
+            // Someone else made it local (or unsealed it) meanwhile: use theirs.
+            (Content::Local { .. }, _) => false,
+            _ => true,
+        };
+        if replace {
+            if let (Content::Local { path: old, .. }, true) = (&inode.content, sealed.is_some()) {
+                // The journal keeps its own name for the sealed bytes.
+                let _ = std::fs::remove_file(old);
             }
-            _ => {
-                inode.content = Content::Local { file, path };
-                inode.size = size;
-            }
+            inode.content = Content::Local {
+                file,
+                path,
+                sealed: false,
+            };
+            inode.size = size;
+        } else {
+            let _ = std::fs::remove_file(&path);
         }
         Ok(())
     }
@@ -122,6 +143,19 @@ impl Vfs {
             .map_err(|_| Self::passthrough_busy(&st, ino))?;
         let mut dirty = false;
         if mode.truncate {
+            // Sealed by a close since make_local: empty means a new file.
+            if matches!(&Self::get(&st, ino)?.content, Content::Local { sealed: true, .. }) {
+                let (file, path) = self.new_local_file()?;
+                let inode = Self::get_mut(&mut st, ino)?;
+                if let Content::Local { path: old, .. } = &inode.content {
+                    let _ = std::fs::remove_file(old);
+                }
+                inode.content = Content::Local {
+                    file,
+                    path,
+                    sealed: false,
+                };
+            }
             let inode = Self::get_mut(&mut st, ino)?;
             if let Content::Local { file, .. } = &inode.content {
                 if inode.size != 0 || size_before != 0 {
@@ -276,6 +310,9 @@ impl Vfs {
                 (file.clone(), inode.data_lock.clone(), append)
             };
             let _data = data_lock.lock().unwrap_or_else(|p| p.into_inner());
+            if !self.is_open_staging(ino, &staged) {
+                continue; // sealed by a close (or replaced) before the data lock
+            }
             // Only an append needs the size (stable under the data lock).
             let append_at = if append {
                 Some(Self::get(&self.lock(), ino)?.size)
@@ -332,22 +369,59 @@ impl Vfs {
         Ok(())
     }
 
+    /// Whether `staged` is still `ino`'s staging file and may change (not
+    /// sealed). Checked under the data lock before every change.
+    fn is_open_staging(&self, ino: Ino, staged: &Arc<File>) -> bool {
+        let st = self.lock();
+        st.inodes.get(&ino).is_some_and(
+            |i| matches!(&i.content, Content::Local { file, sealed: false, .. } if Arc::ptr_eq(file, staged)),
+        )
+    }
+
     /// Snapshots a local file's content into the journal if it changed.
+    /// Small contents are copied into the record; larger ones are hashed in
+    /// place and the staging file itself becomes the journal's pending
+    /// content (a hard link, no copy), sealed until the next change.
     pub(super) fn journal_content(&self, ino: Ino) -> VfsResult<()> {
-        let (file, rev) = {
+        let (file, path, data_lock, rev) = {
             let st = self.lock();
             let inode = Self::get(&st, ino)?;
             if inode.unlinked || inode.data_rev == inode.journaled_data_rev {
                 return Ok(());
             }
             match &inode.content {
-                Content::Local { file, .. } => (file.clone(), inode.data_rev),
+                Content::Local { file, path, .. } => {
+                    (file.clone(), path.clone(), inode.data_lock.clone(), inode.data_rev)
+                }
                 _ => return Ok(()),
             }
         };
         // Hashing and copying happen outside the lock; the revision check below
         // keeps a concurrent writer's newer change from being marked journaled.
-        let (hash, size, inline) = self.journal.snapshot(&file)?;
+        let size_now = file.metadata().map_err(|e| VfsError::io("stat staging file", e))?.len();
+        let (hash, size, inline, rev) = if size_now > journal::INLINE_LIMIT {
+            // Writers wait while the bytes are hashed and linked: what the
+            // journal names must be exactly what was hashed.
+            let _data = data_lock.lock().unwrap_or_else(|p| p.into_inner());
+            if !self.is_open_staging(ino, &file) {
+                return Ok(()); // replaced or sealed meanwhile: that close journals it
+            }
+            // Every write so far is in these bytes (writes need the data lock).
+            let rev = Self::get(&self.lock(), ino)?.data_rev;
+            let (hash, size) = self.journal.adopt_staged(&file, &path)?;
+            if let Some(inode) = self.lock().inodes.get_mut(&ino) {
+                if let Content::Local {
+                    file: current, sealed, ..
+                } = &mut inode.content
+                {
+                    *sealed |= Arc::ptr_eq(current, &file);
+                }
+            }
+            (hash, size, None, rev)
+        } else {
+            let (hash, size, inline) = self.journal.snapshot(&file)?;
+            (hash, size, inline, rev)
+        };
         let mut st = self.lock();
         let inode = Self::get(&st, ino)?;
         if inode.unlinked {
@@ -512,10 +586,22 @@ impl Vfs {
             }
             // truncate(2) changes what passthrough readers' backing file shows.
             self.await_passthrough_readers(ino)?;
-            self.make_local(ino, size == 0)?;
             let data_lock = self.data_lock_of(ino)?;
-            let _data = data_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut st = self.lock();
+            let mut attempts = 0;
+            let (data_guard, mut st) = loop {
+                self.make_local(ino, size == 0)?;
+                let data = data_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let st = self.lock();
+                // Sealed by a close in between: copy on write again.
+                let sealed = matches!(&Self::get(&st, ino)?.content, Content::Local { sealed: true, .. });
+                if !sealed {
+                    break (data, st);
+                }
+                attempts += 1;
+                if attempts == WRITE_ATTEMPTS {
+                    return Err(VfsError::new(libc::EIO, "truncate: the staging file kept being sealed"));
+                }
+            };
             let inode = Self::get_mut(&mut st, ino)?;
             if let Content::Local { file, .. } = &inode.content {
                 file.set_len(size).map_err(|e| VfsError::io("truncate", e))?;
@@ -529,7 +615,9 @@ impl Vfs {
                 // ftruncate on a writable handle: committed with that handle's close.
                 Some(handle) => handle.dirty = true,
                 None => {
+                    // journal_content takes the data lock itself.
                     drop(st);
+                    drop(data_guard);
                     self.journal_content(ino)?;
                 }
             }

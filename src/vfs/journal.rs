@@ -535,12 +535,25 @@ impl Journal {
         }
     }
 
+    /// A copy of `source` as pending content, for file systems without hard links.
+    fn snapshot_file(&self, source: &File) -> Result<(BlobHash, u64, Option<Vec<u8>>), VfsError> {
+        self.snapshot_with_limit(source, 0)
+    }
+
     /// Makes a snapshot of `source` durable and returns its hash and size.
     /// Small contents come back as bytes to inline into the record.
     pub fn snapshot(&self, source: &File) -> Result<(BlobHash, u64, Option<Vec<u8>>), VfsError> {
+        self.snapshot_with_limit(source, INLINE_LIMIT)
+    }
+
+    fn snapshot_with_limit(
+        &self,
+        source: &File,
+        inline_limit: u64,
+    ) -> Result<(BlobHash, u64, Option<Vec<u8>>), VfsError> {
         let len = source.metadata().map_err(|e| io("stat", &self.pending, e))?.len();
         let mut reader = std::io::BufReader::with_capacity(256 * 1024, ReadAt::new(source));
-        if len <= INLINE_LIMIT {
+        if len <= inline_limit {
             let mut bytes = Vec::with_capacity(len as usize);
             reader
                 .read_to_end(&mut bytes)
@@ -584,6 +597,36 @@ impl Journal {
             let _ = fs::remove_file(&temp);
         }
         result
+    }
+
+    /// Makes a staging file the pending content of its record without
+    /// copying it: hashes it in place and hard-links it as
+    /// `pending/<hash>` (the caller keeps its bytes unchanged from now on).
+    /// Falls back to a copy where the file system cannot link.
+    pub fn adopt_staged(&self, file: &File, staged: &Path) -> Result<(BlobHash, u64), VfsError> {
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, ReadAt::new(file));
+        let mut hasher = blake3::Hasher::new();
+        let size = std::io::copy(&mut reader, &mut hasher).map_err(|e| io("read", staged, e))?;
+        let hash = BlobHash::from_blake3(hasher.finalize());
+        let target = self.pending_blob_path(&hash);
+        match fs::hard_link(staged, &target) {
+            Ok(()) => {}
+            // The same bytes are pending already (another file, or a retry).
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok((hash, size)),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) || e.raw_os_error() == Some(libc::EPERM) => {
+                let (copied, copied_size, _) = self.snapshot_file(file)?;
+                return Ok((copied, copied_size));
+            }
+            Err(e) => return Err(io("link", &target, e)),
+        }
+        match self.durability {
+            Durability::Strict => {
+                file.sync_data().map_err(|e| io("fsync", staged, e))?;
+                fsync_dir(&self.pending)?;
+            }
+            Durability::Local { .. } => self.lock().unsynced_pending.push(target),
+        }
+        Ok((hash, size))
     }
 
     pub fn remove_pending_blob(&self, hash: &BlobHash) {

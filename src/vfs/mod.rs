@@ -93,6 +93,12 @@ enum Content {
     Local {
         file: Arc<File>,
         path: PathBuf,
+        /// The file's inode is also the journal's pending content (linked
+        /// there on close, instead of copied): its bytes never change
+        /// again. The next change copies them to a new staging file first
+        /// (copy on write). Every change of a staging file checks this under
+        /// the inode's data lock, which sealing holds too.
+        sealed: bool,
     },
     Symlink {
         target: String,

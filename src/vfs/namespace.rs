@@ -129,7 +129,11 @@ impl Vfs {
             name.to_string(),
             NodeKind::File,
             mode & 0o7777,
-            Content::Local { file, path },
+            Content::Local {
+                file,
+                path,
+                sealed: false,
+            },
         );
         inode.data_rev = 1;
         inode.open_handles = 1;
@@ -157,7 +161,13 @@ impl Vfs {
     /// Journals that `ino` (and, for a directory, everything below) is gone.
     pub(super) fn journal_deletion(&self, st: &mut State, ino: Ino) -> VfsResult<()> {
         let inode = Self::get(st, ino)?;
-        match &inode.server {
+        // Content the deletion makes moot: its pending file goes too (on a
+        // full disk, that is what rm must free).
+        let moot = st
+            .records
+            .get(&inode.uid)
+            .and_then(|r| r.content.clone().filter(|_| r.inline.is_none()));
+        let result = match &inode.server {
             Some(server) => {
                 st.local_news.deleting(server.node);
                 let mut record = Self::next_record(st, ino)?;
@@ -174,6 +184,22 @@ impl Vfs {
                 }
                 Ok(())
             }
+        };
+        if let Some(hash) = moot {
+            Self::drop_pending_unless_used(&self.journal, st, &hash);
+        }
+        result
+    }
+
+    /// Removes the pending file of `hash` unless a live record still names
+    /// it (identical contents share one pending file).
+    pub(super) fn drop_pending_unless_used(journal: &Journal, st: &State, hash: &BlobHash) {
+        let used = st
+            .records
+            .values()
+            .any(|r| r.inline.is_none() && r.content.as_ref() == Some(hash));
+        if !used {
+            journal.remove_pending_blob(hash);
         }
     }
 
@@ -200,7 +226,10 @@ impl Vfs {
             return false;
         };
         match &inode.content {
-            Content::Local { file, .. } if inode.size > 0 => file.set_len(0).is_ok(),
+            // (A sealed one's bytes are the journal's too.)
+            Content::Local {
+                file, sealed: false, ..
+            } if inode.size > 0 => file.set_len(0).is_ok(),
             _ => false,
         }
     }

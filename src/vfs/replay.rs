@@ -426,7 +426,11 @@ impl Vfs {
             inode.atime = time_of_nanos(atime);
         }
         if let Some((file, path, size)) = staged {
-            inode.content = Content::Local { file, path };
+            inode.content = Content::Local {
+                file,
+                path,
+                sealed: false,
+            };
             inode.size = size;
         } else if record.kind == NodeKind::Symlink {
             inode.size = record.size;
