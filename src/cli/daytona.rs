@@ -264,6 +264,16 @@ pub async fn run(global: &GlobalArgs, cmd: DaytonaCommand) -> anyhow::Result<Exi
                 &progress,
             )
             .await?;
+            if outcome.timed_out {
+                let limit = timeout
+                    .map(|t| format!("{t} s"))
+                    .unwrap_or_else(|| "Daytona's default".into());
+                eprintln!(
+                    "contextfs: the command ran past its time limit ({limit}) and Daytona killed it; its output is lost, \
+                     what it wrote is kept{}",
+                    if outcome.copied.is_some() { " (committed below)" } else { " (in the mount)" }
+                );
+            }
             {
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();

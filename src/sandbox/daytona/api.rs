@@ -26,8 +26,16 @@ pub enum DaytonaError {
     NoKey,
     #[error("Daytona refused the API key (HTTP {status}: {message}); check DAYTONA_API_KEY")]
     Unauthorized { status: u16, message: String },
-    #[error("Daytona is failing (HTTP {status}: {message}); retry")]
-    Server { status: u16, message: String },
+    #[error("Daytona is failing (HTTP {status}: {message}, {attempts} attempts); retry later")]
+    Server {
+        status: u16,
+        message: String,
+        attempts: u32,
+    },
+    #[error(
+        "Daytona is rate-limiting this API key (HTTP 429: {message}, {attempts} attempts); wait a minute and retry"
+    )]
+    Throttled { message: String, attempts: u32 },
     #[error("cannot reach Daytona at {url}: {detail}; check DAYTONA_API_URL and the network")]
     Unreachable { url: String, detail: String },
     #[error("Daytona: {message} (HTTP 404, {what})")]
@@ -44,13 +52,17 @@ impl DaytonaError {
             DaytonaError::Unauthorized { status, .. }
             | DaytonaError::Server { status, .. }
             | DaytonaError::Rejected { status, .. } => Some(*status),
+            DaytonaError::Throttled { .. } => Some(429),
             DaytonaError::NotFound { .. } => Some(404),
             _ => None,
         }
     }
 
     pub(super) fn is_transient(&self) -> bool {
-        matches!(self, DaytonaError::Server { .. } | DaytonaError::Unreachable { .. })
+        matches!(
+            self,
+            DaytonaError::Server { .. } | DaytonaError::Throttled { .. } | DaytonaError::Unreachable { .. }
+        )
     }
 }
 
@@ -98,11 +110,42 @@ impl Daytona {
         self.http.request(method, url).bearer_auth(&self.key)
     }
 
-    async fn send(&self, what: &str, builder: RequestBuilder) -> DaytonaResult<Response> {
+    /// Sends the request; a throttled one (429) is sent again after a
+    /// backoff, and so is one that failed in passing (5xx, no connection)
+    /// when `retry` says sending it twice does no harm. Bounded: at most
+    /// [`ATTEMPTS`] tries, a few seconds in all, never a hang.
+    async fn send(&self, what: &str, retry: Retry, builder: RequestBuilder) -> DaytonaResult<Response> {
+        let mut attempt = 1;
+        loop {
+            // Every body here is in memory, so the request can be cloned.
+            let Some(request) = builder.try_clone() else {
+                return self.send_once(what, attempt, builder).await;
+            };
+            let result = self.send_once(what, attempt, request).await;
+            let again = match &result {
+                Err(DaytonaError::Throttled { .. }) => true,
+                // A request that got no answer in time is not sent again: that could hang for long.
+                Err(DaytonaError::Unreachable { detail, .. }) if detail == NO_ANSWER => false,
+                Err(DaytonaError::Server { .. } | DaytonaError::Unreachable { .. }) => retry == Retry::Idempotent,
+                _ => false,
+            };
+            match result {
+                Err(e) if again && attempt < ATTEMPTS => {
+                    let delay = backoff(attempt, e.retry_after());
+                    tracing::warn!("{what}: {e}; trying again in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn send_once(&self, what: &str, attempt: u32, builder: RequestBuilder) -> DaytonaResult<Response> {
         let response = builder.send().await.map_err(|e| DaytonaError::Unreachable {
             url: e.url().map(|u| u.to_string()).unwrap_or_else(|| self.api.clone()),
             detail: if e.is_timeout() {
-                "no answer in time".to_string()
+                NO_ANSWER.to_string()
             } else {
                 cause(&e)
             },
@@ -111,6 +154,11 @@ impl Daytona {
         if status.is_success() {
             return Ok(response);
         }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let text = response.text().await.unwrap_or_default();
         let message = error_message(&text, status);
         Err(match status.as_u16() {
@@ -122,7 +170,19 @@ impl Daytona {
                 what: what.to_string(),
                 message,
             },
-            s if s >= 500 => DaytonaError::Server { status: s, message },
+            429 => DaytonaError::Throttled {
+                // The seconds Daytona asked for ride along in the message's tail.
+                message: match retry_after {
+                    Some(s) => format!("{message}; Retry-After {s} s"),
+                    None => message,
+                },
+                attempts: attempt,
+            },
+            s if s >= 500 => DaytonaError::Server {
+                status: s,
+                message,
+                attempts: attempt,
+            },
             s => DaytonaError::Rejected {
                 what: what.to_string(),
                 status: s,
@@ -131,8 +191,8 @@ impl Daytona {
         })
     }
 
-    async fn json<T: DeserializeOwned>(&self, what: &str, builder: RequestBuilder) -> DaytonaResult<T> {
-        let response = self.send(what, builder).await?;
+    async fn json<T: DeserializeOwned>(&self, what: &str, retry: Retry, builder: RequestBuilder) -> DaytonaResult<T> {
+        let response = self.send(what, retry, builder).await?;
         let url = response.url().to_string();
         let bytes = response.bytes().await.map_err(|e| DaytonaError::Unreachable {
             url: url.clone(),
@@ -154,8 +214,10 @@ impl Daytona {
     /// `POST /sandbox`.
     pub async fn create_sandbox(&self, request: &CreateSandbox) -> DaytonaResult<Sandbox> {
         let url = format!("{}/sandbox", self.api);
+        // A create that failed with 5xx may have made a sandbox: not sent twice.
         self.json(
             "sandbox creation",
+            Retry::OnlyThrottled,
             self.request(Method::POST, &url)
                 .json(request)
                 .timeout(Duration::from_secs(300)),
@@ -167,6 +229,7 @@ impl Daytona {
     pub async fn sandbox(&self, id: &str) -> DaytonaResult<Sandbox> {
         self.json(
             &format!("sandbox {id}"),
+            Retry::Idempotent,
             self.request(Method::GET, &self.sandbox_url(id))
                 .timeout(Duration::from_secs(60)),
         )
@@ -177,6 +240,7 @@ impl Daytona {
     pub async fn delete_sandbox(&self, id: &str) -> DaytonaResult<()> {
         self.send(
             &format!("sandbox {id}"),
+            Retry::Idempotent,
             self.request(Method::DELETE, &self.sandbox_url(id))
                 .timeout(Duration::from_secs(120)),
         )
@@ -186,8 +250,10 @@ impl Daytona {
 
     /// `POST /sandbox/{id}/start`: starts a stopped (or archived) sandbox.
     pub async fn start_sandbox(&self, id: &str) -> DaytonaResult<()> {
+        // Starting a started sandbox changes nothing: safe to send again.
         self.send(
             &format!("sandbox {id}"),
+            Retry::Idempotent,
             self.request(Method::POST, &format!("{}/start", self.sandbox_url(id)))
                 .timeout(Duration::from_secs(300)),
         )
@@ -272,6 +338,8 @@ impl Toolbox {
         self.daytona
             .json(
                 &format!("sandbox {} (process/execute)", self.sandbox),
+                // A command may have run before a 5xx: only a throttled one is sent again.
+                Retry::OnlyThrottled,
                 self.daytona.request(Method::POST, &url).json(request).timeout(wait),
             )
             .await
@@ -298,34 +366,68 @@ impl Toolbox {
         Ok(response.result)
     }
 
-    /// `POST /files/upload?path=P` with the bytes as the multipart field `file`.
+    /// Writes one file: [`Toolbox::upload_many`] with one entry.
     pub async fn upload(&self, path: &str, bytes: Bytes) -> DaytonaResult<()> {
+        self.upload_many(&[(path.to_string(), bytes)]).await
+    }
+
+    /// `POST /files/bulk-upload`: several files in one request, as the
+    /// current SDKs send them (multipart `files[i].path` + `files[i].file`).
+    /// Toolbox daemons without that route (404) get one `POST /files/upload`
+    /// per file instead.
+    pub async fn upload_many(&self, files: &[(String, Bytes)]) -> DaytonaResult<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let url = format!("{}/files/bulk-upload", self.base);
+        let mut parts: Vec<(String, Option<&str>, &[u8])> = Vec::with_capacity(files.len() * 2);
+        for (i, (path, bytes)) in files.iter().enumerate() {
+            parts.push((format!("files[{i}].path"), None, path.as_bytes()));
+            parts.push((format!("files[{i}].file"), Some(path.as_str()), &bytes[..]));
+        }
+        let (content_type, body) = multipart_body(&parts);
+        let what = match files {
+            [(path, _)] => format!("sandbox {} (files/bulk-upload {path})", self.sandbox),
+            _ => format!("sandbox {} (files/bulk-upload, {} files)", self.sandbox, files.len()),
+        };
+        let result = self
+            .daytona
+            .send(
+                &what,
+                // Writing the same bytes again changes nothing.
+                Retry::Idempotent,
+                self.daytona
+                    .request(Method::POST, &url)
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
+                    .body(body)
+                    .timeout(Duration::from_secs(600)),
+            )
+            .await;
+        match result {
+            Err(DaytonaError::NotFound { .. }) => {
+                for (path, bytes) in files {
+                    self.upload_legacy(path, bytes).await?;
+                }
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// `POST /files/upload?path=P` with the bytes as the multipart field `file`
+    /// (toolbox daemons before bulk upload).
+    async fn upload_legacy(&self, path: &str, bytes: &[u8]) -> DaytonaResult<()> {
         let url = format!("{}/files/upload", self.base);
-        let boundary = format!("contextfs-{}", hex::encode(rand::random::<[u8; 12]>()));
-        let name = path
-            .rsplit('/')
-            .next()
-            .unwrap_or("file")
-            .replace(['"', '\r', '\n'], "_");
-        let mut body = Vec::with_capacity(bytes.len() + 256);
-        write!(
-            body,
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
-             Content-Type: application/octet-stream\r\n\r\n"
-        )
-        .expect("write to a Vec");
-        body.extend_from_slice(&bytes);
-        write!(body, "\r\n--{boundary}--\r\n").expect("write to a Vec");
+        let name = path.rsplit('/').next().unwrap_or("file").to_string();
+        let (content_type, body) = multipart_body(&[("file".to_string(), Some(name.as_str()), bytes)]);
         self.daytona
             .send(
                 &format!("sandbox {} (files/upload {path})", self.sandbox),
+                Retry::Idempotent,
                 self.daytona
                     .request(Method::POST, &url)
                     .query(&[("path", path)])
-                    .header(
-                        reqwest::header::CONTENT_TYPE,
-                        format!("multipart/form-data; boundary={boundary}"),
-                    )
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
                     .body(body)
                     .timeout(Duration::from_secs(600)),
             )
@@ -340,6 +442,7 @@ impl Toolbox {
             .daytona
             .send(
                 &format!("file {path} in sandbox {}", self.sandbox),
+                Retry::Idempotent,
                 self.daytona
                     .request(Method::GET, &url)
                     .query(&[("path", path)])
@@ -375,6 +478,60 @@ fn portable_command(script: &str) -> String {
     }
     let encoded = base64::engine::general_purpose::STANDARD.encode(script);
     format!("sh -c \"echo '{encoded}' | base64 -d | sh\"")
+}
+
+/// What an `Unreachable` says when the request timed out.
+const NO_ANSWER: &str = "no answer in time";
+
+/// How many times a request is tried before its error is reported.
+const ATTEMPTS: u32 = 4;
+
+/// Whether a request that failed in passing may be sent again.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Retry {
+    /// Sending it twice does no harm (reads, deletes, start, writes of the same bytes).
+    Idempotent,
+    /// Only when Daytona said it did not take it (429).
+    OnlyThrottled,
+}
+
+/// 250 ms, 500 ms, 1 s, … or what Retry-After asked for (at most 10 s).
+fn backoff(attempt: u32, retry_after: Option<u64>) -> Duration {
+    match retry_after {
+        Some(s) => Duration::from_secs(s.min(10)),
+        None => Duration::from_millis(250 << (attempt - 1).min(4)),
+    }
+}
+
+impl DaytonaError {
+    /// The seconds a 429 asked the client to wait.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            DaytonaError::Throttled { message, .. } => message
+                .rsplit_once("; Retry-After ")
+                .and_then(|(_, s)| s.trim_end_matches(" s").parse().ok()),
+            _ => None,
+        }
+    }
+}
+
+/// A multipart/form-data body: (field name, filename, bytes) per part.
+fn multipart_body(parts: &[(String, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = format!("contextfs-{}", hex::encode(rand::random::<[u8; 12]>()));
+    let size: usize = parts.iter().map(|(_, _, b)| b.len() + 160).sum();
+    let mut body = Vec::with_capacity(size + 64);
+    for (name, filename, bytes) in parts {
+        write!(body, "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").expect("write to a Vec");
+        if let Some(f) = filename {
+            let f = f.replace(['"', '\r', '\n'], "_");
+            write!(body, "; filename=\"{f}\"\r\nContent-Type: application/octet-stream").expect("write to a Vec");
+        }
+        body.extend_from_slice(b"\r\n\r\n");
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    write!(body, "--{boundary}--\r\n").expect("write to a Vec");
+    (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
 /// Daytona's errors are JSON with a `message` (a string, or a list of them).

@@ -46,6 +46,8 @@ use crate::model::{BlobHash, WsPath};
 
 /// Transfers in flight at once.
 const PARALLEL: usize = 8;
+/// Files per bulk-upload request.
+const UPLOAD_BATCH: usize = 32;
 
 /// One entry of a scanned folder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,6 +262,7 @@ pub struct PullReport {
     pub skills: usize,
 }
 
+#[derive(Clone, Copy)]
 enum Source {
     Project,
     Skill,
@@ -440,23 +443,39 @@ async fn pull_into(record: &SandboxRecord, toolbox: &Toolbox, manifest: &mut Man
             )
             .await?;
     }
-    futures_util::stream::iter(uploads.into_iter().map(|(dest, hash, source)| {
+    // Files go in batches, one bulk-upload request each (as Daytona's SDKs
+    // send them): a tree of small files costs a few round trips, not one each.
+    let batches: Vec<Vec<(String, BlobHash, Source)>> = uploads
+        .chunks(UPLOAD_BATCH)
+        .map(<[(String, BlobHash, Source)]>::to_vec)
+        .collect();
+    futures_util::stream::iter(batches.into_iter().map(|batch| {
         let client = client.clone();
         let toolbox = toolbox.clone();
         async move {
-            let bytes = match source {
-                Source::Project => client.get_blob(project, &hash).await,
-                Source::Skill => client.get_skill_blob(&hash).await,
-            }
-            .with_context(|| format!("cannot download {dest} from the server"))?;
+            let files = futures_util::stream::iter(batch.into_iter().map(|(dest, hash, source)| {
+                let client = client.clone();
+                async move {
+                    let bytes = match source {
+                        Source::Project => client.get_blob(project, &hash).await,
+                        Source::Skill => client.get_skill_blob(&hash).await,
+                    }
+                    .with_context(|| format!("cannot download {dest} from the server"))?;
+                    Ok::<_, anyhow::Error>((dest, bytes))
+                }
+            }))
+            .buffer_unordered(PARALLEL)
+            .try_collect::<Vec<_>>()
+            .await?;
+            let names = files.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>().join(", ");
             toolbox
-                .upload(&dest, bytes)
+                .upload_many(&files)
                 .await
-                .with_context(|| format!("cannot copy {dest} into the sandbox"))?;
+                .with_context(|| format!("cannot copy {names} into the sandbox"))?;
             Ok::<_, anyhow::Error>(())
         }
     }))
-    .buffer_unordered(PARALLEL)
+    .buffer_unordered(2)
     .try_collect::<Vec<()>>()
     .await?;
     if !after.is_empty() {

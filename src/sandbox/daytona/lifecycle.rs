@@ -257,7 +257,14 @@ async fn mount_in(toolbox: &Toolbox, record: &SandboxRecord) -> anyhow::Result<S
 pub async fn revive(daytona: &Daytona, record: &SandboxRecord, log: &(dyn Fn(&str) + Sync)) -> anyhow::Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let sandbox = daytona.sandbox(&record.id).await?;
+        let sandbox = match daytona.sandbox(&record.id).await {
+            Err(DaytonaError::NotFound { .. }) => bail!(
+                "sandbox {id} no longer exists at Daytona (deleted, or auto-deleted); the command was not run. \
+                 Run `contextfs daytona destroy {id}` to forget it and revoke its token",
+                id = record.id
+            ),
+            other => other?,
+        };
         let state = sandbox.state.clone().unwrap_or_default();
         match state.as_str() {
             "started" => return Ok(false),
@@ -312,8 +319,11 @@ pub struct ExecOptions {
 }
 
 pub struct ExecOutcome {
+    /// The command's exit code; 124 (as `timeout` exits) when its time ran out.
     pub exit_code: i64,
     pub output: String,
+    /// Daytona killed the command when its time limit ran out (HTTP 408).
+    pub timed_out: bool,
     /// Copy mode: what went in and what was committed.
     pub copied: Option<copy_mode::CopyReport>,
 }
@@ -346,6 +356,7 @@ pub async fn exec(
             };
             // A refused call never ran the command, so it is safe to retry.
             let mut response = match run().await {
+                Err(e) if is_exec_timeout(&e) => return Ok(ExecOutcome::timed_out(None)),
                 Err(e) if from_daytona(&e) && revive(daytona, record, log).await? => run().await?,
                 other => other?,
             };
@@ -370,6 +381,7 @@ pub async fn exec(
             Ok(ExecOutcome {
                 exit_code: response.exit_code,
                 output: response.result,
+                timed_out: false,
                 copied: None,
             })
         }
@@ -385,10 +397,15 @@ pub async fn exec(
             };
             let marker = format!("__contextfs_scan_{}__", hex::encode(rand::random::<[u8; 8]>()));
             let script = copy_mode::command_then_scan(command, &marker, &record.binary);
-            let response = toolbox
-                .execute(&request(script))
-                .await
-                .with_context(|| format!("cannot run the command in sandbox {}", record.id))?;
+            let response = match toolbox.execute(&request(script)).await {
+                // What the command wrote before it was killed is still committed.
+                Err(e) if e.status() == Some(408) => {
+                    let mut report = copy_mode::push(record, &toolbox, &mut manifest, None).await?;
+                    report.pulled = pulled;
+                    return Ok(ExecOutcome::timed_out(Some(report)));
+                }
+                other => other.with_context(|| format!("cannot run the command in sandbox {}", record.id))?,
+            };
             let (output, scan) = match response.result.rfind(&marker) {
                 Some(at) => (
                     response.result[..at].to_string(),
@@ -401,10 +418,30 @@ pub async fn exec(
             Ok(ExecOutcome {
                 exit_code: response.exit_code,
                 output,
+                timed_out: false,
                 copied: Some(report),
             })
         }
     }
+}
+
+impl ExecOutcome {
+    fn timed_out(copied: Option<copy_mode::CopyReport>) -> ExecOutcome {
+        ExecOutcome {
+            exit_code: 124,
+            output: String::new(),
+            timed_out: true,
+            copied,
+        }
+    }
+}
+
+/// The toolbox answers 408 when a command ran past its `timeout`.
+fn is_exec_timeout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<DaytonaError>()
+            .is_some_and(|d| d.status() == Some(408))
+    })
 }
 
 pub struct DestroyOutcome {

@@ -1,8 +1,9 @@
 //! Daytona sandboxes with a contextfs workspace inside.
 //!
 //! [`Daytona`] is a small client for the parts of Daytona's REST API that
-//! contextfs needs, shaped after Daytona's published OpenAPI (the generated
-//! `libs/api-client` models and the toolbox daemon's swagger):
+//! contextfs needs, following Daytona's published clients 0.226
+//! (`daytona-api-client` and `daytona-toolbox-api-client`, generated from its
+//! OpenAPI); fields it does not read are ignored:
 //!
 //! - `POST {api}/sandbox` with a `CreateSandbox` body (`snapshot`, `labels`,
 //!   `env`, `autoStopInterval`, `autoDeleteInterval`) → `Sandbox`;
@@ -10,8 +11,12 @@
 //! - `DELETE {api}/sandbox/{id}`;
 //! - the toolbox at `{toolboxProxyUrl}/{id}`: `POST /process/execute` with
 //!   `{command, cwd, envs, timeout}` → `{exitCode, result}` (the command is fed
-//!   to the sandbox's shell), `POST /files/upload?path=` (multipart field
-//!   `file`), `GET /files/download?path=`.
+//!   to the sandbox's shell; 408 past its `timeout`), `POST /files/bulk-upload`
+//!   (multipart `files[i].path` + `files[i].file`, as the SDKs send; older
+//!   daemons get `POST /files/upload?path=`), `GET /files/download?path=`.
+//!
+//! Throttled calls (429), and calls that may be sent twice when they fail in
+//! passing (5xx, no connection), are retried a few times with backoff.
 //!
 //! Every call carries `Authorization: Bearer <DAYTONA_API_KEY>`.
 //!
