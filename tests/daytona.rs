@@ -636,7 +636,10 @@ async fn throttled_or_failing_daytona_is_retried_with_backoff_then_reported() {
     let throttled = FakeDaytona::start(&["--fail-with", "429", "--fail-count", "2"]);
     let cli = Cli::new(&server, &throttled.api, KEY);
     let (id, stderr) = cli.create(p, &["--mode", "sync"]);
-    assert!(stderr.contains("rate-limiting"), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 429") && stderr.contains("trying again"),
+        "{stderr}"
+    );
     cli.exec_ok(&id, "echo after-429 > throttled.md");
     assert_eq!(
         server.read_bytes(p, &server.admin, "throttled.md").await,

@@ -278,7 +278,7 @@ async fn bulk_download(State(fake): Shared, Path(id): Path<String>, Json(req): J
             }
         }
     }
-    let parts: Vec<(&str, Option<&str>, Option<&str>, &[u8])> = bodies
+    let parts: Vec<multipart::OutPart<'_>> = bodies
         .iter()
         .map(|(path, ok, data)| {
             if *ok {

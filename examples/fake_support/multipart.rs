@@ -64,8 +64,11 @@ pub fn parse(content_type: &str, body: &[u8]) -> Option<Vec<Part>> {
     }
 }
 
+/// A part to build: field name, filename, content type, bytes.
+pub type OutPart<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
+
 /// Builds a multipart/form-data body; returns (content type, body).
-pub fn build(parts: &[(&str, Option<&str>, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+pub fn build(parts: &[OutPart<'_>]) -> (String, Vec<u8>) {
     let boundary = format!("fake-{}", hex::encode(rand::random::<[u8; 12]>()));
     let mut body = Vec::new();
     for (name, filename, content_type, data) in parts {

@@ -2,19 +2,17 @@
 //! sandbox endpoints ([`Daytona`]) and one sandbox's toolbox ([`Toolbox`]),
 //! with errors worded as what to do about them ([`DaytonaError`]).
 
-use std::collections::BTreeMap;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use super::records::{CreateSandbox, ExecuteRequest, ExecuteResponse, Sandbox};
-use super::scripts::tail;
+use crate::sandbox::remote::http::{self, Failure, Retry};
 
 /// Characters left as they are in a URL path segment (RFC 3986 unreserved).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
@@ -55,6 +53,18 @@ impl DaytonaError {
             DaytonaError::Throttled { .. } => Some(429),
             DaytonaError::NotFound { .. } => Some(404),
             _ => None,
+        }
+    }
+
+    /// What the error means to the provider-neutral sandbox logic.
+    pub fn kind(&self) -> crate::sandbox::remote::ErrorKind {
+        use crate::sandbox::remote::ErrorKind;
+        match self {
+            DaytonaError::Unauthorized { .. } | DaytonaError::NoKey => ErrorKind::Unauthorized,
+            DaytonaError::NotFound { .. } => ErrorKind::NotFound,
+            // The toolbox answers 408 when a command ran past its `timeout`.
+            DaytonaError::Rejected { status: 408, .. } => ErrorKind::TimedOut,
+            _ => ErrorKind::Other,
         }
     }
 
@@ -110,84 +120,46 @@ impl Daytona {
         self.http.request(method, url).bearer_auth(&self.key)
     }
 
-    /// Sends the request; a throttled one (429) is sent again after a
-    /// backoff, and so is one that failed in passing (5xx, no connection)
-    /// when `retry` says sending it twice does no harm. Bounded: at most
-    /// [`ATTEMPTS`] tries, a few seconds in all, never a hang.
+    /// Sends the request with the shared retry policy ([`http::send`]) and
+    /// words what failed for Daytona.
     async fn send(&self, what: &str, retry: Retry, builder: RequestBuilder) -> DaytonaResult<Response> {
-        let mut attempt = 1;
-        loop {
-            // Every body here is in memory, so the request can be cloned.
-            let Some(request) = builder.try_clone() else {
-                return self.send_once(what, attempt, builder).await;
-            };
-            let result = self.send_once(what, attempt, request).await;
-            let again = match &result {
-                Err(DaytonaError::Throttled { .. }) => true,
-                // A request that got no answer in time is not sent again: that could hang for long.
-                Err(DaytonaError::Unreachable { detail, .. }) if detail == NO_ANSWER => false,
-                Err(DaytonaError::Server { .. } | DaytonaError::Unreachable { .. }) => retry == Retry::Idempotent,
-                _ => false,
-            };
-            match result {
-                Err(e) if again && attempt < ATTEMPTS => {
-                    let delay = backoff(attempt, e.retry_after());
-                    tracing::warn!("{what}: {e}; trying again in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
+        http::send(what, retry, builder).await.map_err(|f| match f {
+            Failure::Transport { url, detail, .. } => DaytonaError::Unreachable {
+                url: if url.is_empty() { self.api.clone() } else { url },
+                detail,
+            },
+            Failure::Status {
+                status,
+                retry_after,
+                body,
+                attempts,
+            } => {
+                let message = http::error_message(&body, status);
+                match status {
+                    401 | 403 => DaytonaError::Unauthorized { status, message },
+                    404 => DaytonaError::NotFound {
+                        what: what.to_string(),
+                        message,
+                    },
+                    429 => DaytonaError::Throttled {
+                        message: match retry_after {
+                            Some(s) => format!("{message}; Retry-After {s} s"),
+                            None => message,
+                        },
+                        attempts,
+                    },
+                    s if s >= 500 => DaytonaError::Server {
+                        status: s,
+                        message,
+                        attempts,
+                    },
+                    s => DaytonaError::Rejected {
+                        what: what.to_string(),
+                        status: s,
+                        message,
+                    },
                 }
-                result => return result,
             }
-        }
-    }
-
-    async fn send_once(&self, what: &str, attempt: u32, builder: RequestBuilder) -> DaytonaResult<Response> {
-        let response = builder.send().await.map_err(|e| DaytonaError::Unreachable {
-            url: e.url().map(|u| u.to_string()).unwrap_or_else(|| self.api.clone()),
-            detail: if e.is_timeout() {
-                NO_ANSWER.to_string()
-            } else {
-                cause(&e)
-            },
-        })?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let text = response.text().await.unwrap_or_default();
-        let message = error_message(&text, status);
-        Err(match status.as_u16() {
-            401 | 403 => DaytonaError::Unauthorized {
-                status: status.as_u16(),
-                message,
-            },
-            404 => DaytonaError::NotFound {
-                what: what.to_string(),
-                message,
-            },
-            429 => DaytonaError::Throttled {
-                // The seconds Daytona asked for ride along in the message's tail.
-                message: match retry_after {
-                    Some(s) => format!("{message}; Retry-After {s} s"),
-                    None => message,
-                },
-                attempts: attempt,
-            },
-            s if s >= 500 => DaytonaError::Server {
-                status: s,
-                message,
-                attempts: attempt,
-            },
-            s => DaytonaError::Rejected {
-                what: what.to_string(),
-                status: s,
-                message,
-            },
         })
     }
 
@@ -196,7 +168,7 @@ impl Daytona {
         let url = response.url().to_string();
         let bytes = response.bytes().await.map_err(|e| DaytonaError::Unreachable {
             url: url.clone(),
-            detail: describe(&e),
+            detail: http::describe(&e),
         })?;
         serde_json::from_slice(&bytes).map_err(|e| DaytonaError::Protocol {
             url,
@@ -345,27 +317,6 @@ impl Toolbox {
             .await
     }
 
-    /// Runs a script and fails unless it exits 0; returns its output.
-    pub async fn run(&self, what: &str, script: String, envs: BTreeMap<String, String>) -> anyhow::Result<String> {
-        let response = self
-            .execute(&ExecuteRequest {
-                command: script,
-                cwd: None,
-                envs,
-                timeout: Some(600),
-            })
-            .await
-            .with_context(|| format!("cannot {what}"))?;
-        if response.exit_code != 0 {
-            bail!(
-                "cannot {what} (exit code {}): {}",
-                response.exit_code,
-                tail(&response.result, 20)
-            );
-        }
-        Ok(response.result)
-    }
-
     /// Writes one file: [`Toolbox::upload_many`] with one entry.
     pub async fn upload(&self, path: &str, bytes: Bytes) -> DaytonaResult<()> {
         self.upload_many(&[(path.to_string(), bytes)]).await
@@ -385,7 +336,7 @@ impl Toolbox {
             parts.push((format!("files[{i}].path"), None, path.as_bytes()));
             parts.push((format!("files[{i}].file"), Some(path.as_str()), &bytes[..]));
         }
-        let (content_type, body) = multipart_body(&parts);
+        let (content_type, body) = http::multipart_body(&parts);
         let what = match files {
             [(path, _)] => format!("sandbox {} (files/bulk-upload {path})", self.sandbox),
             _ => format!("sandbox {} (files/bulk-upload, {} files)", self.sandbox, files.len()),
@@ -419,7 +370,7 @@ impl Toolbox {
     async fn upload_legacy(&self, path: &str, bytes: &[u8]) -> DaytonaResult<()> {
         let url = format!("{}/files/upload", self.base);
         let name = path.rsplit('/').next().unwrap_or("file").to_string();
-        let (content_type, body) = multipart_body(&[("file".to_string(), Some(name.as_str()), bytes)]);
+        let (content_type, body) = http::multipart_body(&[("file".to_string(), Some(name.as_str()), bytes)]);
         self.daytona
             .send(
                 &format!("sandbox {} (files/upload {path})", self.sandbox),
@@ -461,7 +412,7 @@ impl Toolbox {
         let url = response.url().to_string();
         response.bytes().await.map(Some).map_err(|e| DaytonaError::Unreachable {
             url,
-            detail: describe(&e),
+            detail: http::describe(&e),
         })
     }
 }
@@ -478,113 +429,6 @@ fn portable_command(script: &str) -> String {
     }
     let encoded = base64::engine::general_purpose::STANDARD.encode(script);
     format!("sh -c \"echo '{encoded}' | base64 -d | sh\"")
-}
-
-/// What an `Unreachable` says when the request timed out.
-const NO_ANSWER: &str = "no answer in time";
-
-/// How many times a request is tried before its error is reported.
-const ATTEMPTS: u32 = 4;
-
-/// Whether a request that failed in passing may be sent again.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Retry {
-    /// Sending it twice does no harm (reads, deletes, start, writes of the same bytes).
-    Idempotent,
-    /// Only when Daytona said it did not take it (429).
-    OnlyThrottled,
-}
-
-/// 250 ms, 500 ms, 1 s, … or what Retry-After asked for (at most 10 s).
-fn backoff(attempt: u32, retry_after: Option<u64>) -> Duration {
-    match retry_after {
-        Some(s) => Duration::from_secs(s.min(10)),
-        None => Duration::from_millis(250 << (attempt - 1).min(4)),
-    }
-}
-
-impl DaytonaError {
-    /// The seconds a 429 asked the client to wait.
-    fn retry_after(&self) -> Option<u64> {
-        match self {
-            DaytonaError::Throttled { message, .. } => message
-                .rsplit_once("; Retry-After ")
-                .and_then(|(_, s)| s.trim_end_matches(" s").parse().ok()),
-            _ => None,
-        }
-    }
-}
-
-/// A multipart/form-data body: (field name, filename, bytes) per part.
-fn multipart_body(parts: &[(String, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
-    let boundary = format!("contextfs-{}", hex::encode(rand::random::<[u8; 12]>()));
-    let size: usize = parts.iter().map(|(_, _, b)| b.len() + 160).sum();
-    let mut body = Vec::with_capacity(size + 64);
-    for (name, filename, bytes) in parts {
-        write!(body, "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").expect("write to a Vec");
-        if let Some(f) = filename {
-            let f = f.replace(['"', '\r', '\n'], "_");
-            write!(body, "; filename=\"{f}\"\r\nContent-Type: application/octet-stream").expect("write to a Vec");
-        }
-        body.extend_from_slice(b"\r\n\r\n");
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    }
-    write!(body, "--{boundary}--\r\n").expect("write to a Vec");
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
-/// Daytona's errors are JSON with a `message` (a string, or a list of them).
-fn error_message(text: &str, status: StatusCode) -> String {
-    if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
-        match value.get("message") {
-            Some(serde_json::Value::String(m)) if !m.is_empty() => return m.clone(),
-            Some(serde_json::Value::Array(items)) if !items.is_empty() => {
-                return items
-                    .iter()
-                    .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            }
-            _ => {}
-        }
-        if let Some(e) = value.get("error").and_then(|e| e.as_str()) {
-            return e.to_string();
-        }
-    }
-    let text = text.trim();
-    if text.is_empty() {
-        status.canonical_reason().unwrap_or("no message").to_string()
-    } else {
-        text.chars().take(200).collect()
-    }
-}
-
-/// reqwest's Display hides the cause; walk the chain.
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// The causes of a transport error, without reqwest's "error sending request for url (...)".
-fn cause(e: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    if parts.is_empty() {
-        e.to_string()
-    } else {
-        parts.join(": ")
-    }
 }
 
 #[cfg(test)]
@@ -609,16 +453,5 @@ mod tests {
         let inner = wrapped.strip_prefix("sh -c \"").unwrap().strip_suffix('"').unwrap();
         let out = std::process::Command::new("sh").arg("-c").arg(inner).output().unwrap();
         assert_eq!((out.status.code(), &out.stdout[..]), (Some(4), &b"a b|3|"[..]));
-    }
-
-    #[test]
-    fn daytona_error_messages_are_read() {
-        let body = r#"{"path":"/api/sandbox","timestamp":"x","statusCode":401,"error":"Unauthorized","message":"Invalid API key"}"#;
-        assert_eq!(error_message(body, StatusCode::UNAUTHORIZED), "Invalid API key");
-        assert_eq!(
-            error_message(r#"{"message":["a","b"]}"#, StatusCode::BAD_REQUEST),
-            "a; b"
-        );
-        assert_eq!(error_message("", StatusCode::BAD_GATEWAY), "Bad Gateway");
     }
 }

@@ -53,28 +53,9 @@ pub struct Sandbox {
     pub toolbox_proxy_url: Option<String>,
 }
 
-/// `ExecuteRequest` of the toolbox API.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExecuteRequest {
-    pub command: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub envs: BTreeMap<String, String>,
-    /// Seconds; absent or 0 means no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<u64>,
-}
-
-/// `ExecuteResponse` of the toolbox API: the exit code and the combined
-/// standard output and error. Daemons before the `exitCode` field sent `code`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExecuteResponse {
-    #[serde(default, rename = "exitCode", alias = "code")]
-    pub exit_code: i64,
-    #[serde(default)]
-    pub result: String,
-}
+/// The toolbox's `ExecuteRequest` and `ExecuteResponse`, which contextfs
+/// uses as every provider's shell request.
+pub use crate::sandbox::remote::{ExecuteRequest, ExecuteResponse};
 
 #[cfg(test)]
 mod tests {

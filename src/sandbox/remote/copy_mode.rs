@@ -34,7 +34,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::api::Toolbox;
+use super::provider::Shell;
 use super::scripts::{shell_quote, tail};
 use super::state::{write_private, SandboxRecord};
 use super::{SKILLS, WORKSPACE};
@@ -171,7 +171,7 @@ pub fn command_then_scan(command: &str, marker: &str, binary: &str) -> String {
     )
 }
 
-async fn scan_sandbox(record: &SandboxRecord, toolbox: &Toolbox) -> anyhow::Result<Scan> {
+async fn scan_sandbox(record: &SandboxRecord, toolbox: &dyn Shell) -> anyhow::Result<Scan> {
     let out = toolbox
         .run(
             "list the sandbox's workspace",
@@ -269,7 +269,7 @@ enum Source {
 }
 
 /// Brings the sandbox's /workspace and /skills up to date with the server.
-pub async fn pull(record: &SandboxRecord, toolbox: &Toolbox, manifest: &mut Manifest) -> anyhow::Result<PullReport> {
+pub async fn pull(record: &SandboxRecord, toolbox: &dyn Shell, manifest: &mut Manifest) -> anyhow::Result<PullReport> {
     // Work on a copy: it replaces the manifest only once the sandbox has it all.
     let mut next = manifest.clone();
     let report = pull_into(record, toolbox, &mut next).await?;
@@ -278,7 +278,7 @@ pub async fn pull(record: &SandboxRecord, toolbox: &Toolbox, manifest: &mut Mani
     Ok(report)
 }
 
-async fn pull_into(record: &SandboxRecord, toolbox: &Toolbox, manifest: &mut Manifest) -> anyhow::Result<PullReport> {
+async fn pull_into(record: &SandboxRecord, toolbox: &dyn Shell, manifest: &mut Manifest) -> anyhow::Result<PullReport> {
     let client = Client::new(&record.server, Some(record.token.clone()))?;
     let project = record.project.as_str();
     let (scan, tree, skills) = tokio::try_join!(
@@ -451,7 +451,6 @@ async fn pull_into(record: &SandboxRecord, toolbox: &Toolbox, manifest: &mut Man
         .collect();
     futures_util::stream::iter(batches.into_iter().map(|batch| {
         let client = client.clone();
-        let toolbox = toolbox.clone();
         async move {
             let files = futures_util::stream::iter(batch.into_iter().map(|(dest, hash, source)| {
                 let client = client.clone();
@@ -542,7 +541,7 @@ fn describe_commit(v: &VersionInfo, rewritten: bool) -> String {
 /// sandbox's listing if the caller already has it.
 pub async fn push(
     record: &SandboxRecord,
-    toolbox: &Toolbox,
+    toolbox: &dyn Shell,
     manifest: &mut Manifest,
     scan: Option<Scan>,
 ) -> anyhow::Result<CopyReport> {
@@ -551,7 +550,7 @@ pub async fn push(
         None => scan_sandbox(record, toolbox).await?,
     };
     let client = Client::new(&record.server, Some(record.token.clone()))?;
-    let agent = format!("daytona-{}", record.id);
+    let agent = record.agent_id();
     let mut report = CopyReport::default();
     let local: HashMap<&str, &ScanEntry> = scan.entries.iter().map(|e| (e.path.as_str(), e)).collect();
 
@@ -610,11 +609,10 @@ pub async fn push(
     let results: Vec<(String, Outcome)> = futures_util::stream::iter(changed.into_iter().map(|e| {
         let base = manifest.files.get(&e.path).cloned();
         let client = client.clone();
-        let toolbox = toolbox.clone();
         let agent = agent.clone();
         async move {
             let path = e.path.clone();
-            let outcome = commit_one(record, &client, &toolbox, &agent, &e, base).await;
+            let outcome = commit_one(record, &client, toolbox, &agent, &e, base).await;
             (path, outcome)
         }
     }))
@@ -703,7 +701,7 @@ pub async fn push(
 async fn commit_one(
     record: &SandboxRecord,
     client: &Client,
-    toolbox: &Toolbox,
+    toolbox: &dyn Shell,
     agent: &str,
     entry: &ScanEntry,
     base: Option<Base>,
@@ -731,7 +729,8 @@ async fn commit_one(
     };
     let key = blake3::hash(
         format!(
-            "daytona\0{}\0{}\0{hash}\0{:?}\0{:?}",
+            "{}\0{}\0{}\0{hash}\0{:?}\0{:?}",
+            record.provider.as_str(),
             record.id,
             entry.path,
             base.as_ref().map(|b| (b.node, b.version)),
