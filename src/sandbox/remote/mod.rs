@@ -19,6 +19,7 @@ pub mod copy_mode;
 pub mod http;
 mod lifecycle;
 mod provider;
+mod scan;
 mod scripts;
 mod state;
 
