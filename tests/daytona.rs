@@ -1,5 +1,5 @@
 //! `contextfs daytona` against a real `contextfs serve` and the local
-//! Daytona stand-in (examples/fake_daytona.rs), whose sandboxes are Docker
+//! Daytona stand-in (examples/fake_daytona/), whose sandboxes are Docker
 //! containers of `contextfs-busybox:latest` with a static contextfs inside.
 //!
 //! Needs: dockerd and the image (`scripts/docker`), the static binary

@@ -217,7 +217,7 @@ pub async fn run(global: &GlobalArgs, cmd: DaytonaCommand) -> anyhow::Result<Exi
             exec_in(&provider, &record, cwd, timeout, envs, command).await
         }
         DaytonaSub::Destroy { id, force } => {
-            let record = SandboxRecord::load(&id)?;
+            let record = SandboxRecord::load(&id)?.filter(|r| r.provider == ProviderKind::Daytona);
             if record.is_none() {
                 progress(&format!("this machine did not create sandbox {id}; deleting it"));
             }
