@@ -740,12 +740,11 @@ async fn destroy_after_daytona_deleted_the_sandbox_forgets_it_and_revokes_its_to
 
 /// The Python with the official Daytona and E2B SDKs (scripts/py-sdks).
 fn sdk_python() -> PathBuf {
-    let path = std::env::var_os("CONTEXTFS_SDK_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("py-venv/bin/python"));
+    let path =
+        std::env::var_os("CONTEXTFS_SDK_PYTHON").map_or_else(|| target_dir().join("py-venv/bin/python"), PathBuf::from);
     assert!(
         path.is_file(),
-        "no Python with the official SDKs at {}: run scripts/py-sdks (scripts/test does)",
+        "no Python with the official SDKs at {}: run scripts/py-sdks",
         path.display()
     );
     path
@@ -762,7 +761,6 @@ async fn the_official_daytona_sdk_drives_the_fake_through_a_sandbox_life() {
     let out = Command::new(sdk_python())
         .arg(&script)
         .args([fake.api.as_str(), KEY, IMAGE])
-        .env("DAYTONA_DISABLE_TELEMETRY", "true")
         .stdin(Stdio::null())
         .output()
         .expect("run the SDK script");
@@ -773,7 +771,7 @@ async fn the_official_daytona_sdk_drives_the_fake_through_a_sandbox_life() {
         both(&out),
         fake.log()
     );
-    for step in [
+    let steps = [
         "create",
         "exec",
         "upload",
@@ -782,7 +780,8 @@ async fn the_official_daytona_sdk_drives_the_fake_through_a_sandbox_life() {
         "start",
         "exec again",
         "delete",
-    ] {
+    ];
+    for step in steps {
         assert!(stdout.contains(&format!("step: {step}")), "{stdout}");
     }
 }
