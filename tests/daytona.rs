@@ -1,5 +1,5 @@
 //! `contextfs daytona` against a real `contextfs serve` and the local
-//! Daytona stand-in (examples/fake_daytona.rs), whose sandboxes are Docker
+//! Daytona stand-in (examples/fake_daytona/), whose sandboxes are Docker
 //! containers of `contextfs-busybox:latest` with a static contextfs inside.
 //!
 //! Needs: dockerd and the image (`scripts/docker`), the static binary
@@ -626,6 +626,81 @@ async fn daytona_failures_give_clear_errors_and_leave_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_or_failing_daytona_is_retried_with_backoff_then_reported() {
+    require_docker();
+    let server = TestServer::start().await;
+    let p = "retries";
+    server.create_project(p).await;
+
+    // Two 429s (with Retry-After): the create waits and goes through.
+    let throttled = FakeDaytona::start(&["--fail-with", "429", "--fail-count", "2"]);
+    let cli = Cli::new(&server, &throttled.api, KEY);
+    let (id, stderr) = cli.create(p, &["--mode", "sync"]);
+    assert!(
+        stderr.contains("HTTP 429") && stderr.contains("trying again"),
+        "{stderr}"
+    );
+    cli.exec_ok(&id, "echo after-429 > throttled.md");
+    assert_eq!(
+        server.read_bytes(p, &server.admin, "throttled.md").await,
+        b"after-429\n"
+    );
+    let out = cli.run(&["daytona", "destroy", &id]);
+    assert!(out.status.success(), "{}", both(&out));
+
+    // Reads that fail in passing (503) are sent again.
+    let flaky = FakeDaytona::start(&["--fail-with", "503", "--fail-method", "GET", "--fail-count", "2"]);
+    let cli = Cli::new(&server, &flaky.api, KEY);
+    let (id, _) = cli.create(p, &["--mode", "sync"]);
+    assert_eq!(flaky.log().matches("-> 503").count(), 2, "{}", flaky.log());
+    let out = cli.run(&["daytona", "destroy", &id]);
+    assert!(out.status.success(), "{}", both(&out));
+
+    // Throttled for good: a bounded number of tries, then a message saying so.
+    let limited = FakeDaytona::start(&["--fail-with", "429"]);
+    let cli = Cli::new(&server, &limited.api, KEY);
+    let out = cli.run(&["daytona", "create", "--project", p]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rate-limiting this API key (HTTP 429") && stderr.contains("4 attempts"),
+        "{stderr}"
+    );
+    assert_eq!(limited.log().matches("-> 429").count(), 4, "{}", limited.log());
+    // Every token made on the way was revoked with its sandbox (or its failed create).
+    assert!(tokens(&server, p).await.iter().all(|t| t.revoked));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_past_its_timeout_is_killed_and_what_it_wrote_is_committed() {
+    require_docker();
+    let server = TestServer::start().await;
+    let p = "exec-timeout";
+    server.create_project(p).await;
+    let fake = FakeDaytona::start(&[]);
+    let cli = Cli::new(&server, &fake.api, KEY);
+    let (id, _) = cli.create(p, &["--mode", "sync"]);
+    let out = cli.run(&[
+        "daytona",
+        "exec",
+        &id,
+        "--timeout",
+        "2",
+        "--",
+        "echo partial > partial.md; sleep 60; echo never > never.md",
+    ]);
+    assert_eq!(out.status.code(), Some(124), "{}", both(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ran past its time limit (2 s)"), "{stderr}");
+    assert!(stderr.contains("partial.md"), "{stderr}");
+    assert_eq!(server.read_bytes(p, &server.admin, "partial.md").await, b"partial\n");
+    assert!(server.read(p, &server.admin, "never.md", None).await.is_err());
+    let out = cli.run(&["daytona", "destroy", &id]);
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(tokens(&server, p).await.iter().all(|t| t.revoked));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_after_daytona_deleted_the_sandbox_forgets_it_and_revokes_its_token() {
     require_docker();
     let server = TestServer::start().await;
@@ -642,6 +717,14 @@ async fn destroy_after_daytona_deleted_the_sandbox_forgets_it_and_revokes_its_to
         .await
         .unwrap();
     assert!(response.status().is_success());
+    // An exec finds it gone and says what to do; nothing runs.
+    let out = cli.exec(&id, "echo lost > lost.md");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no longer exists at Daytona") && stderr.contains("contextfs daytona destroy"),
+        "{stderr}"
+    );
     let out = cli.run(&["daytona", "destroy", &id]);
     assert!(out.status.success(), "{}", both(&out));
     assert!(
@@ -653,6 +736,54 @@ async fn destroy_after_daytona_deleted_the_sandbox_forgets_it_and_revokes_its_to
     assert!(String::from_utf8_lossy(&cli.run(&["daytona", "list"]).stdout)
         .trim()
         .is_empty());
+}
+
+/// The Python with the official Daytona and E2B SDKs (scripts/py-sdks).
+fn sdk_python() -> PathBuf {
+    let path =
+        std::env::var_os("CONTEXTFS_SDK_PYTHON").map_or_else(|| target_dir().join("py-venv/bin/python"), PathBuf::from);
+    assert!(
+        path.is_file(),
+        "no Python with the official SDKs at {}: run scripts/py-sdks",
+        path.display()
+    );
+    path
+}
+
+/// The proof that fake_daytona follows Daytona's published API: the official
+/// `daytona` Python SDK (pinned in scripts/py-sdks) goes through a sandbox's
+/// whole life against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_daytona_sdk_drives_the_fake_through_a_sandbox_life() {
+    require_docker();
+    let fake = FakeDaytona::start(&[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk_fidelity/daytona_sdk.py");
+    let out = Command::new(sdk_python())
+        .arg(&script)
+        .args([fake.api.as_str(), KEY, IMAGE])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("OK"),
+        "the Daytona SDK failed against the fake:\n{}\nfake's log:\n{}",
+        both(&out),
+        fake.log()
+    );
+    let steps = [
+        "create",
+        "exec",
+        "upload",
+        "download",
+        "stop",
+        "start",
+        "exec again",
+        "delete",
+    ];
+    for step in steps {
+        assert!(stdout.contains(&format!("step: {step}")), "{stdout}");
+    }
 }
 
 /// Against Daytona itself; runs only with DAYTONA_API_KEY set (and

@@ -73,6 +73,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
         | Command::Status { .. }
         | Command::Login { .. }
         | Command::Daytona(_)
+        | Command::E2b(_)
         | Command::Run(_)
         | Command::DockerPlugin(_) => {
             unreachable!("handled before client commands")

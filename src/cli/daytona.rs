@@ -10,9 +10,10 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::GlobalArgs;
 use crate::client::Client;
-use crate::sandbox::daytona::{
-    self, copy_mode, is_static_elf, shell_quote, CreateOptions, Daytona, ExecOptions, ModeChoice, SandboxRecord,
-    DEFAULT_API_URL, SKILLS, WORKSPACE,
+use crate::sandbox::daytona::{CreateSandbox, Daytona, DaytonaProvider, DEFAULT_API_URL};
+use crate::sandbox::remote::{
+    self, copy_mode, is_static_elf, shell_quote, CreateOptions, ExecOptions, ModeChoice, Provider, ProviderKind,
+    SandboxRecord, SKILLS, WORKSPACE,
 };
 
 #[derive(Args, Debug)]
@@ -130,7 +131,7 @@ fn daytona_client(args: &DaytonaArgs, record: Option<&SandboxRecord>) -> anyhow:
     Ok(Daytona::new(&url, args.api_key.as_deref().unwrap_or_default())?)
 }
 
-fn key_value(raw: &str, what: &str) -> anyhow::Result<(String, String)> {
+pub(super) fn key_value(raw: &str, what: &str) -> anyhow::Result<(String, String)> {
     match raw.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => bail!("{what} {raw:?} is not KEY=VALUE"),
@@ -139,7 +140,7 @@ fn key_value(raw: &str, what: &str) -> anyhow::Result<(String, String)> {
 
 /// The static binary to upload: --binary, else this executable if it is
 /// static, else the one `scripts/static-build` makes next to this build.
-fn find_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(super) fn find_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path);
     }
@@ -177,12 +178,7 @@ pub async fn run(global: &GlobalArgs, cmd: DaytonaCommand) -> anyhow::Result<Exi
             println!("{}", serde_json::to_string(&scan)?);
             Ok(ExitCode::SUCCESS)
         }
-        DaytonaSub::List => {
-            for r in SandboxRecord::all()? {
-                println!("{}\t{}\t{}\t{}", r.id, r.project, r.mode.as_str(), r.created_at);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        DaytonaSub::List => list(ProviderKind::Daytona),
         DaytonaSub::Create {
             snapshot,
             auto_stop,
@@ -193,45 +189,21 @@ pub async fn run(global: &GlobalArgs, cmd: DaytonaCommand) -> anyhow::Result<Exi
             mode,
             start_timeout,
         } => {
-            let global = global.clone().with_saved_defaults()?;
-            let project = global
-                .project
-                .clone()
-                .ok_or_else(|| anyhow!("no project: pass --project NAME or set CONTEXTFS_PROJECT"))?;
-            let admin_token = global.token.clone().ok_or_else(|| {
-                anyhow!("no token: creating a sandbox needs the admin token (CONTEXTFS_TOKEN or --token-file); it makes a project token for the sandbox")
-            })?;
+            let provider = DaytonaProvider {
+                api: daytona_client(&args, None)?,
+                template: CreateSandbox {
+                    snapshot,
+                    auto_stop_interval: auto_stop,
+                    auto_delete_interval: auto_delete,
+                    ..CreateSandbox::default()
+                },
+                start_timeout: Duration::from_secs(start_timeout),
+            };
             let labels = labels
                 .iter()
                 .map(|l| key_value(l, "label"))
                 .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
-            let daytona = daytona_client(&args, None)?;
-            let opts = CreateOptions {
-                project,
-                server: global.server_url(),
-                admin_token,
-                sandbox_server,
-                snapshot,
-                auto_stop,
-                auto_delete,
-                labels,
-                binary: find_binary(binary)?,
-                mode: match mode {
-                    ModeArg::Auto => ModeChoice::Auto,
-                    ModeArg::Mount => ModeChoice::Mount,
-                    ModeArg::Sync => ModeChoice::Copy,
-                },
-                start_timeout: Duration::from_secs(start_timeout),
-            };
-            let record = daytona::create(&daytona, opts, &progress).await?;
-            progress(&format!(
-                "sandbox {} is ready ({} mode): project {} at {WORKSPACE}, skills at {SKILLS}",
-                record.id,
-                record.mode.as_str(),
-                record.project
-            ));
-            println!("{}", record.id);
-            Ok(ExitCode::SUCCESS)
+            create_sandbox(global, &provider, labels, binary, sandbox_server, mode, None).await
         }
         DaytonaSub::Exec {
             id,
@@ -240,85 +212,188 @@ pub async fn run(global: &GlobalArgs, cmd: DaytonaCommand) -> anyhow::Result<Exi
             envs,
             command,
         } => {
-            let record = SandboxRecord::load(&id)?.ok_or_else(|| {
-                anyhow!(
-                    "this machine did not create sandbox {id} (nothing in {}); `contextfs daytona list` shows the ones it did",
-                    SandboxRecord::path(&id).display()
-                )
-            })?;
-            let daytona = daytona_client(&args, Some(&record))?;
-            let envs = envs
-                .iter()
-                .map(|e| key_value(e, "--env"))
-                .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
-            let script = if command.len() == 1 {
-                command[0].clone()
-            } else {
-                command.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
-            };
-            let outcome = daytona::exec(
-                &daytona,
-                &record,
-                &script,
-                ExecOptions { cwd, envs, timeout },
-                &progress,
-            )
-            .await?;
-            {
-                use std::io::Write;
-                let mut out = std::io::stdout().lock();
-                out.write_all(outcome.output.as_bytes())
-                    .and_then(|_| out.flush())
-                    .context("cannot write to standard output")?;
-            }
-            if let Some(report) = &outcome.copied {
-                let p = &report.pulled;
-                if p.uploaded + p.removed + p.skills > 0 {
-                    eprintln!(
-                        "contextfs: before the command: {} files in, {} removed, {} skill files",
-                        p.uploaded, p.removed, p.skills
-                    );
-                }
-                for line in report.lines() {
-                    eprintln!("contextfs: {line}");
-                }
-                if report.failed > 0 {
-                    eprintln!(
-                        "contextfs: {} changes could not be committed; they stay in the sandbox and the next exec \
-                         (or destroy) tries again",
-                        report.failed
-                    );
-                    if outcome.exit_code == 0 {
-                        return Ok(ExitCode::FAILURE);
-                    }
-                }
-            }
-            Ok(exit_code(outcome.exit_code))
+            let record = load_record(ProviderKind::Daytona, &id)?;
+            let provider = daytona_provider(&args, Some(&record))?;
+            exec_in(&provider, &record, cwd, timeout, envs, command).await
         }
         DaytonaSub::Destroy { id, force } => {
-            let global = global.clone().with_saved_defaults()?;
-            let record = SandboxRecord::load(&id)?;
+            let record = SandboxRecord::load(&id)?.filter(|r| r.provider == ProviderKind::Daytona);
             if record.is_none() {
-                progress(&format!(
-                    "this machine did not create sandbox {id}; unmounting {WORKSPACE} in it (if mounted) and deleting it"
-                ));
+                progress(&format!("this machine did not create sandbox {id}; deleting it"));
             }
-            let daytona = daytona_client(&args, record.as_ref())?;
-            let admin = match (&global.token, &record) {
-                (Some(token), Some(r)) => Client::new(&r.server, Some(token.clone())).ok(),
-                _ => None,
-            };
-            let outcome = daytona::destroy(&daytona, &id, record.as_ref(), admin.as_ref(), force, &progress).await?;
-            for line in &outcome.flushed {
-                eprintln!("{line}");
-            }
-            match outcome.token_revoked {
-                Some(Ok(token)) => progress(&format!("revoked token {token}")),
-                Some(Err(why)) => progress(&why),
-                None => {}
-            }
-            progress(&format!("deleted sandbox {id}"));
-            Ok(ExitCode::SUCCESS)
+            let provider = daytona_provider(&args, record.as_ref())?;
+            destroy_sandbox(global, &provider, &id, record, force).await
         }
     }
+}
+
+fn daytona_provider(args: &DaytonaArgs, record: Option<&SandboxRecord>) -> anyhow::Result<DaytonaProvider> {
+    Ok(DaytonaProvider {
+        api: daytona_client(args, record)?,
+        template: CreateSandbox::default(),
+        start_timeout: Duration::from_secs(300),
+    })
+}
+
+/// `list`: the sandboxes of one provider this machine created.
+pub(super) fn list(kind: ProviderKind) -> anyhow::Result<ExitCode> {
+    for r in SandboxRecord::all()?.into_iter().filter(|r| r.provider == kind) {
+        println!("{}\t{}\t{}\t{}", r.id, r.project, r.mode.as_str(), r.created_at);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The record of a sandbox this machine created with `kind`, or why there is none.
+pub(super) fn load_record(kind: ProviderKind, id: &str) -> anyhow::Result<SandboxRecord> {
+    match SandboxRecord::load(id)? {
+        Some(r) if r.provider == kind => Ok(r),
+        Some(r) => bail!(
+            "sandbox {id} is a {} sandbox: use `contextfs {} exec/destroy`",
+            r.provider.as_str(),
+            r.provider.as_str()
+        ),
+        None => bail!(
+            "this machine did not create sandbox {id} (nothing in {}); `contextfs {} list` shows the ones it did",
+            SandboxRecord::path(id).display(),
+            kind.as_str()
+        ),
+    }
+}
+
+/// `create`: the shared part of `contextfs daytona create` and `contextfs e2b create`.
+pub(super) async fn create_sandbox(
+    global: &GlobalArgs,
+    provider: &dyn Provider,
+    labels: BTreeMap<String, String>,
+    binary: Option<PathBuf>,
+    sandbox_server: Option<String>,
+    mode: ModeArg,
+    timeout_minutes: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let global = global.clone().with_saved_defaults()?;
+    let project = global
+        .project
+        .clone()
+        .ok_or_else(|| anyhow!("no project: pass --project NAME or set CONTEXTFS_PROJECT"))?;
+    let admin_token = global.token.clone().ok_or_else(|| {
+        anyhow!("no token: creating a sandbox needs the admin token (CONTEXTFS_TOKEN or --token-file); it makes a project token for the sandbox")
+    })?;
+    let opts = CreateOptions {
+        project,
+        server: global.server_url(),
+        admin_token,
+        sandbox_server,
+        labels,
+        timeout_minutes,
+        binary: find_binary(binary)?,
+        mode: match mode {
+            ModeArg::Auto => ModeChoice::Auto,
+            ModeArg::Mount => ModeChoice::Mount,
+            ModeArg::Sync => ModeChoice::Copy,
+        },
+    };
+    let log = |line: &str| eprintln!("{}: {line}", provider.kind().as_str());
+    let record = remote::create(provider, opts, &log).await?;
+    log(&format!(
+        "sandbox {} is ready ({} mode): project {} at {WORKSPACE}, skills at {SKILLS}",
+        record.id,
+        record.mode.as_str(),
+        record.project
+    ));
+    println!("{}", record.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `exec`: runs the command, prints its output and the per-file outcomes.
+pub(super) async fn exec_in(
+    provider: &dyn Provider,
+    record: &SandboxRecord,
+    cwd: Option<String>,
+    timeout: Option<u64>,
+    envs: Vec<String>,
+    command: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let envs = envs
+        .iter()
+        .map(|e| key_value(e, "--env"))
+        .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+    let script = if command.len() == 1 {
+        command[0].clone()
+    } else {
+        command.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
+    };
+    let log = |line: &str| eprintln!("{}: {line}", provider.kind().as_str());
+    let outcome = remote::exec(provider, record, &script, ExecOptions { cwd, envs, timeout }, &log).await?;
+    if outcome.timed_out {
+        let limit = timeout
+            .map(|t| format!("{t} s"))
+            .unwrap_or_else(|| format!("{}'s default", provider.name()));
+        eprintln!(
+            "contextfs: the command ran past its time limit ({limit}) and {} killed it; its output is lost, \
+             what it wrote is kept{}",
+            provider.name(),
+            if outcome.copied.is_some() {
+                " (committed below)"
+            } else {
+                " (in the mount)"
+            }
+        );
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        out.write_all(outcome.output.as_bytes())
+            .and_then(|_| out.flush())
+            .context("cannot write to standard output")?;
+    }
+    if let Some(report) = &outcome.copied {
+        let p = &report.pulled;
+        if p.uploaded + p.removed + p.skills > 0 {
+            eprintln!(
+                "contextfs: before the command: {} files in, {} removed, {} skill files",
+                p.uploaded, p.removed, p.skills
+            );
+        }
+        for line in report.lines() {
+            eprintln!("contextfs: {line}");
+        }
+        if report.failed > 0 {
+            eprintln!(
+                "contextfs: {} changes could not be committed; they stay in the sandbox and the next exec \
+                 (or destroy) tries again",
+                report.failed
+            );
+            if outcome.exit_code == 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(exit_code(outcome.exit_code))
+}
+
+/// `destroy`: flush, delete, revoke; prints the per-file outcomes.
+pub(super) async fn destroy_sandbox(
+    global: &GlobalArgs,
+    provider: &dyn Provider,
+    id: &str,
+    record: Option<SandboxRecord>,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let global = global.clone().with_saved_defaults()?;
+    let admin = match (&global.token, &record) {
+        (Some(token), Some(r)) => Client::new(&r.server, Some(token.clone())).ok(),
+        _ => None,
+    };
+    let log = |line: &str| eprintln!("{}: {line}", provider.kind().as_str());
+    let outcome = remote::destroy(provider, id, record.as_ref(), admin.as_ref(), force, &log).await?;
+    for line in &outcome.flushed {
+        eprintln!("{line}");
+    }
+    match outcome.token_revoked {
+        Some(Ok(token)) => log(&format!("revoked token {token}")),
+        Some(Err(why)) => log(&why),
+        None => {}
+    }
+    log(&format!("deleted sandbox {id}"));
+    Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 mod commands;
 pub mod config;
 pub mod daytona;
+pub mod e2b;
 mod mount;
 mod sandbox;
 
@@ -164,6 +165,8 @@ the next mount of the same project at the same place commits it."
     },
     /// Daytona sandboxes with the project at /workspace: create, exec, destroy
     Daytona(daytona::DaytonaCommand),
+    /// E2B sandboxes with the project at /workspace: create, exec, destroy
+    E2b(e2b::E2bCommand),
 }
 
 #[derive(Args, Debug)]
@@ -438,6 +441,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate(args) => crate::migrate::run(args).await,
         Command::Daytona(cmd) => daytona::run(&cli.global, cmd).await,
+        Command::E2b(cmd) => e2b::run(&cli.global, cmd).await,
         Command::DockerPlugin(args) => sandbox::docker_plugin(cli.global.clone(), args).await,
         other => commands::run(&cli.global, other).await,
     }

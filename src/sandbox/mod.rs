@@ -5,7 +5,9 @@
 //!   host;
 //! - [`plugin`]: `contextfs docker-plugin`, Docker's volume plugin protocol,
 //!   so `docker volume create -d contextfs -o project=p ws` works;
-//! - [`daytona`]: Daytona sandboxes.
+//! - [`remote`]: cloud sandboxes with the project inside, the same life for
+//!   every provider behind one small trait: [`daytona`] (Daytona) and
+//!   [`e2b`] (E2B).
 //!
 //! What the Docker pieces share: [`host_mount`] manages the host mounts
 //! they serve to containers, and the leases that let several containers
@@ -14,8 +16,10 @@
 
 pub mod daytona;
 pub mod docker;
+pub mod e2b;
 pub mod host_mount;
 pub mod plugin;
+pub mod remote;
 
 use std::path::Path;
 

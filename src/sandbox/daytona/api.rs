@@ -2,19 +2,17 @@
 //! sandbox endpoints ([`Daytona`]) and one sandbox's toolbox ([`Toolbox`]),
 //! with errors worded as what to do about them ([`DaytonaError`]).
 
-use std::collections::BTreeMap;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use super::records::{CreateSandbox, ExecuteRequest, ExecuteResponse, Sandbox};
-use super::scripts::tail;
+use crate::sandbox::remote::http::{self, Failure, Retry};
 
 /// Characters left as they are in a URL path segment (RFC 3986 unreserved).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
@@ -26,8 +24,16 @@ pub enum DaytonaError {
     NoKey,
     #[error("Daytona refused the API key (HTTP {status}: {message}); check DAYTONA_API_KEY")]
     Unauthorized { status: u16, message: String },
-    #[error("Daytona is failing (HTTP {status}: {message}); retry")]
-    Server { status: u16, message: String },
+    #[error("Daytona is failing (HTTP {status}: {message}, {attempts} attempts); retry later")]
+    Server {
+        status: u16,
+        message: String,
+        attempts: u32,
+    },
+    #[error(
+        "Daytona is rate-limiting this API key (HTTP 429: {message}, {attempts} attempts); wait a minute and retry"
+    )]
+    Throttled { message: String, attempts: u32 },
     #[error("cannot reach Daytona at {url}: {detail}; check DAYTONA_API_URL and the network")]
     Unreachable { url: String, detail: String },
     #[error("Daytona: {message} (HTTP 404, {what})")]
@@ -44,13 +50,29 @@ impl DaytonaError {
             DaytonaError::Unauthorized { status, .. }
             | DaytonaError::Server { status, .. }
             | DaytonaError::Rejected { status, .. } => Some(*status),
+            DaytonaError::Throttled { .. } => Some(429),
             DaytonaError::NotFound { .. } => Some(404),
             _ => None,
         }
     }
 
+    /// What the error means to the provider-neutral sandbox logic.
+    pub fn kind(&self) -> crate::sandbox::remote::ErrorKind {
+        use crate::sandbox::remote::ErrorKind;
+        match self {
+            DaytonaError::Unauthorized { .. } | DaytonaError::NoKey => ErrorKind::Unauthorized,
+            DaytonaError::NotFound { .. } => ErrorKind::NotFound,
+            // The toolbox answers 408 when a command ran past its `timeout`.
+            DaytonaError::Rejected { status: 408, .. } => ErrorKind::TimedOut,
+            _ => ErrorKind::Other,
+        }
+    }
+
     pub(super) fn is_transient(&self) -> bool {
-        matches!(self, DaytonaError::Server { .. } | DaytonaError::Unreachable { .. })
+        matches!(
+            self,
+            DaytonaError::Server { .. } | DaytonaError::Throttled { .. } | DaytonaError::Unreachable { .. }
+        )
     }
 }
 
@@ -98,45 +120,55 @@ impl Daytona {
         self.http.request(method, url).bearer_auth(&self.key)
     }
 
-    async fn send(&self, what: &str, builder: RequestBuilder) -> DaytonaResult<Response> {
-        let response = builder.send().await.map_err(|e| DaytonaError::Unreachable {
-            url: e.url().map(|u| u.to_string()).unwrap_or_else(|| self.api.clone()),
-            detail: if e.is_timeout() {
-                "no answer in time".to_string()
-            } else {
-                cause(&e)
+    /// Sends the request with the shared retry policy ([`http::send`]) and
+    /// words what failed for Daytona.
+    async fn send(&self, what: &str, retry: Retry, builder: RequestBuilder) -> DaytonaResult<Response> {
+        http::send(what, retry, builder).await.map_err(|f| match f {
+            Failure::Transport { url, detail, .. } => DaytonaError::Unreachable {
+                url: if url.is_empty() { self.api.clone() } else { url },
+                detail,
             },
-        })?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let text = response.text().await.unwrap_or_default();
-        let message = error_message(&text, status);
-        Err(match status.as_u16() {
-            401 | 403 => DaytonaError::Unauthorized {
-                status: status.as_u16(),
-                message,
-            },
-            404 => DaytonaError::NotFound {
-                what: what.to_string(),
-                message,
-            },
-            s if s >= 500 => DaytonaError::Server { status: s, message },
-            s => DaytonaError::Rejected {
-                what: what.to_string(),
-                status: s,
-                message,
-            },
+            Failure::Status {
+                status,
+                retry_after,
+                body,
+                attempts,
+            } => {
+                let message = http::error_message(&body, status);
+                match status {
+                    401 | 403 => DaytonaError::Unauthorized { status, message },
+                    404 => DaytonaError::NotFound {
+                        what: what.to_string(),
+                        message,
+                    },
+                    429 => DaytonaError::Throttled {
+                        message: match retry_after {
+                            Some(s) => format!("{message}; Retry-After {s} s"),
+                            None => message,
+                        },
+                        attempts,
+                    },
+                    s if s >= 500 => DaytonaError::Server {
+                        status: s,
+                        message,
+                        attempts,
+                    },
+                    s => DaytonaError::Rejected {
+                        what: what.to_string(),
+                        status: s,
+                        message,
+                    },
+                }
+            }
         })
     }
 
-    async fn json<T: DeserializeOwned>(&self, what: &str, builder: RequestBuilder) -> DaytonaResult<T> {
-        let response = self.send(what, builder).await?;
+    async fn json<T: DeserializeOwned>(&self, what: &str, retry: Retry, builder: RequestBuilder) -> DaytonaResult<T> {
+        let response = self.send(what, retry, builder).await?;
         let url = response.url().to_string();
         let bytes = response.bytes().await.map_err(|e| DaytonaError::Unreachable {
             url: url.clone(),
-            detail: describe(&e),
+            detail: http::describe(&e),
         })?;
         serde_json::from_slice(&bytes).map_err(|e| DaytonaError::Protocol {
             url,
@@ -154,8 +186,10 @@ impl Daytona {
     /// `POST /sandbox`.
     pub async fn create_sandbox(&self, request: &CreateSandbox) -> DaytonaResult<Sandbox> {
         let url = format!("{}/sandbox", self.api);
+        // A create that failed with 5xx may have made a sandbox: not sent twice.
         self.json(
             "sandbox creation",
+            Retry::OnlyThrottled,
             self.request(Method::POST, &url)
                 .json(request)
                 .timeout(Duration::from_secs(300)),
@@ -167,6 +201,7 @@ impl Daytona {
     pub async fn sandbox(&self, id: &str) -> DaytonaResult<Sandbox> {
         self.json(
             &format!("sandbox {id}"),
+            Retry::Idempotent,
             self.request(Method::GET, &self.sandbox_url(id))
                 .timeout(Duration::from_secs(60)),
         )
@@ -177,6 +212,7 @@ impl Daytona {
     pub async fn delete_sandbox(&self, id: &str) -> DaytonaResult<()> {
         self.send(
             &format!("sandbox {id}"),
+            Retry::Idempotent,
             self.request(Method::DELETE, &self.sandbox_url(id))
                 .timeout(Duration::from_secs(120)),
         )
@@ -186,8 +222,10 @@ impl Daytona {
 
     /// `POST /sandbox/{id}/start`: starts a stopped (or archived) sandbox.
     pub async fn start_sandbox(&self, id: &str) -> DaytonaResult<()> {
+        // Starting a started sandbox changes nothing: safe to send again.
         self.send(
             &format!("sandbox {id}"),
+            Retry::Idempotent,
             self.request(Method::POST, &format!("{}/start", self.sandbox_url(id)))
                 .timeout(Duration::from_secs(300)),
         )
@@ -272,60 +310,75 @@ impl Toolbox {
         self.daytona
             .json(
                 &format!("sandbox {} (process/execute)", self.sandbox),
+                // A command may have run before a 5xx: only a throttled one is sent again.
+                Retry::OnlyThrottled,
                 self.daytona.request(Method::POST, &url).json(request).timeout(wait),
             )
             .await
     }
 
-    /// Runs a script and fails unless it exits 0; returns its output.
-    pub async fn run(&self, what: &str, script: String, envs: BTreeMap<String, String>) -> anyhow::Result<String> {
-        let response = self
-            .execute(&ExecuteRequest {
-                command: script,
-                cwd: None,
-                envs,
-                timeout: Some(600),
-            })
-            .await
-            .with_context(|| format!("cannot {what}"))?;
-        if response.exit_code != 0 {
-            bail!(
-                "cannot {what} (exit code {}): {}",
-                response.exit_code,
-                tail(&response.result, 20)
-            );
-        }
-        Ok(response.result)
+    /// Writes one file: [`Toolbox::upload_many`] with one entry.
+    pub async fn upload(&self, path: &str, bytes: Bytes) -> DaytonaResult<()> {
+        self.upload_many(&[(path.to_string(), bytes)]).await
     }
 
-    /// `POST /files/upload?path=P` with the bytes as the multipart field `file`.
-    pub async fn upload(&self, path: &str, bytes: Bytes) -> DaytonaResult<()> {
+    /// `POST /files/bulk-upload`: several files in one request, as the
+    /// current SDKs send them (multipart `files[i].path` + `files[i].file`).
+    /// Toolbox daemons without that route (404) get one `POST /files/upload`
+    /// per file instead.
+    pub async fn upload_many(&self, files: &[(String, Bytes)]) -> DaytonaResult<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let url = format!("{}/files/bulk-upload", self.base);
+        let mut parts: Vec<(String, Option<&str>, &[u8])> = Vec::with_capacity(files.len() * 2);
+        for (i, (path, bytes)) in files.iter().enumerate() {
+            parts.push((format!("files[{i}].path"), None, path.as_bytes()));
+            parts.push((format!("files[{i}].file"), Some(path.as_str()), &bytes[..]));
+        }
+        let (content_type, body) = http::multipart_body(&parts);
+        let what = match files {
+            [(path, _)] => format!("sandbox {} (files/bulk-upload {path})", self.sandbox),
+            _ => format!("sandbox {} (files/bulk-upload, {} files)", self.sandbox, files.len()),
+        };
+        let result = self
+            .daytona
+            .send(
+                &what,
+                // Writing the same bytes again changes nothing.
+                Retry::Idempotent,
+                self.daytona
+                    .request(Method::POST, &url)
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
+                    .body(body)
+                    .timeout(Duration::from_secs(600)),
+            )
+            .await;
+        match result {
+            Err(DaytonaError::NotFound { .. }) => {
+                for (path, bytes) in files {
+                    self.upload_legacy(path, bytes).await?;
+                }
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// `POST /files/upload?path=P` with the bytes as the multipart field `file`
+    /// (toolbox daemons before bulk upload).
+    async fn upload_legacy(&self, path: &str, bytes: &[u8]) -> DaytonaResult<()> {
         let url = format!("{}/files/upload", self.base);
-        let boundary = format!("contextfs-{}", hex::encode(rand::random::<[u8; 12]>()));
-        let name = path
-            .rsplit('/')
-            .next()
-            .unwrap_or("file")
-            .replace(['"', '\r', '\n'], "_");
-        let mut body = Vec::with_capacity(bytes.len() + 256);
-        write!(
-            body,
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
-             Content-Type: application/octet-stream\r\n\r\n"
-        )
-        .expect("write to a Vec");
-        body.extend_from_slice(&bytes);
-        write!(body, "\r\n--{boundary}--\r\n").expect("write to a Vec");
+        let name = path.rsplit('/').next().unwrap_or("file").to_string();
+        let (content_type, body) = http::multipart_body(&[("file".to_string(), Some(name.as_str()), bytes)]);
         self.daytona
             .send(
                 &format!("sandbox {} (files/upload {path})", self.sandbox),
+                Retry::Idempotent,
                 self.daytona
                     .request(Method::POST, &url)
                     .query(&[("path", path)])
-                    .header(
-                        reqwest::header::CONTENT_TYPE,
-                        format!("multipart/form-data; boundary={boundary}"),
-                    )
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
                     .body(body)
                     .timeout(Duration::from_secs(600)),
             )
@@ -340,6 +393,7 @@ impl Toolbox {
             .daytona
             .send(
                 &format!("file {path} in sandbox {}", self.sandbox),
+                Retry::Idempotent,
                 self.daytona
                     .request(Method::GET, &url)
                     .query(&[("path", path)])
@@ -358,7 +412,7 @@ impl Toolbox {
         let url = response.url().to_string();
         response.bytes().await.map(Some).map_err(|e| DaytonaError::Unreachable {
             url,
-            detail: describe(&e),
+            detail: http::describe(&e),
         })
     }
 }
@@ -375,59 +429,6 @@ fn portable_command(script: &str) -> String {
     }
     let encoded = base64::engine::general_purpose::STANDARD.encode(script);
     format!("sh -c \"echo '{encoded}' | base64 -d | sh\"")
-}
-
-/// Daytona's errors are JSON with a `message` (a string, or a list of them).
-fn error_message(text: &str, status: StatusCode) -> String {
-    if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
-        match value.get("message") {
-            Some(serde_json::Value::String(m)) if !m.is_empty() => return m.clone(),
-            Some(serde_json::Value::Array(items)) if !items.is_empty() => {
-                return items
-                    .iter()
-                    .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            }
-            _ => {}
-        }
-        if let Some(e) = value.get("error").and_then(|e| e.as_str()) {
-            return e.to_string();
-        }
-    }
-    let text = text.trim();
-    if text.is_empty() {
-        status.canonical_reason().unwrap_or("no message").to_string()
-    } else {
-        text.chars().take(200).collect()
-    }
-}
-
-/// reqwest's Display hides the cause; walk the chain.
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// The causes of a transport error, without reqwest's "error sending request for url (...)".
-fn cause(e: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    if parts.is_empty() {
-        e.to_string()
-    } else {
-        parts.join(": ")
-    }
 }
 
 #[cfg(test)]
@@ -452,16 +453,5 @@ mod tests {
         let inner = wrapped.strip_prefix("sh -c \"").unwrap().strip_suffix('"').unwrap();
         let out = std::process::Command::new("sh").arg("-c").arg(inner).output().unwrap();
         assert_eq!((out.status.code(), &out.stdout[..]), (Some(4), &b"a b|3|"[..]));
-    }
-
-    #[test]
-    fn daytona_error_messages_are_read() {
-        let body = r#"{"path":"/api/sandbox","timestamp":"x","statusCode":401,"error":"Unauthorized","message":"Invalid API key"}"#;
-        assert_eq!(error_message(body, StatusCode::UNAUTHORIZED), "Invalid API key");
-        assert_eq!(
-            error_message(r#"{"message":["a","b"]}"#, StatusCode::BAD_REQUEST),
-            "a; b"
-        );
-        assert_eq!(error_message("", StatusCode::BAD_GATEWAY), "Bad Gateway");
     }
 }

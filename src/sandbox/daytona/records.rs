@@ -53,28 +53,9 @@ pub struct Sandbox {
     pub toolbox_proxy_url: Option<String>,
 }
 
-/// `ExecuteRequest` of the toolbox API.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExecuteRequest {
-    pub command: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub envs: BTreeMap<String, String>,
-    /// Seconds; absent or 0 means no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<u64>,
-}
-
-/// `ExecuteResponse` of the toolbox API: the exit code and the combined
-/// standard output and error.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExecuteResponse {
-    #[serde(default, rename = "exitCode")]
-    pub exit_code: i64,
-    #[serde(default)]
-    pub result: String,
-}
+/// The toolbox's `ExecuteRequest` and `ExecuteResponse`, which contextfs
+/// uses as every provider's shell request.
+pub use crate::sandbox::remote::{ExecuteRequest, ExecuteResponse};
 
 #[cfg(test)]
 mod tests {
@@ -98,6 +79,26 @@ mod tests {
             d.toolbox("abc", None).base_url(),
             "http://127.0.0.1:1/api/toolbox/abc/toolbox"
         );
+    }
+
+    #[test]
+    fn fields_this_client_does_not_know_are_ignored() {
+        // The 0.226 `Sandbox` has fields this client never reads (kvm, spot, volumes, …),
+        // and later versions will add more.
+        let json = r#"{"id":"abc","organizationId":"o","name":"n","user":"daytona","env":{},"labels":{},
+            "public":false,"networkBlockAll":false,"kvm":false,"target":"us","cpu":1,"gpu":0,"memory":1,
+            "disk":3,"state":"started","desiredState":"started","volumes":[{"volumeId":"v","mountPath":"/v"}],
+            "buildInfo":{"dockerfileContent":"FROM x"},"aFieldFromTheFuture":{"nested":[1,2]},
+            "toolboxProxyUrl":"https://proxy.app.daytona.io/toolbox"}"#;
+        let s: Sandbox = serde_json::from_str(json).unwrap();
+        assert_eq!((s.id.as_str(), s.state.as_deref()), ("abc", Some("started")));
+        // An unknown state is kept as it is, not an error.
+        let s: Sandbox = serde_json::from_str(r#"{"id":"x","state":"resizing"}"#).unwrap();
+        assert_eq!(s.state.as_deref(), Some("resizing"));
+        // Older daemons answer `code`, newer `exitCode`.
+        let old: ExecuteResponse = serde_json::from_str(r#"{"code":3,"result":"x"}"#).unwrap();
+        let new: ExecuteResponse = serde_json::from_str(r#"{"exitCode":3,"result":"x","extra":1}"#).unwrap();
+        assert_eq!((old.exit_code, new.exit_code), (3, 3));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What this machine remembers about each sandbox it created:
 //! `STATE/daytona/<id>.json` ([`SandboxRecord`]), the copy-mode manifest
 //! beside it, and the lock that keeps two commands on one sandbox apart.
+//! E2B's records live there too (the folder's name predates E2B; each record
+//! says its provider).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::api::{Daytona, Toolbox};
+use super::provider::ProviderKind;
 
 /// How the workspace reaches the sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,8 +50,19 @@ pub enum ModeChoice {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SandboxRecord {
     pub id: String,
+    /// Daytona when absent (records from before E2B).
+    #[serde(default)]
+    pub provider: ProviderKind,
     pub api_url: String,
-    pub toolbox_proxy_url: Option<String>,
+    /// The provider's way into the sandbox: Daytona's `toolboxProxyUrl`, E2B's envd URL.
+    #[serde(alias = "toolbox_proxy_url")]
+    pub endpoint: Option<String>,
+    /// E2B's envd access token for this sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    /// E2B: the sandbox's timeout in minutes, renewed before each command (keep-alive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_minutes: Option<u64>,
     pub project: String,
     /// The contextfs server as this machine reaches it.
     pub server: String,
@@ -138,8 +151,9 @@ impl SandboxRecord {
         }
     }
 
-    pub fn toolbox(&self, daytona: &Daytona) -> Toolbox {
-        daytona.toolbox(&self.id, self.toolbox_proxy_url.as_deref())
+    /// The agent id its commits carry: `daytona-<id>`, `e2b-<id>`.
+    pub fn agent_id(&self) -> String {
+        format!("{}-{}", self.provider.as_str(), self.id)
     }
 }
 
@@ -201,5 +215,18 @@ mod tests {
         assert_eq!(serde_json::from_str::<Mode>("\"sync\"").unwrap(), Mode::Copy);
         assert_eq!(serde_json::from_str::<Mode>("\"mount\"").unwrap(), Mode::Mount);
         assert_eq!(Mode::Copy.as_str(), "sync");
+    }
+
+    #[test]
+    fn records_from_before_e2b_load_as_daytona() {
+        let json = r#"{"id":"a","api_url":"http://x/api","toolbox_proxy_url":"http://x/toolbox","project":"p",
+            "server":"http://s","sandbox_server":"http://s","token":"t","token_id":"ti","mode":"sync",
+            "binary":"/usr/local/bin/contextfs","created_at":"2026-01-01T00:00:00Z"}"#;
+        let r: SandboxRecord = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            (r.provider, r.endpoint.as_deref()),
+            (ProviderKind::Daytona, Some("http://x/toolbox"))
+        );
+        assert_eq!(r.agent_id(), "daytona-a");
     }
 }

@@ -1,17 +1,15 @@
-//! The life of a contextfs sandbox: [`create`] (token, sandbox, binary,
-//! mount or copy mode), [`exec`] (with revival of a stopped sandbox or a dead
-//! mount) and [`destroy`] (flush, delete, revoke).
+//! The life of a contextfs sandbox, whatever the provider: [`create`]
+//! (token, sandbox, binary, mount or copy mode), [`exec`] (with [`wake`] of a
+//! stopped sandbox or a dead mount) and [`destroy`] (flush, delete, revoke).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 
-use super::api::{Daytona, DaytonaError, Toolbox};
 use super::copy_mode;
-use super::records::{CreateSandbox, ExecuteRequest};
+use super::provider::{error_kind, ErrorKind, ExecuteRequest, Provider, Shell};
 use super::scripts::{guarded_command, install_script, mount_script, tail, umount_script, MOUNT_ALIVE, NOT_MOUNTED};
 use super::state::{Mode, ModeChoice, SandboxRecord, StateLock};
 use super::{PROJECT_LABEL, SANDBOX_STATE, SKILLS, WORKSPACE};
@@ -26,14 +24,13 @@ pub struct CreateOptions {
     pub admin_token: String,
     /// The server as the sandbox reaches it [default: `server`].
     pub sandbox_server: Option<String>,
-    pub snapshot: Option<String>,
-    pub auto_stop: Option<i64>,
-    pub auto_delete: Option<i64>,
+    /// Labels (Daytona) or metadata (E2B) for the sandbox.
     pub labels: BTreeMap<String, String>,
+    /// E2B: the sandbox's timeout in minutes, renewed before each command.
+    pub timeout_minutes: Option<u64>,
     /// A statically linked contextfs for x86_64 Linux.
     pub binary: PathBuf,
     pub mode: ModeChoice,
-    pub start_timeout: Duration,
 }
 
 /// Explains a contextfs server error for the sandbox commands.
@@ -90,7 +87,7 @@ pub fn is_static_elf(path: &Path) -> anyhow::Result<bool> {
 /// Creates a sandbox with the project inside. On any failure after the
 /// sandbox exists, it is deleted again and the token revoked.
 pub async fn create(
-    daytona: &Daytona,
+    provider: &dyn Provider,
     opts: CreateOptions,
     log: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<SandboxRecord> {
@@ -105,21 +102,18 @@ pub async fn create(
         Bytes::from(std::fs::read(&opts.binary).with_context(|| format!("cannot read {}", opts.binary.display()))?);
     let admin = Client::new(&opts.server, Some(opts.admin_token.clone())).map_err(|e| server_error(e, &opts.server))?;
     let created = admin
-        .create_token(&opts.project, Access::ReadWrite, Some("daytona sandbox".to_string()))
+        .create_token(
+            &opts.project,
+            Access::ReadWrite,
+            Some(format!("{} sandbox", provider.kind().as_str())),
+        )
         .await
         .map_err(|e| server_error(e, &opts.server))
         .with_context(|| format!("cannot make a token for project {}", opts.project))?;
 
     let mut labels = opts.labels.clone();
     labels.insert(PROJECT_LABEL.to_string(), opts.project.clone());
-    let request = CreateSandbox {
-        snapshot: opts.snapshot.clone(),
-        labels,
-        auto_stop_interval: opts.auto_stop,
-        auto_delete_interval: opts.auto_delete,
-        ..CreateSandbox::default()
-    };
-    let sandbox = match daytona.create_sandbox(&request).await {
+    let sandbox = match provider.create(labels).await {
         Ok(s) => s,
         Err(e) => {
             revoke_quietly(&admin, &created.info.id).await;
@@ -127,16 +121,29 @@ pub async fn create(
         }
     };
     log(&format!(
-        "created sandbox {} (state {}); its token for project {} is {}",
-        sandbox.id,
-        sandbox.state.as_deref().unwrap_or("unknown"),
-        created.info.project,
-        created.info.id
+        "created sandbox {}; its token for project {} is {}",
+        sandbox.id, created.info.project, created.info.id
     ));
 
     let setup = async {
-        let sandbox = daytona.wait_started(&sandbox.id, opts.start_timeout).await?;
-        let toolbox = daytona.toolbox(&sandbox.id, sandbox.toolbox_proxy_url.as_deref());
+        let mut record = SandboxRecord {
+            id: sandbox.id.clone(),
+            provider: provider.kind(),
+            api_url: provider.api_url().to_string(),
+            endpoint: sandbox.endpoint.clone(),
+            access_token: sandbox.access_token.clone(),
+            timeout_minutes: opts.timeout_minutes,
+            project: opts.project.clone(),
+            server: opts.server.clone(),
+            sandbox_server: opts.sandbox_server.clone().unwrap_or_else(|| opts.server.clone()),
+            token: created.token.clone(),
+            token_id: created.info.id.clone(),
+            mode: Mode::Mount,
+            binary: String::new(),
+            created_at: chrono::Utc::now().to_rfc3339(),
+        };
+        let shell = provider.shell(&record);
+        let toolbox: &dyn Shell = shell.as_ref();
         let upload = format!("/tmp/contextfs-upload-{}", hex::encode(rand::random::<[u8; 4]>()));
         log(&format!(
             "uploading {} ({} MB)",
@@ -154,27 +161,14 @@ pub async fn create(
                 BTreeMap::new(),
             )
             .await?;
-        let bin = out
+        record.binary = out
             .lines()
             .find_map(|l| l.strip_prefix("bin="))
             .ok_or_else(|| anyhow!("the install script printed no path: {}", tail(&out, 5)))?
             .to_string();
-        let mut record = SandboxRecord {
-            id: sandbox.id.clone(),
-            api_url: daytona.api_url().to_string(),
-            toolbox_proxy_url: sandbox.toolbox_proxy_url.clone(),
-            project: opts.project.clone(),
-            server: opts.server.clone(),
-            sandbox_server: opts.sandbox_server.clone().unwrap_or_else(|| opts.server.clone()),
-            token: created.token.clone(),
-            token_id: created.info.id.clone(),
-            mode: Mode::Mount,
-            binary: bin,
-            created_at: chrono::Utc::now().to_rfc3339(),
-        };
         let mounted = match opts.mode {
             ModeChoice::Copy => false,
-            ModeChoice::Auto | ModeChoice::Mount => match mount_in(&toolbox, &record).await {
+            ModeChoice::Auto | ModeChoice::Mount => match mount_in(toolbox, &record).await {
                 Ok(output) => {
                     for line in output.lines().filter(|l| l.starts_with("note:")) {
                         log(line);
@@ -185,7 +179,7 @@ pub async fn create(
                     ));
                     true
                 }
-                Err(e) if opts.mode == ModeChoice::Mount || from_daytona(&e) => return Err(e),
+                Err(e) if opts.mode == ModeChoice::Mount || from_provider(&e) => return Err(e),
                 Err(e) => {
                     log(&format!(
                         "{} — using sync mode: the tree is copied in before each `exec` and changes are \
@@ -199,7 +193,7 @@ pub async fn create(
         if !mounted {
             record.mode = Mode::Copy;
             let _lock = StateLock::acquire(&record.id)?;
-            let report = copy_mode::pull(&record, &toolbox, &mut copy_mode::Manifest::default()).await?;
+            let report = copy_mode::pull(&record, toolbox, &mut copy_mode::Manifest::default()).await?;
             log(&format!(
                 "copied {} files and {} skill files into the sandbox",
                 report.uploaded, report.skills
@@ -212,7 +206,7 @@ pub async fn create(
         Ok(record) => Ok(record),
         Err(e) => {
             log(&format!("setting up sandbox {} failed; deleting it", sandbox.id));
-            if let Err(de) = daytona.delete_sandbox(&sandbox.id).await {
+            if let Err(de) = provider.delete(&sandbox.id).await {
                 log(&format!("could not delete sandbox {}: {de}", sandbox.id));
             }
             revoke_quietly(&admin, &created.info.id).await;
@@ -229,7 +223,7 @@ async fn revoke_quietly(admin: &Client, token_id: &str) {
 }
 
 /// Mounts the workspace in a running sandbox (again).
-async fn mount_in(toolbox: &Toolbox, record: &SandboxRecord) -> anyhow::Result<String> {
+async fn mount_in(toolbox: &dyn Shell, record: &SandboxRecord) -> anyhow::Result<String> {
     let envs = BTreeMap::from([("CONTEXTFS_TOKEN".to_string(), record.token.clone())]);
     let response = toolbox
         .execute(&ExecuteRequest {
@@ -237,7 +231,7 @@ async fn mount_in(toolbox: &Toolbox, record: &SandboxRecord) -> anyhow::Result<S
                 &record.binary,
                 &record.project,
                 &record.sandbox_server,
-                &format!("daytona-{}", record.id),
+                &record.agent_id(),
             ),
             cwd: None,
             envs,
@@ -251,56 +245,40 @@ async fn mount_in(toolbox: &Toolbox, record: &SandboxRecord) -> anyhow::Result<S
     Ok(response.result)
 }
 
-/// Brings back a sandbox Daytona stopped (auto-stop) or archived, and in
-/// mount mode mounts the workspace again (the new mount replays whatever
-/// the old one left in its journal). `Ok(false)` when it was running.
-pub async fn revive(daytona: &Daytona, record: &SandboxRecord, log: &(dyn Fn(&str) + Sync)) -> anyhow::Result<bool> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let sandbox = daytona.sandbox(&record.id).await?;
-        let state = sandbox.state.clone().unwrap_or_default();
-        match state.as_str() {
-            "started" => return Ok(false),
-            "stopped" | "archived" => {
-                log(&format!("sandbox {} was {state}; starting it again", record.id));
-                daytona
-                    .start_sandbox(&record.id)
-                    .await
-                    .with_context(|| format!("cannot start sandbox {}", record.id))?;
-                break;
-            }
-            // Already coming back: wait for it below.
-            "starting" | "creating" | "restoring" | "pulling_snapshot" | "resuming" => break,
-            // On its way down: let it settle, then start it.
-            "stopping" | "archiving" if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            other => bail!(
-                "sandbox {} is {other}{}; it cannot run commands",
-                record.id,
-                sandbox
-                    .error_reason
-                    .as_deref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
-            ),
+/// Gets the sandbox ready for a command ([`Provider::wake`]: Daytona starts
+/// a stopped or archived one, E2B extends its timeout) and, when it had
+/// stopped, mounts the workspace again in mount mode (the new mount replays
+/// whatever the old one left in its journal). `Ok(false)` when it was running.
+pub async fn wake(
+    provider: &dyn Provider,
+    record: &SandboxRecord,
+    log: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<bool> {
+    let woke = provider.wake(record, log).await.map_err(|e| {
+        if error_kind(&e) == Some(ErrorKind::NotFound) {
+            anyhow!(
+                "sandbox {id} no longer exists at {name} (deleted, timed out or auto-deleted); the command was \
+                 not run. Run `contextfs {kind} destroy {id}` to forget it and revoke its token",
+                id = record.id,
+                name = provider.name(),
+                kind = provider.kind().as_str()
+            )
+        } else {
+            e
         }
-    }
-    daytona.wait_started(&record.id, Duration::from_secs(300)).await?;
-    if record.mode == Mode::Mount {
-        mount_in(&record.toolbox(daytona), record).await?;
+    })?;
+    if woke && record.mode == Mode::Mount {
+        mount_in(provider.shell(record).as_ref(), record).await?;
         log(&format!("mounted project {} at {WORKSPACE} again", record.project));
     }
-    Ok(true)
+    Ok(woke)
 }
 
-/// Whether an error came from Daytona (not from the contextfs server or
-/// this machine): then the sandbox may just be stopped.
-fn from_daytona(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<DaytonaError>()
-            .is_some_and(|d| !matches!(d, DaytonaError::Unauthorized { .. } | DaytonaError::NoKey))
-    })
+/// Whether an error came from the provider (not from the contextfs server
+/// or this machine), other than a refused key: then the sandbox may just be
+/// stopped.
+fn from_provider(e: &anyhow::Error) -> bool {
+    error_kind(e).is_some_and(|k| k != ErrorKind::Unauthorized)
 }
 
 pub struct ExecOptions {
@@ -312,24 +290,32 @@ pub struct ExecOptions {
 }
 
 pub struct ExecOutcome {
+    /// The command's exit code; 124 (as `timeout` exits) when its time ran out.
     pub exit_code: i64,
     pub output: String,
+    /// The provider killed the command when its time limit ran out.
+    pub timed_out: bool,
     /// Copy mode: what went in and what was committed.
     pub copied: Option<copy_mode::CopyReport>,
 }
 
 /// Runs a shell command in the sandbox. In copy mode the tree is brought up
-/// to date first and changes are committed afterwards. A sandbox Daytona
+/// to date first and changes are committed afterwards. A sandbox the provider
 /// stopped meanwhile is started again (and remounted) first; so is a mount
 /// that died.
 pub async fn exec(
-    daytona: &Daytona,
+    provider: &dyn Provider,
     record: &SandboxRecord,
     command: &str,
     opts: ExecOptions,
     log: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<ExecOutcome> {
-    let toolbox = record.toolbox(daytona);
+    // E2B: the sandbox's timeout starts again, so it outlives this command.
+    if record.provider == super::ProviderKind::E2b {
+        wake(provider, record, log).await?;
+    }
+    let shell = provider.shell(record);
+    let toolbox: &dyn Shell = shell.as_ref();
     let request = |command: String| ExecuteRequest {
         command,
         cwd: Some(opts.cwd.clone().unwrap_or_else(|| WORKSPACE.to_string())),
@@ -346,7 +332,8 @@ pub async fn exec(
             };
             // A refused call never ran the command, so it is safe to retry.
             let mut response = match run().await {
-                Err(e) if from_daytona(&e) && revive(daytona, record, log).await? => run().await?,
+                Err(e) if error_kind(&e) == Some(ErrorKind::TimedOut) => return Ok(ExecOutcome::timed_out(None)),
+                Err(e) if from_provider(&e) && wake(provider, record, log).await? => run().await?,
                 other => other?,
             };
             if response.exit_code == 125 && response.result.starts_with(NOT_MOUNTED) {
@@ -354,7 +341,7 @@ pub async fn exec(
                     "the contextfs mount in sandbox {} was not running; mounting it again",
                     record.id
                 ));
-                mount_in(&toolbox, record).await.with_context(|| {
+                mount_in(toolbox, record).await.with_context(|| {
                     format!(
                         "the command was not run; the mount's log is under {SANDBOX_STATE}/contextfs/logs in the sandbox"
                     )
@@ -370,25 +357,31 @@ pub async fn exec(
             Ok(ExecOutcome {
                 exit_code: response.exit_code,
                 output: response.result,
+                timed_out: false,
                 copied: None,
             })
         }
         Mode::Copy => {
             let _lock = StateLock::acquire(&record.id)?;
             let mut manifest = copy_mode::Manifest::load(&record.id)?;
-            // The pull is the first call: if Daytona refuses it, nothing ran yet.
-            let pulled = match copy_mode::pull(record, &toolbox, &mut manifest).await {
-                Err(e) if from_daytona(&e) && revive(daytona, record, log).await? => {
-                    copy_mode::pull(record, &toolbox, &mut manifest).await?
+            // The pull is the first call: if the provider refuses it, nothing ran yet.
+            let pulled = match copy_mode::pull(record, toolbox, &mut manifest).await {
+                Err(e) if from_provider(&e) && wake(provider, record, log).await? => {
+                    copy_mode::pull(record, toolbox, &mut manifest).await?
                 }
                 other => other?,
             };
             let marker = format!("__contextfs_scan_{}__", hex::encode(rand::random::<[u8; 8]>()));
             let script = copy_mode::command_then_scan(command, &marker, &record.binary);
-            let response = toolbox
-                .execute(&request(script))
-                .await
-                .with_context(|| format!("cannot run the command in sandbox {}", record.id))?;
+            let response = match toolbox.execute(&request(script)).await {
+                // What the command wrote before it was killed is still committed.
+                Err(e) if error_kind(&e) == Some(ErrorKind::TimedOut) => {
+                    let mut report = copy_mode::push(record, toolbox, &mut manifest, None).await?;
+                    report.pulled = pulled;
+                    return Ok(ExecOutcome::timed_out(Some(report)));
+                }
+                other => other.with_context(|| format!("cannot run the command in sandbox {}", record.id))?,
+            };
             let (output, scan) = match response.result.rfind(&marker) {
                 Some(at) => (
                     response.result[..at].to_string(),
@@ -396,13 +389,25 @@ pub async fn exec(
                 ),
                 None => (response.result.clone(), None),
             };
-            let mut report = copy_mode::push(record, &toolbox, &mut manifest, scan).await?;
+            let mut report = copy_mode::push(record, toolbox, &mut manifest, scan).await?;
             report.pulled = pulled;
             Ok(ExecOutcome {
                 exit_code: response.exit_code,
                 output,
+                timed_out: false,
                 copied: Some(report),
             })
+        }
+    }
+}
+
+impl ExecOutcome {
+    fn timed_out(copied: Option<copy_mode::CopyReport>) -> ExecOutcome {
+        ExecOutcome {
+            exit_code: 124,
+            output: String::new(),
+            timed_out: true,
+            copied,
         }
     }
 }
@@ -417,7 +422,7 @@ pub struct DestroyOutcome {
 /// then revokes its project token when `admin` may. Refuses to delete when
 /// the flush left changes behind, unless `force`.
 pub async fn destroy(
-    daytona: &Daytona,
+    provider: &dyn Provider,
     id: &str,
     record: Option<&SandboxRecord>,
     admin: Option<&Client>,
@@ -425,67 +430,57 @@ pub async fn destroy(
     log: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<DestroyOutcome> {
     let mut flushed = Vec::new();
-    // Deleted already (Daytona's auto-delete, or elsewhere): nothing to flush.
-    let gone = match daytona.sandbox(id).await {
-        Err(DaytonaError::NotFound { .. }) => true,
-        Err(DaytonaError::Unauthorized { status, message }) => {
-            return Err(DaytonaError::Unauthorized { status, message }.into())
-        }
-        _ => false,
+    // Deleted already (auto-delete, a timeout, or elsewhere): nothing to flush.
+    let gone = match provider.exists(id).await {
+        Ok(exists) => !exists,
+        Err(e) if error_kind(&e) == Some(ErrorKind::Unauthorized) => return Err(e),
+        Err(_) => false,
     };
     let flush: anyhow::Result<()> = async {
         if gone {
             log(&format!(
-                "sandbox {id} no longer exists at Daytona; whatever it had not committed went with it"
+                "sandbox {id} no longer exists at {}; whatever it had not committed went with it",
+                provider.name()
             ));
             return Ok(());
         }
-        if let Some(r) = record {
-            // A stopped sandbox still holds what its mount had not committed.
-            revive(daytona, r, log).await?;
-        }
-        match record {
-            Some(r) if r.mode == Mode::Copy => {
+        let Some(r) = record else {
+            // Not created here: nothing of ours to flush.
+            return Ok(());
+        };
+        // A stopped sandbox still holds what its mount had not committed.
+        wake(provider, r, log).await?;
+        let shell = provider.shell(r);
+        let toolbox: &dyn Shell = shell.as_ref();
+        match r.mode {
+            Mode::Copy => {
                 let _lock = StateLock::acquire(id)?;
-                let toolbox = r.toolbox(daytona);
                 let mut manifest = copy_mode::Manifest::load(id)?;
-                let report = copy_mode::push(r, &toolbox, &mut manifest, None).await?;
+                let report = copy_mode::push(r, toolbox, &mut manifest, None).await?;
                 flushed.extend(report.lines());
                 if report.failed > 0 {
                     bail!("{} changes could not be committed", report.failed);
                 }
                 Ok(())
             }
-            _ => {
-                let toolbox = match record {
-                    Some(r) => r.toolbox(daytona),
-                    None => {
-                        let sandbox = daytona.sandbox(id).await?;
-                        daytona.toolbox(&sandbox.id, sandbox.toolbox_proxy_url.as_deref())
-                    }
-                };
-                if let Some(r) = record {
-                    // A dead mount's journal is committed by mounting again.
-                    let alive = toolbox
-                        .execute(&ExecuteRequest {
-                            command: MOUNT_ALIVE.to_string(),
-                            cwd: None,
-                            envs: BTreeMap::new(),
-                            timeout: Some(60),
-                        })
-                        .await
-                        .context("cannot reach the sandbox")?;
-                    if alive.exit_code != 0 {
-                        log("the mount in the sandbox was not running; mounting it again to commit its journal");
-                        mount_in(&toolbox, r).await?;
-                    }
+            Mode::Mount => {
+                // A dead mount's journal is committed by mounting again.
+                let alive = toolbox
+                    .execute(&ExecuteRequest {
+                        command: MOUNT_ALIVE.to_string(),
+                        cwd: None,
+                        envs: BTreeMap::new(),
+                        timeout: Some(60),
+                    })
+                    .await
+                    .context("cannot reach the sandbox")?;
+                if alive.exit_code != 0 {
+                    log("the mount in the sandbox was not running; mounting it again to commit its journal");
+                    mount_in(toolbox, r).await?;
                 }
-                let bin = record
-                    .map(|r| r.binary.clone())
-                    .unwrap_or_else(|| "/usr/local/bin/contextfs".to_string());
                 let response = toolbox
                     .execute(&ExecuteRequest {
-                        command: umount_script(&bin),
+                        command: umount_script(&r.binary),
                         cwd: None,
                         envs: BTreeMap::new(),
                         timeout: Some(600),
@@ -515,10 +510,12 @@ pub async fn destroy(
             )))
         }
     }
-    match if gone { Ok(()) } else { daytona.delete_sandbox(id).await } {
-        Ok(()) => {}
-        Err(DaytonaError::NotFound { .. }) => log(&format!("sandbox {id} was already gone")),
-        Err(e) => return Err(e).with_context(|| format!("cannot delete sandbox {id}")),
+    if !gone {
+        match provider.delete(id).await {
+            Ok(true) => {}
+            Ok(false) => log(&format!("sandbox {id} was already gone")),
+            Err(e) => return Err(e).with_context(|| format!("cannot delete sandbox {id}")),
+        }
     }
     let token_revoked = match (record, admin) {
         (Some(r), Some(admin)) => Some(match admin.revoke_token(&r.token_id).await {

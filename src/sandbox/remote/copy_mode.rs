@@ -11,11 +11,11 @@
 //!    with blake3 hashes (`contextfs daytona scan`), so nothing is downloaded
 //!    just to find out whether it changed;
 //! 2. **pull** — files that changed on the server and are untouched in the
-//!    sandbox are uploaded through the toolbox file API (deletions, modes,
+//!    sandbox are uploaded through the provider's file API (deletions, modes,
 //!    symlinks and empty folders in one shell script); a file changed on
 //!    both sides is left alone: its commit will merge;
 //! 3. the command runs, followed in the same call by a second scan;
-//! 4. **push** — each changed file is downloaded through the toolbox, uploaded
+//! 4. **push** — each changed file is downloaded from the sandbox, uploaded
 //!    as a blob and committed with the manifest's base version and node, so
 //!    the server merges three ways against whatever happened meanwhile. A
 //!    merged result is written back into the sandbox. Deletions carry their
@@ -25,17 +25,16 @@
 //! there are not committed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::api::Toolbox;
-use super::scripts::{shell_quote, tail};
+use super::provider::Shell;
+use super::scan::scan_sandbox;
+pub use super::scan::{command_then_scan, parse_scan, scan, Scan, ScanEntry};
+use super::scripts::shell_quote;
 use super::state::{write_private, SandboxRecord};
 use super::{SKILLS, WORKSPACE};
 use crate::api::{
@@ -46,139 +45,8 @@ use crate::model::{BlobHash, WsPath};
 
 /// Transfers in flight at once.
 const PARALLEL: usize = 8;
-
-/// One entry of a scanned folder.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScanEntry {
-    /// Relative to the scanned folder, `/`-separated.
-    pub path: String,
-    pub kind: NodeKind,
-    pub mode: u32,
-    pub size: u64,
-    /// blake3 of the contents (files) or of the target (symlinks).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hash: Option<BlobHash>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-}
-
-/// What `contextfs daytona scan DIR` prints (as JSON).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Scan {
-    pub entries: Vec<ScanEntry>,
-    /// Entries that cannot be copied (names that are not UTF-8, fifos, …).
-    #[serde(default)]
-    pub skipped: Vec<String>,
-}
-
-/// Lists `root` recursively (symlinks are not followed), hashing every file.
-pub fn scan(root: &Path) -> std::io::Result<Scan> {
-    let mut out = Scan::default();
-    let mut stack: Vec<(std::path::PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if !prefix.is_empty() => {
-                out.skipped.push(format!("{prefix}: {e}"));
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                out.skipped.push(format!(
-                    "{prefix}{}: the name is not UTF-8",
-                    entry.file_name().to_string_lossy()
-                ));
-                continue;
-            };
-            let rel = format!("{prefix}{name}");
-            let meta = entry.path().symlink_metadata()?;
-            let mode = meta.permissions().mode() & 0o7777;
-            let ft = meta.file_type();
-            if ft.is_dir() {
-                out.entries.push(ScanEntry {
-                    path: rel.clone(),
-                    kind: NodeKind::Dir,
-                    mode,
-                    size: 0,
-                    hash: None,
-                    target: None,
-                });
-                stack.push((entry.path(), format!("{rel}/")));
-            } else if ft.is_symlink() {
-                let target = std::fs::read_link(entry.path())?;
-                match target.to_str() {
-                    Some(t) => out.entries.push(ScanEntry {
-                        path: rel,
-                        kind: NodeKind::Symlink,
-                        mode,
-                        size: t.len() as u64,
-                        hash: Some(BlobHash::of(t.as_bytes())),
-                        target: Some(t.to_string()),
-                    }),
-                    None => out.skipped.push(format!("{rel}: the symlink target is not UTF-8")),
-                }
-            } else if ft.is_file() {
-                let mut file = match std::fs::File::open(entry.path()) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        out.skipped.push(format!("{rel}: {e}"));
-                        continue;
-                    }
-                };
-                let mut hasher = blake3::Hasher::new();
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    let n = file.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                }
-                out.entries.push(ScanEntry {
-                    path: rel,
-                    kind: NodeKind::File,
-                    mode,
-                    size: meta.size(),
-                    hash: Some(BlobHash::from_blake3(hasher.finalize())),
-                    target: None,
-                });
-            } else {
-                out.skipped.push(format!("{rel}: not a file, folder or symlink"));
-            }
-        }
-    }
-    out.entries.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
-}
-
-pub fn parse_scan(text: &str) -> anyhow::Result<Scan> {
-    serde_json::from_str(text.trim())
-        .map_err(|e| anyhow!("the sandbox's scan is not readable ({e}): {}", tail(text, 5)))
-}
-
-/// The user's command followed, in the same toolbox call, by a scan of the
-/// workspace after `marker` (the command's exit code is kept).
-pub fn command_then_scan(command: &str, marker: &str, binary: &str) -> String {
-    format!(
-        "(\n{command}\n) </dev/null\n__contextfs_rc=$?\nprintf '%s' '{marker}'\n\
-         {bin} daytona scan {WORKSPACE} 2>&1\nexit $__contextfs_rc\n",
-        bin = shell_quote(binary)
-    )
-}
-
-async fn scan_sandbox(record: &SandboxRecord, toolbox: &Toolbox) -> anyhow::Result<Scan> {
-    let out = toolbox
-        .run(
-            "list the sandbox's workspace",
-            format!("{} daytona scan {WORKSPACE}", shell_quote(&record.binary)),
-            BTreeMap::new(),
-        )
-        .await?;
-    parse_scan(&out)
-}
+/// Files per bulk-upload request.
+const UPLOAD_BATCH: usize = 32;
 
 /// The server version a file in the sandbox was based on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,13 +128,14 @@ pub struct PullReport {
     pub skills: usize,
 }
 
+#[derive(Clone, Copy)]
 enum Source {
     Project,
     Skill,
 }
 
 /// Brings the sandbox's /workspace and /skills up to date with the server.
-pub async fn pull(record: &SandboxRecord, toolbox: &Toolbox, manifest: &mut Manifest) -> anyhow::Result<PullReport> {
+pub async fn pull(record: &SandboxRecord, toolbox: &dyn Shell, manifest: &mut Manifest) -> anyhow::Result<PullReport> {
     // Work on a copy: it replaces the manifest only once the sandbox has it all.
     let mut next = manifest.clone();
     let report = pull_into(record, toolbox, &mut next).await?;
@@ -275,7 +144,7 @@ pub async fn pull(record: &SandboxRecord, toolbox: &Toolbox, manifest: &mut Mani
     Ok(report)
 }
 
-async fn pull_into(record: &SandboxRecord, toolbox: &Toolbox, manifest: &mut Manifest) -> anyhow::Result<PullReport> {
+async fn pull_into(record: &SandboxRecord, toolbox: &dyn Shell, manifest: &mut Manifest) -> anyhow::Result<PullReport> {
     let client = Client::new(&record.server, Some(record.token.clone()))?;
     let project = record.project.as_str();
     let (scan, tree, skills) = tokio::try_join!(
@@ -440,23 +309,38 @@ async fn pull_into(record: &SandboxRecord, toolbox: &Toolbox, manifest: &mut Man
             )
             .await?;
     }
-    futures_util::stream::iter(uploads.into_iter().map(|(dest, hash, source)| {
+    // Files go in batches, one bulk-upload request each (as Daytona's SDKs
+    // send them): a tree of small files costs a few round trips, not one each.
+    let batches: Vec<Vec<(String, BlobHash, Source)>> = uploads
+        .chunks(UPLOAD_BATCH)
+        .map(<[(String, BlobHash, Source)]>::to_vec)
+        .collect();
+    futures_util::stream::iter(batches.into_iter().map(|batch| {
         let client = client.clone();
-        let toolbox = toolbox.clone();
         async move {
-            let bytes = match source {
-                Source::Project => client.get_blob(project, &hash).await,
-                Source::Skill => client.get_skill_blob(&hash).await,
-            }
-            .with_context(|| format!("cannot download {dest} from the server"))?;
+            let files = futures_util::stream::iter(batch.into_iter().map(|(dest, hash, source)| {
+                let client = client.clone();
+                async move {
+                    let bytes = match source {
+                        Source::Project => client.get_blob(project, &hash).await,
+                        Source::Skill => client.get_skill_blob(&hash).await,
+                    }
+                    .with_context(|| format!("cannot download {dest} from the server"))?;
+                    Ok::<_, anyhow::Error>((dest, bytes))
+                }
+            }))
+            .buffer_unordered(PARALLEL)
+            .try_collect::<Vec<_>>()
+            .await?;
+            let names = files.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>().join(", ");
             toolbox
-                .upload(&dest, bytes)
+                .upload_many(&files)
                 .await
-                .with_context(|| format!("cannot copy {dest} into the sandbox"))?;
+                .with_context(|| format!("cannot copy {names} into the sandbox"))?;
             Ok::<_, anyhow::Error>(())
         }
     }))
-    .buffer_unordered(PARALLEL)
+    .buffer_unordered(2)
     .try_collect::<Vec<()>>()
     .await?;
     if !after.is_empty() {
@@ -523,7 +407,7 @@ fn describe_commit(v: &VersionInfo, rewritten: bool) -> String {
 /// sandbox's listing if the caller already has it.
 pub async fn push(
     record: &SandboxRecord,
-    toolbox: &Toolbox,
+    toolbox: &dyn Shell,
     manifest: &mut Manifest,
     scan: Option<Scan>,
 ) -> anyhow::Result<CopyReport> {
@@ -532,7 +416,7 @@ pub async fn push(
         None => scan_sandbox(record, toolbox).await?,
     };
     let client = Client::new(&record.server, Some(record.token.clone()))?;
-    let agent = format!("daytona-{}", record.id);
+    let agent = record.agent_id();
     let mut report = CopyReport::default();
     let local: HashMap<&str, &ScanEntry> = scan.entries.iter().map(|e| (e.path.as_str(), e)).collect();
 
@@ -591,11 +475,10 @@ pub async fn push(
     let results: Vec<(String, Outcome)> = futures_util::stream::iter(changed.into_iter().map(|e| {
         let base = manifest.files.get(&e.path).cloned();
         let client = client.clone();
-        let toolbox = toolbox.clone();
         let agent = agent.clone();
         async move {
             let path = e.path.clone();
-            let outcome = commit_one(record, &client, &toolbox, &agent, &e, base).await;
+            let outcome = commit_one(record, &client, toolbox, &agent, &e, base).await;
             (path, outcome)
         }
     }))
@@ -684,7 +567,7 @@ pub async fn push(
 async fn commit_one(
     record: &SandboxRecord,
     client: &Client,
-    toolbox: &Toolbox,
+    toolbox: &dyn Shell,
     agent: &str,
     entry: &ScanEntry,
     base: Option<Base>,
@@ -712,7 +595,8 @@ async fn commit_one(
     };
     let key = blake3::hash(
         format!(
-            "daytona\0{}\0{}\0{hash}\0{:?}\0{:?}",
+            "{}\0{}\0{}\0{hash}\0{:?}\0{:?}",
+            record.provider.as_str(),
             record.id,
             entry.path,
             base.as_ref().map(|b| (b.node, b.version)),
@@ -797,6 +681,7 @@ async fn delete_one(record: &SandboxRecord, client: &Client, agent: &str, path: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn scan_lists_files_dirs_and_symlinks_with_hashes() {

@@ -1,0 +1,534 @@
+//! `contextfs e2b` against a real `contextfs serve` and the local E2B
+//! stand-in (examples/fake_e2b), whose sandboxes are Docker containers of
+//! `contextfs-busybox:latest` with a static contextfs inside; and the
+//! official `e2b` Python SDK against the fake, proving it follows E2B's API.
+//!
+//! Needs what tests/daytona.rs needs (`scripts/docker`, `scripts/static-build`,
+//! the examples built) plus the SDK venv (`scripts/py-sdks`); `scripts/test`
+//! does all of it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use contextfs::api::TokenInfo;
+
+const BIN: &str = env!("CARGO_BIN_EXE_contextfs");
+const KEY: &str = "e2b_fake_test_key";
+const IMAGE: &str = "contextfs-busybox:latest";
+
+fn target_dir() -> PathBuf {
+    Path::new(BIN)
+        .parent()
+        .and_then(Path::parent)
+        .expect("the binary lives in target/<profile>/")
+        .to_path_buf()
+}
+
+fn static_binary() -> PathBuf {
+    let path = std::env::var_os("CONTEXTFS_STATIC_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("static/x86_64-unknown-linux-gnu/release/contextfs"));
+    assert!(
+        path.is_file(),
+        "no static contextfs at {}: run scripts/static-build (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+fn require_docker() {
+    let ok = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "docker or the {IMAGE} image is missing: run scripts/docker (scripts/test does)"
+    );
+}
+
+fn container_exists(name: &str) -> bool {
+    Command::new("docker")
+        .args(["container", "inspect", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A running fake E2B; stopped with SIGTERM (it removes its containers).
+struct FakeE2b {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`: the control plane and envd alike.
+    url: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeE2b {
+    fn start(extra: &[&str]) -> FakeE2b {
+        let binary = Path::new(BIN)
+            .parent()
+            .expect("target/<profile>")
+            .join("examples/fake_e2b");
+        assert!(
+            binary.is_file(),
+            "no {}: build it with `cargo build --example fake_e2b` (scripts/test does)",
+            binary.display()
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("fake-e2b.log");
+        let mut child = Command::new(binary)
+            .args(["--api-key", KEY, "--listen", "127.0.0.1:0", "--image", IMAGE])
+            .args(extra)
+            .env_remove("FAKE_E2B_FAIL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start fake_e2b");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+            panic!(
+                "fake_e2b did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        FakeE2b {
+            child: Some(child),
+            url,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET /sandboxes/{id}` as E2B's own API answers it.
+    async fn sandbox(&self, id: &str) -> Option<serde_json::Value> {
+        let response = reqwest::Client::new()
+            .get(format!("{}/sandboxes/{id}", self.url))
+            .header("X-API-KEY", KEY)
+            .send()
+            .await
+            .expect("get sandbox");
+        if response.status() == 404 {
+            return None;
+        }
+        Some(response.json().await.expect("sandbox JSON"))
+    }
+
+    /// What E2B does when a sandbox's timeout is set: it dies `seconds` from now.
+    async fn set_timeout(&self, id: &str, seconds: u64) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/sandboxes/{id}/timeout", self.url))
+            .header("X-API-KEY", KEY)
+            .json(&serde_json::json!({ "timeout": seconds }))
+            .send()
+            .await
+            .expect("timeout request");
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+}
+
+impl Drop for FakeE2b {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The environment `contextfs e2b` runs in: its own state and config.
+struct Cli {
+    _home: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Cli {
+    fn new(server: &TestServer, e2b_url: &str, key: &str) -> Cli {
+        let home = tempfile::tempdir().expect("temp dir");
+        let env = vec![
+            ("HOME".to_string(), home.path().display().to_string()),
+            (
+                "XDG_STATE_HOME".to_string(),
+                home.path().join("state").display().to_string(),
+            ),
+            (
+                "XDG_CONFIG_HOME".to_string(),
+                home.path().join("config").display().to_string(),
+            ),
+            ("CONTEXTFS_SERVER".to_string(), server.base.clone()),
+            ("CONTEXTFS_TOKEN".to_string(), server.admin.clone()),
+            ("E2B_API_URL".to_string(), e2b_url.to_string()),
+            ("E2B_SANDBOX_URL".to_string(), e2b_url.to_string()),
+            ("E2B_API_KEY".to_string(), key.to_string()),
+            (
+                "CONTEXTFS_STATIC_BINARY".to_string(),
+                static_binary().display().to_string(),
+            ),
+            ("CONTEXTFS_LOG".to_string(), "warn".to_string()),
+        ];
+        Cli { _home: home, env }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env_remove("CONTEXTFS_PROJECT")
+            .env_remove("CONTEXTFS_SANDBOX_SERVER")
+            .env_remove("E2B_DOMAIN")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run contextfs")
+    }
+
+    fn create(&self, project: &str, extra: &[&str]) -> (String, String) {
+        let mut args = vec!["e2b", "create", "--project", project];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        assert!(out.status.success(), "create failed: {}", both(&out));
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(!id.is_empty() && !id.contains('\n'), "create printed {id:?}");
+        (id, String::from_utf8_lossy(&out.stderr).to_string())
+    }
+
+    fn exec(&self, id: &str, script: &str) -> Output {
+        self.run(&["e2b", "exec", id, "--", script])
+    }
+
+    fn exec_ok(&self, id: &str, script: &str) -> String {
+        let out = self.exec(id, script);
+        assert!(out.status.success(), "exec {script:?} failed: {}", both(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+async fn tokens(server: &TestServer, project: &str) -> Vec<TokenInfo> {
+    send(server.get(&server.purl(project, "/tokens"), &server.admin))
+        .await
+        .expect("list tokens")
+}
+
+async fn wait_for_file(server: &TestServer, project: &str, path: &str, want: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match server.read(project, &server.admin, path, None).await {
+            Ok(c) if c.bytes == want => return,
+            other if Instant::now() > deadline => {
+                panic!("{path} never became {:?}: {other:?}", String::from_utf8_lossy(want))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+/// The proof that fake_e2b follows E2B's published API: the official `e2b`
+/// Python SDK (pinned in scripts/py-sdks) against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_e2b_sdk_drives_the_fake() {
+    require_docker();
+    let python = std::env::var_os("CONTEXTFS_SDK_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("py-venv/bin/python"));
+    assert!(
+        python.is_file(),
+        "no Python with the official SDKs at {}: run scripts/py-sdks (scripts/test does)",
+        python.display()
+    );
+    let fake = FakeE2b::start(&[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk_fidelity/e2b_sdk.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .args([KEY, "base"])
+        .env("E2B_API_URL", &fake.url)
+        .env("E2B_SANDBOX_URL", &fake.url)
+        // The fake speaks HTTP/1.1 on loopback; the SDK defaults to HTTP/2.
+        .env("E2B_HTTP_VERSION", "1.1")
+        .env_remove("E2B_API_KEY")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("OK"),
+        "the E2B SDK failed against the fake:\n{}\nfake's log:\n{}",
+        both(&out),
+        fake.log()
+    );
+    for step in [
+        "bad key",
+        "create",
+        "commands.run",
+        "files.write",
+        "set_timeout",
+        "kill",
+    ] {
+        assert!(stdout.contains(&format!("step: {step}")), "{stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_mode_with_metadata_keep_alive_killed_mount_and_destroy() {
+    require_docker();
+    let server = TestServer::start().await;
+    let p = "e2b-mount";
+    server.create_project(p).await;
+    server
+        .commit(p, &server.admin, "notes/input.md", None, b"from the API\n")
+        .await
+        .expect("seed file");
+    let fake = FakeE2b::start(&[]);
+    let cli = Cli::new(&server, &fake.url, KEY);
+    let (id, log) = cli.create(
+        p,
+        &[
+            "--timeout",
+            "10",
+            "--metadata",
+            "thread_id=th-1",
+            "--metadata",
+            "user_id=u-7",
+        ],
+    );
+    assert!(log.contains("mounted project e2b-mount at /workspace"), "{log}");
+    let container = format!("fake-e2b-{id}");
+    assert!(container_exists(&container), "{}", fake.log());
+    // E2B got the metadata the design notes use, and the project.
+    let sandbox = fake.sandbox(&id).await.expect("the sandbox exists");
+    assert_eq!(sandbox["metadata"]["thread_id"], "th-1");
+    assert_eq!(sandbox["metadata"]["user_id"], "u-7");
+    assert_eq!(sandbox["metadata"]["contextfs.project"], "e2b-mount");
+    let toks = tokens(&server, p).await;
+    assert_eq!(toks.len(), 1, "{toks:?}");
+
+    assert_eq!(cli.exec_ok(&id, "cat notes/input.md"), "from the API\n");
+    cli.exec_ok(&id, "echo written-in-e2b > out.md");
+    wait_for_file(&server, p, "out.md", b"written-in-e2b\n").await;
+    let history = server.history(p, &server.admin, "out.md").await;
+    assert_eq!(history[0].agent_id.as_deref(), Some(format!("e2b-{id}").as_str()));
+    let out = cli.exec(&id, "echo out; echo err >&2; exit 5");
+    assert_eq!(out.status.code(), Some(5), "{}", both(&out));
+    // E2B streams stdout and stderr apart; they come back combined, in the order they arrived.
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["err", "out"], "{}", both(&out));
+
+    // Keep-alive: E2B was about to kill it; the next exec renews its timeout.
+    fake.set_timeout(&id, 30).await;
+    let before = fake.sandbox(&id).await.expect("exists")["endAt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cli.exec_ok(&id, "true");
+    let after = fake.sandbox(&id).await.expect("exists")["endAt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
+    assert!(
+        parse(&after) - parse(&before) > chrono::Duration::minutes(5),
+        "the timeout was not renewed: {before} -> {after}"
+    );
+
+    // The mount dies: the next exec mounts again.
+    assert!(Command::new("docker")
+        .args(["exec", &container, "sh", "-c", "kill -9 $(pidof contextfs)"])
+        .status()
+        .is_ok_and(|s| s.success()));
+    let out = cli.exec(&id, "cat out.md");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "written-in-e2b\n",
+        "{}",
+        both(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was not running; mounting it again"),
+        "{}",
+        both(&out)
+    );
+
+    // Destroy right after a write: the umount commits it, the token goes.
+    cli.exec_ok(&id, "echo last > last.md");
+    let out = cli.run(&["e2b", "destroy", &id]);
+    assert!(out.status.success(), "{}", both(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("last.md") && stderr.contains("revoked token"),
+        "{stderr}"
+    );
+    assert_eq!(server.read_bytes(p, &server.admin, "last.md").await, b"last\n");
+    assert!(!container_exists(&container));
+    assert!(tokens(&server, p).await.iter().all(|t| t.revoked));
+    assert!(String::from_utf8_lossy(&cli.run(&["e2b", "list"]).stdout)
+        .trim()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fuse_it_falls_back_to_sync_mode_and_a_timed_out_sandbox_loses_nothing_closed() {
+    require_docker();
+    let server = TestServer::start().await;
+    let p = "e2b-sync";
+    server.create_project(p).await;
+    server
+        .commit(p, &server.admin, "seed.md", None, b"seed\n")
+        .await
+        .expect("seed file");
+    let fake = FakeE2b::start(&["--no-fuse"]);
+    let cli = Cli::new(&server, &fake.url, KEY);
+    let (id, log) = cli.create(p, &[]);
+    assert!(log.contains("using sync mode"), "{log}");
+    let list = cli.run(&["e2b", "list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&format!("{id}\t{p}\tsync")));
+
+    // Per-file outcomes after the command.
+    let out = cli.exec(&id, "cat seed.md; echo new > new.md");
+    assert!(out.status.success(), "{}", both(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "seed\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("new.md"),
+        "{}",
+        both(&out)
+    );
+    assert_eq!(server.read_bytes(p, &server.admin, "new.md").await, b"new\n");
+
+    // A command past its --timeout is killed; what it wrote is committed.
+    let out = cli.run(&[
+        "e2b",
+        "exec",
+        &id,
+        "--timeout",
+        "2",
+        "--",
+        "echo partial > partial.md; sleep 60",
+    ]);
+    assert_eq!(out.status.code(), Some(124), "{}", both(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ran past its time limit (2 s)"),
+        "{}",
+        both(&out)
+    );
+    assert_eq!(server.read_bytes(p, &server.admin, "partial.md").await, b"partial\n");
+
+    // E2B's timeout runs out between commands: the sandbox is gone, what
+    // its commands wrote is not; exec says so, destroy revokes the token.
+    fake.set_timeout(&id, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fake.sandbox(&id).await.is_some() {
+        assert!(Instant::now() < deadline, "the fake never timed the sandbox out");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = cli.exec(&id, "true");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no longer exists at E2B") && stderr.contains("contextfs e2b destroy"),
+        "{stderr}"
+    );
+    assert_eq!(server.read_bytes(p, &server.admin, "new.md").await, b"new\n");
+    let out = cli.run(&["e2b", "destroy", &id]);
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no longer exists"));
+    assert!(tokens(&server, p).await.iter().all(|t| t.revoked));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2b_failures_give_clear_errors_and_leave_no_token_behind() {
+    let server = TestServer::start().await;
+    let p = "e2b-faults";
+    server.create_project(p).await;
+
+    // Wrong key → 401 → names the variable.
+    let fake = FakeE2b::start(&[]);
+    let out = Cli::new(&server, &fake.url, "e2b_wrong").run(&["e2b", "create", "--project", p]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("E2B refused the API key (HTTP 401") && stderr.contains("check E2B_API_KEY"),
+        "{stderr}"
+    );
+
+    // E2B answering 503 on everything: a bounded number of tries, then a clear message.
+    let failing = FakeE2b::start(&["--fail-with", "503"]);
+    let cli = Cli::new(&server, &failing.url, KEY);
+    let out = cli.run(&["e2b", "create", "--project", p]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("E2B is failing (HTTP 503"),
+        "{}",
+        both(&out)
+    );
+    let out = cli.run(&["e2b", "destroy", "nope"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("E2B is failing") && stderr.contains("4 attempts"),
+        "{stderr}"
+    );
+
+    // Throttled twice, then through: create goes on after the backoff.
+    require_docker();
+    let throttled = FakeE2b::start(&["--fail-with", "429", "--fail-count", "2"]);
+    let ok_cli = Cli::new(&server, &throttled.url, KEY);
+    let (id, stderr) = ok_cli.create(p, &["--mode", "sync"]);
+    assert!(
+        stderr.contains("HTTP 429") && stderr.contains("trying again"),
+        "{stderr}"
+    );
+    let out = ok_cli.run(&["e2b", "destroy", &id]);
+    assert!(out.status.success(), "{}", both(&out));
+
+    // Nobody listening.
+    let out = Cli::new(&server, "http://127.0.0.1:9", KEY).run(&["e2b", "create", "--project", p]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach E2B at http://127.0.0.1:9"),
+        "{}",
+        both(&out)
+    );
+
+    // A sandbox this machine did not create.
+    let out = cli.run(&["e2b", "exec", "nope", "--", "true"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did not create sandbox nope"),
+        "{}",
+        both(&out)
+    );
+    // Every token made on the way was revoked.
+    let toks = tokens(&server, p).await;
+    assert!(!toks.is_empty());
+    assert!(toks.iter().all(|t| t.revoked), "{toks:?}");
+}
