@@ -192,7 +192,11 @@ impl WriteFile {
 
 impl DavFile for WriteFile {
     fn metadata(&mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
-        let mut meta = self.base.as_ref().map(Meta::of_version).unwrap_or_else(Meta::root);
+        let mut meta = self
+            .base
+            .as_ref()
+            .map(Meta::of_version)
+            .unwrap_or_else(|| Meta::root(self.fs.project.created_at));
         meta.dir = false;
         meta.len = self.buffer.len() as u64;
         let meta: Box<dyn DavMetaData> = Box::new(meta);

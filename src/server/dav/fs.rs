@@ -89,10 +89,11 @@ pub fn system_time(rfc3339: &str) -> SystemTime {
 }
 
 impl Meta {
-    pub fn root() -> Self {
+    /// The project's root, dated when the project was created.
+    pub fn root(created_at_ms: i64) -> Self {
         Self {
             len: 0,
-            modified: UNIX_EPOCH,
+            modified: UNIX_EPOCH + Duration::from_millis(u64::try_from(created_at_ms).unwrap_or(0)),
             dir: true,
             etag: "root".into(),
             executable: false,
@@ -205,8 +206,12 @@ impl ProjectFs {
         }
     }
 
+    /// When the skills were published (the project's creation before any).
     fn published(&self) -> SystemTime {
-        self.skills.as_ref().map(|s| s.published).unwrap_or(UNIX_EPOCH)
+        match self.skills.as_ref().map(|s| s.published) {
+            Some(t) if t != UNIX_EPOCH => t,
+            _ => Meta::root(self.project.created_at).modified,
+        }
     }
 
     async fn head(&self, path: &WsPath) -> FsResult<Option<VersionInfo>> {
@@ -230,7 +235,7 @@ impl ProjectFs {
 
     async fn metadata_of(&self, path: &DavPath) -> FsResult<Box<dyn DavMetaData>> {
         let meta = match self.resolve(&ws_path(path)?).await? {
-            Resolved::Root => Meta::root(),
+            Resolved::Root => Meta::root(self.project.created_at),
             Resolved::Skill(node) => Meta::of_skill(&node, self.published()),
             Resolved::Node(v) => Meta::of_version(&v),
             Resolved::Missing => return Err(FsError::NotFound),

@@ -286,5 +286,11 @@ async fn serve(service: Arc<Service>, locks: &DavLocks, mut req: Request) -> Res
         .principal(ctx.principal)
         .strip_prefix(format!("/dav/{}", target.project))
         .build_handler();
-    Ok(handler.handle(req).await.into_response())
+    let mut response = handler.handle(req).await.into_response();
+    if method == Method::OPTIONS {
+        // dav-server also advertises SabreDAV partial updates (PATCH),
+        // which this server refuses.
+        response.headers_mut().insert("dav", HeaderValue::from_static("1, 2"));
+    }
+    Ok(response)
 }
