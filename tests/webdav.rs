@@ -727,3 +727,50 @@ async fn davfs2_mount_creates_edits_renames_deletes_and_copies_a_tree() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cadaver_locks_edits_moves_and_others_get_423() {
+    let (s, token) = setup().await;
+    require_tool("cadaver", "cadaver");
+    let home = tempfile::tempdir().expect("tempdir");
+    // cadaver reads its credentials from ~/.netrc.
+    let netrc = home.path().join(".netrc");
+    std::fs::write(&netrc, format!("machine 127.0.0.1\nlogin tester\npassword {token}\n")).expect(".netrc");
+    set_mode(&netrc, 0o600);
+    let local = home.path().join("local.txt");
+    std::fs::write(&local, "from cadaver\n").expect("local file");
+    let script = format!(
+        "mkcol cad\nput {l} cad/file.txt\nmove cad/file.txt cad/moved.txt\nlock cad/moved.txt\nput {l} cad/moved.txt\nls cad\nquit\n",
+        l = local.display()
+    );
+    let mut child = Command::new("cadaver")
+        .arg(format!("{}/dav/{PROJECT}/", s.base))
+        .env("HOME", home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cadaver");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), script.as_bytes()).expect("script");
+    let out = child.wait_with_output().expect("cadaver finishes");
+    let text = both(&out);
+    assert!(!text.contains("failed"), "a cadaver command failed: {text}");
+    assert!(text.contains("moved.txt"), "{text}");
+
+    assert_eq!(s.read_bytes(PROJECT, &token, "cad/moved.txt").await, b"from cadaver\n");
+    let history = s.history(PROJECT, &token, "cad/moved.txt").await;
+    assert_eq!(
+        history.iter().map(|v| v.op).collect::<Vec<_>>(),
+        vec![VersionOp::Rename, VersionOp::Create],
+        "the second PUT of the same bytes is no new version"
+    );
+    // cadaver quit holding its lock: a writer without the token is refused.
+    let dav = Dav::new(&s, PROJECT, &token);
+    assert_eq!(dav.put("cad/moved.txt", b"intruder\n").await.0, StatusCode::LOCKED);
+    let (_, lock_info) = dav.propfind("cad/moved.txt", "0").await;
+    assert!(
+        lock_info.contains("Second-"),
+        "locks are capped, never infinite: {lock_info}"
+    );
+    assert_eq!(s.read_bytes(PROJECT, &token, "cad/moved.txt").await, b"from cadaver\n");
+}

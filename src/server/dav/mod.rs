@@ -168,6 +168,17 @@ async fn skills_view(service: &Service, project_id: i64) -> Result<Option<Arc<Sk
     Ok(Some(Arc::new(SkillsView::new(&service.skills().await?))))
 }
 
+/// The longest lock a client gets: it renews it (LOCK refresh) to keep it.
+const MAX_LOCK_SECONDS: u64 = 3600;
+
+/// The first `Second-N` of a `Timeout` header; `None` for `Infinite` or none.
+fn lock_seconds(header: Option<&str>) -> Option<u64> {
+    header?
+        .split(',')
+        .map(str::trim)
+        .find_map(|t| t.strip_prefix("Second-").and_then(|n| n.parse().ok()))
+}
+
 fn touches_skills(path: &Option<WsPath>) -> bool {
     path.as_ref()
         .is_some_and(|p| p.as_str() == SKILLS_DIR || p.as_str().starts_with("skills/"))
@@ -240,6 +251,18 @@ async fn serve(service: Arc<Service>, locks: &DavLocks, mut req: Request) -> Res
                     StatusCode::FORBIDDEN,
                     "PROPFIND needs Depth: 0 or 1 (infinity is not supported)",
                 ));
+            }
+        }
+        "LOCK" => {
+            // Locks live in memory; one a client forgets (or asks to keep
+            // forever) must not block the file for good.
+            let asked = req.headers().get("timeout").and_then(|v| v.to_str().ok());
+            if lock_seconds(asked).is_none_or(|s| s > MAX_LOCK_SECONDS) {
+                req.headers_mut().insert(
+                    "timeout",
+                    HeaderValue::from_str(&format!("Second-{MAX_LOCK_SECONDS}"))
+                        .map_err(|e| DavRefusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+                );
             }
         }
         "MOVE" | "COPY" if !req.headers().contains_key("overwrite") => {
