@@ -19,6 +19,10 @@ pub const HEADER_STATUS: &str = "x-contextfs-status";
 pub const HEADER_BASE_VERSION: &str = "x-contextfs-base-version";
 pub const HEADER_AGENT: &str = "x-contextfs-agent";
 pub const HEADER_MESSAGE: &str = "x-contextfs-message";
+/// A file's mtime / atime: sent on `GET files` (the mtime always, the atime
+/// when set), accepted on `PUT files` (RFC 3339 or Unix seconds).
+pub const HEADER_MTIME: &str = "x-contextfs-mtime";
+pub const HEADER_ATIME: &str = "x-contextfs-atime";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -372,7 +376,12 @@ pub struct TreeEntry {
     pub size: u64,
     pub hash: BlobHash,
     pub version: i64,
+    /// The file's mtime: the one its writer set (RFC 3339, nanoseconds), or
+    /// the commit time for a version written without one.
     pub modified_at: String,
+    /// The atime its writer set; `None` means the same as `modified_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accessed_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -401,7 +410,23 @@ pub struct VersionInfo {
     pub author: String,
     pub agent_id: Option<String>,
     pub message: Option<String>,
+    /// When the server wrote this version (RFC 3339, UTC).
     pub created_at: String,
+    /// The file's modification time as its writer set it (RFC 3339 with
+    /// nanoseconds); `None` for versions written without one, whose mtime is
+    /// `created_at`.
+    #[serde(default)]
+    pub mtime: Option<String>,
+    /// The file's access time as its writer set it; `None`: same as the mtime.
+    #[serde(default)]
+    pub atime: Option<String>,
+}
+
+impl VersionInfo {
+    /// The file's mtime: the writer's, else the commit time.
+    pub fn modified_at(&self) -> &str {
+        self.mtime.as_deref().unwrap_or(&self.created_at)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -435,6 +460,13 @@ pub struct CommitRequest {
     /// to `hash`, stores it, and commits, all in this one request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_base64: Option<String>,
+    /// The file's mtime to store with the version (RFC 3339 or Unix seconds);
+    /// `None`: the commit time. Renames and deletions keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<String>,
+    /// The file's atime to store with the version; `None`: the mtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime: Option<String>,
 }
 
 /// The most content a commit may carry inline (`content_base64`, decoded).
@@ -531,6 +563,11 @@ pub struct ChangeEvent {
     pub deleted: bool,
     pub agent_id: Option<String>,
     pub at: String,
+    /// The version's file times as its writer set them (see [`VersionInfo`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,8 +10,12 @@ use thiserror::Error;
 
 /// Longest single path component, as on ext4 and most POSIX filesystems.
 pub const MAX_NAME_BYTES: usize = 255;
-/// Longest whole path, matching Linux's PATH_MAX.
-pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest whole path inside a project: four times Linux's PATH_MAX. Linux
+/// limits each syscall's path argument to PATH_MAX (4,096 bytes with the
+/// NUL), not a file's distance from the root, so a relative path of that
+/// length must work from any directory inside the mount: from any directory
+/// whose own path is up to 12 KiB.
+pub const MAX_PATH_BYTES: usize = 16 * 1024;
 /// Longest project name.
 pub const MAX_PROJECT_NAME: usize = 64;
 
@@ -208,6 +212,45 @@ impl<'de> Deserialize<'de> for BlobHash {
     }
 }
 
+/// A file time as the API carries it: RFC 3339 in UTC with nanoseconds
+/// (`2001-02-03T04:05:06.123456789Z`), so `rsync` and `make` compare exactly.
+pub fn format_file_time(nanos: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(nanos).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0:?} is not a time: use RFC 3339 (2001-02-03T04:05:06.5Z) or Unix seconds (981173106.5)")]
+pub struct TimeError(pub String);
+
+/// A file time from the API: RFC 3339 with any offset, or Unix seconds with
+/// an optional fraction (the form of WebDAV's `X-OC-Mtime`). Nanoseconds
+/// since the epoch; years 1678 to 2261, the range that fits.
+pub fn parse_file_time(raw: &str) -> Result<i64, TimeError> {
+    let bad = || TimeError(raw.chars().take(64).collect());
+    let raw_trimmed = raw.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw_trimmed) {
+        return t.timestamp_nanos_opt().ok_or_else(bad);
+    }
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (whole, fraction) = match raw_trimmed.split_once('.') {
+        Some((whole, fraction)) if digits(fraction) => (whole, fraction),
+        Some(_) => return Err(bad()),
+        None => (raw_trimmed, ""),
+    };
+    let negative = whole.starts_with('-');
+    let whole_digits = whole.strip_prefix('-').unwrap_or(whole);
+    if !digits(whole_digits) || fraction.len() > 9 {
+        return Err(bad());
+    }
+    let seconds: i64 = whole_digits.parse().map_err(|_| bad())?;
+    let nanos: i64 = format!("{fraction:0<9}").parse().map_err(|_| bad())?;
+    let total = seconds
+        .checked_mul(1_000_000_000)
+        .and_then(|s| s.checked_add(nanos))
+        .ok_or_else(bad)?;
+    Ok(if negative { -total } else { total })
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -249,8 +292,12 @@ mod tests {
             Err(PathError::NameTooLong { .. })
         ));
         assert!(WsPath::parse(&"n".repeat(255)).is_ok());
-        let long = vec!["d".repeat(200); 21].join("/");
+        let long = vec!["d".repeat(200); 82].join("/");
+        assert!(long.len() > MAX_PATH_BYTES);
         assert!(matches!(WsPath::parse(&long), Err(PathError::PathTooLong(_))));
+        let longest = vec!["d".repeat(255); 64].join("/");
+        assert!(longest.len() <= MAX_PATH_BYTES && longest.len() > 4 * 4000);
+        assert!(WsPath::parse(&longest).is_ok());
     }
 
     #[test]
@@ -280,5 +327,35 @@ mod tests {
         assert!(BlobHash::parse(h.as_str()).is_ok());
         assert!(BlobHash::parse("ABC").is_err());
         assert!(BlobHash::parse(&"G".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn file_times_round_trip_with_nanoseconds() {
+        let t = parse_file_time("2001-02-03T04:05:06.123456789Z").unwrap();
+        assert_eq!(t, 981_173_106_123_456_789);
+        assert_eq!(format_file_time(t), "2001-02-03T04:05:06.123456789Z");
+        assert_eq!(
+            parse_file_time("2001-02-03T05:05:06.5+01:00").unwrap(),
+            981_173_106_500_000_000
+        );
+        assert_eq!(parse_file_time("981173106").unwrap(), 981_173_106_000_000_000);
+        assert_eq!(parse_file_time("981173106.25").unwrap(), 981_173_106_250_000_000);
+        assert_eq!(parse_file_time("-1.5").unwrap(), -1_500_000_000);
+    }
+
+    #[test]
+    fn malformed_file_times_are_refused() {
+        for bad in [
+            "",
+            "yesterday",
+            "2001-02-30T00:00:00Z",
+            "12.",
+            ".5",
+            "1.1234567890",
+            "1e9",
+            "99999999999999999999",
+        ] {
+            assert!(parse_file_time(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 }

@@ -131,3 +131,151 @@ async fn a_name_that_is_not_utf8_gets_einval_and_a_clear_log_line() {
         "no log line names the refused name:\n{log}"
     );
 }
+
+/// Times are file metadata: `touch -d` (mtime and atime, nanoseconds) is
+/// committed, survives the commit, a remount and shows in another mount;
+/// utimensat honours UTIME_OMIT; ctime follows chmod and utimensat; a
+/// directory's mtime moves when an entry is created, renamed or removed in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_times_survive_commit_remount_and_other_mounts() {
+    let s = TestServer::start().await;
+    let p = "times";
+    let mut m = MountedWorkspace::create(&s, p, "agent-times").await;
+    m.sh_ok("echo hello > f && touch -d '2001-02-03 04:05:06.123456789 UTC' f");
+    m.sh_ok("echo other > g && touch -a -d '2002-01-01 00:00:00.5 UTC' g && touch -m -d '2003-01-01 UTC' g");
+    let stat = "stat -c '%n %.9X %.9Y' f g";
+    let want = "f 981173106.123456789 981173106.123456789\ng 1009843200.500000000 1041379200.000000000\n";
+    assert_eq!(m.sh_ok(stat), want, "right after touch");
+    m.wait_synced().await;
+    assert_eq!(m.sh_ok(stat), want, "after the commit");
+    let head = server_has(&s, p, "f", b"hello\n").await;
+    assert_eq!(head.mtime, "2001-02-03T04:05:06.123456789Z");
+
+    let other = m.another("mnt2", "agent-times-2");
+    assert_eq!(other.sh_ok(stat), want, "another mount");
+    drop(other);
+    m.umount();
+    m.mount();
+    assert_eq!(m.sh_ok(stat), want, "after a remount");
+
+    // utimensat with UTIME_OMIT for the mtime changes the atime alone, and
+    // ctime moves with it; chmod moves ctime too.
+    let out = m.sh_ok(
+        r#"python3 - <<'PY'
+import os, time
+before = os.stat("f")
+time.sleep(0.05)
+os.utime("f", ns=(1_000_000_000_000_000_123, before.st_mtime_ns))
+after = os.stat("f")
+print("mtime kept", after.st_mtime_ns == before.st_mtime_ns)
+print("atime", after.st_atime_ns)
+print("ctime moved", after.st_ctime_ns > before.st_ctime_ns)
+time.sleep(0.05)
+os.chmod("f", 0o600)
+print("ctime moved by chmod", os.stat("f").st_ctime_ns > after.st_ctime_ns)
+PY"#,
+    );
+    assert_eq!(
+        out,
+        "mtime kept True\natime 1000000000000000123\nctime moved True\nctime moved by chmod True\n"
+    );
+    m.wait_synced().await;
+    m.umount();
+    m.mount();
+    assert_eq!(
+        m.sh_ok("stat -c '%.9X %.9Y %a' f"),
+        "1000000000.000000123 981173106.123456789 600\n",
+        "atime and mode committed"
+    );
+
+    let out = m.sh_ok(
+        r#"python3 - <<'PY'
+import os, time
+os.mkdir("d")
+def moved(step):
+    before = os.stat("d").st_mtime_ns
+    time.sleep(0.02)
+    step()
+    after = os.stat("d")
+    print(step.__name__, after.st_mtime_ns > before, after.st_ctime_ns >= after.st_mtime_ns)
+def create(): open("d/x", "w").close()
+def rename(): os.rename("d/x", "d/y")
+def remove(): os.unlink("d/y")
+for step in (create, rename, remove):
+    moved(step)
+PY"#,
+    );
+    assert_eq!(out, "create True True\nrename True True\nremove True True\n");
+}
+
+/// `rsync -a` into the mount, then again: the second run finds every file
+/// and directory up to date and transfers nothing (`make` sees the same
+/// times).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsync_twice_transfers_nothing_the_second_time() {
+    let s = TestServer::start().await;
+    let m = MountedWorkspace::create(&s, "rsync", "agent-rsync").await;
+    let src = tempfile::tempdir().expect("temp dir");
+    let src_dir = src.path().display();
+    m.sh_ok(&format!(
+        "cd {src_dir} && mkdir -p a/b c && for i in $(seq 1 40); do echo line $i > a/f$i.txt; \
+         echo $i > a/b/g$i.md; done && printf '#!/bin/sh\\n' > c/run.sh && chmod 755 c/run.sh && \
+         touch -d '2010-05-06 07:08:09.987654321' a/f1.txt"
+    ));
+    let first = m.sh_ok(&format!("rsync -ai {src_dir}/ ./ws/ | wc -l"));
+    assert!(
+        first.trim().parse::<u32>().expect("a count") >= 80,
+        "first run sent {first}"
+    );
+    m.wait_synced().await;
+    let second = m.sh_ok(&format!("rsync -ai {src_dir}/ ./ws/"));
+    assert_eq!(second, "", "the second rsync found differences");
+}
+
+/// Linux applies PATH_MAX to each syscall's path argument, not to a file's
+/// distance from the root: a 4,095-byte relative path works from a
+/// subdirectory (and from a directory already thousands of bytes deep), as on
+/// ext4, and is committed; a 4,096-byte argument is refused by the kernel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_paths_up_to_path_max_work_from_any_directory() {
+    let s = TestServer::start().await;
+    let p = "pathmax";
+    let m = MountedWorkspace::create(&s, p, "agent-pathmax").await;
+    let out = m.sh_ok(
+        r#"python3 - <<'PY'
+import errno, os
+def relative(total):
+    # dirs of 250-byte names, then a file name that makes `total` bytes
+    parts, used = [], 0
+    while total - used > 255:
+        name = chr(ord("a") + len(parts) % 26) * 250
+        parts.append(name); used += 251
+    parts.append("f" * (total - used))
+    return "/".join(parts)
+root = os.getcwd()
+for start in ("sub", "sub/" + "s" * 250 + "/" + "t" * 250 + "/" + "u" * 250):
+    os.makedirs(start, exist_ok=True)
+    os.chdir(start)
+    rel = relative(4095)
+    os.makedirs(os.path.dirname(rel), exist_ok=True)
+    with open(rel, "w") as f:
+        f.write("deep\n")
+    print(len(rel), open(rel).read().strip(), os.stat(rel).st_size)
+    try:
+        open(relative(4096), "w")
+    except OSError as e:
+        print("4096", errno.errorcode[e.errno])
+    os.chdir(root)
+PY"#,
+    );
+    assert_eq!(out, "4095 deep 5\n4096 ENAMETOOLONG\n4095 deep 5\n4096 ENAMETOOLONG\n");
+    m.wait_synced().await;
+    let tree = tree_map(&s, p).await.expect("tree");
+    let deepest = tree.keys().max_by_key(|k| k.len()).expect("entries").clone();
+    assert_eq!(
+        deepest.len(),
+        "sub/".len() + 3 * 251 + 4095,
+        "the deepest file reached the server"
+    );
+    server_has(&s, p, &deepest, b"deep\n").await;
+}

@@ -399,6 +399,11 @@ async fn read_anywhere(apis: &[Api], prefer: usize, token: &str, path: &str) -> 
                 let node = resp.headers()[HEADER_NODE].to_str().unwrap().parse().unwrap();
                 let hash = resp.headers()[HEADER_HASH].to_str().unwrap().to_string();
                 let status = resp.headers()[HEADER_STATUS].to_str().unwrap().to_string();
+                let mtime = resp.headers()[HEADER_MTIME].to_str().unwrap().to_string();
+                let atime = resp
+                    .headers()
+                    .get(HEADER_ATIME)
+                    .map(|v| v.to_str().unwrap().to_string());
                 if let Ok(bytes) = resp.bytes().await {
                     return Checkout {
                         bytes: bytes.to_vec(),
@@ -406,6 +411,8 @@ async fn read_anywhere(apis: &[Api], prefer: usize, token: &str, path: &str) -> 
                         version,
                         hash,
                         status,
+                        mtime,
+                        atime,
                     };
                 }
             }

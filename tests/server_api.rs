@@ -161,6 +161,102 @@ async fn health_whoami_projects_and_tokens() {
     .await;
 }
 
+/// File times are metadata of a version: `PUT` sets them by header, a
+/// commit by field; checkout, the tree, history and the change feed show
+/// them; renames keep them; new times alone make a version (`touch`); and a
+/// malformed time is refused before anything is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn file_times_are_stored_per_version() {
+    let s = TestServer::start().await;
+    let t = s.project_with_token("p").await;
+    let url = s.file_url("p", "notes/t.md");
+    let v1: VersionInfo = send(
+        s.req(Method::PUT, &url, Some(&t))
+            .header(HEADER_MTIME, "2001-02-03T04:05:06.5+01:00")
+            .header(HEADER_ATIME, "1000000000.25")
+            .body("one\n"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(v1.mtime.as_deref(), Some("2001-02-03T03:05:06.500000000Z"));
+    assert_eq!(v1.atime.as_deref(), Some("2001-09-09T01:46:40.250000000Z"));
+    let head = s.read("p", &t, "notes/t.md", None).await.unwrap();
+    assert_eq!(head.mtime, "2001-02-03T03:05:06.500000000Z");
+    assert_eq!(head.atime.as_deref(), Some("2001-09-09T01:46:40.250000000Z"));
+    let entry = |tree: &TreeListing| tree.entries.iter().find(|e| e.path == "notes/t.md").cloned();
+    let listed = entry(&s.tree("p", &t, &[("recursive", "true")]).await.unwrap()).expect("listed");
+    assert_eq!(listed.modified_at, "2001-02-03T03:05:06.500000000Z");
+
+    // Malformed times: 400 and nothing stored, by header and by field.
+    for bad in ["yesterday", "2001-02-30T00:00:00Z", "12."] {
+        expect_error(
+            s.req(Method::PUT, &url, Some(&t))
+                .header(HEADER_MTIME, bad)
+                .body("two\n"),
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+        )
+        .await;
+    }
+    let hash = s.upload("p", &t, b"three\n").await;
+    let mut req = commit_request("notes/t.md", Some(1), hash);
+    req.mtime = Some("last tuesday".into());
+    let refused = s.commit_req("p", &t, &req).await.unwrap_err();
+    assert_eq!(
+        (refused.status, refused.code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_field")
+    );
+    assert_eq!(
+        s.history("p", &t, "notes/t.md").await.len(),
+        1,
+        "a refused time stored a version"
+    );
+
+    // The same bytes with new times are a new version (touch); without
+    // times, the same bytes are no change at all.
+    let same = s.upload("p", &t, b"one\n").await;
+    let mut touch = commit_request("notes/t.md", Some(1), same.clone());
+    touch.mtime = Some("2020-01-01T00:00:00Z".into());
+    let v2 = s.commit_req("p", &t, &touch).await.unwrap();
+    assert_eq!(
+        (v2.version, v2.mtime.as_deref()),
+        (2, Some("2020-01-01T00:00:00.000000000Z"))
+    );
+    let again = s
+        .commit_req("p", &t, &commit_request("notes/t.md", Some(2), same))
+        .await
+        .unwrap();
+    assert_eq!(again.version, 2, "same bytes, no times: nothing new");
+
+    // A rename keeps the file's times; so does the change feed's event.
+    let moved: VersionInfo = send(s.post(
+        &s.purl("p", "/rename"),
+        &t,
+        &json!({"from": "notes/t.md", "to": "notes/u.md"}),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(moved.mtime, v2.mtime);
+    let feed = s.changes("p", &t, 0, 0).await.unwrap();
+    let last = feed.events.last().expect("events");
+    assert_eq!(
+        (last.path.as_str(), last.mtime.as_deref()),
+        ("notes/u.md", v2.mtime.as_deref())
+    );
+
+    // Without times, the commit time stands in (as for versions written
+    // before times were kept).
+    let plain: VersionInfo = send(s.req(Method::PUT, &s.file_url("p", "plain.md"), Some(&t)).body("x"))
+        .await
+        .unwrap();
+    assert_eq!(plain.mtime, None);
+    let plain_head = s.read("p", &t, "plain.md", None).await.unwrap();
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(&plain_head.mtime).unwrap(),
+        chrono::DateTime::parse_from_rfc3339(&plain.created_at).unwrap()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tree_listing_prefix_recursion_and_cursor() {
     let s = TestServer::start().await;
@@ -1492,6 +1588,47 @@ async fn read_only_token_cannot_write() {
     assert_eq!(s.history("p", &ro, "docs/keep.md").await.len(), 1);
 }
 
+/// Paths up to `MAX_PATH_BYTES` (16 KiB) that do not compress work on every
+/// route and in both stores (PostgreSQL indexes such a path by prefix and
+/// hash: a B-tree entry holds at most about 2.7 KB).
+#[tokio::test(flavor = "multi_thread")]
+async fn long_paths_that_do_not_compress_work_everywhere() {
+    let s = TestServer::start().await;
+    let t = s.project_with_token("p").await;
+    // Distinct pseudo-random components: nothing for a compressor to share.
+    let component = |i: usize| -> String {
+        let seed = blake3::hash(format!("component {i}").as_bytes()).to_hex().to_string();
+        seed.repeat(4)[..250].to_string()
+    };
+    let dir: String = (0..60).map(component).collect::<Vec<_>>().join("/");
+    let path = format!("{dir}/{}", "f".repeat(200));
+    assert!(path.len() > 15_000 && path.len() <= contextfs::model::MAX_PATH_BYTES);
+    let v1 = s.commit("p", &t, &path, None, b"one\n").await.unwrap();
+    assert_eq!(s.read_bytes("p", &t, &path).await, b"one\n");
+    let v2 = s.commit("p", &t, &path, Some(1), b"two\n").await.unwrap();
+    assert_eq!((v2.node, v2.version), (v1.node, 2));
+    let below = s.tree("p", &t, &[("prefix", dir.as_str())]).await.unwrap();
+    assert_eq!(
+        below.entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+        [path.as_str()]
+    );
+    let renamed = format!("{dir}/{}", "g".repeat(200));
+    let moved: VersionInfo = send(s.post(&s.purl("p", "/rename"), &t, &json!({"from": path, "to": renamed})))
+        .await
+        .unwrap();
+    assert_eq!(moved.node, v1.node);
+    // A second file beside it, then the whole directory deleted and listed.
+    s.commit("p", &t, &format!("{dir}/other"), None, b"x").await.unwrap();
+    let top = component(0);
+    let _: DeleteResponse = send(s.post(&s.purl("p", "/delete"), &t, &json!({"path": top, "recursive": true})))
+        .await
+        .unwrap();
+    assert!(s.tree("p", &t, &[]).await.unwrap().entries.is_empty());
+    // The same long path again: a new node where the old one was deleted.
+    let again = s.commit("p", &t, &renamed, None, b"again\n").await.unwrap();
+    assert_ne!(again.node, v1.node);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_paths_are_400() {
     let s = TestServer::start().await;
@@ -1499,8 +1636,8 @@ async fn invalid_paths_are_400() {
     let hash = s.upload("p", &t, b"content").await;
     let before = s.snapshot("p").await;
     let long_component = "n".repeat(256);
-    let long_path = vec!["d".repeat(200); 21].join("/");
-    assert!(long_path.len() > 4096);
+    let long_path = vec!["d".repeat(200); 82].join("/");
+    assert!(long_path.len() > contextfs::model::MAX_PATH_BYTES);
     let bad = [
         "..",
         "../escape.md",

@@ -532,6 +532,11 @@ struct Rclone {
 
 impl Rclone {
     fn new(s: &TestServer, token: &str) -> Rclone {
+        Self::with_vendor(s, token, "other")
+    }
+
+    /// `owncloud` makes rclone send `X-OC-Mtime` and trust the server's times.
+    fn with_vendor(s: &TestServer, token: &str, vendor: &str) -> Rclone {
         require_tool("rclone", "rclone");
         let out = Command::new("rclone")
             .args(["obscure", token])
@@ -541,19 +546,20 @@ impl Rclone {
         let pass = stdout(&out).trim().to_string();
         Rclone {
             remote: format!(
-                ":webdav,url='{}/dav/{PROJECT}',vendor=other,user=tester,pass='{pass}':",
+                ":webdav,url='{}/dav/{PROJECT}',vendor={vendor},user=tester,pass='{pass}':",
                 s.base
             ),
         }
     }
 
-    fn run(&self, args: &[&str]) {
+    fn run(&self, args: &[&str]) -> String {
         let out = Command::new("rclone")
             .args(args)
             .env("RCLONE_CONFIG", "/dev/null")
             .output()
             .expect("run rclone");
         assert!(out.status.success(), "rclone {args:?}: {}", both(&out));
+        both(&out)
     }
 
     fn path(&self, rel: &str) -> String {
@@ -773,4 +779,61 @@ async fn cadaver_locks_edits_moves_and_others_get_423() {
         "locks are capped, never infinite: {lock_info}"
     );
     assert_eq!(s.read_bytes(PROJECT, &token, "cad/moved.txt").await, b"from cadaver\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x_oc_mtime_is_the_versions_file_time_and_getlastmodified() {
+    let (s, token) = setup().await;
+    let dav = Dav::new(&s, PROJECT, &token);
+    let (status, headers, _) = dav
+        .send(
+            dav.req("PUT", "old.md")
+                .header("x-oc-mtime", "1577934245")
+                .body("old\n"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers.get("x-oc-mtime").expect("acknowledged"), "accepted");
+    let head = &s.history(PROJECT, &token, "old.md").await[0];
+    assert_eq!(head.mtime.as_deref(), Some("2020-01-02T03:04:05.000000000Z"));
+    let (_, props) = dav.propfind("old.md", "0").await;
+    assert!(props.contains("Thu, 02 Jan 2020 03:04:05 GMT"), "{props}");
+    let (_, headers, _) = dav.send(dav.req("HEAD", "old.md")).await;
+    assert_eq!(
+        headers.get("last-modified").expect("Last-Modified"),
+        "Thu, 02 Jan 2020 03:04:05 GMT"
+    );
+
+    // A malformed time is refused before anything is stored.
+    let before = s.snapshot(PROJECT).await;
+    let (status, _, _) = dav
+        .send(dav.req("PUT", "old.md").header("x-oc-mtime", "yesterday").body("new\n"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(s.snapshot(PROJECT).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rclone_keeps_file_times_and_a_second_sync_transfers_nothing() {
+    let (s, token) = setup().await;
+    let rclone = Rclone::with_vendor(&s, &token, "owncloud");
+    let work = tempfile::tempdir().expect("tempdir");
+    let local = work.path().join("local");
+    write_tree(&local, 12);
+    let dated = local.join("d0/sub 0/note-0.md");
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_577_934_245);
+    std::fs::File::options()
+        .write(true)
+        .open(&dated)
+        .expect("open")
+        .set_modified(when)
+        .expect("set mtime");
+    let local_str = local.to_str().expect("utf-8 path");
+    rclone.run(&["sync", local_str, &rclone.path("tree")]);
+    let head = &s.history(PROJECT, &token, "tree/d0/sub 0/note-0.md").await[0];
+    assert_eq!(head.mtime.as_deref(), Some("2020-01-02T03:04:05.000000000Z"));
+    let cursor = s.snapshot(PROJECT).await.0;
+    let log = rclone.run(&["sync", "-v", local_str, &rclone.path("tree")]);
+    assert!(!log.contains("Copied"), "the second sync uploaded again: {log}");
+    assert_eq!(s.snapshot(PROJECT).await.0, cursor, "the second sync wrote versions");
 }

@@ -162,6 +162,8 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
                 idempotency_key: None,
                 node: None,
                 content_base64: None,
+                mtime: None,
+                atime: None,
             };
             let v = c.commit(project, &request).await.map_err(explain)?;
             println!("{}: version {} ({})", v.path, v.version, v.status.as_str());

@@ -57,7 +57,7 @@ fn file_attr(a: &Attr, uid: u32, gid: u32) -> FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
         ctime: a.ctime,
         crtime: a.ctime,
@@ -250,7 +250,7 @@ impl Filesystem for ContextFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
@@ -267,6 +267,7 @@ impl Filesystem for ContextFs {
         let set = SetAttr {
             size,
             mode: mode.map(|m| m & 0o7777),
+            atime: atime.map(time),
             mtime: mtime.map(time),
         };
         let (vfs, owner) = (self.vfs.clone(), (self.uid, self.gid));

@@ -375,6 +375,8 @@ impl Replicator {
                 kind,
                 mode,
                 source,
+                mtime,
+                atime,
                 ..
             } => {
                 // Small contents travel inside the commit: one request, not two.
@@ -401,6 +403,8 @@ impl Replicator {
                     idempotency_key: Some(commit_key(item.uid, item.rev, &item.op)),
                     node: *node,
                     content_base64: inline,
+                    mtime: mtime.map(crate::model::format_file_time),
+                    atime: atime.map(crate::model::format_file_time),
                 };
                 let mut result = self.remote.commit(p, &req).await;
                 if let (Err(e), ContentSource::Inline(bytes)) = (&result, source) {

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::auth::Caller;
 use super::blobs::ByteStream;
 use super::error::ApiError;
-use super::service::Service;
+use super::service::{PutFileOptions, Service};
 use crate::api::*;
 use crate::model::{BlobHash, WsPath};
 
@@ -298,6 +298,12 @@ async fn checkout(
     headers.insert(HEADER_KIND, HeaderValue::from_static(info.kind.as_str()));
     headers.insert(HEADER_MODE, HeaderValue::from(info.mode));
     headers.insert(HEADER_STATUS, HeaderValue::from_static(info.status.as_str()));
+    if let Ok(mtime) = HeaderValue::from_str(info.modified_at()) {
+        headers.insert(HEADER_MTIME, mtime);
+    }
+    if let Some(Ok(atime)) = info.atime.as_deref().map(HeaderValue::from_str) {
+        headers.insert(HEADER_ATIME, atime);
+    }
     Ok(stream_response(info.size, stream, headers))
 }
 
@@ -330,11 +336,24 @@ async fn put_file(
             })
         })
         .transpose()?;
-    let agent = header_text(&headers, HEADER_AGENT)?;
-    let message = header_text(&headers, HEADER_MESSAGE)?;
+    // Checked before the body is read: a malformed time stores nothing.
+    let time = |name: &str| -> Result<Option<String>, ApiError> {
+        let Some(raw) = header_text(&headers, name)? else {
+            return Ok(None);
+        };
+        crate::model::parse_file_time(&raw)
+            .map(|nanos| Some(crate::model::format_file_time(nanos)))
+            .map_err(|e| ApiError::bad_request(ErrorCode::InvalidHeader, format!("header {name}: {e}")))
+    };
+    let options = PutFileOptions {
+        base_version: base,
+        agent_id: header_text(&headers, HEADER_AGENT)?,
+        message: header_text(&headers, HEADER_MESSAGE)?,
+        mtime: time(HEADER_MTIME)?,
+        atime: time(HEADER_ATIME)?,
+    };
     Ok(Json(
-        s.put_file(&caller, &project, path, base, agent, message, body_stream(body))
-            .await?,
+        s.put_file(&caller, &project, path, options, body_stream(body)).await?,
     ))
 }
 

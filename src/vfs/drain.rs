@@ -39,6 +39,9 @@ pub enum DrainOp {
         kind: NodeKind,
         mode: u32,
         source: ContentSource,
+        /// The file's mtime and atime (nanoseconds), when the record has them.
+        mtime: Option<i64>,
+        atime: Option<i64>,
     },
     Delete {
         node: i64,
@@ -234,6 +237,8 @@ impl Vfs {
                     kind: r.kind,
                     mode: r.mode,
                     source: source(),
+                    mtime: r.mtime,
+                    atime: r.atime,
                 },
                 // Created but not closed yet: its close journals the content.
                 None => return Ok(None),
@@ -247,7 +252,7 @@ impl Vfs {
                         from: valid(&server_path)?,
                         to: path,
                     }
-                } else if r.kind != NodeKind::Dir && (r.content.is_some() || r.mode_dirty) {
+                } else if r.kind != NodeKind::Dir && (r.content.is_some() || r.meta_dirty) {
                     // (A directory's mode stays local: the server commits files only.)
                     let hash = match (&r.content, server_hash) {
                         (Some(h), _) => h.clone(),
@@ -263,6 +268,8 @@ impl Vfs {
                         kind: r.kind,
                         mode: r.mode,
                         source: source(),
+                        mtime: r.mtime,
+                        atime: r.atime,
                     }
                 } else {
                     DrainOp::Forget
@@ -418,6 +425,16 @@ impl Vfs {
     /// mount's own change of it landed: the answer carries that head, so the
     /// file now shows its bytes (a new inode if passthrough readers pin the
     /// old ones).
+    /// The file shows the server's bytes of `v` now: its times too (the
+    /// writer's mtime, or the commit time for merged bytes).
+    fn adopt_version_times(inode: &mut Inode, v: &VersionInfo) {
+        let (mtime, atime) = server_times(v.mtime.as_deref(), v.atime.as_deref(), &v.created_at)
+            .unwrap_or_else(|| (SystemTime::now(), SystemTime::now()));
+        inode.mtime = mtime;
+        inode.atime = atime;
+        inode.ctime = SystemTime::now();
+    }
+
     fn adopt_head_content(st: &mut State, ino: Ino, v: &VersionInfo, out: &mut Vec<Invalidation>) {
         let Some(inode) = st.inodes.get(&ino) else { return };
         let clean = !st.records.contains_key(&inode.uid) && inode.data_rev == inode.journaled_data_rev;
@@ -433,8 +450,7 @@ impl Vfs {
         if let Some(inode) = st.inodes.get_mut(&ino) {
             inode.content = Content::Blob { hash: v.hash.clone() };
             inode.size = v.size;
-            inode.mtime = SystemTime::now();
-            inode.ctime = inode.mtime;
+            Self::adopt_version_times(inode, v);
             out.push(Invalidation::Inode(ino));
         }
     }
@@ -478,8 +494,10 @@ impl Vfs {
             mode: v.mode,
             content: None,
             size: 0,
-            mode_dirty: false,
+            meta_dirty: false,
             changed_at: now_millis(),
+            mtime: None,
+            atime: None,
             inline: None,
             last_error: None,
         };
@@ -517,7 +535,7 @@ impl Vfs {
         let nothing_else = st
             .records
             .get(&uid)
-            .is_some_and(|r| r.content.is_none() && !r.mode_dirty);
+            .is_some_and(|r| r.content.is_none() && !r.meta_dirty);
         if !(nothing_else && self.settle(&mut st, uid, rev)?) {
             // Pending content derives from the head this mount knew: only
             // when the answer carries that same content may it be the new
@@ -598,11 +616,12 @@ impl Vfs {
             }
             let _ = std::fs::remove_file(&staged);
             if v.hash != *committed {
+                // Merged: the bytes (and so the times) are the server's now.
                 invalidate.push(Invalidation::Inode(ino));
+                Self::adopt_version_times(inode, v);
             }
             inode.content = Content::Blob { hash: v.hash.clone() };
             inode.size = v.size;
-            inode.mtime = SystemTime::now();
         }
         self.invalidate(invalidate);
         Ok(())

@@ -129,6 +129,7 @@ impl Vfs {
                     inode.size = 0;
                     inode.data_rev += 1;
                     inode.mtime = SystemTime::now();
+                    inode.ctime = inode.mtime;
                     dirty = true;
                 }
             }
@@ -497,7 +498,7 @@ impl Vfs {
     }
 
     pub(super) fn setattr_journaled(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> VfsResult<Attr> {
-        if set.size.is_some() || set.mode.is_some() {
+        if set.size.is_some() || set.mode.is_some() || set.mtime.is_some() || set.atime.is_some() {
             Self::check_writable(&self.lock(), ino)?;
         }
         if let Some(size) = set.size {
@@ -529,20 +530,29 @@ impl Vfs {
             }
         }
         let mut st = self.lock();
-        if let Some(mode) = set.mode {
-            let inode = Self::get_mut(&mut st, ino)?;
-            let mode = mode & 0o7777;
-            if inode.mode != mode {
-                inode.mode = mode;
-                inode.ctime = SystemTime::now();
-                let mut record = Self::next_record(&st, ino)?;
-                record.mode_dirty = true;
-                self.commit_record(&mut st, ino, record)?;
-            }
+        let inode = Self::get_mut(&mut st, ino)?;
+        let mut changed = false;
+        if let Some(mode) = set.mode.map(|m| m & 0o7777).filter(|m| *m != inode.mode) {
+            inode.mode = mode;
+            changed = true;
         }
+        // utimensat: UTIME_OMIT arrives as None, UTIME_NOW as the current time.
         if let Some(mtime) = set.mtime {
-            // mtime is local metadata: the server keeps version times.
-            Self::get_mut(&mut st, ino)?.mtime = mtime;
+            inode.mtime = mtime;
+            changed = true;
+        }
+        if let Some(atime) = set.atime {
+            inode.atime = atime;
+            changed = true;
+        }
+        if changed {
+            inode.ctime = SystemTime::now();
+            // Mode and times are the file's metadata: committed as a version.
+            // (A directory's are journaled too, but stay on this mount: the
+            // server versions files only.)
+            let mut record = Self::next_record(&st, ino)?;
+            record.meta_dirty = true;
+            self.commit_record(&mut st, ino, record)?;
         }
         Self::attr(&st, ino)
     }

@@ -74,10 +74,17 @@ pub struct Record {
     /// Content to commit, if the content changed.
     pub content: Option<BlobHash>,
     pub size: u64,
-    /// Set when only the mode changed.
-    pub mode_dirty: bool,
+    /// Set when metadata (mode, times) changed: commit even without new content.
+    #[serde(alias = "mode_dirty")]
+    pub meta_dirty: bool,
     /// Unix milliseconds of the last local change.
     pub changed_at: i64,
+    /// The file's mtime and atime (nanoseconds since the epoch) to commit;
+    /// absent in records written before file times were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime: Option<i64>,
     /// Small contents inline (base64), so replay needs nothing else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline: Option<String>,
@@ -98,7 +105,7 @@ pub struct Journal {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Entry {
-    Put(Record),
+    Put(Box<Record>),
     Remove(u64),
 }
 
@@ -248,7 +255,7 @@ impl Journal {
         for entry in entries {
             match entry {
                 Entry::Put(r) => {
-                    live.insert(r.uid, r);
+                    live.insert(r.uid, *r);
                 }
                 Entry::Remove(uid) => {
                     live.remove(&uid);
@@ -266,7 +273,7 @@ impl Journal {
         let mut records: Vec<&Record> = live.values().collect();
         records.sort_by_key(|r| (r.changed_at, r.uid));
         for r in records {
-            encode(&Entry::Put(r.clone()), &mut bytes)?;
+            encode(&Entry::Put(Box::new(r.clone())), &mut bytes)?;
         }
         let mut f = OpenOptions::new()
             .write(true)
@@ -302,7 +309,7 @@ impl Journal {
         log.appended += 1;
         match entry {
             Entry::Put(r) => {
-                log.live.insert(r.uid, r);
+                log.live.insert(r.uid, *r);
             }
             Entry::Remove(uid) => {
                 log.live.remove(&uid);
@@ -313,7 +320,7 @@ impl Journal {
 
     /// Appends a record; it is durable once [`Journal::make_durable`] returns.
     pub fn write(&self, record: &Record) -> Result<(), VfsError> {
-        self.append(Entry::Put(record.clone()))
+        self.append(Entry::Put(Box::new(record.clone())))
     }
 
     /// Appends the removal of a record the server fully acknowledged.
@@ -515,8 +522,10 @@ mod tests {
             mode: 0o644,
             content: Some(BlobHash::of(b"hi")),
             size: 2,
-            mode_dirty: false,
+            meta_dirty: false,
             changed_at: 1,
+            mtime: None,
+            atime: None,
             inline: Some(Journal::encode_inline(b"hi")),
             last_error: None,
         }
@@ -560,7 +569,7 @@ mod tests {
         let log = dir.path().join("journal/journal.log");
         let mut bytes = std::fs::read(&log).unwrap();
         let mut third = Vec::new();
-        encode(&Entry::Put(record(3)), &mut third).unwrap();
+        encode(&Entry::Put(Box::new(record(3))), &mut third).unwrap();
         bytes.extend_from_slice(&third[..third.len() / 2]); // cut off mid-frame
         std::fs::write(&log, &bytes).unwrap();
         assert_eq!(uids_after_reopen(dir.path()), [1, 2]);
@@ -617,7 +626,7 @@ mod tests {
         j.make_durable().unwrap();
         // What a failed write leaves when truncating it fails too.
         let mut half = Vec::new();
-        encode(&Entry::Put(record(9)), &mut half).unwrap();
+        encode(&Entry::Put(Box::new(record(9))), &mut half).unwrap();
         let log_path = dir.path().join("journal/journal.log");
         let mut f = OpenOptions::new().append(true).open(&log_path).unwrap();
         f.write_all(&half[..half.len() / 2]).unwrap();
@@ -639,7 +648,7 @@ mod tests {
         let log = dir.path().join("journal/journal.log");
         let frame = |uid| {
             let mut b = Vec::new();
-            encode(&Entry::Put(record(uid)), &mut b).unwrap();
+            encode(&Entry::Put(Box::new(record(uid))), &mut b).unwrap();
             b
         };
         // 1, half of 2, 3, 4 with a flipped byte, 5.

@@ -107,6 +107,9 @@ struct Inode {
     mode: u32,
     size: u64,
     mtime: SystemTime,
+    /// Only what `touch -a`/utimensat or the server set: reads leave it
+    /// alone, as on a filesystem mounted `noatime`.
+    atime: SystemTime,
     ctime: SystemTime,
     content: Content,
     children: BTreeMap<String, Ino>,
@@ -151,6 +154,7 @@ impl Inode {
             mode,
             size: 0,
             mtime: now,
+            atime: now,
             ctime: now,
             content,
             children: BTreeMap::new(),
@@ -177,6 +181,7 @@ pub struct Attr {
     pub size: u64,
     /// Permission bits only (no file-type bits).
     pub mode: u32,
+    pub atime: SystemTime,
     pub mtime: SystemTime,
     pub ctime: SystemTime,
     pub nlink: u32,
@@ -214,6 +219,7 @@ impl OpenMode {
 pub struct SetAttr {
     pub size: Option<u64>,
     pub mode: Option<u32>,
+    pub atime: Option<SystemTime>,
     pub mtime: Option<SystemTime>,
 }
 
@@ -359,6 +365,36 @@ fn check_name_length(name: &str) -> VfsResult<()> {
 
 fn now_millis() -> i64 {
     crate::server::store::now_millis()
+}
+
+/// Nanoseconds since the Unix epoch, as the server stores file times
+/// (saturating outside the years 1678-2262).
+pub(crate) fn nanos_of(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
+}
+
+pub(crate) fn time_of_nanos(nanos: i64) -> SystemTime {
+    let magnitude = std::time::Duration::from_nanos(nanos.unsigned_abs());
+    if nanos >= 0 {
+        SystemTime::UNIX_EPOCH + magnitude
+    } else {
+        SystemTime::UNIX_EPOCH - magnitude
+    }
+}
+
+/// A time from the server (RFC 3339); `None` for text that is not one.
+pub(crate) fn parse_server_time(raw: &str) -> Option<SystemTime> {
+    crate::model::parse_file_time(raw).ok().map(time_of_nanos)
+}
+
+/// The mtime and atime the server has for a version: the writer's, else
+/// the commit time (`at`); the atime defaults to the mtime.
+pub(crate) fn server_times(mtime: Option<&str>, atime: Option<&str>, at: &str) -> Option<(SystemTime, SystemTime)> {
+    let mtime = parse_server_time(mtime.unwrap_or(at))?;
+    Some((mtime, atime.and_then(parse_server_time).unwrap_or(mtime)))
 }
 
 impl Vfs {

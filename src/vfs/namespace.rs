@@ -254,7 +254,7 @@ impl Vfs {
             let mut record = Self::next_record(st, heir)?;
             if record.content.is_none() {
                 // Nothing journaled yet for the heir (still open): its close will be.
-                record.mode_dirty = true;
+                record.meta_dirty = true;
             }
             self.commit_record(st, heir, record)?;
         }
@@ -318,9 +318,10 @@ impl Vfs {
             Self::check_writable(&st, target)?;
         }
         // Move first, so inheritance sees the new layout.
+        let now = SystemTime::now();
         if let Some(p) = st.inodes.get_mut(&parent) {
             p.children.remove(name);
-            p.mtime = SystemTime::now();
+            (p.mtime, p.ctime) = (now, now);
         }
         if let Some(target) = target {
             if let Some(p) = st.inodes.get_mut(&new_parent) {
@@ -360,9 +361,9 @@ impl Vfs {
             }
         }
         if let Some(p) = st.inodes.get_mut(&new_parent) {
-            p.mtime = SystemTime::now();
+            (p.mtime, p.ctime) = (now, now);
         }
-        Self::get_mut(&mut st, ino)?.ctime = SystemTime::now();
+        Self::get_mut(&mut st, ino)?.ctime = now;
         // A file renamed away from a node's server path may free it for an heir
         // already standing there (vim: rename to backup happens before the write).
         let needs_record = {

@@ -156,6 +156,8 @@ mod tests {
             deleted,
             agent_id: None,
             at: String::new(),
+            mtime: None,
+            atime: None,
         }
     }
 

@@ -144,8 +144,19 @@ impl Vfs {
                     ino
                 };
                 let Some(inode) = st.inodes.get_mut(&ino) else { return };
+                let retimed = e.mtime.is_some() && e.kind != NodeKind::Dir;
+                if inode.mode != e.mode || retimed {
+                    inode.ctime = SystemTime::now();
+                }
                 inode.mode = e.mode;
                 let old_path = inode.server.replace(server).map(|s| s.path);
+                if changed || retimed {
+                    // The writer's times (`touch` elsewhere changes them alone).
+                    if let Some((mtime, atime)) = server_times(e.mtime.as_deref(), e.atime.as_deref(), &e.at) {
+                        inode.mtime = mtime;
+                        inode.atime = atime;
+                    }
+                }
                 if changed {
                     inode.content = match (e.kind, target) {
                         (NodeKind::Dir, _) => Content::Dir,
@@ -153,8 +164,9 @@ impl Vfs {
                         _ => Content::Blob { hash: e.hash.clone() },
                     };
                     inode.size = e.size;
-                    inode.mtime = SystemTime::now();
-                    inode.ctime = inode.mtime;
+                    inode.ctime = SystemTime::now();
+                    out.push(Invalidation::Inode(ino));
+                } else if retimed {
                     out.push(Invalidation::Inode(ino));
                 }
                 if let Some(old) = old_path.filter(|_| e.kind == NodeKind::Dir) {
@@ -189,6 +201,10 @@ impl Vfs {
                 let ino = Self::alloc_ino(st);
                 let mut inode = Inode::new(rand::random(), parent, name.to_string(), e.kind, e.mode, content);
                 inode.size = e.size;
+                if let Some((mtime, atime)) = server_times(e.mtime.as_deref(), e.atime.as_deref(), &e.at) {
+                    inode.mtime = mtime;
+                    inode.atime = atime;
+                }
                 inode.server = Some(server);
                 Self::insert_inode(st, ino, inode);
                 out.push(Invalidation::Entry {

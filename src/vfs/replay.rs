@@ -69,6 +69,7 @@ impl Vfs {
             let mut inode = Inode::new(rand::random(), parent, name, entry.kind, entry.mode, content);
             inode.size = entry.size;
             inode.mtime = parse_time(&entry.modified_at);
+            inode.atime = entry.accessed_at.as_deref().map_or(inode.mtime, parse_time);
             inode.ctime = inode.mtime;
             inode.server = Some(ServerState {
                 node: entry.id,
@@ -417,6 +418,13 @@ impl Vfs {
         }
         let inode = Self::get_mut(&mut st, ino)?;
         inode.mode = record.mode;
+        // Times set locally and not yet committed.
+        if let Some(mtime) = record.mtime {
+            inode.mtime = time_of_nanos(mtime);
+        }
+        if let Some(atime) = record.atime {
+            inode.atime = time_of_nanos(atime);
+        }
         if let Some((file, path, size)) = staged {
             inode.content = Content::Local { file, path };
             inode.size = size;

@@ -26,6 +26,7 @@ impl Vfs {
             kind: inode.kind,
             size: inode.size,
             mode: inode.mode & 0o7777,
+            atime: inode.atime,
             mtime: inode.mtime,
             ctime: inode.ctime,
             nlink,
@@ -129,7 +130,10 @@ impl Vfs {
         check_name(name)?;
         let parent_path = Self::path_of(st, parent);
         if parent_path.len() + 1 + name.len() > MAX_PATH_BYTES {
-            return Err(VfsError::new(libc::ENAMETOOLONG, "path is longer than 4096 bytes"));
+            return Err(VfsError::new(
+                libc::ENAMETOOLONG,
+                format!("path inside the project would be longer than {MAX_PATH_BYTES} bytes"),
+            ));
         }
         Ok(())
     }
@@ -195,6 +199,7 @@ impl Vfs {
         );
         fresh.size = old.size;
         fresh.mtime = old.mtime;
+        fresh.atime = old.atime;
         fresh.ctime = old.ctime;
         fresh.server = old.server.clone();
         fresh.data_rev = old.data_rev;
@@ -273,8 +278,10 @@ impl Vfs {
             mode: inode.mode,
             content: prev.and_then(|r| r.content.clone()),
             size: inode.size,
-            mode_dirty: prev.is_some_and(|r| r.mode_dirty),
+            meta_dirty: prev.is_some_and(|r| r.meta_dirty),
             changed_at: now_millis(),
+            mtime: Some(nanos_of(inode.mtime)),
+            atime: Some(nanos_of(inode.atime)),
             inline: prev.and_then(|r| r.inline.clone()),
             last_error: None,
         })

@@ -201,6 +201,10 @@ pub struct Checkout {
     pub version: i64,
     pub hash: String,
     pub status: String,
+    /// The file's mtime header (RFC 3339, nanoseconds).
+    pub mtime: String,
+    /// The atime header, sent when the writer set one.
+    pub atime: Option<String>,
 }
 
 fn header(headers: &HeaderMap, name: &str) -> String {
@@ -444,6 +448,10 @@ impl Api {
                 .expect("version header is a number"),
             hash: header(&headers, HEADER_HASH),
             status: header(&headers, HEADER_STATUS),
+            mtime: header(&headers, HEADER_MTIME),
+            atime: headers
+                .get(HEADER_ATIME)
+                .map(|v| v.to_str().expect("header is ASCII").to_string()),
             bytes,
         })
     }
@@ -587,6 +595,8 @@ pub fn commit_request(path: &str, base: Option<i64>, hash: BlobHash) -> CommitRe
         idempotency_key: None,
         node: None,
         content_base64: None,
+        mtime: None,
+        atime: None,
     }
 }
 

@@ -120,6 +120,7 @@ fn reading_a_server_file_with_the_server_down_is_eio_and_writes_need_no_server()
         hash: BlobHash::of(b"abc"),
         version: 1,
         modified_at: TIME.into(),
+        accessed_at: None,
     };
     vfs.load(&tree_listing(1, vec![entry]), None).unwrap();
     let ino = ino_of(&vfs, "remote.md").unwrap();

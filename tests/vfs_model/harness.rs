@@ -148,6 +148,7 @@ pub fn file_entry(source: &MapSource, path: &str, id: i64, version: i64, bytes: 
         hash: source.put(bytes),
         version,
         modified_at: TIME.into(),
+        accessed_at: None,
     }
 }
 
@@ -161,6 +162,7 @@ pub fn dir_entry(path: &str, id: i64) -> TreeEntry {
         hash: BlobHash::of(b""),
         version: 1,
         modified_at: TIME.into(),
+        accessed_at: None,
     }
 }
 
@@ -189,6 +191,8 @@ pub fn version_info(
         agent_id: None,
         message: None,
         created_at: TIME.into(),
+        mtime: None,
+        atime: None,
     }
 }
 
@@ -207,6 +211,8 @@ pub fn event(seq: i64, node: i64, version: i64, path: &str, hash: BlobHash, size
         deleted,
         agent_id: None,
         at: TIME.into(),
+        mtime: None,
+        atime: None,
     }
 }
 

@@ -81,6 +81,8 @@ impl Server {
             agent_id: None,
             message: None,
             created_at: TIME.into(),
+            mtime: None,
+            atime: None,
         }
     }
 
@@ -103,6 +105,8 @@ impl Server {
             deleted: n.deleted,
             agent_id: None,
             at: TIME.into(),
+            mtime: None,
+            atime: None,
         });
     }
 

@@ -118,6 +118,9 @@ struct Node {
     mode: u32,
     hash: BlobHash,
     size: u64,
+    /// The file times the last commit named, as the real server keeps them.
+    mtime: Option<String>,
+    atime: Option<String>,
 }
 
 #[derive(Default)]
@@ -276,6 +279,8 @@ impl State {
             agent_id: None,
             message: None,
             created_at: "2024-01-01T00:00:00Z".into(),
+            mtime: n.mtime.clone(),
+            atime: n.atime.clone(),
         }
     }
 
@@ -295,6 +300,8 @@ impl State {
             deleted: v.deleted,
             agent_id: None,
             at: v.created_at.clone(),
+            mtime: v.mtime.clone(),
+            atime: v.atime.clone(),
         });
     }
 
@@ -326,6 +333,8 @@ impl State {
             mode,
             hash,
             size,
+            mtime: None,
+            atime: None,
         }
     }
 
@@ -368,13 +377,17 @@ impl State {
                     mode: req.mode.unwrap_or(head.mode),
                     hash: req.hash.clone(),
                     size,
+                    mtime: req.mtime.clone(),
+                    atime: req.atime.clone(),
                     ..head.clone()
                 };
                 (node, VersionOp::Write, status, Some(head.version))
             }
             None if req.node.is_some() => return Err(not_found(path)),
             None => {
-                let node = self.new_node(kind, req.mode.unwrap_or(0o644), req.hash.clone(), size);
+                let mut node = self.new_node(kind, req.mode.unwrap_or(0o644), req.hash.clone(), size);
+                node.mtime = req.mtime.clone();
+                node.atime = req.atime.clone();
                 (node, VersionOp::Create, VersionStatus::Clean, None)
             }
         };

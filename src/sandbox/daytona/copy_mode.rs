@@ -498,7 +498,7 @@ impl CopyReport {
 }
 
 enum Outcome {
-    Committed(VersionInfo, bool),
+    Committed(Box<VersionInfo>, bool),
     Deleted,
     Kept(String),
     Skipped(String),
@@ -733,6 +733,8 @@ async fn commit_one(
         idempotency_key: Some(key),
         node: base.as_ref().map(|b| b.node),
         content_base64: None,
+        mtime: None,
+        atime: None,
     };
     let mut result = client.commit(&record.project, &request).await;
     if let Err(ClientError::Api { code, .. }) = &result {
@@ -762,10 +764,10 @@ async fn commit_one(
         }
         if !rewritten {
             // Keep the base at what the sandbox has, so the next round merges again.
-            return Outcome::Committed(VersionInfo { hash, ..version }, false);
+            return Outcome::Committed(Box::new(VersionInfo { hash, ..version }), false);
         }
     }
-    Outcome::Committed(version, rewritten)
+    Outcome::Committed(Box::new(version), rewritten)
 }
 
 async fn delete_one(record: &SandboxRecord, client: &Client, agent: &str, path: &str, base: &Base) -> Outcome {

@@ -18,7 +18,7 @@ use crate::api::{CommitRequest, DeleteRequest, ErrorCode, MkdirRequest, NodeKind
 use crate::model::{BlobHash, WsPath};
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
-use crate::server::service::Service;
+use crate::server::service::{PutFileOptions, Service};
 use crate::server::store::ProjectRow;
 
 /// The project as the WebDAV handler sees it, for one request.
@@ -348,9 +348,13 @@ impl ProjectFs {
                 &self.caller,
                 self.project(),
                 path.clone(),
-                base,
-                self.agent.clone(),
-                None,
+                PutFileOptions {
+                    base_version: base,
+                    agent_id: self.agent.clone(),
+                    message: None,
+                    mtime: None,
+                    atime: None,
+                },
                 body,
             )
             .await
@@ -469,6 +473,9 @@ impl ProjectFs {
                     idempotency_key: None,
                     node: None,
                     content_base64: None,
+                    // A copy is a new file: it is dated now, as `cp` does.
+                    mtime: None,
+                    atime: None,
                 },
             )
             .await

@@ -1,24 +1,35 @@
 //! File times over WebDAV: what `getlastmodified` reports and what happens
-//! to the `X-OC-Mtime` a client sends with PUT.
+//! to the `X-OC-Mtime` a client (rclone, Nextcloud and ownCloud clients)
+//! sends with PUT.
 //!
-//! MTIME HOOK (issue 14): versions do not carry a file time of their own yet
-//! (another branch adds an optional `mtime`). These two functions are the
-//! single place to wire it: report `v.mtime` when set, and pass the PUT's
-//! time to the commit. Until then `getlastmodified` is the commit time and
-//! `X-OC-Mtime` is parsed (garbage is a 400) but not kept.
+//! Versions carry the mtime their writer set (issue 12): `getlastmodified`
+//! is that time, else the commit time; `X-OC-Mtime` (Unix seconds, with an
+//! optional fraction) becomes the new version's mtime.
 
 use std::time::SystemTime;
 
-use super::DavRequest;
+use axum::http::{HeaderMap, StatusCode};
+
+use super::DavRefusal;
 use crate::api::VersionInfo;
 
-/// The time a version reports as `getlastmodified`.
+/// Header rclone and Nextcloud/ownCloud clients send with the file's mtime.
+pub const HEADER_OC_MTIME: &str = "x-oc-mtime";
+
+/// The time a version reports as `getlastmodified`: its writer's mtime,
+/// else when it was committed.
 pub fn version_time(v: &VersionInfo) -> SystemTime {
-    super::fs::system_time(&v.created_at)
+    super::fs::system_time(v.modified_at())
 }
 
-/// Keeps the client's file time for `written`; true when it was kept (the
-/// response then says `X-OC-Mtime: accepted`).
-pub fn record(_ctx: &DavRequest, _written: &VersionInfo, _mtime_secs: Option<i64>) -> bool {
-    false
+/// The PUT's `X-OC-Mtime` in the API's form; a malformed one is a 400
+/// before anything is read or stored.
+pub fn requested(headers: &HeaderMap) -> Result<Option<String>, DavRefusal> {
+    let Some(value) = headers.get(HEADER_OC_MTIME) else {
+        return Ok(None);
+    };
+    let bad = || DavRefusal::new(StatusCode::BAD_REQUEST, "X-OC-Mtime must be seconds since the epoch");
+    let text = value.to_str().map_err(|_| bad())?;
+    let nanos = crate::model::parse_file_time(text).map_err(|_| bad())?;
+    Ok(Some(crate::model::format_file_time(nanos)))
 }

@@ -18,15 +18,11 @@ use crate::api::{NodeKind, VersionInfo, HEADER_STATUS, HEADER_VERSION};
 use crate::merge::{merge, MergeOutcome};
 use crate::model::{BlobHash, WsPath};
 use crate::server::blobs::{BlobError, ByteStream};
-use crate::server::service::MAX_MERGE_BYTES;
+use crate::server::service::{PutFileOptions, MAX_MERGE_BYTES};
 
 /// How many versions back an `If-Match` etag is looked for.
 const MAX_IF_MATCH_HISTORY: u32 = 10_000;
 const HISTORY_PAGE: u32 = 1000;
-
-/// Header rclone and Nextcloud/ownCloud clients send with the file's mtime
-/// (seconds since the epoch).
-pub const HEADER_OC_MTIME: &str = "x-oc-mtime";
 
 enum IfMatch {
     Any,
@@ -52,19 +48,6 @@ fn if_none_match_any(headers: &HeaderMap) -> bool {
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim() == "*")
-}
-
-/// `X-OC-Mtime` as seconds since the epoch; garbage is a 400.
-fn oc_mtime(headers: &HeaderMap) -> Result<Option<i64>, DavRefusal> {
-    headers
-        .get(HEADER_OC_MTIME)
-        .map(|v| {
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().split('.').next().and_then(|s| s.parse::<i64>().ok()))
-                .ok_or_else(|| DavRefusal::new(StatusCode::BAD_REQUEST, "X-OC-Mtime must be seconds since the epoch"))
-        })
-        .transpose()
 }
 
 fn body_stream(body: Body) -> ByteStream {
@@ -181,7 +164,7 @@ pub async fn put(ctx: &DavRequest, path: WsPath, req: Request) -> Result<Respons
             ),
         ));
     }
-    let mtime = oc_mtime(headers)?;
+    let mtime = super::mtime::requested(headers)?;
     check_lock(ctx, &path, headers).await?;
     let head = match ctx.fs.resolve(&Some(path.clone())).await.map_err(DavRefusal::from_fs)? {
         Resolved::Node(v) if v.kind == NodeKind::Dir => {
@@ -249,13 +232,16 @@ pub async fn put(ctx: &DavRequest, path: WsPath, req: Request) -> Result<Respons
             &ctx.fs.caller,
             &ctx.fs.project.name,
             path,
-            base,
-            ctx.fs.agent.clone(),
-            None,
+            PutFileOptions {
+                base_version: base,
+                agent_id: ctx.fs.agent.clone(),
+                message: None,
+                mtime: mtime.clone(),
+                atime: None,
+            },
             body,
         )
         .await?;
-    let mtime_applied = super::mtime::record(ctx, &written, mtime);
     let mut response = if head.is_none() {
         StatusCode::CREATED.into_response()
     } else {
@@ -267,9 +253,9 @@ pub async fn put(ctx: &DavRequest, path: WsPath, req: Request) -> Result<Respons
     }
     h.insert(HEADER_VERSION, HeaderValue::from(written.version));
     h.insert(HEADER_STATUS, HeaderValue::from_static(written.status.as_str()));
-    if mtime_applied {
+    if mtime.is_some() {
         // rclone reads this to know the server kept the time it sent.
-        h.insert(HEADER_OC_MTIME, HeaderValue::from_static("accepted"));
+        h.insert(super::mtime::HEADER_OC_MTIME, HeaderValue::from_static("accepted"));
     }
     Ok(response)
 }

@@ -11,12 +11,29 @@ use crate::model::{BlobHash, WsPath};
 use crate::server::auth::Caller;
 use crate::server::blobs::{BlobError, ByteStream};
 use crate::server::error::ApiError;
-use crate::server::store::{ContentWrite, NodeHead, ProjectRow, StoreError, WriteTarget};
+use crate::server::store::{ContentWrite, FileTimes, NodeHead, ProjectRow, StoreError, WriteTarget};
 
 /// Inputs larger than this are not merged: the commit falls back to last-writer-wins.
 pub const MAX_MERGE_BYTES: u64 = 16 * 1024 * 1024;
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 const MAX_SYMLINK_TARGET: u64 = 4096;
+
+/// The file times a commit names, checked: a malformed one refuses the
+/// commit (400) before anything is stored.
+fn request_times(req: &CommitRequest) -> Result<FileTimes, ApiError> {
+    let parse = |field: &str, raw: &Option<String>| -> Result<Option<i64>, ApiError> {
+        raw.as_deref()
+            .map(|t| {
+                crate::model::parse_file_time(t)
+                    .map_err(|e| ApiError::bad_request(ErrorCode::InvalidField, format!("{field}: {e}")))
+            })
+            .transpose()
+    };
+    Ok(FileTimes {
+        mtime: parse("mtime", &req.mtime)?,
+        atime: parse("atime", &req.atime)?,
+    })
+}
 
 fn default_mode(kind: NodeKind) -> u32 {
     match kind {
@@ -24,6 +41,18 @@ fn default_mode(kind: NodeKind) -> u32 {
         NodeKind::Dir => 0o755,
         NodeKind::Symlink => 0o777,
     }
+}
+
+/// What a `PUT files` request says besides its body.
+#[derive(Debug, Clone, Default)]
+pub struct PutFileOptions {
+    /// The version the upload was based on; `None`: the head as it is now.
+    pub base_version: Option<i64>,
+    pub agent_id: Option<String>,
+    pub message: Option<String>,
+    /// The file's times (RFC 3339 or Unix seconds); `None`: the commit time.
+    pub mtime: Option<String>,
+    pub atime: Option<String>,
 }
 
 /// What a commit will write once the head is known.
@@ -79,6 +108,7 @@ impl Service {
                 format!("idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY} bytes"),
             ));
         }
+        let times = request_times(&req)?;
         let meta = meta(caller, req.agent_id.clone(), req.message.clone())?;
         if let Some(done) = self.idempotent_result(project.id, &req).await? {
             return Ok(done);
@@ -98,9 +128,15 @@ impl Service {
         let _serialised = self.path_lock(project.id, &req.path).lock().await;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let head = self.store.node_at(project.id, &req.path).await?;
-            let plan = match self.plan_commit(&project, &req, kind, size, head).await? {
+            let plan = match self.plan_commit(&project, &req, kind, size, head, times).await? {
                 Planned::AlreadyThere(v) => return Ok(v),
                 Planned::Write(plan) => plan,
+            };
+            // Merged bytes are nobody's local file: they get the commit time.
+            let times = if plan.hash == req.hash {
+                times
+            } else {
+                FileTimes::default()
             };
             let write = ContentWrite {
                 target: plan.target,
@@ -112,6 +148,7 @@ impl Service {
                 status: plan.status,
                 idempotency_key: req.idempotency_key.clone(),
                 record_blob: came_with_request.then(|| req.hash.clone()),
+                times,
             };
             match self.store.write_content(project.id, write, meta.clone()).await {
                 Ok(applied) => {
@@ -208,6 +245,7 @@ impl Service {
         kind: NodeKind,
         size: u64,
         head: Option<NodeHead>,
+        times: FileTimes,
     ) -> Result<Planned, ApiError> {
         let unknown_base = |base: i64, head: Option<VersionInfo>| {
             ApiError::conflict(
@@ -299,7 +337,11 @@ impl Service {
             ));
         }
         let mode = mode_or(head.head.mode);
-        let unchanged = |hash: &BlobHash| *hash == head.head.hash && mode == head.head.mode && kind == head.kind;
+        // A commit that names times changes them, even with the same bytes
+        // (`touch`); one that names none keeps the head's.
+        let times_unchanged = times.mtime.is_none() || times == FileTimes::of(&head.head);
+        let unchanged =
+            |hash: &BlobHash| *hash == head.head.hash && mode == head.head.mode && kind == head.kind && times_unchanged;
         let base_info = match req.base_version {
             Some(base) if base == head.head.version => {
                 if unchanged(&req.hash) {
@@ -396,18 +438,22 @@ impl Service {
 
     /// One-call upload and commit for pipelines: `PUT .../files/{path}`.
     /// Without a base version the upload overwrites the head as it is now.
-    #[allow(clippy::too_many_arguments)]
     pub async fn put_file(
         &self,
         caller: &Caller,
         project: &str,
         path: WsPath,
-        base_version: Option<i64>,
-        agent_id: Option<String>,
-        message: Option<String>,
+        options: PutFileOptions,
         body: ByteStream,
     ) -> Result<VersionInfo, ApiError> {
         check_new_path(&path)?;
+        let PutFileOptions {
+            base_version,
+            agent_id,
+            message,
+            mtime,
+            atime,
+        } = options;
         let row = self.project_for(caller, project, true).await?;
         let (hash, size, _) = self.blobs.put_stream(None, body, self.limits.max_blob_bytes).await?;
         let base_version = match base_version {
@@ -428,6 +474,8 @@ impl Service {
             idempotency_key: None,
             node: None,
             content_base64: None,
+            mtime,
+            atime,
         };
         self.commit_content(caller, project, req, Some(size)).await
     }

@@ -29,7 +29,7 @@ mod namespace;
 mod read;
 mod skills;
 
-pub use commit::MAX_MERGE_BYTES;
+pub use commit::{PutFileOptions, MAX_MERGE_BYTES};
 pub use skills::parse_skill_front_matter;
 
 /// How often a commit re-reads the head after losing a compare-and-set.

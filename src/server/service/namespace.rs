@@ -140,6 +140,8 @@ impl Service {
                 status: VersionStatus::Clean,
                 idempotency_key: None,
                 record_blob: None,
+                // Restored bytes are a new change: the commit time is their mtime.
+                times: Default::default(),
             };
             match self.store.write_content(project.id, write, meta.clone()).await {
                 Ok(applied) => {

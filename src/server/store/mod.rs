@@ -123,6 +123,32 @@ pub struct ContentWrite {
     /// A blob that came with the commit (inline content), recorded as the
     /// project's in the same transaction as the version.
     pub record_blob: Option<BlobHash>,
+    /// The file's times as the writer set them.
+    pub times: FileTimes,
+}
+
+/// A file's mtime and atime as its writer set them, in nanoseconds since the
+/// Unix epoch; `None` where it set none (then the commit time stands in).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileTimes {
+    pub mtime: Option<i64>,
+    pub atime: Option<i64>,
+}
+
+impl FileTimes {
+    /// The times a stored version carries (its strings were written by
+    /// [`format_file_time`](crate::model::format_file_time)).
+    pub fn of(v: &VersionInfo) -> Self {
+        let parse = |t: &Option<String>| t.as_deref().and_then(|t| crate::model::parse_file_time(t).ok());
+        Self {
+            mtime: parse(&v.mtime),
+            atime: parse(&v.atime),
+        }
+    }
+
+    pub fn format(t: Option<i64>) -> Option<String> {
+        t.map(crate::model::format_file_time)
+    }
 }
 
 /// Everything a new version row needs beyond its node (both stores).
@@ -137,6 +163,7 @@ pub(crate) struct NewVersion<'a> {
     pub deleted: bool,
     pub idempotency_key: Option<&'a str>,
     pub old_path: Option<&'a str>,
+    pub times: FileTimes,
 }
 
 impl<'a> NewVersion<'a> {
@@ -153,6 +180,7 @@ impl<'a> NewVersion<'a> {
             deleted: false,
             idempotency_key: write.idempotency_key.as_deref(),
             old_path: None,
+            times: write.times,
         }
     }
 
@@ -169,6 +197,7 @@ impl<'a> NewVersion<'a> {
             deleted: false,
             idempotency_key: None,
             old_path: None,
+            times: FileTimes::default(),
         }
     }
 
@@ -202,6 +231,8 @@ impl<'a> NewVersion<'a> {
             deleted: false,
             idempotency_key: None,
             old_path: None,
+            // A rename or deletion leaves the file's times as they were.
+            times: FileTimes::of(head),
         }
     }
 }

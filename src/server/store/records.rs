@@ -82,6 +82,9 @@ pub struct VersionRecord {
     pub message: Option<String>,
     pub created_at: i64,
     pub idempotency_key: Option<String>,
+    /// File times in nanoseconds (`None`: the commit time).
+    pub mtime: Option<i64>,
+    pub atime: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,6 +312,8 @@ mod tests {
             message: None,
             created_at: 0,
             idempotency_key: None,
+            mtime: None,
+            atime: None,
         }
     }
 

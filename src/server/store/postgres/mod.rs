@@ -363,14 +363,19 @@ impl MetadataStore for PostgresStore {
         // The cursor and the entries come from one snapshot.
         let tx = read_snapshot(&mut c).await.map_err(TxError::from)?;
         let cursor = current_cursor(&tx, project_id).await?;
-        const COLUMNS: &str = "SELECT n.path, n.id, v.kind, v.mode, v.size, v.hash, v.number, v.created_at
+        const COLUMNS: &str = "SELECT n.path, n.id, v.kind, v.mode, v.size, v.hash, v.number, v.created_at,
+                    v.mtime, v.atime
              FROM nodes n JOIN versions v ON v.node_id = n.id AND v.number = n.head
              WHERE n.project_id = $1 AND NOT n.deleted";
         let (rows, depth_start) = match prefix {
             Some(p) => {
                 let (lower, upper) = namespace::descendant_range(p.as_str());
                 let stmt = tx
-                    .prepare_cached(&format!("{COLUMNS} AND n.path >= $2 AND n.path < $3 ORDER BY n.path"))
+                    // The prefix bounds let the range use `nodes_any_path` (migration 3).
+                    .prepare_cached(&format!(
+                        "{COLUMNS} AND n.path >= $2 AND n.path < $3
+                         AND left(n.path, 512) BETWEEN left($2, 512) AND left($3, 512) ORDER BY n.path"
+                    ))
                     .await
                     .map_err(TxError::from)?;
                 let rows = tx
@@ -394,6 +399,7 @@ impl MetadataStore for PostgresStore {
             if !namespace::tree_lists(&path, depth_start, recursive) {
                 continue;
             }
+            let created_at: i64 = col(r, 7)?;
             entries.push(TreeEntry {
                 path,
                 id: col(r, 1)?,
@@ -402,7 +408,8 @@ impl MetadataStore for PostgresStore {
                 size: col::<i64>(r, 4)? as u64,
                 hash: parse_hash(col(r, 5)?)?,
                 version: col(r, 6)?,
-                modified_at: format_time(col(r, 7)?),
+                modified_at: FileTimes::format(col(r, 8)?).unwrap_or_else(|| format_time(created_at)),
+                accessed_at: FileTimes::format(col(r, 9)?),
             });
         }
         Ok(TreeListing { cursor, entries })
@@ -415,9 +422,9 @@ impl MetadataStore for PostgresStore {
             .prepare_cached(concat!(
                 "SELECT n.id, n.path, n.kind, n.deleted, n.head, ",
                 "v.node_id, v.number, v.path, v.kind, v.mode, v.hash, v.size, v.op, v.status, v.deleted, v.parent,
-                 v.author, v.agent_id, v.message, v.created_at
+                 v.author, v.agent_id, v.message, v.created_at, v.mtime, v.atime
                  FROM nodes n LEFT JOIN versions v ON v.node_id = n.id AND v.number = n.head
-                 WHERE n.project_id = $1 AND n.path = $2
+                 WHERE n.project_id = $1 AND left(n.path, 512) = left($2, 512) AND n.path = $2
                  ORDER BY n.deleted ASC, n.deleted_at DESC NULLS LAST, n.id DESC LIMIT 1"
             ))
             .await
@@ -532,7 +539,7 @@ impl MetadataStore for PostgresStore {
         let stmt = c
             .prepare_cached(
                 "SELECT e.seq, e.node_id, v.path, e.old_path, v.op, v.number, v.kind, v.hash, v.size, v.mode, v.deleted,
-                        v.agent_id, v.created_at
+                        v.agent_id, v.created_at, v.mtime, v.atime
                  FROM events e JOIN versions v ON v.node_id = e.node_id AND v.number = e.version
                  WHERE e.project_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3",
             )
@@ -560,6 +567,8 @@ impl MetadataStore for PostgresStore {
                 deleted: col(r, 10)?,
                 agent_id: col(r, 11)?,
                 at: format_time(col(r, 12)?),
+                mtime: FileTimes::format(col(r, 13)?),
+                atime: FileTimes::format(col(r, 14)?),
             });
         }
         let more = trim_page(&mut events, limit);

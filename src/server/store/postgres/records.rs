@@ -133,7 +133,7 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
         &tx,
         s,
         "SELECT node_id, number, project_id, path, kind, mode, hash, size, op, status, deleted, parent, author,
-                agent_id, message, created_at, idempotency_key
+                agent_id, message, created_at, idempotency_key, mtime, atime
          FROM versions ORDER BY node_id, number",
         |r| {
             Ok(VersionRecord {
@@ -154,6 +154,8 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
                 message: col(r, 14)?,
                 created_at: col(r, 15)?,
                 idempotency_key: col(r, 16)?,
+                mtime: col(r, 17)?,
+                atime: col(r, 18)?,
             })
         },
         RecordBatch::Versions,
@@ -345,11 +347,12 @@ pub(super) async fn import(
                 insert(
                     &tx,
                     "INSERT INTO versions (node_id, number, project_id, path, kind, mode, hash, size, op, status,
-                                           deleted, parent, author, agent_id, message, created_at, idempotency_key)
+                                           deleted, parent, author, agent_id, message, created_at, idempotency_key,
+                                           mtime, atime)
                      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
                                           $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::text[],
                                           $11::bool[], $12::bigint[], $13::text[], $14::text[], $15::text[],
-                                          $16::bigint[], $17::text[])",
+                                          $16::bigint[], $17::text[], $18::bigint[], $19::bigint[])",
                     &[
                         &array(&rows, |r| r.node_id),
                         &array(&rows, |r| r.number),
@@ -368,6 +371,8 @@ pub(super) async fn import(
                         &array(&rows, |r| r.message.clone()),
                         &array(&rows, |r| r.created_at),
                         &array(&rows, |r| r.idempotency_key.clone()),
+                        &array(&rows, |r| r.mtime),
+                        &array(&rows, |r| r.atime),
                     ],
                 )
                 .await?;

@@ -11,7 +11,7 @@ use crate::api::{NodeKind, VersionInfo, VersionOp, VersionStatus};
 use crate::model::BlobHash;
 use crate::server::store::namespace::{self, NodeRow};
 use crate::server::store::txn::{Lock, Txn};
-use crate::server::store::{backend, format_time, NewVersion, StoreResult, WriteMeta};
+use crate::server::store::{backend, format_time, FileTimes, NewVersion, StoreResult, WriteMeta};
 
 /// A column of a row, or a store error naming the column.
 pub(super) fn col<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> StoreResult<T> {
@@ -30,7 +30,7 @@ pub(super) fn parse_hash(raw: &str) -> StoreResult<BlobHash> {
 /// The columns [`version_from_row`] reads, in order.
 macro_rules! version_columns {
     () => {
-        "node_id, number, path, kind, mode, hash, size, op, status, deleted, parent, author, agent_id, message, created_at"
+        "node_id, number, path, kind, mode, hash, size, op, status, deleted, parent, author, agent_id, message, created_at, mtime, atime"
     };
 }
 pub(super) use version_columns;
@@ -61,19 +61,20 @@ pub(super) fn node_from_row(r: &Row) -> StoreResult<NodeRow> {
     })
 }
 
+/// Selects the live node at `$2` through the `nodes_live_path` index (on
+/// the path's MD5: see migration 3).
+macro_rules! live_node_at {
+    () => {
+        "SELECT id, path, kind, deleted, head FROM nodes
+         WHERE project_id = $1 AND md5(path) = md5($2::text) AND path = $2 AND NOT deleted"
+    };
+}
+
 async fn live_node<C: GenericClient>(c: &C, project_id: i64, path: &str, lock: Lock) -> TxResult<Option<NodeRow>> {
     let sql = match lock {
-        Lock::None => {
-            "SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = $1 AND path = $2 AND NOT deleted"
-        }
-        Lock::Share => {
-            "SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = $1 AND path = $2 AND NOT deleted
-             FOR SHARE"
-        }
-        Lock::Update => {
-            "SELECT id, path, kind, deleted, head FROM nodes WHERE project_id = $1 AND path = $2 AND NOT deleted
-             FOR NO KEY UPDATE"
-        }
+        Lock::None => live_node_at!(),
+        Lock::Share => concat!(live_node_at!(), " FOR SHARE"),
+        Lock::Update => concat!(live_node_at!(), " FOR NO KEY UPDATE"),
     };
     let stmt = c.prepare_cached(sql).await?;
     let row = c.query_opt(&stmt, &[&project_id, &path]).await?;
@@ -98,7 +99,9 @@ async fn live_descendants<C: GenericClient>(c: &C, project_id: i64, dir: &str) -
     let stmt = c
         .prepare_cached(
             "SELECT id, path, kind, deleted, head FROM nodes
-             WHERE project_id = $1 AND NOT deleted AND path >= $2 AND path < $3 ORDER BY path DESC
+             WHERE project_id = $1 AND NOT deleted AND path >= $2 AND path < $3
+               AND left(path, 512) BETWEEN left($2, 512) AND left($3, 512)
+             ORDER BY path DESC
              FOR NO KEY UPDATE",
         )
         .await?;
@@ -197,8 +200,8 @@ async fn append_version<C: GenericClient>(
     let stmt = c
         .prepare_cached(concat!(
             "INSERT INTO versions (node_id, number, project_id, path, kind, mode, hash, size, op, status, deleted,
-                                   parent, author, agent_id, message, created_at, idempotency_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                                   parent, author, agent_id, message, created_at, idempotency_key, mtime, atime)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
              RETURNING ",
             version_columns!()
         ))
@@ -224,6 +227,8 @@ async fn append_version<C: GenericClient>(
                 &meta.message,
                 &meta.now,
                 &v.idempotency_key,
+                &v.times.mtime,
+                &v.times.atime,
             ],
         )
         .await?;
@@ -290,6 +295,8 @@ pub(super) fn version_from_row_at(r: &Row, offset: usize) -> StoreResult<Version
         agent_id: col(r, at(12))?,
         message: col(r, at(13))?,
         created_at: format_time(col(r, at(14))?),
+        mtime: FileTimes::format(col(r, at(15))?),
+        atime: FileTimes::format(col(r, at(16))?),
     })
 }
 

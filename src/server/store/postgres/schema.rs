@@ -8,7 +8,11 @@ use crate::server::store::{backend, StoreResult};
 
 /// The SQL migrations, in order. Version N is `MIGRATIONS[N - 1]`; never edit
 /// one that shipped: add the next file instead.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../../migrations/postgres/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../../../migrations/postgres/0001_initial.sql")),
+    (2, include_str!("../../../../migrations/postgres/0002_file_times.sql")),
+    (3, include_str!("../../../../migrations/postgres/0003_long_paths.sql")),
+];
 
 /// Key of the advisory lock that serialises migrations between instances.
 const MIGRATION_LOCK: i64 = 0x636f_6e74_6578_7401; // "context" + 1

@@ -264,7 +264,7 @@ impl MetadataStore for SqliteStore {
                 None => (String::new(), "\u{10FFFF}".to_string()),
             };
             let mut stmt = conn.prepare_cached(
-                "SELECT n.path, n.id, v.kind, v.mode, v.size, v.hash, v.number, v.created_at
+                "SELECT n.path, n.id, v.kind, v.mode, v.size, v.hash, v.number, v.created_at, v.mtime, v.atime
                  FROM nodes n JOIN versions v ON v.node_id = n.id AND v.number = n.head
                  WHERE n.project_id = ?1 AND n.deleted = 0 AND n.path >= ?2 AND n.path < ?3
                  ORDER BY n.path",
@@ -277,6 +277,7 @@ impl MetadataStore for SqliteStore {
                 if !namespace::tree_lists(&path, depth_start, recursive) {
                     continue;
                 }
+                let created_at: i64 = r.get(7)?;
                 entries.push(crate::api::TreeEntry {
                     path,
                     id: r.get(1)?,
@@ -285,7 +286,8 @@ impl MetadataStore for SqliteStore {
                     size: r.get::<_, i64>(4)? as u64,
                     hash: parse_hash(r.get(5)?)?,
                     version: r.get(6)?,
-                    modified_at: format_time(r.get(7)?),
+                    modified_at: FileTimes::format(r.get(8)?).unwrap_or_else(|| format_time(created_at)),
+                    accessed_at: FileTimes::format(r.get(9)?),
                 });
             }
             Ok(TreeListing { cursor, entries })
@@ -399,7 +401,7 @@ impl MetadataStore for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT e.seq, e.node_id, v.path, e.old_path, v.op, v.number, v.kind, v.hash, v.size, v.mode, v.deleted,
-                        v.agent_id, v.created_at
+                        v.agent_id, v.created_at, v.mtime, v.atime
                  FROM events e JOIN versions v ON v.node_id = e.node_id AND v.number = e.version
                  WHERE e.project_id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3",
             )?;
@@ -422,6 +424,8 @@ impl MetadataStore for SqliteStore {
                         deleted: r.get(10)?,
                         agent_id: r.get(11)?,
                         at: format_time(r.get(12)?),
+                        mtime: FileTimes::format(r.get(13)?),
+                        atime: FileTimes::format(r.get(14)?),
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;

@@ -110,7 +110,7 @@ pub(super) fn export(conn: &Connection, sink: &Sink) -> StoreResult<()> {
         conn,
         sink,
         "SELECT node_id, number, project_id, path, kind, mode, hash, size, op, status, deleted, parent, author,
-                agent_id, message, created_at, idempotency_key
+                agent_id, message, created_at, idempotency_key, mtime, atime
          FROM versions ORDER BY node_id, number",
         |r| {
             Ok(VersionRecord {
@@ -131,6 +131,8 @@ pub(super) fn export(conn: &Connection, sink: &Sink) -> StoreResult<()> {
                 message: r.get(14)?,
                 created_at: r.get(15)?,
                 idempotency_key: r.get(16)?,
+                mtime: r.get(17)?,
+                atime: r.get(18)?,
             })
         },
         RecordBatch::Versions,
@@ -292,8 +294,9 @@ pub(super) fn import(
             RecordBatch::Versions(rows) => {
                 let mut stmt = conn.prepare_cached(
                     "INSERT INTO versions (node_id, number, project_id, path, kind, mode, hash, size, op, status,
-                                           deleted, parent, author, agent_id, message, created_at, idempotency_key)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                                           deleted, parent, author, agent_id, message, created_at, idempotency_key,
+                                           mtime, atime)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
                 )?;
                 for r in rows {
                     stmt.execute(params![
@@ -313,7 +316,9 @@ pub(super) fn import(
                         r.agent_id,
                         r.message,
                         r.created_at,
-                        r.idempotency_key
+                        r.idempotency_key,
+                        r.mtime,
+                        r.atime
                     ])?;
                 }
             }

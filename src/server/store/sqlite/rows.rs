@@ -11,10 +11,10 @@ use crate::api::{NodeKind, VersionInfo, VersionOp, VersionStatus};
 use crate::model::BlobHash;
 use crate::server::store::namespace::{self, NodeRow};
 use crate::server::store::txn::{Lock, Txn};
-use crate::server::store::{backend, format_time, NewVersion, StoreError, StoreResult, WriteMeta};
+use crate::server::store::{backend, format_time, FileTimes, NewVersion, StoreError, StoreResult, WriteMeta};
 
 pub(super) const VERSION_COLUMNS: &str =
-    "node_id, number, path, kind, mode, hash, size, op, status, deleted, parent, author, agent_id, message, created_at";
+    "node_id, number, path, kind, mode, hash, size, op, status, deleted, parent, author, agent_id, message, created_at, mtime, atime";
 
 pub(super) fn parse_kind(raw: String) -> rusqlite::Result<NodeKind> {
     NodeKind::parse(&raw).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, raw, rusqlite::types::Type::Text))
@@ -45,6 +45,8 @@ pub(super) fn version_from_row(r: &Row) -> rusqlite::Result<VersionInfo> {
         agent_id: r.get(12)?,
         message: r.get(13)?,
         created_at: format_time(r.get(14)?),
+        mtime: FileTimes::format(r.get(15)?),
+        atime: FileTimes::format(r.get(16)?),
     })
 }
 
@@ -135,8 +137,8 @@ fn append_version(
     let number = parent.unwrap_or(0) + 1;
     conn.prepare_cached(
         "INSERT INTO versions (node_id, number, project_id, path, kind, mode, hash, size, op, status, deleted, parent,
-                               author, agent_id, message, created_at, idempotency_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                               author, agent_id, message, created_at, idempotency_key, mtime, atime)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     )?
     .execute(params![
         node,
@@ -156,6 +158,8 @@ fn append_version(
         meta.message,
         meta.now,
         v.idempotency_key,
+        v.times.mtime,
+        v.times.atime,
     ])?;
     conn.prepare_cached(
         "UPDATE nodes SET head = ?2, path = ?3, kind = ?4, deleted = ?5, deleted_at = ?6 WHERE id = ?1",

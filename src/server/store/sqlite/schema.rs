@@ -7,7 +7,8 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::server::store::{backend, StoreResult};
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: versions carry the file times their writer set (`mtime`, `atime`).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,6 +56,8 @@ CREATE TABLE IF NOT EXISTS versions (
     message TEXT,
     created_at INTEGER NOT NULL,
     idempotency_key TEXT,
+    mtime INTEGER,
+    atime INTEGER,
     PRIMARY KEY (node_id, number)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS versions_idempotency ON versions(project_id, idempotency_key)
@@ -124,6 +127,18 @@ pub(super) fn open_database(path: &Path) -> StoreResult<Connection> {
             )?;
         }
         Some(v) if v == SCHEMA_VERSION.to_string() => {}
+        // Version 1 predates file times: its versions keep the commit time
+        // as their mtime (NULL columns).
+        Some(v) if v == "1" => {
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 ALTER TABLE versions ADD COLUMN mtime INTEGER;
+                 ALTER TABLE versions ADD COLUMN atime INTEGER;
+                 UPDATE meta SET value = '2' WHERE key = 'schema_version';
+                 COMMIT;",
+            )?;
+            tracing::info!(path = %path.display(), "upgraded the database schema to version 2 (file times)");
+        }
         Some(v) => {
             return Err(backend(format!(
                 "database schema version {v} is not supported by this build (expects {SCHEMA_VERSION})"
@@ -139,4 +154,59 @@ pub(super) fn open_database(path: &Path) -> StoreResult<Connection> {
         )));
     }
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written by a build before file times (schema 1) opens,
+    /// gains the time columns, and keeps its versions with NULL times (the
+    /// commit time stands in for them).
+    #[test]
+    fn a_schema_1_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("meta.db");
+        let conn = open_database(&path).expect("new database");
+        conn.execute_batch(
+            "INSERT INTO projects (id, name, created_at) VALUES (1, 'p', 0);
+             INSERT INTO nodes (id, project_id, path, kind, head) VALUES (1, 1, 'a', 'file', 1);
+             INSERT INTO versions (node_id, number, project_id, path, kind, mode, hash, size, op, status, deleted,
+                                   author, created_at)
+             VALUES (1, 1, 1, 'a', 'file', 420, 'h', 0, 'create', 'clean', 0, 'admin', 5);
+             ALTER TABLE versions DROP COLUMN mtime;
+             ALTER TABLE versions DROP COLUMN atime;
+             UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+        )
+        .expect("make it a schema 1 database");
+        drop(conn);
+
+        let conn = open_database(&path).expect("upgraded on open");
+        let version: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .expect("schema version");
+        assert_eq!(version, "2");
+        let (created, mtime): (i64, Option<i64>) = conn
+            .query_row("SELECT created_at, mtime FROM versions WHERE node_id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .expect("the old version is still there");
+        assert_eq!((created, mtime), (5, None));
+        drop(conn);
+        open_database(&path).expect("a second open finds nothing to upgrade");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("meta.db");
+        let conn = open_database(&path).expect("new database");
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", [])
+            .expect("pretend a newer build wrote it");
+        drop(conn);
+        let err = open_database(&path)
+            .expect_err("a newer schema must be refused")
+            .to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+    }
 }
