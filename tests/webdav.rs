@@ -373,7 +373,7 @@ async fn a_locked_file_takes_writes_only_with_its_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_refused_and_leaves_history_unchanged() {
-    let (s, token) = setup_with(&["--max-blob-bytes", "4096"]).await;
+    let (s, token) = setup_with(&["--max-blob-bytes", "4096", "--max-request-bytes", "65536"]).await;
     let dav = Dav::new(&s, PROJECT, &token);
     dav.status(dav.req("MKCOL", "docs")).await;
     dav.put("docs/keep.md", b"keep\n").await;
@@ -398,6 +398,17 @@ async fn bad_input_is_refused_and_leaves_history_unchanged() {
         .status(dav.req("PUT", "big.bin").body(reqwest::Body::wrap_stream(chunks)))
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // An XML body (PROPFIND, LOCK) over --max-request-bytes: 413.
+    let huge_xml = format!(
+        "<?xml version=\"1.0\"?><D:propfind xmlns:D=\"DAV:\"><D:prop>{}</D:prop></D:propfind>",
+        "<D:getetag/>".repeat(7000)
+    );
+    let status = dav
+        .status(dav.req("PROPFIND", "").header("depth", "1").body(huge_xml.clone()))
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(dav.status(dav.req("LOCK", "other.md").body(huge_xml)).await, StatusCode::PAYLOAD_TOO_LARGE);
 
     // `..`, NUL, an encoded slash, names that are not UTF-8: 400 (raw requests,
     // so nothing normalises them on the way).
