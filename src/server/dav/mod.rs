@@ -31,7 +31,7 @@ use axum::routing::any;
 use axum::{Extension, Router};
 use dav_server::fs::FsError;
 use dav_server::memls::MemLs;
-use dav_server::DavHandler;
+use dav_server::{DavHandler, DavMethod, DavMethodSet};
 
 use crate::model::WsPath;
 use crate::server::error::ApiError;
@@ -303,7 +303,11 @@ async fn serve(service: Arc<Service>, locks: &DavLocks, mut req: Request) -> Res
         }
     })?;
     let req = Request::from_parts(parts, Body::from(bytes));
+    // Everything but SabreDAV's partial PATCH, so `Allow` does not offer it.
+    let mut methods = DavMethodSet::all();
+    methods.remove(DavMethod::Patch);
     let handler = DavHandler::builder()
+        .methods(methods)
         .filesystem(Box::new(ctx.fs))
         .locksystem(ctx.locks)
         .principal(ctx.principal)
