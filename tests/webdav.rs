@@ -408,7 +408,10 @@ async fn bad_input_is_refused_and_leaves_history_unchanged() {
         .status(dav.req("PROPFIND", "").header("depth", "1").body(huge_xml.clone()))
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(dav.status(dav.req("LOCK", "other.md").body(huge_xml)).await, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        dav.status(dav.req("LOCK", "other.md").body(huge_xml)).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
 
     // `..`, NUL, an encoded slash, names that are not UTF-8: 400 (raw requests,
     // so nothing normalises them on the way).

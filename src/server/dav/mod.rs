@@ -241,36 +241,7 @@ async fn serve(service: Arc<Service>, locks: &DavLocks, mut req: Request) -> Res
     if (source_is_written && read_only(&target.path)) || destination.as_ref().is_some_and(read_only) {
         return Err(DavRefusal::new(StatusCode::FORBIDDEN, "skills/ is read-only"));
     }
-    match method.as_str() {
-        "PROPFIND" => {
-            let depth = req.headers().get("depth").and_then(|v| v.to_str().ok()).map(str::trim);
-            if !matches!(depth, Some("0") | Some("1")) {
-                // RFC 4918 §9.1: no header means infinity, which would load
-                // the whole tree at once.
-                return Err(DavRefusal::new(
-                    StatusCode::FORBIDDEN,
-                    "PROPFIND needs Depth: 0 or 1 (infinity is not supported)",
-                ));
-            }
-        }
-        "LOCK" => {
-            // Locks live in memory; one a client forgets (or asks to keep
-            // forever) must not block the file for good.
-            let asked = req.headers().get("timeout").and_then(|v| v.to_str().ok());
-            if lock_seconds(asked).is_none_or(|s| s > MAX_LOCK_SECONDS) {
-                req.headers_mut().insert(
-                    "timeout",
-                    HeaderValue::from_str(&format!("Second-{MAX_LOCK_SECONDS}"))
-                        .map_err(|e| DavRefusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-                );
-            }
-        }
-        "MOVE" | "COPY" if !req.headers().contains_key("overwrite") => {
-            // Never replace an existing destination unless asked to.
-            req.headers_mut().insert("overwrite", HeaderValue::from_static("F"));
-        }
-        _ => {}
-    }
+    normalise_headers(&method, req.headers_mut())?;
     let ctx = DavRequest {
         locks: locks.of(&fs.project.name),
         principal: caller.token_id.clone(),
@@ -289,9 +260,50 @@ async fn serve(service: Arc<Service>, locks: &DavLocks, mut req: Request) -> Res
             "the project root cannot be deleted",
         ));
     }
-    // The other methods carry at most a small XML body.
+    let req = with_small_body(req, service.limits.max_request_bytes).await?;
+    Ok(run_dav_server(ctx, &target.project, &method, req).await)
+}
+
+/// Refuses a PROPFIND of infinite depth, caps lock times, and makes a
+/// missing `Overwrite` mean "do not overwrite".
+fn normalise_headers(method: &Method, headers: &mut axum::http::HeaderMap) -> Result<(), DavRefusal> {
+    match method.as_str() {
+        "PROPFIND" => {
+            let depth = headers.get("depth").and_then(|v| v.to_str().ok()).map(str::trim);
+            if !matches!(depth, Some("0") | Some("1")) {
+                // RFC 4918 §9.1: no header means infinity, which would load
+                // the whole tree at once.
+                return Err(DavRefusal::new(
+                    StatusCode::FORBIDDEN,
+                    "PROPFIND needs Depth: 0 or 1 (infinity is not supported)",
+                ));
+            }
+        }
+        "LOCK" => {
+            // Locks live in memory; one a client forgets (or asks to keep
+            // forever) must not block the file for good.
+            let asked = headers.get("timeout").and_then(|v| v.to_str().ok());
+            if lock_seconds(asked).is_none_or(|s| s > MAX_LOCK_SECONDS) {
+                headers.insert(
+                    "timeout",
+                    HeaderValue::from_str(&format!("Second-{MAX_LOCK_SECONDS}"))
+                        .map_err(|e| DavRefusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+                );
+            }
+        }
+        "MOVE" | "COPY" if !headers.contains_key("overwrite") => {
+            // Never replace an existing destination unless asked to.
+            headers.insert("overwrite", HeaderValue::from_static("F"));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The request with its body read into memory: methods other than PUT carry
+/// at most a small XML body (413 over `limit`).
+async fn with_small_body(req: Request, limit: usize) -> Result<Request, DavRefusal> {
     let (parts, body) = req.into_parts();
-    let limit = service.limits.max_request_bytes;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
             DavRefusal::new(
@@ -302,7 +314,11 @@ async fn serve(service: Arc<Service>, locks: &DavLocks, mut req: Request) -> Res
             DavRefusal::new(StatusCode::BAD_REQUEST, "the request body could not be read")
         }
     })?;
-    let req = Request::from_parts(parts, Body::from(bytes));
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// Hands the request to dav-server over this request's `ProjectFs`.
+async fn run_dav_server(ctx: DavRequest, project: &str, method: &Method, req: Request) -> Response {
     // Everything but SabreDAV's partial PATCH, so `Allow` does not offer it.
     let mut methods = DavMethodSet::all();
     methods.remove(DavMethod::Patch);
@@ -311,7 +327,7 @@ async fn serve(service: Arc<Service>, locks: &DavLocks, mut req: Request) -> Res
         .filesystem(Box::new(ctx.fs))
         .locksystem(ctx.locks)
         .principal(ctx.principal)
-        .strip_prefix(format!("/dav/{}", target.project))
+        .strip_prefix(format!("/dav/{project}"))
         .build_handler();
     let mut response = handler.handle(req).await.into_response();
     if method == Method::OPTIONS {
@@ -319,5 +335,5 @@ async fn serve(service: Arc<Service>, locks: &DavLocks, mut req: Request) -> Res
         // which this server refuses.
         response.headers_mut().insert("dav", HeaderValue::from_static("1, 2"));
     }
-    Ok(response)
+    response
 }
