@@ -224,3 +224,17 @@ def test_settings_come_from_the_environment_then_the_login_file(project: Project
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(f'server = "{project.server}"\ntoken = "{project.token}"\nproject = "{project.name}"\n')
     assert ContextFS().read_text("env.md") == "env\n"
+
+
+def test_write_records_the_file_time_it_is_given(project: Project) -> None:
+    from datetime import datetime, timezone
+
+    ctx = client(project)
+    v = ctx.write("dated.md", "old\n", mtime=1577934245)
+    assert v.mtime == "2020-01-02T03:04:05.000000000Z"
+    v2 = ctx.write("dated.md", "newer\n", base_version=v.version, mtime=datetime(2021, 5, 6, 7, 8, 9, tzinfo=timezone.utc))
+    assert v2.mtime == "2021-05-06T07:08:09.000000000Z"
+    assert ctx.stat("dated.md").mtime == v2.mtime
+    with pytest.raises(InvalidRequest):
+        ctx.write("dated.md", "x\n", mtime="yesterday")
+    assert [x.version for x in ctx.versions("dated.md")] == [2, 1]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from datetime import datetime
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 from urllib.parse import quote
 
 import blake3
@@ -16,6 +17,7 @@ from . import errors
 from .models import Change, Entry, ReadResult, Version
 
 API = "/api/v1"
+TimeLike = Union[None, int, float, str, datetime]
 #: Content up to this size travels inside the commit request (one round trip).
 INLINE_LIMIT = 1 << 20
 #: Statuses worth sending a request again for.
@@ -82,7 +84,28 @@ def read_call(project: str, path: str, version: Optional[int]) -> Call:
     return Call("GET", project_url(project, f"/files/{file_path(path)}"), params=params, retry=True)
 
 
-def put_file_call(project: str, path: str, data: bytes, agent_id: Optional[str], message: Optional[str]) -> Optional[Call]:
+def file_time(value: "TimeLike") -> Optional[str]:
+    """A file time for the API: Unix seconds (int/float), a timezone-aware
+    `datetime`, or a string the server parses (RFC 3339 or Unix seconds)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise errors.InvalidRequest("mtime: give a timezone-aware datetime", code="invalid_field")
+        return value.isoformat()
+    if isinstance(value, (int, float)):
+        return repr(value) if isinstance(value, float) else str(value)
+    return str(value)
+
+
+def put_file_call(
+    project: str,
+    path: str,
+    data: bytes,
+    agent_id: Optional[str],
+    message: Optional[str],
+    mtime: Optional[str] = None,
+) -> Optional[Call]:
     """One-call overwrite (the server bases it on the head); `None` when the
     metadata cannot travel in headers (not visible ASCII)."""
     if not (_visible_ascii(agent_id) and _visible_ascii(message)):
@@ -92,6 +115,8 @@ def put_file_call(project: str, path: str, data: bytes, agent_id: Optional[str],
         headers["x-contextfs-agent"] = agent_id
     if message is not None:
         headers["x-contextfs-message"] = message
+    if mtime is not None:
+        headers["x-contextfs-mtime"] = mtime
     # Resending the same bytes is a no-op once the first landed.
     return Call("PUT", project_url(project, f"/files/{file_path(path)}"), content=data, headers=headers, retry=True)
 
@@ -104,6 +129,7 @@ def commit_calls(
     agent_id: Optional[str],
     message: Optional[str],
     idempotency_key: Optional[str] = None,
+    mtime: Optional[str] = None,
 ) -> List[Call]:
     """A commit on top of `base_version` (`None`: a new file, merged against an
     empty base if one appeared meanwhile). Small content is inline: one call."""
@@ -116,6 +142,8 @@ def commit_calls(
         "message": message,
         "idempotency_key": idempotency_key or new_idempotency_key(),
     }
+    if mtime is not None:
+        body["mtime"] = mtime
     calls = []
     if len(data) <= INLINE_LIMIT:
         body["content_base64"] = base64.b64encode(data).decode("ascii")

@@ -124,11 +124,12 @@ class AsyncContextFS:
         message: Optional[str] = None,
         *,
         idempotency_key: Optional[str] = None,
+        mtime: p.TimeLike = None,
     ) -> Version:
         body = _bytes(data)
         agent = self._agent(agent_id)
         if base_version is None and idempotency_key is None:
-            call = p.put_file_call(self.project, path, body, agent, message)
+            call = p.put_file_call(self.project, path, body, agent, message, p.file_time(mtime))
             if call is not None:
                 return p.parse_version(await self._send(call))
         if base_version is None:
@@ -136,7 +137,7 @@ class AsyncContextFS:
                 base_version = (await self.stat(path)).version
             except NotFound:
                 base_version = None
-        return await self._commit(path, body, base_version, agent, message, idempotency_key)
+        return await self._commit(path, body, base_version, agent, message, idempotency_key, p.file_time(mtime))
 
     async def _commit(
         self,
@@ -146,9 +147,10 @@ class AsyncContextFS:
         agent_id: Optional[str],
         message: Optional[str],
         idempotency_key: Optional[str] = None,
+        mtime: Optional[str] = None,
     ) -> Version:
         resp = None
-        for call in p.commit_calls(self.project, path, body, base_version, agent_id, message, idempotency_key):
+        for call in p.commit_calls(self.project, path, body, base_version, agent_id, message, idempotency_key, mtime):
             resp = await self._send(call)
         assert resp is not None
         return p.parse_version(resp)

@@ -147,6 +147,7 @@ class ContextFS:
         message: Optional[str] = None,
         *,
         idempotency_key: Optional[str] = None,
+        mtime: p.TimeLike = None,
     ) -> Version:
         """Writes a new version of `path` (parents are created).
 
@@ -154,11 +155,13 @@ class ContextFS:
         With it, it is the version the content was edited from: a concurrent
         change is three-way merged (`status == "merged"`) or, when it cannot
         be, the last writer wins (`"lww"`). Commits carry an idempotency key,
-        so a retry after a lost answer never writes twice."""
+        so a retry after a lost answer never writes twice. `mtime` is the
+        file's modification time to record (Unix seconds, an aware
+        `datetime`, or RFC 3339); by default the commit time."""
         body = _bytes(data)
         agent = self._agent(agent_id)
         if base_version is None and idempotency_key is None:
-            call = p.put_file_call(self.project, path, body, agent, message)
+            call = p.put_file_call(self.project, path, body, agent, message, p.file_time(mtime))
             if call is not None:
                 return p.parse_version(self._send(call))
         if base_version is None:
@@ -166,7 +169,7 @@ class ContextFS:
                 base_version = self.stat(path).version
             except NotFound:
                 base_version = None
-        return self._commit(path, body, base_version, agent, message, idempotency_key)
+        return self._commit(path, body, base_version, agent, message, idempotency_key, p.file_time(mtime))
 
     def _commit(
         self,
@@ -176,9 +179,10 @@ class ContextFS:
         agent_id: Optional[str],
         message: Optional[str],
         idempotency_key: Optional[str] = None,
+        mtime: Optional[str] = None,
     ) -> Version:
         resp = None
-        for call in p.commit_calls(self.project, path, body, base_version, agent_id, message, idempotency_key):
+        for call in p.commit_calls(self.project, path, body, base_version, agent_id, message, idempotency_key, mtime):
             resp = self._send(call)
         assert resp is not None
         return p.parse_version(resp)
