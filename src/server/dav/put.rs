@@ -141,6 +141,33 @@ async fn check_lock(ctx: &DavRequest, path: &WsPath, headers: &HeaderMap) -> Res
         .map_err(|_| DavRefusal::new(StatusCode::LOCKED, format!("{path} is locked; send its lock token")))
 }
 
+/// The commit's base from `If-Match`: `(base version, the If-Match version
+/// when it is not the head)`. No `If-Match`: no base (the head, as it is
+/// when the upload is stored).
+async fn base_of(
+    ctx: &DavRequest,
+    path: &WsPath,
+    headers: &HeaderMap,
+    head: Option<&VersionInfo>,
+) -> Result<(Option<i64>, Option<VersionInfo>), DavRefusal> {
+    match (if_match(headers), head) {
+        (None, _) => Ok((None, None)),
+        (Some(_), None) => Err(precondition_failed(format!("{path} does not exist (If-Match)"))),
+        (Some(IfMatch::Any), Some(h)) => Ok((Some(h.version), None)),
+        (Some(IfMatch::Tags(tags)), Some(h)) if tags.iter().any(|t| t == h.hash.as_str()) => {
+            Ok((Some(h.version), None))
+        }
+        (Some(IfMatch::Tags(tags)), Some(_)) => {
+            for tag in &tags {
+                if let Some(old) = version_with_hash(ctx, path, tag).await? {
+                    return Ok((Some(old.version), Some(old)));
+                }
+            }
+            Err(precondition_failed(format!("no version of {path} has that etag")))
+        }
+    }
+}
+
 pub async fn put(ctx: &DavRequest, path: WsPath, req: Request) -> Result<Response, DavRefusal> {
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
@@ -190,24 +217,7 @@ pub async fn put(ctx: &DavRequest, path: WsPath, req: Request) -> Result<Respons
     if if_none_match_any(headers) && head.is_some() {
         return Err(precondition_failed(format!("{path} exists (If-None-Match: *)")));
     }
-    // `stale` is the If-Match version when it is not the head.
-    let (base, stale) = match (if_match(headers), &head) {
-        (None, _) => (None, None),
-        (Some(_), None) => return Err(precondition_failed(format!("{path} does not exist (If-Match)"))),
-        (Some(IfMatch::Any), Some(h)) => (Some(h.version), None),
-        (Some(IfMatch::Tags(tags)), Some(h)) if tags.iter().any(|t| t == h.hash.as_str()) => (Some(h.version), None),
-        (Some(IfMatch::Tags(tags)), Some(_)) => {
-            let mut found = None;
-            for tag in &tags {
-                if let Some(v) = version_with_hash(ctx, &path, tag).await? {
-                    found = Some(v);
-                    break;
-                }
-            }
-            let old = found.ok_or_else(|| precondition_failed(format!("no version of {path} has that etag")))?;
-            (Some(old.version), Some(old))
-        }
-    };
+    let (base, stale) = base_of(ctx, &path, headers, head.as_ref()).await?;
     let body = body_stream(body);
     let body = match (&stale, &head) {
         (Some(old), Some(h)) => {
