@@ -211,6 +211,7 @@ fn test_vfs(tmp: &Path, name: &str, read_only: bool, cache: Arc<BlobCache>, sour
             state_dir: tmp.join(name),
             read_only,
             agent_id: None,
+            durability: contextfs::vfs::Durability::DEFAULT,
         },
         cache,
         source,

@@ -223,6 +223,38 @@ pub struct MountCommand {
     /// wait. `off`: never
     #[arg(long, value_enum, value_name = "MODE", default_value_t = crate::vfs::PassthroughPolicy::All)]
     pub passthrough: crate::vfs::PassthroughPolicy,
+    /// What close() waits for. `local` (default, like a local disk): the
+    /// change is in the mount's journal, so it survives the mount process
+    /// dying at once, and a power loss once the next group fsync ran (at
+    /// most --group-sync-ms later; ext4 commits every 5 s). `strict`: every
+    /// close() waits for its own fsync of the journal. Either way fsync(2)
+    /// and fsync of a directory make every change durable at once, and
+    /// mkdir, rename, unlink, rmdir, chmod and truncate become durable with
+    /// the next group fsync
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = DurabilityMode::Local)]
+    pub durability: DurabilityMode,
+    /// Longest time between a change and the group fsync that makes it
+    /// survive a power loss (milliseconds, 1-10000)
+    #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub group_sync_ms: u64,
+}
+
+/// `contextfs mount --durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DurabilityMode {
+    Local,
+    Strict,
+}
+
+impl MountCommand {
+    pub fn durability(&self) -> crate::vfs::Durability {
+        match self.durability {
+            DurabilityMode::Local => crate::vfs::Durability::Local {
+                group_sync: std::time::Duration::from_millis(self.group_sync_ms),
+            },
+            DurabilityMode::Strict => crate::vfs::Durability::Strict,
+        }
+    }
 }
 
 /// Parses sizes like `10G`, `512M`, `4096`.

@@ -38,6 +38,7 @@ pub fn run(global: GlobalArgs, cmd: MountCommand) -> anyhow::Result<ExitCode> {
     if cmd.daemon {
         return daemonize(&cmd.mountpoint);
     }
+    let durability = cmd.durability();
     let args = MountArgs {
         mountpoint: cmd.mountpoint,
         project,
@@ -52,6 +53,7 @@ pub fn run(global: GlobalArgs, cmd: MountCommand) -> anyhow::Result<ExitCode> {
         offline: cmd.offline,
         skills_dir: cmd.skills_dir,
         passthrough: cmd.passthrough,
+        durability,
     };
     runtime::run(args, |_| {})
 }

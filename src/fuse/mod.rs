@@ -467,6 +467,16 @@ impl Filesystem for ContextFs {
         });
     }
 
+    /// fsync of a directory (how programs make a create or rename durable):
+    /// the journal's fdatasync, on a thread of its own.
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let vfs = self.vfs.clone();
+        run_waiting(move || match vfs.fsyncdir() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.vfs.getattr(ino.0) {
             Ok(a) if a.kind == NodeKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),

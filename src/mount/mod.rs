@@ -47,6 +47,8 @@ pub struct MountArgs {
     pub skills_dir: Option<PathBuf>,
     /// Which files the kernel may read straight from the cache.
     pub passthrough: crate::vfs::PassthroughPolicy,
+    /// What `close()` waits for.
+    pub durability: crate::vfs::Durability,
 }
 
 /// The tree and skills a mount last loaded, kept for `--offline`.
@@ -317,6 +319,8 @@ fn mount_skills(
                 state_dir: state_dir.join("skills"),
                 read_only: true,
                 agent_id: None,
+                // Nothing is ever written through it.
+                durability: crate::vfs::Durability::Strict,
             },
             cache,
             source,
@@ -522,12 +526,15 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
                 state_dir: state_dir.clone(),
                 read_only,
                 agent_id: args.agent_id.clone(),
+                durability: args.durability,
             },
             cache.clone(),
             source.clone(),
         )
         .map_err(|e| anyhow!("{e}"))?,
     );
+    vfs.spawn_group_sync()
+        .context("cannot start the journal's group-sync thread")?;
     vfs.set_passthrough_policy(args.passthrough);
     let started = Instant::now();
     let fetched = match saved {

@@ -310,8 +310,9 @@ impl Vfs {
         Ok(Self::get(&self.lock(), ino)?.data_lock.clone())
     }
 
-    /// close(): commits the handle's changes into the journal. Returns only
-    /// after they are durable, so a successful close never loses data.
+    /// close(): commits the handle's changes into the journal. Returns once
+    /// they survive the mount process dying (`Durability::Local`; the group
+    /// sync makes them survive a power loss) or are durable (`Strict`).
     pub fn flush(&self, fh: u64) -> VfsResult<()> {
         let ino = {
             let mut st = self.lock();
@@ -322,7 +323,7 @@ impl Vfs {
             handle.dirty = false;
             handle.ino
         };
-        if let Err(e) = self.journal_content(ino).and_then(|()| self.journal.make_durable()) {
+        if let Err(e) = self.journal_content(ino).and_then(|()| self.journal.close_point()) {
             if let Some(h) = self.lock().handles.get_mut(&fh) {
                 h.dirty = true;
             }
@@ -404,6 +405,9 @@ impl Vfs {
     /// and sending the new file then would split the save into two nodes.
     pub fn fsync(&self, fh: u64) -> VfsResult<()> {
         self.flush(fh)?;
+        // Durable now, whatever the durability mode: this file's earlier
+        // closes and every namespace change before it.
+        self.journal.make_durable()?;
         let waiting_for = {
             let st = self.lock();
             let ino = st.handles.get(&fh).ok_or_else(VfsError::badf)?.ino;
@@ -492,8 +496,9 @@ impl Vfs {
 
     pub fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> VfsResult<Attr> {
         let out = self.setattr_journaled(ino, fh, set)?;
-        // Durable before the call returns; synced outside the core's lock.
-        self.journal.make_durable()?;
+        // Written before the call returns (outside the core's lock); durable
+        // with the next group sync (docs/SEMANTICS.md, "Durability").
+        self.journal.make_written()?;
         Ok(out)
     }
 

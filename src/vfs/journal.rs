@@ -93,12 +93,38 @@ pub struct Record {
     pub last_error: Option<String>,
 }
 
+/// When a change a FUSE call journaled survives what (docs/SEMANTICS.md,
+/// "Durability").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Like a local disk: `close()` returns once the record is written to
+    /// the log (the page cache), so it survives the mount process dying at
+    /// once; a background group fsync makes it survive a power loss within
+    /// `group_sync` (see [`Journal::wait_until_undurable`]). `fsync(2)` makes
+    /// it durable at once.
+    Local { group_sync: std::time::Duration },
+    /// Every `close()` waits for its own fdatasync (shared with concurrent
+    /// closes), as before `Local` existed.
+    Strict,
+}
+
+impl Durability {
+    /// The mount's default: a group fsync at most 100 ms after a change.
+    pub const DEFAULT_GROUP_SYNC: std::time::Duration = std::time::Duration::from_millis(100);
+    pub const DEFAULT: Durability = Durability::Local {
+        group_sync: Self::DEFAULT_GROUP_SYNC,
+    };
+}
+
 pub struct Journal {
     dir: PathBuf,
     pending: PathBuf,
     log_path: PathBuf,
     log: Mutex<Log>,
     synced: Condvar,
+    /// Signalled when a frame is appended, for the group-sync thread.
+    appended: Condvar,
+    durability: Durability,
 }
 
 /// One frame of the log.
@@ -113,9 +139,15 @@ struct Log {
     file: File,
     /// Encoded frames appended but not yet written.
     buffer: Vec<u8>,
-    /// Frames appended so far / known durable on disk.
+    /// Frames appended so far / written to the log file (the page cache) /
+    /// known durable on disk.
     appended: u64,
+    written: u64,
     durable: u64,
+    /// Pending content files written without an fsync (`Durability::Local`):
+    /// synced, with their directory, before the log's next fdatasync, so a
+    /// durable record never names content that a power loss could take.
+    unsynced_pending: Vec<PathBuf>,
     /// A leader is writing and syncing right now.
     syncing: bool,
     /// Live records, to compact the log.
@@ -203,8 +235,13 @@ fn decode(bytes: &[u8]) -> (Vec<Entry>, Vec<Skipped>) {
 }
 
 impl Journal {
-    /// Opens the journal, replaying and compacting its log.
+    /// Opens the journal with [`Durability::Strict`] (tests and tools).
     pub fn open(state_dir: &Path) -> Result<Self, VfsError> {
+        Self::open_with(state_dir, Durability::Strict)
+    }
+
+    /// Opens the journal, replaying and compacting its log.
+    pub fn open_with(state_dir: &Path, durability: Durability) -> Result<Self, VfsError> {
         let dir = state_dir.join("journal");
         let pending = state_dir.join("pending");
         for d in [&dir, &pending] {
@@ -222,7 +259,9 @@ impl Journal {
                 file,
                 buffer: Vec::new(),
                 appended: 0,
+                written: 0,
                 durable: 0,
+                unsynced_pending: Vec::new(),
                 syncing: false,
                 live,
                 size,
@@ -231,7 +270,13 @@ impl Journal {
                 fail_write_after: None,
             }),
             synced: Condvar::new(),
+            appended: Condvar::new(),
+            durability,
         })
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
     }
 
     fn read_log(path: &Path) -> Result<HashMap<u64, Record>, VfsError> {
@@ -307,6 +352,7 @@ impl Journal {
         let mut log = self.lock();
         encode(&entry, &mut log.buffer)?;
         log.appended += 1;
+        self.appended.notify_one();
         match entry {
             Entry::Put(r) => {
                 log.live.insert(r.uid, *r);
@@ -328,13 +374,48 @@ impl Journal {
         self.append(Entry::Remove(uid))
     }
 
+    /// What `close()` waits for: the record written to the log (`Local`:
+    /// it survives the process dying; the group sync makes it durable) or
+    /// durable (`Strict`).
+    pub fn close_point(&self) -> Result<(), VfsError> {
+        match self.durability {
+            Durability::Local { .. } => self.make_written(),
+            Durability::Strict => self.make_durable(),
+        }
+    }
+
+    /// Writes everything appended so far to the log file, without an fsync:
+    /// it then survives the mount process dying (kill -9, OOM, panic), and
+    /// a write error (ENOSPC) reaches the caller.
+    pub fn make_written(&self) -> Result<(), VfsError> {
+        self.persist(false)
+    }
+
     /// Makes everything appended so far durable. Concurrent callers share one
     /// write and fdatasync: the first becomes the leader and writes for all.
     pub fn make_durable(&self) -> Result<(), VfsError> {
+        self.persist(true)
+    }
+
+    /// For the group-sync thread: waits (at most `timeout`) until something
+    /// appended is not durable yet; true if so.
+    pub fn wait_until_undurable(&self, timeout: std::time::Duration) -> bool {
+        let log = self.lock();
+        if log.durable < log.appended {
+            return true;
+        }
+        let (log, _) = self
+            .appended
+            .wait_timeout(log, timeout)
+            .unwrap_or_else(|p| p.into_inner());
+        log.durable < log.appended
+    }
+
+    fn persist(&self, sync: bool) -> Result<(), VfsError> {
         let mut log = self.lock();
         let target = log.appended;
         loop {
-            if log.durable >= target {
+            if log.durable >= target || (!sync && log.written >= target) {
                 return Ok(());
             }
             if log.syncing {
@@ -352,6 +433,11 @@ impl Journal {
             let batch = std::mem::take(&mut log.buffer);
             let upto = log.appended;
             let start = log.size;
+            let blobs = if sync {
+                std::mem::take(&mut log.unsynced_pending)
+            } else {
+                Vec::new()
+            };
             #[cfg(test)]
             let fail_after = log.fail_write_after.take();
             #[cfg(not(test))]
@@ -360,6 +446,9 @@ impl Journal {
             let file = log.file.try_clone().map_err(|e| (io("open", &self.log_path, e), true));
             drop(log);
             let result = file.and_then(|mut f| {
+                if batch.is_empty() && !sync {
+                    return Ok(());
+                }
                 let write = match fail_after {
                     Some(n) => f
                         .write_all(&batch[..n.min(batch.len())])
@@ -372,6 +461,13 @@ impl Journal {
                     let cut = f.set_len(start).and_then(|()| f.sync_data());
                     (io("write", &self.log_path, e), cut.is_ok())
                 })?;
+                if !sync {
+                    return Ok(());
+                }
+                // Content first: a durable record must find its pending file.
+                // (On failure the batch is in the file already: the next
+                // attempt rewrites the log from the live records.)
+                self.sync_pending(&blobs).map_err(|e| (e, false))?;
                 f.sync_data().map_err(|e| (io("fsync", &self.log_path, e), false))
             });
             log = self.lock();
@@ -382,14 +478,18 @@ impl Journal {
                 let newer = std::mem::take(&mut log.buffer);
                 log.buffer = batch;
                 log.buffer.extend_from_slice(&newer);
+                log.unsynced_pending.extend(blobs);
                 log.torn |= !cut;
                 self.synced.notify_all();
                 return Err(e);
             }
-            log.durable = upto;
+            log.written = upto;
+            if sync {
+                log.durable = upto;
+            }
             log.size += batch.len() as u64;
             self.synced.notify_all();
-            if log.live.is_empty() || log.size > COMPACT_AT {
+            if sync && (log.live.is_empty() || log.size > COMPACT_AT) {
                 self.compact(&mut log);
             }
         }
@@ -402,9 +502,26 @@ impl Journal {
         log.size = file.metadata().map(|m| m.len()).unwrap_or(0);
         log.file = file;
         log.buffer.clear();
+        log.written = log.appended;
         log.durable = log.appended;
         log.torn = false;
         Ok(())
+    }
+
+    /// fdatasyncs pending content files written without one, then their
+    /// directory. A file already gone was acknowledged and retired.
+    fn sync_pending(&self, blobs: &[PathBuf]) -> Result<(), VfsError> {
+        if blobs.is_empty() {
+            return Ok(());
+        }
+        for path in blobs {
+            match File::open(path) {
+                Ok(f) => f.sync_data().map_err(|e| io("fsync", path, e))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("open", path, e)),
+            }
+        }
+        fsync_dir(&self.pending)
     }
 
     /// Rewrites the log with its live records. Runs with the log locked and
@@ -447,11 +564,20 @@ impl Journal {
                 out.write_all(&buf[..n]).map_err(|e| io("write", &temp, e))?;
                 size += n as u64;
             }
-            out.sync_all().map_err(|e| io("fsync", &temp, e))?;
             let hash = BlobHash::from_blake3(hasher.finalize());
             let target = self.pending_blob_path(&hash);
-            fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
-            fsync_dir(&self.pending)?;
+            match self.durability {
+                Durability::Strict => {
+                    out.sync_all().map_err(|e| io("fsync", &temp, e))?;
+                    fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
+                    fsync_dir(&self.pending)?;
+                }
+                Durability::Local { .. } => {
+                    // Synced by the next make_durable, before the log.
+                    fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
+                    self.lock().unsynced_pending.push(target);
+                }
+            }
             Ok((hash, size, None))
         })();
         if result.is_err() {
@@ -579,6 +705,32 @@ mod tests {
         bytes[last] ^= 0xff;
         std::fs::write(&log, &bytes).unwrap();
         assert_eq!(Journal::open(dir.path()).unwrap().load().unwrap().len(), 1);
+    }
+
+    /// `Durability::Local`: a record is in the log file (it survives the
+    /// process) as soon as close_point returns, without an fsync; the next
+    /// make_durable makes it durable.
+    #[test]
+    fn local_close_point_writes_without_an_fsync_and_survives_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open_with(dir.path(), Durability::DEFAULT).unwrap();
+        for uid in 1..=500 {
+            j.write(&record(uid)).unwrap();
+            j.close_point().unwrap();
+        }
+        j.remove(7).unwrap();
+        j.make_written().unwrap();
+        assert!(
+            j.wait_until_undurable(std::time::Duration::ZERO),
+            "nothing was fsynced yet"
+        );
+        // The process dies here: nothing more is written or synced.
+        let expected: Vec<u64> = (1..=500).filter(|u| *u != 7).collect();
+        assert_eq!(uids_after_reopen(dir.path()), expected);
+        j.make_durable().unwrap();
+        assert!(!j.wait_until_undurable(std::time::Duration::ZERO));
+        drop(j);
+        assert_eq!(uids_after_reopen(dir.path()), expected);
     }
 
     fn uids_after_reopen(dir: &Path) -> Vec<u64> {

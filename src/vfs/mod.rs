@@ -30,12 +30,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::api::{NodeKind, VersionStatus};
 use crate::cache::{BlobCache, CacheError, CacheFill};
 use crate::model::{BlobHash, WsPath, MAX_NAME_BYTES, MAX_PATH_BYTES};
 pub use error::{errno_for_io, VfsError};
+pub use journal::Durability;
 use journal::{Journal, ParentRef, Record};
 use kernel_io::{HandleIo, KernelIoTable};
 pub use status::Statfs;
@@ -277,6 +278,8 @@ pub struct VfsConfig {
     pub read_only: bool,
     /// Mount-level agent id recorded with commits.
     pub agent_id: Option<String>,
+    /// What `close()` waits for (`--durability`).
+    pub durability: Durability,
 }
 
 struct State {
@@ -399,7 +402,7 @@ pub(crate) fn server_times(mtime: Option<&str>, atime: Option<&str>, at: &str) -
 
 impl Vfs {
     pub fn new(config: VfsConfig, cache: Arc<BlobCache>, source: Arc<dyn BlobSource>) -> VfsResult<Self> {
-        let journal = Journal::open(&config.state_dir)?;
+        let journal = Journal::open_with(&config.state_dir, config.durability)?;
         let staging_dir = config.state_dir.join("staging");
         std::fs::create_dir_all(&staging_dir).map_err(|e| VfsError::io("create staging directory", e))?;
         // Staging files are rebuilt from the journal on replay; stale ones are junk.
@@ -480,6 +483,47 @@ impl Vfs {
     /// without waiting; the sync worker calls this after each round).
     pub fn make_journal_durable(&self) -> VfsResult<()> {
         self.journal.make_durable()
+    }
+
+    /// fsync(2) of a directory (and what `syncfs` would be, if FUSE passed
+    /// it on): every change journaled so far becomes durable.
+    pub fn fsyncdir(&self) -> VfsResult<()> {
+        self.journal.make_durable()
+    }
+
+    /// Starts the journal's group sync: one fdatasync for every change
+    /// journaled in the last interval (100 ms by default), at most that
+    /// long after the first of them. Namespace changes rely on it in both
+    /// durability modes. The thread ends once the Vfs is dropped.
+    pub fn spawn_group_sync(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let interval = match self.journal.durability() {
+            Durability::Local { group_sync } => group_sync,
+            Durability::Strict => Durability::DEFAULT_GROUP_SYNC,
+        };
+        let vfs = Arc::downgrade(self);
+        std::thread::Builder::new().name("journal-sync".into()).spawn(move || {
+            let mut failing = false;
+            loop {
+                let Some(v) = vfs.upgrade() else { return };
+                if !v.journal.wait_until_undurable(Duration::from_secs(1)) {
+                    continue;
+                }
+                std::thread::sleep(interval);
+                match v.journal.make_durable() {
+                    Ok(()) if failing => {
+                        tracing::info!("journal group sync works again");
+                        failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        // The next fsync(2) reports it to its caller too.
+                        tracing::error!(error = %e, "journal group sync failed; retrying");
+                        failing = true;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_secs(1)),
+                }
+            }
+        })
     }
 
     pub fn journal_dir(&self) -> &Path {

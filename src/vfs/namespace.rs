@@ -18,8 +18,9 @@ impl Vfs {
 
     pub fn mkdir(&self, parent: Ino, name: &str, mode: u32) -> VfsResult<Attr> {
         let out = self.mkdir_journaled(parent, name, mode)?;
-        // Durable before the call returns; synced outside the core's lock.
-        self.journal.make_durable()?;
+        // Written before the call returns (outside the core's lock); durable
+        // with the next group sync (docs/SEMANTICS.md, "Durability").
+        self.journal.make_written()?;
         Ok(out)
     }
 
@@ -49,8 +50,9 @@ impl Vfs {
 
     pub fn symlink(&self, parent: Ino, name: &str, target: &str) -> VfsResult<Attr> {
         let out = self.symlink_journaled(parent, name, target)?;
-        // Durable before the call returns; synced outside the core's lock.
-        self.journal.make_durable()?;
+        // Written before the call returns (outside the core's lock); durable
+        // with the next group sync (docs/SEMANTICS.md, "Durability").
+        self.journal.make_written()?;
         Ok(out)
     }
 
@@ -176,9 +178,31 @@ impl Vfs {
     }
 
     pub fn unlink(&self, parent: Ino, name: &str) -> VfsResult<()> {
+        let removed = Self::child(&self.lock(), parent, name)?;
         self.unlink_journaled(parent, name)?;
-        // Durable before the call returns; synced outside the core's lock.
-        self.journal.make_durable()
+        // Written before the call returns (outside the core's lock); durable
+        // with the next group sync (docs/SEMANTICS.md, "Durability").
+        match self.journal.make_written() {
+            // A full disk: rm must free space, not fail for want of it.
+            Err(e) if e.errno == libc::ENOSPC && removed.is_some_and(|ino| self.free_unlinked_staging(ino)) => {
+                self.journal.make_written()
+            }
+            other => other,
+        }
+    }
+
+    /// Empties the staging file of an unlinked inode that no handle has
+    /// open (only the kernel still refers to it, and forgets it soon): its
+    /// bytes can never be read or committed again. True if it freed any.
+    fn free_unlinked_staging(&self, ino: Ino) -> bool {
+        let st = self.lock();
+        let Some(inode) = st.inodes.get(&ino).filter(|i| i.unlinked && i.open_handles == 0) else {
+            return false;
+        };
+        match &inode.content {
+            Content::Local { file, .. } if inode.size > 0 => file.set_len(0).is_ok(),
+            _ => false,
+        }
     }
 
     pub(super) fn unlink_journaled(&self, parent: Ino, name: &str) -> VfsResult<()> {
@@ -194,8 +218,9 @@ impl Vfs {
 
     pub fn rmdir(&self, parent: Ino, name: &str) -> VfsResult<()> {
         self.rmdir_journaled(parent, name)?;
-        // Durable before the call returns; synced outside the core's lock.
-        self.journal.make_durable()
+        // Written before the call returns (outside the core's lock); durable
+        // with the next group sync (docs/SEMANTICS.md, "Durability").
+        self.journal.make_written()
     }
 
     pub(super) fn rmdir_journaled(&self, parent: Ino, name: &str) -> VfsResult<()> {
@@ -268,8 +293,9 @@ impl Vfs {
 
     pub fn rename(&self, parent: Ino, name: &str, new_parent: Ino, new_name: &str, no_replace: bool) -> VfsResult<()> {
         self.rename_journaled(parent, name, new_parent, new_name, no_replace)?;
-        // Durable before the call returns; synced outside the core's lock.
-        self.journal.make_durable()
+        // Written before the call returns (outside the core's lock); durable
+        // with the next group sync (docs/SEMANTICS.md, "Durability").
+        self.journal.make_written()
     }
 
     pub(super) fn rename_journaled(

@@ -109,6 +109,7 @@ fn reading_a_server_file_with_the_server_down_is_eio_and_writes_need_no_server()
         state_dir: tmp.path().join("state"),
         read_only: false,
         agent_id: None,
+        durability: contextfs::vfs::Durability::DEFAULT,
     };
     let vfs = Vfs::new(config, cache, Arc::new(FailSource)).unwrap();
     let entry = TreeEntry {

@@ -108,6 +108,7 @@ impl Env {
             state_dir: self.state_dir.clone(),
             read_only: false,
             agent_id: None,
+            durability: contextfs::vfs::Durability::DEFAULT,
         };
         Vfs::new(config, self.cache.clone(), self.source.clone()).unwrap()
     }

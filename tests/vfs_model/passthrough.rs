@@ -118,6 +118,7 @@ fn read_only_files_use_passthrough_without_the_flag() {
         state_dir: env.state_dir.clone(),
         read_only: true,
         agent_id: None,
+        durability: contextfs::vfs::Durability::DEFAULT,
     };
     let vfs = Vfs::new(config, env.cache.clone(), env.source.clone()).unwrap();
     vfs.load(&listing, None).unwrap();

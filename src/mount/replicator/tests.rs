@@ -43,6 +43,7 @@ fn mount() -> Mount {
         state_dir: tmp.path().join("state"),
         read_only: false,
         agent_id: None,
+        durability: crate::vfs::Durability::DEFAULT,
     };
     let vfs = Arc::new(Vfs::new(config, cache, server.clone()).unwrap());
     vfs.load(

@@ -1,0 +1,302 @@
+//! The write path's durability contract through a real mount on a real
+//! server (docs/SEMANTICS.md, "Durability"): what a closed file survives
+//! (kill -9 of the mount mid-untar, a torn journal tail, the server down),
+//! and what a full journal disk does.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use contextfs::model::BlobHash;
+
+/// The bytes of member `i` of the test archive.
+fn member_bytes(i: usize) -> Vec<u8> {
+    format!("file {i}\n").repeat(i % 50 + 1).into_bytes()
+}
+
+/// A tar archive of `count` small files in directories of 100.
+fn make_archive(dir: &Path, count: usize) -> std::path::PathBuf {
+    let src = dir.join("src");
+    for i in 0..count {
+        let path = src.join(format!("d{:03}/f{i:05}.txt", i / 100));
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, member_bytes(i)).expect("write member");
+    }
+    let archive = dir.join("tree.tar");
+    let out = Command::new("tar")
+        .args(["--sort=name", "-cf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&src)
+        .arg(".")
+        .output()
+        .expect("run tar");
+    assert!(out.status.success(), "tar: {}", both(&out));
+    archive
+}
+
+/// Untars ARCHIVE into DEST (argv 1, 2) member by member and prints each
+/// file's index once its close() returned; stops at the first error (the
+/// mount killed under it). With a third argument N it prints `batch` after
+/// every N files and waits for a line on stdin, so a test can kill the
+/// mount in the middle of a batch rather than after the whole untar.
+const UNTAR: &str = r#"
+import os, sys, tarfile
+archive, dest = sys.argv[1], sys.argv[2]
+batch = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+done = 0
+with tarfile.open(archive) as tar:
+    for member in tar:
+        if not member.isfile():
+            continue
+        if batch and done and done % batch == 0:
+            print("batch", flush=True)
+            sys.stdin.readline()
+        done += 1
+        path = os.path.join(dest, member.name)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            data = tar.extractfile(member).read()
+            with open(path, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            print("error", e.errno, flush=True)
+            sys.exit(0)
+        print(int(member.name.rsplit("f", 1)[1].split(".")[0]), flush=True)
+"#;
+
+/// What the mount shows under `dir`: index -> bytes.
+fn extracted(dir: &Path) -> BTreeMap<usize, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let Ok(dirs) = std::fs::read_dir(dir) else { return out };
+    for d in dirs.flatten() {
+        for f in std::fs::read_dir(d.path()).expect("list").flatten() {
+            let name = f.file_name().to_string_lossy().to_string();
+            let index: usize = name
+                .trim_start_matches('f')
+                .trim_end_matches(".txt")
+                .parse()
+                .expect("member name");
+            out.insert(index, std::fs::read(f.path()).expect("read back"));
+        }
+    }
+    out
+}
+
+/// kill -9 of the mount in the middle of an untar of 5,000 files, at three
+/// moments: after the remount every file whose close() returned has its
+/// exact bytes, and no file holds part of its bytes (one not closed yet is
+/// absent or empty, as on ext4 after a crash). The server ends up with the
+/// same tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_untar_keeps_every_closed_file() {
+    let s = TestServer::start().await;
+    let p = "untar-kill";
+    let mut m = MountedWorkspace::create(&s, p, "agent-untar").await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let count = 5_000;
+    let archive = make_archive(work.path(), count);
+    for (round, kill_after) in [200usize, 1_200, 2_400].into_iter().enumerate() {
+        let dest = format!("r{round}");
+        let mut untar = m.python(UNTAR, &[archive.to_str().expect("utf-8"), &dest, "50"]);
+        // Every file whose close() returned (python is ahead of this loop:
+        // more closes than `kill_after` return before the kill lands).
+        let mut closed = std::collections::BTreeSet::new();
+        let mut killed = false;
+        loop {
+            let mut line = String::new();
+            let n = std::io::BufRead::read_line(&mut untar.stdout, &mut line).expect("read from python");
+            if n == 0 || line.starts_with("error") {
+                break;
+            }
+            if line.starts_with("batch") {
+                if killed {
+                    break;
+                }
+                untar.send("go");
+                if closed.len() >= kill_after {
+                    // Mid-batch: python is creating, writing and closing.
+                    std::thread::sleep(std::time::Duration::from_millis(5 + (round as u64) * 7));
+                    m.kill_9();
+                    killed = true;
+                }
+                continue;
+            }
+            closed.insert(line.trim().parse::<usize>().expect("an index"));
+        }
+        let _ = untar.child.wait();
+        assert!(killed, "round {round}: the untar ended before the kill");
+        assert!(
+            closed.len() < count,
+            "round {round}: every file was closed before the kill"
+        );
+        m.mount();
+        let shown = extracted(&m.dir.join(&dest));
+        for i in &closed {
+            assert_eq!(
+                shown.get(i).map(Vec::as_slice),
+                Some(member_bytes(*i).as_slice()),
+                "round {round}: file {i} was closed before the kill ({} closed)",
+                closed.len()
+            );
+        }
+        for (i, bytes) in shown.iter().filter(|(i, _)| !closed.contains(i)) {
+            assert!(
+                bytes.is_empty() || *bytes == member_bytes(*i),
+                "round {round}: file {i} holds part of its bytes ({} of {})",
+                bytes.len(),
+                member_bytes(*i).len()
+            );
+        }
+    }
+    m.wait_synced().await;
+    let server = tree_map(&s, p).await.expect("tree");
+    let local = files_under(&m.dir);
+    for (path, (size, hash)) in &local {
+        let entry = server
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} never reached the server"));
+        assert_eq!((entry.size, &entry.hash), (*size, hash), "{path} differs on the server");
+    }
+}
+
+/// A power loss can cut the journal in the middle of its last record. The
+/// mount starts anyway: every complete record is replayed, the torn one is
+/// dropped with a warning naming where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_journal_tail_is_dropped_with_a_warning_and_the_mount_starts() {
+    let s = TestServer::start().await;
+    let p = "torn-tail";
+    let mut m = MountedWorkspace::create_with(&s, p, "agent-torn", &[]).await;
+    // The server goes away so that the records stay in the journal.
+    let mut s = s;
+    s.stop().await;
+    m.sh_ok("for i in 1 2 3 4 5; do echo kept $i > f$i.md; done; echo last > last.md");
+    m.kill_9();
+    let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&m.dir).status();
+    let journal = find_file(&m.state_dir(), "journal.log").expect("a journal.log");
+    let bytes = std::fs::read(&journal).expect("read the journal");
+    let last = find_last_frame(&bytes);
+    std::fs::write(&journal, &bytes[..last + (bytes.len() - last) / 2]).expect("cut the journal");
+    s.restart_on_same_port().await;
+    m.mount();
+    for i in 1..=5 {
+        assert_eq!(m.sh_ok(&format!("cat f{i}.md")), format!("kept {i}\n"));
+    }
+    let log = m.log();
+    assert!(
+        log.contains("skipping a torn or corrupt frame") && log.contains(&format!("offset={last}")),
+        "no warning names the torn record at offset {last}:\n{log}"
+    );
+    m.wait_synced().await;
+    for i in 1..=5 {
+        server_has(&s, p, &format!("f{i}.md"), format!("kept {i}\n").as_bytes()).await;
+    }
+}
+
+/// The server down during an untar: everything queues, nothing is lost,
+/// and everything lands once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untar_while_the_server_is_down_lands_when_it_is_back() {
+    let mut s = TestServer::start().await;
+    let p = "untar-offline";
+    let m = MountedWorkspace::create(&s, p, "agent-offline").await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let count = 1_000;
+    let archive = make_archive(work.path(), count);
+    s.stop().await;
+    let lines = m
+        .python(UNTAR, &[archive.to_str().expect("utf-8"), "tree"])
+        .output_lines();
+    assert_eq!(lines.len(), count, "every file closed: {:?}", lines.last());
+    let status = m.status();
+    assert!(status.contains("unreachable") || status.contains("queued"), "{status}");
+    s.restart_on_same_port().await;
+    m.wait_synced().await;
+    let server = tree_map(&s, p).await.expect("tree");
+    for i in 0..count {
+        let path = format!("tree/d{:03}/f{i:05}.txt", i / 100);
+        let entry = server.get(&path).unwrap_or_else(|| panic!("{path} never landed"));
+        assert_eq!(entry.hash, BlobHash::of(&member_bytes(i)), "{path}");
+    }
+}
+
+/// The journal's disk full: write() or close() fails with ENOSPC, nothing
+/// half-written reaches the server, the mount keeps serving reads, and
+/// works again once there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_disk_is_enospc_and_the_mount_keeps_serving() {
+    let s = TestServer::start().await;
+    let p = "full-disk";
+    let token = s.project_with_token(p).await;
+    s.commit(p, &token, "existing.md", None, b"readable\n").await.unwrap();
+    let home = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+    let client = MountClient::new(home.clone(), "mnt", &s.mount_url(), p, &token);
+    let state = client.state_dir();
+    std::fs::create_dir_all(&state).expect("state dir");
+    let tmpfs = TinyFs::mount(&state, "2m");
+    let m = MountedWorkspace::mount_at(home, "mnt", &s.mount_url(), p, &token, "agent-full", &[]);
+    let out = m.sh("head -c 8388608 /dev/urandom > big.bin");
+    assert!(!out.status.success(), "8 MiB fit on a 2 MiB journal disk");
+    assert!(both(&out).contains("No space left on device"), "{}", both(&out));
+    assert_eq!(m.sh_ok("cat existing.md"), "readable\n", "reads go on");
+    m.sh_ok("rm -f big.bin");
+    m.sh_ok("echo small > small.md");
+    m.wait_synced().await;
+    server_has(&s, p, "small.md", b"small\n").await;
+    let tree = tree_map(&s, p).await.expect("tree");
+    assert!(!tree.contains_key("big.bin"), "a half-written file reached the server");
+    drop(m);
+    drop(tmpfs);
+}
+
+/// A tmpfs of a given size mounted over a directory for one test.
+struct TinyFs(std::path::PathBuf);
+
+impl TinyFs {
+    fn mount(dir: &Path, size: &str) -> TinyFs {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "mount tmpfs: {}", both(&out));
+        TinyFs(dir.to_path_buf())
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if entry.file_name() == name {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// Where the journal's last frame starts (`len u32 LE | 8-byte hash | json`).
+fn find_last_frame(bytes: &[u8]) -> usize {
+    let mut pos = 0;
+    let mut last = 0;
+    while pos + 12 <= bytes.len() {
+        let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]) as usize;
+        last = pos;
+        pos += 12 + len;
+    }
+    assert_eq!(pos, bytes.len(), "the journal is not a sequence of whole frames");
+    last
+}
