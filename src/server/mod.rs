@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod blobs;
+pub mod dav;
 pub mod error;
 pub mod feed;
 pub mod listen;

@@ -134,6 +134,8 @@ pub fn router(service: Arc<Service>) -> Router {
         );
     Router::new()
         .nest(API_PREFIX, api)
+        // WebDAV at /dav/{project}/ (docs/WEBDAV.md).
+        .merge(super::dav::router())
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
