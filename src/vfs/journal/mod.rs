@@ -7,13 +7,15 @@
 //! becomes one commit on the target.
 //!
 //! Records live in one append-only log, `STATE/journal/journal.log`, as
-//! checksummed frames. Appending only fills a buffer; [`Journal::make_durable`] writes
-//! and fdatasyncs everything appended so far, and concurrent callers share one
-//! fsync (group commit). A FUSE call that changes state appends under the
-//! core's lock and syncs after releasing it, so `close()` returns only once the
-//! change is on disk without making every other file operation wait for the
-//! disk. Acknowledgements (removals) are appended without waiting: losing one
-//! in a crash only means a record is sent again, and its idempotency key makes
+//! checksummed frames (`frame.rs`). Appending only fills a buffer;
+//! [`Journal::make_written`] writes it to the log (the page cache: it then
+//! survives the process dying) and [`Journal::make_durable`] also fdatasyncs,
+//! concurrent callers sharing one write and one fsync (group commit). What
+//! `close()` waits for is the [`Durability`] mode (docs/SEMANTICS.md,
+//! "Durability"); a FUSE call appends under the core's lock and writes or
+//! syncs after releasing it, so no other file operation waits for the disk.
+//! Acknowledgements (removals) are appended without waiting: losing one in a
+//! crash only means a record is sent again, and its idempotency key makes
 //! the server answer with the version it already made.
 //!
 //! Replay keeps every complete frame whose checksum holds. A torn or corrupt
@@ -23,12 +25,15 @@
 //! write that fails part-way (EIO, ENOSPC, EFBIG) is cut off again before
 //! anything else is appended: the log never holds a torn frame followed by
 //! frames that were reported durable. The log is compacted (live records
-//! only) when the journal is opened and whenever it empties. Small contents are stored inside the record; larger ones as
-//! `STATE/pending/<hash>` files written (and fsynced) before their record.
+//! only) when the journal is opened and whenever it empties.
+//!
+//! Small contents are stored inside the record; larger ones as
+//! `STATE/pending/<hash>` files (`content.rs`): the staging file itself,
+//! hard-linked, synced before the log record that names it becomes durable.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -38,6 +43,14 @@ use serde::{Deserialize, Serialize};
 use super::VfsError;
 use crate::api::NodeKind;
 use crate::model::BlobHash;
+use frame::{decode, encode, Entry};
+
+mod content;
+mod frame;
+#[cfg(test)]
+mod tests;
+
+pub use content::ReadAt;
 
 /// Contents up to this size travel inside the journal record (one fsync less).
 pub const INLINE_LIMIT: u64 = 64 * 1024;
@@ -127,14 +140,6 @@ pub struct Journal {
     durability: Durability,
 }
 
-/// One frame of the log.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Entry {
-    Put(Box<Record>),
-    Remove(u64),
-}
-
 struct Log {
     file: File,
     /// Encoded frames appended but not yet written.
@@ -174,64 +179,6 @@ fn fsync_dir(dir: &Path) -> Result<(), VfsError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io("fsync", dir, e))
-}
-
-/// `len (u32 LE) | blake3(json)[..8] | json`
-fn encode(entry: &Entry, out: &mut Vec<u8>) -> Result<(), VfsError> {
-    let json = serde_json::to_vec(entry).map_err(|e| VfsError::new(libc::EIO, format!("journal: {e}")))?;
-    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    out.extend_from_slice(&blake3::hash(&json).as_bytes()[..8]);
-    out.extend_from_slice(&json);
-    Ok(())
-}
-
-/// A frame longer than this is taken for garbage while resynchronising.
-const MAX_FRAME: usize = 64 << 20;
-
-/// The frame starting at `pos`, and where it ends, if it is complete and intact.
-fn frame_at(bytes: &[u8], pos: usize) -> Option<(Entry, usize)> {
-    let header = bytes.get(pos..pos + 12)?;
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    if len > MAX_FRAME {
-        return None;
-    }
-    let json = bytes.get(pos + 12..pos + 12 + len)?;
-    if json.first() != Some(&b'{') || blake3::hash(json).as_bytes()[..8] != header[4..12] {
-        return None;
-    }
-    let entry = serde_json::from_slice::<Entry>(json).ok()?;
-    Some((entry, pos + 12 + len))
-}
-
-/// A stretch of the log that held no valid frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Skipped {
-    offset: usize,
-    len: usize,
-}
-
-/// Every intact frame, resynchronising after a torn or corrupt one on the
-/// next offset where an intact frame starts; and the stretches skipped.
-fn decode(bytes: &[u8]) -> (Vec<Entry>, Vec<Skipped>) {
-    let mut entries = Vec::new();
-    let mut skipped = Vec::new();
-    let mut pos = 0;
-    while pos < bytes.len() {
-        if let Some((entry, end)) = frame_at(bytes, pos) {
-            entries.push(entry);
-            pos = end;
-            continue;
-        }
-        let next = (pos + 1..bytes.len())
-            .find(|&p| frame_at(bytes, p).is_some())
-            .unwrap_or(bytes.len());
-        skipped.push(Skipped {
-            offset: pos,
-            len: next - pos,
-        });
-        pos = next;
-    }
-    (entries, skipped)
 }
 
 impl Journal {
@@ -535,104 +482,6 @@ impl Journal {
         }
     }
 
-    /// A copy of `source` as pending content, for file systems without hard links.
-    fn snapshot_file(&self, source: &File) -> Result<(BlobHash, u64, Option<Vec<u8>>), VfsError> {
-        self.snapshot_with_limit(source, 0)
-    }
-
-    /// Makes a snapshot of `source` durable and returns its hash and size.
-    /// Small contents come back as bytes to inline into the record.
-    pub fn snapshot(&self, source: &File) -> Result<(BlobHash, u64, Option<Vec<u8>>), VfsError> {
-        self.snapshot_with_limit(source, INLINE_LIMIT)
-    }
-
-    fn snapshot_with_limit(
-        &self,
-        source: &File,
-        inline_limit: u64,
-    ) -> Result<(BlobHash, u64, Option<Vec<u8>>), VfsError> {
-        let len = source.metadata().map_err(|e| io("stat", &self.pending, e))?.len();
-        let mut reader = std::io::BufReader::with_capacity(256 * 1024, ReadAt::new(source));
-        if len <= inline_limit {
-            let mut bytes = Vec::with_capacity(len as usize);
-            reader
-                .read_to_end(&mut bytes)
-                .map_err(|e| io("read", &self.pending, e))?;
-            let hash = BlobHash::of(&bytes);
-            let size = bytes.len() as u64;
-            return Ok((hash, size, Some(bytes)));
-        }
-        let temp = self.pending.join(format!(".tmp-{:016x}", rand::random::<u64>()));
-        let result = (|| {
-            let mut out = File::create(&temp).map_err(|e| io("create", &temp, e))?;
-            let mut hasher = blake3::Hasher::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut size = 0u64;
-            loop {
-                let n = reader.read(&mut buf).map_err(|e| io("read", &temp, e))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n]).map_err(|e| io("write", &temp, e))?;
-                size += n as u64;
-            }
-            let hash = BlobHash::from_blake3(hasher.finalize());
-            let target = self.pending_blob_path(&hash);
-            match self.durability {
-                Durability::Strict => {
-                    out.sync_all().map_err(|e| io("fsync", &temp, e))?;
-                    fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
-                    fsync_dir(&self.pending)?;
-                }
-                Durability::Local { .. } => {
-                    // Synced by the next make_durable, before the log.
-                    fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
-                    self.lock().unsynced_pending.push(target);
-                }
-            }
-            Ok((hash, size, None))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        result
-    }
-
-    /// Makes a staging file the pending content of its record without
-    /// copying it: hashes it in place and hard-links it as
-    /// `pending/<hash>` (the caller keeps its bytes unchanged from now on).
-    /// Falls back to a copy where the file system cannot link.
-    pub fn adopt_staged(&self, file: &File, staged: &Path) -> Result<(BlobHash, u64), VfsError> {
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, ReadAt::new(file));
-        let mut hasher = blake3::Hasher::new();
-        let size = std::io::copy(&mut reader, &mut hasher).map_err(|e| io("read", staged, e))?;
-        let hash = BlobHash::from_blake3(hasher.finalize());
-        let target = self.pending_blob_path(&hash);
-        match fs::hard_link(staged, &target) {
-            Ok(()) => {}
-            // The same bytes are pending already (another file, or a retry).
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok((hash, size)),
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) || e.raw_os_error() == Some(libc::EPERM) => {
-                let (copied, copied_size, _) = self.snapshot_file(file)?;
-                return Ok((copied, copied_size));
-            }
-            Err(e) => return Err(io("link", &target, e)),
-        }
-        match self.durability {
-            Durability::Strict => {
-                file.sync_data().map_err(|e| io("fsync", staged, e))?;
-                fsync_dir(&self.pending)?;
-            }
-            Durability::Local { .. } => self.lock().unsynced_pending.push(target),
-        }
-        Ok((hash, size))
-    }
-
-    pub fn remove_pending_blob(&self, hash: &BlobHash) {
-        let _ = fs::remove_file(self.pending_blob_path(hash));
-    }
-
     /// Every live record (for replay after a restart or a crash).
     pub fn load(&self) -> Result<Vec<Record>, VfsError> {
         let mut out: Vec<Record> = self.lock().live.values().cloned().collect();
@@ -649,259 +498,5 @@ impl Journal {
 
     pub fn encode_inline(bytes: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(bytes)
-    }
-}
-
-/// Reads a file from offset 0 with pread, leaving its shared cursor alone.
-pub struct ReadAt<'a> {
-    file: &'a File,
-    pos: u64,
-}
-
-impl<'a> ReadAt<'a> {
-    pub fn new(file: &'a File) -> Self {
-        Self { file, pos: 0 }
-    }
-}
-
-impl Read for ReadAt<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let n = self.file.read_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(uid: u64) -> Record {
-        Record {
-            uid,
-            rev: 1,
-            node: None,
-            base_version: None,
-            server_path: None,
-            parent: ParentRef::Root,
-            name: "a.md".into(),
-            deleted: false,
-            kind: NodeKind::File,
-            mode: 0o644,
-            content: Some(BlobHash::of(b"hi")),
-            size: 2,
-            meta_dirty: false,
-            changed_at: 1,
-            mtime: None,
-            atime: None,
-            inline: Some(Journal::encode_inline(b"hi")),
-            last_error: None,
-        }
-    }
-
-    #[test]
-    fn synced_records_survive_reopen_and_removals_compact_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path()).unwrap();
-        j.write(&record(7)).unwrap();
-        let mut r = record(7);
-        r.rev = 2;
-        j.write(&r).unwrap();
-        j.write(&record(8)).unwrap();
-        j.make_durable().unwrap();
-        let j2 = Journal::open(dir.path()).unwrap();
-        let loaded = j2.load().unwrap();
-        assert_eq!(loaded.len(), 2);
-        assert!(loaded.contains(&r), "the last revision of a record wins");
-        assert_eq!(Journal::inline_bytes(&loaded[0]).unwrap(), b"hi");
-        j2.remove(7).unwrap();
-        j2.remove(8).unwrap();
-        j2.make_durable().unwrap();
-        assert!(Journal::open(dir.path()).unwrap().load().unwrap().is_empty());
-        let log = dir.path().join("journal/journal.log");
-        assert_eq!(
-            std::fs::metadata(&log).unwrap().len(),
-            0,
-            "an empty journal is compacted to nothing"
-        );
-    }
-
-    #[test]
-    fn a_torn_or_corrupt_tail_is_ignored_and_earlier_records_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path()).unwrap();
-        j.write(&record(1)).unwrap();
-        j.write(&record(2)).unwrap();
-        j.make_durable().unwrap();
-        drop(j);
-        let log = dir.path().join("journal/journal.log");
-        let mut bytes = std::fs::read(&log).unwrap();
-        let mut third = Vec::new();
-        encode(&Entry::Put(Box::new(record(3))), &mut third).unwrap();
-        bytes.extend_from_slice(&third[..third.len() / 2]); // cut off mid-frame
-        std::fs::write(&log, &bytes).unwrap();
-        assert_eq!(uids_after_reopen(dir.path()), [1, 2]);
-        // A flipped byte inside a frame fails its checksum: replay stops there.
-        let mut bytes = std::fs::read(&log).unwrap();
-        let last = bytes.len() - 3;
-        bytes[last] ^= 0xff;
-        std::fs::write(&log, &bytes).unwrap();
-        assert_eq!(Journal::open(dir.path()).unwrap().load().unwrap().len(), 1);
-    }
-
-    /// `Durability::Local`: a record is in the log file (it survives the
-    /// process) as soon as close_point returns, without an fsync; the next
-    /// make_durable makes it durable.
-    #[test]
-    fn local_close_point_writes_without_an_fsync_and_survives_the_process() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open_with(dir.path(), Durability::DEFAULT).unwrap();
-        for uid in 1..=500 {
-            j.write(&record(uid)).unwrap();
-            j.close_point().unwrap();
-        }
-        j.remove(7).unwrap();
-        j.make_written().unwrap();
-        assert!(
-            j.wait_until_undurable(std::time::Duration::ZERO),
-            "nothing was fsynced yet"
-        );
-        // The process dies here: nothing more is written or synced.
-        let expected: Vec<u64> = (1..=500).filter(|u| *u != 7).collect();
-        assert_eq!(uids_after_reopen(dir.path()), expected);
-        j.make_durable().unwrap();
-        assert!(!j.wait_until_undurable(std::time::Duration::ZERO));
-        drop(j);
-        assert_eq!(uids_after_reopen(dir.path()), expected);
-    }
-
-    fn uids_after_reopen(dir: &Path) -> Vec<u64> {
-        let mut uids: Vec<u64> = Journal::open(dir)
-            .unwrap()
-            .load()
-            .unwrap()
-            .iter()
-            .map(|r| r.uid)
-            .collect();
-        uids.sort();
-        uids
-    }
-
-    /// A write that fails part-way (EIO, ENOSPC, EFBIG) leaves no torn frame
-    /// in front of the frames that later syncs report durable.
-    #[test]
-    fn a_write_failing_mid_frame_loses_nothing_synced_later() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path()).unwrap();
-        j.write(&record(1)).unwrap();
-        j.make_durable().unwrap();
-        j.write(&record(2)).unwrap();
-        j.lock().fail_write_after = Some(20); // inside the frame's JSON
-        let err = j
-            .make_durable()
-            .expect_err("the injected write failure must reach the caller");
-        assert_eq!(err.errno, libc::EIO);
-        j.write(&record(3)).unwrap();
-        j.make_durable().unwrap();
-        j.write(&record(4)).unwrap();
-        j.make_durable().unwrap();
-        let on_disk = std::fs::read(dir.path().join("journal/journal.log")).unwrap();
-        assert_eq!(decode(&on_disk).1, [], "the torn part of the failed write was cut off");
-        drop(j);
-        assert_eq!(uids_after_reopen(dir.path()), [1, 2, 3, 4]);
-    }
-
-    /// When the torn bytes cannot be cut off, the next sync rewrites the log.
-    #[test]
-    fn a_torn_write_that_cannot_be_cut_off_is_rewritten_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path()).unwrap();
-        j.write(&record(1)).unwrap();
-        j.make_durable().unwrap();
-        // What a failed write leaves when truncating it fails too.
-        let mut half = Vec::new();
-        encode(&Entry::Put(Box::new(record(9))), &mut half).unwrap();
-        let log_path = dir.path().join("journal/journal.log");
-        let mut f = OpenOptions::new().append(true).open(&log_path).unwrap();
-        f.write_all(&half[..half.len() / 2]).unwrap();
-        j.lock().torn = true;
-        j.write(&record(2)).unwrap();
-        j.make_durable().unwrap();
-        assert!(!j.lock().torn);
-        j.write(&record(3)).unwrap();
-        j.make_durable().unwrap();
-        drop(j);
-        assert_eq!(uids_after_reopen(dir.path()), [1, 2, 3]);
-    }
-
-    /// A torn or corrupt frame in the middle hides none of the frames after it.
-    #[test]
-    fn replay_resynchronises_after_a_bad_frame_in_the_middle() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("journal")).unwrap();
-        let log = dir.path().join("journal/journal.log");
-        let frame = |uid| {
-            let mut b = Vec::new();
-            encode(&Entry::Put(Box::new(record(uid))), &mut b).unwrap();
-            b
-        };
-        // 1, half of 2, 3, 4 with a flipped byte, 5.
-        let mut bytes = frame(1);
-        bytes.extend_from_slice(&frame(2)[..30]);
-        bytes.extend(frame(3));
-        let mut corrupt = frame(4);
-        let mid = corrupt.len() / 2;
-        corrupt[mid] ^= 0x55;
-        bytes.extend(corrupt);
-        bytes.extend(frame(5));
-        let (entries, skipped) = decode(&bytes);
-        assert_eq!(entries.len(), 3);
-        assert_eq!(skipped.len(), 2, "the torn and the corrupt frame: {skipped:?}");
-        assert_eq!(skipped[0].offset, frame(1).len());
-        assert_eq!(skipped[0].len, 30);
-        std::fs::write(&log, &bytes).unwrap();
-        assert_eq!(uids_after_reopen(dir.path()), [1, 3, 5]);
-        // Opening compacted the log: it now holds only intact frames.
-        assert!(decode(&std::fs::read(&log).unwrap()).1.is_empty());
-    }
-
-    #[test]
-    fn concurrent_writers_share_syncs_and_lose_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = std::sync::Arc::new(Journal::open(dir.path()).unwrap());
-        let threads: Vec<_> = (0..8u64)
-            .map(|t| {
-                let j = j.clone();
-                std::thread::spawn(move || {
-                    for i in 0..50 {
-                        j.write(&record(t * 1000 + i)).unwrap();
-                        j.make_durable().unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        drop(j);
-        assert_eq!(Journal::open(dir.path()).unwrap().load().unwrap().len(), 400);
-    }
-
-    #[test]
-    fn large_snapshots_go_to_pending_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path()).unwrap();
-        let src_path = dir.path().join("src");
-        let data = vec![7u8; (INLINE_LIMIT + 10) as usize];
-        std::fs::write(&src_path, &data).unwrap();
-        let (hash, size, inline) = j.snapshot(&File::open(&src_path).unwrap()).unwrap();
-        assert_eq!(hash, BlobHash::of(&data));
-        assert_eq!(size, data.len() as u64);
-        assert!(inline.is_none());
-        assert_eq!(std::fs::read(j.pending_blob_path(&hash)).unwrap(), data);
-        std::fs::write(&src_path, b"small").unwrap();
-        let (_, _, inline) = j.snapshot(&File::open(&src_path).unwrap()).unwrap();
-        assert_eq!(inline.unwrap(), b"small");
     }
 }

@@ -1,0 +1,132 @@
+//! Pending contents: the bytes of files over [`INLINE_LIMIT`] that records
+//! name by hash, as `STATE/pending/<hash>`, made by linking a closed file's
+//! staging file (no copy) or, where links are not possible, by copying.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::Path;
+
+use super::{fsync_dir, io, Durability, Journal, INLINE_LIMIT};
+use crate::model::BlobHash;
+use crate::vfs::VfsError;
+
+impl Journal {
+    /// A copy of `source` as pending content, for file systems without hard links.
+    fn snapshot_file(&self, source: &File) -> Result<(BlobHash, u64, Option<Vec<u8>>), VfsError> {
+        self.snapshot_with_limit(source, 0)
+    }
+
+    /// Makes a snapshot of `source` durable and returns its hash and size.
+    /// Small contents come back as bytes to inline into the record.
+    pub fn snapshot(&self, source: &File) -> Result<(BlobHash, u64, Option<Vec<u8>>), VfsError> {
+        self.snapshot_with_limit(source, INLINE_LIMIT)
+    }
+
+    fn snapshot_with_limit(
+        &self,
+        source: &File,
+        inline_limit: u64,
+    ) -> Result<(BlobHash, u64, Option<Vec<u8>>), VfsError> {
+        let len = source.metadata().map_err(|e| io("stat", &self.pending, e))?.len();
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, ReadAt::new(source));
+        if len <= inline_limit {
+            let mut bytes = Vec::with_capacity(len as usize);
+            reader
+                .read_to_end(&mut bytes)
+                .map_err(|e| io("read", &self.pending, e))?;
+            let hash = BlobHash::of(&bytes);
+            let size = bytes.len() as u64;
+            return Ok((hash, size, Some(bytes)));
+        }
+        let temp = self.pending.join(format!(".tmp-{:016x}", rand::random::<u64>()));
+        let result = (|| {
+            let mut out = File::create(&temp).map_err(|e| io("create", &temp, e))?;
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut size = 0u64;
+            loop {
+                let n = reader.read(&mut buf).map_err(|e| io("read", &temp, e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(|e| io("write", &temp, e))?;
+                size += n as u64;
+            }
+            let hash = BlobHash::from_blake3(hasher.finalize());
+            let target = self.pending_blob_path(&hash);
+            match self.durability {
+                Durability::Strict => {
+                    out.sync_all().map_err(|e| io("fsync", &temp, e))?;
+                    fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
+                    fsync_dir(&self.pending)?;
+                }
+                Durability::Local { .. } => {
+                    // Synced by the next make_durable, before the log.
+                    fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
+                    self.lock().unsynced_pending.push(target);
+                }
+            }
+            Ok((hash, size, None))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    /// Makes a staging file the pending content of its record without
+    /// copying it: hashes it in place and hard-links it as
+    /// `pending/<hash>` (the caller keeps its bytes unchanged from now on).
+    /// Falls back to a copy where the file system cannot link.
+    pub fn adopt_staged(&self, file: &File, staged: &Path) -> Result<(BlobHash, u64), VfsError> {
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, ReadAt::new(file));
+        let mut hasher = blake3::Hasher::new();
+        let size = std::io::copy(&mut reader, &mut hasher).map_err(|e| io("read", staged, e))?;
+        let hash = BlobHash::from_blake3(hasher.finalize());
+        let target = self.pending_blob_path(&hash);
+        match fs::hard_link(staged, &target) {
+            Ok(()) => {}
+            // The same bytes are pending already (another file, or a retry).
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok((hash, size)),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) || e.raw_os_error() == Some(libc::EPERM) => {
+                let (copied, copied_size, _) = self.snapshot_file(file)?;
+                return Ok((copied, copied_size));
+            }
+            Err(e) => return Err(io("link", &target, e)),
+        }
+        match self.durability {
+            Durability::Strict => {
+                file.sync_data().map_err(|e| io("fsync", staged, e))?;
+                fsync_dir(&self.pending)?;
+            }
+            Durability::Local { .. } => self.lock().unsynced_pending.push(target),
+        }
+        Ok((hash, size))
+    }
+
+    pub fn remove_pending_blob(&self, hash: &BlobHash) {
+        let _ = fs::remove_file(self.pending_blob_path(hash));
+    }
+}
+
+/// Reads a file from offset 0 with pread, leaving its shared cursor alone.
+pub struct ReadAt<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl<'a> ReadAt<'a> {
+    pub fn new(file: &'a File) -> Self {
+        Self { file, pos: 0 }
+    }
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
