@@ -30,8 +30,9 @@ during the timed part, per kind. Subcommands:
         arguments
   mkdirs DIR --dirs N [--server ...]      mkdir N directories on 3 levels (10, 90, the rest)
   rmdirs DIR --dirs N                     rmdir the same, deepest first
-  renames DIR --files N [--server ...]    create N 100-byte files (untimed; with --server
-                                          until committed), then rename each in place
+  renames DIR --files N [--settle S] [--server ...]
+        create N 100-byte files (untimed; with --server until committed),
+        pause S seconds, then rename each in place
   unlinks DIR --files N [--server ...]    unlink the files `renames` left
   seqwrite FILE --mb N                    write N MiB in 1 MiB writes, fsync, close
   stracec FILE --ops N                    an `strace -c -o FILE` summary as a record
@@ -560,6 +561,7 @@ def cmd_renames(args):
     if srv:
         api, project, prefix = srv
         wait_committed(api, project, prefix, {f"{prefix}/f{i:05d}.txt": 100 for i in range(args.files)})
+    time.sleep(args.settle)
     with Timed(args) as t:
         for i in range(args.files):
             os.rename(os.path.join(args.dir, f"f{i:05d}.txt"), os.path.join(args.dir, f"r{i:05d}.txt"))
@@ -1121,6 +1123,7 @@ def main():
         s = sub.add_parser(name)
         s.add_argument("dir")
         s.add_argument("--files", type=int, default=1000)
+        s.add_argument("--settle", type=float, default=0, help="pause before the renames, in seconds")
         s.add_argument("--server", nargs=4, metavar=("URL", "TOKEN", "PROJECT", "PREFIX"))
         s.set_defaults(fn=fn)
 
