@@ -820,11 +820,9 @@ def cmd_report(args):
         rec = by.get((test, "fuse_floor"))
         if not rec or "requests" not in rec:
             continue
-        n = rec.get(okey) if okey else 1
-        if test == "small":
-            n = rec["files"]
+        ops = rec["files"] if test == "small" else (rec.get(okey) if okey else 1)
         # Below 0.01 per operation: the test's own setup (its directory).
-        per = sorted(((k, v / n) for k, v in rec["requests"].items() if v / n >= 0.01), key=lambda kv: -kv[1])
+        per = sorted(((k, v / ops) for k, v in rec["requests"].items() if v / ops >= 0.01), key=lambda kv: -kv[1])
         sync = sum(v for k, v in per if k not in ("forget", "release"))
         unit = "" if okey else " (whole file)"
         ql.append(f"| {label}{unit} | {sync:.2f} | " + ", ".join(f"{k} {v:.2f}" for k, v in per) + " |")
@@ -844,12 +842,12 @@ def cmd_report(args):
             rec = by.get((f"strace_{what}", t))
             if not rec:
                 continue
-            n, c = rec["ops"], rec["calls"]
+            ops, c = rec["ops"], rec["calls"]
             top = sorted(c.items(), key=lambda kv: -kv[1])[:5]
             sl.append(
-                f"| {wnames[t]} | {shown} | {rec['total'] / n:.1f} | {c.get('fdatasync', 0) / n:.2f} "
-                f"| {c.get('fsync', 0) / n:.2f} | {c.get('statx', 0) / n:.2f} | "
-                + ", ".join(f"{k} {v / n:.1f}" for k, v in top)
+                f"| {wnames[t]} | {shown} | {rec['total'] / ops:.1f} | {c.get('fdatasync', 0) / ops:.2f} "
+                f"| {c.get('fsync', 0) / ops:.2f} | {c.get('statx', 0) / ops:.2f} | "
+                + ", ".join(f"{k} {v / ops:.1f}" for k, v in top)
                 + " |"
             )
 
@@ -996,7 +994,8 @@ def cmd_report(args):
         f"Each test on a fresh directory of each target, one after the other in the order of the columns (the "
         f"contextfs `--durability strict` mount is a second mount of the same project, mounted after the default "
         f"one was unmounted, with its own empty cache). Cells: operations per second (wall time of the whole "
-        f"test). The FUSE floor here is `examples/fuse_floor` started empty: an in-memory writable FUSE file "
+        f"test; for create, mkdir, rmdir, rename and unlink the median of {meta.get('write_reps', 1)} runs, each "
+        f"in a new directory). The FUSE floor here is `examples/fuse_floor` started empty: an in-memory writable FUSE file "
         f"system with contextfs's FUSE settings (no writeback cache, 1 s entry and attribute TTLs, 8 threads). "
         f"1-minute load average when the write tests started: {meta.get('load_write', '?')} "
         f"({meta.get('others_write', '')})."
