@@ -201,7 +201,7 @@ def join(prefix, path):
 
 
 def floor_requests(args):
-    """The FUSE floor's request counts so far (see examples/fuse_floor.rs)."""
+    """The FUSE floor's request counts so far (see examples/fuse_floor/main.rs)."""
     if not getattr(args, "requests_of", None):
         return None
     return json.loads(os.getxattr(args.requests_of, "user.fuse_floor.requests"))
