@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -141,7 +141,8 @@ pub struct Journal {
 }
 
 struct Log {
-    file: File,
+    /// Shared with the leader writing outside the lock (no dup per write).
+    file: Arc<File>,
     /// Encoded frames appended but not yet written.
     buffer: Vec<u8>,
     /// Frames appended so far / written to the log file (the page cache) /
@@ -203,7 +204,7 @@ impl Journal {
             pending,
             log_path,
             log: Mutex::new(Log {
-                file,
+                file: Arc::new(file),
                 buffer: Vec::new(),
                 appended: 0,
                 written: 0,
@@ -389,10 +390,10 @@ impl Journal {
             let fail_after = log.fail_write_after.take();
             #[cfg(not(test))]
             let fail_after: Option<usize> = None;
-            // Nothing reached the file if it cannot even be reopened.
-            let file = log.file.try_clone().map_err(|e| (io("open", &self.log_path, e), true));
+            let file = log.file.clone();
             drop(log);
-            let result = file.and_then(|mut f| {
+            let result = (|| {
+                let mut f: &File = &file;
                 if batch.is_empty() && !sync {
                     return Ok(());
                 }
@@ -416,7 +417,7 @@ impl Journal {
                 // attempt rewrites the log from the live records.)
                 self.sync_pending(&blobs).map_err(|e| (e, false))?;
                 f.sync_data().map_err(|e| (io("fsync", &self.log_path, e), false))
-            });
+            })();
             log = self.lock();
             log.syncing = false;
             if let Err((e, cut)) = result {
@@ -447,7 +448,7 @@ impl Journal {
     fn rewrite(&self, log: &mut Log) -> Result<(), VfsError> {
         let file = Self::write_compacted(&self.dir, &self.log_path, &log.live)?;
         log.size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        log.file = file;
+        log.file = Arc::new(file);
         log.buffer.clear();
         log.written = log.appended;
         log.durable = log.appended;
