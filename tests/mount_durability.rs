@@ -377,3 +377,38 @@ fn find_dir(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+/// Closed files waiting for the server hold no descriptor in the mount
+/// process: with the server down, an untar of more files than the
+/// process may open still succeeds (here: 3,000 files under a limit of 1,024
+/// descriptors), and every file lands once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_files_hold_no_descriptor_while_the_server_is_down() {
+    let mut s = TestServer::start().await;
+    let p = "fd-park";
+    let m = MountedWorkspace::create(&s, p, "agent-fds").await;
+    let pid = m.pid.expect("mount pid");
+    let out = Command::new("prlimit")
+        .args(["--nofile=1024:1024", "--pid", &pid.to_string()])
+        .output()
+        .expect("run prlimit");
+    assert!(out.status.success(), "prlimit: {}", both(&out));
+    s.stop().await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let count = 3_000;
+    let archive = make_archive(work.path(), count);
+    let lines = m
+        .python(UNTAR, &[archive.to_str().expect("utf-8"), "tree"])
+        .output_lines();
+    assert_eq!(lines.len(), count, "every file closed: {:?}", lines.last());
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("list fds").count();
+    assert!(open_fds < 200, "{open_fds} descriptors open for {count} queued files");
+    s.restart_on_same_port().await;
+    m.wait_synced().await;
+    let server = tree_map(&s, p).await.expect("tree");
+    for i in (0..count).step_by(97) {
+        let path = format!("tree/d{:03}/f{i:05}.txt", i / 100);
+        let entry = server.get(&path).unwrap_or_else(|| panic!("{path} never landed"));
+        assert_eq!(entry.hash, BlobHash::of(&member_bytes(i)), "{path}");
+    }
+}

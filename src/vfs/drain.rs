@@ -573,7 +573,9 @@ impl Vfs {
                     inode.last_status = Some(v.status);
                     let quiet = inode.open_writers == 0 && inode.data_rev == inode.journaled_data_rev;
                     match &inode.content {
-                        Content::Local { path, .. } if settled && quiet && inode.kind == NodeKind::File => {
+                        Content::Local { path, .. } | Content::Parked { path, .. }
+                            if settled && quiet && inode.kind == NodeKind::File =>
+                        {
                             Some((ino, path.clone(), inode.data_rev))
                         }
                         _ => None,
@@ -602,7 +604,7 @@ impl Vfs {
             let unchanged = inode.open_writers == 0
                 && inode.data_rev == rev_seen
                 && inode.data_rev == inode.journaled_data_rev
-                && matches!(&inode.content, Content::Local { path, .. } if *path == staged);
+                && matches!(&inode.content, Content::Local { path, .. } | Content::Parked { path, .. } if *path == staged);
             if !unchanged {
                 // Written again meanwhile: the staged copy is the newer truth.
                 return Ok(());

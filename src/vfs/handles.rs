@@ -42,12 +42,17 @@ impl Vfs {
     /// Turns clean content into a local staging file (copy on first write),
     /// and a sealed staging file into a fresh one (copy on write).
     pub(super) fn make_local(&self, ino: Ino, truncate: bool) -> VfsResult<()> {
-        let (source, sealed) = {
+        let mut attempts = 0;
+        let (source, sealed) = loop {
+            self.unpark(ino)?;
             let st = self.lock();
             match &Self::get(&st, ino)?.content {
-                Content::Blob { hash } => (StagingSource::Blob(hash.clone()), None),
+                Content::Blob { hash } => break (StagingSource::Blob(hash.clone()), None),
                 Content::Local { sealed: false, .. } => return Ok(()),
-                Content::Local { file, .. } => (StagingSource::Sealed(file.clone()), Some(file.clone())),
+                Content::Local { file, .. } => break (StagingSource::Sealed(file.clone()), Some(file.clone())),
+                // Parked again by a release in between: open it again.
+                Content::Parked { .. } if attempts < WRITE_ATTEMPTS => attempts += 1,
+                Content::Parked { .. } => return Err(VfsError::new(libc::EIO, "the staging file kept being parked")),
                 Content::Dir => return Err(VfsError::isdir(Self::path_of(&st, ino))),
                 Content::Symlink { .. } => return Err(VfsError::new(libc::ELOOP, "cannot open a symlink for writing")),
             }
@@ -90,6 +95,7 @@ impl Vfs {
     }
 
     pub fn open(&self, ino: Ino, mode: OpenMode) -> VfsResult<u64> {
+        self.unpark(ino)?;
         {
             let st = self.lock();
             let inode = Self::get(&st, ino)?;
@@ -143,11 +149,15 @@ impl Vfs {
             .map_err(|_| Self::passthrough_busy(&st, ino))?;
         let mut dirty = false;
         if mode.truncate {
-            // Sealed by a close since make_local: empty means a new file.
-            if matches!(&Self::get(&st, ino)?.content, Content::Local { sealed: true, .. }) {
+            // Sealed or parked by a close since make_local: empty means a
+            // new file (the old one stays the journal's, or waits for it).
+            if matches!(
+                &Self::get(&st, ino)?.content,
+                Content::Local { sealed: true, .. } | Content::Parked { .. }
+            ) {
                 let (file, path) = self.new_local_file()?;
                 let inode = Self::get_mut(&mut st, ino)?;
-                if let Content::Local { path: old, .. } = &inode.content {
+                if let Content::Local { path: old, .. } | Content::Parked { path: old, .. } = &inode.content {
                     let _ = std::fs::remove_file(old);
                 }
                 inode.content = Content::Local {
@@ -198,6 +208,14 @@ impl Vfs {
                 None => match &Self::get(&st, handle.ino)?.content {
                     Content::Local { file, .. } => (Some(file.clone()), handle.ino),
                     Content::Blob { .. } => (None, handle.ino),
+                    // Parked between this handle's open and its count (a race
+                    // with another release): open it again, then read.
+                    Content::Parked { .. } => {
+                        let ino = handle.ino;
+                        drop(st);
+                        self.unpark(ino)?;
+                        return self.read(fh, offset, size);
+                    }
                     Content::Dir => return Err(VfsError::isdir(Self::path_of(&st, handle.ino))),
                     Content::Symlink { target } => {
                         let bytes = target.as_bytes();
@@ -466,8 +484,43 @@ impl Vfs {
         };
         if forget {
             Self::forget_inode(&mut st, handle.ino);
+        } else if let Some(inode) = st.inodes.get_mut(&handle.ino) {
+            // Closed and journaled: the staging file waits for the server
+            // without holding a descriptor.
+            let idle = inode.open_handles == 0 && inode.data_rev == inode.journaled_data_rev;
+            if let (true, Content::Local { path, sealed, .. }) = (idle, &inode.content) {
+                inode.content = Content::Parked {
+                    path: path.clone(),
+                    sealed: *sealed,
+                };
+            }
         }
         Ok(ended_epoch)
+    }
+
+    /// Opens a parked staging file again (see [`Content::Parked`]).
+    pub(super) fn unpark(&self, ino: Ino) -> VfsResult<()> {
+        let path = match &Self::get(&self.lock(), ino)?.content {
+            Content::Parked { path, .. } => path.clone(),
+            _ => return Ok(()),
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| VfsError::io("reopen staging file", e))?;
+        let mut st = self.lock();
+        let inode = Self::get_mut(&mut st, ino)?;
+        if let Content::Parked { path: parked, sealed } = &inode.content {
+            if *parked == path {
+                inode.content = Content::Local {
+                    file: Arc::new(file),
+                    path,
+                    sealed: *sealed,
+                };
+            }
+        }
+        Ok(())
     }
 
     /// fsync(): the change is journaled (durable). An edit of a file the
@@ -592,9 +645,9 @@ impl Vfs {
                 self.make_local(ino, size == 0)?;
                 let data = data_lock.lock().unwrap_or_else(|p| p.into_inner());
                 let st = self.lock();
-                // Sealed by a close in between: copy on write again.
-                let sealed = matches!(&Self::get(&st, ino)?.content, Content::Local { sealed: true, .. });
-                if !sealed {
+                // Sealed or parked by a close in between: again.
+                let ready = matches!(&Self::get(&st, ino)?.content, Content::Local { sealed: false, .. });
+                if ready {
                     break (data, st);
                 }
                 attempts += 1;

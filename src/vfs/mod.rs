@@ -100,6 +100,13 @@ enum Content {
         /// the inode's data lock, which sealing holds too.
         sealed: bool,
     },
+    /// A `Local` file nobody has open whose change is journaled: the same
+    /// staging file, without a descriptor (thousands can wait for the server
+    /// during an untar). Any use opens it again first ([`Vfs::unpark`]).
+    Parked {
+        path: PathBuf,
+        sealed: bool,
+    },
     Symlink {
         target: String,
     },

@@ -230,6 +230,11 @@ impl Vfs {
             Content::Local {
                 file, sealed: false, ..
             } if inode.size > 0 => file.set_len(0).is_ok(),
+            Content::Parked { path, sealed: false } if inode.size > 0 => OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(0))
+                .is_ok(),
             _ => false,
         }
     }

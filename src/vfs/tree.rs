@@ -242,7 +242,7 @@ impl Vfs {
                     st.by_node.remove(&server.node);
                 }
             }
-            if let Content::Local { path, .. } = &inode.content {
+            if let Content::Local { path, .. } | Content::Parked { path, .. } = &inode.content {
                 let _ = std::fs::remove_file(path);
             }
         }
