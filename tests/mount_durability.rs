@@ -177,7 +177,7 @@ async fn a_torn_journal_tail_is_dropped_with_a_warning_and_the_mount_starts() {
     m.sh_ok("for i in 1 2 3 4 5; do echo kept $i > f$i.md; done; echo last > last.md");
     m.kill_9();
     let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&m.dir).status();
-    let journal = find_file(&m.state_dir(), "journal.log").expect("a journal.log");
+    let journal = find_below(&m.state_dir(), "journal.log", false).expect("a journal.log");
     let bytes = std::fs::read(&journal).expect("read the journal");
     let last = find_last_frame(&bytes);
     std::fs::write(&journal, &bytes[..last + (bytes.len() - last) / 2]).expect("cut the journal");
@@ -274,15 +274,17 @@ impl Drop for TinyFs {
     }
 }
 
-fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+/// The first file (or, with `want_dir`, directory) called `name` below `dir`.
+fn find_below(dir: &Path, name: &str, want_dir: bool) -> Option<std::path::PathBuf> {
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();
+        if path.is_dir() == want_dir && entry.file_name() == name {
+            return Some(path);
+        }
         if path.is_dir() {
-            if let Some(found) = find_file(&path, name) {
+            if let Some(found) = find_below(&path, name, want_dir) {
                 return Some(found);
             }
-        } else if entry.file_name() == name {
-            return Some(path);
         }
     }
     None
@@ -335,7 +337,7 @@ PY"#,
     );
     assert_eq!(out, "True\n");
     let pending_ok = |m: &MountedWorkspace| {
-        let pending = find_dir(&m.state_dir(), "pending").expect("a pending dir");
+        let pending = find_below(&m.state_dir(), "pending", true).expect("a pending dir");
         for entry in std::fs::read_dir(&pending).expect("list pending").flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if name.starts_with('.') {
@@ -361,54 +363,4 @@ PY"#,
     m.wait_synced().await;
     server_has(&s, p, "big.bin", &final_bytes).await;
     let _ = std::fs::remove_file("/tmp/seal-final.bin");
-}
-
-fn find_dir(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            if entry.file_name() == name {
-                return Some(path);
-            }
-            if let Some(found) = find_dir(&path, name) {
-                return Some(found);
-            }
-        }
-    }
-    None
-}
-
-/// Closed files waiting for the server hold no descriptor in the mount
-/// process: with the server down, an untar of more files than the
-/// process may open still succeeds (here: 3,000 files under a limit of 1,024
-/// descriptors), and every file lands once the server is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_files_hold_no_descriptor_while_the_server_is_down() {
-    let mut s = TestServer::start().await;
-    let p = "fd-park";
-    let m = MountedWorkspace::create(&s, p, "agent-fds").await;
-    let pid = m.pid.expect("mount pid");
-    let out = Command::new("prlimit")
-        .args(["--nofile=1024:1024", "--pid", &pid.to_string()])
-        .output()
-        .expect("run prlimit");
-    assert!(out.status.success(), "prlimit: {}", both(&out));
-    s.stop().await;
-    let work = tempfile::tempdir().expect("temp dir");
-    let count = 3_000;
-    let archive = make_archive(work.path(), count);
-    let lines = m
-        .python(UNTAR, &[archive.to_str().expect("utf-8"), "tree"])
-        .output_lines();
-    assert_eq!(lines.len(), count, "every file closed: {:?}", lines.last());
-    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("list fds").count();
-    assert!(open_fds < 200, "{open_fds} descriptors open for {count} queued files");
-    s.restart_on_same_port().await;
-    m.wait_synced().await;
-    let server = tree_map(&s, p).await.expect("tree");
-    for i in (0..count).step_by(97) {
-        let path = format!("tree/d{:03}/f{i:05}.txt", i / 100);
-        let entry = server.get(&path).unwrap_or_else(|| panic!("{path} never landed"));
-        assert_eq!(entry.hash, BlobHash::of(&member_bytes(i)), "{path}");
-    }
 }
