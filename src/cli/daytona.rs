@@ -92,17 +92,8 @@ before the command and changes are committed after it; one line per file goes to
     )]
     Exec {
         id: String,
-        /// Working directory in the sandbox
-        #[arg(long)]
-        cwd: Option<String>,
-        /// Seconds before the sandbox kills the command
-        #[arg(long)]
-        timeout: Option<u64>,
-        /// An environment variable for the command, KEY=VALUE (repeatable)
-        #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
-        envs: Vec<String>,
-        #[arg(last = true, required = true, value_name = "COMMAND")]
-        command: Vec<String>,
+        #[command(flatten)]
+        exec: ExecArgs,
     },
     /// Commit what is pending in the sandbox, then delete it (and revoke its token)
     Destroy {
@@ -205,16 +196,10 @@ pub async fn run(global: &GlobalArgs, cmd: DaytonaCommand) -> anyhow::Result<Exi
                 .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
             create_sandbox(global, &provider, labels, binary, sandbox_server, mode, None).await
         }
-        DaytonaSub::Exec {
-            id,
-            cwd,
-            timeout,
-            envs,
-            command,
-        } => {
+        DaytonaSub::Exec { id, exec } => {
             let record = load_record(ProviderKind::Daytona, &id)?;
             let provider = daytona_provider(&args, Some(&record))?;
-            exec_in(&provider, &record, cwd, timeout, envs, command).await
+            exec_in(&provider, &record, exec).await
         }
         DaytonaSub::Destroy { id, force } => {
             let record = SandboxRecord::load(&id)?.filter(|r| r.provider == ProviderKind::Daytona);
@@ -305,14 +290,33 @@ pub(super) async fn create_sandbox(
 }
 
 /// `exec`: runs the command, prints its output and the per-file outcomes.
+/// `exec`'s options, the same for every sandbox provider.
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// Working directory in the sandbox
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Seconds before the sandbox kills the command
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// An environment variable for the command, KEY=VALUE (repeatable)
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    envs: Vec<String>,
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
 pub(super) async fn exec_in(
     provider: &dyn Provider,
     record: &SandboxRecord,
-    cwd: Option<String>,
-    timeout: Option<u64>,
-    envs: Vec<String>,
-    command: Vec<String>,
+    exec: ExecArgs,
 ) -> anyhow::Result<ExitCode> {
+    let ExecArgs {
+        cwd,
+        timeout,
+        envs,
+        command,
+    } = exec;
     let envs = envs
         .iter()
         .map(|e| key_value(e, "--env"))

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::daytona::{create_sandbox, destroy_sandbox, exec_in, key_value, list, load_record, ModeArg};
+use super::daytona::{create_sandbox, destroy_sandbox, exec_in, key_value, list, load_record, ExecArgs, ModeArg};
 use super::GlobalArgs;
 use crate::sandbox::e2b::{E2b, E2bProvider, DEFAULT_API_URL};
 use crate::sandbox::remote::{ProviderKind, SandboxRecord};
@@ -72,17 +72,8 @@ pub enum E2bSub {
     /// Run a command in the sandbox; prints its output and exits with its exit code
     Exec {
         id: String,
-        /// Working directory in the sandbox
-        #[arg(long)]
-        cwd: Option<String>,
-        /// Seconds before the sandbox kills the command
-        #[arg(long)]
-        timeout: Option<u64>,
-        /// An environment variable for the command, KEY=VALUE (repeatable)
-        #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
-        envs: Vec<String>,
-        #[arg(last = true, required = true, value_name = "COMMAND")]
-        command: Vec<String>,
+        #[command(flatten)]
+        exec: ExecArgs,
     },
     /// Commit what is pending in the sandbox, then kill it (and revoke its token)
     Destroy {
@@ -135,16 +126,10 @@ pub async fn run(global: &GlobalArgs, cmd: E2bCommand) -> anyhow::Result<ExitCod
             let provider = provider(&args, None, template, timeout)?;
             create_sandbox(global, &provider, metadata, binary, sandbox_server, mode, Some(timeout)).await
         }
-        E2bSub::Exec {
-            id,
-            cwd,
-            timeout,
-            envs,
-            command,
-        } => {
+        E2bSub::Exec { id, exec } => {
             let record = load_record(ProviderKind::E2b, &id)?;
             let provider = provider(&args, Some(&record), String::new(), 15)?;
-            exec_in(&provider, &record, cwd, timeout, envs, command).await
+            exec_in(&provider, &record, exec).await
         }
         E2bSub::Destroy { id, force } => {
             let record = SandboxRecord::load(&id)?.filter(|r| r.provider == ProviderKind::E2b);
