@@ -88,23 +88,11 @@ pub struct Daytona {
 
 impl Daytona {
     pub fn new(api_url: &str, key: &str) -> DaytonaResult<Self> {
-        let api = api_url.trim().trim_end_matches('/').to_string();
-        if !(api.starts_with("http://") || api.starts_with("https://")) {
-            return Err(DaytonaError::Protocol {
-                url: api,
-                detail: "DAYTONA_API_URL must start with http:// or https://".into(),
-            });
-        }
+        let (api, http) = crate::sandbox::remote::http::api_client(api_url, "DAYTONA_API_URL")
+            .map_err(|(url, detail)| DaytonaError::Protocol { url, detail })?;
         if key.trim().is_empty() {
             return Err(DaytonaError::NoKey);
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| DaytonaError::Protocol {
-                url: api.clone(),
-                detail: e.to_string(),
-            })?;
         Ok(Self {
             http,
             api,

@@ -156,23 +156,11 @@ pub struct E2b {
 
 impl E2b {
     pub fn new(api_url: &str, key: &str) -> E2bResult<Self> {
-        let api = api_url.trim().trim_end_matches('/').to_string();
-        if !(api.starts_with("http://") || api.starts_with("https://")) {
-            return Err(E2bError::Protocol {
-                url: api,
-                detail: "E2B_API_URL must start with http:// or https://".into(),
-            });
-        }
+        let (api, http) = crate::sandbox::remote::http::api_client(api_url, "E2B_API_URL")
+            .map_err(|(url, detail)| E2bError::Protocol { url, detail })?;
         if key.trim().is_empty() {
             return Err(E2bError::NoKey);
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| E2bError::Protocol {
-                url: api.clone(),
-                detail: e.to_string(),
-            })?;
         Ok(Self {
             http,
             api,

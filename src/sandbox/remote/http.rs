@@ -9,6 +9,24 @@ use std::time::Duration;
 
 use reqwest::{RequestBuilder, Response};
 
+/// A provider's API base URL (trimmed, no trailing slash) and the HTTP
+/// client every provider uses. `Err((url, detail))` for a URL that is not
+/// http(s) (named by `variable`, its environment variable) or a client that
+/// cannot be built; each provider wraps it in its own error.
+pub fn api_client(api_url: &str, variable: &str) -> Result<(String, reqwest::Client), (String, String)> {
+    let api = api_url.trim().trim_end_matches('/').to_string();
+    if !(api.starts_with("http://") || api.starts_with("https://")) {
+        return Err((api, format!("{variable} must start with http:// or https://")));
+    }
+    match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(http) => Ok((api, http)),
+        Err(e) => Err((api, e.to_string())),
+    }
+}
+
 /// How many times a request is tried before its failure is reported.
 pub const ATTEMPTS: u32 = 4;
 
