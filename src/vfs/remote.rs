@@ -32,7 +32,8 @@ impl Vfs {
         out
     }
 
-    /// Walks `path` from the root; `None` if a component is missing.
+    /// The directory at `path`; `None` if a component is missing or the
+    /// last one is not a directory.
     fn resolve(st: &State, path: &str) -> Option<Ino> {
         if path.is_empty() {
             return Some(ROOT_INO);
@@ -41,7 +42,12 @@ impl Vfs {
         for part in path.split('/') {
             current = *st.inodes.get(&current)?.children.get(part)?;
         }
-        Some(current)
+        // A local file may sit where the server still has a directory (a
+        // pending local rename moved the directory away): nothing goes in it.
+        st.inodes
+            .get(&current)
+            .is_some_and(|i| i.kind == NodeKind::Dir)
+            .then_some(current)
     }
 
     pub fn apply_events(&self, events: &[ChangeEvent]) {

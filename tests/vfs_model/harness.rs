@@ -24,7 +24,13 @@ pub use proptest::test_runner::FileFailurePersistence;
 /// `tests/vfs_model/local_ops.proptest-regressions`). Proptest's default
 /// (`SourceParallel`) would put them in `tests/proptest-regressions/*.txt`,
 /// since `tests/vfs_model/` holds a `main.rs`.
+/// `cases` per property; `PROPTEST_CASES` overrides it for a longer soak
+/// (`PROPTEST_CASES=20000 cargo test --test vfs_model`).
 pub fn config(cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
     ProptestConfig {
         cases,
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
