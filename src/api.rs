@@ -469,6 +469,37 @@ pub struct CommitRequest {
     pub atime: Option<String>,
 }
 
+/// `POST .../commit/batch`: many commits, each treated as `POST .../commit`
+/// would treat it, written in one transaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchCommitRequest {
+    pub commits: Vec<CommitRequest>,
+}
+
+/// The outcome of every commit of a batch, in the request's order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchCommitResponse {
+    pub results: Vec<BatchCommitResult>,
+}
+
+/// One entry's outcome: its version, or the error (with the HTTP status) a
+/// single commit would have answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchCommitResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<VersionInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<BatchEntryError>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchEntryError {
+    /// The status `POST .../commit` would have answered (400, 409, 503...).
+    pub status: u16,
+    #[serde(flatten)]
+    pub detail: ErrorDetail,
+}
+
 /// The most content a commit may carry inline (`content_base64`, decoded).
 pub const MAX_INLINE_CONTENT: usize = 1024 * 1024;
 

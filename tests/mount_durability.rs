@@ -364,3 +364,58 @@ PY"#,
     server_has(&s, p, "big.bin", &final_bytes).await;
     let _ = std::fs::remove_file("/tmp/seal-final.bin");
 }
+
+/// Many small files go to the server in batches; one the server refuses
+/// (over its blob size limit) fails alone: it stays queued with its reason
+/// in `contextfs status`, and every other file of its batch lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_file_in_a_batch_stays_queued_and_the_rest_lands() {
+    let s = TestServer::start_with(&["--max-blob-bytes", "4096"]).await;
+    let p = "batch-refusal";
+    let m = MountedWorkspace::create(&s, p, "agent-batch").await;
+    let bad = "bad-too-large.txt";
+    let too_large = vec![b'z'; 10_000];
+    for i in 0..300 {
+        std::fs::write(m.dir.join(format!("f{i:03}.txt")), format!("file {i}\n")).expect("write");
+        if i == 150 {
+            std::fs::write(m.dir.join(bad), &too_large).expect("write the large file");
+        }
+    }
+    let server = eventually("the good files land", || async {
+        let tree = tree_map(&s, p).await?;
+        let landed = (0..300).filter(|i| tree.contains_key(&format!("f{i:03}.txt"))).count();
+        if landed == 300 {
+            Ok(tree)
+        } else {
+            Err(format!("{landed} of 300 on the server"))
+        }
+    })
+    .await;
+    for i in [0, 149, 151, 299] {
+        let entry = &server[&format!("f{i:03}.txt")];
+        assert_eq!(entry.hash, BlobHash::of(format!("file {i}\n").as_bytes()));
+    }
+    assert!(
+        !server.keys().any(|k| k.starts_with("bad")),
+        "the refused name never landed"
+    );
+    let status = eventually("status names the refusal", || async {
+        let status = m.status();
+        if status.contains("4096") {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    })
+    .await;
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("queued") && l.contains(bad) && l.contains("4096")),
+        "status lists the file as queued, with the server's reason:\n{status}"
+    );
+    assert_eq!(
+        std::fs::read(m.dir.join(bad)).expect("the refused file is still readable"),
+        too_large
+    );
+}

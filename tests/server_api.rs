@@ -1946,6 +1946,15 @@ async fn bodies_over_the_limits_are_413() {
         "too_large",
     )
     .await;
+    // inline content is a blob too: the same limit
+    use base64::Engine;
+    let mut inline = commit_request("docs/inline-big.md", None, big_hash.clone());
+    inline.content_base64 = Some(base64::engine::general_purpose::STANDARD.encode(&big));
+    assert_err(
+        s.commit_req("p", &t, &inline).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+    );
     assert_eq!(s.snapshot("p").await, before);
 
     // exactly at the limit is fine

@@ -340,6 +340,48 @@ impl Client {
         self.post(&Self::project_route(project, "/commit"), request).await
     }
 
+    /// Many commits in one request and one server transaction; the outcome
+    /// of each, in order. The outer error means none was committed.
+    pub async fn commit_batch(
+        &self,
+        project: &str,
+        requests: &[CommitRequest],
+    ) -> ClientResult<Vec<ClientResult<VersionInfo>>> {
+        #[derive(Serialize)]
+        struct Batch<'a> {
+            commits: &'a [CommitRequest],
+        }
+        let answer: BatchCommitResponse = self
+            .post(
+                &Self::project_route(project, "/commit/batch"),
+                &Batch { commits: requests },
+            )
+            .await?;
+        if answer.results.len() != requests.len() {
+            return Err(ClientError::Protocol {
+                url: Self::project_route(project, "/commit/batch"),
+                detail: format!("{} results for {} commits", answer.results.len(), requests.len()),
+            });
+        }
+        Ok(answer
+            .results
+            .into_iter()
+            .map(|r| match (r.version, r.error) {
+                (Some(v), _) => Ok(v),
+                (None, Some(e)) => Err(ClientError::Api {
+                    status: StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    code: e.detail.code,
+                    message: e.detail.message,
+                    head: e.detail.head.map(Box::new),
+                }),
+                (None, None) => Err(ClientError::Protocol {
+                    url: "commit/batch".into(),
+                    detail: "an entry without a version or an error".into(),
+                }),
+            })
+            .collect())
+    }
+
     pub async fn mkdir(&self, project: &str, request: &MkdirRequest) -> ClientResult<VersionInfo> {
         self.post(&Self::project_route(project, "/mkdir"), request).await
     }

@@ -21,6 +21,19 @@ pub trait Remote: Send + Sync {
     async fn mkdir(&self, project: &str, request: &MkdirRequest) -> ClientResult<VersionInfo>;
     async fn rename(&self, project: &str, request: &RenameRequest) -> ClientResult<VersionInfo>;
     async fn commit(&self, project: &str, request: &CommitRequest) -> ClientResult<VersionInfo>;
+    /// Many commits in one request; a server without the batch route
+    /// answers 404 `no such route`. The default sends them one by one.
+    async fn commit_batch(
+        &self,
+        project: &str,
+        requests: &[CommitRequest],
+    ) -> ClientResult<Vec<ClientResult<VersionInfo>>> {
+        let mut out = Vec::with_capacity(requests.len());
+        for request in requests {
+            out.push(self.commit(project, request).await);
+        }
+        Ok(out)
+    }
     async fn delete(&self, project: &str, request: &DeleteRequest) -> ClientResult<DeleteResponse>;
     /// Uploads bytes; the hash is computed by the callee.
     async fn put_blob(&self, project: &str, bytes: Bytes) -> ClientResult<BlobReceipt>;
@@ -42,6 +55,14 @@ impl Remote for Client {
 
     async fn commit(&self, project: &str, request: &CommitRequest) -> ClientResult<VersionInfo> {
         Client::commit(self, project, request).await
+    }
+
+    async fn commit_batch(
+        &self,
+        project: &str,
+        requests: &[CommitRequest],
+    ) -> ClientResult<Vec<ClientResult<VersionInfo>>> {
+        Client::commit_batch(self, project, requests).await
     }
 
     async fn delete(&self, project: &str, request: &DeleteRequest) -> ClientResult<DeleteResponse> {

@@ -11,8 +11,10 @@ use futures_util::stream::{self, StreamExt};
 use reqwest::StatusCode;
 
 use super::remote::Remote;
+use crate::api::VersionInfo;
 use crate::api::{CommitRequest, DeleteRequest, ErrorCode, MkdirRequest, RenameRequest};
-use crate::client::ClientError;
+use crate::client::{ClientError, ClientResult};
+use crate::model::BlobHash;
 use crate::vfs::drain::{ContentSource, DrainItem, DrainOp};
 use crate::vfs::Vfs;
 
@@ -52,6 +54,8 @@ pub struct Replicator {
     doubtful: Mutex<Vec<DrainItem>>,
     /// Recently acknowledged changes with their time, for `flush` reports.
     acked: Mutex<std::collections::VecDeque<Acked>>,
+    /// The server answered the batch route with 404: commit one by one.
+    batch_unsupported: std::sync::atomic::AtomicBool,
 }
 
 /// One change the server acknowledged: when (ms since the epoch, local
@@ -78,6 +82,7 @@ pub struct Round {
     pub refused: bool,
 }
 
+#[derive(Clone)]
 enum Outcome {
     Done,
     /// Try again later (server down, 5xx).
@@ -136,6 +141,7 @@ impl Replicator {
             refused: Mutex::new(HashMap::new()),
             doubtful: Mutex::new(Vec::new()),
             acked: Mutex::new(std::collections::VecDeque::new()),
+            batch_unsupported: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -196,12 +202,14 @@ impl Replicator {
                 break;
             }
             let mut progressed = 0;
-            // Contents are independent of each other, and so are deletions
-            // at one depth (children go before their parents): those run
-            // concurrently. Namespace changes run one by one, in order.
-            let phase_of = |item: &DrainItem| match item.order_key() {
-                (3, depth) => (3, depth),
-                (kind, _) => (kind, 0),
+            // Contents are independent of each other (they go in batches),
+            // and so are deletions at one depth (children go before their
+            // parents) and a run of mkdirs at one depth: those run
+            // concurrently. Renames run one by one, in order.
+            let phase_of = |item: &DrainItem| match (item.order_key(), &item.op) {
+                ((1, depth), DrainOp::Mkdir { .. }) => (1, depth, true),
+                ((3, depth), _) => (3, depth, false),
+                ((kind, _), _) => (kind, 0, false),
             };
             let mut phases: Vec<Vec<DrainItem>> = Vec::new();
             for item in plan {
@@ -211,8 +219,10 @@ impl Replicator {
                 }
             }
             for phase in phases {
-                let concurrent = matches!(phase_of(&phase[0]).0, 2 | 3);
-                let outcomes: Vec<(DrainItem, Outcome)> = if concurrent {
+                let concurrent = matches!(phase_of(&phase[0]), (2 | 3, _, _) | (1, _, true));
+                let outcomes: Vec<(DrainItem, Outcome)> = if phase_of(&phase[0]).0 == 2 {
+                    self.commit_phase(phase).await
+                } else if concurrent {
                     stream::iter(phase)
                         .map(|item| async move {
                             let outcome = self.execute(&item).await;
@@ -367,44 +377,14 @@ impl Replicator {
                     Err(e) => classify(e),
                 }
             }
-            DrainOp::Commit {
-                path,
-                node,
-                base_version,
-                hash,
-                kind,
-                mode,
-                source,
-                mtime,
-                atime,
-                ..
-            } => {
-                // Small contents travel inside the commit: one request, not two.
-                let inline = match source {
-                    ContentSource::Inline(bytes) => Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-                    _ => None,
-                };
-                let upload = match source {
-                    ContentSource::File(file) => self.remote.put_blob_file(p, hash, file).await.map(|_| ()),
-                    ContentSource::Inline(_) | ContentSource::Server => Ok(()),
-                };
-                if let Err(e) = upload {
-                    return classify(e);
+            DrainOp::Commit { source, hash, .. } => {
+                if let ContentSource::File(file) = source {
+                    if let Err(e) = self.remote.put_blob_file(p, hash, file).await {
+                        return classify(e);
+                    }
                 }
-                let mut req = CommitRequest {
-                    path: path.clone(),
-                    base_version: *base_version,
-                    hash: hash.clone(),
-                    kind: Some(*kind),
-                    mode: Some(*mode),
-                    agent_id: self.agent_id.clone(),
-                    message: None,
-                    // Stable across retries and restarts: a commit is applied once.
-                    idempotency_key: Some(commit_key(item.uid, item.rev, &item.op)),
-                    node: *node,
-                    content_base64: inline,
-                    mtime: mtime.map(crate::model::format_file_time),
-                    atime: atime.map(crate::model::format_file_time),
+                let Some(mut req) = self.commit_request(item) else {
+                    return Outcome::Done;
                 };
                 let mut result = self.remote.commit(p, &req).await;
                 if let (Err(e), ContentSource::Inline(bytes)) = (&result, source) {
@@ -417,20 +397,7 @@ impl Replicator {
                         result = self.remote.commit(p, &req).await;
                     }
                 }
-                match result {
-                    Ok(v) => {
-                        if let Ok(mut s) = self.status.lock() {
-                            s.commits += 1;
-                        }
-                        self.note(&v.path, v.status.as_str());
-                        self.local(self.vfs.ack_commit(item.uid, item.rev, hash, &v))
-                    }
-                    Err(e) if matches!(e.code(), Some(ErrorCode::BaseVersionUnknown | ErrorCode::NodeMismatch)) => {
-                        // The node's history is not what we knew: commit as new.
-                        self.local(self.vfs.unbind(item.uid))
-                    }
-                    Err(e) => classify(e),
-                }
+                self.commit_answered(item, hash, result)
             }
             DrainOp::Delete { node, path, recursive } => {
                 let path = &self.vfs.server_path_now(item.uid).unwrap_or_else(|| path.clone());
@@ -453,6 +420,64 @@ impl Replicator {
                     Err(e) => classify(e),
                 }
             }
+        }
+    }
+
+    /// The commit request of a `Commit` item (its content uploaded already
+    /// or inline); `None` for any other item.
+    fn commit_request(&self, item: &DrainItem) -> Option<CommitRequest> {
+        let DrainOp::Commit {
+            path,
+            node,
+            base_version,
+            hash,
+            kind,
+            mode,
+            source,
+            mtime,
+            atime,
+            ..
+        } = &item.op
+        else {
+            return None;
+        };
+        // Small contents travel inside the commit: one request, not two.
+        let inline = match source {
+            ContentSource::Inline(bytes) => Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            _ => None,
+        };
+        Some(CommitRequest {
+            path: path.clone(),
+            base_version: *base_version,
+            hash: hash.clone(),
+            kind: Some(*kind),
+            mode: Some(*mode),
+            agent_id: self.agent_id.clone(),
+            message: None,
+            // Stable across retries and restarts: a commit is applied once.
+            idempotency_key: Some(commit_key(item.uid, item.rev, &item.op)),
+            node: *node,
+            content_base64: inline,
+            mtime: mtime.map(crate::model::format_file_time),
+            atime: atime.map(crate::model::format_file_time),
+        })
+    }
+
+    /// Applies the server's answer to a commit (sent alone or in a batch).
+    fn commit_answered(&self, item: &DrainItem, hash: &BlobHash, result: ClientResult<VersionInfo>) -> Outcome {
+        match result {
+            Ok(v) => {
+                if let Ok(mut s) = self.status.lock() {
+                    s.commits += 1;
+                }
+                self.note(&v.path, v.status.as_str());
+                self.local(self.vfs.ack_commit(item.uid, item.rev, hash, &v))
+            }
+            Err(e) if matches!(e.code(), Some(ErrorCode::BaseVersionUnknown | ErrorCode::NodeMismatch)) => {
+                // The node's history is not what we knew: commit as new.
+                self.local(self.vfs.unbind(item.uid))
+            }
+            Err(e) => classify(e),
         }
     }
 
@@ -546,6 +571,7 @@ impl Replicator {
     }
 }
 
+mod batch;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]

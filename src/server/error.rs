@@ -7,7 +7,7 @@ use axum::Json;
 
 use super::blobs::BlobError;
 use super::store::StoreError;
-use crate::api::{ErrorBody, ErrorCode, ErrorDetail, VersionInfo};
+use crate::api::{BatchEntryError, ErrorBody, ErrorCode, ErrorDetail, VersionInfo};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -47,6 +47,23 @@ impl ApiError {
     pub fn with_head(mut self, head: Option<VersionInfo>) -> Self {
         self.head = head.map(Box::new);
         self
+    }
+}
+
+impl ApiError {
+    /// This error as one entry of a batch's answer (logged like a response).
+    pub fn into_batch_entry(self) -> BatchEntryError {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code.as_str(), message = ?self.message, "a batch entry failed");
+        }
+        BatchEntryError {
+            status: self.status.as_u16(),
+            detail: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                head: self.head.map(|h| *h),
+            },
+        }
     }
 }
 

@@ -112,6 +112,7 @@ pub fn router(service: Arc<Service>) -> Router {
             get(checkout).put(put_file).layer(DefaultBodyLimit::disable()),
         )
         .route("/commit", post(commit))
+        .route("/commit/batch", post(commit_batch))
         .route("/mkdir", post(mkdir))
         .route("/rename", post(rename))
         .route("/delete", post(delete_path))
@@ -364,6 +365,29 @@ async fn commit(
     ApiJson(req): ApiJson<CommitRequest>,
 ) -> Result<Json<VersionInfo>, ApiError> {
     Ok(Json(s.commit(&caller, &project, req).await?))
+}
+
+async fn commit_batch(
+    State(s): Shared,
+    caller: Caller,
+    ApiPath(project): ApiPath<String>,
+    ApiJson(req): ApiJson<BatchCommitRequest>,
+) -> Result<Json<BatchCommitResponse>, ApiError> {
+    let results = s.commit_batch(&caller, &project, req.commits).await?;
+    let results = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(v) => BatchCommitResult {
+                version: Some(v),
+                error: None,
+            },
+            Err(e) => BatchCommitResult {
+                version: None,
+                error: Some(e.into_batch_entry()),
+            },
+        })
+        .collect();
+    Ok(Json(BatchCommitResponse { results }))
 }
 
 async fn mkdir(

@@ -386,6 +386,47 @@ impl Vfs {
         Ok(Some(ino))
     }
 
+    /// The feed already showed a later version of the node this commit made
+    /// at another inode: another writer moved the new file before the answer
+    /// came back, and the feed put it where they moved it. That inode is the
+    /// node now, so this file goes, unless it changed since the commit (then
+    /// [`Self::bind`] keeps it and its change). True if it went.
+    fn superseded_by_news(
+        &self,
+        st: &mut State,
+        uid: u64,
+        rev: u64,
+        v: &VersionInfo,
+        out: &mut Vec<Invalidation>,
+    ) -> VfsResult<bool> {
+        let Some(ino) = st.by_uid.get(&uid).copied() else {
+            return Ok(false);
+        };
+        let newer_elsewhere = st.by_node.get(&v.node).copied().is_some_and(|other| {
+            other != ino
+                && st
+                    .inodes
+                    .get(&other)
+                    .and_then(|i| i.server.as_ref())
+                    .is_some_and(|s| s.version >= v.version)
+        });
+        let Some(inode) = st.inodes.get(&ino) else {
+            return Ok(false);
+        };
+        let quiet = inode.kind == NodeKind::File
+            && inode.open_writers == 0
+            && inode.data_rev == inode.journaled_data_rev
+            && st.records.get(&uid).is_some_and(|r| r.rev == rev);
+        if !newer_elsewhere || !quiet {
+            return Ok(false);
+        }
+        let (parent, name) = (inode.parent, inode.name.clone());
+        self.settle(st, uid, rev)?;
+        Self::detach(st, ino);
+        out.push(Invalidation::Entry { parent, name });
+        Ok(true)
+    }
+
     /// Another inode showed the node the server just put at one of this
     /// mount's paths (another writer moved it there, and this mount's create
     /// landed in it): the server has nothing at that inode's path any more.
@@ -555,6 +596,11 @@ impl Vfs {
         let retire = {
             let mut st = self.lock();
             if self.orphaned(&mut st, uid, v)? {
+                return Ok(());
+            }
+            if self.superseded_by_news(&mut st, uid, rev, v, &mut invalidate)? {
+                drop(st);
+                self.invalidate(invalidate);
                 return Ok(());
             }
             let ino = self.bind(&mut st, uid, v, &mut invalidate)?;

@@ -68,6 +68,24 @@ struct Boundary {
     len: usize,
     frames: usize,
     view: View,
+    /// The pending content files then (name -> bytes).
+    pending: BTreeMap<String, Vec<u8>>,
+}
+
+fn pending_files(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read(e.path()).unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn run_crash(ops: &[LocalOp], cut_at: f64, at_boundary: Option<usize>) -> Result<(), TestCaseError> {
@@ -79,10 +97,12 @@ fn run_crash(ops: &[LocalOp], cut_at: f64, at_boundary: Option<usize>) -> Result
         let bytes = std::fs::read(&log).unwrap_or_default();
         (bytes.len(), complete_frames(&bytes).len())
     };
+    let pending_dir = env.state_dir.join("pending");
     let mut boundaries = vec![Boundary {
         len: 0,
         frames: 0,
         view: model.view(),
+        pending: pending_files(&pending_dir),
     }];
     for (step, op) in ops.iter().enumerate() {
         local_op(&vfs, &mut model, op)?;
@@ -96,6 +116,7 @@ fn run_crash(ops: &[LocalOp], cut_at: f64, at_boundary: Option<usize>) -> Result
             len,
             frames,
             view: model.view(),
+            pending: pending_files(&pending_dir),
         });
     }
     drop(vfs); // the crash: nothing more is written
@@ -107,6 +128,20 @@ fn run_crash(ops: &[LocalOp], cut_at: f64, at_boundary: Option<usize>) -> Result
     };
     let kept = &bytes[..cut.min(bytes.len())];
     std::fs::write(&log, kept).unwrap();
+    // The pending files as a power loss at that moment leaves them: the
+    // journal deletes a pending file only once the frame that retired it
+    // is durable, so one deleted by a later operation was still there. The
+    // operation in progress may have made new ones already.
+    if let Some(at) = boundaries.iter().rposition(|b| b.len <= cut) {
+        for b in &boundaries[at..boundaries.len().min(at + 2)] {
+            for (name, content) in &b.pending {
+                let path = pending_dir.join(name);
+                if !path.exists() {
+                    std::fs::write(path, content).unwrap();
+                }
+            }
+        }
+    }
     let frames = complete_frames(kept);
     let mut live: BTreeMap<u64, u64> = BTreeMap::new();
     for (uid, rev) in &frames {

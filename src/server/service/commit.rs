@@ -11,7 +11,7 @@ use crate::model::{BlobHash, WsPath};
 use crate::server::auth::Caller;
 use crate::server::blobs::{BlobError, ByteStream};
 use crate::server::error::ApiError;
-use crate::server::store::{ContentWrite, FileTimes, NodeHead, ProjectRow, StoreError, WriteTarget};
+use crate::server::store::{ContentWrite, FileTimes, NodeHead, ProjectRow, StoreError, WriteMeta, WriteTarget};
 
 /// Inputs larger than this are not merged: the commit falls back to last-writer-wins.
 pub const MAX_MERGE_BYTES: u64 = 16 * 1024 * 1024;
@@ -55,6 +55,39 @@ pub struct PutFileOptions {
     pub atime: Option<String>,
 }
 
+/// A commit whose checks passed and whose content is in place.
+pub(super) struct Prepared {
+    pub req: CommitRequest,
+    pub kind: NodeKind,
+    pub times: FileTimes,
+    pub meta: WriteMeta,
+    pub size: u64,
+    /// The content came with the request (inline or `PUT files`): the blob
+    /// becomes the project's in the commit's transaction.
+    pub came_with_request: bool,
+}
+
+impl Prepared {
+    pub fn log_committed(&self, project: &ProjectRow, v: &VersionInfo) {
+        // Client text goes out through `?` (Debug): quoted, with newlines
+        // and escape sequences escaped.
+        tracing::debug!(
+            project = ?project.name,
+            path = ?self.req.path.as_str(),
+            version = v.version,
+            agent = ?self.meta.agent_id,
+            commit_message = ?self.meta.message,
+            "committed"
+        );
+    }
+}
+
+pub(super) enum Checked {
+    Ready(Prepared),
+    /// A retry of a commit that already landed: its version.
+    Done(VersionInfo),
+}
+
 /// What a commit will write once the head is known.
 struct CommitPlan {
     target: WriteTarget,
@@ -90,6 +123,21 @@ impl Service {
         uploaded: Option<u64>,
     ) -> Result<VersionInfo, ApiError> {
         let project = self.project_for(caller, project, true).await?;
+        match self.prepare_commit(caller, &project, req, uploaded).await? {
+            Checked::Done(v) => Ok(v),
+            Checked::Ready(prepared) => self.commit_prepared(&project, prepared).await,
+        }
+    }
+
+    /// A commit's checks, its idempotency lookup and its content put in
+    /// place: everything before the head is read.
+    pub(super) async fn prepare_commit(
+        &self,
+        caller: &Caller,
+        project: &ProjectRow,
+        req: CommitRequest,
+        uploaded: Option<u64>,
+    ) -> Result<Checked, ApiError> {
         let kind = req.kind.unwrap_or(NodeKind::File);
         if kind == NodeKind::Dir {
             return Err(ApiError::bad_request(
@@ -111,12 +159,12 @@ impl Service {
         let times = request_times(&req)?;
         let meta = meta(caller, req.agent_id.clone(), req.message.clone())?;
         if let Some(done) = self.idempotent_result(project.id, &req).await? {
-            return Ok(done);
+            return Ok(Checked::Done(done));
         }
         let size = match (req.content_base64.as_deref(), uploaded) {
             (Some(encoded), _) => self.store_inline_content(&req.hash, encoded).await?,
             (None, Some(size)) => size,
-            (None, None) => self.visible_blob_size(&project, &req.hash).await?,
+            (None, None) => self.visible_blob_size(project, &req.hash).await?,
         };
         let came_with_request = req.content_base64.is_some() || uploaded.is_some();
         if kind == NodeKind::Symlink && size > MAX_SYMLINK_TARGET {
@@ -125,51 +173,68 @@ impl Service {
                 format!("a symlink target is at most {MAX_SYMLINK_TARGET} bytes"),
             ));
         }
-        let _serialised = self.path_lock(project.id, &req.path).lock().await;
+        Ok(Checked::Ready(Prepared {
+            req,
+            kind,
+            times,
+            meta,
+            size,
+            came_with_request,
+        }))
+    }
+
+    /// Plans `p` against the head as it is now: the version to write, or
+    /// the head itself when it already holds what `p` asks for.
+    pub(super) async fn plan_prepared(
+        &self,
+        project: &ProjectRow,
+        p: &Prepared,
+    ) -> Result<Result<ContentWrite, VersionInfo>, ApiError> {
+        let head = self.store.node_at(project.id, &p.req.path).await?;
+        let plan = match self.plan_commit(project, &p.req, p.kind, p.size, head, p.times).await? {
+            Planned::AlreadyThere(v) => return Ok(Err(v)),
+            Planned::Write(plan) => plan,
+        };
+        // Merged bytes are nobody's local file: they get the commit time.
+        let times = if plan.hash == p.req.hash {
+            p.times
+        } else {
+            FileTimes::default()
+        };
+        Ok(Ok(ContentWrite {
+            target: plan.target,
+            kind: p.kind,
+            mode: plan.mode,
+            hash: plan.hash,
+            size: plan.size,
+            op: plan.op,
+            status: plan.status,
+            idempotency_key: p.req.idempotency_key.clone(),
+            record_blob: p.came_with_request.then(|| p.req.hash.clone()),
+            times,
+        }))
+    }
+
+    /// Plans and writes `p` under its path lock, merging again whenever the
+    /// head moves meanwhile.
+    pub(super) async fn commit_prepared(&self, project: &ProjectRow, p: Prepared) -> Result<VersionInfo, ApiError> {
+        let _serialised = self.path_lock(project.id, &p.req.path).lock().await;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
-            let head = self.store.node_at(project.id, &req.path).await?;
-            let plan = match self.plan_commit(&project, &req, kind, size, head, times).await? {
-                Planned::AlreadyThere(v) => return Ok(v),
-                Planned::Write(plan) => plan,
+            let write = match self.plan_prepared(project, &p).await? {
+                Err(already_there) => return Ok(already_there),
+                Ok(write) => write,
             };
-            // Merged bytes are nobody's local file: they get the commit time.
-            let times = if plan.hash == req.hash {
-                times
-            } else {
-                FileTimes::default()
-            };
-            let write = ContentWrite {
-                target: plan.target,
-                kind,
-                mode: plan.mode,
-                hash: plan.hash,
-                size: plan.size,
-                op: plan.op,
-                status: plan.status,
-                idempotency_key: req.idempotency_key.clone(),
-                record_blob: came_with_request.then(|| req.hash.clone()),
-                times,
-            };
-            match self.store.write_content(project.id, write, meta.clone()).await {
+            match self.store.write_content(project.id, write, p.meta.clone()).await {
                 Ok(applied) => {
                     self.feed.notify(project.id);
-                    // Client text goes out through `?` (Debug): quoted, with
-                    // newlines and escape sequences escaped.
-                    tracing::debug!(
-                        project = ?project.name,
-                        path = ?req.path.as_str(),
-                        version = applied.value.version,
-                        agent = ?meta.agent_id,
-                        commit_message = ?meta.message,
-                        "committed"
-                    );
+                    p.log_committed(project, &applied.value);
                     return Ok(applied.value);
                 }
                 Err(StoreError::HeadMoved) => {
-                    if let Some(done) = self.idempotent_result(project.id, &req).await? {
+                    if let Some(done) = self.idempotent_result(project.id, &p.req).await? {
                         return Ok(done);
                     }
-                    tracing::debug!(path = ?req.path.as_str(), "commit lost the compare-and-set; merging again");
+                    tracing::debug!(path = ?p.req.path.as_str(), "commit lost the compare-and-set; merging again");
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -177,7 +242,7 @@ impl Service {
         Err(ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Busy,
-            format!("{} is changing too fast to commit; retry", req.path),
+            format!("{} is changing too fast to commit; retry", p.req.path),
         ))
     }
 
@@ -222,6 +287,13 @@ impl Service {
         })?;
         if bytes.len() > MAX_INLINE_CONTENT {
             return Err(too_large());
+        }
+        // Inline content is a blob like any upload: the same size limit.
+        if bytes.len() as u64 > self.limits.max_blob_bytes {
+            return Err(BlobError::TooLarge {
+                limit: self.limits.max_blob_bytes,
+            }
+            .into());
         }
         let actual = BlobHash::of(&bytes);
         if actual != *hash {

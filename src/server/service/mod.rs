@@ -9,6 +9,7 @@
 //! - `read.rs`: tree, checkout, history, the change feed, audit, blobs;
 //! - `commit.rs`: commits (idempotency, inline content, the three-way merge
 //!   decision) and the one-call `PUT files` upload;
+//! - `batch.rs`: many commits in one request and one transaction;
 //! - `namespace.rs`: mkdir, rename, delete, rollback;
 //! - `skills.rs`: publishing and reading skills, SKILL.md front matter.
 
@@ -24,11 +25,13 @@ use crate::api::*;
 use crate::model::WsPath;
 
 mod admin;
+mod batch;
 mod commit;
 mod namespace;
 mod read;
 mod skills;
 
+pub use batch::MAX_BATCH_COMMITS;
 pub use commit::{PutFileOptions, MAX_MERGE_BYTES};
 pub use skills::parse_skill_front_matter;
 
@@ -145,8 +148,13 @@ impl Service {
     }
 
     fn path_lock(&self, project_id: i64, path: &WsPath) -> &tokio::sync::Mutex<()> {
+        &self.path_locks[self.path_lock_index(project_id, path)]
+    }
+
+    /// The stripe of `path_locks` that serialises commits to this path.
+    fn path_lock_index(&self, project_id: i64, path: &WsPath) -> usize {
         let key = blake3::hash(format!("{project_id}\0{path}").as_bytes());
         let idx = u64::from_le_bytes(key.as_bytes()[..8].try_into().unwrap_or_default()) as usize;
-        &self.path_locks[idx % PATH_LOCK_STRIPES]
+        idx % PATH_LOCK_STRIPES
     }
 }

@@ -316,6 +316,21 @@ pub trait MetadataStore: Send + Sync + 'static {
         write: ContentWrite,
         meta: WriteMeta,
     ) -> StoreResult<Applied<VersionInfo>>;
+    /// Several content writes in ONE transaction (a batch of commits), each
+    /// in its own savepoint: an entry that fails gets its error in its slot
+    /// and leaves no trace, the others commit together. The outer error means
+    /// nothing was written. Stores without savepoints write one by one.
+    async fn write_contents(
+        &self,
+        project_id: i64,
+        writes: Vec<(ContentWrite, WriteMeta)>,
+    ) -> StoreResult<Vec<StoreResult<Applied<VersionInfo>>>> {
+        let mut out = Vec::with_capacity(writes.len());
+        for (write, meta) in writes {
+            out.push(self.write_content(project_id, write, meta).await);
+        }
+        Ok(out)
+    }
     /// `mkdir -p`; returns the directory's head and whether anything was created.
     async fn mkdir(
         &self,

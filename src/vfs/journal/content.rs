@@ -58,13 +58,19 @@ impl Journal {
             match self.durability {
                 Durability::Strict => {
                     out.sync_all().map_err(|e| io("fsync", &temp, e))?;
-                    fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
+                    {
+                        let mut log = self.lock();
+                        fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
+                        log.doomed_pending.remove(&hash);
+                    }
                     fsync_dir(&self.pending)?;
                 }
                 Durability::Local { .. } => {
                     // Synced by the next make_durable, before the log.
+                    let mut log = self.lock();
                     fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
-                    self.lock().unsynced_pending.push(target);
+                    log.doomed_pending.remove(&hash);
+                    log.unsynced_pending.push(target);
                 }
             }
             Ok((hash, size, None))
@@ -85,7 +91,16 @@ impl Journal {
         let size = std::io::copy(&mut reader, &mut hasher).map_err(|e| io("read", staged, e))?;
         let hash = BlobHash::from_blake3(hasher.finalize());
         let target = self.pending_blob_path(&hash);
-        match fs::hard_link(staged, &target) {
+        // Linked under the log lock, and spared if it was doomed: a doomed
+        // file is deleted under that lock too, so it cannot vanish between
+        // the link finding it present and the record naming it.
+        let linked = {
+            let mut log = self.lock();
+            let linked = fs::hard_link(staged, &target);
+            log.doomed_pending.remove(&hash);
+            linked
+        };
+        match linked {
             Ok(()) => {}
             // The same bytes are pending already (another file, or a retry).
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok((hash, size)),
@@ -105,8 +120,15 @@ impl Journal {
         Ok((hash, size))
     }
 
+    /// Deletes the pending content of `hash` once the frames appended so
+    /// far (the removal of the last record naming it) are durable.
     pub fn remove_pending_blob(&self, hash: &BlobHash) {
-        let _ = fs::remove_file(self.pending_blob_path(hash));
+        let mut log = self.lock();
+        let appended = log.appended;
+        log.doomed_pending.insert(hash.clone(), appended);
+        if log.durable >= appended {
+            self.delete_doomed_pending(&mut log);
+        }
     }
 }
 

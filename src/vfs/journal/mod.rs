@@ -154,6 +154,11 @@ struct Log {
     /// synced, with their directory, before the log's next fdatasync, so a
     /// durable record never names content that a power loss could take.
     unsynced_pending: Vec<PathBuf>,
+    /// Pending content files whose records are removed, by hash, each with
+    /// the `appended` count when it was doomed: deleted only once that frame
+    /// is durable, so a power loss that takes the removal leaves the record
+    /// its content. Making the same content pending again spares it.
+    doomed_pending: HashMap<BlobHash, u64>,
     /// A leader is writing and syncing right now.
     syncing: bool,
     /// Live records, to compact the log.
@@ -210,6 +215,7 @@ impl Journal {
                 written: 0,
                 durable: 0,
                 unsynced_pending: Vec::new(),
+                doomed_pending: HashMap::new(),
                 syncing: false,
                 live,
                 size,
@@ -434,6 +440,7 @@ impl Journal {
             log.written = upto;
             if sync {
                 log.durable = upto;
+                self.delete_doomed_pending(&mut log);
             }
             log.size += batch.len() as u64;
             self.synced.notify_all();
@@ -453,7 +460,21 @@ impl Journal {
         log.written = log.appended;
         log.durable = log.appended;
         log.torn = false;
+        self.delete_doomed_pending(log);
         Ok(())
+    }
+
+    /// Deletes the doomed pending files whose removal frames are durable
+    /// now (under the log lock, which making content pending takes too).
+    fn delete_doomed_pending(&self, log: &mut Log) {
+        let durable = log.durable;
+        log.doomed_pending.retain(|hash, doomed_at| {
+            if *doomed_at > durable {
+                return true;
+            }
+            let _ = fs::remove_file(self.pending_blob_path(hash));
+            false
+        });
     }
 
     /// fdatasyncs pending content files written without one, then their

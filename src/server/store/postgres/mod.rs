@@ -494,6 +494,39 @@ impl MetadataStore for PostgresStore {
         .await?)
     }
 
+    async fn write_contents(
+        &self,
+        project_id: i64,
+        writes: Vec<(ContentWrite, WriteMeta)>,
+    ) -> StoreResult<Vec<StoreResult<Applied<VersionInfo>>>> {
+        write_tx!(self, |mut tx| {
+            let mut out = Vec::with_capacity(writes.len());
+            for (write, meta) in &writes {
+                let entry = tx.savepoint("batch_entry").await?;
+                let result = txn::write_content(&PgTxn::new(&entry, project_id), write, meta).await;
+                match result {
+                    Ok(applied) => {
+                        entry.commit().await?;
+                        out.push(Ok(applied));
+                    }
+                    // Lost to a concurrent writer (a node made at the path,
+                    // a head moved): this entry alone; the service plans it again.
+                    Err(e) if e.retryable() => {
+                        entry.rollback().await?;
+                        out.push(Err(StoreError::HeadMoved));
+                    }
+                    Err(TxError::Store(e)) => {
+                        entry.rollback().await?;
+                        out.push(Err(e));
+                    }
+                    // The database itself failed: nothing of the batch stays.
+                    Err(e) => return Err(e),
+                }
+            }
+            out
+        })
+    }
+
     async fn mkdir(
         &self,
         project_id: i64,

@@ -352,6 +352,30 @@ impl MetadataStore for SqliteStore {
             .await
     }
 
+    async fn write_contents(
+        &self,
+        project_id: i64,
+        writes: Vec<(ContentWrite, WriteMeta)>,
+    ) -> StoreResult<Vec<StoreResult<Applied<VersionInfo>>>> {
+        // One writer job: one transaction (the job's savepoint inside the
+        // writer's batch), and one savepoint per entry within it.
+        self.write(move |conn| {
+            let mut out = Vec::with_capacity(writes.len());
+            for (write, meta) in &writes {
+                conn.execute_batch("SAVEPOINT batch_entry")?;
+                let result = run_now(txn::write_content(&SqliteTxn::new(conn, project_id), write, meta));
+                conn.execute_batch(if result.is_ok() {
+                    "RELEASE batch_entry"
+                } else {
+                    "ROLLBACK TO batch_entry; RELEASE batch_entry"
+                })?;
+                out.push(result);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn mkdir(
         &self,
         project_id: i64,
