@@ -310,6 +310,53 @@ async fn two_mounts_merge_edits_of_one_file_and_share_the_cache() {
     s.restart_on_same_port().await;
 }
 
+/// A large file this mount wrote is read by kernel passthrough from the
+/// first open after its commit: when the server acknowledged it, the
+/// journal's sealed staging file became the cache's blob by a link (no
+/// copy), in the same step that emptied the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_this_mount_wrote_is_read_by_passthrough_from_the_first_open_after_its_commit() {
+    let s = TestServer::start().await;
+    let m = MountedWorkspace::create(&s, "written", "agent-written").await;
+    let status = m.status();
+    assert!(status.contains("kernel passthrough: every clean file"), "{status}");
+    let size = 32usize << 20;
+    let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    std::fs::write(m.dir.join("big.bin"), &bytes).expect("write");
+    let closed_at = std::time::SystemTime::now();
+    m.wait_synced().await;
+    // No second copy: the cache's file was born with the write, before the
+    // commit (a copy made at the acknowledgement would be younger).
+    let cached = files_named(&m.cache_dir(), BlobHash::of(&bytes).as_str());
+    assert_eq!(cached.len(), 1, "the blob is in the cache: {cached:?}");
+    let born = std::fs::metadata(&cached[0])
+        .and_then(|m| m.created())
+        .expect("birth time");
+    assert!(
+        born <= closed_at,
+        "the cache holds a copy made after the file was closed"
+    );
+    let script = r#"
+import errno, os
+size = 32 << 20
+r = os.open('big.bin', os.O_RDONLY)
+data = b''.join(iter(lambda: os.read(r, 1 << 20), b''))
+print('read', len(data), data == bytes(i % 251 for i in range(size)))
+# The kernel refuses other opens while a passthrough reader holds the file.
+try:
+    os.open('big.bin', os.O_WRONLY)
+    print('writer opened: the first open was not a passthrough read')
+except OSError as e:
+    print('writer', errno.errorcode[e.errno])
+os.close(r)
+"#;
+    assert_eq!(
+        m.python(script, &[]).output_lines(),
+        ["read 33554432 True", "writer ETXTBSY"]
+    );
+    server_has(&s, "written", "big.bin", &bytes).await;
+}
+
 /// With `--passthrough read-only` writable files never use FUSE passthrough
 /// (which makes writers wait for readers): a writer, an appender and new
 /// readers all work while a reader holds the file open, and every one sees
@@ -1158,4 +1205,18 @@ for i in range(200):
     );
     let lines = log.lines().filter(|l| l.contains("unsupported ioctl")).count();
     assert_eq!(lines, 1, "one line for TCGETS, however often it is sent:\n{log}");
+}
+
+/// Every file below `dir` whose name is `name`.
+fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_named(&path, name));
+        } else if entry.file_name().to_str() == Some(name) {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -25,6 +25,8 @@ pub struct CacheFill {
     hasher: blake3::Hasher,
     written: u64,
     published: bool,
+    /// The bytes are a linked file the caller vouches for ([`Self::adopt`]).
+    adopted: bool,
 }
 
 impl CacheFill {
@@ -44,6 +46,7 @@ impl CacheFill {
                         hasher: blake3::Hasher::new(),
                         written: 0,
                         published: false,
+                        adopted: false,
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -66,6 +69,34 @@ impl CacheFill {
         Ok(())
     }
 
+    /// Makes `src` itself the fill, by a hard link instead of a copy: for a
+    /// file whose bytes the caller hashed already and that nobody changes
+    /// any more. False (the fill untouched) where `src` cannot be linked,
+    /// e.g. on another filesystem; then the caller copies.
+    pub fn adopt(&mut self, src: &Path) -> Result<bool, CacheError> {
+        if self.written > 0 {
+            return Ok(false);
+        }
+        fs::remove_file(&self.path).map_err(|e| CacheError::io(&self.path, e))?;
+        match fs::hard_link(src, &self.path) {
+            Ok(()) => {}
+            Err(e) => {
+                // Put an empty temp file back for the copy.
+                self.file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&self.path)
+                    .map_err(|e| CacheError::io(&self.path, e))?;
+                debug!("cannot link {} into the cache ({e}); copying", src.display());
+                return Ok(false);
+            }
+        }
+        self.file = File::open(&self.path).map_err(|e| CacheError::io(&self.path, e))?;
+        self.written = self.file.metadata().map_err(|e| CacheError::io(&self.path, e))?.len();
+        self.adopted = true;
+        Ok(true)
+    }
+
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.written
@@ -77,7 +108,7 @@ impl CacheFill {
     /// on the same inode, which stays valid even if the blob is evicted at once.
     pub(super) fn seal(&mut self, expected: &BlobHash) -> Result<File, CacheError> {
         let actual = BlobHash::from_blake3(self.hasher.finalize());
-        if actual != *expected {
+        if !self.adopted && actual != *expected {
             return Err(CacheError::HashMismatch {
                 expected: expected.clone(),
                 actual,
@@ -280,6 +311,7 @@ mod tests {
             written: 0,
             // Never let Drop try to remove /dev/full.
             published: true,
+            adopted: false,
         };
         let err = fill.write(b"bytes").expect_err("disk full");
         assert!(matches!(err, CacheError::NoSpace { .. }), "{err:?}");

@@ -348,18 +348,18 @@ impl BlobCache {
     /// never moved or linked, so later changes to it cannot corrupt the
     /// cache. If the blob is already cached, `src` is not read at all.
     pub fn insert_file(&self, hash: &BlobHash, src: &Path) -> Result<(), CacheError> {
-        self.get_or_fill(hash, |fill| {
-            let mut input = File::open(src).map_err(|e| CacheError::io(src, e))?;
-            let mut buf = vec![0u8; COPY_CHUNK];
-            loop {
-                let n = match input.read(&mut buf) {
-                    Ok(0) => return Ok(()),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(CacheError::io(src, e)),
-                };
-                fill.write(&buf[..n])?;
-            }
+        self.get_or_fill(hash, |fill| copy_into(fill, src)).map(drop)
+    }
+
+    /// Makes a local file the cache's copy of `hash` by hard-linking it, with
+    /// no copy and no second hash: only for a file whose bytes were hashed
+    /// to `hash` and that nobody changes again (a staging file the journal
+    /// sealed when it was closed). Copies, checking the hash, where the
+    /// cache is on another filesystem.
+    pub fn insert_sealed_file(&self, hash: &BlobHash, src: &Path) -> Result<(), CacheError> {
+        self.get_or_fill(hash, |fill| match fill.adopt(src)? {
+            true => Ok(()),
+            false => copy_into(fill, src),
         })
         .map(drop)
     }
@@ -462,6 +462,21 @@ impl BlobCache {
     }
 }
 
+/// Copies `src` into `fill` (which hashes it on the way).
+fn copy_into(fill: &mut CacheFill, src: &Path) -> Result<(), CacheError> {
+    let mut input = File::open(src).map_err(|e| CacheError::io(src, e))?;
+    let mut buf = vec![0u8; COPY_CHUNK];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CacheError::io(src, e)),
+        };
+        fill.write(&buf[..n])?;
+    }
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -532,6 +547,44 @@ pub(super) mod tests {
             .get_or_fill(&hash, |_| panic!("must not refill a cached blob"))
             .expect("hit");
         assert_eq!(read_all(again), content);
+    }
+
+    #[test]
+    fn a_sealed_file_is_linked_not_copied_and_a_cross_device_one_is_copied() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = BlobCache::open(&dir.path().join("cache"), 1 << 30).expect("open");
+        let content = vec![7u8; 3 << 20];
+        let hash = BlobHash::of(&content);
+        let staged = dir.path().join("staged");
+        fs::write(&staged, &content).expect("write");
+        cache.insert_sealed_file(&hash, &staged).expect("insert");
+        let cached = cache.open_blob(&hash).expect("open").expect("cached");
+        assert_eq!(read_all(cached), content);
+        let (cached_meta, staged_meta) = (
+            fs::metadata(cache.path_of(&hash)).expect("stat cached"),
+            fs::metadata(&staged).expect("stat staged"),
+        );
+        assert_eq!(cached_meta.ino(), staged_meta.ino(), "the cache holds the same inode");
+        assert_eq!(cache.usage().0, content.len() as u64);
+
+        // /dev/shm is another filesystem here: no link, a verified copy.
+        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+            return;
+        };
+        let other = b"on another filesystem".repeat(1000);
+        let other_hash = BlobHash::of(&other);
+        let elsewhere = shm.path().join("staged");
+        fs::write(&elsewhere, &other).expect("write");
+        cache
+            .insert_sealed_file(&other_hash, &elsewhere)
+            .expect("insert by copy");
+        let cached = cache.open_blob(&other_hash).expect("open").expect("cached");
+        assert_eq!(read_all(cached), other);
+        assert_ne!(
+            fs::metadata(cache.path_of(&other_hash)).expect("stat").ino(),
+            fs::metadata(&elsewhere).expect("stat").ino()
+        );
     }
 
     #[test]

@@ -589,11 +589,15 @@ impl Vfs {
 
     /// A commit reached the server. If nothing changed locally since, the
     /// staged copy is retired and the file reads the server's version, which
-    /// is the merged bytes when the server merged.
+    /// is the merged bytes when the server merged. The cache is seeded
+    /// first, so the record settles and the file becomes that blob in one
+    /// step: once the queue is empty, the next open is a passthrough read.
     pub fn ack_commit(&self, uid: u64, rev: u64, committed: &BlobHash, v: &VersionInfo) -> VfsResult<()> {
+        if v.hash == *committed {
+            self.seed_cache(uid, rev, committed);
+        }
         let mut invalidate = Vec::new();
-        // The staged copy to retire, once its bytes seeded the cache.
-        let retire = {
+        {
             let mut st = self.lock();
             if self.orphaned(&mut st, uid, v)? {
                 return Ok(());
@@ -613,59 +617,59 @@ impl Vfs {
                 let server = ServerState::from_version(v);
                 self.rebase(&mut st, uid, &server, v.status == VersionStatus::Clean)?;
             }
-            match ino {
-                Some(ino) => {
-                    let inode = Self::get_mut(&mut st, ino)?;
-                    inode.last_status = Some(v.status);
-                    let quiet = inode.open_writers == 0 && inode.data_rev == inode.journaled_data_rev;
-                    match &inode.content {
-                        Content::Local { path, .. } | Content::Parked { path, .. }
-                            if settled && quiet && inode.kind == NodeKind::File =>
-                        {
-                            Some((ino, path.clone(), inode.data_rev))
-                        }
-                        _ => None,
-                    }
-                }
-                None => None,
-            }
-        };
-        let Some((ino, staged, rev_seen)) = retire else {
-            return Ok(());
-        };
-        if v.hash == *committed {
-            // Seed the shared cache so the next read needs no download. The
-            // copy (and its fsync) runs outside the core's lock: every FUSE
-            // call would wait behind it otherwise. The copy is hash-checked,
-            // so a writer that reopens the file meanwhile cannot poison it.
-            if let Err(e) = self.cache.insert_file(committed, &staged) {
-                tracing::debug!(error = %e, "could not seed the cache");
-            }
-        }
-        {
-            let mut st = self.lock();
-            let Some(inode) = st.inodes.get_mut(&ino) else {
-                return Ok(());
-            };
-            let unchanged = inode.open_writers == 0
-                && inode.data_rev == rev_seen
-                && inode.data_rev == inode.journaled_data_rev
-                && matches!(&inode.content, Content::Local { path, .. } | Content::Parked { path, .. } if *path == staged);
-            if !unchanged {
+            if let Some(ino) = ino {
+                let inode = Self::get_mut(&mut st, ino)?;
+                inode.last_status = Some(v.status);
+                let quiet = inode.open_writers == 0 && inode.data_rev == inode.journaled_data_rev;
+                let staged = match &inode.content {
+                    Content::Local { path, .. } | Content::Parked { path, .. } => Some(path.clone()),
+                    _ => None,
+                };
                 // Written again meanwhile: the staged copy is the newer truth.
-                return Ok(());
+                if let Some(staged) = staged.filter(|_| settled && quiet && inode.kind == NodeKind::File) {
+                    let _ = std::fs::remove_file(&staged);
+                    if v.hash != *committed {
+                        // Merged: the bytes (and so the times) are the server's now.
+                        invalidate.push(Invalidation::Inode(ino));
+                        Self::adopt_version_times(inode, v);
+                    }
+                    inode.content = Content::Blob { hash: v.hash.clone() };
+                    inode.size = v.size;
+                }
             }
-            let _ = std::fs::remove_file(&staged);
-            if v.hash != *committed {
-                // Merged: the bytes (and so the times) are the server's now.
-                invalidate.push(Invalidation::Inode(ino));
-                Self::adopt_version_times(inode, v);
-            }
-            inode.content = Content::Blob { hash: v.hash.clone() };
-            inode.size = v.size;
         }
         self.invalidate(invalidate);
         Ok(())
+    }
+
+    /// Seeds the shared cache with the committed bytes of `uid`'s staged
+    /// file, if nothing changed since the commit (so the next read needs no
+    /// download and is a passthrough read). Outside the core's lock: every
+    /// FUSE call would wait behind a copy. A sealed file (hashed at close,
+    /// copied before any later write) becomes the cache's by a link, at
+    /// once; others are copied hash-checked, so a writer that reopens the
+    /// file meanwhile cannot poison the cache.
+    fn seed_cache(&self, uid: u64, rev: u64, committed: &BlobHash) {
+        let staged = {
+            let st = self.lock();
+            let current = st.records.get(&uid).is_some_and(|r| r.rev == rev);
+            let inode = st.by_uid.get(&uid).and_then(|ino| st.inodes.get(ino));
+            match inode.map(|i| (&i.content, i.open_writers == 0 && i.data_rev == i.journaled_data_rev)) {
+                Some((Content::Local { path, sealed, .. } | Content::Parked { path, sealed }, true)) if current => {
+                    Some((path.clone(), *sealed))
+                }
+                _ => None,
+            }
+        };
+        let Some((staged, sealed)) = staged else { return };
+        let seeded = if sealed {
+            self.cache.insert_sealed_file(committed, &staged)
+        } else {
+            self.cache.insert_file(committed, &staged)
+        };
+        if let Err(e) = seeded {
+            tracing::debug!(error = %e, "could not seed the cache");
+        }
     }
 
     /// Where the server has the node a record names, now. Renames of its

@@ -315,6 +315,7 @@ impl Vfs {
             }
             handle.ino
         };
+        let mut reclaimed = false;
         for _attempt in 0..WRITE_ATTEMPTS {
             // Content may have gone clean after an acknowledgement: stage it again.
             self.make_local(ino, false)?;
@@ -337,7 +338,19 @@ impl Vfs {
             } else {
                 None
             };
-            let at_least = change(&staged, append_at).map_err(|e| VfsError::io(what, e))?;
+            let at_least = match change(&staged, append_at) {
+                Ok(at_least) => at_least,
+                // A full disk may be holding removed files' contents until
+                // the journal's next sync: sync now, free them, try again.
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && !reclaimed => {
+                    reclaimed = true;
+                    if self.journal.reclaim_retired_contents() {
+                        continue;
+                    }
+                    return Err(VfsError::io(what, e));
+                }
+                Err(e) => return Err(VfsError::io(what, e)),
+            };
             let mut st = self.lock();
             let inode = Self::get_mut(&mut st, ino)?;
             if !matches!(&inode.content, Content::Local { file, .. } if Arc::ptr_eq(file, &staged)) {

@@ -120,6 +120,17 @@ impl Journal {
         Ok((hash, size))
     }
 
+    /// For a full disk: makes the log durable at once, so the pending
+    /// contents of retired records (removed files, acknowledged commits) are
+    /// deleted now rather than at the next group sync. True if any was.
+    pub fn reclaim_retired_contents(&self) -> bool {
+        let before = self.lock().doomed_pending.len();
+        if before == 0 || self.make_durable().is_err() {
+            return false;
+        }
+        self.lock().doomed_pending.len() < before
+    }
+
     /// Deletes the pending content of `hash` once the frames appended so
     /// far (the removal of the last record naming it) are durable.
     pub fn remove_pending_blob(&self, hash: &BlobHash) {
