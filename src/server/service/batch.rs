@@ -12,6 +12,8 @@
 
 use std::collections::HashSet;
 
+use futures_util::stream::{self, StreamExt};
+
 use super::commit::{Checked, Prepared};
 use super::{check_new_path, Service};
 use crate::api::*;
@@ -21,6 +23,8 @@ use crate::server::store::{ProjectRow, StoreError};
 
 /// The most commits one batch may carry.
 pub const MAX_BATCH_COMMITS: usize = 1000;
+/// Entries of one batch checked and stored at once.
+const PREPARE_CONCURRENCY: usize = 16;
 
 impl Service {
     /// Commits every entry of `reqs`; the outcome of each, in order. The
@@ -48,11 +52,20 @@ impl Service {
         // so each sees the one before it as its head.
         let mut alone: Vec<(usize, Prepared)> = Vec::new();
         let mut paths = HashSet::new();
-        for (i, req) in reqs.into_iter().enumerate() {
-            let checked = match check_new_path(&req.path) {
-                Ok(()) => self.prepare_commit(caller, &project, req, None).await,
-                Err(e) => Err(e),
-            };
+        // Checks and inline contents (each blob fsynced) run concurrently:
+        // the disk's journal commits concurrent fsyncs together.
+        let prepared: Vec<_> = stream::iter(reqs)
+            .map(|req| {
+                let project = &project;
+                async move {
+                    check_new_path(&req.path)?;
+                    self.prepare_commit(caller, project, req, None).await
+                }
+            })
+            .buffered(PREPARE_CONCURRENCY)
+            .collect()
+            .await;
+        for (i, checked) in prepared.into_iter().enumerate() {
             match checked {
                 Err(e) => results.push(Some(Err(e))),
                 Ok(Checked::Done(v)) => results.push(Some(Ok(v))),
