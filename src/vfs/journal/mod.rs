@@ -202,6 +202,7 @@ impl Journal {
         }
         let log_path = dir.join("journal.log");
         let live = Self::read_log(&log_path)?;
+        Self::remove_unreferenced_pending(&pending, &live);
         let file = Self::write_compacted(&dir, &log_path, &live)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Self {
@@ -292,6 +293,25 @@ impl Journal {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Deletes pending content no live record names: a content superseded
+    /// by a later close of the same file while the mount ran, or a temp file
+    /// a crash left. Only on open, before anything can make content pending.
+    fn remove_unreferenced_pending(pending: &Path, live: &HashMap<u64, Record>) {
+        let named: std::collections::HashSet<String> = live
+            .values()
+            .filter(|r| r.inline.is_none())
+            .filter_map(|r| r.content.as_ref().map(|h| h.as_str().to_string()))
+            .collect();
+        let Ok(entries) = fs::read_dir(pending) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !named.contains(&name) {
+                tracing::debug!(file = %name, "removing pending content no record names");
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     pub fn pending_blob_path(&self, hash: &BlobHash) -> PathBuf {

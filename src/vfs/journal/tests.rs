@@ -227,3 +227,32 @@ fn large_snapshots_go_to_pending_files() {
     let (_, _, inline) = j.snapshot(&File::open(&src_path).unwrap()).unwrap();
     assert_eq!(inline.unwrap(), b"small");
 }
+
+#[test]
+fn pending_content_no_record_names_is_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    let pend = |j: &Journal, byte: u8| {
+        let src = dir.path().join(format!("src{byte}"));
+        std::fs::write(&src, vec![byte; (INLINE_LIMIT + 1) as usize]).unwrap();
+        j.snapshot(&File::open(&src).unwrap()).unwrap().0
+    };
+    let large = |uid: u64, rev: u64, hash: &BlobHash| Record {
+        rev,
+        content: Some(hash.clone()),
+        size: INLINE_LIMIT + 1,
+        inline: None,
+        ..record(uid)
+    };
+    // A file closed twice before its commit: the first content is superseded.
+    let (first, second, kept) = (pend(&j, 1), pend(&j, 2), pend(&j, 3));
+    j.write(&large(1, 1, &first)).unwrap();
+    j.write(&large(1, 2, &second)).unwrap();
+    j.write(&large(2, 1, &kept)).unwrap();
+    j.make_durable().unwrap();
+    drop(j);
+    let j = Journal::open(dir.path()).unwrap();
+    assert!(!j.pending_blob_path(&first).exists(), "superseded content is gone");
+    assert!(j.pending_blob_path(&second).exists(), "the live record's content stays");
+    assert!(j.pending_blob_path(&kept).exists());
+}
