@@ -1220,3 +1220,32 @@ fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `contextfs status | head` ends quietly, as `ls | head` does: status is
+/// killed by SIGPIPE once head has its line, and does not panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_piped_into_head_ends_quietly() {
+    let s = TestServer::start().await;
+    let m = MountedWorkspace::create(&s, "piped", "agent-piped").await;
+    let dir = m
+        .dir
+        .join("a-directory-with-a-long-name-so-the-listing-outgrows-a-pipe");
+    std::fs::create_dir(&dir).expect("mkdir");
+    for i in 0..1500 {
+        std::fs::write(dir.join(format!("file-{i:05}.txt")), b"x").expect("write");
+    }
+    m.wait_synced().await;
+    let script = format!(
+        "{} status {} | head -n 1; echo \"status exit: ${{PIPESTATUS[0]}}\"",
+        env!("CARGO_BIN_EXE_contextfs"),
+        m.dir.display()
+    );
+    let out = m.command("bash").args(["-c", &script]).output().expect("run bash");
+    let (out_text, err_text) = (stdout(&out), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out_text.starts_with("project piped"), "{out_text}");
+    assert!(
+        out_text.ends_with("status exit: 141\n"),
+        "killed by SIGPIPE (128 + 13):\n{out_text}"
+    );
+    assert!(!err_text.contains("panicked"), "{err_text}");
+}

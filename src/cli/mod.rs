@@ -367,6 +367,19 @@ fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
 
 pub fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Status { .. } | Command::Ls { .. } | Command::Cat { .. } | Command::Log { .. } | Command::Diff { .. }
+    ) {
+        // `contextfs status | head` ends quietly, as `ls | head` does (Rust
+        // ignores SIGPIPE, so println! would panic on the closed pipe).
+        // Only for commands that print and exit: a server or a mount must
+        // see EPIPE on a socket, not die of it.
+        // SAFETY: resetting a signal disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Err(e) = cli.global.resolve_token() {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
