@@ -3,13 +3,8 @@
 //! commit (version, base, merge, status, idempotency key), one bad entry
 //! fails alone with its reason, and a refused batch writes nothing.
 
-mod common;
-
+use super::*;
 use base64::Engine;
-use common::*;
-use contextfs::api::*;
-use reqwest::StatusCode;
-use serde_json::json;
 
 fn inline(path: &str, base: Option<i64>, bytes: &[u8]) -> CommitRequest {
     let mut req = commit_request(path, base, hash_of(bytes));
