@@ -223,14 +223,7 @@ impl Replicator {
                 let outcomes: Vec<(DrainItem, Outcome)> = if phase_of(&phase[0]).0 == 2 {
                     self.commit_phase(phase).await
                 } else if concurrent {
-                    stream::iter(phase)
-                        .map(|item| async move {
-                            let outcome = self.execute(&item).await;
-                            (item, outcome)
-                        })
-                        .buffer_unordered(COMMIT_CONCURRENCY)
-                        .collect()
-                        .await
+                    self.execute_concurrently(phase).await
                 } else {
                     let mut out = Vec::new();
                     for item in phase {
@@ -479,6 +472,18 @@ impl Replicator {
             }
             Err(e) => classify(e),
         }
+    }
+
+    /// Sends each item on its own, up to COMMIT_CONCURRENCY at once.
+    async fn execute_concurrently(&self, items: Vec<DrainItem>) -> Vec<(DrainItem, Outcome)> {
+        stream::iter(items)
+            .map(|item| async move {
+                let outcome = self.execute(&item).await;
+                (item, outcome)
+            })
+            .buffer_unordered(COMMIT_CONCURRENCY)
+            .collect()
+            .await
     }
 
     fn local(&self, result: Result<(), crate::vfs::VfsError>) -> Outcome {

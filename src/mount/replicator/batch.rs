@@ -37,8 +37,8 @@ impl Replicator {
             .into_iter()
             .partition(|item| matches!(item.op, DrainOp::Commit { .. }));
         if self.batch_unsupported.load(Ordering::Relaxed) || !others.is_empty() {
-            let mut out = self.commit_one_by_one(others).await;
-            out.extend(self.commit_one_by_one(items).await);
+            let mut out = self.execute_concurrently(others).await;
+            out.extend(self.execute_concurrently(items).await);
             return out;
         }
         // Large contents first, concurrently: a batch carries small ones inline
@@ -116,7 +116,7 @@ impl Replicator {
                 tracing::info!("the server has no batch route; committing one by one");
                 self.batch_unsupported.store(true, Ordering::Relaxed);
                 drop(in_flight);
-                return self.commit_one_by_one(batch).await;
+                return self.execute_concurrently(batch).await;
             }
             Err(e) => {
                 let outcome = classify(e);
@@ -125,16 +125,5 @@ impl Replicator {
         };
         drop(in_flight);
         batch.into_iter().zip(outcomes).collect()
-    }
-
-    async fn commit_one_by_one(&self, items: Vec<DrainItem>) -> Vec<(DrainItem, Outcome)> {
-        stream::iter(items)
-            .map(|item| async move {
-                let outcome = self.execute(&item).await;
-                (item, outcome)
-            })
-            .buffer_unordered(COMMIT_CONCURRENCY)
-            .collect()
-            .await
     }
 }

@@ -105,35 +105,18 @@ impl From<TxError> for StoreError {
 /// runs the whole thing again when it lost a race (see [`TxError::retryable`]).
 /// `$body` is an expression that may use `.await` and `?` (into [`TxError`]).
 macro_rules! write_tx {
-    // `mut`: the body takes savepoints (`tx.savepoint(..)` borrows it mutably).
+    // Without `mut`: the same, for bodies that take no savepoints.
+    ($store:expr, |$tx:ident| $body:expr) => {
+        $crate::server::store::postgres::retry::write_tx!($store, |mut $tx| $body)
+    };
+    // `mut`: the body may take savepoints (`tx.savepoint(..)` borrows it mutably).
     ($store:expr, |mut $tx:ident| $body:expr) => {{
         let mut attempt: u32 = 0;
         loop {
             let outcome: $crate::server::store::postgres::retry::TxResult<_> = async {
                 let mut client = $store.pool.get().await?;
+                #[allow(unused_mut)]
                 let mut $tx = client.transaction().await?;
-                let value = $body;
-                $tx.commit().await?;
-                Ok(value)
-            }
-            .await;
-            match outcome {
-                Ok(value) => break Ok(value),
-                Err(e) if e.retryable() && attempt + 1 < $crate::server::store::postgres::retry::MAX_TX_ATTEMPTS => {
-                    attempt += 1;
-                    tracing::debug!(attempt, reason = %e.reason(), "transaction lost a race; running it again");
-                    $crate::server::store::postgres::retry::backoff(attempt).await;
-                }
-                Err(e) => break Err(e.into_store()),
-            }
-        }
-    }};
-    ($store:expr, |$tx:ident| $body:expr) => {{
-        let mut attempt: u32 = 0;
-        loop {
-            let outcome: $crate::server::store::postgres::retry::TxResult<_> = async {
-                let mut client = $store.pool.get().await?;
-                let $tx = client.transaction().await?;
                 let value = $body;
                 $tx.commit().await?;
                 Ok(value)
