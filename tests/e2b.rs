@@ -363,6 +363,19 @@ async fn mount_mode_with_metadata_keep_alive_killed_mount_and_destroy() {
         "the timeout was not renewed: {before} -> {after}"
     );
 
+    // A command that outlasts the sandbox's timeout: E2B's timer is renewed
+    // while it runs, so the sandbox (and the command) survive it.
+    let long = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let command = scope.spawn(|| cli.exec(&id, "sleep 35; echo survived > long.md; echo survived"));
+            std::thread::sleep(Duration::from_secs(3));
+            tokio::runtime::Handle::current().block_on(fake.set_timeout(&id, 15));
+            command.join().expect("exec thread")
+        })
+    });
+    assert_eq!(String::from_utf8_lossy(&long.stdout), "survived\n", "{}", both(&long));
+    wait_for_file(&server, p, "long.md", b"survived\n").await;
+
     // The mount dies: the next exec mounts again.
     assert!(Command::new("docker")
         .args(["exec", &container, "sh", "-c", "kill -9 $(pidof contextfs)"])

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::api::{E2b, E2bError, NewSandbox};
 use super::envd::EnvdShell;
 use super::{DEFAULT_DOMAIN, ENVD_PORT};
-use crate::sandbox::remote::{Created, Log, Provider, ProviderKind, SandboxRecord, Shell};
+use crate::sandbox::remote::{Created, Log, Provider, ProviderKind, SandboxRecord, Shell, KEEP_ALIVE_EVERY};
 
 /// E2B with the settings its sandboxes are created with.
 pub struct E2bProvider {
@@ -98,6 +98,24 @@ impl Provider for E2bProvider {
         let minutes = record.timeout_minutes.unwrap_or(self.timeout_minutes).max(1);
         self.api.set_timeout(&record.id, minutes * 60).await?;
         Ok(false)
+    }
+
+    /// A command outlasting the sandbox's timeout: renewed whenever less
+    /// than three keep-alive periods are left (E2B would kill the sandbox,
+    /// the command and the mount with it).
+    async fn keep_alive(&self, record: &SandboxRecord) -> anyhow::Result<()> {
+        let info = self.api.sandbox(&record.id).await?;
+        let end = info
+            .end_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        let margin = chrono::Duration::from_std(KEEP_ALIVE_EVERY * 3).unwrap_or_default();
+        if end.is_none_or(|end| end.with_timezone(&chrono::Utc) - chrono::Utc::now() < margin) {
+            let minutes = record.timeout_minutes.unwrap_or(self.timeout_minutes).max(1);
+            self.api.set_timeout(&record.id, minutes * 60).await?;
+            tracing::debug!(sandbox = %record.id, minutes, "renewed the E2B timeout during a command");
+        }
+        Ok(())
     }
 
     async fn delete(&self, id: &str) -> anyhow::Result<bool> {

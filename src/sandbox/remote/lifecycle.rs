@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 
 use super::copy_mode;
-use super::provider::{error_kind, ErrorKind, ExecuteRequest, Provider, Shell};
+use super::provider::{error_kind, ErrorKind, ExecuteRequest, Provider, Shell, KEEP_ALIVE_EVERY};
 use super::scripts::{guarded_command, install_script, mount_script, tail, umount_script, MOUNT_ALIVE, NOT_MOUNTED};
 use super::state::{Mode, ModeChoice, SandboxRecord, StateLock};
 use super::{PROJECT_LABEL, SANDBOX_STATE, SKILLS, WORKSPACE};
@@ -274,6 +274,30 @@ pub async fn wake(
     Ok(woke)
 }
 
+/// Runs `work` (a command in the sandbox) while calling the provider's
+/// keep-alive every [`KEEP_ALIVE_EVERY`], so a command that outlasts the
+/// sandbox's timeout is not killed with it. A failed keep-alive is only
+/// logged: the command's own outcome says whether the sandbox went.
+async fn kept_alive<T>(
+    provider: &dyn Provider,
+    record: &SandboxRecord,
+    log: &(dyn Fn(&str) + Sync),
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let keep_alive = async {
+        loop {
+            tokio::time::sleep(KEEP_ALIVE_EVERY).await;
+            if let Err(e) = provider.keep_alive(record).await {
+                log(&format!("cannot keep sandbox {} alive: {e:#}", record.id));
+            }
+        }
+    };
+    tokio::select! {
+        out = work => out,
+        never = keep_alive => never,
+    }
+}
+
 /// Whether an error came from the provider (not from the contextfs server
 /// or this machine), other than a refused key: then the sandbox may just be
 /// stopped.
@@ -325,10 +349,14 @@ pub async fn exec(
     match record.mode {
         Mode::Mount => {
             let run = || async {
-                toolbox
-                    .execute(&request(guarded_command(command)))
-                    .await
-                    .with_context(|| format!("cannot run the command in sandbox {}", record.id))
+                kept_alive(
+                    provider,
+                    record,
+                    log,
+                    toolbox.execute(&request(guarded_command(command))),
+                )
+                .await
+                .with_context(|| format!("cannot run the command in sandbox {}", record.id))
             };
             // A refused call never ran the command, so it is safe to retry.
             let mut response = match run().await {
@@ -373,7 +401,7 @@ pub async fn exec(
             };
             let marker = format!("__contextfs_scan_{}__", hex::encode(rand::random::<[u8; 8]>()));
             let script = copy_mode::command_then_scan(command, &marker, &record.binary);
-            let response = match toolbox.execute(&request(script)).await {
+            let response = match kept_alive(provider, record, log, toolbox.execute(&request(script))).await {
                 // What the command wrote before it was killed is still committed.
                 Err(e) if error_kind(&e) == Some(ErrorKind::TimedOut) => {
                     let mut report = copy_mode::push(record, toolbox, &mut manifest, None).await?;

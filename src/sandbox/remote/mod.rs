@@ -28,6 +28,7 @@ pub use lifecycle::{
 };
 pub use provider::{
     error_kind, Created, ErrorKind, ExecuteRequest, ExecuteResponse, Log, Provider, ProviderKind, Shell,
+    KEEP_ALIVE_EVERY,
 };
 pub use scripts::{shell_quote, tail};
 pub use state::{state_dir, Mode, ModeChoice, SandboxRecord, StateLock};

@@ -127,6 +127,9 @@ pub struct Created {
 /// Where progress lines go (a named type, so `async_trait` keeps `&str` higher-ranked).
 pub type Log<'a> = dyn Fn(&str) + Sync + 'a;
 
+/// How often [`Provider::keep_alive`] runs while a command runs.
+pub const KEEP_ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A sandbox service's control plane.
 #[async_trait]
 pub trait Provider: Send + Sync {
@@ -145,6 +148,13 @@ pub trait Provider: Send + Sync {
     /// timeout. `Ok(true)` when it had stopped, so its processes (the mount)
     /// are gone; an error when it no longer exists.
     async fn wake(&self, record: &SandboxRecord, log: &Log<'_>) -> anyhow::Result<bool>;
+    /// Called every [`KEEP_ALIVE_EVERY`] while a command runs: a provider
+    /// that kills sandboxes on a timer (E2B) renews it when it would run
+    /// out before the next call. Nothing by default.
+    async fn keep_alive(&self, record: &SandboxRecord) -> anyhow::Result<()> {
+        let _ = record;
+        Ok(())
+    }
     /// Deletes the sandbox; `Ok(false)` when it was already gone.
     async fn delete(&self, id: &str) -> anyhow::Result<bool>;
 }
