@@ -382,7 +382,9 @@ pub fn main() -> ExitCode {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONTEXTFS_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match cli.command {
-            Command::Serve(_) | Command::Mount(_) | Command::DockerPlugin(_) | Command::Sync(_) => "info,tower_http=warn",
+            Command::Serve(_) | Command::Mount(_) | Command::DockerPlugin(_) | Command::Sync(_) => {
+                "info,tower_http=warn"
+            }
             _ => "warn",
         })
     });

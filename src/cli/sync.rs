@@ -12,7 +12,7 @@ use super::{parse_size, GlobalArgs};
 use crate::cache::BlobCache;
 use crate::sync::state::SyncState;
 use crate::sync::status::{describe_placements, process_alive, SyncReport};
-use crate::sync::{daemon, FileOutcome, Folder, FolderConfig, Outcome, SyncError};
+use crate::sync::{daemon, shown, FileOutcome, Folder, FolderConfig, Outcome, SyncError};
 
 #[derive(Args, Debug)]
 #[command(
@@ -173,17 +173,17 @@ pub async fn one_shot(global: &GlobalArgs, args: FolderArgs, which: OneShot) -> 
             let reported: Vec<&str> = report.outcomes.iter().map(|o| o.path.as_str()).collect();
             for (path, why) in &folder.skipped {
                 if !reported.contains(&path.as_str()) {
-                    println!("skipped  {path} ({why})");
+                    println!("skipped  {} ({why})", shown(path));
                     failed = true;
                 }
             }
             for path in &report.unsettled {
-                println!("pending  {path} (still being written; run push again)");
+                println!("pending  {} (still being written; run push again)", shown(path));
                 failed = true;
             }
             if let Some(e) = report.interrupted {
                 for (path, why) in &folder.pending {
-                    println!("pending  {path} ({why})");
+                    println!("pending  {} ({why})", shown(path));
                 }
                 eprintln!("error: {:#}", explain(e, &config));
                 failed = true;
@@ -243,7 +243,9 @@ async fn shutdown_signal() {
 /// once it reports its first sync done (or why it stopped).
 fn daemonize(dir: &Path) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let root = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let root = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
     std::fs::create_dir_all(SyncState::dir(&root))
         .with_context(|| format!("cannot create {}", SyncState::dir(&root).display()))?;
     let log_path = daemon::log_path(&root);
@@ -282,7 +284,10 @@ fn daemonize(dir: &Path) -> anyhow::Result<ExitCode> {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(20).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!("the sync exited ({status}) before its first sync was done:\n{}", tail.join("\n"));
+            bail!(
+                "the sync exited ({status}) before its first sync was done:\n{}",
+                tail.join("\n")
+            );
         }
         if Instant::now() > deadline {
             bail!("the first sync was not done after 600 s; see {}", log_path.display());
@@ -293,7 +298,9 @@ fn daemonize(dir: &Path) -> anyhow::Result<ExitCode> {
 
 /// `contextfs sync status DIR`.
 pub fn status(dir: &Path) -> anyhow::Result<ExitCode> {
-    let root = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let root = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
     let state = SyncState::load(&root).map_err(|e| anyhow!(e))?;
     let report = SyncReport::load(&root);
     let running = report.as_ref().filter(|r| r.pid != 0 && process_alive(r.pid));
@@ -334,7 +341,8 @@ pub fn status(dir: &Path) -> anyhow::Result<ExitCode> {
         None => {
             // Nobody is syncing: look at the folder itself.
             let rules = crate::sync::ignore::IgnoreRules::load(&root);
-            let scan = crate::sync::scan::scan_folder(&root, &rules).with_context(|| format!("cannot scan {}", root.display()))?;
+            let scan = crate::sync::scan::scan_folder(&root, &rules)
+                .with_context(|| format!("cannot scan {}", root.display()))?;
             let diff = crate::sync::scan::diff(&root, &state, &scan);
             let mut pending = std::collections::BTreeMap::new();
             for change in diff.changes {
@@ -359,10 +367,10 @@ pub fn status(dir: &Path) -> anyhow::Result<ExitCode> {
     };
     println!("pending: {} change(s)", pending.len());
     for (path, why) in &pending {
-        println!("pending  {path} ({why})");
+        println!("pending  {} ({why})", shown(path));
     }
     for (path, why) in &skipped {
-        println!("skipped  {path} ({why})");
+        println!("skipped  {} ({why})", shown(path));
     }
     if let Some(r) = running {
         for outcome in &r.recent {

@@ -27,7 +27,11 @@ impl Folder {
         loop {
             let page = self
                 .client
-                .changes(&self.state.project.clone(), self.state.cursor, std::time::Duration::ZERO)
+                .changes(
+                    &self.state.project.clone(),
+                    self.state.cursor,
+                    std::time::Duration::ZERO,
+                )
                 .await?;
             outcomes.extend(self.apply_events(&page.events).await?);
             self.state.cursor = self.state.cursor.max(page.cursor);

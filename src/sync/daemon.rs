@@ -104,7 +104,12 @@ pub async fn run(
         .map_err(|e| SyncError::Watch(format!("cannot watch {}: {e}", root.display())))?;
 
     let project = folder.project().to_string();
-    let mut feed = poll_feed(folder.client.clone(), project.clone(), folder.state.cursor, Duration::ZERO);
+    let mut feed = poll_feed(
+        folder.client.clone(),
+        project.clone(),
+        folder.state.cursor,
+        Duration::ZERO,
+    );
     let mut feed_backoff = Duration::from_secs(1);
     let mut first_event: Option<Instant> = None;
     let mut rescan = tokio::time::interval(RESCAN_EVERY);

@@ -55,10 +55,7 @@ impl Folder {
     /// such a folder is an error.
     pub fn open(config: &FolderConfig, create: bool) -> SyncResult<Self> {
         std::fs::create_dir_all(&config.root).map_err(|e| SyncError::io(&config.root, e))?;
-        let root = config
-            .root
-            .canonicalize()
-            .map_err(|e| SyncError::io(&config.root, e))?;
+        let root = config.root.canonicalize().map_err(|e| SyncError::io(&config.root, e))?;
         let lock = FolderLock::take(&root)?;
         let state = if SyncState::exists(&root) || !create {
             let state = SyncState::load(&root)?;

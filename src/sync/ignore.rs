@@ -81,11 +81,9 @@ impl IgnoreRules {
             return true;
         }
         let path = self.root.join(rel);
-        [&self.defaults, &self.user].iter().any(|rules| {
-            rules
-                .matched_path_or_any_parents(&path, is_dir)
-                .is_ignore()
-        })
+        [&self.defaults, &self.user]
+            .iter()
+            .any(|rules| rules.matched_path_or_any_parents(&path, is_dir).is_ignore())
     }
 }
 

@@ -46,7 +46,10 @@ pub enum Expect {
 /// The file as it was placed, or why not.
 #[derive(Debug)]
 pub enum Placed {
-    Done { stat: Stat, how: Placement },
+    Done {
+        stat: Stat,
+        how: Placement,
+    },
     /// The target changed since it was last synced: left alone.
     LocalChanged,
 }

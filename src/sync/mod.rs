@@ -144,11 +144,22 @@ pub struct FileOutcome {
 
 impl std::fmt::Display for FileOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = shown(&self.path);
         match &self.outcome {
-            Outcome::Moved(from) => write!(f, "moved    {from} -> {}", self.path),
-            Outcome::Skipped(why) => write!(f, "skipped  {} ({why})", self.path),
-            Outcome::Failed(why) => write!(f, "failed   {} ({why})", self.path),
-            other => write!(f, "{:<8} {}", other.label(), self.path),
+            Outcome::Moved(from) => write!(f, "moved    {} -> {path}", shown(from)),
+            Outcome::Skipped(why) => write!(f, "skipped  {path} ({why})"),
+            Outcome::Failed(why) => write!(f, "failed   {path} ({why})"),
+            other => write!(f, "{:<8} {path}", other.label()),
         }
+    }
+}
+
+/// A path as printed: quoted and escaped when it holds control characters,
+/// so a file name cannot break a report line or drive the terminal.
+pub fn shown(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.chars().any(char::is_control) {
+        std::borrow::Cow::Owned(format!("{path:?}"))
+    } else {
+        std::borrow::Cow::Borrowed(path)
     }
 }

@@ -210,7 +210,11 @@ impl Folder {
             path: ws_path(&path)?,
             base_version,
             hash: hash.clone(),
-            kind: Some(if file.symlink { NodeKind::Symlink } else { NodeKind::File }),
+            kind: Some(if file.symlink {
+                NodeKind::Symlink
+            } else {
+                NodeKind::File
+            }),
             mode: (mode_changed && !file.symlink).then_some(file.mode),
             agent_id: self.agent_id.clone(),
             message: None,

@@ -37,7 +37,11 @@ pub fn scan_folder(root: &Path, rules: &IgnoreRules) -> io::Result<Scan> {
     let mut scan = Scan::default();
     let mut stack = vec![String::new()];
     while let Some(dir) = stack.pop() {
-        let abs = if dir.is_empty() { root.to_path_buf() } else { root.join(&dir) };
+        let abs = if dir.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&dir)
+        };
         let entries = match fs::read_dir(&abs) {
             Ok(entries) => entries,
             // Removed while we walked: what was below it is gone too.
@@ -68,7 +72,8 @@ pub fn scan_folder(root: &Path, rules: &IgnoreRules) -> io::Result<Scan> {
                 continue;
             }
             if let Err(e) = WsPath::parse_new(&rel) {
-                scan.skipped.push((rel, format!("the server cannot store this name: {e}")));
+                scan.skipped
+                    .push((rel, format!("the server cannot store this name: {e}")));
                 continue;
             }
             if kind.is_dir() {

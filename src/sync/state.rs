@@ -49,7 +49,10 @@ impl Stat {
         use std::os::unix::fs::MetadataExt;
         Stat {
             size: meta.len(),
-            mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
             inode: meta.ino(),
         }
     }
@@ -119,7 +122,9 @@ impl SyncState {
         let text = match fs::read(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(SyncError::NotSynced { path: root.to_path_buf() })
+                return Err(SyncError::NotSynced {
+                    path: root.to_path_buf(),
+                })
             }
             Err(e) => return Err(SyncError::io(&path, e)),
         };
@@ -148,10 +153,7 @@ impl SyncState {
 
     /// The path of a file node, if this folder has it.
     pub fn path_of_node(&self, node: i64) -> Option<String> {
-        self.files
-            .iter()
-            .find(|(_, e)| e.node == node)
-            .map(|(p, _)| p.clone())
+        self.files.iter().find(|(_, e)| e.node == node).map(|(p, _)| p.clone())
     }
 
     pub fn dir_of_node(&self, node: i64) -> Option<String> {
@@ -221,14 +223,23 @@ impl FolderLock {
             .write(true)
             .open(&path)
             .map_err(|e| SyncError::io(&path, e))?;
-        // SAFETY: flock on a descriptor we own; released when it closes.
-        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if !locked {
+        // A holder that was just killed keeps the lock until its last
+        // thread is gone, a moment after its main thread shows as dead.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            // SAFETY: flock on a descriptor we own; released when it closes.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
+            }
             let pid = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
-            return Err(SyncError::Busy {
-                path: root.to_path_buf(),
-                pid: if pid.is_empty() { "?".into() } else { pid },
-            });
+            let holder_alive = pid.parse().map_or(true, super::status::process_alive);
+            if holder_alive || std::time::Instant::now() > deadline {
+                return Err(SyncError::Busy {
+                    path: root.to_path_buf(),
+                    pid: if pid.is_empty() { "?".into() } else { pid },
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let written = file
             .set_len(0)

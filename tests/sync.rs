@@ -1,0 +1,707 @@
+//! `contextfs sync`, `checkout`, `push`, `pull` against a real server, with
+//! real folders and real file events (issue 13's "what must never happen").
+//! Every wait polls with a generous deadline; nothing asserts on timing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use contextfs::api::VersionStatus;
+use contextfs::model::BlobHash;
+
+const BIN: &str = env!("CARGO_BIN_EXE_contextfs");
+
+/// A local folder synced with one project, and the `contextfs` client
+/// environment it runs in (its own XDG dirs below `home`, so folders of one
+/// test share the blob cache as on one machine).
+struct Folder {
+    home: Arc<tempfile::TempDir>,
+    dir: PathBuf,
+    server: String,
+    project: String,
+    token: String,
+    agent: String,
+    pid: Option<u32>,
+}
+
+impl Folder {
+    fn new(home: &Arc<tempfile::TempDir>, name: &str, s: &TestServer, project: &str, token: &str) -> Folder {
+        let root = home.path().canonicalize().expect("canonical temp dir");
+        Folder {
+            home: home.clone(),
+            dir: root.join(name),
+            server: s.mount_url(),
+            project: project.to_string(),
+            token: token.to_string(),
+            agent: format!("agent-{name}"),
+            pid: None,
+        }
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let root = self.home.path().canonicalize().expect("canonical temp dir");
+        let env = ClientEnv {
+            root: &root,
+            server: &self.server,
+            token: &self.token,
+            project: &self.project,
+        };
+        isolated_command(program, &env)
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        self.command(BIN).args(args).output().expect("run contextfs")
+    }
+
+    fn dir_arg(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    /// `contextfs sync DIR --daemon`; returns once the first sync is done.
+    fn start(&mut self) {
+        let out = self.cli(&["sync", &self.dir_arg(), "--daemon", "--agent-id", &self.agent]);
+        assert!(
+            out.status.success(),
+            "sync --daemon failed: {}\nlog:\n{}",
+            both(&out),
+            self.log()
+        );
+        let text = stdout(&out);
+        let pid = text
+            .split("(pid ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in: {text}"));
+        self.pid = Some(pid);
+    }
+
+    fn kill_9(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while process_alive(pid) {
+                assert!(std::time::Instant::now() < deadline, "sync {pid} survived kill -9");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(".contextfs/sync.log")).unwrap_or_default()
+    }
+
+    fn status(&self) -> String {
+        let out = self.cli(&["sync", "status", &self.dir_arg()]);
+        assert!(out.status.success(), "sync status failed: {}", both(&out));
+        stdout(&out)
+    }
+
+    fn sh(&self, script: &str) -> Output {
+        self.command("bash")
+            .args(["-c", script])
+            .current_dir(&self.dir)
+            .output()
+            .expect("run bash")
+    }
+
+    fn sh_ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(out.status.success(), "`{script}` failed: {}", both(&out));
+        stdout(&out)
+    }
+
+    fn read(&self, path: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.join(path)).ok()
+    }
+
+    /// The state file's count of files placed (clones + copies).
+    fn placements(&self) -> u64 {
+        let text = std::fs::read_to_string(self.dir.join(".contextfs/state.json")).expect("state file");
+        let state: serde_json::Value = serde_json::from_str(&text).expect("state is JSON");
+        state["clones"].as_u64().unwrap_or(0) + state["copies"].as_u64().unwrap_or(0)
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- sync log of {} ---\n{}", self.dir.display(), self.log());
+        }
+        self.kill_9();
+    }
+}
+
+/// Every regular file and symlink under `dir` (leaving out the sync's own
+/// state folder) as relative path -> hash of its bytes.
+fn tree_of(dir: &Path) -> BTreeMap<String, BlobHash> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(dir).expect("below dir").display().to_string();
+            if rel == ".contextfs" {
+                continue;
+            }
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.insert(rel, BlobHash::of(&bytes));
+            }
+        }
+    }
+    out
+}
+
+/// The server's tree as path -> hash (files only).
+async fn server_tree(s: &TestServer, project: &str) -> BTreeMap<String, BlobHash> {
+    tree_map(s, project)
+        .await
+        .expect("tree")
+        .into_iter()
+        .filter(|(_, e)| e.kind != contextfs::api::NodeKind::Dir)
+        .map(|(p, e)| (p, e.hash))
+        .collect()
+}
+
+async fn seed(s: &TestServer, project: &str, files: &[(&str, &[u8])]) {
+    for (path, bytes) in files {
+        s.commit(project, &s.admin, path, None, bytes)
+            .await
+            .expect("seed commit");
+    }
+}
+
+/// Two synced folders and a FUSE mount of one project, edited at once:
+/// different files, one text file in different places, one JSON file in
+/// different keys, and one line all three rewrite (a true conflict). All
+/// three converge to identical trees, every edit is in the head or in
+/// history, and every `lww` is reported by the side that wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_folders_and_a_mount_edited_at_once_converge() {
+    let s = TestServer::start().await;
+    let token = s.project_with_token("conv").await;
+    let notes: String = (1..=12).map(|i| format!("line {i}\n")).collect();
+    seed(
+        &s,
+        "conv",
+        &[
+            ("notes.md", notes.as_bytes()),
+            ("state.json", br#"{"a":0,"b":0,"m":0}"#),
+            ("conflict.txt", b"base\n"),
+        ],
+    )
+    .await;
+    let home = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let mut a = Folder::new(&home, "a", &s, "conv", &token);
+    let mut b = Folder::new(&home, "b", &s, "conv", &token);
+    a.start();
+    b.start();
+    let m = MountedWorkspace::mount_at(home.clone(), "mnt", &s.mount_url(), "conv", &token, "agent-m", &[]);
+    // Each side edits its own line and key, writes its own file, and
+    // rewrites the conflict line, all at once.
+    let edit = |who: &str, line: usize| {
+        format!(
+            r#"python3 - <<'EOF'
+import json
+p = open('notes.md').read().split('\n')
+p[{idx}] = 'line {line} edited by {who}'
+open('notes.md', 'w').write('\n'.join(p))
+d = json.load(open('state.json'))
+d['{who}'] = '{who}'
+open('state.json', 'w').write(json.dumps(d))
+open('conflict.txt', 'w').write('{who} wins\n')
+open('own-{who}.txt', 'w').write('written by {who}\n')
+EOF"#,
+            idx = line - 1
+        )
+    };
+    let mut children = Vec::new();
+    for (dir, who, line) in [(&a.dir, "a", 2), (&b.dir, "b", 6), (&m.dir, "m", 11)] {
+        children.push(
+            a.command("bash")
+                .args(["-c", &edit(who, line)])
+                .current_dir(dir)
+                .spawn()
+                .expect("start editor"),
+        );
+    }
+    for mut child in children {
+        assert!(child.wait().expect("editor").success());
+    }
+    let want_lines = ["line 2 edited by a", "line 6 edited by b", "line 11 edited by m"];
+    let converged = eventually("the folders, the mount and the server converge", || async {
+        let server = server_tree(&s, "conv").await;
+        let trees = [tree_of(&a.dir), tree_of(&b.dir), tree_of(&m.dir)];
+        if trees.iter().any(|t| *t != server) {
+            return Err(format!("server {server:?}\nfolders/mount {trees:?}"));
+        }
+        let notes = String::from_utf8(s.read_bytes("conv", &s.admin, "notes.md").await).expect("utf-8");
+        if let Some(missing) = want_lines.iter().find(|l| !notes.contains(*l)) {
+            return Err(format!("notes.md lacks {missing:?}: {notes}"));
+        }
+        let state: serde_json::Value =
+            serde_json::from_slice(&s.read_bytes("conv", &s.admin, "state.json").await).expect("json");
+        if ["a", "b", "m"].iter().any(|k| state[k] != *k) {
+            return Err(format!("state.json misses a key: {state}"));
+        }
+        Ok(server)
+    })
+    .await;
+    for who in ["a", "b", "m"] {
+        assert!(converged.contains_key(&format!("own-{who}.txt")), "{converged:?}");
+    }
+    // Every side's conflicting bytes are in history, and each lww is
+    // reported by the side whose commit it was.
+    let history = s.history("conv", &s.admin, "conflict.txt").await;
+    for who in ["a", "b", "m"] {
+        let wanted = BlobHash::of(format!("{who} wins\n").as_bytes());
+        assert!(
+            history.iter().any(|v| v.hash == wanted),
+            "{who}'s conflict.txt is not in history: {history:?}"
+        );
+    }
+    let mount_status = eventually("the mount reports its outcomes", || async {
+        let status = m.status();
+        Ok::<_, String>(status)
+    })
+    .await;
+    for version in history.iter().filter(|v| v.status == VersionStatus::Lww) {
+        let reported = match version.agent_id.as_deref() {
+            Some("agent-a") => a.log(),
+            Some("agent-b") => b.log(),
+            Some("agent-m") => mount_status.clone(),
+            other => panic!("lww by an unexpected agent {other:?}"),
+        };
+        assert!(
+            reported
+                .lines()
+                .any(|l| l.starts_with("lww") && l.contains("conflict.txt")),
+            "{:?} wrote lww v{} but did not report it:\n{reported}",
+            version.agent_id,
+            version.version
+        );
+    }
+}
+
+/// The sync is killed with -9 at random moments during bursts of edits,
+/// with remote changes landing while it is down, and restarted each time.
+/// Nothing is lost either way, and nothing unchanged is downloaded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_burst_loses_nothing_and_downloads_nothing_twice() {
+    let s = TestServer::start().await;
+    let token = s.project_with_token("crash").await;
+    let seeded: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| (format!("seed/{i}.md"), format!("seed file {i}\n").into_bytes()))
+        .collect();
+    for (path, bytes) in &seeded {
+        s.commit("crash", &s.admin, path, None, bytes).await.expect("seed");
+    }
+    let home = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let mut a = Folder::new(&home, "a", &s, "crash", &token);
+    a.start();
+    let inodes = |a: &Folder| -> BTreeMap<String, u64> {
+        seeded
+            .iter()
+            .map(|(p, _)| {
+                (
+                    p.clone(),
+                    std::fs::metadata(a.dir.join(p)).map(|m| m.ino()).unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    let before = inodes(&a);
+    assert!(before.values().all(|i| *i != 0), "checkout missed seed files");
+    let mut remote_changes = 0;
+    for round in 0..3u64 {
+        // A burst of creates and edits, with the kill somewhere inside it.
+        let mut burst = a
+            .command("bash")
+            .args([
+                "-c",
+                &format!(
+                    "for i in $(seq 0 39); do echo \"burst {round} file $i\" > burst-{round}-$i.md; \
+                     echo \"round {round} step $i\" >> log.md; sleep 0.01; done"
+                ),
+            ])
+            .current_dir(&a.dir)
+            .spawn()
+            .expect("start burst");
+        let delay = 20 + (rand::random::<u64>() % 300);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        a.kill_9();
+        assert!(burst.wait().expect("burst").success());
+        // Remote changes while the sync is down.
+        s.commit(
+            "crash",
+            &s.admin,
+            &format!("remote-{round}.md"),
+            None,
+            format!("remote {round}\n").as_bytes(),
+        )
+        .await
+        .expect("remote commit");
+        remote_changes += 1;
+        let placed_before = a.placements();
+        a.start();
+        // What the restart downloaded: the remote changes made while it was
+        // down, at most (and what the burst raced with), never the seed.
+        let placed_after = a.placements();
+        assert!(
+            placed_after - placed_before <= remote_changes,
+            "the restart downloaded {} files for {remote_changes} remote changes",
+            placed_after - placed_before
+        );
+    }
+    let local = eventually(
+        "every local edit reaches the server and every remote one the folder",
+        || async {
+            let server = server_tree(&s, "crash").await;
+            let local = tree_of(&a.dir);
+            if local == server {
+                Ok(local)
+            } else {
+                Err(format!("server {server:?}\nlocal {local:?}"))
+            }
+        },
+    )
+    .await;
+    for round in 0..3 {
+        for i in 0..40 {
+            let path = format!("burst-{round}-{i}.md");
+            assert_eq!(
+                local.get(&path),
+                Some(&BlobHash::of(format!("burst {round} file {i}\n").as_bytes()))
+            );
+        }
+        assert!(local.contains_key(&format!("remote-{round}.md")));
+    }
+    let log = String::from_utf8(a.read("log.md").expect("log.md")).expect("utf-8");
+    assert_eq!(log.lines().count(), 120, "log.md lost lines: {log}");
+    assert_eq!(inodes(&a), before, "unchanged seed files were written again");
+}
+
+/// With the server down, local edits queue and `sync status` says so; when
+/// it is back they land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_made_while_the_server_is_down_land_when_it_is_back() {
+    let mut s = TestServer::start().await;
+    let token = s.project_with_token("down").await;
+    seed(&s, "down", &[("kept.md", b"one\n")]).await;
+    let home = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let mut a = Folder::new(&home, "a", &s, "down", &token);
+    a.start();
+    s.kill_9();
+    a.sh_ok("echo offline > offline.md && echo two >> kept.md");
+    eventually("sync status shows the server down and the queued edits", || async {
+        let status = a.status();
+        if status.contains("UNREACHABLE")
+            && status.contains("pending  offline.md")
+            && status.contains("pending  kept.md")
+        {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    })
+    .await;
+    s.restart_on_same_port().await;
+    server_has(&s, "down", "offline.md", b"offline\n").await;
+    server_has(&s, "down", "kept.md", b"one\ntwo\n").await;
+    eventually("sync status shows everything sent", || async {
+        let status = a.status();
+        if status.contains("server: reachable") && status.contains("pending: 0 change(s)") {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    })
+    .await;
+}
+
+/// Files over the server's size limit, names that are not UTF-8 or that the
+/// server refuses, fifos, sockets and device files are skipped with the
+/// reason in `sync status` and the output, once: no retry storm, no crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_skipped_with_its_reason_and_not_retried() {
+    let s = TestServer::start_with(&["--max-blob-bytes", "1048576"]).await;
+    let token = s.project_with_token("bad").await;
+    let home = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let mut a = Folder::new(&home, "a", &s, "bad", &token);
+    a.start();
+    a.sh_ok(
+        r#"head -c 2097152 /dev/urandom > big.bin
+           touch "$(printf 'bad\377name.txt')" "$(printf 'new\nline.txt')"
+           mkfifo pipe
+           python3 -c "import socket; s = socket.socket(socket.AF_UNIX); s.bind('sock')"
+           mknod null-device c 1 3
+           echo fine > good.txt"#,
+    );
+    server_has(&s, "bad", "good.txt", b"fine\n").await;
+    let reasons = [
+        ("big.bin", "larger than the server accepts"),
+        ("bad\u{fffd}name.txt", "not UTF-8"),
+        ("\"new\\nline.txt\"", "cannot store this name"),
+        ("pipe", "a fifo cannot be synced"),
+        ("sock", "a socket cannot be synced"),
+        ("null-device", "a device file cannot be synced"),
+    ];
+    eventually("sync status names every skipped file and why", || async {
+        let status = a.status();
+        match reasons.iter().find(|(path, why)| {
+            !status
+                .lines()
+                .any(|l| l.starts_with(&format!("skipped  {path}")) && l.contains(why))
+        }) {
+            None => Ok(()),
+            Some(missing) => Err(format!("{missing:?} missing from:\n{status}")),
+        }
+    })
+    .await;
+    // More rounds (new edits) do not send the refused file again.
+    for i in 0..5 {
+        a.sh_ok(&format!("echo {i} > more-{i}.txt"));
+        server_has(&s, "bad", &format!("more-{i}.txt"), format!("{i}\n").as_bytes()).await;
+    }
+    let refusals = a.log().lines().filter(|l| l.starts_with("skipped  big.bin")).count();
+    assert_eq!(refusals, 1, "big.bin was sent more than once:\n{}", a.log());
+    assert!(process_alive(a.pid.expect("running")), "the sync died:\n{}", a.log());
+    let tree = server_tree(&s, "bad").await;
+    assert!(!tree.contains_key("big.bin") && !tree.contains_key("pipe"), "{tree:?}");
+    // The one-shot push says the same and fails: these were not committed.
+    a.kill_9();
+    let out = a.cli(&["push", &a.dir_arg()]);
+    assert!(
+        !out.status.success(),
+        "push succeeded with skipped files: {}",
+        both(&out)
+    );
+    let text = stdout(&out);
+    for (path, why) in reasons {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("skipped  {path}")) && l.contains(why)),
+            "push did not report {path}: {}",
+            both(&out)
+        );
+    }
+}
+
+/// A file renamed differently on two sides ends with both names, the bytes
+/// intact, and no copy lost. Driven through the one-shot halves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_renamed_differently_on_both_sides_keeps_both_names() {
+    let s = TestServer::start().await;
+    let token = s.project_with_token("ren").await;
+    seed(&s, "ren", &[("doc.md", b"the document\n")]).await;
+    let home = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let a = Folder::new(&home, "a", &s, "ren", &token);
+    let b = Folder::new(&home, "b", &s, "ren", &token);
+    for f in [&a, &b] {
+        let out = f.cli(&["checkout", &f.dir_arg(), "--project", "ren"]);
+        assert!(out.status.success(), "checkout: {}", both(&out));
+        assert!(stdout(&out).contains("updated  doc.md"), "{}", both(&out));
+    }
+    std::fs::rename(a.dir.join("doc.md"), a.dir.join("from-a.md")).expect("mv in a");
+    std::fs::create_dir(b.dir.join("sub")).expect("mkdir in b");
+    std::fs::rename(b.dir.join("doc.md"), b.dir.join("sub/from-b.md")).expect("mv in b");
+    let out = a.cli(&["push", &a.dir_arg()]);
+    assert!(out.status.success(), "push a: {}", both(&out));
+    assert!(stdout(&out).contains("moved    doc.md -> from-a.md"), "{}", both(&out));
+    let out = b.cli(&["push", &b.dir_arg()]);
+    assert!(out.status.success(), "push b: {}", both(&out));
+    for f in [&a, &b] {
+        let out = f.cli(&["pull", &f.dir_arg()]);
+        assert!(out.status.success(), "pull: {}", both(&out));
+    }
+    let want = BlobHash::of(b"the document\n");
+    let expected: BTreeMap<String, BlobHash> = [
+        ("from-a.md".to_string(), want.clone()),
+        ("sub/from-b.md".to_string(), want),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(tree_of(&a.dir), expected);
+    assert_eq!(tree_of(&b.dir), expected);
+    assert_eq!(server_tree(&s, "ren").await, expected);
+    // The node and its history followed a's rename.
+    let history = s.history("ren", &s.admin, "from-a.md").await;
+    assert!(history.iter().any(|v| v.path == "doc.md"), "{history:?}");
+}
+
+/// An editor saving while a pull downloads a newer version of the same file
+/// keeps the editor's bytes; the next push commits them on top of the
+/// version they were edited from, so the server's version stays in history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_editor_saving_during_a_pull_keeps_its_bytes() {
+    let s = TestServer::start().await;
+    let token = s.project_with_token("edit").await;
+    seed(&s, "edit", &[("draft.txt", b"first draft\n")]).await;
+    let home = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let a = Folder::new(&home, "a", &s, "edit", &token);
+    let out = a.cli(&["checkout", &a.dir_arg(), "--project", "edit"]);
+    assert!(out.status.success(), "checkout: {}", both(&out));
+    let mut attempt = 0;
+    let editor_bytes = loop {
+        attempt += 1;
+        assert!(attempt <= 10, "the editor's save never landed during a pull");
+        // A big remote version, so the pull takes a while to download it.
+        // Binary (a NUL byte), so the server does not try to merge 11 MB.
+        let remote: Vec<u8> = std::iter::once(0u8)
+            .chain((0..600_000u32).flat_map(|i| format!("remote {attempt} {i}\n").into_bytes()))
+            .collect();
+        let head = s.read("edit", &s.admin, "draft.txt", None).await.expect("head");
+        s.commit("edit", &s.admin, "draft.txt", Some(head.version), &remote)
+            .await
+            .expect("remote commit");
+        let pull = a
+            .command(BIN)
+            .args(["pull", &a.dir_arg()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start pull");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // The editor saves the way most do: a temp file renamed over the original.
+        let editor = format!("editor save {attempt}\n");
+        std::fs::write(a.dir.join("draft.txt.new"), &editor).expect("write temp");
+        std::fs::rename(a.dir.join("draft.txt.new"), a.dir.join("draft.txt")).expect("rename over");
+        let out = pull.wait_with_output().expect("pull");
+        assert!(out.status.success(), "pull: {}", both(&out));
+        assert_eq!(
+            a.read("draft.txt").expect("draft.txt"),
+            editor.as_bytes(),
+            "the pull replaced the editor's save: {}",
+            both(&out)
+        );
+        if !stdout(&out).contains("draft.txt") {
+            // The pull saw the save before placing its download: the case to test.
+            break editor;
+        }
+        // The save came after the pull had finished; push and try again.
+        let out = a.cli(&["push", &a.dir_arg()]);
+        assert!(out.status.success(), "push: {}", both(&out));
+    };
+    let out = a.cli(&["push", &a.dir_arg()]);
+    assert!(out.status.success(), "push: {}", both(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("draft.txt"),
+        "push did not send the editor's save: {text}"
+    );
+    assert_eq!(
+        s.read_bytes("edit", &s.admin, "draft.txt").await,
+        editor_bytes.as_bytes()
+    );
+    // Both whole versions survive: the remote one in history, never a mix.
+    let history = s.history("edit", &s.admin, "draft.txt").await;
+    assert!(history.len() >= 3, "{history:?}");
+    assert!(
+        text.lines().any(|l| l.starts_with("lww") || l.starts_with("clean")),
+        "{text}"
+    );
+}
+
+/// A loop device with XFS (reflink=1) mounted for one test; undone on drop.
+struct XfsVolume {
+    _image_dir: tempfile::TempDir,
+    device: String,
+    mountpoint: PathBuf,
+}
+
+impl XfsVolume {
+    fn make() -> XfsVolume {
+        let image_dir = tempfile::tempdir().expect("temp dir");
+        let image = image_dir.path().join("xfs.img");
+        let run = |cmd: &mut Command| -> String {
+            let out = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/test installs xfsprogs)"));
+            assert!(out.status.success(), "{cmd:?}: {}", both(&out));
+            stdout(&out).trim().to_string()
+        };
+        run(Command::new("truncate").args(["-s", "1G"]).arg(&image));
+        let device = run(Command::new("losetup").args(["-f", "--show"]).arg(&image));
+        run(Command::new("mkfs.xfs").args(["-q", "-m", "reflink=1", &device]));
+        let mountpoint = image_dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).expect("mkdir");
+        run(Command::new("mount").arg(&device).arg(&mountpoint));
+        XfsVolume {
+            _image_dir: image_dir,
+            device,
+            mountpoint,
+        }
+    }
+
+    fn used_bytes(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["-B1", "--output=used"])
+            .arg(&self.mountpoint)
+            .output()
+            .expect("df");
+        stdout(&out)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df used")
+    }
+}
+
+impl Drop for XfsVolume {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mountpoint).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+/// Several folders of one project on a file system that can clone share the
+/// blob cache's blocks: the disk holds about one copy, and `sync status`
+/// says the files are clones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folders_on_xfs_share_the_cached_blocks_as_reflink_clones() {
+    let s = TestServer::start().await;
+    let token = s.project_with_token("big").await;
+    let mut project_bytes = 0u64;
+    for i in 0..4 {
+        let bytes: Vec<u8> = (0..8u32 << 20)
+            .map(|n| (n.wrapping_mul(2654435761) >> (i + 7)) as u8)
+            .collect();
+        project_bytes += bytes.len() as u64;
+        s.commit("big", &s.admin, &format!("data/{i}.bin"), None, &bytes)
+            .await
+            .expect("seed");
+    }
+    let volume = XfsVolume::make();
+    let home = Arc::new(tempfile::tempdir_in(&volume.mountpoint).expect("temp dir on xfs"));
+    let used_before = volume.used_bytes();
+    let folders: Vec<Folder> = (0..5)
+        .map(|i| Folder::new(&home, &format!("f{i}"), &s, "big", &token))
+        .collect();
+    for f in &folders {
+        let out = f.cli(&["checkout", &f.dir_arg(), "--project", "big"]);
+        assert!(out.status.success(), "checkout: {}", both(&out));
+        assert!(stdout(&out).contains("as reflink clones"), "{}", both(&out));
+        assert_eq!(tree_of(&f.dir).len(), 4);
+    }
+    let used = volume.used_bytes() - used_before;
+    assert!(
+        used as f64 <= 1.1 * project_bytes as f64,
+        "5 folders of a {project_bytes}-byte project use {used} bytes"
+    );
+    assert!(
+        folders[0].status().contains("reflink clones"),
+        "{}",
+        folders[0].status()
+    );
+}
