@@ -119,7 +119,7 @@ fn config(global: &GlobalArgs, args: &FolderArgs, dir: &Path) -> anyhow::Result<
 
 fn explain(e: SyncError, config: &FolderConfig) -> anyhow::Error {
     match &e {
-        SyncError::Client(c) if matches!(c, crate::client::ClientError::Unreachable { .. }) => anyhow!(
+        SyncError::Client(crate::client::ClientError::Unreachable { .. }) => anyhow!(
             "{e}\nhint: is `contextfs serve` running at {}? Point --server (or CONTEXTFS_SERVER) at it",
             config.server
         ),

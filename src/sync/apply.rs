@@ -11,7 +11,7 @@ use std::fs;
 use std::io;
 
 use super::folder::Folder;
-use super::materialise::{Expect, Placed};
+use super::materialise::{Content, Expect, Placed};
 use super::push::local_mode_of;
 use super::state::{Entry, Stat};
 use super::{FileOutcome, Outcome, SyncError, SyncResult};
@@ -210,14 +210,7 @@ impl Folder {
             return Ok(outcome(path));
         }
         let placed = self
-            .place(
-                &path,
-                &event.hash,
-                event.mode,
-                Some(event.mtime.as_deref().unwrap_or(&event.at)),
-                symlink,
-                Expect::Unchanged(entry.stat),
-            )
+            .place(&path, event_content(event), Expect::Unchanged(entry.stat))
             .await?;
         match placed {
             Placed::Done { stat, .. } => {
@@ -274,16 +267,7 @@ impl Folder {
             }
             (Some(_), Some(_)) => return Ok(None),
         };
-        let placed = self
-            .place(
-                &event.path,
-                &event.hash,
-                event.mode,
-                Some(event.mtime.as_deref().unwrap_or(&event.at)),
-                symlink,
-                expect,
-            )
-            .await?;
+        let placed = self.place(&event.path, event_content(event), expect).await?;
         match placed {
             Placed::Done { stat, .. } => {
                 self.state.files.insert(
@@ -305,6 +289,15 @@ impl Folder {
             Placed::LocalChanged => Ok(None),
         }
     }
+}
+
+fn event_content(event: &ChangeEvent) -> Content {
+    Content::new(
+        &event.hash,
+        event.mode,
+        Some(event.mtime.as_deref().unwrap_or(&event.at)),
+        event.kind,
+    )
 }
 
 fn local_stat(abs: &std::path::Path) -> Option<Stat> {

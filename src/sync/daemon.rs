@@ -75,7 +75,7 @@ pub async fn run(
         }
     } else {
         match folder.pull().await {
-            Ok(outcomes) => outcomes.iter().for_each(|o| print(o)),
+            Ok(outcomes) => outcomes.iter().for_each(&print),
             Err(e) if e.is_transient() => offline(&mut health, &e),
             Err(e) => return Err(e),
         }
@@ -149,7 +149,7 @@ pub async fn run(
                                 if !page.more && page.events.is_empty() {
                                     folder.state.cursor = folder.state.cursor.max(page.cursor);
                                 }
-                                outcomes.iter().for_each(|o| print(o));
+                                outcomes.iter().for_each(&print);
                                 Duration::ZERO
                             }
                             Err(e) if e.is_transient() => {
@@ -194,7 +194,7 @@ async fn round(
     backoff: &mut Duration,
 ) -> SyncResult<()> {
     let report = folder.push().await?;
-    report.outcomes.iter().for_each(|o| print(o));
+    report.outcomes.iter().for_each(&print);
     match &report.interrupted {
         Some(e) => {
             offline(health, e);

@@ -9,14 +9,13 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use super::ignore::IgnoreRules;
-use super::materialise::{Expect, Materialiser, Placed, Placement};
+use super::materialise::{Content, Expect, Materialiser, Placed, Placement};
 use super::scan::{self, Scan};
 use super::state::{Entry, FolderLock, SyncState};
 use super::{FileOutcome, Outcome, SyncError, SyncResult};
 use crate::api::{NodeKind, TreeEntry};
 use crate::cache::BlobCache;
 use crate::client::Client;
-use crate::model::{parse_file_time, BlobHash};
 
 /// Downloads running at once during a checkout.
 const PARALLEL_DOWNLOADS: usize = 16;
@@ -164,15 +163,8 @@ impl Folder {
                 let materialiser = self.materialiser.clone();
                 let root = self.root.clone();
                 running.spawn_blocking(move || {
-                    let placed = materialiser.place(
-                        &root,
-                        &entry.path,
-                        &entry.hash,
-                        entry.mode,
-                        parse_file_time(&entry.modified_at).ok(),
-                        entry.kind == NodeKind::Symlink,
-                        Expect::Absent,
-                    );
+                    let content = Content::new(&entry.hash, entry.mode, Some(&entry.modified_at), entry.kind);
+                    let placed = materialiser.place(&root, &entry.path, &content, Expect::Absent);
                     (entry, placed)
                 });
             }
@@ -261,25 +253,13 @@ impl Folder {
 
     /// Places `hash` at `rel` from a blocking thread, if the target is as
     /// expected. Counts how it was placed.
-    pub async fn place(
-        &mut self,
-        rel: &str,
-        hash: &BlobHash,
-        mode: u32,
-        mtime: Option<&str>,
-        symlink: bool,
-        expect: Expect,
-    ) -> SyncResult<Placed> {
+    pub async fn place(&mut self, rel: &str, content: Content, expect: Expect) -> SyncResult<Placed> {
         let materialiser = self.materialiser.clone();
         let root = self.root.clone();
         let rel_owned = rel.to_string();
-        let hash = hash.clone();
-        let mtime_ns = mtime.and_then(|t| parse_file_time(t).ok());
-        let placed = tokio::task::spawn_blocking(move || {
-            materialiser.place(&root, &rel_owned, &hash, mode, mtime_ns, symlink, expect)
-        })
-        .await
-        .map_err(|e| SyncError::Watch(format!("a download task failed: {e}")))??;
+        let placed = tokio::task::spawn_blocking(move || materialiser.place(&root, &rel_owned, &content, expect))
+            .await
+            .map_err(|e| SyncError::Watch(format!("a download task failed: {e}")))??;
         if let Placed::Done { how, .. } = &placed {
             self.count_placement(*how);
         }

@@ -34,6 +34,28 @@ pub enum Placement {
     Symlink,
 }
 
+/// The server content to place: a blob, its mode and mtime, and whether it
+/// is a symlink (then the blob is its target).
+#[derive(Debug, Clone)]
+pub struct Content {
+    pub hash: BlobHash,
+    pub mode: u32,
+    pub mtime_ns: Option<i64>,
+    pub symlink: bool,
+}
+
+impl Content {
+    /// From the API's fields (`mtime` as RFC 3339; unparsable means "now").
+    pub fn new(hash: &BlobHash, mode: u32, mtime: Option<&str>, kind: crate::api::NodeKind) -> Self {
+        Content {
+            hash: hash.clone(),
+            mode,
+            mtime_ns: mtime.and_then(|t| crate::model::parse_file_time(t).ok()),
+            symlink: kind == crate::api::NodeKind::Symlink,
+        }
+    }
+}
+
 /// What the target must be for a placement to go ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
@@ -95,25 +117,16 @@ impl Materialiser {
 
     /// Places blob `hash` at `root/rel` (blocking), if the target is still
     /// as `expect` says.
-    pub fn place(
-        &self,
-        root: &Path,
-        rel: &str,
-        hash: &BlobHash,
-        mode: u32,
-        mtime_ns: Option<i64>,
-        symlink: bool,
-        expect: Expect,
-    ) -> SyncResult<Placed> {
+    pub fn place(&self, root: &Path, rel: &str, content: &Content, expect: Expect) -> SyncResult<Placed> {
         let target = root.join(rel);
         // Cheap early check: no download for a file that changed meanwhile.
         if !target_is(&target, expect) {
             return Ok(Placed::LocalChanged);
         }
-        let blob = self.cached(hash)?;
+        let blob = self.cached(&content.hash)?;
         let temp = temp_path(root);
-        let how = stage(&blob, &self.cache.path_of(hash), &temp, mode, mtime_ns, symlink)
-            .map_err(|e| SyncError::io(&target, e))?;
+        let how =
+            stage(&blob, &self.cache.path_of(&content.hash), &temp, content).map_err(|e| SyncError::io(&target, e))?;
         finish(&temp, &target, expect, how)
     }
 }
@@ -162,18 +175,11 @@ pub fn finish(temp: &Path, target: &Path, expect: Expect, how: Placement) -> Syn
 }
 
 /// Writes the blob to `temp`: a symlink, a reflink clone, or a copy.
-pub fn stage(
-    blob: &File,
-    blob_path: &Path,
-    temp: &Path,
-    mode: u32,
-    mtime_ns: Option<i64>,
-    symlink: bool,
-) -> io::Result<Placement> {
+pub fn stage(blob: &File, blob_path: &Path, temp: &Path, content: &Content) -> io::Result<Placement> {
     if let Some(parent) = temp.parent() {
         fs::create_dir_all(parent)?;
     }
-    if symlink {
+    if content.symlink {
         let target = fs::read(blob_path).or_else(|_| {
             let mut bytes = Vec::new();
             io::Read::read_to_end(&mut &*blob, &mut bytes)?;
@@ -195,8 +201,8 @@ pub fn stage(
     };
     let file = fs::OpenOptions::new().write(true).open(temp)?;
     use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
-    if let Some(ns) = mtime_ns {
+    file.set_permissions(fs::Permissions::from_mode(content.mode & 0o7777))?;
+    if let Some(ns) = content.mtime_ns {
         let when = if ns >= 0 {
             std::time::UNIX_EPOCH + Duration::from_nanos(ns as u64)
         } else {
@@ -258,13 +264,19 @@ mod tests {
         // The editor saves after the state file saw "old".
         fs::write(root.join("f"), "editor's bytes, longer").unwrap();
         let temp = temp_path(root);
-        let how = stage(&blob, &root.join("blob"), &temp, 0o644, None, false).unwrap();
+        let content = |mode, mtime_ns| Content {
+            hash: BlobHash::of(b"server bytes"),
+            mode,
+            mtime_ns,
+            symlink: false,
+        };
+        let how = stage(&blob, &root.join("blob"), &temp, &content(0o644, None)).unwrap();
         let placed = finish(&temp, &root.join("f"), Expect::Unchanged(seen), how).unwrap();
         assert!(matches!(placed, Placed::LocalChanged), "{placed:?}");
         assert_eq!(fs::read_to_string(root.join("f")).unwrap(), "editor's bytes, longer");
         assert!(!temp.exists());
         let temp = temp_path(root);
-        let how = stage(&blob, &root.join("blob"), &temp, 0o755, Some(1_000_000_000), false).unwrap();
+        let how = stage(&blob, &root.join("blob"), &temp, &content(0o755, Some(1_000_000_000))).unwrap();
         let placed = finish(&temp, &root.join("new/g"), Expect::Absent, how).unwrap();
         assert!(matches!(placed, Placed::Done { .. }), "{placed:?}");
         assert_eq!(fs::read_to_string(root.join("new/g")).unwrap(), "server bytes");

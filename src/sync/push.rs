@@ -11,7 +11,7 @@ use std::fs;
 use base64::Engine;
 
 use super::folder::Folder;
-use super::materialise::{Expect, Placed};
+use super::materialise::{Content, Expect, Placed};
 use super::scan::{self, Change, LocalFile};
 use super::state::{Entry, Refused};
 use super::{FileOutcome, Outcome, SyncError, SyncResult};
@@ -296,14 +296,7 @@ impl Folder {
             return Ok(outcome);
         }
         let placed = self
-            .place(
-                path,
-                &version.hash,
-                version.mode,
-                Some(version.modified_at()),
-                version.kind == NodeKind::Symlink,
-                Expect::Unchanged(file.stat),
-            )
+            .place(path, version_content(version), Expect::Unchanged(file.stat))
             .await?;
         match placed {
             Placed::Done { stat, .. } => {
@@ -442,16 +435,7 @@ impl Folder {
         if head.deleted || head.kind == NodeKind::Dir || self.rules.is_ignored(&head.path, false) {
             return Ok(());
         }
-        let placed = self
-            .place(
-                &head.path,
-                &head.hash,
-                head.mode,
-                Some(head.modified_at()),
-                head.kind == NodeKind::Symlink,
-                Expect::Absent,
-            )
-            .await?;
+        let placed = self.place(&head.path, version_content(head), Expect::Absent).await?;
         if let Placed::Done { stat, .. } = placed {
             let mode = local_mode_of(&self.root.join(&head.path)).unwrap_or(head.mode);
             self.state.files.insert(
@@ -468,6 +452,10 @@ impl Folder {
         }
         Ok(())
     }
+}
+
+fn version_content(version: &VersionInfo) -> Content {
+    Content::new(&version.hash, version.mode, Some(version.modified_at()), version.kind)
 }
 
 fn change_path(change: &Change) -> &str {
