@@ -705,3 +705,86 @@ async fn folders_on_xfs_share_the_cached_blocks_as_reflink_clones() {
         folders[0].status()
     );
 }
+
+/// Namespace changes travel both ways and keep nodes: a directory renamed
+/// on the server moves here, a deletion and a chmod arrive, a directory
+/// renamed here keeps its files' nodes on the server, a symlink is sent as
+/// one; ignored files and editor droppings stay local.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_changes_travel_both_ways_and_ignored_files_stay_local() {
+    let s = TestServer::start().await;
+    let token = s.project_with_token("ns").await;
+    seed(
+        &s,
+        "ns",
+        &[
+            ("dir/a.md", b"a\n"),
+            ("dir/b.md", b"b\n"),
+            ("run.sh", b"echo hi\n"),
+            ("gone.md", b"bye\n"),
+        ],
+    )
+    .await;
+    let home = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let mut a = Folder::new(&home, "a", &s, "ns", &token);
+    a.start();
+    // On the server: move a directory, delete a file, make a script executable.
+    let url = s.purl("ns", "/rename");
+    send::<serde_json::Value>(s.post(&url, &s.admin, &serde_json::json!({"from": "dir", "to": "moved"})))
+        .await
+        .expect("rename");
+    let url = s.purl("ns", "/delete");
+    send::<serde_json::Value>(s.post(&url, &s.admin, &serde_json::json!({"path": "gone.md"})))
+        .await
+        .expect("delete");
+    let head = s.read("ns", &s.admin, "run.sh", None).await.expect("run.sh");
+    let mut chmod = commit_request("run.sh", Some(head.version), BlobHash::of(b"echo hi\n"));
+    chmod.mode = Some(0o755);
+    s.commit_req("ns", &s.admin, &chmod).await.expect("chmod");
+    eventually("the server's namespace changes reach the folder", || async {
+        let tree = tree_of(&a.dir);
+        let mode = std::fs::metadata(a.dir.join("run.sh"))
+            .map(|m| m.mode() & 0o777)
+            .unwrap_or(0);
+        let ok = tree.contains_key("moved/a.md")
+            && tree.contains_key("moved/b.md")
+            && !a.dir.join("dir").exists()
+            && !tree.contains_key("gone.md")
+            && mode == 0o755;
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{tree:?}, run.sh mode {mode:o}"))
+        }
+    })
+    .await;
+    let node_of_a = s.read("ns", &s.admin, "moved/a.md", None).await.expect("a").node;
+    // Here: rename the directory, add a symlink, and files to leave alone.
+    a.sh_ok(
+        "mv moved renamed && ln -s renamed/a.md link && printf 'build/\\n*.log\\n' > .contextfsignore \
+         && mkdir build && echo obj > build/out.o && echo noise > run.log && echo swap > .notes.md.swp \
+         && echo kept > notes.md",
+    );
+    server_has(&s, "ns", "notes.md", b"kept\n").await;
+    eventually("the local rename and symlink reach the server", || async {
+        let tree = tree_map(&s, "ns").await?;
+        let link = tree.get("link").map(|e| e.kind);
+        match (tree.get("renamed/a.md"), tree.contains_key("moved/a.md"), link) {
+            (Some(e), false, Some(contextfs::api::NodeKind::Symlink)) if e.id == node_of_a => Ok(()),
+            _ => Err(format!("{:?}", tree.keys().collect::<Vec<_>>())),
+        }
+    })
+    .await;
+    let tree = server_tree(&s, "ns").await;
+    for ignored in ["build/out.o", "run.log", ".notes.md.swp"] {
+        assert!(!tree.contains_key(ignored), "{ignored} was synced: {tree:?}");
+    }
+    assert!(
+        tree.contains_key(".contextfsignore"),
+        "the ignore file itself is synced: {tree:?}"
+    );
+    assert_eq!(
+        std::fs::read_link(a.dir.join("link")).expect("link"),
+        Path::new("renamed/a.md")
+    );
+}
