@@ -56,6 +56,8 @@ impl Folder {
         std::fs::create_dir_all(&config.root).map_err(|e| SyncError::io(&config.root, e))?;
         let root = config.root.canonicalize().map_err(|e| SyncError::io(&config.root, e))?;
         let lock = FolderLock::take(&root)?;
+        // Staged downloads of a process that died: nobody else uses them.
+        let _ = std::fs::remove_dir_all(SyncState::dir(&root).join("tmp"));
         let state = if SyncState::exists(&root) || !create {
             let state = SyncState::load(&root)?;
             if !config.project.is_empty() && state.project != config.project {

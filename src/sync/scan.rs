@@ -217,7 +217,11 @@ pub fn diff(root: &Path, state: &SyncState, scan: &Scan) -> Diff {
     let mut gone_order: Vec<String> = Vec::new();
     for (path, entry) in &state.files {
         let still_there = scan.files.get(path).is_some_and(|f| f.symlink == entry.symlink);
-        if !still_there && !scan.skipped.iter().any(|(p, _)| p == path) {
+        // A file that is still here but left out of the scan (ignored now,
+        // or skipped) is not deleted on the server: ignoring is not deleting.
+        let left_out =
+            !scan.files.contains_key(path) && fs::symlink_metadata(root.join(path)).is_ok_and(|m| !m.is_dir());
+        if !still_there && !left_out && !scan.skipped.iter().any(|(p, _)| p == path) {
             gone.entry(entry.hash.clone()).or_default().push(path.clone());
             gone_order.push(path.clone());
         }
@@ -384,6 +388,18 @@ mod tests {
                 version: 1
             }]
         );
+    }
+
+    #[test]
+    fn a_synced_file_that_becomes_ignored_is_not_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::write(root.join("run.log"), "log\n").unwrap();
+        let mut state = SyncState::new("http://x", "p");
+        synced(root, &mut state, "run.log", 4);
+        fs::write(root.join(crate::sync::ignore::IGNORE_FILE), "*.log\n").unwrap();
+        let found = changes(root, &state);
+        assert!(!found.iter().any(|c| matches!(c, Change::Delete { .. })), "{found:?}");
     }
 
     #[test]
