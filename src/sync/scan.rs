@@ -44,9 +44,14 @@ pub fn scan_folder(root: &Path, rules: &IgnoreRules) -> io::Result<Scan> {
         };
         let entries = match fs::read_dir(&abs) {
             Ok(entries) => entries,
+            Err(e) if dir.is_empty() => return Err(e),
             // Removed while we walked: what was below it is gone too.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.is_empty() => continue,
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            // Unreadable (permissions): reported, never a reason to stop.
+            Err(e) => {
+                scan.skipped.push((dir, format!("cannot read this directory: {e}")));
+                continue;
+            }
         };
         for entry in entries {
             let entry = match entry {
@@ -65,7 +70,10 @@ pub fn scan_folder(root: &Path, rules: &IgnoreRules) -> io::Result<Scan> {
             let meta = match fs::symlink_metadata(entry.path()) {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    scan.skipped.push((rel, format!("cannot read it: {e}")));
+                    continue;
+                }
             };
             let kind = meta.file_type();
             if rules.is_ignored(&rel, kind.is_dir()) {
@@ -219,8 +227,12 @@ pub fn diff(root: &Path, state: &SyncState, scan: &Scan) -> Diff {
         let still_there = scan.files.get(path).is_some_and(|f| f.symlink == entry.symlink);
         // A file that is still here but left out of the scan (ignored now,
         // or skipped) is not deleted on the server: ignoring is not deleting.
-        let left_out =
-            !scan.files.contains_key(path) && fs::symlink_metadata(root.join(path)).is_ok_and(|m| !m.is_dir());
+        // Nor is one that cannot be looked at (an unreadable directory).
+        let left_out = !scan.files.contains_key(path)
+            && match fs::symlink_metadata(root.join(path)) {
+                Ok(meta) => !meta.is_dir(),
+                Err(e) => e.kind() != io::ErrorKind::NotFound,
+            };
         if !still_there && !left_out && !scan.skipped.iter().any(|(p, _)| p == path) {
             gone.entry(entry.hash.clone()).or_default().push(path.clone());
             gone_order.push(path.clone());
