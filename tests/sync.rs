@@ -308,6 +308,7 @@ async fn kill_9_during_a_burst_loses_nothing_and_downloads_nothing_twice() {
     for (path, bytes) in &seeded {
         s.commit("crash", &s.admin, path, None, bytes).await.expect("seed");
     }
+    seed(&s, "crash", &[("log.md", b"# log\n")]).await;
     let home = Arc::new(tempfile::tempdir().expect("temp dir"));
     let mut a = Folder::new(&home, "a", &s, "crash", &token);
     a.start();
@@ -354,6 +355,18 @@ async fn kill_9_during_a_burst_loses_nothing_and_downloads_nothing_twice() {
         .await
         .expect("remote commit");
         remote_changes += 1;
+        // And a line at the top of the log the burst appends to: merged
+        // with the local lines, never overwriting them.
+        let head = s
+            .read("crash", &s.admin, "log.md", None)
+            .await
+            .expect("log.md on the server");
+        let mut bytes = format!("remote header {round}\n").into_bytes();
+        bytes.extend_from_slice(&head.bytes);
+        s.commit("crash", &s.admin, "log.md", Some(head.version), &bytes)
+            .await
+            .expect("remote edit of log.md");
+        remote_changes += 1;
         let placed_before = a.placements();
         a.start();
         // What the restart downloaded: the remote changes made while it was
@@ -389,7 +402,10 @@ async fn kill_9_during_a_burst_loses_nothing_and_downloads_nothing_twice() {
         assert!(local.contains_key(&format!("remote-{round}.md")));
     }
     let log = String::from_utf8(a.read("log.md").expect("log.md")).expect("utf-8");
-    assert_eq!(log.lines().count(), 120, "log.md lost lines: {log}");
+    let local_lines = log.lines().filter(|l| l.starts_with("round ")).count();
+    assert_eq!(local_lines, 120, "log.md lost local lines: {log}");
+    let remote_lines = log.lines().filter(|l| l.starts_with("remote header ")).count();
+    assert_eq!(remote_lines, 3, "log.md lost remote edits: {log}");
     assert_eq!(inodes(&a), before, "unchanged seed files were written again");
 }
 
