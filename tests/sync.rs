@@ -601,8 +601,9 @@ async fn an_editor_saving_during_a_pull_keeps_its_bytes() {
             "the pull replaced the editor's save: {}",
             both(&out)
         );
-        if !stdout(&out).contains("draft.txt") {
-            // The pull saw the save before placing its download: the case to test.
+        if stdout(&out).contains("kept     draft.txt") {
+            // The pull saw the save before placing its download, and said
+            // so: the case to test.
             break editor;
         }
         // The save came after the pull had finished; push and try again.

@@ -145,9 +145,13 @@ impl Folder {
             }
             if local.is_none() {
                 self.state.files.remove(&path);
+                return Ok(None);
             }
             // Edited here: kept; its push (based before the deletion) restores it.
-            return Ok(None);
+            return Ok(kept(
+                path,
+                "deleted on the server but changed here: the next push restores it",
+            ));
         }
         // A move: the local file follows its node, edited or not.
         let mut path = path;
@@ -188,7 +192,10 @@ impl Folder {
         if local != Some(entry.stat) {
             // Edited (or removed) here: its next push merges against the
             // old base, so the base stays.
-            return Ok(moved_from.is_some().then(|| outcome(path)).flatten());
+            if moved_from.is_some() || local.is_none() {
+                return Ok(moved_from.is_some().then(|| outcome(path)).flatten());
+            }
+            return Ok(kept(path, CHANGED_HERE));
         }
         if event.hash == entry.hash && event.mode == entry.mode {
             if let Some(e) = self.state.files.get_mut(&path) {
@@ -228,7 +235,7 @@ impl Folder {
                 );
                 Ok(outcome(path))
             }
-            Placed::LocalChanged => Ok(None),
+            Placed::LocalChanged => Ok(kept(path, CHANGED_HERE)),
         }
     }
 
@@ -263,9 +270,9 @@ impl Folder {
                     );
                 }
                 // Other bytes: the push merges them (no base: a union).
-                return Ok(None);
+                return Ok((!same).then(|| kept(event.path.clone(), CREATED_HERE)).flatten());
             }
-            (Some(_), Some(_)) => return Ok(None),
+            (Some(_), Some(_)) => return Ok(kept(event.path.clone(), CHANGED_HERE)),
         };
         let placed = self.place(&event.path, event_content(event), expect).await?;
         match placed {
@@ -286,9 +293,19 @@ impl Folder {
                     outcome: Outcome::Updated,
                 }))
             }
-            Placed::LocalChanged => Ok(None),
+            Placed::LocalChanged => Ok(kept(event.path.clone(), CHANGED_HERE)),
         }
     }
+}
+
+const CHANGED_HERE: &str = "changed on the server and here: the next push merges both";
+const CREATED_HERE: &str = "created on the server and here: the next push merges both";
+
+fn kept(path: String, why: &str) -> Option<FileOutcome> {
+    Some(FileOutcome {
+        path,
+        outcome: Outcome::Kept(why.to_string()),
+    })
 }
 
 fn event_content(event: &ChangeEvent) -> Content {

@@ -102,6 +102,9 @@ pub enum Outcome {
     Updated,
     /// A deletion refused because the file changed elsewhere: it came back.
     Restored,
+    /// (pull) A server change not written because the file changed here;
+    /// the detail says what the next push does with it.
+    Kept(String),
     /// Not synced, and why (too large, not UTF-8, a fifo, ...). Not retried
     /// until the file changes.
     Skipped(String),
@@ -120,6 +123,7 @@ impl Outcome {
             Outcome::Moved(_) => "moved".into(),
             Outcome::Updated => "updated".into(),
             Outcome::Restored => "restored".into(),
+            Outcome::Kept(_) => "kept".into(),
             Outcome::Skipped(why) => format!("skipped: {why}"),
             Outcome::Failed(why) => format!("failed: {why}"),
         }
@@ -149,6 +153,7 @@ impl std::fmt::Display for FileOutcome {
             Outcome::Moved(from) => write!(f, "moved    {} -> {path}", shown(from)),
             Outcome::Skipped(why) => write!(f, "skipped  {path} ({why})"),
             Outcome::Failed(why) => write!(f, "failed   {path} ({why})"),
+            Outcome::Kept(why) => write!(f, "kept     {path} ({why})"),
             other => write!(f, "{:<8} {path}", other.label()),
         }
     }
