@@ -76,11 +76,11 @@ impl SyncReport {
 pub fn describe_placements(clones: u64, copies: u64) -> String {
     match (clones, copies) {
         (0, 0) => "no files downloaded yet".into(),
-        (_, 0) => format!("{clones} file(s) as reflink clones of the shared blob cache (no extra disk space)"),
+        (_, 0) => format!("{clones} file(s) placed as reflink clones of the shared blob cache (sharing its disk blocks)"),
         (0, _) => format!(
-            "{copies} file(s) as copies (this file system cannot clone from the blob cache; XFS, btrfs and APFS can)"
+            "{copies} file(s) placed as copies (this file system cannot clone from the blob cache; XFS, btrfs and APFS can)"
         ),
-        _ => format!("{clones} file(s) as reflink clones, {copies} as copies"),
+        _ => format!("{clones} file(s) placed as reflink clones, {copies} as copies"),
     }
 }
 
