@@ -805,3 +805,45 @@ async fn namespace_changes_travel_both_ways_and_ignored_files_stay_local() {
         Path::new("renamed/a.md")
     );
 }
+
+/// One process syncs a folder at a time, and a folder stays with its
+/// project: a second sync, a push during a sync, or a checkout of another
+/// project into it are refused with a message that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_has_one_sync_and_one_project() {
+    let s = TestServer::start().await;
+    let token = s.project_with_token("one").await;
+    s.create_project("other").await;
+    seed(&s, "one", &[("a.md", b"a\n")]).await;
+    let home = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let mut a = Folder::new(&home, "a", &s, "one", &token);
+    a.start();
+    let pid = a.pid.expect("running").to_string();
+    for args in [vec!["sync", &a.dir_arg()], vec!["push", &a.dir_arg()]] {
+        let out = a.cli(&args);
+        assert!(!out.status.success(), "{args:?} ran beside the sync: {}", both(&out));
+        assert!(
+            stderr(&out).contains(&format!("another contextfs process (pid {pid}) syncs")),
+            "{}",
+            both(&out)
+        );
+    }
+    a.kill_9();
+    let out = a
+        .command(BIN)
+        .args(["checkout", &a.dir_arg(), "--project", "other"])
+        .env("CONTEXTFS_TOKEN", &s.admin)
+        .output()
+        .expect("run");
+    assert!(
+        !out.status.success(),
+        "checkout of another project succeeded: {}",
+        both(&out)
+    );
+    assert!(stderr(&out).contains("is synced with project one"), "{}", both(&out));
+    let status = a.status();
+    assert!(
+        status.contains("project one at") && status.contains("(no sync running)"),
+        "{status}"
+    );
+}
