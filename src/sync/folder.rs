@@ -197,8 +197,9 @@ impl Folder {
                 // Appeared locally meanwhile: the next push merges it.
                 Ok(Placed::LocalChanged) => {}
                 Err(e) if e.is_transient() => {
+                    // Not saved: the next start checks out again, adopting
+                    // (by hash, without a download) what is already here.
                     running.abort_all();
-                    self.save()?;
                     return Err(e);
                 }
                 Err(e) => outcomes.push(FileOutcome {
