@@ -31,6 +31,8 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 /// A burst of events never delays a round longer than this.
 const MAX_DELAY: Duration = Duration::from_secs(1);
 const RESCAN_EVERY: Duration = Duration::from_secs(30);
+/// When the folder cannot be watched at all.
+const WITHOUT_EVENTS_RESCAN_EVERY: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
 type FeedFuture = Pin<Box<dyn Future<Output = ClientResult<ChangesPage>> + Send>>;
@@ -67,6 +69,28 @@ pub async fn run(
         last_error: None,
         ready: false,
     };
+    // Watch before the first round, so nothing written once the folder is
+    // reported ready (or during the first round) goes unnoticed.
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let relevant = match &event {
+            Ok(event) => event.paths.iter().any(|p| !is_state_path(p)),
+            // An overflow or watch error: rescan to be safe.
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = events_tx.send(());
+        }
+    })
+    .map_err(|e| SyncError::Watch(e.to_string()))?;
+    let rescan_every = match watcher.watch(&root, RecursiveMode::Recursive) {
+        Ok(()) => RESCAN_EVERY,
+        Err(e) => {
+            // Out of inotify watches, for example: keep syncing by scanning.
+            tracing::warn!(error = %e, "cannot watch the folder for changes; scanning it every 2 s instead");
+            WITHOUT_EVENTS_RESCAN_EVERY
+        }
+    };
     let fresh = folder.state.cursor == 0 && folder.state.files.is_empty();
     if fresh {
         // Nothing to work from without the server: say so plainly.
@@ -87,22 +111,6 @@ pub async fn run(
     SyncReport::of(&folder, true, health.online, health.last_error.clone()).save(&root);
     on_ready();
 
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = match &event {
-            Ok(event) => event.paths.iter().any(|p| !is_state_path(p)),
-            // An overflow or watch error: rescan to be safe.
-            Err(_) => true,
-        };
-        if relevant {
-            let _ = events_tx.send(());
-        }
-    })
-    .map_err(|e| SyncError::Watch(e.to_string()))?;
-    watcher
-        .watch(&root, RecursiveMode::Recursive)
-        .map_err(|e| SyncError::Watch(format!("cannot watch {}: {e}", root.display())))?;
-
     let project = folder.project().to_string();
     let mut feed = poll_feed(
         folder.client.clone(),
@@ -112,7 +120,7 @@ pub async fn run(
     );
     let mut feed_backoff = Duration::from_secs(1);
     let mut first_event: Option<Instant> = None;
-    let mut rescan = tokio::time::interval(RESCAN_EVERY);
+    let mut rescan = tokio::time::interval(rescan_every);
     rescan.reset();
     tokio::pin!(shutdown);
     loop {
