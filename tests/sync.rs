@@ -562,7 +562,9 @@ async fn a_file_renamed_differently_on_both_sides_keeps_both_names() {
 /// version they were edited from, so the server's version stays in history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_editor_saving_during_a_pull_keeps_its_bytes() {
-    let s = TestServer::start().await;
+    let mut s = TestServer::start().await;
+    // 300 ms per round trip, so the save can land while the pull downloads.
+    s.slow_down_mounts(Duration::from_millis(300), Duration::from_millis(300));
     let token = s.project_with_token("edit").await;
     seed(&s, "edit", &[("draft.txt", b"first draft\n")]).await;
     let home = Arc::new(tempfile::tempdir().expect("temp dir"));
@@ -572,12 +574,16 @@ async fn an_editor_saving_during_a_pull_keeps_its_bytes() {
     let mut attempt = 0;
     let editor_bytes = loop {
         attempt += 1;
-        assert!(attempt <= 10, "the editor's save never landed during a pull");
-        // A big remote version, so the pull takes a while to download it.
-        // Binary (a NUL byte), so the server does not try to merge 11 MB.
+        assert!(attempt <= 12, "the editor's save never landed during a pull's download");
+        // Binary (a NUL byte): the server takes it whole, without a merge.
         let remote: Vec<u8> = std::iter::once(0u8)
-            .chain((0..600_000u32).flat_map(|i| format!("remote {attempt} {i}\n").into_bytes()))
+            .chain((0..20_000u32).flat_map(|i| format!("remote {attempt} {i}\n").into_bytes()))
             .collect();
+        let remote_blob = home
+            .path()
+            .join("cache/contextfs/blobs")
+            .join(&BlobHash::of(&remote).as_str()[..2])
+            .join(BlobHash::of(&remote).as_str());
         let head = s.read("edit", &s.admin, "draft.txt", None).await.expect("head");
         s.commit("edit", &s.admin, "draft.txt", Some(head.version), &remote)
             .await
@@ -588,7 +594,8 @@ async fn an_editor_saving_during_a_pull_keeps_its_bytes() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start pull");
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Different moments each attempt, to land inside the download.
+        tokio::time::sleep(Duration::from_millis(300 + 100 * (attempt % 6))).await;
         // The editor saves the way most do: a temp file renamed over the original.
         let editor = format!("editor save {attempt}\n");
         std::fs::write(a.dir.join("draft.txt.new"), &editor).expect("write temp");
@@ -601,12 +608,14 @@ async fn an_editor_saving_during_a_pull_keeps_its_bytes() {
             "the pull replaced the editor's save: {}",
             both(&out)
         );
-        if stdout(&out).contains("kept     draft.txt") {
-            // The pull saw the save before placing its download, and said
-            // so: the case to test.
+        let kept = stdout(&out).contains("kept     draft.txt");
+        if kept && remote_blob.exists() {
+            // The pull had downloaded the new version (it is in the cache)
+            // and still did not place it: the save landed in between.
             break editor;
         }
-        // The save came after the pull had finished; push and try again.
+        // The save came before the pull looked, or after it was done:
+        // push and try another moment.
         let out = a.cli(&["push", &a.dir_arg()]);
         assert!(out.status.success(), "push: {}", both(&out));
     };
