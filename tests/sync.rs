@@ -856,3 +856,35 @@ async fn a_folder_has_one_sync_and_one_project() {
         "{status}"
     );
 }
+
+/// A deletion carries its base version: a file edited elsewhere since this
+/// folder last saw it is not deleted; it comes back with the other edit. A
+/// file nobody else touched is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_loses_to_an_edit_made_elsewhere() {
+    let s = TestServer::start().await;
+    let token = s.project_with_token("del").await;
+    seed(&s, "del", &[("edited.md", b"v1\n"), ("untouched.md", b"u\n")]).await;
+    let home = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let a = Folder::new(&home, "a", &s, "del", &token);
+    let out = a.cli(&["checkout", &a.dir_arg(), "--project", "del"]);
+    assert!(out.status.success(), "checkout: {}", both(&out));
+    let head = s.read("del", &s.admin, "edited.md", None).await.expect("head");
+    s.commit("del", &s.admin, "edited.md", Some(head.version), b"v2 from elsewhere\n")
+        .await
+        .expect("remote edit");
+    std::fs::remove_file(a.dir.join("edited.md")).expect("rm");
+    std::fs::remove_file(a.dir.join("untouched.md")).expect("rm");
+    let out = a.cli(&["push", &a.dir_arg()]);
+    assert!(out.status.success(), "push: {}", both(&out));
+    let text = stdout(&out);
+    assert!(text.contains("restored edited.md"), "{text}");
+    assert!(text.contains("deleted  untouched.md"), "{text}");
+    assert_eq!(a.read("edited.md").as_deref(), Some(&b"v2 from elsewhere\n"[..]));
+    let tree = server_tree(&s, "del").await;
+    assert_eq!(tree.get("edited.md"), Some(&BlobHash::of(b"v2 from elsewhere\n")));
+    assert!(!tree.contains_key("untouched.md"), "{tree:?}");
+    // Nothing left to do: a second push has nothing to send.
+    let out = a.cli(&["push", &a.dir_arg()]);
+    assert!(out.status.success() && stdout(&out).is_empty(), "{}", both(&out));
+}
