@@ -320,6 +320,10 @@ pub fn status(dir: &Path) -> anyhow::Result<ExitCode> {
         ),
     }
     if let Some(r) = running {
+        let log = daemon::log_path(&root);
+        if log.is_file() {
+            println!("log: {}", log.display());
+        }
         let online = if r.online { "reachable" } else { "UNREACHABLE" };
         println!(
             "server: {online}{}",
