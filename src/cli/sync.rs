@@ -149,9 +149,16 @@ pub async fn one_shot(global: &GlobalArgs, args: FolderArgs, which: OneShot) -> 
     match which {
         OneShot::Checkout => {
             let outcomes = if folder.state.cursor == 0 && folder.state.files.is_empty() {
-                folder.checkout(true).await
+                folder.checkout(true, true).await
             } else {
-                folder.pull().await
+                // Catch up, then fetch whatever is still missing.
+                match folder.pull().await {
+                    Ok(mut outcomes) => folder.checkout(true, false).await.map(|more| {
+                        outcomes.extend(more);
+                        outcomes
+                    }),
+                    Err(e) => Err(e),
+                }
             }
             .map_err(|e| explain(e, &config))?;
             failed |= print_outcomes(&outcomes);

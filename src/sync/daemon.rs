@@ -94,11 +94,19 @@ pub async fn run(
     let fresh = folder.state.cursor == 0 && folder.state.files.is_empty();
     if fresh {
         // Nothing to work from without the server: say so plainly.
-        for outcome in folder.checkout(true).await? {
+        for outcome in folder.checkout(true, true).await? {
             print(&outcome);
         }
     } else {
-        match folder.pull().await {
+        // What changed while no sync ran, then whatever is still missing.
+        let caught_up = match folder.pull().await {
+            Ok(outcomes) => {
+                outcomes.iter().for_each(&print);
+                folder.checkout(true, false).await
+            }
+            Err(e) => Err(e),
+        };
+        match caught_up {
             Ok(outcomes) => outcomes.iter().for_each(&print),
             Err(e) if e.is_transient() => offline(&mut health, &e),
             Err(e) => return Err(e),

@@ -133,16 +133,24 @@ impl Folder {
     /// Provision: downloads every file of the project this folder lacks, in
     /// parallel, with a progress bar on a terminal. Files already here with
     /// the right bytes are adopted, not downloaded; a local file with other
-    /// bytes is left for the next push to merge.
-    pub async fn checkout(&mut self, progress: bool) -> SyncResult<Vec<FileOutcome>> {
+    /// bytes is left for the next push to merge. Paths and nodes the state
+    /// already knows are left to pull and push (a known file that is absent
+    /// was deleted here). The `first` checkout of a folder also takes the
+    /// listing's cursor; a later one (after a pull: whatever is missing, such
+    /// as a download that failed) leaves the cursor to the pull.
+    pub async fn checkout(&mut self, progress: bool, first: bool) -> SyncResult<Vec<FileOutcome>> {
         let listing = self.client.tree(&self.state.project.clone(), None, true).await?;
         let mut outcomes = Vec::new();
         let mut to_fetch: Vec<TreeEntry> = Vec::new();
+        let known_nodes: std::collections::HashSet<i64> = self.state.files.values().map(|e| e.node).collect();
         for entry in listing.entries {
             if self.rules.is_ignored(&entry.path, entry.kind == NodeKind::Dir) {
                 continue;
             }
             match entry.kind {
+                NodeKind::Dir if self.state.dirs.contains_key(&entry.path) => {}
+                NodeKind::File | NodeKind::Symlink
+                    if self.state.files.contains_key(&entry.path) || known_nodes.contains(&entry.id) => {}
                 NodeKind::Dir => {
                     let abs = self.root.join(&entry.path);
                     if std::fs::create_dir_all(&abs).is_ok() {
@@ -212,7 +220,7 @@ impl Folder {
             bar.finish_and_clear();
         }
         // Events after the listing's cursor are news; older ones are in it.
-        if self.state.cursor < listing.cursor {
+        if first && self.state.cursor < listing.cursor {
             self.state.cursor = listing.cursor;
         }
         self.save()?;
@@ -223,11 +231,6 @@ impl Folder {
     /// A tree entry whose bytes are already at its path (a restart, or a
     /// folder seeded by hand): recorded without a download.
     fn adopt_if_present(&mut self, entry: &TreeEntry) -> bool {
-        if let Some(known) = self.state.files.get(&entry.path) {
-            if known.node == entry.id && known.version == entry.version {
-                return true;
-            }
-        }
         let abs = self.root.join(&entry.path);
         let Ok(meta) = std::fs::symlink_metadata(&abs) else {
             return false;

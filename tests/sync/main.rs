@@ -670,3 +670,31 @@ async fn a_deletion_loses_to_an_edit_made_elsewhere() {
     let out = a.cli(&["push", &a.dir_arg()]);
     assert!(out.status.success() && stdout(&out).is_empty(), "{}", both(&out));
 }
+
+/// Checking out a synced folder again fetches whatever it lacks, such as
+/// files a removed ignore rule had kept out, and nothing it already has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checking_out_again_fetches_only_what_is_missing() {
+    let s = TestServer::start().await;
+    let token = s.project_with_token("again").await;
+    seed(&s, "again", &[("keep.md", b"k\n"), ("build/out.txt", b"built\n")]).await;
+    let home = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let a = Folder::new(&home, "a", &s, "again", &token);
+    std::fs::create_dir_all(&a.dir).expect("mkdir");
+    std::fs::write(a.dir.join(".contextfsignore"), "build/\n").expect("ignore file");
+    let out = a.cli(&["checkout", &a.dir_arg(), "--project", "again"]);
+    assert!(out.status.success(), "checkout: {}", both(&out));
+    assert!(!a.dir.join("build/out.txt").exists(), "an ignored path was written");
+    let inode = std::fs::metadata(a.dir.join("keep.md")).expect("keep.md").ino();
+    std::fs::write(a.dir.join(".contextfsignore"), "").expect("ignore file");
+    let out = a.cli(&["checkout", &a.dir_arg()]);
+    assert!(out.status.success(), "checkout again: {}", both(&out));
+    assert_eq!(
+        stdout(&out).lines().filter(|l| l.starts_with("updated")).count(),
+        1,
+        "{}",
+        both(&out)
+    );
+    assert_eq!(a.read("build/out.txt").as_deref(), Some(&b"built\n"[..]));
+    assert_eq!(std::fs::metadata(a.dir.join("keep.md")).expect("keep.md").ino(), inode);
+}
