@@ -83,7 +83,10 @@ fn dir_of(args: &FolderArgs) -> anyhow::Result<PathBuf> {
 /// Server and project: the folder's own (from its state file) unless flags
 /// or the environment say otherwise; a new folder needs a project.
 fn config(global: &GlobalArgs, args: &FolderArgs, dir: &Path) -> anyhow::Result<FolderConfig> {
+    // Flags and the environment may override a folder's own server and
+    // project; `contextfs login`'s saved defaults may not.
     let explicit_server = global.server.clone();
+    let explicit_project = global.project.clone();
     let global = global.clone().with_saved_defaults()?;
     let saved = dir
         .canonicalize()
@@ -94,7 +97,7 @@ fn config(global: &GlobalArgs, args: &FolderArgs, dir: &Path) -> anyhow::Result<
     let (server, project) = match &saved {
         Some(state) => (
             explicit_server.unwrap_or_else(|| state.server.clone()),
-            global.project.clone().unwrap_or_else(|| state.project.clone()),
+            explicit_project.unwrap_or_else(|| state.project.clone()),
         ),
         None => (
             global.server_url(),
