@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::apply::FEED_WAIT;
 use super::folder::Folder;
 use super::status::SyncReport;
-use super::{FileOutcome, SyncError, SyncResult, STATE_DIR};
+use super::{FileOutcome, Outcome, SyncError, SyncResult, STATE_DIR};
 use crate::api::ChangesPage;
 use crate::client::{Client, ClientResult};
 
@@ -53,6 +53,8 @@ struct Health {
     online: bool,
     last_error: Option<String>,
     ready: bool,
+    /// Skipped paths already printed (each is printed once, not per round).
+    reported_skips: std::collections::BTreeSet<String>,
 }
 
 /// Runs until `shutdown` resolves, then pushes once more and returns.
@@ -68,6 +70,7 @@ pub async fn run(
         online: true,
         last_error: None,
         ready: false,
+        reported_skips: Default::default(),
     };
     // Watch before the first round, so nothing written once the folder is
     // reported ready (or during the first round) goes unnoticed.
@@ -211,6 +214,21 @@ async fn round(
 ) -> SyncResult<()> {
     let report = folder.push().await?;
     report.outcomes.iter().for_each(&print);
+    // Files the scan leaves out (fifos, names that are not UTF-8, ...):
+    // said once, like the server's refusals, never once per round.
+    for outcome in &report.outcomes {
+        if matches!(outcome.outcome, Outcome::Skipped(_)) {
+            health.reported_skips.insert(outcome.path.clone());
+        }
+    }
+    for (path, why) in &folder.skipped {
+        if health.reported_skips.insert(path.clone()) {
+            print(&FileOutcome {
+                path: path.clone(),
+                outcome: Outcome::Skipped(why.clone()),
+            });
+        }
+    }
     match &report.interrupted {
         Some(e) => {
             offline(health, e);
