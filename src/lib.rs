@@ -14,6 +14,7 @@
 //! - [`fuse`]: the thin fuser adapter over [`vfs`];
 //! - [`mount`]: `contextfs mount`: ties vfs, cache, fuse and replication;
 //! - [`sandbox`]: Docker runs, the Docker volume plugin and Daytona;
+//! - [`sync`]: `contextfs sync`: a project as a plain folder in two-way sync;
 //! - [`cli`]: the command line.
 
 pub mod api;
@@ -27,4 +28,5 @@ pub mod model;
 pub mod mount;
 pub mod sandbox;
 pub mod server;
+pub mod sync;
 pub mod vfs;

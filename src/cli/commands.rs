@@ -75,7 +75,11 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
         | Command::Daytona(_)
         | Command::E2b(_)
         | Command::Run(_)
-        | Command::DockerPlugin(_) => {
+        | Command::DockerPlugin(_)
+        | Command::Sync(_)
+        | Command::Checkout(_)
+        | Command::Push(_)
+        | Command::Pull(_) => {
             unreachable!("handled before client commands")
         }
         Command::Project(ProjectCommand::Create { name }) => {

@@ -6,6 +6,7 @@ pub mod daytona;
 pub mod e2b;
 mod mount;
 mod sandbox;
+mod sync;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -167,6 +168,14 @@ the next mount of the same project at the same place commits it."
     Daytona(daytona::DaytonaCommand),
     /// E2B sandboxes with the project at /workspace: create, exec, destroy
     E2b(e2b::E2bCommand),
+    /// Keep a local folder in two-way sync with the project (no FUSE needed)
+    Sync(sync::SyncCommand),
+    /// Download the project into a local folder, once (the first half of `sync`)
+    Checkout(sync::FolderArgs),
+    /// Send a synced folder's local changes once and print each file's outcome
+    Push(sync::FolderArgs),
+    /// Write the project's changes into a synced folder once
+    Pull(sync::FolderArgs),
 }
 
 #[derive(Args, Debug)]
@@ -386,7 +395,9 @@ pub fn main() -> ExitCode {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONTEXTFS_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match cli.command {
-            Command::Serve(_) | Command::Mount(_) | Command::DockerPlugin(_) => "info,tower_http=warn",
+            Command::Serve(_) | Command::Mount(_) | Command::DockerPlugin(_) | Command::Sync(_) => {
+                "info,tower_http=warn"
+            }
             _ => "warn",
         })
     });
@@ -456,6 +467,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daytona(cmd) => daytona::run(&cli.global, cmd).await,
         Command::E2b(cmd) => e2b::run(&cli.global, cmd).await,
         Command::DockerPlugin(args) => sandbox::docker_plugin(cli.global.clone(), args).await,
+        Command::Sync(cmd) => sync::run(&cli.global, cmd).await,
+        Command::Checkout(args) => sync::one_shot(&cli.global, args, sync::OneShot::Checkout).await,
+        Command::Push(args) => sync::one_shot(&cli.global, args, sync::OneShot::Push).await,
+        Command::Pull(args) => sync::one_shot(&cli.global, args, sync::OneShot::Pull).await,
         other => commands::run(&cli.global, other).await,
     }
 }
