@@ -21,7 +21,7 @@
 //! first and commits after.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,7 +30,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload, WriteMultipart};
 
-use super::{BlobError, BlobStore, ByteStream};
+use super::{BlobError, BlobStore, ByteStream, Deletion, StoredBlob};
 use crate::model::BlobHash;
 
 /// Bodies up to this size are verified in memory and PUT in one request.
@@ -441,6 +441,49 @@ impl BlobStore for S3BlobStore {
         }
         let bytes = bounded(got.bytes()).await.map_err(|e| s3_err("GET", &key, e))?;
         Ok(bytes.to_vec())
+    }
+
+    async fn list(&self) -> Result<Vec<StoredBlob>, BlobError> {
+        let dir = self.location.blobs_dir();
+        let strip = format!("{dir}/");
+        let mut listing = self.store.list(Some(&dir));
+        let mut found = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| s3_err("LIST", &dir, e))?;
+            let name = meta.location.to_string();
+            let name = name.strip_prefix(&strip).unwrap_or(&name).to_string();
+            let hash = match name.split_once('/') {
+                Some((shard, file)) => BlobHash::parse(file).ok().filter(|h| h.as_str().starts_with(shard)),
+                None => None,
+            };
+            found.push(StoredBlob {
+                name,
+                hash,
+                size: meta.size,
+                modified: meta.last_modified.into(),
+            });
+        }
+        Ok(found)
+    }
+
+    /// S3 has no rename to decide on atomically: the object's time is read
+    /// right before the delete, which leaves a window of one round trip
+    /// (docs/OPERATIONS.md).
+    async fn delete_if_idle(&self, hash: &BlobHash, cutoff: SystemTime) -> Result<Deletion, BlobError> {
+        let key = self.location.blob_key(hash);
+        let meta = match bounded(self.store.head(&key)).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Deletion::Missing),
+            Err(e) => return Err(s3_err("HEAD", &key, e)),
+        };
+        if SystemTime::from(meta.last_modified) >= cutoff {
+            return Ok(Deletion::Recent);
+        }
+        match bounded(self.store.delete(&key)).await {
+            Ok(()) => Ok(Deletion::Deleted { size: meta.size }),
+            Err(object_store::Error::NotFound { .. }) => Ok(Deletion::Missing),
+            Err(e) => Err(s3_err("DELETE", &key, e)),
+        }
     }
 }
 

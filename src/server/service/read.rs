@@ -10,6 +10,27 @@ use crate::server::auth::Caller;
 use crate::server::blobs::ByteStream;
 use crate::server::error::ApiError;
 
+/// The versions retention removed around a page of history (newest first):
+/// version numbers are never reused, so every gap is a pruned stretch. The
+/// stretch below the oldest version shows only on the last page.
+fn pruned_gaps(versions: &[VersionInfo], last_page: bool) -> Vec<PrunedGap> {
+    let mut gaps: Vec<PrunedGap> = versions
+        .windows(2)
+        .filter(|pair| pair[0].version - pair[1].version > 1)
+        .map(|pair| PrunedGap {
+            before: pair[0].version,
+            count: pair[0].version - pair[1].version - 1,
+        })
+        .collect();
+    if let Some(oldest) = versions.last().filter(|v| last_page && v.version > 1) {
+        gaps.push(PrunedGap {
+            before: oldest.version,
+            count: oldest.version - 1,
+        });
+    }
+    gaps
+}
+
 impl Service {
     pub async fn tree(
         &self,
@@ -93,11 +114,13 @@ impl Service {
             Some(v) if versions.len() as u32 == limit && v.version > 1 => Some(v.version),
             _ => None,
         };
+        let pruned = pruned_gaps(&versions, next_before.is_none());
         Ok(HistoryPage {
             node: node.node,
             path: node.path,
             versions,
             next_before,
+            pruned,
         })
     }
 
@@ -125,6 +148,7 @@ impl Service {
                 return Ok(ChangesPage { cursor, events, more });
             }
             let mut stopping = self.stopping.subscribe();
+            let _waiting = self.metrics.feed_waiter();
             let woken = tokio::select! {
                 woken = tokio::time::timeout_at(deadline, notified) => woken.is_ok(),
                 _ = stopping.wait_for(|stop| *stop) => false,
@@ -168,11 +192,14 @@ impl Service {
         // held the bytes for another project must not show (that would tell
         // a caller what others have stored).
         let already_here = self.store.project_has_blob(project.id, hash).await?;
-        let (hash, size, _new_to_the_store) = self
+        let (hash, size, new_to_the_store) = self
             .blobs
             .put_stream(Some(hash), body, self.limits.max_blob_bytes)
             .await?;
         self.store.record_blob(project.id, &hash).await?;
+        if new_to_the_store {
+            self.metrics.blob_stored(size);
+        }
         Ok(BlobReceipt {
             hash,
             size,
