@@ -1,0 +1,509 @@
+//! Operating contextfs (issue 17): blob garbage collection, retention,
+//! metrics, project history and the machine-readable CLI, against a real
+//! `contextfs serve`.
+//!
+//! Every test runs on SQLite and a blob folder by default; `scripts/test`
+//! runs this suite again with `CONTEXTFS_TEST_DATABASE` (PostgreSQL) and
+//! `CONTEXTFS_TEST_BLOBS=s3`, where the test servers keep their metadata in
+//! PostgreSQL and their blobs in S3.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use contextfs::api::*;
+use reqwest::{Method, StatusCode};
+
+/// The grace period of the GC test servers: short, so tests can wait it out.
+const GRACE: &str = "2s";
+const PAST_GRACE: Duration = Duration::from_millis(2500);
+
+/// Runs `contextfs ARGS` against `server` with `token` (and `project`).
+fn cli(server: &TestServer, token: &str, project: &str, args: &[&str]) -> Output {
+    let root = tempfile::tempdir().expect("temp dir");
+    let env = ClientEnv {
+        root: root.path(),
+        server: &server.base,
+        token,
+        project,
+    };
+    isolated_command(env!("CARGO_BIN_EXE_contextfs"), &env)
+        .args(args)
+        .output()
+        .expect("run contextfs")
+}
+
+fn cli_ok(server: &TestServer, token: &str, project: &str, args: &[&str]) -> String {
+    let out = cli(server, token, project, args);
+    assert!(out.status.success(), "contextfs {args:?} failed: {}", both(&out));
+    stdout(&out)
+}
+
+fn json_of<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not the documented JSON ({e}):\n{text}"))
+}
+
+async fn gc(server: &TestServer, dry_run: bool) -> GcReport {
+    send(server.post(&server.url("/gc"), &server.admin, &GcRequest { dry_run }))
+        .await
+        .unwrap_or_else(|e| panic!("POST /gc: {e:?}"))
+}
+
+async fn set_retention(server: &TestServer, project: &str, days: Option<i64>, versions: Option<i64>) -> RetentionInfo {
+    let req = RetentionRequest {
+        keep_days: days,
+        keep_versions: versions,
+    };
+    send(
+        server
+            .req(Method::PUT, &server.purl(project, "/retention"), Some(&server.admin))
+            .json(&req),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("PUT retention: {e:?}"))
+}
+
+/// The server keeps its blobs in S3 (`CONTEXTFS_TEST_BLOBS=s3`).
+fn blobs_in_s3() -> bool {
+    std::env::var("CONTEXTFS_TEST_BLOBS").is_ok_and(|v| v == "s3")
+}
+
+// ----- garbage collection -----
+
+/// An upload nobody commits goes once the grace period is over; blobs that
+/// any version refers to stay, and every version reads back. A dry run
+/// reports the same and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_deletes_only_unreferenced_blobs_past_the_grace_period() {
+    let server = TestServer::start_with(&["--gc-grace", GRACE]).await;
+    let token = server.project_with_token("gc").await;
+    let v1 = server.commit("gc", &token, "notes.md", None, b"first\n").await.expect("v1");
+    let v2 = server
+        .commit("gc", &token, "notes.md", Some(v1.version), b"second\n")
+        .await
+        .expect("v2");
+    let orphan = server.upload("gc", &token, b"uploaded, never committed").await;
+
+    // Within the grace period the orphan stays, even for a real run.
+    let early = gc(&server, false).await;
+    assert_eq!(early.blobs_deleted, 0, "{early:?}");
+    assert!(early.blobs_in_grace >= 1, "{early:?}");
+    server.get_blob("gc", &token, orphan.as_str()).await.expect("orphan kept in grace");
+
+    tokio::time::sleep(PAST_GRACE).await;
+    let dry = gc(&server, true).await;
+    assert!(dry.dry_run);
+    assert_eq!(dry.deleted, vec![orphan.clone()], "{dry:?}");
+    assert_eq!(dry.bytes_freed, b"uploaded, never committed".len() as u64);
+    server.get_blob("gc", &token, orphan.as_str()).await.expect("a dry run deletes nothing");
+
+    let real = gc(&server, false).await;
+    assert_eq!(real.deleted, vec![orphan.clone()], "{real:?}");
+    assert_eq!(real.blobs_referenced, 2, "{real:?}");
+    assert!(real.missing.is_empty() && real.corrupt.is_empty(), "{real:?}");
+    server
+        .get_blob("gc", &token, orphan.as_str())
+        .await
+        .expect_err("the orphan is gone (and no longer the project's)");
+    for (version, bytes) in [(v1.version, &b"first\n"[..]), (v2.version, b"second\n")] {
+        let read = server.read("gc", &token, "notes.md", Some(version)).await.expect("read");
+        assert_eq!(read.bytes, bytes, "version {version}");
+    }
+    // Committing by the deleted hash is refused cleanly; uploading it again works.
+    let refused = server
+        .commit_req("gc", &token, &commit_request("orphan.txt", None, orphan.clone()))
+        .await
+        .expect_err("the project no longer holds the blob");
+    assert_eq!(refused.code, "blob_missing", "{refused:?}");
+    server
+        .commit("gc", &token, "orphan.txt", None, b"uploaded, never committed")
+        .await
+        .expect("upload again and commit");
+    assert_eq!(
+        server.read_bytes("gc", &token, "orphan.txt").await,
+        b"uploaded, never committed"
+    );
+    assert_eq!(gc(&server, true).await.blobs_deleted, 0);
+}
+
+/// Writers commit without pause while GC runs again and again (with
+/// retention pruning old versions, so GC has real work): no GC run finds a
+/// referenced blob missing, every version history still lists reads back
+/// with the bytes committed, and once the writers stop and the grace period
+/// passes, storage holds exactly the referenced blobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_while_commits_stream_in_loses_no_version() {
+    let server = Arc::new(TestServer::start_with(&["--gc-grace", GRACE]).await);
+    let token = server.project_with_token("busy").await;
+    set_retention(&server, "busy", None, Some(3)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let (server, token, stop) = (server.clone(), token.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let path = format!("w{w}.txt");
+            let mut committed: HashMap<i64, Vec<u8>> = HashMap::new();
+            let mut head: Option<i64> = None;
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) || n < 20 {
+                // Every fourth commit brings back the content of eight
+                // revisions ago, whose blob GC may just have freed.
+                let body = if n % 4 == 3 && n >= 8 {
+                    format!("writer {w} revision {}\n", n - 8).into_bytes()
+                } else {
+                    format!("writer {w} revision {n}\n").into_bytes()
+                };
+                let v = server
+                    .commit("busy", &token, &path, head, &body)
+                    .await
+                    .unwrap_or_else(|e| panic!("writer {w} commit {n}: {e:?}"));
+                committed.insert(v.version, body);
+                head = Some(v.version);
+                if n % 5 == 0 {
+                    server
+                        .upload("busy", &token, format!("garbage {w} {n}").as_bytes())
+                        .await;
+                }
+                n += 1;
+            }
+            (path, committed, head)
+        }));
+    }
+    let collector = {
+        let (server, stop) = (server.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut runs = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                runs.push(gc(&server, false).await);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            runs
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, Ordering::Relaxed);
+    let runs = collector.await.expect("collector");
+    let mut results = Vec::new();
+    for w in writers {
+        results.push(w.await.expect("writer"));
+    }
+    for run in &runs {
+        assert!(
+            run.missing.is_empty() && run.corrupt.is_empty(),
+            "a GC run during the writes found damage: {run:?}"
+        );
+    }
+    assert!(runs.len() >= 3, "GC ran {} times", runs.len());
+
+    tokio::time::sleep(PAST_GRACE).await;
+    let last = gc(&server, false).await;
+    assert!(last.missing.is_empty() && last.corrupt.is_empty(), "{last:?}");
+    let freed: u64 = runs.iter().map(|r| r.blobs_deleted).sum::<u64>() + last.blobs_deleted;
+    let pruned: u64 = runs.iter().map(|r| r.versions_pruned).sum::<u64>() + last.versions_pruned;
+    assert!(freed > 0 && pruned > 0, "GC had nothing to do: freed {freed}, pruned {pruned}");
+
+    for (path, committed, head) in results {
+        let history = server.history("busy", &token, &path).await;
+        assert_eq!(history.first().map(|v| v.version), head, "{path}: the head is the last commit");
+        assert!(history.len() >= 3, "{path}: retention keeps 3 versions, history has {}", history.len());
+        for v in &history {
+            let read = server
+                .read("busy", &token, &path, Some(v.version))
+                .await
+                .unwrap_or_else(|e| panic!("{path} version {} listed in history but unreadable: {e:?}", v.version));
+            assert_eq!(
+                Some(&read.bytes),
+                committed.get(&v.version),
+                "{path} version {} reads back other bytes",
+                v.version
+            );
+        }
+    }
+    // Storage now holds exactly what versions refer to.
+    let settled = gc(&server, true).await;
+    assert_eq!(settled.blobs_deleted, 0, "{settled:?}");
+    assert_eq!(settled.blobs_in_grace, 0, "{settled:?}");
+    assert_eq!(settled.blobs_scanned, settled.blobs_referenced, "{settled:?}");
+}
+
+/// A referenced blob that vanished or changed size is reported (and `gc`
+/// exits 1), never deleted; a file in the blob folder that is not a blob is
+/// left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_reports_missing_and_damaged_blobs_and_deletes_neither() {
+    if blobs_in_s3() {
+        eprintln!("skipped on S3: this test edits the blob folder");
+        return;
+    }
+    let server = TestServer::start_with(&["--gc-grace", GRACE]).await;
+    let token = server.project_with_token("damaged").await;
+    let lost = server.commit("damaged", &token, "lost.txt", None, b"lost bytes\n").await.expect("commit");
+    let torn = server.commit("damaged", &token, "torn.txt", None, b"torn bytes\n").await.expect("commit");
+    let blob_file = |hash: &contextfs::model::BlobHash| {
+        server
+            .data_dir
+            .join("blobs")
+            .join(&hash.as_str()[..2])
+            .join(hash.as_str())
+    };
+    std::fs::remove_file(blob_file(&lost.hash)).expect("lose a blob");
+    std::fs::write(blob_file(&torn.hash), b"torn").expect("truncate a blob");
+    let stray = server.data_dir.join("blobs").join("ab").join("notes-from-an-admin.txt");
+    std::fs::write(&stray, b"not a blob").expect("stray file");
+    tokio::time::sleep(PAST_GRACE).await;
+
+    let report = gc(&server, false).await;
+    assert_eq!(report.missing, vec![lost.hash.clone()], "{report:?}");
+    assert_eq!(
+        report.corrupt,
+        vec![CorruptBlob {
+            hash: torn.hash.clone(),
+            expected_size: b"torn bytes\n".len() as u64,
+            stored_size: 4,
+        }],
+        "{report:?}"
+    );
+    assert_eq!(report.unrecognised, vec!["ab/notes-from-an-admin.txt".to_string()]);
+    assert_eq!(report.blobs_deleted, 0, "{report:?}");
+    assert!(blob_file(&torn.hash).exists(), "a damaged referenced blob is kept");
+    assert!(stray.exists(), "a file that is not a blob is kept");
+
+    let out = cli(&server, &server.admin, "damaged", &["gc"]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let text = stdout(&out);
+    assert!(text.contains(&format!("MISSING  {}", lost.hash)), "{text}");
+    assert!(text.contains(&format!("CORRUPT  {}", torn.hash)), "{text}");
+    assert!(stderr(&out).contains("restore them from a backup"), "{}", both(&out));
+}
+
+/// `contextfs gc --dry-run` says what would go; `gc` frees it and says so;
+/// `--json` prints the report. A project token may not run GC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_command_prints_what_it_freed() {
+    let server = TestServer::start_with(&["--gc-grace", GRACE]).await;
+    let token = server.project_with_token("cmd").await;
+    server.upload("cmd", &token, &[7u8; 3000]).await;
+    tokio::time::sleep(PAST_GRACE).await;
+
+    let dry = cli_ok(&server, &server.admin, "cmd", &["gc", "--dry-run"]);
+    assert!(dry.contains("would delete 1 unreferenced blobs, 2.9 KiB to free"), "{dry}");
+    let real = cli_ok(&server, &server.admin, "cmd", &["gc"]);
+    assert!(real.contains("deleted 1 unreferenced blobs, 2.9 KiB freed"), "{real}");
+    let report: GcReport = json_of(&cli_ok(&server, &server.admin, "cmd", &["gc", "--json"]));
+    assert_eq!((report.blobs_deleted, report.dry_run), (0, false));
+
+    let denied = cli(&server, &token, "cmd", &["gc"]);
+    assert!(!denied.status.success(), "{}", both(&denied));
+    assert!(stderr(&denied).contains("admin"), "{}", both(&denied));
+}
+
+/// `serve --gc-interval` collects on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_gc_interval_collects_on_a_schedule() {
+    let server = TestServer::start_with(&["--gc-grace", "1s", "--gc-interval", "1s"]).await;
+    let token = server.project_with_token("sched").await;
+    let orphan = server.upload("sched", &token, b"scheduled for deletion").await;
+    eventually("the scheduled GC deletes the orphan", || async {
+        match server.get_blob("sched", &token, orphan.as_str()).await {
+            Err(_) => Ok(()),
+            Ok(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+}
+
+// ----- retention -----
+
+async fn commit_series(server: &TestServer, project: &str, token: &str, path: &str, count: usize) -> Vec<VersionInfo> {
+    let mut out: Vec<VersionInfo> = Vec::new();
+    for n in 0..count {
+        let base = out.last().map(|v| v.version);
+        let v = server
+            .commit(project, token, path, base, format!("{path} revision {n}\n").as_bytes())
+            .await
+            .expect("commit");
+        out.push(v);
+    }
+    out
+}
+
+/// keep-versions prunes a file's old versions, which leave history with a
+/// `pruned before version N` marker; heads, the version a live file was last
+/// merged from and young lww losers stay; audit rows stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_old_versions_and_keeps_what_it_promises() {
+    let server = TestServer::start_with(&["--gc-grace", GRACE]).await;
+    let token = server.project_with_token("kept").await;
+    let plain = commit_series(&server, "kept", &token, "plain.md", 6).await;
+
+    // merged.md: v1 base, v2 by one writer, v3 merged from a writer still on v1.
+    let m1 = server
+        .commit("kept", &token, "merged.md", None, b"a\nb\nc\n")
+        .await
+        .expect("m1");
+    let m2 = server
+        .commit("kept", &token, "merged.md", Some(m1.version), b"A\nb\nc\n")
+        .await
+        .expect("m2");
+    let m3 = server
+        .commit("kept", &token, "merged.md", Some(m1.version), b"a\nb\nC\n")
+        .await
+        .expect("m3");
+    assert_eq!(m3.status, VersionStatus::Merged);
+    // lww.bin: v2's bytes lose to a conflicting binary write based on v1.
+    let l1 = server.commit("kept", &token, "lww.bin", None, &[0u8, 1]).await.expect("l1");
+    let l2 = server
+        .commit("kept", &token, "lww.bin", Some(l1.version), &[0u8, 2])
+        .await
+        .expect("l2");
+    let l3 = server
+        .commit("kept", &token, "lww.bin", Some(l1.version), &[0u8, 3])
+        .await
+        .expect("l3");
+    assert_eq!(l3.status, VersionStatus::Lww);
+    let audit_before: AuditPage = send(server.get(&server.purl("kept", "/audit"), &server.admin).query(&[("limit", "1000")]))
+        .await
+        .expect("audit");
+
+    let info = set_retention(&server, "kept", Some(30), Some(1)).await;
+    assert_eq!(info.source, "project");
+    assert_eq!(
+        info.effective,
+        Some(RetentionPolicy {
+            keep_days: Some(30),
+            keep_versions: Some(1)
+        })
+    );
+    let report = gc(&server, false).await;
+    // plain.md: 5 old versions; merged.md: only v1 (v2 is what v3 merged
+    // against); lww.bin: only v1 (v2 is a young lww loser).
+    assert_eq!(report.versions_pruned, 7, "{report:?}");
+    assert_eq!(report.pruned.len(), 1);
+
+    let versions = |h: Vec<VersionInfo>| h.iter().map(|v| v.version).collect::<Vec<_>>();
+    assert_eq!(versions(server.history("kept", &token, "plain.md").await), vec![plain[5].version]);
+    assert_eq!(versions(server.history("kept", &token, "merged.md").await), vec![m3.version, m2.version]);
+    assert_eq!(versions(server.history("kept", &token, "lww.bin").await), vec![l3.version, l2.version]);
+    let page = server
+        .history_page("kept", &token, "plain.md", None, None)
+        .await
+        .expect("history");
+    assert_eq!(
+        page.pruned,
+        vec![PrunedGap {
+            before: plain[5].version,
+            count: 5
+        }]
+    );
+    let log = cli_ok(&server, &token, "kept", &["log", "plain.md"]);
+    assert!(log.contains("pruned before version 6 (5 version(s) removed by retention)"), "{log}");
+    assert_eq!(server.read_bytes("kept", &token, "plain.md").await, b"plain.md revision 5\n");
+    let gone = server.read("kept", &token, "plain.md", Some(plain[0].version)).await;
+    assert_eq!(gone.expect_err("pruned").status, StatusCode::NOT_FOUND);
+
+    // Audit rows stay, and the pruning itself is audited.
+    let audit_after: AuditPage = send(server.get(&server.purl("kept", "/audit"), &server.admin).query(&[("limit", "1000")]))
+        .await
+        .expect("audit");
+    for entry in &audit_before.entries {
+        assert!(
+            audit_after.entries.iter().any(|e| e.seq == entry.seq && e.action == entry.action),
+            "audit row {entry:?} vanished"
+        );
+    }
+    assert!(audit_after.entries.iter().any(|e| e.action == "prune"), "{audit_after:?}");
+
+    // The pruned blobs go with the next GC past the grace period; the kept ones read.
+    tokio::time::sleep(PAST_GRACE).await;
+    let swept = gc(&server, false).await;
+    assert!(swept.blobs_deleted >= 5, "{swept:?}");
+    assert_eq!(server.read_bytes("kept", &token, "lww.bin").await, vec![0u8, 3]);
+    let loser = server.read("kept", &token, "lww.bin", Some(l2.version)).await.expect("lww loser");
+    assert_eq!(loser.bytes, vec![0u8, 2]);
+
+    // A writer still on a pruned base: the commit lands (last writer wins).
+    let late = server
+        .commit("kept", &token, "plain.md", Some(plain[1].version), b"late edit\n")
+        .await
+        .expect("a commit on a pruned base still lands");
+    assert_eq!(late.status, VersionStatus::Lww);
+    assert_eq!(server.read_bytes("kept", &token, "plain.md").await, b"late edit\n");
+}
+
+/// 0 and negative limits are refused with the reason, over HTTP and the CLI;
+/// only the admin sets a policy; any project token reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_refuses_zero_and_negative_limits() {
+    let server = TestServer::start().await;
+    let token = server.project_with_token("limits").await;
+    for (days, versions, field) in [
+        (Some(0), None, "keep_days"),
+        (None, Some(-2), "keep_versions"),
+        (Some(-1), Some(3), "keep_days"),
+    ] {
+        let err = expect_error(
+            server
+                .req(Method::PUT, &server.purl("limits", "/retention"), Some(&server.admin))
+                .json(&RetentionRequest {
+                    keep_days: days,
+                    keep_versions: versions,
+                }),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        )
+        .await;
+        assert!(err.message.contains(&format!("{field} must be at least 1")), "{err:?}");
+    }
+    let out = cli(&server, &server.admin, "limits", &["project", "set", "limits", "--keep-days", "-3"]);
+    assert!(!out.status.success(), "{}", both(&out));
+    assert!(stderr(&out).contains("keep_days must be at least 1 (got -3)"), "{}", both(&out));
+
+    expect_error(
+        server
+            .req(Method::PUT, &server.purl("limits", "/retention"), Some(&token))
+            .json(&RetentionRequest {
+                keep_days: Some(3),
+                keep_versions: None,
+            }),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let set = cli_ok(
+        &server,
+        &server.admin,
+        "limits",
+        &["project", "set", "limits", "--keep-days", "14", "--keep-versions", "20"],
+    );
+    assert!(set.contains("keep 14 days and at most 20 versions per file (the project's policy)"), "{set}");
+    let shown: RetentionInfo = json_of(&cli_ok(&server, &token, "limits", &["project", "show", "limits", "--json"]));
+    assert_eq!(shown.policy.and_then(|p| p.keep_days), Some(14));
+    let cleared = cli_ok(&server, &server.admin, "limits", &["project", "set", "limits", "--clear"]);
+    assert!(cleared.contains("keep every version (no policy)"), "{cleared}");
+}
+
+/// `serve --keep-versions` applies to projects without a policy of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_default_retention_applies_to_projects_without_a_policy() {
+    let server = TestServer::start_with(&["--keep-versions", "2"]).await;
+    let token = server.project_with_token("defaulted").await;
+    let own = server.project_with_token("own").await;
+    commit_series(&server, "defaulted", &token, "a.txt", 4).await;
+    commit_series(&server, "own", &own, "a.txt", 4).await;
+    set_retention(&server, "own", None, Some(3)).await;
+    let info: RetentionInfo = send(server.get(&server.purl("defaulted", "/retention"), &token))
+        .await
+        .expect("retention");
+    assert_eq!((info.source.as_str(), info.policy), ("server_default", None));
+
+    let report = gc(&server, false).await;
+    let pruned: HashMap<String, u64> = report.pruned.iter().map(|p| (p.project.clone(), p.versions)).collect();
+    assert_eq!(pruned.get("defaulted"), Some(&2), "{report:?}");
+    assert_eq!(pruned.get("own"), Some(&1), "{report:?}");
+}
