@@ -4,9 +4,9 @@
 //! One run first prunes every project's versions under its retention policy
 //! (or the server default), then sweeps blob storage:
 //!
-//! 1. list storage (a failed listing stops the run: nothing is deleted on a
-//!    partial view), and read which blobs versions and skills refer to, and
-//!    which blobs a project uploaded within the grace period;
+//! 1. read which blobs versions and skills refer to and which blobs a
+//!    project uploaded within the grace period, then list storage (a failed
+//!    listing stops the run: nothing is deleted on a partial view);
 //! 2. a blob is a candidate when nothing refers to it, no project uploaded it
 //!    within the grace period, and storage shows no write within it either;
 //! 3. the metadata store *releases* the candidates in one transaction (it
@@ -153,13 +153,16 @@ async fn prune(
 
 async fn sweep(service: &Service, dry_run: bool, cutoff_ms: i64, report: &mut GcReport) -> Result<(), GcError> {
     let cutoff = millis_to_time(cutoff_ms);
-    let stored = service.blobs.list().await?;
+    // References before the listing: a version's blob exists before the
+    // version does, so a referenced blob the listing lacks is really gone
+    // (listing first would call a blob committed in between missing).
     let mut referenced: HashMap<BlobHash, u64> = HashMap::new();
     for (hash, size) in service.store.blob_references().await? {
         let entry = referenced.entry(hash).or_insert(size);
         *entry = (*entry).max(size);
     }
     let used: HashSet<BlobHash> = service.store.blobs_used_since(cutoff_ms).await?.into_iter().collect();
+    let stored = service.blobs.list().await?;
     let mut seen = HashSet::new();
     let mut candidates: Vec<(BlobHash, u64)> = Vec::new();
     for blob in stored {
@@ -185,7 +188,13 @@ async fn sweep(service: &Service, dry_run: bool, cutoff_ms: i64, report: &mut Gc
             candidates.push((hash, blob.size));
         }
     }
-    report.missing = referenced.into_keys().filter(|h| !seen.contains(h)).collect();
+    for hash in referenced.into_keys().filter(|h| !seen.contains(h)) {
+        // Asked once more: another instance's GC may have removed it after
+        // a concurrent pruning, which is no damage.
+        if service.blobs.size(&hash).await?.is_none() && service.store.blob_held(&hash).await? {
+            report.missing.push(hash);
+        }
+    }
     report.missing.sort();
     report.unrecognised.sort();
     if dry_run {
