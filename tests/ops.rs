@@ -507,3 +507,304 @@ async fn server_default_retention_applies_to_projects_without_a_policy() {
     assert_eq!(pruned.get("defaulted"), Some(&2), "{report:?}");
     assert_eq!(pruned.get("own"), Some(&1), "{report:?}");
 }
+
+// ----- metrics -----
+
+async fn metrics_text(url: &str) -> (StatusCode, String) {
+    let resp = new_http_client().get(url).send().await.expect("GET /metrics");
+    let status = resp.status();
+    (status, resp.text().await.expect("metrics body"))
+}
+
+/// The value of the sample line that starts with `series` (0 when absent).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Requests by route template and status, latency histograms, merge
+/// outcomes, blob bytes and GC results, with no project name, path, token
+/// or body anywhere on the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened_and_reveal_no_names() {
+    let server = TestServer::start_with(&["--gc-grace", GRACE]).await;
+    let token = server.project_with_token("secret-project-name").await;
+    let p = "secret-project-name";
+    let v1 = server.commit(p, &token, "private/plan.md", None, b"a\nb\nc\n").await.expect("v1");
+    server
+        .commit(p, &token, "private/plan.md", Some(v1.version), b"A\nb\nc\n")
+        .await
+        .expect("v2");
+    let merged = server
+        .commit(p, &token, "private/plan.md", Some(v1.version), b"a\nb\nconfidential body\n")
+        .await
+        .expect("v3");
+    assert_eq!(merged.status, VersionStatus::Merged);
+    server.read(p, &token, "private/plan.md", None).await.expect("checkout");
+    server.read(p, &token, "no/such/file", None).await.expect_err("404");
+    gc(&server, false).await;
+
+    let (status, text) = metrics_text(&format!("{}/metrics", server.base)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let commit_200 =
+        "contextfs_http_requests_total{route=\"/api/v1/projects/{project}/commit\",method=\"POST\",status=\"200\"}";
+    assert_eq!(sample(&text, commit_200), 3.0, "{text}");
+    let checkout_404 =
+        "contextfs_http_requests_total{route=\"/api/v1/projects/{project}/files/{*path}\",method=\"GET\",status=\"404\"}";
+    assert_eq!(sample(&text, checkout_404), 1.0, "{text}");
+    assert_eq!(sample(&text, "contextfs_commits_total{outcome=\"clean\"}"), 2.0, "{text}");
+    assert_eq!(sample(&text, "contextfs_commits_total{outcome=\"merged\"}"), 1.0, "{text}");
+    for op in ["commit", "checkout", "blob_put"] {
+        let count = format!("contextfs_request_duration_seconds_count{{operation=\"{op}\"}}");
+        assert!(sample(&text, &count) >= 1.0, "no {op} latency: {text}");
+    }
+    assert!(
+        text.contains("contextfs_request_duration_seconds_bucket{le=\"0.001\",operation=\"commit\"}")
+            || text.contains("contextfs_request_duration_seconds_bucket{operation=\"commit\",le=\"0.001\"}"),
+        "no commit latency buckets: {text}"
+    );
+    assert_eq!(sample(&text, "contextfs_gc_runs_total"), 1.0, "{text}");
+    assert!(sample(&text, "contextfs_blob_stored_bytes") > 0.0, "{text}");
+    assert!(text.contains("contextfs_changefeed_waiters"), "{text}");
+    for secret in [p, "private", "plan.md", "confidential", token.as_str(), server.admin.as_str()] {
+        assert!(!text.contains(secret), "/metrics shows {secret:?}:\n{text}");
+    }
+}
+
+/// A non-loopback IPv4 address of this machine, if it has one.
+fn outside_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// `/metrics` answers loopback peers only; `--metrics-listen` moves it to a
+/// listener of its own (and off the main one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_loopback_only_unless_given_their_own_listener() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let wide = TestServer::start_on(data.path().join("wide"), vec![]).await;
+    // start_on listens on 127.0.0.1: from there it answers.
+    let (status, _) = metrics_text(&format!("{}/metrics", wide.base)).await;
+    assert_eq!(status, StatusCode::OK);
+    drop(wide);
+
+    if let Some(ip) = outside_address() {
+        // A server on every interface, asked from a non-loopback address.
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_contextfs"))
+            .args(["serve", "--listen", "0.0.0.0:0", "--data"])
+            .arg(data.path().join("open"))
+            .env(contextfs::server::ADMIN_TOKEN_ENV, ADMIN_TOKEN)
+            .env("CONTEXTFS_LOG", "error")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let port = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout).lines().find_map(|l| {
+                l.ok()?
+                    .strip_prefix("listening on http://")?
+                    .rsplit(':')
+                    .next()?
+                    .parse::<u16>()
+                    .ok()
+            })
+        })
+        .await
+        .expect("read stdout")
+        .expect("listening line");
+        let (outside, _) = metrics_text(&format!("http://{ip}:{port}/metrics")).await;
+        let (inside, _) = metrics_text(&format!("http://127.0.0.1:{port}/metrics")).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(outside, StatusCode::NOT_FOUND, "metrics answered {ip}");
+        assert_eq!(inside, StatusCode::OK);
+    } else {
+        eprintln!("no non-loopback address on this machine: the outside peer check is skipped");
+    }
+
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        probe.local_addr().expect("addr").port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let separate = TestServer::start_with(&["--metrics-listen", &listen]).await;
+    let (main, _) = metrics_text(&format!("{}/metrics", separate.base)).await;
+    assert_eq!(main, StatusCode::NOT_FOUND, "with --metrics-listen the main listener has no /metrics");
+    let (own, text) = metrics_text(&format!("http://{listen}/metrics")).await;
+    assert_eq!(own, StatusCode::OK);
+    assert!(text.contains("contextfs_http_requests_total"), "{text}");
+}
+
+// ----- project history -----
+
+async fn commit_as(server: &TestServer, project: &str, token: &str, path: &str, agent: &str, bytes: &[u8]) -> VersionInfo {
+    let hash = server.upload(project, token, bytes).await;
+    let mut req = commit_request(path, None, hash);
+    req.agent_id = Some(agent.to_string());
+    if let Ok(head) = server.history_page(project, token, path, None, Some(1)).await {
+        req.base_version = head.versions.first().filter(|v| !v.deleted).map(|v| v.version);
+    }
+    server.commit_req(project, token, &req).await.expect("commit")
+}
+
+/// `GET .../activity` and `contextfs log` without a path: every version of
+/// the project newest first, filtered by agent, time and path prefix, paged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_history_shows_who_changed_what() {
+    let server = TestServer::start().await;
+    let token = server.project_with_token("hist").await;
+    commit_as(&server, "hist", &token, "docs/a.md", "alice", b"a1\n").await;
+    commit_as(&server, "hist", &token, "src/main.rs", "bob", b"fn main() {}\n").await;
+    commit_as(&server, "hist", &token, "docs/a.md", "alice", b"a2\n").await;
+    commit_as(&server, "hist", &token, "docs-old.md", "bob", b"not below docs/\n").await;
+    let activity = |query: Vec<(&'static str, String)>| {
+        let server = &server;
+        let token = token.clone();
+        async move {
+            send::<ActivityPage>(server.get(&server.purl("hist", "/activity"), &token).query(&query))
+                .await
+                .expect("activity")
+        }
+    };
+
+    let all = activity(vec![]).await;
+    let seen: Vec<(String, i64, Option<String>)> = all
+        .entries
+        .iter()
+        .filter(|e| e.op != VersionOp::Mkdir)
+        .map(|e| (e.path.clone(), e.version, e.agent_id.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("docs-old.md".to_string(), 1, Some("bob".to_string())),
+            ("docs/a.md".to_string(), 2, Some("alice".to_string())),
+            ("src/main.rs".to_string(), 1, Some("bob".to_string())),
+            ("docs/a.md".to_string(), 1, Some("alice".to_string())),
+        ],
+        "newest first"
+    );
+    let alice = activity(vec![("agent", "alice".into())]).await;
+    assert!(alice.entries.iter().all(|e| e.agent_id.as_deref() == Some("alice")));
+    // Her two writes, and the `docs` directory her first write created.
+    let ops: Vec<VersionOp> = alice.entries.iter().map(|e| e.op).collect();
+    assert_eq!(ops, [VersionOp::Write, VersionOp::Create, VersionOp::Mkdir]);
+    let docs = activity(vec![("path_prefix", "docs".into())]).await;
+    let paths: Vec<&str> = docs.entries.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.iter().all(|p| *p == "docs" || p.starts_with("docs/")), "{paths:?}");
+    assert!(paths.contains(&"docs/a.md"));
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    assert!(activity(vec![("since", future)]).await.entries.is_empty());
+    let bad = expect_error(
+        server.get(&server.purl("hist", "/activity"), &token).query(&[("since", "yesterday")]),
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+    )
+    .await;
+    assert!(bad.message.contains("RFC 3339"), "{bad:?}");
+
+    // Pages of two cover everything once.
+    let mut paged = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let mut q = vec![("limit", "2".to_string())];
+        if let Some(b) = before {
+            q.push(("before", b.to_string()));
+        }
+        let page = activity(q).await;
+        paged.extend(page.entries.iter().map(|e| e.seq));
+        match page.next_before {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all.entries.iter().map(|e| e.seq).collect::<Vec<_>>());
+
+    // The CLI: a table, and --json with the route's entries.
+    let table = cli_ok(&server, &token, "hist", &["log", "--agent", "bob"]);
+    assert!(table.contains("src/main.rs") && table.contains("docs-old.md"), "{table}");
+    assert!(!table.contains("docs/a.md"), "{table}");
+    let listed: Vec<ActivityEntry> = json_of(&cli_ok(
+        &server,
+        &token,
+        "hist",
+        &["log", "--json", "--since", "1h", "--path-prefix", "/docs/"],
+    ));
+    assert_eq!(
+        listed.iter().filter(|e| e.path == "docs/a.md").map(|e| e.version).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+}
+
+/// `contextfs diff --since T`: one line (or JSON object) per changed file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_since_summarises_each_changed_file() {
+    let server = TestServer::start().await;
+    let token = server.project_with_token("sum").await;
+    commit_as(&server, "sum", &token, "old.txt", "setup", b"before the window\n").await;
+    commit_as(&server, "sum", &token, "gone.txt", "setup", b"to delete\n").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    commit_as(&server, "sum", &token, "old.txt", "carol", b"edited in the window\n").await;
+    commit_as(&server, "sum", &token, "old.txt", "dave", b"edited twice\n").await;
+    commit_as(&server, "sum", &token, "new.txt", "carol", b"brand new\n").await;
+    let out = cli_ok(&server, &token, "sum", &["rm", "gone.txt"]);
+    assert!(!out.is_empty());
+
+    let text = cli_ok(&server, &token, "sum", &["diff", "--since", &since]);
+    assert!(text.contains("M old.txt  v1..v3, 2 version(s), clean by carol, dave"), "{text}");
+    assert!(text.contains("A new.txt  v1, 1 version(s), clean by carol"), "{text}");
+    assert!(text.contains("D gone.txt"), "{text}");
+    let changes: Vec<serde_json::Value> = json_of(&cli_ok(&server, &token, "sum", &["diff", "--since", &since, "--json"]));
+    let kinds: Vec<(String, String)> = changes
+        .iter()
+        .map(|c| (c["path"].as_str().unwrap_or("").to_string(), c["change"].as_str().unwrap_or("").to_string()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("gone.txt".to_string(), "deleted".to_string()),
+            ("new.txt".to_string(), "added".to_string()),
+            ("old.txt".to_string(), "modified".to_string()),
+        ]
+    );
+}
+
+// ----- machine-readable CLI -----
+
+/// `--json` on the listing commands prints the documented shapes;
+/// completions come out for bash, zsh and fish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_print_json_and_completions_cover_the_commands() {
+    let server = TestServer::start().await;
+    let token = server.project_with_token("shapes").await;
+    server.commit("shapes", &token, "dir/file.txt", None, b"x").await.expect("commit");
+    let projects: Vec<ProjectInfo> = json_of(&cli_ok(&server, &server.admin, "shapes", &["project", "list", "--json"]));
+    assert_eq!(projects.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["shapes"]);
+    let tokens: Vec<TokenInfo> = json_of(&cli_ok(&server, &server.admin, "shapes", &["token", "list", "--json"]));
+    assert_eq!(tokens.len(), 1);
+    let listing: TreeListing = json_of(&cli_ok(&server, &token, "shapes", &["ls", "-r", "--json"]));
+    let paths: Vec<&str> = listing.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["dir", "dir/file.txt"]);
+    let history: HistoryPage = json_of(&cli_ok(&server, &token, "shapes", &["log", "dir/file.txt", "--json"]));
+    assert_eq!(history.versions.len(), 1);
+    let skills: SkillsListing = json_of(&cli_ok(&server, &token, "shapes", &["skills", "list", "--json"]));
+    assert!(skills.skills.is_empty());
+
+    let bash = cli_ok(&server, &token, "shapes", &["completions", "bash"]);
+    assert!(bash.contains("_contextfs()") && bash.contains("gc") && bash.contains("--keep-days"), "bash");
+    let zsh = cli_ok(&server, &token, "shapes", &["completions", "zsh"]);
+    assert!(zsh.starts_with("#compdef contextfs"), "{}", &zsh[..zsh.len().min(200)]);
+    let fish = cli_ok(&server, &token, "shapes", &["completions", "fish"]);
+    assert!(fish.contains("complete -c contextfs"), "fish");
+    let man = tempfile::tempdir().expect("temp dir");
+    cli_ok(&server, &token, "shapes", &["man", &man.path().display().to_string()]);
+    let page = std::fs::read_to_string(man.path().join("contextfs-gc.1")).expect("contextfs-gc.1");
+    assert!(page.contains(".TH") && page.contains("dry"), "{page}");
+}
