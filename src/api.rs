@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{BlobHash, WsPath};
 pub use crate::api_ops::*;
+use crate::model::{BlobHash, WsPath};
 
 pub const API_PREFIX: &str = "/api/v1";
 

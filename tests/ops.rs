@@ -82,7 +82,10 @@ fn blobs_in_s3() -> bool {
 async fn gc_deletes_only_unreferenced_blobs_past_the_grace_period() {
     let server = TestServer::start_with(&["--gc-grace", GRACE]).await;
     let token = server.project_with_token("gc").await;
-    let v1 = server.commit("gc", &token, "notes.md", None, b"first\n").await.expect("v1");
+    let v1 = server
+        .commit("gc", &token, "notes.md", None, b"first\n")
+        .await
+        .expect("v1");
     let v2 = server
         .commit("gc", &token, "notes.md", Some(v1.version), b"second\n")
         .await
@@ -93,14 +96,20 @@ async fn gc_deletes_only_unreferenced_blobs_past_the_grace_period() {
     let early = gc(&server, false).await;
     assert_eq!(early.blobs_deleted, 0, "{early:?}");
     assert!(early.blobs_in_grace >= 1, "{early:?}");
-    server.get_blob("gc", &token, orphan.as_str()).await.expect("orphan kept in grace");
+    server
+        .get_blob("gc", &token, orphan.as_str())
+        .await
+        .expect("orphan kept in grace");
 
     tokio::time::sleep(PAST_GRACE).await;
     let dry = gc(&server, true).await;
     assert!(dry.dry_run);
     assert_eq!(dry.deleted, vec![orphan.clone()], "{dry:?}");
     assert_eq!(dry.bytes_freed, b"uploaded, never committed".len() as u64);
-    server.get_blob("gc", &token, orphan.as_str()).await.expect("a dry run deletes nothing");
+    server
+        .get_blob("gc", &token, orphan.as_str())
+        .await
+        .expect("a dry run deletes nothing");
 
     let real = gc(&server, false).await;
     assert_eq!(real.deleted, vec![orphan.clone()], "{real:?}");
@@ -111,7 +120,10 @@ async fn gc_deletes_only_unreferenced_blobs_past_the_grace_period() {
         .await
         .expect_err("the orphan is gone (and no longer the project's)");
     for (version, bytes) in [(v1.version, &b"first\n"[..]), (v2.version, b"second\n")] {
-        let read = server.read("gc", &token, "notes.md", Some(version)).await.expect("read");
+        let read = server
+            .read("gc", &token, "notes.md", Some(version))
+            .await
+            .expect("read");
         assert_eq!(read.bytes, bytes, "version {version}");
     }
     // Committing by the deleted hash is refused cleanly; uploading it again works.
@@ -206,12 +218,23 @@ async fn gc_while_commits_stream_in_loses_no_version() {
     assert!(last.missing.is_empty() && last.corrupt.is_empty(), "{last:?}");
     let freed: u64 = runs.iter().map(|r| r.blobs_deleted).sum::<u64>() + last.blobs_deleted;
     let pruned: u64 = runs.iter().map(|r| r.versions_pruned).sum::<u64>() + last.versions_pruned;
-    assert!(freed > 0 && pruned > 0, "GC had nothing to do: freed {freed}, pruned {pruned}");
+    assert!(
+        freed > 0 && pruned > 0,
+        "GC had nothing to do: freed {freed}, pruned {pruned}"
+    );
 
     for (path, committed, head) in results {
         let history = server.history("busy", &token, &path).await;
-        assert_eq!(history.first().map(|v| v.version), head, "{path}: the head is the last commit");
-        assert!(history.len() >= 3, "{path}: retention keeps 3 versions, history has {}", history.len());
+        assert_eq!(
+            history.first().map(|v| v.version),
+            head,
+            "{path}: the head is the last commit"
+        );
+        assert!(
+            history.len() >= 3,
+            "{path}: retention keeps 3 versions, history has {}",
+            history.len()
+        );
         for v in &history {
             let read = server
                 .read("busy", &token, &path, Some(v.version))
@@ -243,8 +266,14 @@ async fn gc_reports_missing_and_damaged_blobs_and_deletes_neither() {
     }
     let server = TestServer::start_with(&["--gc-grace", GRACE]).await;
     let token = server.project_with_token("damaged").await;
-    let lost = server.commit("damaged", &token, "lost.txt", None, b"lost bytes\n").await.expect("commit");
-    let torn = server.commit("damaged", &token, "torn.txt", None, b"torn bytes\n").await.expect("commit");
+    let lost = server
+        .commit("damaged", &token, "lost.txt", None, b"lost bytes\n")
+        .await
+        .expect("commit");
+    let torn = server
+        .commit("damaged", &token, "torn.txt", None, b"torn bytes\n")
+        .await
+        .expect("commit");
     let blob_file = |hash: &contextfs::model::BlobHash| {
         server
             .data_dir
@@ -292,7 +321,10 @@ async fn gc_command_prints_what_it_freed() {
     tokio::time::sleep(PAST_GRACE).await;
 
     let dry = cli_ok(&server, &server.admin, "cmd", &["gc", "--dry-run"]);
-    assert!(dry.contains("would delete 1 unreferenced blobs, 2.9 KiB to free"), "{dry}");
+    assert!(
+        dry.contains("would delete 1 unreferenced blobs, 2.9 KiB to free"),
+        "{dry}"
+    );
     let real = cli_ok(&server, &server.admin, "cmd", &["gc"]);
     assert!(real.contains("deleted 1 unreferenced blobs, 2.9 KiB freed"), "{real}");
     let report: GcReport = json_of(&cli_ok(&server, &server.admin, "cmd", &["gc", "--json"]));
@@ -357,7 +389,10 @@ async fn retention_prunes_old_versions_and_keeps_what_it_promises() {
         .expect("m3");
     assert_eq!(m3.status, VersionStatus::Merged);
     // lww.bin: v2's bytes lose to a conflicting binary write based on v1.
-    let l1 = server.commit("kept", &token, "lww.bin", None, &[0u8, 1]).await.expect("l1");
+    let l1 = server
+        .commit("kept", &token, "lww.bin", None, &[0u8, 1])
+        .await
+        .expect("l1");
     let l2 = server
         .commit("kept", &token, "lww.bin", Some(l1.version), &[0u8, 2])
         .await
@@ -367,9 +402,13 @@ async fn retention_prunes_old_versions_and_keeps_what_it_promises() {
         .await
         .expect("l3");
     assert_eq!(l3.status, VersionStatus::Lww);
-    let audit_before: AuditPage = send(server.get(&server.purl("kept", "/audit"), &server.admin).query(&[("limit", "1000")]))
-        .await
-        .expect("audit");
+    let audit_before: AuditPage = send(
+        server
+            .get(&server.purl("kept", "/audit"), &server.admin)
+            .query(&[("limit", "1000")]),
+    )
+    .await
+    .expect("audit");
 
     let info = set_retention(&server, "kept", Some(30), Some(1)).await;
     assert_eq!(info.source, "project");
@@ -387,9 +426,18 @@ async fn retention_prunes_old_versions_and_keeps_what_it_promises() {
     assert_eq!(report.pruned.len(), 1);
 
     let versions = |h: Vec<VersionInfo>| h.iter().map(|v| v.version).collect::<Vec<_>>();
-    assert_eq!(versions(server.history("kept", &token, "plain.md").await), vec![plain[5].version]);
-    assert_eq!(versions(server.history("kept", &token, "merged.md").await), vec![m3.version, m2.version]);
-    assert_eq!(versions(server.history("kept", &token, "lww.bin").await), vec![l3.version, l2.version]);
+    assert_eq!(
+        versions(server.history("kept", &token, "plain.md").await),
+        vec![plain[5].version]
+    );
+    assert_eq!(
+        versions(server.history("kept", &token, "merged.md").await),
+        vec![m3.version, m2.version]
+    );
+    assert_eq!(
+        versions(server.history("kept", &token, "lww.bin").await),
+        vec![l3.version, l2.version]
+    );
     let page = server
         .history_page("kept", &token, "plain.md", None, None)
         .await
@@ -402,29 +450,48 @@ async fn retention_prunes_old_versions_and_keeps_what_it_promises() {
         }]
     );
     let log = cli_ok(&server, &token, "kept", &["log", "plain.md"]);
-    assert!(log.contains("pruned before version 6 (5 version(s) removed by retention)"), "{log}");
-    assert_eq!(server.read_bytes("kept", &token, "plain.md").await, b"plain.md revision 5\n");
+    assert!(
+        log.contains("pruned before version 6 (5 version(s) removed by retention)"),
+        "{log}"
+    );
+    assert_eq!(
+        server.read_bytes("kept", &token, "plain.md").await,
+        b"plain.md revision 5\n"
+    );
     let gone = server.read("kept", &token, "plain.md", Some(plain[0].version)).await;
     assert_eq!(gone.expect_err("pruned").status, StatusCode::NOT_FOUND);
 
     // Audit rows stay, and the pruning itself is audited.
-    let audit_after: AuditPage = send(server.get(&server.purl("kept", "/audit"), &server.admin).query(&[("limit", "1000")]))
-        .await
-        .expect("audit");
+    let audit_after: AuditPage = send(
+        server
+            .get(&server.purl("kept", "/audit"), &server.admin)
+            .query(&[("limit", "1000")]),
+    )
+    .await
+    .expect("audit");
     for entry in &audit_before.entries {
         assert!(
-            audit_after.entries.iter().any(|e| e.seq == entry.seq && e.action == entry.action),
+            audit_after
+                .entries
+                .iter()
+                .any(|e| e.seq == entry.seq && e.action == entry.action),
             "audit row {entry:?} vanished"
         );
     }
-    assert!(audit_after.entries.iter().any(|e| e.action == "prune"), "{audit_after:?}");
+    assert!(
+        audit_after.entries.iter().any(|e| e.action == "prune"),
+        "{audit_after:?}"
+    );
 
     // The pruned blobs go with the next GC past the grace period; the kept ones read.
     tokio::time::sleep(PAST_GRACE).await;
     let swept = gc(&server, false).await;
     assert!(swept.blobs_deleted >= 5, "{swept:?}");
     assert_eq!(server.read_bytes("kept", &token, "lww.bin").await, vec![0u8, 3]);
-    let loser = server.read("kept", &token, "lww.bin", Some(l2.version)).await.expect("lww loser");
+    let loser = server
+        .read("kept", &token, "lww.bin", Some(l2.version))
+        .await
+        .expect("lww loser");
     assert_eq!(loser.bytes, vec![0u8, 2]);
 
     // A writer still on a pruned base: the commit lands (last writer wins).
@@ -460,9 +527,18 @@ async fn retention_refuses_zero_and_negative_limits() {
         .await;
         assert!(err.message.contains(&format!("{field} must be at least 1")), "{err:?}");
     }
-    let out = cli(&server, &server.admin, "limits", &["project", "set", "limits", "--keep-days", "-3"]);
+    let out = cli(
+        &server,
+        &server.admin,
+        "limits",
+        &["project", "set", "limits", "--keep-days", "-3"],
+    );
     assert!(!out.status.success(), "{}", both(&out));
-    assert!(stderr(&out).contains("keep_days must be at least 1 (got -3)"), "{}", both(&out));
+    assert!(
+        stderr(&out).contains("keep_days must be at least 1 (got -3)"),
+        "{}",
+        both(&out)
+    );
 
     expect_error(
         server
@@ -481,10 +557,23 @@ async fn retention_refuses_zero_and_negative_limits() {
         "limits",
         &["project", "set", "limits", "--keep-days", "14", "--keep-versions", "20"],
     );
-    assert!(set.contains("keep 14 days and at most 20 versions per file (the project's policy)"), "{set}");
-    let shown: RetentionInfo = json_of(&cli_ok(&server, &token, "limits", &["project", "show", "limits", "--json"]));
+    assert!(
+        set.contains("keep 14 days and at most 20 versions per file (the project's policy)"),
+        "{set}"
+    );
+    let shown: RetentionInfo = json_of(&cli_ok(
+        &server,
+        &token,
+        "limits",
+        &["project", "show", "limits", "--json"],
+    ));
     assert_eq!(shown.policy.and_then(|p| p.keep_days), Some(14));
-    let cleared = cli_ok(&server, &server.admin, "limits", &["project", "set", "limits", "--clear"]);
+    let cleared = cli_ok(
+        &server,
+        &server.admin,
+        "limits",
+        &["project", "set", "limits", "--clear"],
+    );
     assert!(cleared.contains("keep every version (no policy)"), "{cleared}");
 }
 
@@ -531,13 +620,22 @@ async fn metrics_count_what_happened_and_reveal_no_names() {
     let server = TestServer::start_with(&["--gc-grace", GRACE]).await;
     let token = server.project_with_token("secret-project-name").await;
     let p = "secret-project-name";
-    let v1 = server.commit(p, &token, "private/plan.md", None, b"a\nb\nc\n").await.expect("v1");
+    let v1 = server
+        .commit(p, &token, "private/plan.md", None, b"a\nb\nc\n")
+        .await
+        .expect("v1");
     server
         .commit(p, &token, "private/plan.md", Some(v1.version), b"A\nb\nc\n")
         .await
         .expect("v2");
     let merged = server
-        .commit(p, &token, "private/plan.md", Some(v1.version), b"a\nb\nconfidential body\n")
+        .commit(
+            p,
+            &token,
+            "private/plan.md",
+            Some(v1.version),
+            b"a\nb\nconfidential body\n",
+        )
         .await
         .expect("v3");
     assert_eq!(merged.status, VersionStatus::Merged);
@@ -553,8 +651,16 @@ async fn metrics_count_what_happened_and_reveal_no_names() {
     let checkout_404 =
         "contextfs_http_requests_total{route=\"/api/v1/projects/{project}/files/{*path}\",method=\"GET\",status=\"404\"}";
     assert_eq!(sample(&text, checkout_404), 1.0, "{text}");
-    assert_eq!(sample(&text, "contextfs_commits_total{outcome=\"clean\"}"), 2.0, "{text}");
-    assert_eq!(sample(&text, "contextfs_commits_total{outcome=\"merged\"}"), 1.0, "{text}");
+    assert_eq!(
+        sample(&text, "contextfs_commits_total{outcome=\"clean\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "contextfs_commits_total{outcome=\"merged\"}"),
+        1.0,
+        "{text}"
+    );
     for op in ["commit", "checkout", "blob_put"] {
         let count = format!("contextfs_request_duration_seconds_count{{operation=\"{op}\"}}");
         assert!(sample(&text, &count) >= 1.0, "no {op} latency: {text}");
@@ -567,7 +673,14 @@ async fn metrics_count_what_happened_and_reveal_no_names() {
     assert_eq!(sample(&text, "contextfs_gc_runs_total"), 1.0, "{text}");
     assert!(sample(&text, "contextfs_blob_stored_bytes") > 0.0, "{text}");
     assert!(text.contains("contextfs_changefeed_waiters"), "{text}");
-    for secret in [p, "private", "plan.md", "confidential", token.as_str(), server.admin.as_str()] {
+    for secret in [
+        p,
+        "private",
+        "plan.md",
+        "confidential",
+        token.as_str(),
+        server.admin.as_str(),
+    ] {
         assert!(!text.contains(secret), "/metrics shows {secret:?}:\n{text}");
     }
 }
@@ -634,7 +747,11 @@ async fn metrics_are_loopback_only_unless_given_their_own_listener() {
     let listen = format!("127.0.0.1:{port}");
     let separate = TestServer::start_with(&["--metrics-listen", &listen]).await;
     let (main, _) = metrics_text(&format!("{}/metrics", separate.base)).await;
-    assert_eq!(main, StatusCode::NOT_FOUND, "with --metrics-listen the main listener has no /metrics");
+    assert_eq!(
+        main,
+        StatusCode::NOT_FOUND,
+        "with --metrics-listen the main listener has no /metrics"
+    );
     let (own, text) = metrics_text(&format!("http://{listen}/metrics")).await;
     assert_eq!(own, StatusCode::OK);
     assert!(text.contains("contextfs_http_requests_total"), "{text}");
@@ -642,7 +759,14 @@ async fn metrics_are_loopback_only_unless_given_their_own_listener() {
 
 // ----- project history -----
 
-async fn commit_as(server: &TestServer, project: &str, token: &str, path: &str, agent: &str, bytes: &[u8]) -> VersionInfo {
+async fn commit_as(
+    server: &TestServer,
+    project: &str,
+    token: &str,
+    path: &str,
+    agent: &str,
+    bytes: &[u8],
+) -> VersionInfo {
     let hash = server.upload(project, token, bytes).await;
     let mut req = commit_request(path, None, hash);
     req.agent_id = Some(agent.to_string());
@@ -696,12 +820,17 @@ async fn project_history_shows_who_changed_what() {
     assert_eq!(ops, [VersionOp::Write, VersionOp::Create, VersionOp::Mkdir]);
     let docs = activity(vec![("path_prefix", "docs".into())]).await;
     let paths: Vec<&str> = docs.entries.iter().map(|e| e.path.as_str()).collect();
-    assert!(paths.iter().all(|p| *p == "docs" || p.starts_with("docs/")), "{paths:?}");
+    assert!(
+        paths.iter().all(|p| *p == "docs" || p.starts_with("docs/")),
+        "{paths:?}"
+    );
     assert!(paths.contains(&"docs/a.md"));
     let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     assert!(activity(vec![("since", future)]).await.entries.is_empty());
     let bad = expect_error(
-        server.get(&server.purl("hist", "/activity"), &token).query(&[("since", "yesterday")]),
+        server
+            .get(&server.purl("hist", "/activity"), &token)
+            .query(&[("since", "yesterday")]),
         StatusCode::BAD_REQUEST,
         "invalid_query",
     )
@@ -727,7 +856,10 @@ async fn project_history_shows_who_changed_what() {
 
     // The CLI: a table, and --json with the route's entries.
     let table = cli_ok(&server, &token, "hist", &["log", "--agent", "bob"]);
-    assert!(table.contains("src/main.rs") && table.contains("docs-old.md"), "{table}");
+    assert!(
+        table.contains("src/main.rs") && table.contains("docs-old.md"),
+        "{table}"
+    );
     assert!(!table.contains("docs/a.md"), "{table}");
     let listed: Vec<ActivityEntry> = json_of(&cli_ok(
         &server,
@@ -736,7 +868,11 @@ async fn project_history_shows_who_changed_what() {
         &["log", "--json", "--since", "1h", "--path-prefix", "/docs/"],
     ));
     assert_eq!(
-        listed.iter().filter(|e| e.path == "docs/a.md").map(|e| e.version).collect::<Vec<_>>(),
+        listed
+            .iter()
+            .filter(|e| e.path == "docs/a.md")
+            .map(|e| e.version)
+            .collect::<Vec<_>>(),
         vec![2, 1]
     );
 }
@@ -758,13 +894,22 @@ async fn diff_since_summarises_each_changed_file() {
     assert!(!out.is_empty());
 
     let text = cli_ok(&server, &token, "sum", &["diff", "--since", &since]);
-    assert!(text.contains("M old.txt  v1..v3, 2 version(s), clean by carol, dave"), "{text}");
+    assert!(
+        text.contains("M old.txt  v1..v3, 2 version(s), clean by carol, dave"),
+        "{text}"
+    );
     assert!(text.contains("A new.txt  v1, 1 version(s), clean by carol"), "{text}");
     assert!(text.contains("D gone.txt"), "{text}");
-    let changes: Vec<serde_json::Value> = json_of(&cli_ok(&server, &token, "sum", &["diff", "--since", &since, "--json"]));
+    let changes: Vec<serde_json::Value> =
+        json_of(&cli_ok(&server, &token, "sum", &["diff", "--since", &since, "--json"]));
     let kinds: Vec<(String, String)> = changes
         .iter()
-        .map(|c| (c["path"].as_str().unwrap_or("").to_string(), c["change"].as_str().unwrap_or("").to_string()))
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap_or("").to_string(),
+                c["change"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         kinds,
@@ -784,8 +929,16 @@ async fn diff_since_summarises_each_changed_file() {
 async fn listings_print_json_and_completions_cover_the_commands() {
     let server = TestServer::start().await;
     let token = server.project_with_token("shapes").await;
-    server.commit("shapes", &token, "dir/file.txt", None, b"x").await.expect("commit");
-    let projects: Vec<ProjectInfo> = json_of(&cli_ok(&server, &server.admin, "shapes", &["project", "list", "--json"]));
+    server
+        .commit("shapes", &token, "dir/file.txt", None, b"x")
+        .await
+        .expect("commit");
+    let projects: Vec<ProjectInfo> = json_of(&cli_ok(
+        &server,
+        &server.admin,
+        "shapes",
+        &["project", "list", "--json"],
+    ));
     assert_eq!(projects.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["shapes"]);
     let tokens: Vec<TokenInfo> = json_of(&cli_ok(&server, &server.admin, "shapes", &["token", "list", "--json"]));
     assert_eq!(tokens.len(), 1);
@@ -798,7 +951,10 @@ async fn listings_print_json_and_completions_cover_the_commands() {
     assert!(skills.skills.is_empty());
 
     let bash = cli_ok(&server, &token, "shapes", &["completions", "bash"]);
-    assert!(bash.contains("_contextfs()") && bash.contains("gc") && bash.contains("--keep-days"), "bash");
+    assert!(
+        bash.contains("_contextfs()") && bash.contains("gc") && bash.contains("--keep-days"),
+        "bash"
+    );
     let zsh = cli_ok(&server, &token, "shapes", &["completions", "zsh"]);
     assert!(zsh.starts_with("#compdef contextfs"), "{}", &zsh[..zsh.len().min(200)]);
     let fish = cli_ok(&server, &token, "shapes", &["completions", "fish"]);

@@ -324,7 +324,9 @@ fn summarise(entries: &[ActivityEntry]) -> Vec<FileChange> {
         .map(|list| {
             let newest = list[0];
             let oldest = list[list.len() - 1];
-            let created = list.iter().any(|e| matches!(e.op, VersionOp::Create | VersionOp::Mkdir));
+            let created = list
+                .iter()
+                .any(|e| matches!(e.op, VersionOp::Create | VersionOp::Mkdir));
             let renamed_from = list.iter().rev().find_map(|e| e.old_path.clone());
             let change = if newest.deleted {
                 "deleted"

@@ -50,7 +50,11 @@ impl Client {
         if let Some(before) = q.before {
             builder = builder.query(&[("before", before)]);
         }
-        for (name, value) in [("agent", &q.agent), ("since", &q.since), ("path_prefix", &q.path_prefix)] {
+        for (name, value) in [
+            ("agent", &q.agent),
+            ("since", &q.since),
+            ("path_prefix", &q.path_prefix),
+        ] {
             if let Some(value) = value {
                 builder = builder.query(&[(name, value)]);
             }

@@ -114,13 +114,7 @@ pub async fn run(service: &Service, dry_run: bool, actor: &str) -> Result<GcRepo
     Ok(report)
 }
 
-async fn prune(
-    service: &Service,
-    dry_run: bool,
-    actor: &str,
-    now: i64,
-    report: &mut GcReport,
-) -> Result<(), GcError> {
+async fn prune(service: &Service, dry_run: bool, actor: &str, now: i64, report: &mut GcReport) -> Result<(), GcError> {
     for project in service.store.projects().await? {
         let policy = match service.store.retention(project.id).await? {
             Some(own) => own,

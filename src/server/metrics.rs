@@ -101,11 +101,23 @@ impl Default for Metrics {
             feed_waiters.clone(),
         );
         let gc_runs = Counter::default();
-        registry.register("gc_runs", "Garbage collection runs that changed storage", gc_runs.clone());
+        registry.register(
+            "gc_runs",
+            "Garbage collection runs that changed storage",
+            gc_runs.clone(),
+        );
         let gc_blobs_deleted = Counter::default();
-        registry.register("gc_blobs_deleted", "Blobs garbage collection deleted", gc_blobs_deleted.clone());
+        registry.register(
+            "gc_blobs_deleted",
+            "Blobs garbage collection deleted",
+            gc_blobs_deleted.clone(),
+        );
         let gc_bytes_freed = Counter::default();
-        registry.register("gc_freed_bytes", "Bytes garbage collection freed", gc_bytes_freed.clone());
+        registry.register(
+            "gc_freed_bytes",
+            "Bytes garbage collection freed",
+            gc_bytes_freed.clone(),
+        );
         let gc_versions_pruned = Counter::default();
         registry.register(
             "gc_versions_pruned",

@@ -282,12 +282,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         gc::spawn_schedule(service.clone(), interval);
     }
     if let Some(metrics_addr) = config.ops.metrics_listen {
-        let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
-            .await
-            .map_err(|source| ServeError::Listen {
-                addr: metrics_addr,
-                source,
-            })?;
+        let metrics_listener =
+            tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    addr: metrics_addr,
+                    source,
+                })?;
         let bound = metrics_listener.local_addr().map_err(ServeError::Serve)?;
         println!("metrics on http://{bound}/metrics");
         let router = metrics::dedicated_router(service.clone());

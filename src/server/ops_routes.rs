@@ -74,7 +74,12 @@ async fn activity(
     let filter = ActivityFilter {
         before: q.before,
         agent: q.agent.filter(|a| !a.is_empty()),
-        since: q.since.as_deref().filter(|t| !t.is_empty()).map(parse_since).transpose()?,
+        since: q
+            .since
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(parse_since)
+            .transpose()?,
         path_prefix: q.path_prefix.filter(|p| !p.is_empty()),
         limit: q.limit.unwrap_or(100),
     };

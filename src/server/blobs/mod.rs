@@ -77,7 +77,9 @@ pub struct StoredBlob {
 /// What [`BlobStore::delete_if_idle`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deletion {
-    Deleted { size: u64 },
+    Deleted {
+        size: u64,
+    },
     /// Uploaded again since the cutoff: kept.
     Recent,
     /// Already gone.

@@ -24,8 +24,8 @@ use futures_util::stream::BoxStream;
 use thiserror::Error;
 
 use crate::api::{
-    Access, ActivityEntry, AuditEntry, RetentionPolicy, AuditPage, ChangeEvent, NodeKind, SkillFile, SkillInfo, SkillsListing, TreeListing,
-    VersionInfo, VersionOp, VersionStatus,
+    Access, ActivityEntry, AuditEntry, AuditPage, ChangeEvent, NodeKind, RetentionPolicy, SkillFile, SkillInfo,
+    SkillsListing, TreeListing, VersionInfo, VersionOp, VersionStatus,
 };
 use crate::model::{BlobHash, WsPath};
 use namespace::NodeRow;

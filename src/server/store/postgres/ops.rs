@@ -57,7 +57,17 @@ async fn set_retention_tx<C: GenericClient>(
         }
     };
     let detail = policy.map(|p| p.describe()).unwrap_or_else(|| "cleared".into());
-    audit(c, Some(project_id), meta, "set_retention", None, None, None, Some(&detail)).await
+    audit(
+        c,
+        Some(project_id),
+        meta,
+        "set_retention",
+        None,
+        None,
+        None,
+        Some(&detail),
+    )
+    .await
 }
 
 pub(super) async fn set_retention(

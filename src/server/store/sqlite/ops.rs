@@ -36,7 +36,16 @@ pub(super) fn set_retention(
         None => conn.execute("DELETE FROM retention WHERE project_id = ?1", [project_id])?,
     };
     let detail = policy.map(|p| p.describe()).unwrap_or_else(|| "cleared".into());
-    audit(conn, Some(project_id), meta, "set_retention", None, None, None, Some(&detail))
+    audit(
+        conn,
+        Some(project_id),
+        meta,
+        "set_retention",
+        None,
+        None,
+        None,
+        Some(&detail),
+    )
 }
 
 /// The versions the policy lets go, as (node, number).
@@ -167,15 +176,25 @@ pub(super) fn activity(conn: &Connection, project_id: i64, f: &ActivityFilter) -
                 (r.get::<_, String>(3)?, r.get::<_, Option<String>>(4)?),
                 (r.get::<_, String>(5)?, r.get::<_, String>(6)?, r.get::<_, bool>(7)?),
                 (r.get::<_, i64>(8)?, r.get::<_, String>(9)?),
-                (r.get::<_, String>(10)?, r.get::<_, Option<String>>(11)?, r.get::<_, Option<String>>(12)?),
+                (
+                    r.get::<_, String>(10)?,
+                    r.get::<_, Option<String>>(11)?,
+                    r.get::<_, Option<String>>(12)?,
+                ),
                 r.get::<_, i64>(13)?,
             ))
         },
     )?;
     let mut entries = Vec::new();
     for row in rows {
-        let ((seq, node, version), (path, old_path), (op, status, deleted), (size, hash), (author, agent_id, message), at) =
-            row?;
+        let (
+            (seq, node, version),
+            (path, old_path),
+            (op, status, deleted),
+            (size, hash),
+            (author, agent_id, message),
+            at,
+        ) = row?;
         entries.push(ActivityEntry {
             seq,
             node,

@@ -127,7 +127,7 @@ fn upgrade(conn: &Connection, path: &Path, found: &str) -> StoreResult<()> {
     let mut version: i64 = found
         .parse()
         .map_err(|_| backend(format!("database schema version {found:?} is not a number")))?;
-    if version > SCHEMA_VERSION || version < 1 {
+    if !(1..=SCHEMA_VERSION).contains(&version) {
         return Err(backend(format!(
             "database schema version {found} is not supported by this build (expects {SCHEMA_VERSION})"
         )));
