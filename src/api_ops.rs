@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{VersionOp, VersionStatus};
+use crate::api::{NodeKind, VersionOp, VersionStatus};
 use crate::model::BlobHash;
 
 /// How long a project keeps superseded versions. Either limit may be unset;
@@ -129,6 +129,7 @@ pub struct ActivityEntry {
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_path: Option<String>,
+    pub kind: NodeKind,
     pub op: VersionOp,
     pub status: VersionStatus,
     pub deleted: bool,

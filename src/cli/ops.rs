@@ -316,7 +316,8 @@ pub struct FileChange {
 /// Folds the window's entries (newest first) into one change per node.
 fn summarise(entries: &[ActivityEntry]) -> Vec<FileChange> {
     let mut by_node: std::collections::BTreeMap<i64, Vec<&ActivityEntry>> = Default::default();
-    for e in entries {
+    // Files and symlinks: a directory's own versions say nothing its files do not.
+    for e in entries.iter().filter(|e| e.kind != NodeKind::Dir) {
         by_node.entry(e.node).or_default().push(e);
     }
     let mut changes: Vec<FileChange> = by_node

@@ -5,7 +5,7 @@
 use deadpool_postgres::GenericClient;
 
 use super::retry::{write_tx, TxError, TxResult};
-use super::rows::{audit, col, parse_hash};
+use super::rows::{audit, col, parse_hash, parse_kind};
 use super::PostgresStore;
 use crate::api::{ActivityEntry, RetentionPolicy, VersionOp, VersionStatus};
 use crate::model::BlobHash;
@@ -248,7 +248,7 @@ pub(super) async fn activity(
     let rows = c
         .query(
             "SELECT e.seq, e.node_id, v.number, v.path, e.old_path, v.op, v.status, v.deleted, v.size, v.hash,
-                    v.author, v.agent_id, v.message, v.created_at
+                    v.author, v.agent_id, v.message, v.created_at, v.kind
              FROM events e JOIN versions v ON v.node_id = e.node_id AND v.number = e.version
              WHERE e.project_id = $1 AND e.seq < $2
                AND ($3::text IS NULL OR v.agent_id = $3)
@@ -270,6 +270,7 @@ pub(super) async fn activity(
                 version: col(r, 2)?,
                 path: col(r, 3)?,
                 old_path: col(r, 4)?,
+                kind: parse_kind(col(r, 14)?)?,
                 op: VersionOp::parse(op).ok_or_else(|| backend(format!("unknown op {op:?} in the database")))?,
                 status: VersionStatus::parse(status)
                     .ok_or_else(|| backend(format!("unknown status {status:?} in the database")))?,

@@ -4,7 +4,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::rows::{audit, parse_hash};
+use super::rows::{audit, parse_hash, parse_kind};
 use crate::api::{ActivityEntry, RetentionPolicy, VersionOp, VersionStatus};
 use crate::model::BlobHash;
 use crate::server::store::ops::{age_cutoff, ActivityFilter};
@@ -153,7 +153,7 @@ pub(super) fn blob_held(conn: &Connection, hash: &BlobHash) -> StoreResult<bool>
 pub(super) fn activity(conn: &Connection, project_id: i64, f: &ActivityFilter) -> StoreResult<Vec<ActivityEntry>> {
     let mut stmt = conn.prepare_cached(
         "SELECT e.seq, e.node_id, v.number, v.path, e.old_path, v.op, v.status, v.deleted, v.size, v.hash,
-                v.author, v.agent_id, v.message, v.created_at
+                v.author, v.agent_id, v.message, v.created_at, v.kind
          FROM events e JOIN versions v ON v.node_id = e.node_id AND v.number = e.version
          WHERE e.project_id = ?1 AND e.seq < ?2
            AND (?3 IS NULL OR v.agent_id = ?3)
@@ -181,7 +181,7 @@ pub(super) fn activity(conn: &Connection, project_id: i64, f: &ActivityFilter) -
                     r.get::<_, Option<String>>(11)?,
                     r.get::<_, Option<String>>(12)?,
                 ),
-                r.get::<_, i64>(13)?,
+                (r.get::<_, i64>(13)?, r.get::<_, String>(14)?),
             ))
         },
     )?;
@@ -193,7 +193,7 @@ pub(super) fn activity(conn: &Connection, project_id: i64, f: &ActivityFilter) -
             (op, status, deleted),
             (size, hash),
             (author, agent_id, message),
-            at,
+            (at, kind),
         ) = row?;
         entries.push(ActivityEntry {
             seq,
@@ -201,6 +201,7 @@ pub(super) fn activity(conn: &Connection, project_id: i64, f: &ActivityFilter) -
             version,
             path,
             old_path,
+            kind: parse_kind(kind)?,
             op: VersionOp::parse(&op).ok_or_else(|| backend(format!("unknown op {op:?} in the database")))?,
             status: VersionStatus::parse(&status)
                 .ok_or_else(|| backend(format!("unknown status {status:?} in the database")))?,
