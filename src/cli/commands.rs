@@ -77,7 +77,8 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
         | Command::Run(_)
         | Command::DockerPlugin(_)
         | Command::Completions { .. }
-        | Command::Man { .. } => {
+        | Command::Man { .. }
+        | Command::Doctor(_) => {
             unreachable!("handled before client commands")
         }
         Command::Project(ProjectCommand::Create { name }) => {

@@ -2,6 +2,7 @@
 
 mod commands;
 pub mod config;
+mod doctor;
 pub mod daytona;
 pub mod e2b;
 mod mount;
@@ -166,6 +167,8 @@ With --dry-run nothing changes; the report says what would go."
         #[arg(long)]
         json: bool,
     },
+    /// Check what a mount needs on this machine, with a one-line fix for each problem
+    Doctor(doctor::DoctorArgs),
     /// Print shell completions: `contextfs completions bash > /etc/bash_completion.d/contextfs`
     Completions {
         #[arg(value_enum)]
@@ -554,6 +557,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daytona(cmd) => daytona::run(&cli.global, cmd).await,
         Command::E2b(cmd) => e2b::run(&cli.global, cmd).await,
         Command::DockerPlugin(args) => sandbox::docker_plugin(cli.global.clone(), args).await,
+        Command::Doctor(args) => doctor::run(&cli.global, args).await,
         other => commands::run(&cli.global, other).await,
     }
 }
