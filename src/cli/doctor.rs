@@ -15,12 +15,15 @@ use crate::api::{Health, WhoAmI};
 use crate::client::{Client, ClientError};
 
 #[derive(Args, Debug)]
-#[command(long_about = "Checks what a mount on this machine depends on and prints one line per check, \
+#[command(args_override_self = true)]
+#[command(
+    long_about = "Checks what a mount on this machine depends on and prints one line per check, \
 with a one-line fix for each problem: /dev/fuse, fusermount3, user_allow_other (for non-root --allow-other), \
 kernel FUSE passthrough, the server (reachable, its version, clock skew), the token's scope for the project, \
 free space in the cache and journal folders, stale or dead mounts (MOUNTPOINT, and every contextfs mount), \
 and dockerd and the contextfs volume plugin socket when Docker is used.\n\n\
-Exits 1 when something blocks a mount (FAIL), 0 when there are only warnings.")]
+Exits 1 when something blocks a mount (FAIL), 0 when there are only warnings."
+)]
 pub struct DoctorArgs {
     /// A mount point to check (mounted, dead, or where a mount would go)
     pub mountpoint: Option<PathBuf>,
@@ -99,7 +102,12 @@ fn dev_fuse(args: &DoctorArgs) -> Check {
     match std::fs::metadata(path) {
         Ok(meta) if meta.file_type().is_char_device() => {
             match std::fs::OpenOptions::new().read(true).write(true).open(path) {
-                Ok(_) => check("fuse device", Outcome::Ok, format!("{} is usable", path.display()), None),
+                Ok(_) => check(
+                    "fuse device",
+                    Outcome::Ok,
+                    format!("{} is usable", path.display()),
+                    None,
+                ),
                 Err(e) => check(
                     "fuse device",
                     Outcome::Fail,
@@ -179,7 +187,10 @@ fn allow_other(args: &DoctorArgs, root: bool) -> Check {
 /// FUSE passthrough (kernel reads straight from the cache): Linux >= 6.9, as root.
 fn passthrough(root: bool) -> Check {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut numbers = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
     let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
     let supported = version >= (6, 9);
     let detail = format!("kernel {}", release.trim());
@@ -209,7 +220,11 @@ async fn server(global: &GlobalArgs) -> Vec<Check> {
         Err(e) => return vec![check("server", Outcome::Fail, format!("no HTTP client: {e}"), None)],
     };
     let sent = chrono::Utc::now();
-    let response = match http.get(format!("{}/api/v1/health", url.trim_end_matches('/'))).send().await {
+    let response = match http
+        .get(format!("{}/api/v1/health", url.trim_end_matches('/')))
+        .send()
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             return vec![check(
@@ -239,7 +254,12 @@ async fn server(global: &GlobalArgs) -> Vec<Check> {
     };
     let mine = env!("CARGO_PKG_VERSION");
     let mut checks = vec![if health.version == mine {
-        check("server", Outcome::Ok, format!("{url} answers, version {}", health.version), None)
+        check(
+            "server",
+            Outcome::Ok,
+            format!("{url} answers, version {}", health.version),
+            None,
+        )
     } else {
         check(
             "server",
@@ -261,7 +281,12 @@ async fn server(global: &GlobalArgs) -> Vec<Check> {
                     Some("sync the clocks (chrony or systemd-timesyncd); file times and `--since` go by them"),
                 )
             } else {
-                check("clock", Outcome::Ok, format!("within {} s of the server's", skew.abs().max(1)), None)
+                check(
+                    "clock",
+                    Outcome::Ok,
+                    format!("within {} s of the server's", skew.abs().max(1)),
+                    None,
+                )
             }
         }
         None => check("clock", Outcome::Info, "the server sent no Date header", None),
@@ -285,7 +310,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// What the token may do with the project.
 async fn token_scope(global: &GlobalArgs) -> Check {
-    let fix_token = "set CONTEXTFS_TOKEN or --token-file to a token of this project (`contextfs token create` as admin)";
+    let fix_token =
+        "set CONTEXTFS_TOKEN or --token-file to a token of this project (`contextfs token create` as admin)";
     let Some(token) = global.token.clone() else {
         return check("token", Outcome::Fail, "no token", Some(fix_token));
     };
@@ -296,7 +322,12 @@ async fn token_scope(global: &GlobalArgs) -> Check {
     let who: WhoAmI = match client.whoami().await {
         Ok(w) => w,
         Err(ClientError::Api { status, .. }) if status.as_u16() == 401 => {
-            return check("token", Outcome::Fail, "the server does not know this token (or it was revoked)", Some(fix_token))
+            return check(
+                "token",
+                Outcome::Fail,
+                "the server does not know this token (or it was revoked)",
+                Some(fix_token),
+            )
         }
         Err(e) => return check("token", Outcome::Fail, format!("cannot ask the server: {e}"), None),
     };
@@ -326,7 +357,12 @@ async fn token_scope(global: &GlobalArgs) -> Check {
             format!("read-only token for project {wanted}: writes in a mount will fail"),
             Some("use a read-write token, or mount with --read-only"),
         ),
-        (false, _, Some(wanted)) => check("token", Outcome::Ok, format!("read-write token for project {wanted}"), None),
+        (false, _, Some(wanted)) => check(
+            "token",
+            Outcome::Ok,
+            format!("read-write token for project {wanted}"),
+            None,
+        ),
     }
 }
 
@@ -337,16 +373,31 @@ fn existing_ancestor(path: &Path) -> Option<&Path> {
 
 fn free_space(name: &'static str, path: &Path, min_free: u64) -> Check {
     let Some(existing) = existing_ancestor(path) else {
-        return check(name, Outcome::Warn, format!("{}: no folder above it exists", path.display()), None);
+        return check(
+            name,
+            Outcome::Warn,
+            format!("{}: no folder above it exists", path.display()),
+            None,
+        );
     };
     let Ok(c_path) = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()) else {
-        return check(name, Outcome::Warn, format!("{}: not a usable path", path.display()), None);
+        return check(
+            name,
+            Outcome::Warn,
+            format!("{}: not a usable path", path.display()),
+            None,
+        );
     };
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is NUL-terminated and stat is a valid out pointer.
     if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
         let e = std::io::Error::last_os_error();
-        return check(name, Outcome::Warn, format!("cannot ask {} for free space: {e}", existing.display()), None);
+        return check(
+            name,
+            Outcome::Warn,
+            format!("cannot ask {} for free space: {e}", existing.display()),
+            None,
+        );
     }
     let free = stat.f_bavail as u64 * stat.f_frsize as u64;
     let detail = format!("{} free at {}", super::ops::human_bytes(free), path.display());
@@ -368,9 +419,12 @@ fn contextfs_mounts(mountinfo: &Path) -> Vec<PathBuf> {
     info.lines()
         .filter_map(|line| {
             let (before, after) = line.split_once(" - ")?;
-            let fstype = after.split_whitespace().next()?;
+            let mut fields = after.split_whitespace();
+            let (fstype, source) = (fields.next()?, fields.next().unwrap_or(""));
             let mountpoint = before.split_whitespace().nth(4)?;
-            (fstype == "fuse.contextfs").then(|| PathBuf::from(unescape_mountinfo(mountpoint)))
+            // Mounted as root the type is plain `fuse`; the source names us (`contextfs:PROJECT`).
+            let ours = fstype == "fuse.contextfs" || (fstype.starts_with("fuse") && source.starts_with("contextfs:"));
+            ours.then(|| PathBuf::from(unescape_mountinfo(mountpoint)))
         })
         .collect()
 }
@@ -411,7 +465,12 @@ fn mounts(args: &DoctorArgs) -> Vec<Check> {
         } else if here {
             let socket = crate::mount::socket_path(&canonical);
             if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-                checks.push(check("mountpoint", Outcome::Ok, format!("{shown} is a live contextfs mount"), None));
+                checks.push(check(
+                    "mountpoint",
+                    Outcome::Ok,
+                    format!("{shown} is a live contextfs mount"),
+                    None,
+                ));
             } else {
                 checks.push(check(
                     "mountpoint",
@@ -435,7 +494,12 @@ fn mounts(args: &DoctorArgs) -> Vec<Check> {
                     format!("{shown} is not empty: a mount would hide what is there"),
                     Some("mount on an empty folder"),
                 )),
-                Ok(false) => checks.push(check("mountpoint", Outcome::Ok, format!("{shown} is free for a mount"), None)),
+                Ok(false) => checks.push(check(
+                    "mountpoint",
+                    Outcome::Ok,
+                    format!("{shown} is free for a mount"),
+                    None,
+                )),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => checks.push(check(
                     "mountpoint",
                     Outcome::Ok,
@@ -473,7 +537,12 @@ fn docker(args: &DoctorArgs) -> Vec<Check> {
     }
     let missing = if args.docker { Outcome::Fail } else { Outcome::Warn };
     let mut checks = vec![if answers(&args.docker_socket) {
-        check("docker", Outcome::Ok, format!("dockerd answers on {}", args.docker_socket.display()), None)
+        check(
+            "docker",
+            Outcome::Ok,
+            format!("dockerd answers on {}", args.docker_socket.display()),
+            None,
+        )
     } else {
         check(
             "docker",
@@ -484,7 +553,12 @@ fn docker(args: &DoctorArgs) -> Vec<Check> {
     }];
     let plugin = &args.plugin_socket;
     checks.push(if answers(plugin) {
-        check("docker plugin", Outcome::Ok, format!("the contextfs volume plugin answers on {}", plugin.display()), None)
+        check(
+            "docker plugin",
+            Outcome::Ok,
+            format!("the contextfs volume plugin answers on {}", plugin.display()),
+            None,
+        )
     } else if plugin.exists() {
         check(
             "docker plugin",
@@ -506,14 +580,22 @@ fn docker(args: &DoctorArgs) -> Vec<Check> {
 pub async fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let global = global.clone().with_saved_defaults()?;
     let root = is_root();
-    let mut checks = vec![dev_fuse(&args), fusermount(root), allow_other(&args, root), passthrough(root)];
+    let mut checks = vec![
+        dev_fuse(&args),
+        fusermount(root),
+        allow_other(&args, root),
+        passthrough(root),
+    ];
     let server_checks = server(&global).await;
     let reachable = server_checks.first().is_some_and(|c| c.outcome != Outcome::Fail);
     checks.extend(server_checks);
     if reachable {
         checks.push(token_scope(&global).await);
     }
-    let cache = args.cache_dir.clone().unwrap_or_else(crate::cache::BlobCache::default_root);
+    let cache = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(crate::cache::BlobCache::default_root);
     checks.push(free_space("cache space", &cache, args.min_free));
     checks.push(free_space("journal space", &crate::mount::state_root(), args.min_free));
     checks.extend(mounts(&args));
@@ -539,5 +621,9 @@ pub async fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result<ExitCo
             println!("{blocked} problem(s) block a mount");
         }
     }
-    Ok(if blocked > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if blocked > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -2,8 +2,8 @@
 
 mod commands;
 pub mod config;
-mod doctor;
 pub mod daytona;
+mod doctor;
 pub mod e2b;
 mod mount;
 mod ops;

@@ -450,6 +450,8 @@ pub struct MountStatusJson {
     pub project: String,
     pub mountpoint: String,
     pub server: String,
+    /// The mount process.
+    pub pid: u32,
     pub online: bool,
     pub last_error: Option<String>,
     /// Changes in the journal the server has not acknowledged.
@@ -476,6 +478,7 @@ impl MountStatusJson {
             project: r.info.project,
             mountpoint: r.info.mountpoint,
             server: r.info.server,
+            pid: r.info.pid,
             online: r.online,
             last_error: r.last_error,
             queue_depth: r.queued.len(),
