@@ -495,3 +495,27 @@ impl MountStatusJson {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_since_times_parse() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("6h"), Ok(Duration::from_secs(21_600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("-1h").is_err());
+        assert_eq!(
+            since_time("2026-01-31T12:00:00Z").ok().as_deref(),
+            Some("2026-01-31T12:00:00Z")
+        );
+        let ago = since_time("2h").expect("a duration ago");
+        let parsed = chrono::DateTime::parse_from_rfc3339(&ago).expect("RFC 3339");
+        let hours = (chrono::Utc::now() - parsed.with_timezone(&chrono::Utc)).num_minutes();
+        assert!((119..=121).contains(&hours), "{ago}");
+        assert!(since_time("yesterday").is_err());
+    }
+}

@@ -114,7 +114,14 @@ impl Service {
             Some(v) if versions.len() as u32 == limit && v.version > 1 => Some(v.version),
             _ => None,
         };
-        let pruned = pruned_gaps(&versions, next_before.is_none());
+        let mut pruned = pruned_gaps(&versions, next_before.is_none());
+        // A page that starts below a pruned stretch holds nothing; say why.
+        if let (true, Some(before)) = (versions.is_empty(), before.filter(|b| *b > 1)) {
+            pruned.push(PrunedGap {
+                before,
+                count: before - 1,
+            });
+        }
         Ok(HistoryPage {
             node: node.node,
             path: node.path,
@@ -222,5 +229,30 @@ impl Service {
             )));
         }
         Ok(self.blobs.get(hash).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(number: i64) -> VersionInfo {
+        serde_json::from_value(serde_json::json!({
+            "node": 1, "version": number, "path": "a", "kind": "file", "mode": 420,
+            "hash": crate::model::BlobHash::of(b"").as_str(), "size": 0, "op": "write",
+            "status": "clean", "deleted": false, "parent": null, "author": "admin",
+            "agent_id": null, "message": null, "created_at": "2026-01-01T00:00:00.000Z"
+        }))
+        .expect("a version")
+    }
+
+    #[test]
+    fn gaps_in_version_numbers_are_pruned_stretches() {
+        let page: Vec<VersionInfo> = [9, 8, 5, 3].into_iter().map(version).collect();
+        let gap = |before, count| PrunedGap { before, count };
+        assert_eq!(pruned_gaps(&page, false), [gap(8, 2), gap(5, 1)]);
+        assert_eq!(pruned_gaps(&page, true), [gap(8, 2), gap(5, 1), gap(3, 2)]);
+        let whole: Vec<VersionInfo> = [3, 2, 1].into_iter().map(version).collect();
+        assert!(pruned_gaps(&whole, true).is_empty());
     }
 }

@@ -230,6 +230,36 @@ mod tests {
         open_database(&path).expect("a second open finds nothing to upgrade");
     }
 
+    /// A schema 2 database (before retention and upload times) gains
+    /// `project_blobs.used_at` (NULL for its old rows) and the retention
+    /// table, and keeps its rows.
+    #[test]
+    fn a_schema_2_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("meta.db");
+        let conn = open_database(&path).expect("new database");
+        conn.execute_batch(
+            "INSERT INTO project_blobs (project_id, hash) VALUES (1, 'h');
+             ALTER TABLE project_blobs DROP COLUMN used_at;
+             DROP TABLE retention;
+             UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+        )
+        .expect("make it a schema 2 database");
+        drop(conn);
+
+        let conn = open_database(&path).expect("upgraded on open");
+        let version: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .expect("schema version");
+        assert_eq!(version, "3");
+        let used_at: Option<i64> = conn
+            .query_row("SELECT used_at FROM project_blobs WHERE hash = 'h'", [], |r| r.get(0))
+            .expect("the old row is still there");
+        assert_eq!(used_at, None);
+        conn.execute("INSERT INTO retention (project_id, keep_days) VALUES (1, 7)", [])
+            .expect("the retention table exists");
+    }
+
     #[test]
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
