@@ -964,3 +964,112 @@ async fn listings_print_json_and_completions_cover_the_commands() {
     let page = std::fs::read_to_string(man.path().join("contextfs-gc.1")).expect("contextfs-gc.1");
     assert!(page.contains(".TH") && page.contains("dry"), "{page}");
 }
+
+// ----- mount status -----
+
+/// Leaves no mount behind, even when the test fails halfway.
+struct Unmount(String);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fusermount3")
+            .args(["-u", "-z", &self.0])
+            .output();
+    }
+}
+
+/// `contextfs status --json`: queue depth and lag, the cache's use and hit
+/// counts, the feed cursor and the passthrough mode, while the server is up
+/// and while it is down with a change queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_status_json_reports_queue_cache_and_lag() {
+    require_fuse();
+    let mut server = TestServer::start().await;
+    let token = server.project_with_token("mnt").await;
+    server
+        .commit("mnt", &token, "seed.txt", None, b"seed\n")
+        .await
+        .expect("seed");
+    let root = tempfile::tempdir().expect("temp dir");
+    let ws = root.path().join("ws");
+    let ws_arg = ws.display().to_string();
+    let base = server.base.clone();
+    let env = ClientEnv {
+        root: root.path(),
+        server: &base,
+        token: &token,
+        project: "mnt",
+    };
+    let run = |args: &[&str]| {
+        isolated_command(env!("CARGO_BIN_EXE_contextfs"), &env)
+            .args(args)
+            .output()
+            .expect("contextfs")
+    };
+    // The first mount fetches seed.txt into the machine's blob cache; the
+    // second finds it there (a hit).
+    let _unmount = Unmount(ws_arg.clone());
+    let mounted = run(&["mount", "--daemon", &ws_arg]);
+    assert!(mounted.status.success(), "{}", both(&mounted));
+    assert_eq!(std::fs::read(ws.join("seed.txt")).expect("read"), b"seed\n");
+    let out = run(&["umount", &ws_arg]);
+    assert!(out.status.success(), "{}", both(&out));
+    let mounted = run(&["mount", "--daemon", &ws_arg]);
+    assert!(mounted.status.success(), "{}", both(&mounted));
+    assert_eq!(std::fs::read(ws.join("seed.txt")).expect("read again"), b"seed\n");
+
+    let status = |run: &dyn Fn(&[&str]) -> Output| -> serde_json::Value {
+        let out = run(&["status", "--json", &ws_arg]);
+        assert!(out.status.success(), "{}", both(&out));
+        json_of(&stdout(&out))
+    };
+    let idle = status(&run);
+    assert_eq!(idle["project"], "mnt");
+    assert_eq!(idle["online"], true);
+    assert_eq!(
+        (idle["queue_depth"].as_u64(), idle["commit_lag_ms"].as_i64()),
+        (Some(0), Some(0))
+    );
+    assert!(idle["oldest_queued_age_ms"].is_null());
+    assert!(idle["passthrough"].is_string());
+    assert!(idle["feed_cursor"].as_i64().is_some_and(|c| c >= 1), "{idle}");
+    let cache = &idle["cache"];
+    assert!(cache["bytes_cached"].as_u64().is_some_and(|b| b >= 5), "{idle}");
+    assert!(cache["blobs"].as_u64().is_some_and(|b| b >= 1), "{idle}");
+    assert!(
+        cache["hits"].as_u64().is_some_and(|h| h >= 1),
+        "the second mount's read is a hit: {idle}"
+    );
+    assert!(
+        cache["hit_ratio"].as_f64().is_some_and(|r| r > 0.0 && r <= 1.0),
+        "{idle}"
+    );
+
+    server.stop().await;
+    std::fs::write(ws.join("offline.txt"), b"written while the server is down\n").expect("write");
+    let queued = eventually("the change is queued", || async {
+        let s = status(&run);
+        if s["queue_depth"].as_u64() == Some(1) {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await;
+    assert_eq!(queued["queued"][0]["path"], "offline.txt");
+    let age = queued["oldest_queued_age_ms"]
+        .as_i64()
+        .expect("an age while something is queued");
+    assert!(age >= 0 && queued["commit_lag_ms"].as_i64() == Some(age), "{queued}");
+
+    server.restart_on_same_port().await;
+    eventually("the queued change is committed", || async {
+        let s = status(&run);
+        (s["queue_depth"].as_u64() == Some(0))
+            .then_some(())
+            .ok_or(s.to_string())
+    })
+    .await;
+    let out = run(&["umount", &ws_arg]);
+    assert!(out.status.success(), "{}", both(&out));
+}

@@ -456,6 +456,15 @@ pub struct MountStatusJson {
     pub last_error: Option<String>,
     /// Changes in the journal the server has not acknowledged.
     pub queue_depth: usize,
+    /// How long the oldest of them has waited (null when none).
+    pub oldest_queued_age_ms: Option<i64>,
+    /// How far the mount's commits lag behind its local changes: the oldest
+    /// queued change's age, 0 when everything is committed.
+    pub commit_lag_ms: i64,
+    /// The change-feed cursor the mount has applied (compare with the
+    /// project's `cursor` to see how far behind remote changes it is).
+    pub feed_cursor: Option<i64>,
+    pub cache: Option<MountCacheJson>,
     /// Open files with unclosed writes.
     pub pending_files: usize,
     pub commits_since_mount: u64,
@@ -467,6 +476,17 @@ pub struct MountStatusJson {
 }
 
 #[derive(Debug, serde::Serialize)]
+pub struct MountCacheJson {
+    pub bytes_cached: u64,
+    pub limit_bytes: u64,
+    pub blobs: usize,
+    pub hits: u64,
+    pub misses: u64,
+    /// hits / (hits + misses); null before the first read.
+    pub hit_ratio: Option<f64>,
+}
+
+#[derive(Debug, serde::Serialize)]
 pub struct MountOutcome {
     pub path: String,
     pub status: String,
@@ -474,7 +494,26 @@ pub struct MountOutcome {
 
 impl MountStatusJson {
     pub fn from_report(r: crate::mount::control::MountReport) -> Self {
+        let now = chrono::Utc::now().timestamp_millis();
+        let oldest_queued_age_ms = r
+            .queued
+            .iter()
+            .filter_map(|q| q.changed_at)
+            .min()
+            .map(|at| (now - at).max(0));
+        let cache = r.cache.map(|c| MountCacheJson {
+            hit_ratio: (c.hits + c.misses > 0).then(|| c.hits as f64 / (c.hits + c.misses) as f64),
+            bytes_cached: c.bytes_cached,
+            limit_bytes: c.limit_bytes,
+            blobs: c.blobs,
+            hits: c.hits,
+            misses: c.misses,
+        });
         Self {
+            oldest_queued_age_ms,
+            commit_lag_ms: oldest_queued_age_ms.unwrap_or(0),
+            feed_cursor: r.feed_cursor,
+            cache,
             project: r.info.project,
             mountpoint: r.info.mountpoint,
             server: r.info.server,
