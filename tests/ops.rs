@@ -950,6 +950,41 @@ async fn listings_print_json_and_completions_cover_the_commands() {
     let skills: SkillsListing = json_of(&cli_ok(&server, &token, "shapes", &["skills", "list", "--json"]));
     assert!(skills.skills.is_empty());
 
+    // Sandbox records hold tokens: `list --json` shows what identifies a sandbox, no secret.
+    let home = tempfile::tempdir().expect("temp dir");
+    let state = home.path().join("state/contextfs/daytona");
+    std::fs::create_dir_all(&state).expect("state dir");
+    for (id, provider) in [("sb-daytona-1", "daytona"), ("sb-e2b-1", "e2b")] {
+        let record = serde_json::json!({
+            "id": id, "provider": provider, "api_url": "http://127.0.0.1:9", "endpoint": null,
+            "access_token": "envd-secret-access", "project": "shapes", "server": server.base,
+            "sandbox_server": server.base, "token": "cfs_sandbox_secret_token", "token_id": "tok_1",
+            "mode": "sync", "binary": "/usr/local/bin/contextfs", "created_at": "2026-12-06T00:00:00Z"
+        });
+        std::fs::write(state.join(format!("{id}.json")), record.to_string()).expect("record");
+    }
+    let env = ClientEnv {
+        root: home.path(),
+        server: &server.base,
+        token: &token,
+        project: "shapes",
+    };
+    for (provider, id) in [("daytona", "sb-daytona-1"), ("e2b", "sb-e2b-1")] {
+        let out = isolated_command(env!("CARGO_BIN_EXE_contextfs"), &env)
+            .args([provider, "list", "--json"])
+            .output()
+            .expect("list");
+        assert!(out.status.success(), "{}", both(&out));
+        let text = stdout(&out);
+        let listed: Vec<serde_json::Value> = json_of(&text);
+        assert_eq!(listed.len(), 1, "{text}");
+        assert_eq!(
+            (listed[0]["id"].as_str(), listed[0]["mode"].as_str()),
+            (Some(id), Some("sync"))
+        );
+        assert!(!text.contains("secret"), "{text}");
+    }
+
     let bash = cli_ok(&server, &token, "shapes", &["completions", "bash"]);
     assert!(
         bash.contains("_contextfs()") && bash.contains("gc") && bash.contains("--keep-days"),
