@@ -267,7 +267,7 @@ pub(super) async fn import(
     let tx = c.transaction().await.map_err(pg_error("cannot start the import"))?;
     if replace {
         tx.batch_execute(
-            "TRUNCATE skill_files, skills, project_blobs, audit, events, versions, nodes, tokens, projects;
+            "TRUNCATE retention, skill_files, skills, project_blobs, audit, events, versions, nodes, tokens, projects;
              DELETE FROM meta;",
         )
         .await

@@ -227,7 +227,7 @@ pub(super) fn import(
 ) -> StoreResult<ImportCounts> {
     if replace {
         conn.execute_batch(
-            "DELETE FROM skill_files; DELETE FROM skills; DELETE FROM project_blobs; DELETE FROM audit;
+            "DELETE FROM retention; DELETE FROM skill_files; DELETE FROM skills; DELETE FROM project_blobs; DELETE FROM audit;
              DELETE FROM events; DELETE FROM versions; DELETE FROM nodes; DELETE FROM tokens;
              DELETE FROM projects; DELETE FROM meta WHERE key <> 'schema_version';",
         )?;
