@@ -35,6 +35,9 @@ use crate::model::BlobHash;
 
 /// Bodies up to this size are verified in memory and PUT in one request.
 pub const SMALL_BODY: usize = 8 << 20;
+/// Already stored blobs up to this size are written again on upload, which
+/// refreshes their time for garbage collection.
+const REFRESH_BELOW: usize = 1 << 20;
 /// Multipart part size (S3 wants at least 5 MiB for every part but the last).
 const PART_SIZE: usize = 8 << 20;
 /// Parts of one upload in flight at once (memory per upload ≈ (1 + this) × PART_SIZE).
@@ -231,13 +234,19 @@ impl S3BlobStore {
     /// Small body, already verified: PUT it under its hash unless present.
     async fn put_small(&self, hash: &BlobHash, parts: Vec<Bytes>) -> Result<bool, BlobError> {
         let key = self.location.blob_key(hash);
-        if self.exists(&key).await? {
+        let existed = self.exists(&key).await?;
+        let size: usize = parts.iter().map(Bytes::len).sum();
+        if existed && size > REFRESH_BELOW {
             return Ok(false);
         }
+        // A small blob that is already stored is written again: the new
+        // object time tells garbage collection it was just uploaded (S3 has
+        // no cheaper way to touch an object), so it is not deleted under the
+        // commit that follows.
         bounded(self.store.put(&key, PutPayload::from_iter(parts)))
             .await
             .map_err(|e| s3_err("PUT", &key, e))?;
-        Ok(true)
+        Ok(!existed)
     }
 }
 
