@@ -1108,3 +1108,194 @@ async fn mount_status_json_reports_queue_cache_and_lag() {
     let out = run(&["umount", &ws_arg]);
     assert!(out.status.success(), "{}", both(&out));
 }
+
+// ----- retention rules on the store itself (old versions need old times) -----
+
+mod store_rules {
+    use std::sync::Arc;
+
+    use contextfs::api::{NodeKind, RetentionPolicy, VersionOp, VersionStatus};
+    use contextfs::model::BlobHash;
+    use contextfs::server::store::{now_millis, ContentWrite, FileTimes, MetadataStore, WriteMeta, WriteTarget};
+
+    const DAY: i64 = 86_400_000;
+
+    fn meta(now: i64) -> WriteMeta {
+        WriteMeta {
+            author: "admin".into(),
+            agent_id: None,
+            message: None,
+            now,
+        }
+    }
+
+    /// The store under test: PostgreSQL with `CONTEXTFS_TEST_DATABASE`, else SQLite.
+    async fn store(dir: &std::path::Path) -> Arc<dyn MetadataStore> {
+        match super::fresh_test_database().await {
+            Some(url) => Arc::new(
+                contextfs::server::store::postgres::PostgresStore::open(&url)
+                    .await
+                    .expect("PostgreSQL store"),
+            ),
+            None => Arc::new(
+                contextfs::server::store::sqlite::SqliteStore::open(&dir.join("meta.db")).expect("SQLite store"),
+            ),
+        }
+    }
+
+    /// Writes `statuses` as consecutive versions of `path`, each `ages` days
+    /// old; returns the node.
+    async fn file(store: &dyn MetadataStore, project: i64, path: &str, versions: &[(VersionStatus, i64)]) -> i64 {
+        let now = now_millis();
+        let mut head: Option<(i64, i64)> = None;
+        for (n, (status, days_old)) in versions.iter().enumerate() {
+            let target = match head {
+                None => WriteTarget::New {
+                    path: contextfs::model::WsPath::parse(path).expect("path"),
+                },
+                Some((node, version)) => WriteTarget::Existing {
+                    node,
+                    expected_head: version,
+                },
+            };
+            let write = ContentWrite {
+                target,
+                kind: NodeKind::File,
+                mode: 0o644,
+                hash: BlobHash::of(format!("{path} {n}").as_bytes()),
+                size: 3,
+                op: if head.is_none() {
+                    VersionOp::Create
+                } else {
+                    VersionOp::Write
+                },
+                status: *status,
+                idempotency_key: None,
+                record_blob: None,
+                times: FileTimes::default(),
+            };
+            let v = store
+                .write_content(project, write, meta(now - days_old * DAY))
+                .await
+                .expect("write")
+                .value;
+            head = Some((v.node, v.version));
+        }
+        head.expect("at least one version").0
+    }
+
+    async fn kept(store: &dyn MetadataStore, node: i64) -> Vec<i64> {
+        let mut numbers: Vec<i64> = store
+            .history(node, None, 100)
+            .await
+            .expect("history")
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        numbers.sort();
+        numbers
+    }
+
+    /// keep-days prunes by age, keep-versions by count; a young lww loser
+    /// outlives the count, an old one goes; heads always stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn age_and_count_limits_and_lww_losers() {
+        use VersionStatus::{Clean, Lww};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store(dir.path()).await;
+        let project = store
+            .create_project("ages", meta(now_millis()))
+            .await
+            .expect("project")
+            .id;
+        let old = file(&*store, project, "old.txt", &[(Clean, 10), (Clean, 9), (Clean, 1)]).await;
+        let young = file(&*store, project, "young.txt", &[(Clean, 3), (Clean, 2), (Clean, 1)]).await;
+        let lost_young = file(&*store, project, "lww-young.txt", &[(Clean, 3), (Clean, 2), (Lww, 1)]).await;
+        let lost_old = file(&*store, project, "lww-old.txt", &[(Clean, 10), (Lww, 9), (Clean, 8)]).await;
+        let ancient_head = file(&*store, project, "ancient.txt", &[(Clean, 30)]).await;
+
+        let policy = RetentionPolicy {
+            keep_days: Some(5),
+            keep_versions: Some(1),
+        };
+        let counted = store
+            .prune_versions(project, policy, true, meta(now_millis()))
+            .await
+            .expect("dry run");
+        let pruned = store
+            .prune_versions(project, policy, false, meta(now_millis()))
+            .await
+            .expect("prune");
+        assert_eq!(counted, pruned, "a dry run counts what a real run removes");
+        assert_eq!(kept(&*store, old).await, [3], "older than 5 days");
+        assert_eq!(kept(&*store, young).await, [3], "young, but beyond 1 version");
+        assert_eq!(kept(&*store, lost_young).await, [2, 3], "the young lww loser stays");
+        assert_eq!(
+            kept(&*store, lost_old).await,
+            [3],
+            "an lww loser older than the policy goes"
+        );
+        assert_eq!(kept(&*store, ancient_head).await, [1], "a head stays, however old");
+        assert_eq!(pruned, 2 + 2 + 1 + 2);
+        assert_eq!(
+            store
+                .prune_versions(project, policy, false, meta(now_millis()))
+                .await
+                .expect("again"),
+            0,
+            "pruning is idempotent"
+        );
+    }
+}
+
+/// An unreferenced blob past the grace period that a client uploads again
+/// (to commit it) gets a fresh grace period: GC keeps it and the commit
+/// reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_keeps_an_old_blob_that_is_uploaded_again_for_a_commit() {
+    let server = TestServer::start_with(&["--gc-grace", GRACE]).await;
+    let token = server.project_with_token("again").await;
+    let bytes = b"uploaded long ago, committed only now";
+    let hash = server.upload("again", &token, bytes).await;
+    tokio::time::sleep(PAST_GRACE).await;
+    assert_eq!(gc(&server, true).await.deleted, vec![hash.clone()], "it is garbage now");
+
+    server.upload("again", &token, bytes).await;
+    let report = gc(&server, false).await;
+    assert_eq!(
+        report.blobs_deleted, 0,
+        "the new upload restarted its grace period: {report:?}"
+    );
+    server
+        .commit_req("again", &token, &commit_request("late.txt", None, hash))
+        .await
+        .expect("commit after the upload");
+    assert_eq!(server.read_bytes("again", &token, "late.txt").await, bytes);
+}
+
+/// The change-feed waiter gauge counts a long-poll while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_change_feed_waiters() {
+    let server = Arc::new(TestServer::start().await);
+    let token = server.project_with_token("feed").await;
+    let cursor = server.changes("feed", &token, 0, 0).await.expect("cursor").cursor;
+    let waiting = {
+        let (server, token) = (server.clone(), token.clone());
+        tokio::spawn(async move { server.changes("feed", &token, cursor, 20_000).await })
+    };
+    let url = format!("{}/metrics", server.base);
+    eventually("one waiter shows", || async {
+        let (_, text) = metrics_text(&url).await;
+        (sample(&text, "contextfs_changefeed_waiters") == 1.0)
+            .then_some(())
+            .ok_or(text)
+    })
+    .await;
+    server
+        .commit("feed", &token, "wake.txt", None, b"x")
+        .await
+        .expect("commit");
+    waiting.await.expect("long-poll").expect("woken");
+    let (_, text) = metrics_text(&url).await;
+    assert_eq!(sample(&text, "contextfs_changefeed_waiters"), 0.0, "{text}");
+}
