@@ -111,8 +111,12 @@ async fn retention_prunes_old_versions_and_keeps_what_it_promises() {
         server.read_bytes("kept", &token, "plain.md").await,
         b"plain.md revision 5\n"
     );
-    let gone = server.read("kept", &token, "plain.md", Some(plain[0].version)).await;
-    assert_eq!(gone.expect_err("pruned").status, StatusCode::NOT_FOUND);
+    let gone = server
+        .read("kept", &token, "plain.md", Some(plain[0].version))
+        .await
+        .expect_err("pruned");
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert!(gone.message.contains("was pruned by the project's retention policy"), "{gone:?}");
 
     // Audit rows stay, and the pruning itself is audited.
     let audit_after: AuditPage = send(

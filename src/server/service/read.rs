@@ -74,7 +74,15 @@ impl Service {
                 )))
             }
             (Some(n), Some(v)) => self.store.version(n.node, v).await?.ok_or_else(|| {
-                ApiError::not_found(format!("{path} has no version {v} (head is {})", n.head.version))
+                // Numbers are never reused: a missing one below the head was pruned.
+                if (1..n.head.version).contains(&v) {
+                    ApiError::not_found(format!(
+                        "version {v} of {path} was pruned by the project's retention policy (head is {})",
+                        n.head.version
+                    ))
+                } else {
+                    ApiError::not_found(format!("{path} has no version {v} (head is {})", n.head.version))
+                }
             })?,
             (None, _) => return Err(ApiError::not_found(format!("{path} does not exist"))),
         };
