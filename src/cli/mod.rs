@@ -65,7 +65,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Copy a data directory into PostgreSQL + S3 (or into another data directory)
     Migrate(crate::migrate::MigrateArgs),
-    /// Create and list projects (admin token)
+    /// Create and list projects, set their retention (admin token)
     #[command(subcommand)]
     Project(ProjectCommand),
     /// Create, list and revoke project tokens (admin token)
@@ -150,33 +150,6 @@ and --path-prefix."
         #[arg(long, requires = "since")]
         json: bool,
     },
-    /// Prune versions past their retention, then delete blobs nothing refers to (admin token)
-    #[command(
-        long_about = "Runs garbage collection on the server: first every project's versions past its retention policy \
-(`contextfs project set P --keep-days D --keep-versions N`, or the server's --keep-days/--keep-versions default) are \
-pruned, then blobs no version or skill refers to are deleted from the blob folder or S3. A blob uploaded within the \
-server's --gc-grace (default 1h) stays, so a commit that has not landed yet never loses its blob. Prints what it \
-freed, and every referenced blob that is missing or has the wrong size (exit status 1 then).\n\n\
-With --dry-run nothing changes; the report says what would go."
-    )]
-    Gc {
-        /// Report what would be pruned and deleted; change nothing
-        #[arg(long)]
-        dry_run: bool,
-        /// Print the report as JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check what a mount needs on this machine, with a one-line fix for each problem
-    Doctor(doctor::DoctorArgs),
-    /// Print shell completions: `contextfs completions bash > /etc/bash_completion.d/contextfs`
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-    /// Write man pages (contextfs.1 and one per subcommand) into DIR
-    #[command(hide = true)]
-    Man { dir: PathBuf },
     /// Restore a file to an earlier version (as a new version; nothing is lost)
     Rollback {
         path: String,
@@ -234,6 +207,33 @@ the next mount of the same project at the same place commits it."
     Daytona(daytona::DaytonaCommand),
     /// E2B sandboxes with the project at /workspace: create, exec, destroy
     E2b(e2b::E2bCommand),
+    /// Prune old versions and delete blobs nothing refers to (admin token)
+    #[command(
+        long_about = "Runs garbage collection on the server: first every project's versions past its retention policy \
+(`contextfs project set P --keep-days D --keep-versions N`, or the server's --keep-days/--keep-versions default) are \
+pruned, then blobs no version or skill refers to are deleted from the blob folder or S3. A blob uploaded within the \
+server's --gc-grace (default 1h) stays, so a commit that has not landed yet never loses its blob. Prints what it \
+freed, and every referenced blob that is missing or has the wrong size (exit status 1 then).\n\n\
+With --dry-run nothing changes; the report says what would go."
+    )]
+    Gc {
+        /// Report what would be pruned and deleted; change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check what a mount needs on this machine, with a one-line fix for each problem
+    Doctor(doctor::DoctorArgs),
+    /// Print shell completions for bash, zsh or fish (docs/OPERATIONS.md shows where they go)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (contextfs.1 and one per subcommand) into DIR
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 #[derive(Args, Debug)]

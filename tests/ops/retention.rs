@@ -116,7 +116,10 @@ async fn retention_prunes_old_versions_and_keeps_what_it_promises() {
         .await
         .expect_err("pruned");
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
-    assert!(gone.message.contains("was pruned by the project's retention policy"), "{gone:?}");
+    assert!(
+        gone.message.contains("was pruned by the project's retention policy"),
+        "{gone:?}"
+    );
 
     // Audit rows stay, and the pruning itself is audited.
     let audit_after: AuditPage = send(
