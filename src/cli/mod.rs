@@ -226,7 +226,7 @@ With --dry-run nothing changes; the report says what would go."
     },
     /// Check what a mount needs on this machine, with a one-line fix for each problem
     Doctor(doctor::DoctorArgs),
-    /// Print shell completions for bash, zsh or fish (docs/OPERATIONS.md shows where they go)
+    /// Print shell completions for bash, zsh or fish
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
