@@ -395,3 +395,39 @@ mod store_rules {
         );
     }
 }
+
+/// `contextfs migrate` carries retention policies to the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_carries_retention_policies() {
+    if std::env::var("CONTEXTFS_TEST_DATABASE").is_ok() || blobs_in_s3() {
+        eprintln!("skipped: this test migrates one data directory into another");
+        return;
+    }
+    let mut source = TestServer::start().await;
+    source.create_project("kept").await;
+    set_retention(&source, "kept", Some(9), Some(4)).await;
+    source.stop().await;
+    let target_dir = tempfile::tempdir().expect("temp dir");
+    let target_data = target_dir.path().join("data");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_contextfs"))
+        .arg("migrate")
+        .arg("--from")
+        .arg(&source.data_dir)
+        .arg("--to")
+        .arg(&target_data)
+        .env("CONTEXTFS_LOG", "warn")
+        .output()
+        .expect("migrate");
+    assert!(out.status.success(), "{}", both(&out));
+    let target = TestServer::start_on(target_data, vec![]).await;
+    let info: RetentionInfo = send(target.get(&target.purl("kept", "/retention"), &target.admin))
+        .await
+        .expect("retention on the target");
+    assert_eq!(
+        info.policy,
+        Some(RetentionPolicy {
+            keep_days: Some(9),
+            keep_versions: Some(4)
+        })
+    );
+}
