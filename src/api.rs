@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::api_ops::*;
 use crate::model::{BlobHash, WsPath};
 
 pub const API_PREFIX: &str = "/api/v1";
@@ -576,6 +577,10 @@ pub struct HistoryPage {
     pub versions: Vec<VersionInfo>,
     /// Pass as `before` to get the next (older) page; `None` at the first version.
     pub next_before: Option<i64>,
+    /// Versions retention removed between (or below) the versions of this
+    /// page: shown as `pruned before version N`, never silently.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<PrunedGap>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

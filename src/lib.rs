@@ -18,6 +18,7 @@
 //! - [`cli`]: the command line.
 
 pub mod api;
+pub mod api_ops;
 pub mod cache;
 pub mod cli;
 pub mod client;

@@ -146,6 +146,10 @@ pub struct BlobCache {
     max_bytes: u64,
     state: Mutex<IndexState>,
     flights: Flights,
+    /// `open_blob` lookups the cache answered / could not (`contextfs
+    /// status --json`'s hit ratio).
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for BlobCache {
@@ -191,6 +195,8 @@ impl BlobCache {
                 scanned_at: Instant::now(),
             }),
             flights: Flights::new(),
+            hits: Default::default(),
+            misses: Default::default(),
         };
         {
             let mut state = lock(&cache.state);
@@ -217,6 +223,18 @@ impl BlobCache {
     /// open of a small one this process did not write checks its bytes, and
     /// a torn one (left by a power loss) is removed and reported absent.
     pub fn open_blob(&self, hash: &BlobHash) -> Result<Option<File>, CacheError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let found = self.open_uncounted(hash)?;
+        match found {
+            Some(_) => self.hits.fetch_add(1, Relaxed),
+            None => self.misses.fetch_add(1, Relaxed),
+        };
+        Ok(found)
+    }
+
+    /// [`BlobCache::open_blob`] without counting a hit or miss (the looks
+    /// `get_or_fill` takes after the caller's own).
+    fn open_uncounted(&self, hash: &BlobHash) -> Result<Option<File>, CacheError> {
         let path = self.path_of(hash);
         let file = match File::open(&path) {
             Ok(file) => file,
@@ -311,7 +329,7 @@ impl BlobCache {
         F: FnOnce(&mut CacheFill) -> Result<(), CacheError>,
     {
         let guard = loop {
-            if let Some(file) = self.open_blob(hash)? {
+            if let Some(file) = self.open_uncounted(hash)? {
                 return Ok(file);
             }
             match self.flights.join(hash) {
@@ -322,7 +340,7 @@ impl BlobCache {
             }
         };
         // Another leader may have published between our miss and our lead.
-        let result = match self.open_blob(hash) {
+        let result = match self.open_uncounted(hash) {
             Ok(Some(file)) => Ok(file),
             Ok(None) => self.fill_and_publish(hash, fill),
             Err(e) => Err(e),
@@ -362,6 +380,12 @@ impl BlobCache {
             false => copy_into(fill, src),
         })
         .map(drop)
+    }
+
+    /// `(hits, misses)` of [`BlobCache::open_blob`] in this process.
+    pub fn hit_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
     }
 
     /// `(bytes used, limit, number of blobs)` as this process sees the

@@ -8,13 +8,13 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 
-use super::{Command, GlobalArgs, ProjectCommand, SkillsCommand, TokenCommand};
+use super::{ops, Command, GlobalArgs, ProjectCommand, SkillsCommand, TokenCommand};
 use crate::api::*;
 use crate::client::{Client, ClientError};
 use crate::model::WsPath;
 
 /// Turns a client error into a message that says what to do about it.
-fn explain(e: ClientError) -> anyhow::Error {
+pub(super) fn explain(e: ClientError) -> anyhow::Error {
     let hint = match &e {
         ClientError::Unreachable { .. } => {
             "is `contextfs serve` running there? Point --server (or CONTEXTFS_SERVER) at it".to_string()
@@ -79,18 +79,39 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
         | Command::Sync(_)
         | Command::Checkout(_)
         | Command::Push(_)
-        | Command::Pull(_) => {
+        | Command::Pull(_)
+        | Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Doctor(_) => {
             unreachable!("handled before client commands")
         }
         Command::Project(ProjectCommand::Create { name }) => {
             let p = c.create_project(&name).await.map_err(explain)?;
             println!("created project {}", p.name);
         }
-        Command::Project(ProjectCommand::List) => {
-            for p in c.projects().await.map_err(explain)? {
+        Command::Project(ProjectCommand::List { json }) => {
+            let projects = c.projects().await.map_err(explain)?;
+            if json {
+                ops::print_json(&projects)?;
+            }
+            for p in projects.iter().filter(|_| !json) {
                 println!("{}\t{}\tcursor {}", p.name, p.created_at, p.cursor);
             }
         }
+        Command::Project(ProjectCommand::Set {
+            name,
+            keep_days,
+            keep_versions,
+            clear,
+            json,
+        }) => {
+            if clear || keep_days.is_some() || keep_versions.is_some() {
+                return ops::project_set(&c, &name, keep_days, keep_versions, json).await;
+            }
+            bail!("say what to keep: --keep-days DAYS and/or --keep-versions N, or --clear to remove the policy");
+        }
+        Command::Project(ProjectCommand::Show { name, json }) => return ops::project_show(&c, &name, json).await,
+        Command::Gc { dry_run, json } => return ops::gc(&c, dry_run, json).await,
         Command::Token(TokenCommand::Create { read_only, label }) => {
             let access = if read_only { Access::Read } else { Access::ReadWrite };
             let t = c.create_token(project(global)?, access, label).await.map_err(explain)?;
@@ -102,8 +123,12 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
             );
             println!("{}", t.token);
         }
-        Command::Token(TokenCommand::List) => {
-            for t in c.tokens(project(global)?).await.map_err(explain)? {
+        Command::Token(TokenCommand::List { json }) => {
+            let tokens = c.tokens(project(global)?).await.map_err(explain)?;
+            if json {
+                ops::print_json(&tokens)?;
+            }
+            for t in tokens.into_iter().filter(|_| !json) {
                 let state = if t.revoked { "revoked" } else { "active" };
                 println!(
                     "{}\t{}\t{}\t{}\t{}",
@@ -119,7 +144,12 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
             c.revoke_token(&id).await.map_err(explain)?;
             println!("revoked {id}");
         }
-        Command::Ls { path, recursive, long } => ls(&c, project(global)?, path, recursive, long).await?,
+        Command::Ls {
+            path,
+            recursive,
+            long,
+            json,
+        } => ls(&c, project(global)?, path, recursive, long, json).await?,
         Command::Cat { path, version } => {
             let path = ws_path(&path)?;
             let file = c
@@ -173,17 +203,44 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
             let v = c.commit(project, &request).await.map_err(explain)?;
             println!("{}: version {} ({})", v.path, v.version, v.status.as_str());
         }
-        Command::Log { path, limit } => {
+        Command::Log {
+            path: None,
+            limit,
+            agent,
+            since,
+            path_prefix,
+            json,
+        } => {
+            let args = ops::ActivityArgs {
+                limit,
+                agent,
+                since,
+                path_prefix,
+            };
+            return ops::project_log(&c, project(global)?, args, json).await;
+        }
+        Command::Log {
+            path: Some(path),
+            limit,
+            json,
+            ..
+        } => {
             let path = ws_path(&path)?;
             let page = c
                 .history(project(global)?, path.as_str(), None, limit)
                 .await
                 .map_err(explain)?;
+            if json {
+                ops::print_json(&page)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let pruned_below = |version: i64| page.pruned.iter().find(|g| g.before == version).copied();
             println!(
                 "{:>7}  {:<24}  {:<16}  {:<7}  {:<8}  {:>9}  MESSAGE",
                 "VERSION", "TIME", "AGENT", "STATUS", "OP", "SIZE"
             );
-            for v in page.versions {
+            for v in &page.versions {
+                let gap = pruned_below(v.version);
                 println!(
                     "{:>7}  {:<24}  {:<16}  {:<7}  {:<8}  {:>9}  {}",
                     v.version,
@@ -192,11 +249,26 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
                     v.status.as_str(),
                     v.op.as_str(),
                     v.size,
-                    v.message.unwrap_or_default()
+                    v.message.as_deref().unwrap_or_default()
                 );
+                if let Some(gap) = gap {
+                    println!(
+                        "{:>7}  pruned before version {} ({} version(s) removed by retention)",
+                        "...", gap.before, gap.count
+                    );
+                }
             }
         }
-        Command::Diff { path, v1, v2 } => {
+        Command::Diff {
+            path,
+            since: Some(since),
+            json,
+            ..
+        } => return ops::diff_since(&c, project(global)?, &since, path, json).await,
+        Command::Diff { path, v1, v2, .. } => {
+            let (Some(path), Some(v1), Some(v2)) = (path, v1, v2) else {
+                bail!("usage: contextfs diff PATH V1 V2, or contextfs diff --since TIME [PATH-PREFIX]");
+            };
             let path = ws_path(&path)?;
             let project = project(global)?;
             let old = c.checkout(project, path.as_str(), Some(v1)).await.map_err(explain)?;
@@ -261,9 +333,12 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
             }
         }
         Command::Skills(SkillsCommand::Publish { dir }) => publish_skills(&c, &dir).await?,
-        Command::Skills(SkillsCommand::List) => {
+        Command::Skills(SkillsCommand::List { json }) => {
             let listing = c.skills().await.map_err(explain)?;
-            for s in listing.skills {
+            if json {
+                ops::print_json(&listing)?;
+            }
+            for s in listing.skills.into_iter().filter(|_| !json) {
                 println!("{}\t{} ({} files)", s.name, s.description, s.files.len());
             }
         }
@@ -314,7 +389,14 @@ async fn current_head(c: &Client, project: &str, path: &WsPath) -> anyhow::Resul
     }
 }
 
-async fn ls(c: &Client, project: &str, path: Option<String>, recursive: bool, long: bool) -> anyhow::Result<()> {
+async fn ls(
+    c: &Client,
+    project: &str,
+    path: Option<String>,
+    recursive: bool,
+    long: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     let prefix = match path.as_deref().map(|p| p.trim_matches('/')) {
         None | Some("") | Some(".") => None,
         Some(p) => Some(ws_path(p)?),
@@ -323,6 +405,9 @@ async fn ls(c: &Client, project: &str, path: Option<String>, recursive: bool, lo
         .tree(project, prefix.as_ref().map(|p| p.as_str()), recursive)
         .await
         .map_err(explain)?;
+    if json {
+        return ops::print_json(&listing);
+    }
     let strip = prefix.as_ref().map(|p| p.as_str().len() + 1).unwrap_or(0);
     for e in listing.entries {
         let name = &e.path[strip..];

@@ -103,7 +103,11 @@ before the command and changes are committed after it; one line per file goes to
         force: bool,
     },
     /// List the sandboxes created from this machine
-    List,
+    List {
+        /// Print JSON: [{id, provider, project, mode, created_at, api_url}] (never tokens)
+        #[arg(long)]
+        json: bool,
+    },
     /// (inside a sandbox) list a folder with blake3 hashes, as JSON, for sync mode
     #[command(hide = true)]
     Scan { dir: PathBuf },
@@ -169,7 +173,7 @@ pub async fn run(global: &GlobalArgs, cmd: DaytonaCommand) -> anyhow::Result<Exi
             println!("{}", serde_json::to_string(&scan)?);
             Ok(ExitCode::SUCCESS)
         }
-        DaytonaSub::List => list(ProviderKind::Daytona),
+        DaytonaSub::List { json } => list(ProviderKind::Daytona, json),
         DaytonaSub::Create {
             snapshot,
             auto_stop,
@@ -221,8 +225,30 @@ fn daytona_provider(args: &DaytonaArgs, record: Option<&SandboxRecord>) -> anyho
 }
 
 /// `list`: the sandboxes of one provider this machine created.
-pub(super) fn list(kind: ProviderKind) -> anyhow::Result<ExitCode> {
-    for r in SandboxRecord::all()?.into_iter().filter(|r| r.provider == kind) {
+pub(super) fn list(kind: ProviderKind, json: bool) -> anyhow::Result<ExitCode> {
+    let records: Vec<SandboxRecord> = SandboxRecord::all()?
+        .into_iter()
+        .filter(|r| r.provider == kind)
+        .collect();
+    if json {
+        // The records hold project tokens and access tokens: only what identifies a sandbox.
+        let listed: Vec<serde_json::Value> = records
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id,
+                    "provider": r.provider.as_str(),
+                    "project": r.project,
+                    "mode": r.mode.as_str(),
+                    "created_at": r.created_at,
+                    "api_url": r.api_url,
+                })
+            })
+            .collect();
+        super::ops::print_json(&listed)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in records {
         println!("{}\t{}\t{}\t{}", r.id, r.project, r.mode.as_str(), r.created_at);
     }
     Ok(ExitCode::SUCCESS)

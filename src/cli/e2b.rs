@@ -83,7 +83,11 @@ pub enum E2bSub {
         force: bool,
     },
     /// List the E2B sandboxes created from this machine
-    List,
+    List {
+        /// Print JSON: [{id, provider, project, mode, created_at, api_url}] (never tokens)
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn provider(
@@ -110,7 +114,7 @@ fn provider(
 pub async fn run(global: &GlobalArgs, cmd: E2bCommand) -> anyhow::Result<ExitCode> {
     let args = cmd.e2b;
     match cmd.command {
-        E2bSub::List => list(ProviderKind::E2b),
+        E2bSub::List { json } => list(ProviderKind::E2b, json),
         E2bSub::Create {
             template,
             timeout,

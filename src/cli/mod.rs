@@ -3,8 +3,10 @@
 mod commands;
 pub mod config;
 pub mod daytona;
+mod doctor;
 pub mod e2b;
 mod mount;
+mod ops;
 mod sandbox;
 mod sync;
 
@@ -64,7 +66,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Copy a data directory into PostgreSQL + S3 (or into another data directory)
     Migrate(crate::migrate::MigrateArgs),
-    /// Create and list projects (admin token)
+    /// Create and list projects, set their retention (admin token)
     #[command(subcommand)]
     Project(ProjectCommand),
     /// Create, list and revoke project tokens (admin token)
@@ -79,6 +81,9 @@ pub enum Command {
         /// Show id, version, mode, size and hash
         #[arg(short, long)]
         long: bool,
+        /// Print the listing as JSON (the tree route's entries)
+        #[arg(long)]
+        json: bool,
     },
     /// Print a file (its head, or --version N)
     Cat {
@@ -107,15 +112,45 @@ falls back to last-writer-wins, keeping the other version in history."
         #[arg(long, short)]
         message: Option<String>,
     },
-    /// Show a file's versions: number, time, agent, status
+    /// A file's versions, or without PATH the project's activity (newest first)
+    #[command(
+        long_about = "With PATH: the file's versions (number, time, agent, status, op, size, message), newest first; \
+versions removed by retention show as `pruned before version N`.\n\n\
+Without PATH: the project's activity, one line per version of any file: change-feed sequence, time, agent, op, \
+status, version and path, newest first. Filter with --agent, --since (RFC 3339 or a duration back from now: 90m, 2h, 7d) \
+and --path-prefix."
+    )]
     Log {
-        path: String,
-        /// How many versions to show (newest first)
+        path: Option<String>,
+        /// How many entries to show (newest first)
         #[arg(long, short = 'n', default_value_t = 50)]
         limit: u32,
+        /// Only versions written by this agent id (project log)
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only versions written since then: RFC 3339 or a duration ago (30m, 2h, 7d) (project log)
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only this path and what is below it (project log)
+        #[arg(long, value_name = "PATH")]
+        path_prefix: Option<String>,
+        /// Print JSON (docs/OPERATIONS.md describes the shape)
+        #[arg(long)]
+        json: bool,
     },
-    /// Unified diff between two versions of a file
-    Diff { path: String, v1: i64, v2: i64 },
+    /// Unified diff between two versions of a file, or with --since a summary per changed file
+    Diff {
+        /// The file (with V1 V2), or with --since a path prefix to limit the summary to
+        path: Option<String>,
+        v1: Option<i64>,
+        v2: Option<i64>,
+        /// Summarise every file changed since then: RFC 3339 or a duration ago (30m, 2h, 7d)
+        #[arg(long, value_name = "TIME", conflicts_with_all = ["v1", "v2"])]
+        since: Option<String>,
+        /// Print JSON (with --since)
+        #[arg(long, requires = "since")]
+        json: bool,
+    },
     /// Restore a file to an earlier version (as a new version; nothing is lost)
     Rollback {
         path: String,
@@ -153,7 +188,12 @@ the next mount of the same project at the same place commits it."
     )]
     Umount { mountpoint: PathBuf },
     /// Show a mount's pending and queued files and recent outcomes
-    Status { mountpoint: PathBuf },
+    Status {
+        mountpoint: PathBuf,
+        /// Print JSON: queue depth, oldest queued age, commit lag, cache use, passthrough mode
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a command in a Docker container with the project at /workspace
     Run(sandbox::RunCommand),
     /// Serve Docker's volume plugin protocol (`docker volume create -d contextfs`)
@@ -176,6 +216,33 @@ the next mount of the same project at the same place commits it."
     Push(sync::FolderArgs),
     /// Write the project's changes into a synced folder once
     Pull(sync::FolderArgs),
+    /// Prune old versions and delete blobs nothing refers to (admin token)
+    #[command(
+        long_about = "Runs garbage collection on the server: first every project's versions past its retention policy \
+(`contextfs project set P --keep-days D --keep-versions N`, or the server's --keep-days/--keep-versions default) are \
+pruned, then blobs no version or skill refers to are deleted from the blob folder or S3. A blob uploaded within the \
+server's --gc-grace (default 1h) stays, so a commit that has not landed yet never loses its blob. Prints what it \
+freed, and every referenced blob that is missing or has the wrong size (exit status 1 then).\n\n\
+With --dry-run nothing changes; the report says what would go."
+    )]
+    Gc {
+        /// Report what would be pruned and deleted; change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check what a mount needs on this machine, with a one-line fix for each problem
+    Doctor(doctor::DoctorArgs),
+    /// Print shell completions for bash, zsh or fish
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (contextfs.1 and one per subcommand) into DIR
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 #[derive(Args, Debug)]
@@ -329,6 +396,8 @@ pub struct ServeArgs {
     /// Most connections served at once; more wait in the listen backlog
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_connections: usize,
+    #[command(flatten)]
+    pub ops: ops::ServeOpsArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -336,7 +405,41 @@ pub enum ProjectCommand {
     /// Create a project
     Create { name: String },
     /// List the projects this token can see
-    List,
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a project's retention policy (admin token); with neither limit, clear it
+    #[command(
+        long_about = "Sets how long project NAME keeps superseded versions. A version is pruned by the next \
+`contextfs gc` (or the server's --gc-interval run) when it is older than --keep-days or not among its file's \
+--keep-versions newest. Heads, the version a live file was last merged from, and lww losers younger than \
+--keep-days always stay; history shows `pruned before version N` where versions went; audit rows stay.\n\n\
+--clear (or giving neither limit) removes the policy: the server default (serve --keep-days/--keep-versions) applies."
+    )]
+    Set {
+        name: String,
+        /// Versions older than DAYS may be pruned (at least 1)
+        #[arg(long, value_name = "DAYS", allow_negative_numbers = true)]
+        keep_days: Option<i64>,
+        /// Keep at most N versions per file (at least 1)
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        keep_versions: Option<i64>,
+        /// Remove the project's policy
+        #[arg(long, conflicts_with_all = ["keep_days", "keep_versions"])]
+        clear: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a project's retention policy
+    Show {
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -351,7 +454,11 @@ pub enum TokenCommand {
         label: Option<String>,
     },
     /// List a project's tokens (never their secrets)
-    List,
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a token by id (tok_...)
     Revoke { id: String },
 }
@@ -361,7 +468,11 @@ pub enum SkillsCommand {
     /// Upload DIR as the published skills: each skill is a folder with a SKILL.md
     Publish { dir: PathBuf },
     /// List the published skills
-    List,
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
@@ -423,7 +534,9 @@ pub fn main() -> ExitCode {
         }
         Command::Umount { mountpoint } => return report(mount::umount(&mountpoint)),
         Command::Run(args) => return report(sandbox::run(cli.global, args)),
-        Command::Status { mountpoint } => return report(mount::status(&mountpoint)),
+        Command::Status { mountpoint, json } => return report(mount::status(&mountpoint, json)),
+        Command::Completions { shell } => return report(ops::completions(shell)),
+        Command::Man { dir } => return report(ops::man_pages(&dir)),
         _ => cli,
     };
     let result = runtime.block_on(run(cli));
@@ -459,6 +572,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     max_connections: args.max_connections.max(1),
                     ..Default::default()
                 },
+                ops: args.ops.config(),
             };
             crate::server::serve(config).await?;
             Ok(ExitCode::SUCCESS)
@@ -471,6 +585,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Checkout(args) => sync::one_shot(&cli.global, args, sync::OneShot::Checkout).await,
         Command::Push(args) => sync::one_shot(&cli.global, args, sync::OneShot::Push).await,
         Command::Pull(args) => sync::one_shot(&cli.global, args, sync::OneShot::Pull).await,
+        Command::Doctor(args) => doctor::run(&cli.global, args).await,
         other => commands::run(&cli.global, other).await,
     }
 }

@@ -166,9 +166,13 @@ pub fn umount(mountpoint: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn status(mountpoint: &Path) -> anyhow::Result<ExitCode> {
+pub fn status(mountpoint: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let mountpoint = runtime::canonical_mountpoint(mountpoint)?;
     match control::request(&runtime::socket_path(&mountpoint), "status") {
+        Ok(Message::Status(r)) if json => {
+            super::ops::print_json(&super::ops::MountStatusJson::from_report(r))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(Message::Status(r)) => {
             println!(
                 "project {} at {} (pid {}), server {}",

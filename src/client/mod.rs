@@ -9,6 +9,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
 
+mod ops;
+pub use ops::ActivityQuery;
+
 use crate::api::*;
 use crate::model::BlobHash;
 

@@ -139,6 +139,7 @@ fn config(data_dir: PathBuf, backends: Backends) -> ServeConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         limits: Limits::default(),
         backends,
+        ops: Default::default(),
     }
 }
 

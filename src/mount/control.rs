@@ -30,6 +30,19 @@ pub struct QueuedItem {
     pub path: String,
     pub change: String,
     pub error: Option<String>,
+    /// Unix milliseconds of the change (absent from older mounts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<i64>,
+}
+
+/// How the blob cache serves this mount (absent from older mounts).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CacheReport {
+    pub bytes_cached: u64,
+    pub limit_bytes: u64,
+    pub blobs: usize,
+    pub hits: u64,
+    pub misses: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +60,11 @@ pub struct MountReport {
     /// Which files the kernel reads straight from the cache, in words.
     #[serde(default)]
     pub passthrough: String,
+    #[serde(default)]
+    pub cache: Option<CacheReport>,
+    /// The change-feed cursor the mount has applied up to.
+    #[serde(default)]
+    pub feed_cursor: Option<i64>,
 }
 
 impl MountReport {
@@ -112,6 +130,19 @@ pub fn report(info: &MountInfo, worker: &Replicator) -> MountReport {
             .collect(),
         commits: status.commits,
         passthrough: worker.vfs.passthrough_description(),
+        cache: Some({
+            let cache = worker.vfs.cache();
+            let (bytes_cached, limit_bytes, blobs) = cache.usage();
+            let (hits, misses) = cache.hit_counts();
+            CacheReport {
+                bytes_cached,
+                limit_bytes,
+                blobs,
+                hits,
+                misses,
+            }
+        }),
+        feed_cursor: Some(worker.vfs.cursor()),
     }
 }
 

@@ -799,6 +799,7 @@ pub fn queued_items(vfs: &Vfs) -> Vec<QueuedItem> {
                 "metadata".into()
             },
             error: r.last_error,
+            changed_at: Some(r.changed_at),
         })
         .collect()
 }

@@ -95,7 +95,7 @@ pub async fn serve(
                 }
             }
         };
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -112,7 +112,15 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let conn = http.serve_connection(TokioIo::new(tcp), service.clone());
+        // Handlers that care who asks (`/metrics`: loopback only) read the peer.
+        let with_peer = {
+            let service = service.clone();
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                hyper::service::Service::call(&service, req)
+            })
+        };
+        let conn = http.serve_connection(TokioIo::new(tcp), with_peer);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             // Timeouts and resets end up here; they are the client's business.

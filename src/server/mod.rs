@@ -5,7 +5,10 @@ pub mod blobs;
 pub mod dav;
 pub mod error;
 pub mod feed;
+pub mod gc;
 pub mod listen;
+pub mod metrics;
+pub mod ops_routes;
 pub mod routes;
 pub mod service;
 pub mod store;
@@ -30,6 +33,8 @@ pub struct ServeConfig {
     pub backends: Backends,
     /// Timeouts and the connection cap of the HTTP listener.
     pub conn: listen::ConnLimits,
+    /// Retention default, garbage collection and metrics settings.
+    pub ops: gc::OpsConfig,
 }
 
 /// Where metadata and blobs live. `None` means the embedded default under
@@ -179,7 +184,7 @@ pub fn open_embedded(config: &ServeConfig) -> Result<(Arc<Service>, AdminToken),
     }
     let token = admin_token(&config.data_dir)?;
     let (store, blobs) = open_backends(config)?;
-    let service = Service::new(store, blobs, token.secret(), config.limits.clone());
+    let service = Service::new(store, blobs, token.secret(), config.limits.clone()).with_ops(config.ops.clone());
     Ok((Arc::new(service), token))
 }
 
@@ -270,6 +275,26 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
                     store::Wake::Project(id) => service.feed.notify(id),
                     store::Wake::All => service.feed.notify_all(),
                 }
+            }
+        });
+    }
+    if let Some(interval) = config.ops.gc_interval {
+        gc::spawn_schedule(service.clone(), interval);
+    }
+    if let Some(metrics_addr) = config.ops.metrics_listen {
+        let metrics_listener =
+            tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    addr: metrics_addr,
+                    source,
+                })?;
+        let bound = metrics_listener.local_addr().map_err(ServeError::Serve)?;
+        println!("metrics on http://{bound}/metrics");
+        let router = metrics::dedicated_router(service.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics_listener, router).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
             }
         });
     }

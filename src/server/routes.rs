@@ -119,7 +119,8 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/history", get(history))
         .route("/rollback", post(rollback))
         .route("/changes", get(changes))
-        .route("/audit", get(audit));
+        .route("/audit", get(audit))
+        .merge(super::ops_routes::project_routes());
     let api = Router::new()
         .route("/health", get(health))
         .route("/whoami", get(whoami))
@@ -132,9 +133,11 @@ pub fn router(service: Arc<Service>) -> Router {
             put(put_skill_blob)
                 .get(get_skill_blob)
                 .layer(DefaultBodyLimit::disable()),
-        );
+        )
+        .merge(super::ops_routes::api_routes());
     Router::new()
         .nest(API_PREFIX, api)
+        .route("/metrics", get(super::metrics::on_main_listener))
         // WebDAV at /dav/{project}/ (docs/WEBDAV.md).
         .merge(super::dav::router())
         .method_not_allowed_fallback(|| async {
@@ -147,6 +150,10 @@ pub fn router(service: Arc<Service>) -> Router {
         .fallback(|| async { ApiError::not_found("no such route; see docs/HTTP_API.md") })
         .layer(DefaultBodyLimit::max(json_limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            super::metrics::track,
+        ))
         .with_state(service)
 }
 

@@ -543,6 +543,11 @@ impl Vfs {
         self.journal.dir()
     }
 
+    /// The blob cache this mount reads through (its use, for `status`).
+    pub fn cache(&self) -> &BlobCache {
+        &self.cache
+    }
+
     pub fn cursor(&self) -> i64 {
         self.lock().cursor
     }

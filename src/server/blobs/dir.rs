@@ -5,13 +5,14 @@
 //! survives a crash and a torn upload never appears under a hash.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::{BlobError, BlobStore, ByteStream};
+use super::{BlobError, BlobStore, ByteStream, Deletion, StoredBlob};
 use crate::model::BlobHash;
 
 pub struct DirBlobStore {
@@ -73,7 +74,7 @@ impl DirBlobStore {
     /// Moves a written and fsynced temp file under its hash and fsyncs the
     /// directory; false (and the temp file removed) when the blob was there.
     fn publish_blocking(temp: &Path, target: &Path) -> Result<bool, BlobError> {
-        if target.exists() {
+        if touch(target) {
             let _ = std::fs::remove_file(temp);
             return Ok(false);
         }
@@ -95,6 +96,76 @@ impl DirBlobStore {
             .await
             .map_err(|e| BlobError::Io(format!("blob writer task failed: {e}")))?
     }
+}
+
+/// Marks an existing blob as just uploaded, so garbage collection keeps it
+/// for the commit that follows; false when it does not exist (any more).
+fn touch(target: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(target)
+        .and_then(|f| f.set_modified(SystemTime::now()))
+        .is_ok()
+}
+
+/// `blobs/ab/<hash>` files, and anything else found under `blobs/`.
+fn list_blocking(blobs: &Path) -> Result<Vec<StoredBlob>, BlobError> {
+    let mut found = Vec::new();
+    let read_dir = |dir: &Path| std::fs::read_dir(dir).map_err(|e| io_err("cannot list", dir, e));
+    for shard in read_dir(blobs)? {
+        let shard = shard.map_err(|e| io_err("cannot list", blobs, e))?;
+        let shard_name = shard.file_name().to_string_lossy().into_owned();
+        let meta = shard.metadata().map_err(|e| io_err("cannot stat", &shard.path(), e))?;
+        if !meta.is_dir() {
+            found.push(StoredBlob {
+                name: shard_name,
+                hash: None,
+                size: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            });
+            continue;
+        }
+        for entry in read_dir(&shard.path())? {
+            let entry = entry.map_err(|e| io_err("cannot list", &shard.path(), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                // Deleted since the listing began (another collector).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("cannot stat", &entry.path(), e)),
+            };
+            let hash = BlobHash::parse(&name)
+                .ok()
+                .filter(|h| meta.is_file() && h.as_str().starts_with(&shard_name));
+            found.push(StoredBlob {
+                name: format!("{shard_name}/{name}"),
+                hash,
+                size: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Moves the blob aside first, then decides on the moved file's time: an
+/// upload that touched it before the move is seen and the blob goes back;
+/// one after the move finds no blob and writes a fresh one.
+fn delete_if_idle_blocking(target: &Path, aside: &Path, cutoff: SystemTime) -> Result<Deletion, BlobError> {
+    match std::fs::rename(target, aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Deletion::Missing),
+        Err(e) => return Err(io_err("cannot move aside", target, e)),
+    }
+    let meta = std::fs::metadata(aside).map_err(|e| io_err("cannot stat", aside, e))?;
+    let recent = meta.modified().map(|m| m >= cutoff).unwrap_or(true);
+    if recent {
+        // A fresh upload may have published the same bytes meanwhile: either copy will do.
+        std::fs::rename(aside, target).map_err(|e| io_err("cannot move back", target, e))?;
+        return Ok(Deletion::Recent);
+    }
+    std::fs::remove_file(aside).map_err(|e| io_err("cannot delete", aside, e))?;
+    Ok(Deletion::Deleted { size: meta.len() })
 }
 
 #[async_trait]
@@ -159,7 +230,7 @@ impl BlobStore for DirBlobStore {
         let target = self.path_of(&hash);
         let temp = self.temp_path();
         tokio::task::spawn_blocking(move || -> Result<(), BlobError> {
-            if target.exists() {
+            if touch(&target) {
                 return Ok(()); // content-addressed: already stored, and durable
             }
             let written = std::fs::File::create(&temp).and_then(|mut file| {
@@ -206,5 +277,20 @@ impl BlobStore for DirBlobStore {
         tokio::fs::read(&path)
             .await
             .map_err(|e| io_err("cannot read", &path, e))
+    }
+
+    async fn list(&self) -> Result<Vec<StoredBlob>, BlobError> {
+        let blobs = self.root.join("blobs");
+        tokio::task::spawn_blocking(move || list_blocking(&blobs))
+            .await
+            .map_err(|e| BlobError::Io(format!("blob listing task failed: {e}")))?
+    }
+
+    async fn delete_if_idle(&self, hash: &BlobHash, cutoff: SystemTime) -> Result<Deletion, BlobError> {
+        let target = self.path_of(hash);
+        let aside = self.root.join("tmp").join(format!("gc-{hash}"));
+        tokio::task::spawn_blocking(move || delete_if_idle_blocking(&target, &aside, cutoff))
+            .await
+            .map_err(|e| BlobError::Io(format!("blob deletion task failed: {e}")))?
     }
 }

@@ -7,6 +7,7 @@ pub mod dir;
 pub mod s3;
 
 use std::pin::Pin;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -49,4 +50,38 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn get(&self, hash: &BlobHash) -> Result<(u64, ByteStream), BlobError>;
     /// The whole blob in memory, refusing blobs over `limit` bytes.
     async fn read_all(&self, hash: &BlobHash, limit: u64) -> Result<Vec<u8>, BlobError>;
+
+    // ----- garbage collection (`server::gc`) -----
+
+    /// Everything stored in the blob area, with its upload time. Fails as a
+    /// whole rather than return a partial listing.
+    async fn list(&self) -> Result<Vec<StoredBlob>, BlobError>;
+    /// Deletes the blob unless it was uploaded (or uploaded again) at or
+    /// after `cutoff`: an upload racing the collector wins.
+    async fn delete_if_idle(&self, hash: &BlobHash, cutoff: SystemTime) -> Result<Deletion, BlobError>;
+}
+
+/// One object found in the blob area.
+#[derive(Debug, Clone)]
+pub struct StoredBlob {
+    /// Its name relative to the blob area (`ab/abcdef…`).
+    pub name: String,
+    /// `None` when the name is not a blob hash (never deleted by GC).
+    pub hash: Option<BlobHash>,
+    pub size: u64,
+    /// When it was last written (an upload of an existing blob refreshes it
+    /// in the folder store).
+    pub modified: SystemTime,
+}
+
+/// What [`BlobStore::delete_if_idle`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    Deleted {
+        size: u64,
+    },
+    /// Uploaded again since the cutoff: kept.
+    Recent,
+    /// Already gone.
+    Missing,
 }

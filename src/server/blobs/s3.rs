@@ -21,7 +21,7 @@
 //! first and commits after.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,11 +30,14 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload, WriteMultipart};
 
-use super::{BlobError, BlobStore, ByteStream};
+use super::{BlobError, BlobStore, ByteStream, Deletion, StoredBlob};
 use crate::model::BlobHash;
 
 /// Bodies up to this size are verified in memory and PUT in one request.
 pub const SMALL_BODY: usize = 8 << 20;
+/// Already stored blobs up to this size are written again on upload, which
+/// refreshes their time for garbage collection.
+const REFRESH_BELOW: usize = 1 << 20;
 /// Multipart part size (S3 wants at least 5 MiB for every part but the last).
 const PART_SIZE: usize = 8 << 20;
 /// Parts of one upload in flight at once (memory per upload ≈ (1 + this) × PART_SIZE).
@@ -231,13 +234,19 @@ impl S3BlobStore {
     /// Small body, already verified: PUT it under its hash unless present.
     async fn put_small(&self, hash: &BlobHash, parts: Vec<Bytes>) -> Result<bool, BlobError> {
         let key = self.location.blob_key(hash);
-        if self.exists(&key).await? {
+        let existed = self.exists(&key).await?;
+        let size: usize = parts.iter().map(Bytes::len).sum();
+        if existed && size > REFRESH_BELOW {
             return Ok(false);
         }
+        // A small blob that is already stored is written again: the new
+        // object time tells garbage collection it was just uploaded (S3 has
+        // no cheaper way to touch an object), so it is not deleted under the
+        // commit that follows.
         bounded(self.store.put(&key, PutPayload::from_iter(parts)))
             .await
             .map_err(|e| s3_err("PUT", &key, e))?;
-        Ok(true)
+        Ok(!existed)
     }
 }
 
@@ -441,6 +450,49 @@ impl BlobStore for S3BlobStore {
         }
         let bytes = bounded(got.bytes()).await.map_err(|e| s3_err("GET", &key, e))?;
         Ok(bytes.to_vec())
+    }
+
+    async fn list(&self) -> Result<Vec<StoredBlob>, BlobError> {
+        let dir = self.location.blobs_dir();
+        let strip = format!("{dir}/");
+        let mut listing = self.store.list(Some(&dir));
+        let mut found = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| s3_err("LIST", &dir, e))?;
+            let name = meta.location.to_string();
+            let name = name.strip_prefix(&strip).unwrap_or(&name).to_string();
+            let hash = match name.split_once('/') {
+                Some((shard, file)) => BlobHash::parse(file).ok().filter(|h| h.as_str().starts_with(shard)),
+                None => None,
+            };
+            found.push(StoredBlob {
+                name,
+                hash,
+                size: meta.size,
+                modified: meta.last_modified.into(),
+            });
+        }
+        Ok(found)
+    }
+
+    /// S3 has no rename to decide on atomically: the object's time is read
+    /// right before the delete, which leaves a window of one round trip
+    /// (docs/OPERATIONS.md).
+    async fn delete_if_idle(&self, hash: &BlobHash, cutoff: SystemTime) -> Result<Deletion, BlobError> {
+        let key = self.location.blob_key(hash);
+        let meta = match bounded(self.store.head(&key)).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Deletion::Missing),
+            Err(e) => return Err(s3_err("HEAD", &key, e)),
+        };
+        if SystemTime::from(meta.last_modified) >= cutoff {
+            return Ok(Deletion::Recent);
+        }
+        match bounded(self.store.delete(&key)).await {
+            Ok(()) => Ok(Deletion::Deleted { size: meta.size }),
+            Err(object_store::Error::NotFound { .. }) => Ok(Deletion::Missing),
+            Err(e) => Err(s3_err("DELETE", &key, e)),
+        }
     }
 }
 

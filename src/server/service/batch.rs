@@ -132,6 +132,7 @@ impl Service {
         for ((i, p), outcome) in planned.into_iter().zip(outcomes) {
             match outcome {
                 Ok(applied) => {
+                    self.metrics.commit(applied.value.status);
                     p.log_committed(project, &applied.value);
                     results[i] = Some(Ok(applied.value));
                     committed = true;

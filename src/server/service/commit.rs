@@ -227,6 +227,7 @@ impl Service {
             match self.store.write_content(project.id, write, p.meta.clone()).await {
                 Ok(applied) => {
                     self.feed.notify(project.id);
+                    self.metrics.commit(applied.value.status);
                     p.log_committed(project, &applied.value);
                     return Ok(applied.value);
                 }
@@ -429,12 +430,23 @@ impl Service {
                 );
             }
             Some(base) if base > head.head.version => return Err(unknown_base(base, Some(head.head))),
-            Some(base) => Some(
-                self.store
-                    .version(head.node, base)
-                    .await?
-                    .ok_or_else(|| unknown_base(base, Some(head.head.clone())))?,
-            ),
+            Some(base) => match self.store.version(head.node, base).await? {
+                Some(found) => Some(found),
+                // Retention pruned the base: nothing to merge against, the
+                // writer's bytes win and the head stays in history.
+                None if base >= 1 => {
+                    tracing::info!(path = ?req.path.as_str(), base, "base version was pruned: last writer wins");
+                    return write(
+                        existing,
+                        req.hash.clone(),
+                        size,
+                        VersionStatus::Lww,
+                        VersionOp::Write,
+                        mode,
+                    );
+                }
+                None => return Err(unknown_base(base, Some(head.head.clone()))),
+            },
             None => None,
         };
         if unchanged(&req.hash) {

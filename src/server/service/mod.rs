@@ -28,11 +28,13 @@ mod admin;
 mod batch;
 mod commit;
 mod namespace;
+mod ops;
 mod read;
 mod skills;
 
 pub use batch::MAX_BATCH_COMMITS;
 pub use commit::{PutFileOptions, MAX_MERGE_BYTES};
+pub use ops::parse_since;
 pub use skills::parse_skill_front_matter;
 
 /// How often a commit re-reads the head after losing a compare-and-set.
@@ -80,6 +82,11 @@ pub struct Service {
     pub(super) token_cache: moka::sync::Cache<String, (Caller, u64)>,
     /// Bumped by every revocation on this instance, after the store has it.
     pub(super) revocation_epoch: std::sync::atomic::AtomicU64,
+    /// Retention, GC and metrics settings (`serve` flags).
+    pub ops: crate::server::gc::OpsConfig,
+    pub metrics: crate::server::metrics::Metrics,
+    /// One GC run at a time on this instance.
+    pub(crate) gc_lock: tokio::sync::Mutex<()>,
 }
 
 /// How long another instance may keep accepting a token revoked elsewhere.
@@ -138,7 +145,16 @@ impl Service {
                 .time_to_live(TOKEN_CACHE_TTL)
                 .build(),
             revocation_epoch: std::sync::atomic::AtomicU64::new(0),
+            ops: Default::default(),
+            metrics: Default::default(),
+            gc_lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The service with these operations settings.
+    pub fn with_ops(mut self, ops: crate::server::gc::OpsConfig) -> Self {
+        self.ops = ops;
+        self
     }
 
     /// Ends every waiting change-feed long-poll (with no events) and makes new

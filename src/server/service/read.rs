@@ -10,6 +10,27 @@ use crate::server::auth::Caller;
 use crate::server::blobs::ByteStream;
 use crate::server::error::ApiError;
 
+/// The versions retention removed around a page of history (newest first):
+/// version numbers are never reused, so every gap is a pruned stretch. The
+/// stretch below the oldest version shows only on the last page.
+fn pruned_gaps(versions: &[VersionInfo], last_page: bool) -> Vec<PrunedGap> {
+    let mut gaps: Vec<PrunedGap> = versions
+        .windows(2)
+        .filter(|pair| pair[0].version - pair[1].version > 1)
+        .map(|pair| PrunedGap {
+            before: pair[0].version,
+            count: pair[0].version - pair[1].version - 1,
+        })
+        .collect();
+    if let Some(oldest) = versions.last().filter(|v| last_page && v.version > 1) {
+        gaps.push(PrunedGap {
+            before: oldest.version,
+            count: oldest.version - 1,
+        });
+    }
+    gaps
+}
+
 impl Service {
     pub async fn tree(
         &self,
@@ -53,7 +74,15 @@ impl Service {
                 )))
             }
             (Some(n), Some(v)) => self.store.version(n.node, v).await?.ok_or_else(|| {
-                ApiError::not_found(format!("{path} has no version {v} (head is {})", n.head.version))
+                // Numbers are never reused: a missing one below the head was pruned.
+                if (1..n.head.version).contains(&v) {
+                    ApiError::not_found(format!(
+                        "version {v} of {path} was pruned by the project's retention policy (head is {})",
+                        n.head.version
+                    ))
+                } else {
+                    ApiError::not_found(format!("{path} has no version {v} (head is {})", n.head.version))
+                }
             })?,
             (None, _) => return Err(ApiError::not_found(format!("{path} does not exist"))),
         };
@@ -93,11 +122,20 @@ impl Service {
             Some(v) if versions.len() as u32 == limit && v.version > 1 => Some(v.version),
             _ => None,
         };
+        let mut pruned = pruned_gaps(&versions, next_before.is_none());
+        // A page that starts below a pruned stretch holds nothing; say why.
+        if let (true, Some(before)) = (versions.is_empty(), before.filter(|b| *b > 1)) {
+            pruned.push(PrunedGap {
+                before,
+                count: before - 1,
+            });
+        }
         Ok(HistoryPage {
             node: node.node,
             path: node.path,
             versions,
             next_before,
+            pruned,
         })
     }
 
@@ -125,6 +163,7 @@ impl Service {
                 return Ok(ChangesPage { cursor, events, more });
             }
             let mut stopping = self.stopping.subscribe();
+            let _waiting = self.metrics.feed_waiter();
             let woken = tokio::select! {
                 woken = tokio::time::timeout_at(deadline, notified) => woken.is_ok(),
                 _ = stopping.wait_for(|stop| *stop) => false,
@@ -168,11 +207,14 @@ impl Service {
         // held the bytes for another project must not show (that would tell
         // a caller what others have stored).
         let already_here = self.store.project_has_blob(project.id, hash).await?;
-        let (hash, size, _new_to_the_store) = self
+        let (hash, size, new_to_the_store) = self
             .blobs
             .put_stream(Some(hash), body, self.limits.max_blob_bytes)
             .await?;
         self.store.record_blob(project.id, &hash).await?;
+        if new_to_the_store {
+            self.metrics.blob_stored(size);
+        }
         Ok(BlobReceipt {
             hash,
             size,
@@ -195,5 +237,30 @@ impl Service {
             )));
         }
         Ok(self.blobs.get(hash).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(number: i64) -> VersionInfo {
+        serde_json::from_value(serde_json::json!({
+            "node": 1, "version": number, "path": "a", "kind": "file", "mode": 420,
+            "hash": crate::model::BlobHash::of(b"").as_str(), "size": 0, "op": "write",
+            "status": "clean", "deleted": false, "parent": null, "author": "admin",
+            "agent_id": null, "message": null, "created_at": "2026-01-01T00:00:00.000Z"
+        }))
+        .expect("a version")
+    }
+
+    #[test]
+    fn gaps_in_version_numbers_are_pruned_stretches() {
+        let page: Vec<VersionInfo> = [9, 8, 5, 3].into_iter().map(version).collect();
+        let gap = |before, count| PrunedGap { before, count };
+        assert_eq!(pruned_gaps(&page, false), [gap(8, 2), gap(5, 1)]);
+        assert_eq!(pruned_gaps(&page, true), [gap(8, 2), gap(5, 1), gap(3, 2)]);
+        let whole: Vec<VersionInfo> = [3, 2, 1].into_iter().map(version).collect();
+        assert!(pruned_gaps(&whole, true).is_empty());
     }
 }

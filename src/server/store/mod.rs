@@ -11,6 +11,7 @@
 //! each store provides; `sqlite/` and `postgres/` hold what is theirs alone.
 
 mod namespace;
+pub mod ops;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;
@@ -23,8 +24,8 @@ use futures_util::stream::BoxStream;
 use thiserror::Error;
 
 use crate::api::{
-    Access, AuditEntry, AuditPage, ChangeEvent, NodeKind, SkillFile, SkillInfo, SkillsListing, TreeListing,
-    VersionInfo, VersionOp, VersionStatus,
+    Access, ActivityEntry, AuditEntry, AuditPage, ChangeEvent, NodeKind, RetentionPolicy, SkillFile, SkillInfo,
+    SkillsListing, TreeListing, VersionInfo, VersionOp, VersionStatus,
 };
 use crate::model::{BlobHash, WsPath};
 use namespace::NodeRow;
@@ -374,6 +375,38 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Every hash any version, skill or project upload refers to (crash
     /// checks and migration walk this).
     async fn referenced_hashes(&self) -> StoreResult<Vec<BlobHash>>;
+
+    // ----- operations: retention, garbage collection, activity (`ops`) -----
+
+    /// The project's own retention policy, if it has one.
+    async fn retention(&self, project_id: i64) -> StoreResult<Option<RetentionPolicy>>;
+    /// Sets (or with `None` clears) the project's retention policy; audited.
+    async fn set_retention(&self, project_id: i64, policy: Option<RetentionPolicy>, meta: WriteMeta)
+        -> StoreResult<()>;
+    /// Removes the project's versions the policy lets go (see
+    /// the rules in [`ops`]) in one transaction with an audit row; with
+    /// `dry_run` only counts them. Returns how many.
+    async fn prune_versions(
+        &self,
+        project_id: i64,
+        policy: RetentionPolicy,
+        dry_run: bool,
+        meta: WriteMeta,
+    ) -> StoreResult<u64>;
+    /// Every blob a version (not a directory) or a skill file refers to,
+    /// with the size recorded for it.
+    async fn blob_references(&self) -> StoreResult<Vec<(BlobHash, u64)>>;
+    /// Blobs some project uploaded (or re-uploaded) at or after `since` (Unix ms).
+    async fn blobs_used_since(&self, since: i64) -> StoreResult<Vec<BlobHash>>;
+    /// In one transaction, forgets each of `candidates` that no version or
+    /// skill refers to and no project used at or after `cutoff`, and returns
+    /// those: only they may be deleted from storage.
+    async fn release_blobs(&self, candidates: Vec<BlobHash>, cutoff: i64) -> StoreResult<Vec<BlobHash>>;
+    /// Whether any version, skill or project upload refers to the blob (the
+    /// collector's last look before it deletes a released blob).
+    async fn blob_held(&self, hash: &BlobHash) -> StoreResult<bool>;
+    /// The project's versions, newest first, by change-feed sequence.
+    async fn activity(&self, project_id: i64, filter: ops::ActivityFilter) -> StoreResult<Vec<ActivityEntry>>;
 
     // ----- migration (`contextfs migrate`; see [`records`]) -----
 

@@ -8,7 +8,8 @@
 //!
 //! Batches arrive table by table in this order, so references always point
 //! backwards: meta, projects, tokens, nodes, versions, events, audit,
-//! project_blobs, skills, skill_files; then one [`RecordBatch::End`]. An
+//! project_blobs, skills, skill_files, retention; then one
+//! [`RecordBatch::End`]. An
 //! import commits only after `End`: a channel that closes without it (the
 //! exporter or the copier in between failed) rolls the import back.
 //!
@@ -136,6 +137,14 @@ pub struct SkillFileRecord {
     pub mode: i64,
 }
 
+/// A project's retention policy (`contextfs project set`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionRecord {
+    pub project_id: i64,
+    pub keep_days: Option<i64>,
+    pub keep_versions: Option<i64>,
+}
+
 /// Some rows of one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordBatch {
@@ -149,12 +158,13 @@ pub enum RecordBatch {
     ProjectBlobs(Vec<ProjectBlobRecord>),
     Skills(Vec<SkillRecord>),
     SkillFiles(Vec<SkillFileRecord>),
+    Retention(Vec<RetentionRecord>),
     /// The export is complete: the importer may commit.
     End,
 }
 
 /// The tables in import order, as [`RecordBatch::table`] names them.
-pub const TABLES: [&str; 10] = [
+pub const TABLES: [&str; 11] = [
     "meta",
     "projects",
     "tokens",
@@ -165,6 +175,7 @@ pub const TABLES: [&str; 10] = [
     "project_blobs",
     "skills",
     "skill_files",
+    "retention",
 ];
 
 impl RecordBatch {
@@ -180,6 +191,7 @@ impl RecordBatch {
             RecordBatch::ProjectBlobs(_) => "project_blobs",
             RecordBatch::Skills(_) => "skills",
             RecordBatch::SkillFiles(_) => "skill_files",
+            RecordBatch::Retention(_) => "retention",
             RecordBatch::End => "end",
         }
     }
@@ -196,6 +208,7 @@ impl RecordBatch {
             RecordBatch::ProjectBlobs(v) => v.len(),
             RecordBatch::Skills(v) => v.len(),
             RecordBatch::SkillFiles(v) => v.len(),
+            RecordBatch::Retention(v) => v.len(),
             RecordBatch::End => 0,
         }
     }
@@ -248,6 +261,7 @@ impl RecordBatch {
             | RecordBatch::Events(_)
             | RecordBatch::Audit(_)
             | RecordBatch::Skills(_)
+            | RecordBatch::Retention(_)
             | RecordBatch::End => Ok(()),
         }
     }
@@ -270,7 +284,7 @@ fn check_hash(hash: &str) -> Result<(), InvalidRecord> {
 /// Rows per table that an import wrote, in [`TABLES`] order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportCounts {
-    pub rows: [u64; 10],
+    pub rows: [u64; 11],
 }
 
 impl ImportCounts {

@@ -47,6 +47,7 @@
 //! export and import).
 
 mod listen;
+mod ops;
 mod records;
 mod retry;
 mod rows;
@@ -725,6 +726,49 @@ impl MetadataStore for PostgresStore {
             .await
             .map_err(TxError::from)?;
         rows.iter().map(|r| parse_hash(col(r, 0)?)).collect()
+    }
+
+    async fn retention(&self, project_id: i64) -> StoreResult<Option<RetentionPolicy>> {
+        ops::retention(self, project_id).await
+    }
+
+    async fn set_retention(
+        &self,
+        project_id: i64,
+        policy: Option<RetentionPolicy>,
+        meta: WriteMeta,
+    ) -> StoreResult<()> {
+        ops::set_retention(self, project_id, policy, meta).await
+    }
+
+    async fn prune_versions(
+        &self,
+        project_id: i64,
+        policy: RetentionPolicy,
+        dry_run: bool,
+        meta: WriteMeta,
+    ) -> StoreResult<u64> {
+        ops::prune_versions(self, project_id, policy, dry_run, meta).await
+    }
+
+    async fn blob_references(&self) -> StoreResult<Vec<(BlobHash, u64)>> {
+        ops::blob_references(self).await
+    }
+
+    async fn blobs_used_since(&self, since: i64) -> StoreResult<Vec<BlobHash>> {
+        ops::blobs_used_since(self, since).await
+    }
+
+    async fn release_blobs(&self, candidates: Vec<BlobHash>, cutoff: i64) -> StoreResult<Vec<BlobHash>> {
+        ops::release_blobs(self, candidates, cutoff).await
+    }
+
+    async fn blob_held(&self, hash: &BlobHash) -> StoreResult<bool> {
+        ops::blob_held(self, hash).await
+    }
+
+    async fn activity(&self, project_id: i64, filter: super::ops::ActivityFilter) -> StoreResult<Vec<ActivityEntry>> {
+        ops::activity(self, project_id, &filter).await
     }
 
     async fn is_empty(&self) -> StoreResult<bool> {

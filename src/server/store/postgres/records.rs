@@ -242,6 +242,20 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
         RecordBatch::SkillFiles,
     )
     .await?;
+    table(
+        &tx,
+        s,
+        "SELECT project_id, keep_days, keep_versions FROM retention ORDER BY project_id",
+        |r| {
+            Ok(RetentionRecord {
+                project_id: col(r, 0)?,
+                keep_days: col(r, 1)?,
+                keep_versions: col(r, 2)?,
+            })
+        },
+        RecordBatch::Retention,
+    )
+    .await?;
     tx.commit().await.map_err(pg_error("cannot finish the export"))?;
     sink.send(RecordBatch::End)
         .await
@@ -267,7 +281,7 @@ pub(super) async fn import(
     let tx = c.transaction().await.map_err(pg_error("cannot start the import"))?;
     if replace {
         tx.batch_execute(
-            "TRUNCATE skill_files, skills, project_blobs, audit, events, versions, nodes, tokens, projects;
+            "TRUNCATE retention, skill_files, skills, project_blobs, audit, events, versions, nodes, tokens, projects;
              DELETE FROM meta;",
         )
         .await
@@ -449,6 +463,19 @@ pub(super) async fn import(
                         &array(&rows, |r| r.hash.clone()),
                         &array(&rows, |r| r.size),
                         &array(&rows, |r| r.mode),
+                    ],
+                )
+                .await?;
+            }
+            RecordBatch::Retention(rows) => {
+                insert(
+                    &tx,
+                    "INSERT INTO retention (project_id, keep_days, keep_versions)
+                     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])",
+                    &[
+                        &array(&rows, |r| r.project_id),
+                        &array(&rows, |r| r.keep_days),
+                        &array(&rows, |r| r.keep_versions),
                     ],
                 )
                 .await?;

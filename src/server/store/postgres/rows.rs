@@ -382,11 +382,16 @@ impl<C: GenericClient> Txn for PgTxn<'_, C> {
     }
 }
 
-/// Records that the project holds this blob (a no-op when it already does).
+/// Records that the project holds this blob, and when it last uploaded it
+/// (garbage collection keeps recently uploaded blobs for their commit).
 pub(super) async fn record_blob<C: GenericClient>(c: &C, project_id: i64, hash: &BlobHash) -> TxResult<()> {
     let stmt = c
-        .prepare_cached("INSERT INTO project_blobs (project_id, hash) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .prepare_cached(
+            "INSERT INTO project_blobs (project_id, hash, used_at) VALUES ($1, $2, $3)
+             ON CONFLICT (project_id, hash) DO UPDATE SET used_at = excluded.used_at",
+        )
         .await?;
-    c.execute(&stmt, &[&project_id, &hash.as_str()]).await?;
+    let now = crate::server::store::now_millis();
+    c.execute(&stmt, &[&project_id, &hash.as_str(), &now]).await?;
     Ok(())
 }

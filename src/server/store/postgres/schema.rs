@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../../../migrations/postgres/0001_initial.sql")),
     (2, include_str!("../../../../migrations/postgres/0002_file_times.sql")),
     (3, include_str!("../../../../migrations/postgres/0003_long_paths.sql")),
+    (4, include_str!("../../../../migrations/postgres/0004_operations.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations between instances.

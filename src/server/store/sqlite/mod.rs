@@ -14,6 +14,7 @@
 //! `writer` (the writer thread and its batches), `rows` (row access and the
 //! `Txn`), `records` (`contextfs migrate` export and import).
 
+mod ops;
 mod records;
 mod rows;
 mod schema;
@@ -603,6 +604,58 @@ impl MetadataStore for SqliteStore {
             Ok(rows)
         })
         .await
+    }
+
+    async fn retention(&self, project_id: i64) -> StoreResult<Option<RetentionPolicy>> {
+        self.read(move |conn| ops::retention(conn, project_id)).await
+    }
+
+    async fn set_retention(
+        &self,
+        project_id: i64,
+        policy: Option<RetentionPolicy>,
+        meta: WriteMeta,
+    ) -> StoreResult<()> {
+        self.write(move |conn| ops::set_retention(conn, project_id, policy, &meta))
+            .await
+    }
+
+    async fn prune_versions(
+        &self,
+        project_id: i64,
+        policy: RetentionPolicy,
+        dry_run: bool,
+        meta: WriteMeta,
+    ) -> StoreResult<u64> {
+        if dry_run {
+            return self
+                .read(move |conn| ops::prune_versions(conn, project_id, policy, true, &meta))
+                .await;
+        }
+        self.write(move |conn| ops::prune_versions(conn, project_id, policy, false, &meta))
+            .await
+    }
+
+    async fn blob_references(&self) -> StoreResult<Vec<(BlobHash, u64)>> {
+        self.read(ops::blob_references).await
+    }
+
+    async fn blobs_used_since(&self, since: i64) -> StoreResult<Vec<BlobHash>> {
+        self.read(move |conn| ops::blobs_used_since(conn, since)).await
+    }
+
+    async fn release_blobs(&self, candidates: Vec<BlobHash>, cutoff: i64) -> StoreResult<Vec<BlobHash>> {
+        self.write(move |conn| ops::release_blobs(conn, candidates, cutoff))
+            .await
+    }
+
+    async fn blob_held(&self, hash: &BlobHash) -> StoreResult<bool> {
+        let hash = hash.clone();
+        self.read(move |conn| ops::blob_held(conn, &hash)).await
+    }
+
+    async fn activity(&self, project_id: i64, filter: super::ops::ActivityFilter) -> StoreResult<Vec<ActivityEntry>> {
+        self.read(move |conn| ops::activity(conn, project_id, &filter)).await
     }
 
     async fn is_empty(&self) -> StoreResult<bool> {

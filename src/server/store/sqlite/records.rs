@@ -216,6 +216,19 @@ pub(super) fn export(conn: &Connection, sink: &Sink) -> StoreResult<()> {
         },
         RecordBatch::SkillFiles,
     )?;
+    table(
+        conn,
+        sink,
+        "SELECT project_id, keep_days, keep_versions FROM retention ORDER BY project_id",
+        |r| {
+            Ok(RetentionRecord {
+                project_id: r.get(0)?,
+                keep_days: r.get(1)?,
+                keep_versions: r.get(2)?,
+            })
+        },
+        RecordBatch::Retention,
+    )?;
     sink.blocking_send(RecordBatch::End)
         .map_err(|_| backend("the migration stopped reading the export"))
 }
@@ -227,7 +240,7 @@ pub(super) fn import(
 ) -> StoreResult<ImportCounts> {
     if replace {
         conn.execute_batch(
-            "DELETE FROM skill_files; DELETE FROM skills; DELETE FROM project_blobs; DELETE FROM audit;
+            "DELETE FROM retention; DELETE FROM skill_files; DELETE FROM skills; DELETE FROM project_blobs; DELETE FROM audit;
              DELETE FROM events; DELETE FROM versions; DELETE FROM nodes; DELETE FROM tokens;
              DELETE FROM projects; DELETE FROM meta WHERE key <> 'schema_version';",
         )?;
@@ -370,6 +383,14 @@ pub(super) fn import(
                 )?;
                 for r in rows {
                     stmt.execute(params![r.path, r.skill, r.hash, r.size, r.mode])?;
+                }
+            }
+            RecordBatch::Retention(rows) => {
+                let mut stmt = conn.prepare_cached(
+                    "INSERT INTO retention (project_id, keep_days, keep_versions) VALUES (?1, ?2, ?3)",
+                )?;
+                for r in rows {
+                    stmt.execute(params![r.project_id, r.keep_days, r.keep_versions])?;
                 }
             }
         }

@@ -296,9 +296,13 @@ pub(super) fn run_now<T>(work: impl Future<Output = StoreResult<T>>) -> StoreRes
         .unwrap_or_else(|| Err(backend("a SQLite transaction step was not ready (it must never wait)")))
 }
 
-/// Records that the project holds this blob (a no-op when it already does).
+/// Records that the project holds this blob, and when it last uploaded it
+/// (garbage collection keeps recently uploaded blobs for their commit).
 pub(super) fn record_blob(conn: &Connection, project_id: i64, hash: &BlobHash) -> StoreResult<()> {
-    conn.prepare_cached("INSERT OR IGNORE INTO project_blobs (project_id, hash) VALUES (?1, ?2)")?
-        .execute(params![project_id, hash.as_str()])?;
+    conn.prepare_cached(
+        "INSERT INTO project_blobs (project_id, hash, used_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT(project_id, hash) DO UPDATE SET used_at = excluded.used_at",
+    )?
+    .execute(params![project_id, hash.as_str(), crate::server::store::now_millis()])?;
     Ok(())
 }

@@ -8,7 +8,9 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::server::store::{backend, StoreResult};
 
 /// 2: versions carry the file times their writer set (`mtime`, `atime`).
-const SCHEMA_VERSION: i64 = 2;
+/// 3: operations: retention policies, when a project last uploaded each
+/// blob (`project_blobs.used_at`, for garbage collection), indexes by hash.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -86,8 +88,16 @@ CREATE INDEX IF NOT EXISTS audit_project ON audit(project_id, id);
 CREATE TABLE IF NOT EXISTS project_blobs (
     project_id INTEGER NOT NULL,
     hash TEXT NOT NULL,
+    used_at INTEGER,
     PRIMARY KEY (project_id, hash)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS project_blobs_hash ON project_blobs(hash);
+CREATE INDEX IF NOT EXISTS versions_hash ON versions(hash);
+CREATE TABLE IF NOT EXISTS retention (
+    project_id INTEGER PRIMARY KEY,
+    keep_days INTEGER,
+    keep_versions INTEGER
+);
 CREATE TABLE IF NOT EXISTS skills (
     name TEXT PRIMARY KEY,
     description TEXT NOT NULL
@@ -111,6 +121,47 @@ pub(super) fn open_connection(path: &Path) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+/// Brings a database written by an older build up to [`SCHEMA_VERSION`],
+/// one step at a time; a newer one is refused.
+fn upgrade(conn: &Connection, path: &Path, found: &str) -> StoreResult<()> {
+    let mut version: i64 = found
+        .parse()
+        .map_err(|_| backend(format!("database schema version {found:?} is not a number")))?;
+    if !(1..=SCHEMA_VERSION).contains(&version) {
+        return Err(backend(format!(
+            "database schema version {found} is not supported by this build (expects {SCHEMA_VERSION})"
+        )));
+    }
+    // Version 1 predates file times: its versions keep the commit time
+    // as their mtime (NULL columns).
+    if version == 1 {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE versions ADD COLUMN mtime INTEGER;
+             ALTER TABLE versions ADD COLUMN atime INTEGER;
+             UPDATE meta SET value = '2' WHERE key = 'schema_version';
+             COMMIT;",
+        )?;
+        tracing::info!(path = %path.display(), "upgraded the database schema to version 2 (file times)");
+        version = 2;
+    }
+    // Version 2 has no upload times: its blobs count as uploaded long ago,
+    // and garbage collection falls back to the blob's own upload time. The
+    // new tables and indexes were made by `SCHEMA`.
+    if version == 2 {
+        let has_used_at = conn
+            .prepare("SELECT 1 FROM pragma_table_info('project_blobs') WHERE name = 'used_at'")?
+            .exists([])?;
+        conn.execute_batch("BEGIN IMMEDIATE;")?;
+        if !has_used_at {
+            conn.execute_batch("ALTER TABLE project_blobs ADD COLUMN used_at INTEGER;")?;
+        }
+        conn.execute_batch("UPDATE meta SET value = '3' WHERE key = 'schema_version'; COMMIT;")?;
+        tracing::info!(path = %path.display(), "upgraded the database schema to version 3 (retention, blob upload times)");
+    }
+    Ok(())
+}
+
 /// The writer's connection: creates the schema if needed, checks its version
 /// and the database's integrity.
 pub(super) fn open_database(path: &Path) -> StoreResult<Connection> {
@@ -126,24 +177,7 @@ pub(super) fn open_database(path: &Path) -> StoreResult<Connection> {
                 [SCHEMA_VERSION.to_string()],
             )?;
         }
-        Some(v) if v == SCHEMA_VERSION.to_string() => {}
-        // Version 1 predates file times: its versions keep the commit time
-        // as their mtime (NULL columns).
-        Some(v) if v == "1" => {
-            conn.execute_batch(
-                "BEGIN IMMEDIATE;
-                 ALTER TABLE versions ADD COLUMN mtime INTEGER;
-                 ALTER TABLE versions ADD COLUMN atime INTEGER;
-                 UPDATE meta SET value = '2' WHERE key = 'schema_version';
-                 COMMIT;",
-            )?;
-            tracing::info!(path = %path.display(), "upgraded the database schema to version 2 (file times)");
-        }
-        Some(v) => {
-            return Err(backend(format!(
-                "database schema version {v} is not supported by this build (expects {SCHEMA_VERSION})"
-            )))
-        }
+        Some(v) => upgrade(&conn, path, &v)?,
     }
     // An integrity check on open turns silent corruption into a loud refusal.
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
@@ -185,7 +219,7 @@ mod tests {
         let version: String = conn
             .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
             .expect("schema version");
-        assert_eq!(version, "2");
+        assert_eq!(version, SCHEMA_VERSION.to_string());
         let (created, mtime): (i64, Option<i64>) = conn
             .query_row("SELECT created_at, mtime FROM versions WHERE node_id = 1", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -194,6 +228,36 @@ mod tests {
         assert_eq!((created, mtime), (5, None));
         drop(conn);
         open_database(&path).expect("a second open finds nothing to upgrade");
+    }
+
+    /// A schema 2 database (before retention and upload times) gains
+    /// `project_blobs.used_at` (NULL for its old rows) and the retention
+    /// table, and keeps its rows.
+    #[test]
+    fn a_schema_2_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("meta.db");
+        let conn = open_database(&path).expect("new database");
+        conn.execute_batch(
+            "INSERT INTO project_blobs (project_id, hash) VALUES (1, 'h');
+             ALTER TABLE project_blobs DROP COLUMN used_at;
+             DROP TABLE retention;
+             UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+        )
+        .expect("make it a schema 2 database");
+        drop(conn);
+
+        let conn = open_database(&path).expect("upgraded on open");
+        let version: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .expect("schema version");
+        assert_eq!(version, "3");
+        let used_at: Option<i64> = conn
+            .query_row("SELECT used_at FROM project_blobs WHERE hash = 'h'", [], |r| r.get(0))
+            .expect("the old row is still there");
+        assert_eq!(used_at, None);
+        conn.execute("INSERT INTO retention (project_id, keep_days) VALUES (1, 7)", [])
+            .expect("the retention table exists");
     }
 
     #[test]
