@@ -1,5 +1,6 @@
 //! The command line: `contextfs serve` and the REST client commands.
 
+mod background;
 mod commands;
 pub mod config;
 pub mod daytona;

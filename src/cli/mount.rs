@@ -1,7 +1,7 @@
 //! `contextfs mount`, `umount` and `status` on the command line.
 
 use std::path::Path;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -69,23 +69,7 @@ fn daemonize(mountpoint: &Path) -> anyhow::Result<ExitCode> {
         mountpoint.display().to_string().replace('/', "_")
     ));
     let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--daemon").collect();
-    let exe = std::env::current_exe().context("cannot find the contextfs executable")?;
-    let mut command = std::process::Command::new(exe);
-    command
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // SAFETY: setsid only detaches the child from our terminal and process group.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().context("cannot start the background mount")?;
+    let mut child = super::background::respawn_detached(log, "mount")?;
     let socket = runtime::socket_path(&mountpoint);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

@@ -2,7 +2,7 @@
 //! over `crate::sync` with the messages a user needs.
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -260,23 +260,7 @@ fn daemonize(dir: &Path) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create {}", SyncState::dir(&root).display()))?;
     let log_path = daemon::log_path(&root);
     let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--daemon").collect();
-    let exe = std::env::current_exe().context("cannot find the contextfs executable")?;
-    let mut command = std::process::Command::new(exe);
-    command
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // SAFETY: setsid only detaches the child from our terminal and process group.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().context("cannot start the background sync")?;
+    let mut child = super::background::respawn_detached(log, "sync")?;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         if let Some(report) = SyncReport::load(&root) {
