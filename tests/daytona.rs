@@ -10,74 +10,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sandbox::*;
 use common::*;
-use contextfs::api::{Access, TokenInfo};
+use contextfs::api::Access;
 
-const BIN: &str = env!("CARGO_BIN_EXE_contextfs");
 const KEY: &str = "dtn_fake_test_key";
-const IMAGE: &str = "contextfs-busybox:latest";
-
-fn target_dir() -> PathBuf {
-    // target/debug/contextfs → target
-    Path::new(BIN)
-        .parent()
-        .and_then(Path::parent)
-        .expect("the binary lives in target/<profile>/")
-        .to_path_buf()
-}
-
-/// The static contextfs that goes into sandboxes.
-fn static_binary() -> PathBuf {
-    let path = std::env::var_os("CONTEXTFS_STATIC_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("static/x86_64-unknown-linux-gnu/release/contextfs"));
-    assert!(
-        path.is_file(),
-        "no static contextfs at {}: run scripts/static-build (scripts/test does)",
-        path.display()
-    );
-    path
-}
-
-fn fake_daytona_binary() -> PathBuf {
-    let path = Path::new(BIN)
-        .parent()
-        .expect("target/<profile>")
-        .join("examples/fake_daytona");
-    assert!(
-        path.is_file(),
-        "no {}: build it with `cargo build --example fake_daytona` (scripts/test does)",
-        path.display()
-    );
-    path
-}
-
-fn require_docker() {
-    let ok = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "docker or the {IMAGE} image is missing: run scripts/docker (scripts/test does)"
-    );
-}
-
-fn container_exists(name: &str) -> bool {
-    Command::new("docker")
-        .args(["container", "inspect", name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 fn docker_exec_ok(container: &str, script: &str) -> bool {
     Command::new("docker")
@@ -88,141 +29,33 @@ fn docker_exec_ok(container: &str, script: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A running fake Daytona; stopped with SIGTERM (it removes its containers).
+/// A running fake Daytona.
 struct FakeDaytona {
-    child: Option<Child>,
+    fake: FakeProvider,
     /// `http://127.0.0.1:PORT/api`
     api: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl FakeDaytona {
     fn start(extra: &[&str]) -> FakeDaytona {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("fake-daytona.log");
-        let mut child = Command::new(fake_daytona_binary())
-            .args(["--api-key", KEY, "--listen", "127.0.0.1:0", "--image", IMAGE])
-            .args(extra)
-            .env_remove("FAKE_DAYTONA_FAIL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start fake_daytona");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let base = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-            panic!(
-                "fake_daytona did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-        FakeDaytona {
-            child: Some(child),
-            api: format!("{base}/api"),
-            log,
-            _dir: dir,
-        }
+        let fake = FakeProvider::start("fake_daytona", KEY, "FAKE_DAYTONA_FAIL", extra);
+        let api = format!("{}/api", fake.base);
+        FakeDaytona { fake, api }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.fake.log()
     }
 }
 
-impl Drop for FakeDaytona {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The environment `contextfs daytona` runs in: its own state and config.
-struct Cli {
-    _home: tempfile::TempDir,
-    env: Vec<(String, String)>,
-}
-
-impl Cli {
-    fn new(server: &TestServer, daytona_api: &str, key: &str) -> Cli {
-        let home = tempfile::tempdir().expect("temp dir");
-        let env = vec![
-            ("HOME".to_string(), home.path().display().to_string()),
-            (
-                "XDG_STATE_HOME".to_string(),
-                home.path().join("state").display().to_string(),
-            ),
-            (
-                "XDG_CONFIG_HOME".to_string(),
-                home.path().join("config").display().to_string(),
-            ),
-            ("CONTEXTFS_SERVER".to_string(), server.base.clone()),
-            ("CONTEXTFS_TOKEN".to_string(), server.admin.clone()),
-            ("DAYTONA_API_URL".to_string(), daytona_api.to_string()),
-            ("DAYTONA_API_KEY".to_string(), key.to_string()),
-            (
-                "CONTEXTFS_STATIC_BINARY".to_string(),
-                static_binary().display().to_string(),
-            ),
-            ("CONTEXTFS_LOG".to_string(), "warn".to_string()),
-        ];
-        Cli { _home: home, env }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(BIN);
-        command
-            .args(args)
-            .env_remove("CONTEXTFS_PROJECT")
-            .env_remove("CONTEXTFS_SANDBOX_SERVER")
-            .env_remove("DAYTONA_API_KEY")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null());
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run contextfs")
-    }
-
-    fn create(&self, project: &str, extra: &[&str]) -> (String, String) {
-        let mut args = vec!["daytona", "create", "--project", project];
-        args.extend_from_slice(extra);
-        let out = self.run(&args);
-        assert!(out.status.success(), "create failed: {}", both(&out));
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(!id.is_empty() && !id.contains('\n'), "create printed {id:?}");
-        (id, String::from_utf8_lossy(&out.stderr).to_string())
-    }
-
-    fn exec(&self, id: &str, script: &str) -> Output {
-        self.run(&["daytona", "exec", id, "--", script])
-    }
-
-    /// Runs `script`, requires exit 0, returns standard output.
-    fn exec_ok(&self, id: &str, script: &str) -> String {
-        let out = self.exec(id, script);
-        assert!(out.status.success(), "exec {script:?} failed: {}", both(&out));
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
+/// `contextfs daytona` in an environment of its own, against `daytona_api`.
+fn daytona_cli(server: &TestServer, daytona_api: &str, key: &str) -> SandboxCli {
+    SandboxCli::new(
+        server,
+        "daytona",
+        &[("DAYTONA_API_URL", daytona_api), ("DAYTONA_API_KEY", key)],
+        &["DAYTONA_API_KEY"],
+    )
 }
 
 async fn publish_skill(server: &TestServer) -> String {
@@ -241,12 +74,6 @@ async fn publish_skill(server: &TestServer) -> String {
     skill_md.to_string()
 }
 
-async fn tokens(server: &TestServer, project: &str) -> Vec<TokenInfo> {
-    send(server.get(&server.purl(project, "/tokens"), &server.admin))
-        .await
-        .expect("list tokens")
-}
-
 /// What Daytona's auto-stop does, through the fake's API.
 async fn stop_sandbox(fake: &FakeDaytona, id: &str) {
     let response = reqwest::Client::new()
@@ -260,20 +87,6 @@ async fn stop_sandbox(fake: &FakeDaytona, id: &str) {
         "stop: {}",
         response.text().await.unwrap_or_default()
     );
-}
-
-/// Waits (up to 30 s) until `path` on the server has exactly `want`.
-async fn wait_for_file(server: &TestServer, project: &str, path: &str, want: &[u8]) -> Checkout {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match server.read(project, &server.admin, path, None).await {
-            Ok(c) if c.bytes == want => return c,
-            other if Instant::now() > deadline => {
-                panic!("{path} never became {:?}: {other:?}", String::from_utf8_lossy(want))
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -290,7 +103,7 @@ async fn mount_mode_runs_commands_on_the_workspace_and_destroy_flushes() {
         .expect("seed file");
     let skill_md = publish_skill(&server).await;
     let fake = FakeDaytona::start(&[]);
-    let cli = Cli::new(&server, &fake.api, KEY);
+    let cli = daytona_cli(&server, &fake.api, KEY);
 
     let started = Instant::now();
     let (id, log) = cli.create(
@@ -322,7 +135,7 @@ async fn mount_mode_runs_commands_on_the_workspace_and_destroy_flushes() {
     assert_eq!(sandbox["labels"]["team"], "research");
     assert_eq!(sandbox["labels"]["contextfs.project"], "sbx");
     // The sandbox got a project token, not the admin token.
-    let toks = tokens(&server, p).await;
+    let toks = project_tokens(&server, p).await;
     assert_eq!(toks.len(), 1, "{toks:?}");
     assert_eq!(toks[0].access, Access::ReadWrite);
     let env = Command::new("docker")
@@ -403,7 +216,7 @@ async fn mount_mode_runs_commands_on_the_workspace_and_destroy_flushes() {
     assert!(stderr.contains("revoked token"), "{stderr}");
     assert_eq!(server.read_bytes(p, &server.admin, "last.md").await, b"last\n");
     assert!(!container_exists(&container), "the container is still there");
-    assert!(tokens(&server, p).await.iter().all(|t| t.revoked));
+    assert!(project_tokens(&server, p).await.iter().all(|t| t.revoked));
     let list = cli.run(&["daytona", "list"]);
     assert!(
         String::from_utf8_lossy(&list.stdout).trim().is_empty(),
@@ -429,7 +242,7 @@ async fn sync_mode_without_fuse_commits_with_base_versions_and_merges() {
         .expect("seed gone");
     let skill_md = publish_skill(&server).await;
     let fake = FakeDaytona::start(&[]);
-    let cli = Cli::new(&server, &fake.api, KEY);
+    let cli = daytona_cli(&server, &fake.api, KEY);
 
     // The label makes the fake start this sandbox without /dev/fuse.
     let (id, log) = cli.create(p, &["--label", "fake-daytona/fuse=false"]);
@@ -538,7 +351,7 @@ async fn sync_mode_without_fuse_commits_with_base_versions_and_merges() {
     );
     assert_eq!(server.read_bytes(p, &server.admin, "bye.md").await, b"bye\n");
     assert!(!container_exists(&container));
-    assert!(tokens(&server, p).await.iter().all(|t| t.revoked));
+    assert!(project_tokens(&server, p).await.iter().all(|t| t.revoked));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,7 +362,7 @@ async fn daytona_failures_give_clear_errors_and_leave_nothing_behind() {
 
     // Wrong API key → 401 → says which variable to check.
     let fake = FakeDaytona::start(&[]);
-    let cli = Cli::new(&server, &fake.api, "not-the-key");
+    let cli = daytona_cli(&server, &fake.api, "not-the-key");
     let out = cli.run(&["daytona", "create", "--project", p]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -560,7 +373,7 @@ async fn daytona_failures_give_clear_errors_and_leave_nothing_behind() {
 
     // Daytona answering 500 → "failing; retry".
     let failing = FakeDaytona::start(&["--fail-with", "500"]);
-    let cli = Cli::new(&server, &failing.api, KEY);
+    let cli = daytona_cli(&server, &failing.api, KEY);
     let out = cli.run(&["daytona", "create", "--project", p]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -576,7 +389,7 @@ async fn daytona_failures_give_clear_errors_and_leave_nothing_behind() {
     );
 
     // Nobody listening.
-    let cli = Cli::new(&server, "http://127.0.0.1:9/api", KEY);
+    let cli = daytona_cli(&server, "http://127.0.0.1:9/api", KEY);
     let out = cli.run(&["daytona", "create", "--project", p]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -586,7 +399,7 @@ async fn daytona_failures_give_clear_errors_and_leave_nothing_behind() {
     );
 
     // No key at all.
-    let mut cli = Cli::new(&server, &fake.api, KEY);
+    let mut cli = daytona_cli(&server, &fake.api, KEY);
     cli.env.retain(|(k, _)| k != "DAYTONA_API_KEY");
     let out = cli.run(&["daytona", "create", "--project", p]);
     assert!(
@@ -604,13 +417,13 @@ async fn daytona_failures_give_clear_errors_and_leave_nothing_behind() {
     );
 
     // The project tokens made for the failed attempts were revoked again.
-    let toks = tokens(&server, p).await;
+    let toks = project_tokens(&server, p).await;
     assert!(!toks.is_empty());
     assert!(toks.iter().all(|t| t.revoked), "{toks:?}");
 
     // A non-admin token cannot make sandboxes, and says why.
     let project_token = server.token(p, Access::ReadWrite).await.token;
-    let mut cli = Cli::new(&server, &fake.api, KEY);
+    let mut cli = daytona_cli(&server, &fake.api, KEY);
     for (k, v) in cli.env.iter_mut() {
         if k == "CONTEXTFS_TOKEN" {
             *v = project_token.clone();
@@ -634,7 +447,7 @@ async fn throttled_or_failing_daytona_is_retried_with_backoff_then_reported() {
 
     // Two 429s (with Retry-After): the create waits and goes through.
     let throttled = FakeDaytona::start(&["--fail-with", "429", "--fail-count", "2"]);
-    let cli = Cli::new(&server, &throttled.api, KEY);
+    let cli = daytona_cli(&server, &throttled.api, KEY);
     let (id, stderr) = cli.create(p, &["--mode", "sync"]);
     assert!(
         stderr.contains("HTTP 429") && stderr.contains("trying again"),
@@ -650,7 +463,7 @@ async fn throttled_or_failing_daytona_is_retried_with_backoff_then_reported() {
 
     // Reads that fail in passing (503) are sent again.
     let flaky = FakeDaytona::start(&["--fail-with", "503", "--fail-method", "GET", "--fail-count", "2"]);
-    let cli = Cli::new(&server, &flaky.api, KEY);
+    let cli = daytona_cli(&server, &flaky.api, KEY);
     let (id, _) = cli.create(p, &["--mode", "sync"]);
     assert_eq!(flaky.log().matches("-> 503").count(), 2, "{}", flaky.log());
     let out = cli.run(&["daytona", "destroy", &id]);
@@ -658,7 +471,7 @@ async fn throttled_or_failing_daytona_is_retried_with_backoff_then_reported() {
 
     // Throttled for good: a bounded number of tries, then a message saying so.
     let limited = FakeDaytona::start(&["--fail-with", "429"]);
-    let cli = Cli::new(&server, &limited.api, KEY);
+    let cli = daytona_cli(&server, &limited.api, KEY);
     let out = cli.run(&["daytona", "create", "--project", p]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -668,7 +481,7 @@ async fn throttled_or_failing_daytona_is_retried_with_backoff_then_reported() {
     );
     assert_eq!(limited.log().matches("-> 429").count(), 4, "{}", limited.log());
     // Every token made on the way was revoked with its sandbox (or its failed create).
-    assert!(tokens(&server, p).await.iter().all(|t| t.revoked));
+    assert!(project_tokens(&server, p).await.iter().all(|t| t.revoked));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -678,7 +491,7 @@ async fn an_exec_past_its_timeout_is_killed_and_what_it_wrote_is_committed() {
     let p = "exec-timeout";
     server.create_project(p).await;
     let fake = FakeDaytona::start(&[]);
-    let cli = Cli::new(&server, &fake.api, KEY);
+    let cli = daytona_cli(&server, &fake.api, KEY);
     let (id, _) = cli.create(p, &["--mode", "sync"]);
     let out = cli.run(&[
         "daytona",
@@ -697,7 +510,7 @@ async fn an_exec_past_its_timeout_is_killed_and_what_it_wrote_is_committed() {
     assert!(server.read(p, &server.admin, "never.md", None).await.is_err());
     let out = cli.run(&["daytona", "destroy", &id]);
     assert!(out.status.success(), "{}", both(&out));
-    assert!(tokens(&server, p).await.iter().all(|t| t.revoked));
+    assert!(project_tokens(&server, p).await.iter().all(|t| t.revoked));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -707,7 +520,7 @@ async fn destroy_after_daytona_deleted_the_sandbox_forgets_it_and_revokes_its_to
     let p = "autodeleted";
     server.create_project(p).await;
     let fake = FakeDaytona::start(&[]);
-    let cli = Cli::new(&server, &fake.api, KEY);
+    let cli = daytona_cli(&server, &fake.api, KEY);
     let (id, _) = cli.create(p, &["--mode", "sync"]);
     // What Daytona's auto-delete does.
     let response = reqwest::Client::new()
@@ -732,24 +545,13 @@ async fn destroy_after_daytona_deleted_the_sandbox_forgets_it_and_revokes_its_to
         "{}",
         both(&out)
     );
-    assert!(tokens(&server, p).await.iter().all(|t| t.revoked));
+    assert!(project_tokens(&server, p).await.iter().all(|t| t.revoked));
     assert!(String::from_utf8_lossy(&cli.run(&["daytona", "list"]).stdout)
         .trim()
         .is_empty());
 }
 
 /// The Python with the official Daytona and E2B SDKs (scripts/py-sdks).
-fn sdk_python() -> PathBuf {
-    let path =
-        std::env::var_os("CONTEXTFS_SDK_PYTHON").map_or_else(|| target_dir().join("py-venv/bin/python"), PathBuf::from);
-    assert!(
-        path.is_file(),
-        "no Python with the official SDKs at {}: run scripts/py-sdks",
-        path.display()
-    );
-    path
-}
-
 /// The proof that fake_daytona follows Daytona's published API: the official
 /// `daytona` Python SDK (pinned in scripts/py-sdks) goes through a sandbox's
 /// whole life against it.
@@ -760,7 +562,7 @@ async fn the_official_daytona_sdk_drives_the_fake_through_a_sandbox_life() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk_fidelity/daytona_sdk.py");
     let out = Command::new(sdk_python())
         .arg(&script)
-        .args([fake.api.as_str(), KEY, IMAGE])
+        .args([fake.api.as_str(), KEY, SANDBOX_IMAGE])
         .stdin(Stdio::null())
         .output()
         .expect("run the SDK script");
@@ -803,7 +605,7 @@ async fn real_daytona() {
         .commit(p, &server.admin, "hello.md", None, b"hello from contextfs\n")
         .await
         .unwrap();
-    let cli = Cli::new(&server, &api, &key);
+    let cli = daytona_cli(&server, &api, &key);
     let mut extra = vec!["--mode", "sync", "--auto-stop", "15", "--auto-delete", "30"];
     let snapshot = std::env::var("DAYTONA_TEST_SNAPSHOT").ok();
     if let Some(s) = &snapshot {

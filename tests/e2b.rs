@@ -9,116 +9,31 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sandbox::*;
 use common::*;
-use contextfs::api::TokenInfo;
 
-const BIN: &str = env!("CARGO_BIN_EXE_contextfs");
 const KEY: &str = "e2b_fake_test_key";
-const IMAGE: &str = "contextfs-busybox:latest";
 
-fn target_dir() -> PathBuf {
-    Path::new(BIN)
-        .parent()
-        .and_then(Path::parent)
-        .expect("the binary lives in target/<profile>/")
-        .to_path_buf()
-}
-
-fn static_binary() -> PathBuf {
-    let path = std::env::var_os("CONTEXTFS_STATIC_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("static/x86_64-unknown-linux-gnu/release/contextfs"));
-    assert!(
-        path.is_file(),
-        "no static contextfs at {}: run scripts/static-build (scripts/test does)",
-        path.display()
-    );
-    path
-}
-
-fn require_docker() {
-    let ok = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "docker or the {IMAGE} image is missing: run scripts/docker (scripts/test does)"
-    );
-}
-
-fn container_exists(name: &str) -> bool {
-    Command::new("docker")
-        .args(["container", "inspect", name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// A running fake E2B; stopped with SIGTERM (it removes its containers).
+/// A running fake E2B.
 struct FakeE2b {
-    child: Option<Child>,
+    fake: FakeProvider,
     /// `http://127.0.0.1:PORT`: the control plane and envd alike.
     url: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl FakeE2b {
     fn start(extra: &[&str]) -> FakeE2b {
-        let binary = Path::new(BIN)
-            .parent()
-            .expect("target/<profile>")
-            .join("examples/fake_e2b");
-        assert!(
-            binary.is_file(),
-            "no {}: build it with `cargo build --example fake_e2b` (scripts/test does)",
-            binary.display()
-        );
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("fake-e2b.log");
-        let mut child = Command::new(binary)
-            .args(["--api-key", KEY, "--listen", "127.0.0.1:0", "--image", IMAGE])
-            .args(extra)
-            .env_remove("FAKE_E2B_FAIL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start fake_e2b");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let url = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-            panic!(
-                "fake_e2b did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-        FakeE2b {
-            child: Some(child),
-            url,
-            log,
-            _dir: dir,
-        }
+        let fake = FakeProvider::start("fake_e2b", KEY, "FAKE_E2B_FAIL", extra);
+        let url = fake.base.clone();
+        FakeE2b { fake, url }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.fake.log()
     }
 
     /// `GET /sandboxes/{id}` as E2B's own API answers it.
@@ -148,106 +63,18 @@ impl FakeE2b {
     }
 }
 
-impl Drop for FakeE2b {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The environment `contextfs e2b` runs in: its own state and config.
-struct Cli {
-    _home: tempfile::TempDir,
-    env: Vec<(String, String)>,
-}
-
-impl Cli {
-    fn new(server: &TestServer, e2b_url: &str, key: &str) -> Cli {
-        let home = tempfile::tempdir().expect("temp dir");
-        let env = vec![
-            ("HOME".to_string(), home.path().display().to_string()),
-            (
-                "XDG_STATE_HOME".to_string(),
-                home.path().join("state").display().to_string(),
-            ),
-            (
-                "XDG_CONFIG_HOME".to_string(),
-                home.path().join("config").display().to_string(),
-            ),
-            ("CONTEXTFS_SERVER".to_string(), server.base.clone()),
-            ("CONTEXTFS_TOKEN".to_string(), server.admin.clone()),
-            ("E2B_API_URL".to_string(), e2b_url.to_string()),
-            ("E2B_SANDBOX_URL".to_string(), e2b_url.to_string()),
-            ("E2B_API_KEY".to_string(), key.to_string()),
-            (
-                "CONTEXTFS_STATIC_BINARY".to_string(),
-                static_binary().display().to_string(),
-            ),
-            ("CONTEXTFS_LOG".to_string(), "warn".to_string()),
-        ];
-        Cli { _home: home, env }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env_remove("CONTEXTFS_PROJECT")
-            .env_remove("CONTEXTFS_SANDBOX_SERVER")
-            .env_remove("E2B_DOMAIN")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run contextfs")
-    }
-
-    fn create(&self, project: &str, extra: &[&str]) -> (String, String) {
-        let mut args = vec!["e2b", "create", "--project", project];
-        args.extend_from_slice(extra);
-        let out = self.run(&args);
-        assert!(out.status.success(), "create failed: {}", both(&out));
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(!id.is_empty() && !id.contains('\n'), "create printed {id:?}");
-        (id, String::from_utf8_lossy(&out.stderr).to_string())
-    }
-
-    fn exec(&self, id: &str, script: &str) -> Output {
-        self.run(&["e2b", "exec", id, "--", script])
-    }
-
-    fn exec_ok(&self, id: &str, script: &str) -> String {
-        let out = self.exec(id, script);
-        assert!(out.status.success(), "exec {script:?} failed: {}", both(&out));
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-}
-
-async fn tokens(server: &TestServer, project: &str) -> Vec<TokenInfo> {
-    send(server.get(&server.purl(project, "/tokens"), &server.admin))
-        .await
-        .expect("list tokens")
-}
-
-async fn wait_for_file(server: &TestServer, project: &str, path: &str, want: &[u8]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match server.read(project, &server.admin, path, None).await {
-            Ok(c) if c.bytes == want => return,
-            other if Instant::now() > deadline => {
-                panic!("{path} never became {:?}: {other:?}", String::from_utf8_lossy(want))
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+/// `contextfs e2b` in an environment of its own, against `e2b_url`.
+fn e2b_cli(server: &TestServer, e2b_url: &str, key: &str) -> SandboxCli {
+    SandboxCli::new(
+        server,
+        "e2b",
+        &[
+            ("E2B_API_URL", e2b_url),
+            ("E2B_SANDBOX_URL", e2b_url),
+            ("E2B_API_KEY", key),
+        ],
+        &["E2B_DOMAIN"],
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -257,14 +84,7 @@ async fn wait_for_file(server: &TestServer, project: &str, path: &str, want: &[u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_e2b_sdk_drives_the_fake() {
     require_docker();
-    let python = std::env::var_os("CONTEXTFS_SDK_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("py-venv/bin/python"));
-    assert!(
-        python.is_file(),
-        "no Python with the official SDKs at {}: run scripts/py-sdks (scripts/test does)",
-        python.display()
-    );
+    let python = sdk_python();
     let fake = FakeE2b::start(&[]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk_fidelity/e2b_sdk.py");
     let out = Command::new(python)
@@ -308,7 +128,7 @@ async fn mount_mode_with_metadata_keep_alive_killed_mount_and_destroy() {
         .await
         .expect("seed file");
     let fake = FakeE2b::start(&[]);
-    let cli = Cli::new(&server, &fake.url, KEY);
+    let cli = e2b_cli(&server, &fake.url, KEY);
     let (id, log) = cli.create(
         p,
         &[
@@ -328,7 +148,7 @@ async fn mount_mode_with_metadata_keep_alive_killed_mount_and_destroy() {
     assert_eq!(sandbox["metadata"]["thread_id"], "th-1");
     assert_eq!(sandbox["metadata"]["user_id"], "u-7");
     assert_eq!(sandbox["metadata"]["contextfs.project"], "e2b-mount");
-    let toks = tokens(&server, p).await;
+    let toks = project_tokens(&server, p).await;
     assert_eq!(toks.len(), 1, "{toks:?}");
 
     assert_eq!(cli.exec_ok(&id, "cat notes/input.md"), "from the API\n");
@@ -405,7 +225,7 @@ async fn mount_mode_with_metadata_keep_alive_killed_mount_and_destroy() {
     );
     assert_eq!(server.read_bytes(p, &server.admin, "last.md").await, b"last\n");
     assert!(!container_exists(&container));
-    assert!(tokens(&server, p).await.iter().all(|t| t.revoked));
+    assert!(project_tokens(&server, p).await.iter().all(|t| t.revoked));
     assert!(String::from_utf8_lossy(&cli.run(&["e2b", "list"]).stdout)
         .trim()
         .is_empty());
@@ -422,7 +242,7 @@ async fn without_fuse_it_falls_back_to_sync_mode_and_a_timed_out_sandbox_loses_n
         .await
         .expect("seed file");
     let fake = FakeE2b::start(&["--no-fuse"]);
-    let cli = Cli::new(&server, &fake.url, KEY);
+    let cli = e2b_cli(&server, &fake.url, KEY);
     let (id, log) = cli.create(p, &[]);
     assert!(log.contains("using sync mode"), "{log}");
     let list = cli.run(&["e2b", "list"]);
@@ -476,7 +296,7 @@ async fn without_fuse_it_falls_back_to_sync_mode_and_a_timed_out_sandbox_loses_n
     let out = cli.run(&["e2b", "destroy", &id]);
     assert!(out.status.success(), "{}", both(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no longer exists"));
-    assert!(tokens(&server, p).await.iter().all(|t| t.revoked));
+    assert!(project_tokens(&server, p).await.iter().all(|t| t.revoked));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,7 +307,7 @@ async fn e2b_failures_give_clear_errors_and_leave_no_token_behind() {
 
     // Wrong key → 401 → names the variable.
     let fake = FakeE2b::start(&[]);
-    let out = Cli::new(&server, &fake.url, "e2b_wrong").run(&["e2b", "create", "--project", p]);
+    let out = e2b_cli(&server, &fake.url, "e2b_wrong").run(&["e2b", "create", "--project", p]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -497,7 +317,7 @@ async fn e2b_failures_give_clear_errors_and_leave_no_token_behind() {
 
     // E2B answering 503 on everything: a bounded number of tries, then a clear message.
     let failing = FakeE2b::start(&["--fail-with", "503"]);
-    let cli = Cli::new(&server, &failing.url, KEY);
+    let cli = e2b_cli(&server, &failing.url, KEY);
     let out = cli.run(&["e2b", "create", "--project", p]);
     assert!(!out.status.success());
     assert!(
@@ -516,7 +336,7 @@ async fn e2b_failures_give_clear_errors_and_leave_no_token_behind() {
     // Throttled twice, then through: create goes on after the backoff.
     require_docker();
     let throttled = FakeE2b::start(&["--fail-with", "429", "--fail-count", "2"]);
-    let ok_cli = Cli::new(&server, &throttled.url, KEY);
+    let ok_cli = e2b_cli(&server, &throttled.url, KEY);
     let (id, stderr) = ok_cli.create(p, &["--mode", "sync"]);
     assert!(
         stderr.contains("HTTP 429") && stderr.contains("trying again"),
@@ -526,7 +346,7 @@ async fn e2b_failures_give_clear_errors_and_leave_no_token_behind() {
     assert!(out.status.success(), "{}", both(&out));
 
     // Nobody listening.
-    let out = Cli::new(&server, "http://127.0.0.1:9", KEY).run(&["e2b", "create", "--project", p]);
+    let out = e2b_cli(&server, "http://127.0.0.1:9", KEY).run(&["e2b", "create", "--project", p]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("cannot reach E2B at http://127.0.0.1:9"),
         "{}",
@@ -541,7 +361,7 @@ async fn e2b_failures_give_clear_errors_and_leave_no_token_behind() {
         both(&out)
     );
     // Every token made on the way was revoked.
-    let toks = tokens(&server, p).await;
+    let toks = project_tokens(&server, p).await;
     assert!(!toks.is_empty());
     assert!(toks.iter().all(|t| t.revoked), "{toks:?}");
 }

@@ -8,6 +8,7 @@ pub mod mount;
 pub mod process;
 #[path = "../s3_support/mod.rs"]
 pub mod s3_support;
+pub mod sandbox;
 pub mod workspace;
 #[allow(unused_imports)] // not every test file mounts
 pub use mount::*;
