@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use super::records::{CreateSandbox, ExecuteRequest, ExecuteResponse, Sandbox};
-use crate::sandbox::remote::http::{self, Failure, Retry};
+use crate::sandbox::remote::http::{self, Failure, Refusal, Retry};
 
 /// Characters left as they are in a URL path segment (RFC 3986 unreserved).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
@@ -121,33 +121,28 @@ impl Daytona {
                 retry_after,
                 body,
                 attempts,
-            } => {
-                let message = http::error_message(&body, status);
-                match status {
-                    401 | 403 => DaytonaError::Unauthorized { status, message },
-                    404 => DaytonaError::NotFound {
-                        what: what.to_string(),
-                        message,
-                    },
-                    429 => DaytonaError::Throttled {
-                        message: match retry_after {
-                            Some(s) => format!("{message}; Retry-After {s} s"),
-                            None => message,
-                        },
-                        attempts,
-                    },
-                    s if s >= 500 => DaytonaError::Server {
-                        status: s,
-                        message,
-                        attempts,
-                    },
-                    s => DaytonaError::Rejected {
-                        what: what.to_string(),
-                        status: s,
-                        message,
-                    },
-                }
-            }
+            } => match Refusal::of(status, retry_after, &body, attempts) {
+                Refusal::Unauthorized { status, message } => DaytonaError::Unauthorized { status, message },
+                Refusal::NotFound { message } => DaytonaError::NotFound {
+                    what: what.to_string(),
+                    message,
+                },
+                Refusal::Throttled { message, attempts } => DaytonaError::Throttled { message, attempts },
+                Refusal::Server {
+                    status,
+                    message,
+                    attempts,
+                } => DaytonaError::Server {
+                    status,
+                    message,
+                    attempts,
+                },
+                Refusal::Rejected { status, message } => DaytonaError::Rejected {
+                    what: what.to_string(),
+                    status,
+                    message,
+                },
+            },
         })
     }
 

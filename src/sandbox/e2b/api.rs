@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::sandbox::remote::http::{self, Failure, Retry};
+use crate::sandbox::remote::http::{self, Failure, Refusal, Retry};
 use crate::sandbox::remote::ErrorKind;
 
 /// Characters left as they are in a URL path segment (RFC 3986 unreserved).
@@ -68,38 +68,35 @@ impl E2bError {
                 retry_after,
                 body,
                 attempts,
-            } => {
-                let message = http::error_message(&body, status);
-                match status {
-                    401 | 403 => E2bError::Unauthorized { status, message },
-                    // E2B's proxy answers 502 "The sandbox ID was not found" for a sandbox that is gone.
-                    502 if message.contains("was not found") => E2bError::SandboxGone {
-                        id: sandbox.unwrap_or_default().to_string(),
-                        message,
-                    },
-                    404 => E2bError::NotFound {
-                        what: what.to_string(),
-                        message,
-                    },
-                    429 => E2bError::Throttled {
-                        message: match retry_after {
-                            Some(s) => format!("{message}; Retry-After {s} s"),
-                            None => message,
-                        },
-                        attempts,
-                    },
-                    s if s >= 500 => E2bError::Server {
-                        status: s,
-                        message,
-                        attempts,
-                    },
-                    s => E2bError::Rejected {
-                        what: what.to_string(),
-                        status: s,
-                        message,
-                    },
-                }
-            }
+            } => match Refusal::of(status, retry_after, &body, attempts) {
+                // E2B's proxy answers 502 "The sandbox ID was not found" for a sandbox that is gone.
+                Refusal::Server {
+                    status: 502, message, ..
+                } if message.contains("was not found") => E2bError::SandboxGone {
+                    id: sandbox.unwrap_or_default().to_string(),
+                    message,
+                },
+                Refusal::Unauthorized { status, message } => E2bError::Unauthorized { status, message },
+                Refusal::NotFound { message } => E2bError::NotFound {
+                    what: what.to_string(),
+                    message,
+                },
+                Refusal::Throttled { message, attempts } => E2bError::Throttled { message, attempts },
+                Refusal::Server {
+                    status,
+                    message,
+                    attempts,
+                } => E2bError::Server {
+                    status,
+                    message,
+                    attempts,
+                },
+                Refusal::Rejected { status, message } => E2bError::Rejected {
+                    what: what.to_string(),
+                    status,
+                    message,
+                },
+            },
         }
     }
 }

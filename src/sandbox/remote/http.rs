@@ -57,6 +57,59 @@ pub enum Failure {
     },
 }
 
+/// What an error answer means, the same for every provider; each maps it
+/// into its own error type (with its own wording).
+pub enum Refusal {
+    /// 401 or 403: the key.
+    Unauthorized {
+        status: u16,
+        message: String,
+    },
+    NotFound {
+        message: String,
+    },
+    /// 429 after the retries (with Retry-After, if the provider sent one).
+    Throttled {
+        message: String,
+        attempts: u32,
+    },
+    /// 5xx after the retries.
+    Server {
+        status: u16,
+        message: String,
+        attempts: u32,
+    },
+    /// Any other 4xx: the request itself.
+    Rejected {
+        status: u16,
+        message: String,
+    },
+}
+
+impl Refusal {
+    /// The meaning of a `Failure::Status` answer.
+    pub fn of(status: u16, retry_after: Option<u64>, body: &str, attempts: u32) -> Refusal {
+        let message = error_message(body, status);
+        match status {
+            401 | 403 => Refusal::Unauthorized { status, message },
+            404 => Refusal::NotFound { message },
+            429 => Refusal::Throttled {
+                message: match retry_after {
+                    Some(s) => format!("{message}; Retry-After {s} s"),
+                    None => message,
+                },
+                attempts,
+            },
+            s if s >= 500 => Refusal::Server {
+                status: s,
+                message,
+                attempts,
+            },
+            s => Refusal::Rejected { status: s, message },
+        }
+    }
+}
+
 /// Sends the request with the shared retry policy (see the module doc).
 pub async fn send(what: &str, retry: Retry, builder: RequestBuilder) -> Result<Response, Failure> {
     let mut attempt = 1;
