@@ -5,18 +5,21 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::api::NodeKind;
-use crate::vfs::{Attr, Invalidation, KernelIo, OpenMode, SetAttr, Vfs, VfsError};
+use crate::vfs::{Attr, KernelIo, OpenMode, SetAttr, Vfs, VfsError};
+
+mod announce;
+pub use announce::spawn_kernel_thread;
 
 /// How long the kernel may trust attributes and names. Remote changes are
 /// also pushed as invalidations, so this only bounds a missed one.
@@ -225,7 +228,14 @@ impl Filesystem for ContextFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let reply = match name.to_str() {
+            Some(n) if self.announcer(req.pid()) => match self.announcer_lookup(parent.0, n, reply) {
+                Ok(()) => return,
+                Err(reply) => reply,
+            },
+            _ => reply,
+        };
         let result = name_str(name).and_then(|n| self.vfs.lookup(parent.0, n).map_err(errno));
         self.reply_entry(result, reply);
     }
@@ -244,7 +254,7 @@ impl Filesystem for ContextFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -260,6 +270,12 @@ impl Filesystem for ContextFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if self.announcer(req.pid()) {
+            return match self.vfs.announcer_attr(ino.0) {
+                Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+                Err(e) => reply.error(errno(e)),
+            };
+        }
         // Ownership is not part of the model: only a no-op chown succeeds.
         if uid.is_some_and(|u| u != self.uid) || gid.is_some_and(|g| g != self.gid) {
             return reply.error(Errno::EPERM);
@@ -303,26 +319,46 @@ impl Filesystem for ContextFs {
         reply.error(Errno::EPERM);
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        if self.announcer(req.pid()) {
+            return match name_str(name) {
+                Ok(n) => self.announcer_entry(parent.0, n, reply),
+                Err(e) => reply.error(e),
+            };
+        }
         let result = name_str(name).and_then(|n| self.vfs.mkdir(parent.0, n, mode & !umask).map_err(errno));
         self.reply_entry(result, reply);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match name_str(name).and_then(|n| self.vfs.unlink(parent.0, n).map_err(errno)) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let announced = self.announcer(req.pid());
+        match name_str(name).and_then(|n| match announced {
+            true => Self::announcer_errno(self.vfs.announcer_remove(parent.0, n)),
+            false => self.vfs.unlink(parent.0, n).map_err(errno),
+        }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match name_str(name).and_then(|n| self.vfs.rmdir(parent.0, n).map_err(errno)) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let announced = self.announcer(req.pid());
+        match name_str(name).and_then(|n| match announced {
+            true => Self::announcer_errno(self.vfs.announcer_remove(parent.0, n)),
+            false => self.vfs.rmdir(parent.0, n).map_err(errno),
+        }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
-    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        if self.announcer(req.pid()) {
+            return match name_str(link_name) {
+                Ok(n) => self.announcer_entry(parent.0, n, reply),
+                Err(e) => reply.error(e),
+            };
+        }
         let result = name_str(link_name).and_then(|n| {
             let target = target.to_str().ok_or(Errno::EINVAL)?;
             self.vfs.symlink(parent.0, n, target).map_err(errno)
@@ -332,7 +368,7 @@ impl Filesystem for ContextFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -344,8 +380,12 @@ impl Filesystem for ContextFs {
             return reply.error(Errno::EINVAL);
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let announced = self.announcer(req.pid());
         let result = name_str(name).and_then(|from| {
             let to = name_str(newname)?;
+            if announced {
+                return Self::announcer_errno(self.vfs.announcer_rename(parent.0, from, newparent.0, to));
+            }
             self.vfs
                 .rename(parent.0, from, newparent.0, to, no_replace)
                 .map_err(errno)
@@ -361,7 +401,11 @@ impl Filesystem for ContextFs {
         reply.error(Errno::EPERM);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.announcer(req.pid()) {
+            // A handle that writes nothing (its close is the IN_CLOSE_WRITE).
+            return reply.opened(FileHandle(Vfs::announcer_handle()), FopenFlags::FOPEN_DIRECT_IO);
+        }
         let mode = OpenMode::from_flags(flags.0);
         if (mode.write || mode.truncate) && self.vfs.passthrough_readers(ino.0) {
             // A writer waits for passthrough readers of the file; it never
@@ -405,6 +449,9 @@ impl Filesystem for ContextFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if Vfs::is_announcer_handle(fh.0) {
+            return reply.error(Errno::EBADF);
+        }
         match self.vfs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
@@ -423,6 +470,9 @@ impl Filesystem for ContextFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if Vfs::is_announcer_handle(fh.0) {
+            return reply.error(Errno::EBADF);
+        }
         match self.vfs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
@@ -432,6 +482,9 @@ impl Filesystem for ContextFs {
     /// close(): this is where the commit becomes durable (release's errors
     /// never reach the caller).
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        if Vfs::is_announcer_handle(fh.0) {
+            return reply.ok();
+        }
         match self.vfs.flush(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -448,6 +501,9 @@ impl Filesystem for ContextFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if Vfs::is_announcer_handle(fh.0) {
+            return reply.ok();
+        }
         match self.vfs.release_kernel(fh.0) {
             Ok(ended) => {
                 self.end_epoch(ended);
@@ -460,6 +516,9 @@ impl Filesystem for ContextFs {
     /// fsync waits for the server's answer (up to 10 s): on a thread of its
     /// own, so a slow server never ties up the FUSE threads.
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if Vfs::is_announcer_handle(fh.0) {
+            return reply.ok();
+        }
         let vfs = self.vfs.clone();
         run_waiting(move || match vfs.fsync(fh.0) {
             Ok(()) => reply.ok(),
@@ -569,6 +628,9 @@ impl Filesystem for ContextFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        if Vfs::is_announcer_handle(fh.0) {
+            return reply.error(Errno::EBADF);
+        }
         match self.vfs.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -632,7 +694,7 @@ impl Filesystem for ContextFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -640,6 +702,12 @@ impl Filesystem for ContextFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        if self.announcer(req.pid()) {
+            return match name_str(name) {
+                Ok(n) => self.announcer_create(parent.0, n, reply),
+                Err(e) => reply.error(e),
+            };
+        }
         let exclusive = flags & libc::O_EXCL != 0;
         let name = match name_str(name) {
             Ok(n) => n.to_string(),
@@ -692,27 +760,4 @@ fn run_waiting(op: impl FnOnce() + Send + 'static) {
     if let Err(e) = std::thread::Builder::new().name("fuse-wait".into()).spawn(op) {
         tracing::error!(error = %e, "cannot start a thread for an operation that waits");
     }
-}
-
-/// Sends kernel-cache invalidations from their own thread: calling the
-/// notifier from inside a callback can deadlock the session.
-pub fn spawn_invalidator(notifier: Notifier, vfs: &Vfs) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let (tx, rx) = mpsc::channel::<Invalidation>();
-    vfs.set_invalidation_sink(tx);
-    std::thread::Builder::new()
-        .name("fuse-invalidate".into())
-        .spawn(move || {
-            for item in rx {
-                let result = match &item {
-                    Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
-                    Invalidation::Entry { parent, name } => notifier.inval_entry(INodeNo(*parent), OsStr::new(name)),
-                };
-                // ENOENT just means the kernel had nothing cached.
-                if let Err(e) = result {
-                    if e.raw_os_error() != Some(libc::ENOENT) {
-                        tracing::debug!(error = %e, ?item, "invalidation failed");
-                    }
-                }
-            }
-        })
 }

@@ -11,6 +11,7 @@
 //! changes the server has not acknowledged. Every change that must survive a
 //! crash is written to the [`journal::Journal`] before the call returns.
 
+pub mod announce;
 pub mod drain;
 mod error;
 mod handles;
@@ -35,6 +36,7 @@ use std::time::{Duration, SystemTime};
 use crate::api::{NodeKind, VersionStatus};
 use crate::cache::{BlobCache, CacheError, CacheFill};
 use crate::model::{BlobHash, WsPath, MAX_NAME_BYTES, MAX_PATH_BYTES};
+pub use announce::{AnnouncedPaths, Announcement, KernelUpdate};
 pub use error::{errno_for_io, VfsError};
 pub use journal::Durability;
 use journal::{Journal, ParentRef, Record};
@@ -336,7 +338,9 @@ pub struct Vfs {
     /// Recently used blob descriptors, so hot files skip open(2).
     open_files: moka::sync::Cache<BlobHash, Arc<File>>,
     source: Arc<dyn BlobSource>,
-    invalidations: Mutex<Option<mpsc::Sender<Invalidation>>>,
+    invalidations: Mutex<Option<mpsc::Sender<KernelUpdate>>>,
+    /// The thread that shows remote changes to file watchers (announce.rs).
+    announcer: announce::Announcer,
     /// Wakes the sync worker when something new is journaled.
     pub(crate) wake: tokio::sync::Notify,
     /// Records fsync wants sent now, without the debounce (by uid).
@@ -458,6 +462,7 @@ impl Vfs {
                 .build(),
             source,
             invalidations: Mutex::new(None),
+            announcer: announce::Announcer::default(),
             wake: tokio::sync::Notify::new(),
             urgent: Mutex::new(std::collections::HashSet::new()),
             round_done: Condvar::new(),
@@ -468,8 +473,9 @@ impl Vfs {
         })
     }
 
-    /// Where kernel-cache invalidations go (the FUSE notifier thread).
-    pub fn set_invalidation_sink(&self, sink: mpsc::Sender<Invalidation>) {
+    /// Where kernel-cache invalidations and announcements go (the FUSE
+    /// adapter's kernel thread).
+    pub fn set_invalidation_sink(&self, sink: mpsc::Sender<KernelUpdate>) {
         if let Ok(mut guard) = self.invalidations.lock() {
             *guard = Some(sink);
         }
@@ -482,7 +488,7 @@ impl Vfs {
         if let Ok(guard) = self.invalidations.lock() {
             if let Some(sink) = guard.as_ref() {
                 for item in items {
-                    let _ = sink.send(item);
+                    let _ = sink.send(KernelUpdate::Invalidate(item));
                 }
             }
         }

@@ -52,18 +52,21 @@ impl Vfs {
 
     pub fn apply_events(&self, events: &[ChangeEvent]) {
         let mut invalidations = Vec::new();
+        let mut announcements = Vec::new();
         {
             let mut st = self.lock();
             for e in events {
                 st.cursor = st.cursor.max(e.seq);
-                self.apply_event(&mut st, e, &mut invalidations);
+                self.apply_event(&mut st, e, &mut invalidations, &mut announcements);
                 st.local_news.seen(e);
             }
         }
+        // The kernel forgets what it cached before the watchers hear of it.
         self.invalidate(invalidations);
+        self.announce(announcements);
     }
 
-    fn apply_event(&self, st: &mut State, e: &ChangeEvent, out: &mut Vec<Invalidation>) {
+    fn apply_event(&self, st: &mut State, e: &ChangeEvent, out: &mut Vec<Invalidation>, news: &mut Vec<Announcement>) {
         let (parent_path, name) = match e.path.rsplit_once('/') {
             Some((p, n)) => (p, n),
             None => ("", e.path.as_str()),
@@ -94,11 +97,19 @@ impl Vfs {
                 }
                 if e.deleted {
                     let (parent, name) = (inode.parent, inode.name.clone());
+                    if let Ok(ghost) = Self::attr(st, ino) {
+                        news.push(Announcement::Deleted {
+                            parent,
+                            name: name.clone(),
+                            ghost,
+                        });
+                    }
                     Self::detach(st, ino);
                     out.push(Invalidation::Entry { parent, name });
                     return;
                 }
                 let (old_parent, old_name) = (inode.parent, inode.name.clone());
+                let mut moved = None;
                 if Self::path_of(st, ino) != e.path {
                     let Some(new_parent) = Self::resolve(st, parent_path) else {
                         return;
@@ -127,12 +138,13 @@ impl Vfs {
                     }
                     out.push(Invalidation::Entry {
                         parent: old_parent,
-                        name: old_name,
+                        name: old_name.clone(),
                     });
                     out.push(Invalidation::Entry {
                         parent: new_parent,
                         name: name.to_string(),
                     });
+                    moved = Some((old_parent, old_name, new_parent));
                 }
                 let target = (e.kind == NodeKind::Symlink).then(|| self.cached_text(&e.hash));
                 let Some(changed) = st
@@ -149,9 +161,24 @@ impl Vfs {
                 } else {
                     ino
                 };
+                if let Some((parent, old_name, to_parent)) = moved {
+                    if let Ok(ghost) = Self::attr(st, ino) {
+                        news.push(Announcement::Renamed {
+                            parent,
+                            name: old_name,
+                            to_parent,
+                            to_name: name.to_string(),
+                            ghost,
+                        });
+                    }
+                }
                 let Some(inode) = st.inodes.get_mut(&ino) else { return };
                 let retimed = e.mtime.is_some() && e.kind != NodeKind::Dir;
-                if inode.mode != e.mode || retimed {
+                let mode_changed = inode.mode != e.mode;
+                // Every version carries times; only a different one is news.
+                let new_times = server_times(e.mtime.as_deref(), e.atime.as_deref(), &e.at);
+                let times_differ = retimed && new_times.is_some_and(|(m, a)| m != inode.mtime || a != inode.atime);
+                if mode_changed || retimed {
                     inode.ctime = SystemTime::now();
                 }
                 inode.mode = e.mode;
@@ -172,8 +199,21 @@ impl Vfs {
                     inode.size = e.size;
                     inode.ctime = SystemTime::now();
                     out.push(Invalidation::Inode(ino));
+                    if e.kind == NodeKind::File {
+                        news.push(Announcement::Modified {
+                            ino,
+                            mtime: inode.mtime,
+                        });
+                    }
                 } else if retimed {
                     out.push(Invalidation::Inode(ino));
+                }
+                if !changed && (mode_changed || times_differ) {
+                    news.push(Announcement::Attrib {
+                        ino,
+                        mode: e.mode,
+                        mode_changed,
+                    });
                 }
                 if let Some(old) = old_path.filter(|_| e.kind == NodeKind::Dir) {
                     if let Err(err) = self.rebase_server_paths(st, &old, &e.path) {
@@ -204,6 +244,15 @@ impl Vfs {
                     },
                     NodeKind::File => Content::Blob { hash: e.hash.clone() },
                 };
+                news.push(Announcement::Created {
+                    parent,
+                    name: name.to_string(),
+                    kind: e.kind,
+                    target: match &content {
+                        Content::Symlink { target } => Some(target.clone()),
+                        _ => None,
+                    },
+                });
                 let ino = Self::alloc_ino(st);
                 let mut inode = Inode::new(rand::random(), parent, name.to_string(), e.kind, e.mode, content);
                 inode.size = e.size;

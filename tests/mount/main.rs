@@ -11,7 +11,8 @@
 //! - `basics`: shell tools, bad input, remote changes, the CLI in a pipe;
 //! - `sharing`: two mounts, kernel passthrough, fsync;
 //! - `offline`: kill -9, the server down, the umount report;
-//! - `editors`: editors' saves, git, skills.
+//! - `editors`: editors' saves, git, skills;
+//! - `watchers`: inotify events for other agents' changes.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -20,6 +21,7 @@ mod basics;
 mod editors;
 mod offline;
 mod sharing;
+mod watchers;
 
 use std::collections::BTreeMap;
 use std::path::Path;
