@@ -38,20 +38,26 @@ pub fn spawn_kernel_thread(
         // SAFETY: gettid cannot fail.
         let tid = unsafe { libc::gettid() };
         vfs.set_announcer_thread(u32::try_from(tid).unwrap_or(0));
-        let mut root: Option<MountRoot> = None;
-        for update in rx {
-            match update {
-                KernelUpdate::Invalidate(item) => invalidate(&notifier, &item),
-                KernelUpdate::Announce(a) => {
-                    if root.is_none() {
-                        root = MountRoot::open(&mountpoint)
-                            .map_err(|e| tracing::warn!(error = %e, "cannot open the mount point to show remote changes to file watchers"))
-                            .ok();
-                    }
-                    if let Some(root) = &root {
-                        announce(&vfs, root, a);
+        while let Ok(first) = rx.recv() {
+            // The root is open only while updates keep coming: an open
+            // descriptor makes the mount point busy for umount.
+            let mut root: Option<MountRoot> = None;
+            let mut next = Some(first);
+            while let Some(update) = next.take() {
+                match update {
+                    KernelUpdate::Invalidate(item) => invalidate(&notifier, &item),
+                    KernelUpdate::Announce(a) => {
+                        if root.is_none() {
+                            root = MountRoot::open(&mountpoint)
+                                .map_err(|e| tracing::warn!(error = %e, "cannot open the mount point to show remote changes to file watchers"))
+                                .ok();
+                        }
+                        if let Some(root) = &root {
+                            announce(&vfs, root, a);
+                        }
                     }
                 }
+                next = rx.try_recv().ok();
             }
         }
     })

@@ -375,7 +375,7 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
     let fs = crate::fuse::ContextFs::new(vfs.clone());
     let session = fuser::Session::new(fs, &mountpoint, &config)
         .with_context(|| format!("cannot mount on {} (is it an empty directory? for --allow-other as non-root, /etc/fuse.conf needs user_allow_other)", mountpoint.display()))?;
-    let _invalidator =
+    let kernel_thread =
         crate::fuse::spawn_kernel_thread(session.notifier(), vfs.clone(), mountpoint.clone())
             .context("cannot start the kernel-notification thread")?;
     let background = session.spawn().context("cannot start the FUSE session")?;
@@ -470,6 +470,13 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
     };
     let flushed = runtime.block_on(flush_pending(&worker, &progress));
     let _ = stop_tx.send(true);
+    // The kernel thread finishes what is queued first: while it announces
+    // it holds the mount root open, which would make the unmount fail.
+    vfs.close_kernel_updates();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !kernel_thread.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     drop(background);
     if let (Some(session), Some(dir)) = (skills_mount, &skills_dir) {
         if is_mounted(dir) {

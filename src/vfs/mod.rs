@@ -481,6 +481,15 @@ impl Vfs {
         }
     }
 
+    /// No more invalidations or announcements: the kernel thread ends once
+    /// it has sent what is queued (before the unmount, which its open mount
+    /// root would make busy).
+    pub fn close_kernel_updates(&self) {
+        if let Ok(mut guard) = self.invalidations.lock() {
+            *guard = None;
+        }
+    }
+
     fn invalidate(&self, items: Vec<Invalidation>) {
         if items.is_empty() {
             return;

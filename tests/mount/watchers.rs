@@ -123,7 +123,7 @@ fn changes_by_name(seen: &[Seen]) -> BTreeMap<(String, String), Vec<&'static str
 async fn remote_changes_raise_the_events_a_local_change_raises() {
     let s = TestServer::start().await;
     let p = "watched";
-    let a = MountedWorkspace::create(&s, p, "agent-a").await;
+    let mut a = MountedWorkspace::create(&s, p, "agent-a").await;
     let b = a.another("mnt-b", "agent-b");
     b.sh_ok(
         "mkdir dir gone-dir && echo old > old.md && echo x > mv-me.txt && echo d > del.txt \
@@ -193,6 +193,8 @@ async fn remote_changes_raise_the_events_a_local_change_raises() {
         status.contains("0 queued, 0 pending, 0 commits since mount"),
         "mount A committed nothing: {status}"
     );
+    // The announcer let go of the mount point: a plain umount works.
+    a.umount();
 }
 
 /// An editor that watches its file and reads it again on every event sees

@@ -12,6 +12,7 @@
 //! - `sync`: property test against a simulated server (late, reordered
 //!   answers; echoes and another writer's changes in the feed);
 //! - `crash`: property test cutting the journal at any byte before a remount;
+//! - `announce`: remote changes shown to file watchers (the core's half);
 //! - `editor_saves`, `acks`, `drain_plan`, `passthrough`, `remote`, `replay`:
 //!   unit tests pinning one concern each.
 
@@ -20,6 +21,7 @@ mod model;
 mod sync_model;
 
 mod acks;
+mod announce;
 mod crash;
 mod drain_plan;
 mod editor_saves;
