@@ -85,7 +85,8 @@ impl MountRoot {
     fn open(mountpoint: &Path) -> std::io::Result<Self> {
         let path = CString::new(mountpoint.as_os_str().as_bytes())?;
         // SAFETY: a valid C string; the descriptor is owned below.
-        let fd = unsafe { libc::open(path.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC) };
+        // O_PATH: no IN_OPEN/IN_CLOSE_NOWRITE of its own on the root's watchers.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }

@@ -104,6 +104,10 @@ fn changes_by_name(seen: &[Seen]) -> BTreeMap<(String, String), Vec<&'static str
     ];
     let mut out: BTreeMap<(String, String), Vec<&'static str>> = BTreeMap::new();
     for s in seen {
+        // ISDIR only qualifies a change (an `ls` opens directories).
+        if !kinds[..7].iter().any(|(mask, _)| s.mask.contains(*mask)) {
+            continue;
+        }
         for (mask, label) in kinds {
             if s.mask.contains(mask) {
                 let entry = out.entry((s.watch.clone(), s.name.clone())).or_default();
