@@ -46,6 +46,8 @@ pub fn spawn_kernel_thread(
             while let Some(update) = next.take() {
                 match update {
                     KernelUpdate::Invalidate(item) => invalidate(&notifier, &item),
+                    // The mount is closing: no new use of the mount root.
+                    KernelUpdate::Announce(_) if !vfs.announcing() => {}
                     KernelUpdate::Announce(a) => {
                         if root.is_none() {
                             root = MountRoot::open(&mountpoint)
@@ -174,7 +176,10 @@ fn run(vfs: &Vfs, root: &MountRoot, a: &Announcement, paths: &AnnouncedPaths) ->
             check(unsafe { libc::symlinkat(target.as_ptr(), dir, path.as_ptr()) })
         }
         Announcement::Created { parent, name, .. } => {
-            let mtime = vfs.lookup(*parent, name).map(|a| a.mtime).unwrap_or_else(|_| SystemTime::now());
+            let mtime = vfs
+                .lookup(*parent, name)
+                .map(|a| a.mtime)
+                .unwrap_or_else(|_| SystemTime::now());
             let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW;
             write_and_close(unsafe { libc::openat(dir, path.as_ptr(), flags, 0o644) }, mtime)
         }
@@ -184,7 +189,9 @@ fn run(vfs: &Vfs, root: &MountRoot, a: &Announcement, paths: &AnnouncedPaths) ->
             if fd < 0 {
                 // Passthrough readers pin the inode: IN_MODIFY alone.
                 let times = [OMIT, timespec(*mtime)];
-                return check(unsafe { libc::utimensat(dir, path.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) });
+                return check(unsafe {
+                    libc::utimensat(dir, path.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+                });
             }
             write_and_close(fd, *mtime)
         }
@@ -192,16 +199,20 @@ fn run(vfs: &Vfs, root: &MountRoot, a: &Announcement, paths: &AnnouncedPaths) ->
             mode,
             mode_changed: true,
             ..
-        } => {
-            check(unsafe { libc::fchmodat(dir, path.as_ptr(), (*mode & 0o7777) as libc::mode_t, 0) })
-        }
+        } => check(unsafe { libc::fchmodat(dir, path.as_ptr(), (*mode & 0o7777) as libc::mode_t, 0) }),
         Announcement::Attrib { ino, .. } => {
-            let attr = vfs.getattr(*ino).map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
+            let attr = vfs
+                .getattr(*ino)
+                .map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
             let times = [timespec(attr.atime), timespec(attr.mtime)];
             check(unsafe { libc::utimensat(dir, path.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
         }
         Announcement::Deleted { ghost, .. } => {
-            let flags = if ghost.kind == NodeKind::Dir { libc::AT_REMOVEDIR } else { 0 };
+            let flags = if ghost.kind == NodeKind::Dir {
+                libc::AT_REMOVEDIR
+            } else {
+                0
+            };
             check(unsafe { libc::unlinkat(dir, path.as_ptr(), flags) })
         }
         Announcement::Renamed { .. } => {

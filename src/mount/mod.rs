@@ -375,9 +375,8 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
     let fs = crate::fuse::ContextFs::new(vfs.clone());
     let session = fuser::Session::new(fs, &mountpoint, &config)
         .with_context(|| format!("cannot mount on {} (is it an empty directory? for --allow-other as non-root, /etc/fuse.conf needs user_allow_other)", mountpoint.display()))?;
-    let kernel_thread =
-        crate::fuse::spawn_kernel_thread(session.notifier(), vfs.clone(), mountpoint.clone())
-            .context("cannot start the kernel-notification thread")?;
+    let kernel_thread = crate::fuse::spawn_kernel_thread(session.notifier(), vfs.clone(), mountpoint.clone())
+        .context("cannot start the kernel-notification thread")?;
     let background = session.spawn().context("cannot start the FUSE session")?;
 
     let worker = Arc::new(Replicator::new(

@@ -72,6 +72,8 @@ pub(super) struct Announcer {
     /// calling thread's id.
     tid: std::sync::atomic::AtomicU32,
     armed: Mutex<Option<Announcement>>,
+    /// The mount is going away: what is still queued is not announced.
+    pub(super) closed: std::sync::atomic::AtomicBool,
 }
 
 /// Handles of the announcer's opens: never in the handle table, so nothing
@@ -82,6 +84,11 @@ impl Vfs {
     /// The announcer thread starts: requests from `tid` are announcements.
     pub fn set_announcer_thread(&self, tid: u32) {
         self.announcer.tid.store(tid, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether announcements still run (not once the mount is closing).
+    pub fn announcing(&self) -> bool {
+        !self.announcer.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether a FUSE request with this pid comes from the announcer.
@@ -174,9 +181,9 @@ impl Vfs {
                 ghost,
                 ..
             } if *p == parent && n == name => Some(Ok(self.getattr(ghost.ino).unwrap_or_else(|_| ghost.clone()))),
-            Announcement::Renamed {
-                to_parent, to_name, ..
-            } if *to_parent == parent && to_name == name => Some(Err(VfsError::noent(name))),
+            Announcement::Renamed { to_parent, to_name, .. } if *to_parent == parent && to_name == name => {
+                Some(Err(VfsError::noent(name)))
+            }
             _ => None,
         }
     }
@@ -185,8 +192,7 @@ impl Vfs {
     /// has, once (the kernel now shows it).
     pub fn announcer_create(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
         let mut armed = self.armed();
-        let matches =
-            matches!(armed.as_ref(), Some(Announcement::Created { parent: p, name: n, .. }) if *p == parent && n == name);
+        let matches = matches!(armed.as_ref(), Some(Announcement::Created { parent: p, name: n, .. }) if *p == parent && n == name);
         if !matches {
             return Err(Self::unexpected("create", name));
         }

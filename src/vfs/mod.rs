@@ -481,10 +481,11 @@ impl Vfs {
         }
     }
 
-    /// No more invalidations or announcements: the kernel thread ends once
-    /// it has sent what is queued (before the unmount, which its open mount
-    /// root would make busy).
+    /// No more invalidations or announcements: the kernel thread skips the
+    /// announcements still queued and ends (before the unmount, which its
+    /// open mount root would make busy).
     pub fn close_kernel_updates(&self) {
+        self.announcer.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Ok(mut guard) = self.invalidations.lock() {
             *guard = None;
         }

@@ -184,14 +184,20 @@ async fn remote_changes_raise_the_events_a_local_change_raises() {
     assert_eq!(a.sh_ok("cat old.md new.md dir/moved.txt"), "new\nhi\nx\n");
     assert_eq!(a.sh_ok("stat -c %a run.sh"), "755\n");
     assert_eq!(a.sh_ok("readlink link2"), "new.md\n");
-    assert_eq!(a.sh_ok("ls"), "dir\nlink\nlink2\nnew.md\nnewdir\nold.md\nrun.sh\nskills\n");
+    assert_eq!(
+        a.sh_ok("ls"),
+        "dir\nlink\nlink2\nnew.md\nnewdir\nold.md\nrun.sh\nskills\n"
+    );
 
     // Showing them committed nothing: every version is one of B's edits.
     a.wait_synced().await;
     b.wait_synced().await;
     let history = s.history(p, &s.admin, "old.md").await;
     assert_eq!(history.len(), 2, "create and one edit, no echo: {history:#?}");
-    assert!(history.iter().all(|v| v.agent_id.as_deref() == Some("agent-b")), "{history:#?}");
+    assert!(
+        history.iter().all(|v| v.agent_id.as_deref() == Some("agent-b")),
+        "{history:#?}"
+    );
     let status = a.status();
     assert!(
         status.contains("0 queued, 0 pending, 0 commits since mount"),
@@ -218,7 +224,11 @@ async fn an_editor_watching_its_file_rereads_each_remote_edit() {
         b.sh_ok(&format!("echo 'version {round}' > plan.md"));
         w.expect("root", "plan.md", EventMask::CLOSE_WRITE).await;
         let text = std::fs::read_to_string(a.dir.join("plan.md")).expect("read plan.md");
-        assert_eq!(text, format!("version {round}\n"), "reread after the event of round {round}");
+        assert_eq!(
+            text,
+            format!("version {round}\n"),
+            "reread after the event of round {round}"
+        );
     }
 }
 
@@ -261,7 +271,11 @@ async fn two_watching_mounts_settle_without_echo() {
         w.seen.clear();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(s.snapshot(p).await.0, cursor, "nothing was committed after the edits settled");
+    assert_eq!(
+        s.snapshot(p).await.0,
+        cursor,
+        "nothing was committed after the edits settled"
+    );
     for (w, _) in watchers.iter_mut() {
         w.poll();
         assert!(w.seen.is_empty(), "no events once settled: {:#?}", w.seen);
@@ -274,4 +288,31 @@ async fn two_watching_mounts_settle_without_echo() {
             "{path}: one version per append at most, all by {agent}: {history:#?}"
         );
     }
+}
+
+/// A reader holding the file open (a passthrough open of its blob) keeps its
+/// bytes; the watcher still hears of the new content, and a new open reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_edit_of_a_file_held_open_raises_the_event_and_spares_the_reader() {
+    use std::io::{Read, Seek};
+    let s = TestServer::start().await;
+    let p = "held";
+    let a = MountedWorkspace::create(&s, p, "agent-a").await;
+    let b = a.another("mnt-b", "agent-b");
+    b.sh_ok("echo 'first version' > data.txt");
+    mount_shows(&a, "data.txt", "first version\n").await;
+    let mut held = std::fs::File::open(a.dir.join("data.txt")).expect("open data.txt");
+    let mut text = String::new();
+    held.read_to_string(&mut text).expect("read");
+    assert_eq!(text, "first version\n");
+
+    let mut w = Watcher::new();
+    w.watch(&a.dir, "root");
+    b.sh_ok("echo 'second version, longer' > data.txt");
+    w.expect("root", "data.txt", EventMask::MODIFY).await;
+    mount_shows(&a, "data.txt", "second version, longer\n").await;
+    held.rewind().expect("rewind");
+    text.clear();
+    held.read_to_string(&mut text).expect("read again");
+    assert_eq!(text, "first version\n", "an open handle keeps the bytes it opened");
 }

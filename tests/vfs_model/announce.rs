@@ -62,7 +62,10 @@ fn each_kind_of_remote_change_is_announced_after_its_invalidations() {
             KernelUpdate::Invalidate(_) => None,
         })
         .collect();
-    assert!(matches!(&news[0], Announcement::Modified { ino, .. } if *ino == a), "{news:#?}");
+    assert!(
+        matches!(&news[0], Announcement::Modified { ino, .. } if *ino == a),
+        "{news:#?}"
+    );
     assert!(
         matches!(&news[1], Announcement::Created { parent, name, kind: NodeKind::File, .. } if *parent == docs && name == "b.md"),
         "{news:#?}"
@@ -72,7 +75,14 @@ fn each_kind_of_remote_change_is_announced_after_its_invalidations() {
         "{news:#?}"
     );
     assert!(
-        matches!(&news[3], Announcement::Attrib { mode: 0o755, mode_changed: true, .. }),
+        matches!(
+            &news[3],
+            Announcement::Attrib {
+                mode: 0o755,
+                mode_changed: true,
+                ..
+            }
+        ),
         "{news:#?}"
     );
     assert!(
@@ -84,7 +94,10 @@ fn each_kind_of_remote_change_is_announced_after_its_invalidations() {
 
     // Paths are those of the tree when the announcement runs.
     assert_eq!(vfs.announced_paths(&news[0]), Some(AnnouncedPaths::One("a.md".into())));
-    assert_eq!(vfs.announced_paths(&news[1]), Some(AnnouncedPaths::One("docs/b.md".into())));
+    assert_eq!(
+        vfs.announced_paths(&news[1]),
+        Some(AnnouncedPaths::One("docs/b.md".into()))
+    );
     assert_eq!(
         vfs.announced_paths(&news[4]),
         Some(AnnouncedPaths::Two {
@@ -113,9 +126,19 @@ fn the_armed_announcement_shows_the_announcer_the_old_names_and_journals_nothing
     vfs.apply_events(&[event(2, 5, 1, "docs/new.md", env.source.put(b"n"), 1, false)]);
     let created = announcements(&rx).remove(0);
     vfs.arm(created.clone());
-    assert_eq!(vfs.announcer_lookup(docs, "new.md").unwrap().unwrap_err().errno, libc::ENOENT);
-    assert!(vfs.announcer_lookup(docs, "a.md").is_none(), "other names are looked up as usual");
-    assert_eq!(vfs.lookup(docs, "new.md").unwrap().size, 1, "others see the new file at once");
+    assert_eq!(
+        vfs.announcer_lookup(docs, "new.md").unwrap().unwrap_err().errno,
+        libc::ENOENT
+    );
+    assert!(
+        vfs.announcer_lookup(docs, "a.md").is_none(),
+        "other names are looked up as usual"
+    );
+    assert_eq!(
+        vfs.lookup(docs, "new.md").unwrap().size,
+        1,
+        "others see the new file at once"
+    );
     let shown = vfs.announcer_create(docs, "new.md").unwrap();
     assert_eq!(shown.ino, ino_of(&vfs, "docs/new.md").unwrap());
     assert!(vfs.announcer_lookup(docs, "new.md").is_none(), "announced once");
@@ -130,8 +153,15 @@ fn the_armed_announcement_shows_the_announcer_the_old_names_and_journals_nothing
     let renamed = announcements(&rx).remove(0);
     vfs.arm(renamed);
     assert_eq!(vfs.announcer_lookup(docs, "a.md").unwrap().unwrap().ino, a);
-    assert_eq!(vfs.announcer_lookup(docs, "b.md").unwrap().unwrap_err().errno, libc::ENOENT);
-    assert_eq!(vfs.lookup(docs, "a.md").unwrap_err().errno, libc::ENOENT, "for everyone else it moved");
+    assert_eq!(
+        vfs.announcer_lookup(docs, "b.md").unwrap().unwrap_err().errno,
+        libc::ENOENT
+    );
+    assert_eq!(
+        vfs.lookup(docs, "a.md").unwrap_err().errno,
+        libc::ENOENT,
+        "for everyone else it moved"
+    );
     assert_eq!(
         vfs.announcer_rename(docs, "a.md", ROOT_INO, "b.md").unwrap_err().errno,
         libc::EPERM,
