@@ -14,6 +14,7 @@
 pub mod drain;
 mod error;
 mod handles;
+pub mod history;
 pub mod journal;
 pub mod kernel_io;
 mod namespace;
