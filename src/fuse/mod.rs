@@ -16,7 +16,11 @@ use fuser::{
 };
 
 use crate::api::NodeKind;
-use crate::vfs::{Attr, Invalidation, KernelIo, OpenMode, SetAttr, Vfs, VfsError};
+use crate::vfs::history::History;
+use crate::vfs::{Attr, DirEntry, Invalidation, KernelIo, OpenMode, SetAttr, Vfs, VfsError};
+
+mod history;
+use history::owns as in_history;
 
 /// How long the kernel may trust attributes and names. Remote changes are
 /// also pushed as invalidations, so this only bounds a missed one.
@@ -32,6 +36,8 @@ pub struct ContextFs {
     /// ioctl commands already logged as unsupported (each is logged once:
     /// `isatty()` alone sends TCGETS on every Python `open()`).
     unsupported_ioctls: Mutex<std::collections::HashSet<u32>>,
+    /// `.contextfs/history` (project mounts; see `history.rs`).
+    history: Option<Arc<History>>,
 }
 
 fn errno(e: VfsError) -> Errno {
@@ -99,6 +105,7 @@ impl ContextFs {
             backings: Arc::new(Backings::default()),
             handed_off: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             unsupported_ioctls: Mutex::new(std::collections::HashSet::new()),
+            history: None,
         }
     }
 
@@ -226,16 +233,25 @@ impl Filesystem for ContextFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if in_history(parent) || self.is_history_name(parent.0, name) {
+            return self.history_lookup(parent.0, name, reply);
+        }
         let result = name_str(name).and_then(|n| self.vfs.lookup(parent.0, n).map_err(errno));
         self.reply_entry(result, reply);
     }
 
     /// (fuser's default `batch_forget` calls this for each inode.)
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if in_history(ino) {
+            return self.history_forget(ino.0, nlookup);
+        }
         self.vfs.kernel_forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if in_history(ino) {
+            return self.history_getattr(ino.0, reply);
+        }
         match self.vfs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &self.attr(&a)),
             Err(e) => reply.error(errno(e)),
@@ -260,6 +276,9 @@ impl Filesystem for ContextFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if in_history(ino) {
+            return reply.error(Errno::EROFS);
+        }
         // Ownership is not part of the model: only a no-op chown succeeds.
         if uid.is_some_and(|u| u != self.uid) || gid.is_some_and(|g| g != self.gid) {
             return reply.error(Errno::EPERM);
@@ -283,6 +302,9 @@ impl Filesystem for ContextFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        if in_history(ino) {
+            return reply.error(Errno::EINVAL);
+        }
         match self.vfs.readlink(ino.0) {
             Ok(target) => reply.data(target.as_bytes()),
             Err(e) => reply.error(errno(e)),
@@ -299,16 +321,25 @@ impl Filesystem for ContextFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        if self.history_refuses(_parent.0, _name) {
+            return reply.error(Errno::EROFS);
+        }
         // Device nodes, fifos and sockets have no place in a shared workspace.
         reply.error(Errno::EPERM);
     }
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        if self.history_refuses(parent.0, name) {
+            return reply.error(Errno::EROFS);
+        }
         let result = name_str(name).and_then(|n| self.vfs.mkdir(parent.0, n, mode & !umask).map_err(errno));
         self.reply_entry(result, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.history_refuses(parent.0, name) {
+            return reply.error(Errno::EROFS);
+        }
         match name_str(name).and_then(|n| self.vfs.unlink(parent.0, n).map_err(errno)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -316,6 +347,9 @@ impl Filesystem for ContextFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.history_refuses(parent.0, name) {
+            return reply.error(Errno::EROFS);
+        }
         match name_str(name).and_then(|n| self.vfs.rmdir(parent.0, n).map_err(errno)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -323,6 +357,9 @@ impl Filesystem for ContextFs {
     }
 
     fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        if self.history_refuses(parent.0, link_name) {
+            return reply.error(Errno::EROFS);
+        }
         let result = name_str(link_name).and_then(|n| {
             let target = target.to_str().ok_or(Errno::EINVAL)?;
             self.vfs.symlink(parent.0, n, target).map_err(errno)
@@ -340,6 +377,9 @@ impl Filesystem for ContextFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        if self.history_refuses(parent.0, name) || self.history_refuses(newparent.0, newname) {
+            return reply.error(Errno::EROFS);
+        }
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             return reply.error(Errno::EINVAL);
         }
@@ -356,13 +396,19 @@ impl Filesystem for ContextFs {
         }
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        if in_history(ino) || self.history_refuses(newparent.0, newname) {
+            return reply.error(Errno::EROFS);
+        }
         // Hard links cannot be versioned as one node; fail fast and clearly.
         reply.error(Errno::EPERM);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = OpenMode::from_flags(flags.0);
+        if in_history(ino) {
+            return self.history_open(ino.0, mode, reply);
+        }
         if (mode.write || mode.truncate) && self.vfs.passthrough_readers(ino.0) {
             // A writer waits for passthrough readers of the file; it never
             // becomes a passthrough open itself.
@@ -397,7 +443,7 @@ impl Filesystem for ContextFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -405,6 +451,12 @@ impl Filesystem for ContextFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if in_history(ino) {
+            return match self.history_read(fh.0, offset, size) {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(e),
+            };
+        }
         match self.vfs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
@@ -431,7 +483,10 @@ impl Filesystem for ContextFs {
 
     /// close(): this is where the commit becomes durable (release's errors
     /// never reach the caller).
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        if in_history(ino) {
+            return reply.ok();
+        }
         match self.vfs.flush(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -441,13 +496,17 @@ impl Filesystem for ContextFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if in_history(ino) {
+            self.history_release(fh.0);
+            return reply.ok();
+        }
         match self.vfs.release_kernel(fh.0) {
             Ok(ended) => {
                 self.end_epoch(ended);
@@ -459,7 +518,10 @@ impl Filesystem for ContextFs {
 
     /// fsync waits for the server's answer (up to 10 s): on a thread of its
     /// own, so a slow server never ties up the FUSE threads.
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if in_history(ino) {
+            return reply.ok();
+        }
         let vfs = self.vfs.clone();
         run_waiting(move || match vfs.fsync(fh.0) {
             Ok(()) => reply.ok(),
@@ -478,6 +540,9 @@ impl Filesystem for ContextFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if in_history(ino) {
+            return self.history_opendir(ino.0, reply);
+        }
         match self.vfs.getattr(ino.0) {
             Ok(a) if a.kind == NodeKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::ENOTDIR),
@@ -485,50 +550,30 @@ impl Filesystem for ContextFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.vfs.readdir(ino.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
-        };
-        let parent = self.vfs.parent_of(ino.0);
-        let dots = [
-            (ino.0, ".".to_string(), NodeKind::Dir),
-            (parent, "..".to_string(), NodeKind::Dir),
-        ];
-        let all = dots
-            .into_iter()
-            .chain(entries.into_iter().map(|e| (e.ino, e.name, e.kind)));
-        for (i, (child, name, kind)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), (i + 1) as u64, file_type(kind), name) {
-                break;
-            }
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+        if in_history(ino) {
+            return self.history_readdir(ino.0, offset, reply);
         }
-        reply.ok();
+        match self.vfs.readdir(ino.0) {
+            Ok(entries) => fill_dir(reply, ino.0, self.vfs.parent_of(ino.0), entries, offset),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let entries = match self.vfs.readdir(ino.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
-        };
-        for (i, entry) in entries.into_iter().enumerate().skip(offset as usize) {
-            let Ok(a) = self.vfs.getattr(entry.ino) else { continue };
-            if reply.add(
-                INodeNo(entry.ino),
-                (i + 1) as u64,
-                &entry.name,
-                &TTL,
-                &self.attr(&a),
-                Generation(0),
-            ) {
-                break;
-            }
-            // The kernel counts a lookup for every entry but `.` and `..`.
-            if entry.name != "." && entry.name != ".." {
-                self.vfs.kernel_ref(entry.ino);
-            }
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
+        if in_history(ino) {
+            return self.history_readdirplus(ino.0, offset, reply);
         }
-        reply.ok();
+        match self.vfs.readdir(ino.0) {
+            Ok(entries) => fill_dir_plus(
+                reply,
+                entries,
+                offset,
+                |ino| self.vfs.getattr(ino).ok().map(|a| self.attr(&a)),
+                |ino| self.vfs.kernel_ref(ino),
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     /// No ioctl is supported: ENOTTY, as a regular file on a local disk
@@ -562,13 +607,16 @@ impl Filesystem for ContextFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        if in_history(ino) {
+            return reply.error(Errno::EROFS);
+        }
         match self.vfs.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -583,18 +631,24 @@ impl Filesystem for ContextFs {
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _name: &OsStr,
         _value: &[u8],
         _flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if in_history(ino) {
+            return reply.error(Errno::EROFS);
+        }
         // The contextfs attributes are read-only and others are not stored.
         reply.error(Errno::ENOTSUP);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if in_history(ino) {
+            return reply.error(Errno::ENODATA);
+        }
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENODATA);
         };
@@ -607,7 +661,11 @@ impl Filesystem for ContextFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.vfs.listxattr(ino.0) {
+        let names = match in_history(ino) {
+            true => Ok(Vec::new()),
+            false => self.vfs.listxattr(ino.0),
+        };
+        match names {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -626,7 +684,10 @@ impl Filesystem for ContextFs {
         }
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        if in_history(ino) {
+            return reply.error(Errno::EROFS);
+        }
         reply.error(Errno::ENOTSUP);
     }
 
@@ -640,6 +701,9 @@ impl Filesystem for ContextFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        if self.history_refuses(parent.0, name) {
+            return reply.error(Errno::EROFS);
+        }
         let exclusive = flags & libc::O_EXCL != 0;
         let name = match name_str(name) {
             Ok(n) => n.to_string(),
@@ -682,6 +746,45 @@ impl Filesystem for ContextFs {
         }
         op()
     }
+}
+
+/// Answers a readdir from `entries`, after `.` and `..`.
+fn fill_dir(mut reply: ReplyDirectory, ino: u64, parent: u64, entries: Vec<DirEntry>, offset: u64) {
+    let dots = [
+        (ino, ".".to_string(), NodeKind::Dir),
+        (parent, "..".to_string(), NodeKind::Dir),
+    ];
+    let all = dots
+        .into_iter()
+        .chain(entries.into_iter().map(|e| (e.ino, e.name, e.kind)));
+    for (i, (child, name, kind)) in all.enumerate().skip(offset as usize) {
+        if reply.add(INodeNo(child), (i + 1) as u64, file_type(kind), name) {
+            break;
+        }
+    }
+    reply.ok();
+}
+
+/// Answers a readdirplus from `entries` with their attributes; the kernel
+/// then holds a reference to each entry it took (`kernel_ref`).
+fn fill_dir_plus(
+    mut reply: ReplyDirectoryPlus,
+    entries: Vec<DirEntry>,
+    offset: u64,
+    attr: impl Fn(u64) -> Option<FileAttr>,
+    kernel_ref: impl Fn(u64),
+) {
+    for (i, entry) in entries.into_iter().enumerate().skip(offset as usize) {
+        let Some(a) = attr(entry.ino) else { continue };
+        if reply.add(INodeNo(entry.ino), (i + 1) as u64, &entry.name, &TTL, &a, Generation(0)) {
+            break;
+        }
+        // The kernel counts a lookup for every entry but `.` and `..`.
+        if entry.name != "." && entry.name != ".." {
+            kernel_ref(entry.ino);
+        }
+    }
+    reply.ok();
 }
 
 /// Runs an operation that may wait (for passthrough readers to close, for

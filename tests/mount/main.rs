@@ -11,13 +11,15 @@
 //! - `basics`: shell tools, bad input, remote changes, the CLI in a pipe;
 //! - `sharing`: two mounts, kernel passthrough, fsync;
 //! - `offline`: kill -9, the server down, the umount report;
-//! - `editors`: editors' saves, git, skills.
+//! - `editors`: editors' saves, git, skills;
+//! - `history`: past versions at `.contextfs/history/<path>/<N>`.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod basics;
 mod editors;
+mod history;
 mod offline;
 mod sharing;
 
