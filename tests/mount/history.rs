@@ -169,6 +169,31 @@ async fn past_versions_are_read_only_files_under_contextfs_history() {
         m.sh_ok(&format!("cat {H}/notes/plan.md/{n} > /dev/null"));
     }
     assert_eq!(cached_blobs(&m).0, cached, "reading again stores nothing");
+
+    // Retention: a pruned version is ENOENT, as a missing one.
+    let policy = RetentionRequest {
+        keep_days: None,
+        keep_versions: Some(2),
+    };
+    let _: RetentionInfo = send(
+        s.req(reqwest::Method::PUT, &s.purl(p, "/retention"), Some(&s.admin))
+            .json(&policy),
+    )
+    .await
+    .expect("PUT retention");
+    let _: GcReport = send(s.post(&s.url("/gc"), &s.admin, &GcRequest { dry_run: false }))
+        .await
+        .expect("POST /gc");
+    eventually("versions 1 and 2 are pruned from the listing", || async {
+        let out = m.sh(&format!("ls {H}/notes/plan.md"));
+        match stdout(&out).as_str() {
+            "3\n4\n" => Ok(()),
+            other => Err(format!("{other:?} {}", both(&out))),
+        }
+    })
+    .await;
+    fails_with(&m, &format!("cat {H}/notes/plan.md/1"), "No such file or directory");
+    assert_eq!(m.sh_ok(&format!("cat {H}/notes/plan.md/3")), texts[2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
