@@ -8,7 +8,10 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{Errno, FileHandle, FopenFlags, Generation, INodeNo, ReplyAttr, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen};
+use fuser::{
+    Errno, FileHandle, FopenFlags, Generation, INodeNo, ReplyAttr, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
+    ReplyOpen,
+};
 
 use super::{errno, file_attr, fill_dir, fill_dir_plus, name_str, run_waiting, ContextFs, HandOffSlot, TTL};
 use crate::api::NodeKind;
@@ -29,10 +32,7 @@ impl ContextFs {
     /// `.contextfs` at the root is the history view's, unless the project
     /// has an entry of that name (the project's data wins).
     pub(super) fn is_history_name(&self, parent: u64, name: &OsStr) -> bool {
-        parent == ROOT_INO
-            && name == META_DIR
-            && self.history.is_some()
-            && self.vfs.lookup(ROOT_INO, META_DIR).is_err()
+        parent == ROOT_INO && name == META_DIR && self.history.is_some() && self.vfs.lookup(ROOT_INO, META_DIR).is_err()
     }
 
     /// A request that would create, change or remove `parent/name` inside

@@ -59,7 +59,9 @@ impl VersionSource for ServerVersions {
 /// project has a top-level `.contextfs` of its own: the project's data wins).
 pub fn history_view(vfs: Arc<Vfs>, client: Client, project: String, runtime: tokio::runtime::Handle) -> History {
     if vfs.lookup(crate::vfs::ROOT_INO, META_DIR).is_ok() {
-        tracing::warn!("the project has its own top-level `{META_DIR}` entry; past versions are not shown at {META_DIR}/history");
+        tracing::warn!(
+            "the project has its own top-level `{META_DIR}` entry; past versions are not shown at {META_DIR}/history"
+        );
     }
     History::new(
         vfs,

@@ -163,7 +163,11 @@ async fn past_versions_are_read_only_files_under_contextfs_history() {
     assert!(tmp_empty, "leftover temp files in the cache");
     assert!(cached.is_subset(&known), "cache {cached:?}\nversions {known:?}");
     for v in s.history(p, &s.admin, "notes/plan.md").await {
-        assert!(cached.contains(&(v.hash.to_string(), v.size)), "version {} read but not cached", v.version);
+        assert!(
+            cached.contains(&(v.hash.to_string(), v.size)),
+            "version {} read but not cached",
+            v.version
+        );
     }
     for n in 1..=4 {
         m.sh_ok(&format!("cat {H}/notes/plan.md/{n} > /dev/null"));
@@ -236,15 +240,7 @@ async fn deleted_files_read_only_mounts_an_own_contextfs_and_a_server_down() {
     s.commit(own, &s.admin, ".contextfs/config.json", None, b"{}\n")
         .await
         .expect("commit .contextfs/config.json");
-    let o = MountedWorkspace::mount_at(
-        m.home.clone(),
-        "own",
-        &m.server,
-        own,
-        &token,
-        "agent-own",
-        &[],
-    );
+    let o = MountedWorkspace::mount_at(m.home.clone(), "own", &m.server, own, &token, "agent-own", &[]);
     assert!(o.sh_ok("ls -a").lines().any(|l| l == ".contextfs"));
     assert_eq!(o.sh_ok("ls .contextfs"), "config.json\n");
     fails_with(&o, &format!("ls {H}"), "No such file or directory");

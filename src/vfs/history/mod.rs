@@ -333,7 +333,9 @@ impl History {
                 dir_attr(ino, time, 2)
             }
             Key::Version { .. } => {
-                let file = entry.file.ok_or_else(|| VfsError::noent(format!("history inode {ino}")))?;
+                let file = entry
+                    .file
+                    .ok_or_else(|| VfsError::noent(format!("history inode {ino}")))?;
                 Attr {
                     ino,
                     kind: NodeKind::File,

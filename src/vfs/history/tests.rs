@@ -71,7 +71,11 @@ fn version(node: i64, number: i64, path: &str, bytes: &[u8], at: i64) -> Version
         mode: 0o644,
         hash: BlobHash::of(bytes),
         size: bytes.len() as u64,
-        op: if number == 1 { VersionOp::Create } else { VersionOp::Write },
+        op: if number == 1 {
+            VersionOp::Create
+        } else {
+            VersionOp::Write
+        },
         status: VersionStatus::Clean,
         deleted: false,
         parent: (number > 1).then(|| number - 1),
@@ -214,12 +218,19 @@ fn each_version_is_a_read_only_file_with_its_commit_time() {
         assert_eq!(f.cat(&path).expect("cat"), *bytes, "{path}");
         let attr = f.resolve(&path).expect("stat");
         assert!(is_history_ino(attr.ino));
-        assert_eq!((attr.kind, attr.size, attr.mode), (NodeKind::File, bytes.len() as u64, 0o444));
+        assert_eq!(
+            (attr.kind, attr.size, attr.mode),
+            (NodeKind::File, bytes.len() as u64, 0o444)
+        );
         assert_eq!(Some(attr.mtime), crate::vfs::parse_server_time(&time(i as i64 * 10)));
     }
     let dir = f.resolve("notes/plan.md").expect("stat");
     assert_eq!((dir.kind, dir.mode), (NodeKind::Dir, 0o555));
-    assert_eq!(Some(dir.mtime), crate::vfs::parse_server_time(&time(20)), "the newest commit");
+    assert_eq!(
+        Some(dir.mtime),
+        crate::vfs::parse_server_time(&time(20)),
+        "the newest commit"
+    );
     assert_eq!(f.history.parent_of(dir.ino), f.resolve("notes").expect("notes").ino);
     assert_eq!(f.history.parent_of(META_INO), ROOT_INO);
     let one = f.resolve("notes/plan.md/1").expect("stat").ino;
@@ -232,12 +243,20 @@ fn each_version_is_a_read_only_file_with_its_commit_time() {
 fn missing_versions_and_unknown_paths_are_enoent() {
     let f = fixture(LIST_FRESH);
     for bad in ["4", "0", "01", "-1", "+1", "x", "1.0", " 1"] {
-        assert_eq!(errno(f.resolve(&format!("notes/plan.md/{bad}"))), libc::ENOENT, "{bad:?}");
+        assert_eq!(
+            errno(f.resolve(&format!("notes/plan.md/{bad}"))),
+            libc::ENOENT,
+            "{bad:?}"
+        );
     }
     assert_eq!(errno(f.resolve("nothing.md")), libc::ENOENT);
     assert_eq!(errno(f.resolve("notes/nothing.md")), libc::ENOENT);
     assert_eq!(errno(f.history.lookup(META_INO, "other")), libc::ENOENT);
-    assert_eq!(errno(f.resolve("skills")), libc::ENOENT, "published skills have no history");
+    assert_eq!(
+        errno(f.resolve("skills")),
+        libc::ENOENT,
+        "published skills have no history"
+    );
     assert_eq!(errno(f.resolve(&"n".repeat(300))), libc::ENAMETOOLONG);
 }
 
@@ -260,6 +279,26 @@ fn pruned_and_deleted_versions_are_not_files_but_deleted_files_are_reachable() {
     for missing in ["1", "2", "5"] {
         assert_eq!(errno(f.resolve(&format!("notes/gone.md/{missing}"))), libc::ENOENT);
     }
+}
+
+#[test]
+fn a_deleted_directory_is_reachable_by_name_with_its_files() {
+    let f = fixture(LIST_FRESH);
+    let mut dir = vec![version(20, 1, "old", b"", 1), version(20, 2, "old", b"", 2)];
+    for v in &mut dir {
+        v.kind = NodeKind::Dir;
+    }
+    dir[1].deleted = true;
+    let mut file = vec![version(21, 1, "old/x.md", b"x", 1), version(21, 2, "old/x.md", b"x", 2)];
+    file[1].deleted = true;
+    locked(&f.versions.by_path).insert("old".into(), dir);
+    locked(&f.versions.by_path).insert("old/x.md".into(), file);
+    f.blobs.put(b"x");
+    let old = f.resolve("old").expect("old");
+    assert_eq!(old.kind, NodeKind::Dir);
+    assert_eq!(f.names("old"), Vec::<String>::new(), "its files are not listed");
+    assert_eq!(f.names("old/x.md"), ["1"]);
+    assert_eq!(f.cat("old/x.md/1").expect("cat"), b"x");
 }
 
 #[test]
@@ -351,5 +390,8 @@ fn the_view_mirrors_the_project_and_hides_skills_and_itself() {
     assert_eq!(notes.mtime, mounted.mtime, "the mount's folder time");
     // Listing hands out the same numbers lookups do.
     let listed = f.history.readdir(root.ino).expect("readdir");
-    assert_eq!(listed.iter().find(|e| e.name == "notes").map(|e| e.ino), Some(notes.ino));
+    assert_eq!(
+        listed.iter().find(|e| e.name == "notes").map(|e| e.ino),
+        Some(notes.ino)
+    );
 }
