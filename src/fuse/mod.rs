@@ -2,25 +2,26 @@
 //! [`Vfs`] core and turns the result into a reply. No filesystem logic lives
 //! here, so everything it does is testable without a kernel in `crate::vfs`.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
+    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 
 use crate::api::NodeKind;
 use crate::vfs::history::History;
-use crate::vfs::{Attr, DirEntry, Invalidation, KernelIo, OpenMode, SetAttr, Vfs, VfsError};
+use crate::vfs::{Attr, Invalidation, KernelIo, OpenMode, SetAttr, Vfs, VfsError};
 
 mod history;
+mod reply;
 use history::owns as in_history;
+use reply::{fill_dir, fill_dir_plus, reply_opened, Backings};
 
 /// How long the kernel may trust attributes and names. Remote changes are
 /// also pushed as invalidations, so this only bounds a missed one.
@@ -137,57 +138,6 @@ impl ContextFs {
                 reply.entry(&TTL, &self.attr(&a), Generation(0))
             }
             Err(e) => reply.error(e),
-        }
-    }
-}
-
-/// Registered backing files of the passthrough epochs with open handles.
-#[derive(Default)]
-struct Backings(Mutex<HashMap<u64, Arc<BackingId>>>);
-
-impl Backings {
-    /// The backing file of a passthrough epoch: registered by its first open,
-    /// shared by the rest (the kernel wants one per inode), dropped by the
-    /// last release.
-    fn get_or_register(&self, epoch: u64, file: &std::fs::File, reply: &ReplyOpen) -> std::io::Result<Arc<BackingId>> {
-        let mut backings = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = backings.get(&epoch) {
-            return Ok(b.clone());
-        }
-        let backing = Arc::new(reply.open_backing(file)?);
-        backings.insert(epoch, backing.clone());
-        Ok(backing)
-    }
-
-    fn end(&self, epoch: Option<u64>) {
-        if let Some(epoch) = epoch {
-            self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&epoch);
-        }
-    }
-}
-
-/// Replies to an open with the handle's kernel I/O mode, registering its
-/// passthrough backing file when it has one.
-fn reply_opened(vfs: &Vfs, backings: &Backings, fh: u64, reply: ReplyOpen) {
-    let io = match vfs.kernel_io(fh) {
-        Ok(io) => io,
-        Err(e) => return reply.error(errno(e)),
-    };
-    let KernelIo::Passthrough { file, epoch } = &io else {
-        return reply.opened(FileHandle(fh), ContextFs::open_flags(&io));
-    };
-    match backings.get_or_register(*epoch, file, &reply) {
-        Ok(backing) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
-        Err(e) => {
-            // Needs CAP_SYS_ADMIN and a backing file on a plain file system.
-            tracing::warn!(error = %e, "the kernel refused a passthrough backing file; reads go through the mount from now on");
-            match vfs.passthrough_failed(fh) {
-                Ok((io, ended)) => {
-                    backings.end(ended);
-                    reply.opened(FileHandle(fh), ContextFs::open_flags(&io));
-                }
-                Err(e) => reply.error(errno(e)),
-            }
         }
     }
 }
@@ -314,14 +264,14 @@ impl Filesystem for ContextFs {
     fn mknod(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        parent: INodeNo,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        if self.history_refuses(_parent.0, _name) {
+        if self.history_refuses(parent.0, name) {
             return reply.error(Errno::EROFS);
         }
         // Device nodes, fifos and sockets have no place in a shared workspace.
@@ -746,45 +696,6 @@ impl Filesystem for ContextFs {
         }
         op()
     }
-}
-
-/// Answers a readdir from `entries`, after `.` and `..`.
-fn fill_dir(mut reply: ReplyDirectory, ino: u64, parent: u64, entries: Vec<DirEntry>, offset: u64) {
-    let dots = [
-        (ino, ".".to_string(), NodeKind::Dir),
-        (parent, "..".to_string(), NodeKind::Dir),
-    ];
-    let all = dots
-        .into_iter()
-        .chain(entries.into_iter().map(|e| (e.ino, e.name, e.kind)));
-    for (i, (child, name, kind)) in all.enumerate().skip(offset as usize) {
-        if reply.add(INodeNo(child), (i + 1) as u64, file_type(kind), name) {
-            break;
-        }
-    }
-    reply.ok();
-}
-
-/// Answers a readdirplus from `entries` with their attributes; the kernel
-/// then holds a reference to each entry it took (`kernel_ref`).
-fn fill_dir_plus(
-    mut reply: ReplyDirectoryPlus,
-    entries: Vec<DirEntry>,
-    offset: u64,
-    attr: impl Fn(u64) -> Option<FileAttr>,
-    kernel_ref: impl Fn(u64),
-) {
-    for (i, entry) in entries.into_iter().enumerate().skip(offset as usize) {
-        let Some(a) = attr(entry.ino) else { continue };
-        if reply.add(INodeNo(entry.ino), (i + 1) as u64, &entry.name, &TTL, &a, Generation(0)) {
-            break;
-        }
-        // The kernel counts a lookup for every entry but `.` and `..`.
-        if entry.name != "." && entry.name != ".." {
-            kernel_ref(entry.ino);
-        }
-    }
-    reply.ok();
 }
 
 /// Runs an operation that may wait (for passthrough readers to close, for
