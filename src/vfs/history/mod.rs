@@ -83,8 +83,8 @@ pub trait ProjectView: Send + Sync {
     /// The entry at `path` ("" is the root), unless absent or not part of
     /// the project (the published `skills/` folder).
     fn entry(&self, path: &str) -> Option<ViewEntry>;
-    /// The project entries in the directory `path`, by name.
-    fn children(&self, path: &str) -> Vec<(String, ViewEntry)>;
+    /// The project entries in the directory `path`, by name, with their kinds.
+    fn children(&self, path: &str) -> Vec<(String, NodeKind)>;
     /// The cached blob `hash`, fetched into the cache first if missing.
     fn open_blob(&self, hash: &BlobHash) -> VfsResult<Arc<File>>;
 }
@@ -401,9 +401,9 @@ impl History {
         let mut table = locked(&self.table);
         children
             .into_iter()
-            .map(|(name, e)| {
+            .map(|(name, kind)| {
                 let child = join(path, &name);
-                let key = match e.kind {
+                let key = match kind {
                     NodeKind::Dir => Key::Dir(child),
                     NodeKind::File | NodeKind::Symlink => Key::Versions(child),
                 };
