@@ -119,6 +119,8 @@ async fn past_versions_are_read_only_files_under_contextfs_history() {
         format!("ln -s x {H}/notes/link"),
         format!("setfattr -n user.x -v 1 {H}/notes/plan.md/1"),
         "rmdir .contextfs/history".to_string(),
+        "rmdir .contextfs".to_string(),
+        "mv .contextfs elsewhere".to_string(),
         "mv notes .contextfs".to_string(),
         "rm -rf .contextfs".to_string(),
     ] {
