@@ -2,24 +2,29 @@
 //! [`Vfs`] core and turns the result into a reply. No filesystem logic lives
 //! here, so everything it does is testable without a kernel in `crate::vfs`.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
     TimeOrNow, WriteFlags,
 };
 
 use crate::api::NodeKind;
+use crate::vfs::history::History;
 use crate::vfs::{Attr, KernelIo, OpenMode, SetAttr, Vfs, VfsError};
 
 mod announce;
 pub use announce::spawn_kernel_thread;
+
+mod history;
+mod reply;
+use history::owns as in_history;
+use reply::{fill_dir, fill_dir_plus, reply_opened, Backings};
 
 /// How long the kernel may trust attributes and names. Remote changes are
 /// also pushed as invalidations, so this only bounds a missed one.
@@ -35,6 +40,8 @@ pub struct ContextFs {
     /// ioctl commands already logged as unsupported (each is logged once:
     /// `isatty()` alone sends TCGETS on every Python `open()`).
     unsupported_ioctls: Mutex<std::collections::HashSet<u32>>,
+    /// `.contextfs/history` (project mounts; see `history.rs`).
+    history: Option<Arc<History>>,
 }
 
 fn errno(e: VfsError) -> Errno {
@@ -102,6 +109,7 @@ impl ContextFs {
             backings: Arc::new(Backings::default()),
             handed_off: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             unsupported_ioctls: Mutex::new(std::collections::HashSet::new()),
+            history: None,
         }
     }
 
@@ -133,57 +141,6 @@ impl ContextFs {
                 reply.entry(&TTL, &self.attr(&a), Generation(0))
             }
             Err(e) => reply.error(e),
-        }
-    }
-}
-
-/// Registered backing files of the passthrough epochs with open handles.
-#[derive(Default)]
-struct Backings(Mutex<HashMap<u64, Arc<BackingId>>>);
-
-impl Backings {
-    /// The backing file of a passthrough epoch: registered by its first open,
-    /// shared by the rest (the kernel wants one per inode), dropped by the
-    /// last release.
-    fn get_or_register(&self, epoch: u64, file: &std::fs::File, reply: &ReplyOpen) -> std::io::Result<Arc<BackingId>> {
-        let mut backings = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = backings.get(&epoch) {
-            return Ok(b.clone());
-        }
-        let backing = Arc::new(reply.open_backing(file)?);
-        backings.insert(epoch, backing.clone());
-        Ok(backing)
-    }
-
-    fn end(&self, epoch: Option<u64>) {
-        if let Some(epoch) = epoch {
-            self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&epoch);
-        }
-    }
-}
-
-/// Replies to an open with the handle's kernel I/O mode, registering its
-/// passthrough backing file when it has one.
-fn reply_opened(vfs: &Vfs, backings: &Backings, fh: u64, reply: ReplyOpen) {
-    let io = match vfs.kernel_io(fh) {
-        Ok(io) => io,
-        Err(e) => return reply.error(errno(e)),
-    };
-    let KernelIo::Passthrough { file, epoch } = &io else {
-        return reply.opened(FileHandle(fh), ContextFs::open_flags(&io));
-    };
-    match backings.get_or_register(*epoch, file, &reply) {
-        Ok(backing) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
-        Err(e) => {
-            // Needs CAP_SYS_ADMIN and a backing file on a plain file system.
-            tracing::warn!(error = %e, "the kernel refused a passthrough backing file; reads go through the mount from now on");
-            match vfs.passthrough_failed(fh) {
-                Ok((io, ended)) => {
-                    backings.end(ended);
-                    reply.opened(FileHandle(fh), ContextFs::open_flags(&io));
-                }
-                Err(e) => reply.error(errno(e)),
-            }
         }
     }
 }
@@ -229,6 +186,9 @@ impl Filesystem for ContextFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if in_history(parent) || self.is_history_name(parent.0, name) {
+            return self.history_lookup(parent.0, name, reply);
+        }
         let reply = match name.to_str() {
             Some(n) if self.announcer(req.pid()) => match self.announcer_lookup(parent.0, n, reply) {
                 Ok(()) => return,
@@ -242,10 +202,16 @@ impl Filesystem for ContextFs {
 
     /// (fuser's default `batch_forget` calls this for each inode.)
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if in_history(ino) {
+            return self.history_forget(ino.0, nlookup);
+        }
         self.vfs.kernel_forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if in_history(ino) {
+            return self.history_getattr(ino.0, reply);
+        }
         match self.vfs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &self.attr(&a)),
             Err(e) => reply.error(errno(e)),
@@ -270,6 +236,9 @@ impl Filesystem for ContextFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if in_history(ino) {
+            return reply.error(Errno::EROFS);
+        }
         if self.announcer(req.pid()) {
             return match self.vfs.announcer_attr(ino.0) {
                 Ok(a) => reply.attr(&TTL, &self.attr(&a)),
@@ -299,6 +268,9 @@ impl Filesystem for ContextFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        if in_history(ino) {
+            return reply.error(Errno::EINVAL);
+        }
         match self.vfs.readlink(ino.0) {
             Ok(target) => reply.data(target.as_bytes()),
             Err(e) => reply.error(errno(e)),
@@ -308,18 +280,24 @@ impl Filesystem for ContextFs {
     fn mknod(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        parent: INodeNo,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        if self.history_refuses(parent.0, name) {
+            return reply.error(Errno::EROFS);
+        }
         // Device nodes, fifos and sockets have no place in a shared workspace.
         reply.error(Errno::EPERM);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        if self.history_refuses(parent.0, name) {
+            return reply.error(Errno::EROFS);
+        }
         if self.announcer(req.pid()) {
             return match name_str(name) {
                 Ok(n) => self.announcer_entry(parent.0, n, reply),
@@ -331,6 +309,9 @@ impl Filesystem for ContextFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.history_refuses(parent.0, name) {
+            return reply.error(Errno::EROFS);
+        }
         let announced = self.announcer(req.pid());
         match name_str(name).and_then(|n| match announced {
             true => Self::announcer_errno(self.vfs.announcer_remove(parent.0, n)),
@@ -342,6 +323,9 @@ impl Filesystem for ContextFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.history_refuses(parent.0, name) {
+            return reply.error(Errno::EROFS);
+        }
         let announced = self.announcer(req.pid());
         match name_str(name).and_then(|n| match announced {
             true => Self::announcer_errno(self.vfs.announcer_remove(parent.0, n)),
@@ -353,6 +337,9 @@ impl Filesystem for ContextFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        if self.history_refuses(parent.0, link_name) {
+            return reply.error(Errno::EROFS);
+        }
         if self.announcer(req.pid()) {
             return match name_str(link_name) {
                 Ok(n) => self.announcer_entry(parent.0, n, reply),
@@ -376,6 +363,9 @@ impl Filesystem for ContextFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        if self.history_refuses(parent.0, name) || self.history_refuses(newparent.0, newname) {
+            return reply.error(Errno::EROFS);
+        }
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             return reply.error(Errno::EINVAL);
         }
@@ -396,7 +386,10 @@ impl Filesystem for ContextFs {
         }
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        if in_history(ino) || self.history_refuses(newparent.0, newname) {
+            return reply.error(Errno::EROFS);
+        }
         // Hard links cannot be versioned as one node; fail fast and clearly.
         reply.error(Errno::EPERM);
     }
@@ -407,6 +400,9 @@ impl Filesystem for ContextFs {
             return reply.opened(FileHandle(Vfs::announcer_handle()), FopenFlags::FOPEN_DIRECT_IO);
         }
         let mode = OpenMode::from_flags(flags.0);
+        if in_history(ino) {
+            return self.history_open(ino.0, mode, reply);
+        }
         if (mode.write || mode.truncate) && self.vfs.passthrough_readers(ino.0) {
             // A writer waits for passthrough readers of the file; it never
             // becomes a passthrough open itself.
@@ -441,7 +437,7 @@ impl Filesystem for ContextFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -449,6 +445,12 @@ impl Filesystem for ContextFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if in_history(ino) {
+            return match self.history_read(fh.0, offset, size) {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(e),
+            };
+        }
         if Vfs::is_announcer_handle(fh.0) {
             return reply.error(Errno::EBADF);
         }
@@ -481,8 +483,8 @@ impl Filesystem for ContextFs {
 
     /// close(): this is where the commit becomes durable (release's errors
     /// never reach the caller).
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        if Vfs::is_announcer_handle(fh.0) {
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        if in_history(ino) || Vfs::is_announcer_handle(fh.0) {
             return reply.ok();
         }
         match self.vfs.flush(fh.0) {
@@ -494,13 +496,17 @@ impl Filesystem for ContextFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if in_history(ino) {
+            self.history_release(fh.0);
+            return reply.ok();
+        }
         if Vfs::is_announcer_handle(fh.0) {
             return reply.ok();
         }
@@ -515,8 +521,8 @@ impl Filesystem for ContextFs {
 
     /// fsync waits for the server's answer (up to 10 s): on a thread of its
     /// own, so a slow server never ties up the FUSE threads.
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        if Vfs::is_announcer_handle(fh.0) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if in_history(ino) || Vfs::is_announcer_handle(fh.0) {
             return reply.ok();
         }
         let vfs = self.vfs.clone();
@@ -537,6 +543,9 @@ impl Filesystem for ContextFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if in_history(ino) {
+            return self.history_opendir(ino.0, reply);
+        }
         match self.vfs.getattr(ino.0) {
             Ok(a) if a.kind == NodeKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::ENOTDIR),
@@ -544,50 +553,30 @@ impl Filesystem for ContextFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.vfs.readdir(ino.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
-        };
-        let parent = self.vfs.parent_of(ino.0);
-        let dots = [
-            (ino.0, ".".to_string(), NodeKind::Dir),
-            (parent, "..".to_string(), NodeKind::Dir),
-        ];
-        let all = dots
-            .into_iter()
-            .chain(entries.into_iter().map(|e| (e.ino, e.name, e.kind)));
-        for (i, (child, name, kind)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), (i + 1) as u64, file_type(kind), name) {
-                break;
-            }
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+        if in_history(ino) {
+            return self.history_readdir(ino.0, offset, reply);
         }
-        reply.ok();
+        match self.vfs.readdir(ino.0) {
+            Ok(entries) => fill_dir(reply, ino.0, self.vfs.parent_of(ino.0), entries, offset),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let entries = match self.vfs.readdir(ino.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
-        };
-        for (i, entry) in entries.into_iter().enumerate().skip(offset as usize) {
-            let Ok(a) = self.vfs.getattr(entry.ino) else { continue };
-            if reply.add(
-                INodeNo(entry.ino),
-                (i + 1) as u64,
-                &entry.name,
-                &TTL,
-                &self.attr(&a),
-                Generation(0),
-            ) {
-                break;
-            }
-            // The kernel counts a lookup for every entry but `.` and `..`.
-            if entry.name != "." && entry.name != ".." {
-                self.vfs.kernel_ref(entry.ino);
-            }
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
+        if in_history(ino) {
+            return self.history_readdirplus(ino.0, offset, reply);
         }
-        reply.ok();
+        match self.vfs.readdir(ino.0) {
+            Ok(entries) => fill_dir_plus(
+                reply,
+                entries,
+                offset,
+                |ino| self.vfs.getattr(ino).ok().map(|a| self.attr(&a)),
+                |ino| self.vfs.kernel_ref(ino),
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     /// No ioctl is supported: ENOTTY, as a regular file on a local disk
@@ -621,13 +610,16 @@ impl Filesystem for ContextFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        if in_history(ino) {
+            return reply.error(Errno::EROFS);
+        }
         if Vfs::is_announcer_handle(fh.0) {
             return reply.error(Errno::EBADF);
         }
@@ -645,18 +637,24 @@ impl Filesystem for ContextFs {
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _name: &OsStr,
         _value: &[u8],
         _flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if in_history(ino) {
+            return reply.error(Errno::EROFS);
+        }
         // The contextfs attributes are read-only and others are not stored.
         reply.error(Errno::ENOTSUP);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if in_history(ino) {
+            return reply.error(Errno::ENODATA);
+        }
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENODATA);
         };
@@ -669,7 +667,11 @@ impl Filesystem for ContextFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.vfs.listxattr(ino.0) {
+        let names = match in_history(ino) {
+            true => Ok(Vec::new()),
+            false => self.vfs.listxattr(ino.0),
+        };
+        match names {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -688,7 +690,10 @@ impl Filesystem for ContextFs {
         }
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        if in_history(ino) {
+            return reply.error(Errno::EROFS);
+        }
         reply.error(Errno::ENOTSUP);
     }
 
@@ -702,6 +707,9 @@ impl Filesystem for ContextFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        if self.history_refuses(parent.0, name) {
+            return reply.error(Errno::EROFS);
+        }
         if self.announcer(req.pid()) {
             return match name_str(name) {
                 Ok(n) => self.announcer_create(parent.0, n, reply),

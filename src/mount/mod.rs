@@ -3,6 +3,7 @@
 //! socket that `umount` and `status` talk to.
 
 pub mod control;
+mod history;
 mod paths;
 pub mod remote;
 pub mod replicator;
@@ -372,7 +373,12 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
     // sooner (10,000 cold stats here: 270-300 ms with 4, 245-295 ms with 8,
     // no better with 16).
     let config = session_config(format!("contextfs:{}", args.project), read_only, FUSE_THREADS, &args);
-    let fs = crate::fuse::ContextFs::new(vfs.clone());
+    let fs = crate::fuse::ContextFs::new(vfs.clone()).with_history(history::history_view(
+        vfs.clone(),
+        client.clone(),
+        args.project.clone(),
+        runtime.handle().clone(),
+    ));
     let session = fuser::Session::new(fs, &mountpoint, &config)
         .with_context(|| format!("cannot mount on {} (is it an empty directory? for --allow-other as non-root, /etc/fuse.conf needs user_allow_other)", mountpoint.display()))?;
     let kernel_thread = crate::fuse::spawn_kernel_thread(session.notifier(), vfs.clone(), mountpoint.clone())

@@ -15,6 +15,7 @@ pub mod announce;
 pub mod drain;
 mod error;
 mod handles;
+pub mod history;
 pub mod journal;
 pub mod kernel_io;
 mod namespace;

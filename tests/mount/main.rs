@@ -12,13 +12,15 @@
 //! - `sharing`: two mounts, kernel passthrough, fsync;
 //! - `offline`: kill -9, the server down, the umount report;
 //! - `editors`: editors' saves, git, skills;
-//! - `watchers`: inotify events for other agents' changes.
+//! - `watchers`: inotify events for other agents' changes;
+//! - `history`: past versions at `.contextfs/history/<path>/<N>`.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod basics;
 mod editors;
+mod history;
 mod offline;
 mod sharing;
 mod watchers;
