@@ -76,10 +76,7 @@ async fn seed(s: &TestServer, p: &str, token: &str) -> (String, Vec<u8>, BTreeMa
     let command = format!("cd /workspace && cat {}", names.join(" "));
     let (_, entries) = s.snapshot(p).await;
     assert_eq!(entries.len(), files.len(), "the project's tree: {entries:?}");
-    let distinct: BTreeMap<String, u64> = entries
-        .iter()
-        .map(|e| (e.hash.as_str().to_string(), e.size))
-        .collect();
+    let distinct: BTreeMap<String, u64> = entries.iter().map(|e| (e.hash.as_str().to_string(), e.size)).collect();
     assert_eq!(distinct.len(), DISTINCT, "distinct blobs on the server");
     (command, expected, distinct)
 }
@@ -90,7 +87,11 @@ fn cache_blobs(root: &Path) -> BTreeMap<String, u64> {
     let leftovers: Vec<_> = std::fs::read_dir(root.join("tmp"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    assert_eq!(leftovers, Vec::<std::path::PathBuf>::new(), "fills left in the cache's tmp/");
+    assert_eq!(
+        leftovers,
+        Vec::<std::path::PathBuf>::new(),
+        "fills left in the cache's tmp/"
+    );
     let mut blobs = BTreeMap::new();
     let shards = std::fs::read_dir(root.join("blobs"))
         .unwrap_or_else(|e| panic!("no blobs/ in the cache {}: {e}", root.display()));
@@ -195,7 +196,10 @@ async fn each_cloud_sandbox_keeps_one_copy_per_blob_in_its_own_cache() {
     let mut copies = 0;
     for round in 0..2 {
         let (id, log) = cli.create(p, &["--mode", "mount"]);
-        assert!(log.contains("mounted project"), "sandbox {round} is not in mount mode: {log}");
+        assert!(
+            log.contains("mounted project"),
+            "sandbox {round} is not in mount mode: {log}"
+        );
         for _ in 0..2 {
             let out = cli.exec(&id, &command);
             assert!(out.status.success(), "exec in sandbox {round}: {}", both(&out));
