@@ -13,53 +13,21 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::docker_run::{require_docker, Sandbox, IMAGE};
 use common::*;
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_contextfs");
-const IMAGE: &str = "contextfs-busybox:latest";
 const PLUGIN_SOCKET: &str = "/run/docker/plugins/contextfs.sock";
 const DEADLINE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
-
-fn require_docker() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "/dev/fuse is missing: contextfs run serves /workspace through a FUSE mount on this host (modprobe fuse; \
-         in a container: --device /dev/fuse --cap-add SYS_ADMIN)"
-    );
-    let info = std::process::Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output();
-    match info {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "`docker info` failed — the Docker engine is not running. Run scripts/docker first (it starts dockerd \
-             and builds {IMAGE}); scripts/test does.\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => {
-            panic!("cannot run `docker` ({e}): run scripts/docker first (it installs docker.io and starts dockerd)")
-        }
-    }
-    let image = std::process::Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("docker image inspect");
-    assert!(
-        image.success(),
-        "image {IMAGE} is missing: run scripts/docker (it builds it with docker import)"
-    );
-}
 
 fn suffix() -> String {
     hex::encode(rand::random::<[u8; 4]>())
@@ -74,134 +42,6 @@ async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(what: &str,
         }
         assert!(started.elapsed() < DEADLINE, "{what}: not true after {DEADLINE:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A test's own XDG state dir (managed mounts, journals, control sockets),
-/// blob cache and HOME. Dropping it stops every mount still running there
-/// and detaches whatever is left mounted below it.
-struct Sandbox {
-    home: tempfile::TempDir,
-    server: String,
-    token: String,
-    project: String,
-}
-
-impl Sandbox {
-    fn new(s: &TestServer, project: &str, token: &str) -> Sandbox {
-        Sandbox {
-            home: tempfile::tempdir().expect("temp dir"),
-            server: s.base.clone(),
-            token: token.to_string(),
-            project: project.to_string(),
-        }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.home.path().join("state")
-    }
-
-    fn cache(&self) -> PathBuf {
-        self.home.path().join("cache")
-    }
-
-    /// `contextfs ARGS` with this sandbox's server, token, project and dirs.
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(BIN);
-        c.env("CONTEXTFS_SERVER", &self.server)
-            .env("CONTEXTFS_TOKEN", &self.token)
-            .env("CONTEXTFS_PROJECT", &self.project)
-            .env("XDG_STATE_HOME", self.state())
-            .env("CONTEXTFS_CACHE_DIR", self.cache())
-            .env("HOME", self.home.path())
-            .env_remove("CONTEXTFS_AGENT_ID")
-            .env_remove("DOCKER_HOST")
-            .env("CONTEXTFS_LOG", "warn")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        c
-    }
-
-    /// `contextfs run --image IMAGE ARGS -- sh -c SCRIPT`.
-    fn run_cmd(&self, args: &[&str], script: &str) -> Command {
-        let mut c = self.cmd();
-        c.args(["run", "--image", IMAGE])
-            .args(args)
-            .args(["--", "sh", "-c", script]);
-        c
-    }
-
-    /// `contextfs run` started in the background, its output piped.
-    fn spawn_run(&self, args: &[&str], script: &str) -> tokio::process::Child {
-        self.run_cmd(args, script)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn contextfs run")
-    }
-
-    /// `contextfs status MOUNTPOINT`: which process serves it.
-    async fn status_of(&self, mountpoint: &Path) -> String {
-        let out = self.cmd().arg("status").arg(mountpoint).output().await;
-        stdout(&out.expect("run contextfs status"))
-    }
-
-    fn run(&self, args: &[&str], script: &str) -> impl std::future::Future<Output = Output> {
-        let mut c = self.run_cmd(args, script);
-        async move { c.output().await.expect("run contextfs run") }
-    }
-
-    /// The managed mount point of `agent` (there must be exactly one).
-    fn ws_of(&self, agent: &str) -> PathBuf {
-        let dir = self.state().join("contextfs/run").join(&self.project);
-        let found: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| {
-                p.is_dir()
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&format!("{agent}-")))
-            })
-            .collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "one managed mount dir for {agent} in {}: {found:?}",
-            dir.display()
-        );
-        found[0].join("ws")
-    }
-
-    /// Mount points below this sandbox's dirs that are still mounted.
-    fn leftover_mounts(&self) -> Vec<String> {
-        let root = self
-            .home
-            .path()
-            .canonicalize()
-            .unwrap_or_else(|_| self.home.path().to_path_buf());
-        let prefix = root.display().to_string();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&prefix))
-            .collect()
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let sockets = self.state().join("contextfs/sockets");
-        for socket in std::fs::read_dir(&sockets).into_iter().flatten().flatten() {
-            let _ = contextfs::mount::control::request(&socket.path(), "umount");
-        }
-        let mut mounts = self.leftover_mounts();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&m).status();
-        }
     }
 }
 

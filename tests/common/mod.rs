@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod docker_run;
 pub mod latency;
 pub mod mount;
 pub mod process;

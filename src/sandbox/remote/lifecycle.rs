@@ -166,6 +166,7 @@ pub async fn create(
             .find_map(|l| l.strip_prefix("bin="))
             .ok_or_else(|| anyhow!("the install script printed no path: {}", tail(&out, 5)))?
             .to_string();
+        log(&format!("installed contextfs at {} in the sandbox", record.binary));
         let mounted = match opts.mode {
             ModeChoice::Copy => false,
             ModeChoice::Auto | ModeChoice::Mount => match mount_in(toolbox, &record).await {
