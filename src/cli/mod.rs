@@ -317,6 +317,13 @@ pub struct MountCommand {
     /// survive a power loss (milliseconds, 1-10000)
     #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub group_sync_ms: u64,
+    /// Raise inotify events for changes other agents make (IN_CREATE,
+    /// IN_MODIFY, IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_FROM/TO, IN_ATTRIB), so
+    /// editors reload and build watchers rebuild: the mount repeats each
+    /// remote change through the mount point, a few FUSE requests each.
+    /// `off` saves those requests when nothing watches the folder
+    #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub inotify: bool,
 }
 
 /// `contextfs mount --durability`.

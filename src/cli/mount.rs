@@ -54,6 +54,7 @@ pub fn run(global: GlobalArgs, cmd: MountCommand) -> anyhow::Result<ExitCode> {
         skills_dir: cmd.skills_dir,
         passthrough: cmd.passthrough,
         durability,
+        inotify: cmd.inotify,
     };
     runtime::run(args, |_| {})
 }

@@ -56,6 +56,8 @@ pub struct MountArgs {
     pub passthrough: crate::vfs::PassthroughPolicy,
     /// What `close()` waits for.
     pub durability: crate::vfs::Durability,
+    /// Remote changes raise inotify events (`--inotify`).
+    pub inotify: bool,
 }
 
 /// The tree and skills a mount last loaded, kept for `--offline`.
@@ -326,6 +328,9 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
     vfs.spawn_group_sync()
         .context("cannot start the journal's group-sync thread")?;
     vfs.set_passthrough_policy(args.passthrough);
+    if !args.inotify {
+        vfs.stop_announcing();
+    }
     let started = Instant::now();
     let fetched = match saved {
         Some(s) => Arc::new((s.listing, s.skills)),

@@ -72,7 +72,7 @@ pub(super) struct Announcer {
     /// calling thread's id.
     tid: std::sync::atomic::AtomicU32,
     armed: Mutex<Option<Announcement>>,
-    /// The mount is going away: what is still queued is not announced.
+    /// `--inotify off`, or the mount is going away: nothing (more) is announced.
     pub(super) closed: std::sync::atomic::AtomicBool,
 }
 
@@ -84,6 +84,11 @@ impl Vfs {
     /// The announcer thread starts: requests from `tid` are announcements.
     pub fn set_announcer_thread(&self, tid: u32) {
         self.announcer.tid.store(tid, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// No more announcements (`--inotify off`, or the mount is closing).
+    pub fn stop_announcing(&self) {
+        self.announcer.closed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Whether announcements still run (not once the mount is closing).
@@ -246,7 +251,7 @@ impl Vfs {
 
     /// Queues announcements after the invalidations already queued.
     pub(super) fn announce(&self, items: Vec<Announcement>) {
-        if items.is_empty() {
+        if items.is_empty() || !self.announcing() {
             return;
         }
         if let Ok(guard) = self.invalidations.lock() {

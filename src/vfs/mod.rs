@@ -486,7 +486,7 @@ impl Vfs {
     /// announcements still queued and ends (before the unmount, which its
     /// open mount root would make busy).
     pub fn close_kernel_updates(&self) {
-        self.announcer.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stop_announcing();
         if let Ok(mut guard) = self.invalidations.lock() {
             *guard = None;
         }

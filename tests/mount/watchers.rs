@@ -316,3 +316,21 @@ async fn a_remote_edit_of_a_file_held_open_raises_the_event_and_spares_the_reade
     held.read_to_string(&mut text).expect("read again");
     assert_eq!(text, "first version\n", "an open handle keeps the bytes it opened");
 }
+
+/// `--inotify off`: remote changes still arrive, but raise no events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_inotify_off_remote_changes_arrive_without_events() {
+    let s = TestServer::start().await;
+    let p = "quiet";
+    let a = MountedWorkspace::create_with(&s, p, "agent-a", &["--inotify", "off"]).await;
+    let b = a.another("mnt-b", "agent-b");
+    let mut w = Watcher::new();
+    w.watch(&a.dir, "root");
+    b.sh_ok("echo one > one.md && mkdir two");
+    mount_shows(&a, "one.md", "one\n").await;
+    assert!(a.dir.join("two").is_dir());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.poll();
+    let changes = changes_by_name(&w.seen);
+    assert!(changes.is_empty(), "no events with --inotify off: {changes:?}");
+}
