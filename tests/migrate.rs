@@ -195,7 +195,10 @@ async fn build_source(s: &TestServer) -> Tokens {
     let patch = r#"<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:example:migrate"><D:set><D:prop><Z:note>kept by migrate</Z:note></D:prop></D:set></D:propertyupdate>"#;
     let resp = s
         .http
-        .request(Method::from_bytes(b"PROPPATCH").unwrap(), format!("{}/dav/beta/readme.md", s.base))
+        .request(
+            Method::from_bytes(b"PROPPATCH").unwrap(),
+            format!("{}/dav/beta/readme.md", s.base),
+        )
         .basic_auth("b", Some(&beta_rw))
         .body(patch)
         .send()
@@ -254,7 +257,10 @@ async fn build_source(s: &TestServer) -> Tokens {
 async fn dav_note(s: &TestServer, token: &str) -> bool {
     let body = s
         .http
-        .request(Method::from_bytes(b"PROPFIND").unwrap(), format!("{}/dav/beta/readme.md", s.base))
+        .request(
+            Method::from_bytes(b"PROPFIND").unwrap(),
+            format!("{}/dav/beta/readme.md", s.base),
+        )
         .basic_auth("b", Some(token))
         .header("depth", "0")
         .send()

@@ -123,7 +123,10 @@ async fn locks_conflict_refresh_expire_and_cover_folders_deeply() {
     assert_ne!(lock_token(&h1), lock_token(&h2));
     assert_eq!(lock(&dav, "shared.md", "0", false, 600).await.0, StatusCode::LOCKED);
     assert_eq!(dav.put("shared.md", b"nobody\n").await.0, StatusCode::LOCKED);
-    assert_eq!(put_with(&dav, "shared.md", &lock_token(&h2), "holder\n").await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        put_with(&dav, "shared.md", &lock_token(&h2), "holder\n").await,
+        StatusCode::NO_CONTENT
+    );
 
     // A deep lock of the folder meets the file's lock; after UNLOCK it is
     // granted and covers the files inside, and a MOVE of the folder.
@@ -141,10 +144,16 @@ async fn locks_conflict_refresh_expire_and_cover_folders_deeply() {
         .status(dav.req("MOVE", "dir").header("destination", dav.url("elsewhere")))
         .await;
     assert_eq!(moved, StatusCode::LOCKED);
-    assert_eq!(put_with(&dav, "dir/a.md", &dir_lock, "mine\n").await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        put_with(&dav, "dir/a.md", &dir_lock, "mine\n").await,
+        StatusCode::NO_CONTENT
+    );
     // PROPFIND shows the lock on what it covers.
     let (_, props) = dav.propfind("dir/a.md", "0").await;
-    assert!(props.contains(dir_lock.trim_matches(|c| c == '<' || c == '>')), "{props}");
+    assert!(
+        props.contains(dir_lock.trim_matches(|c| c == '<' || c == '>')),
+        "{props}"
+    );
 
     // A lock asked for one second, refreshed to ten minutes, outlives the
     // second; one that is not refreshed expires and the file is free.
@@ -155,10 +164,16 @@ async fn locks_conflict_refresh_expire_and_cover_folders_deeply() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("Second-600"), "{body}");
     // A token the path is not covered by cannot be refreshed there.
-    assert_eq!(refresh(&dav, "short.md", &dir_lock, 600).await.0, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        refresh(&dav, "short.md", &dir_lock, 600).await.0,
+        StatusCode::PRECONDITION_FAILED
+    );
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(dav.put("short.md", b"free again\n").await.0, StatusCode::NO_CONTENT);
-    assert_eq!(refresh(&dav, "short.md", &short_lock, 600).await.0, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        refresh(&dav, "short.md", &short_lock, 600).await.0,
+        StatusCode::PRECONDITION_FAILED
+    );
     assert_eq!(dav.put("dir/a.md", b"still locked\n").await.0, StatusCode::LOCKED);
 
     // DELETE with the token removes the folder and its lock: the path is
@@ -229,9 +244,7 @@ async fn locks_are_shared_by_instances_on_one_postgresql() {
     let (status, body) = refresh(&b, "doc.md", &held, 300).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("Second-300"), "{body}");
-    let status = b
-        .status(b.req("UNLOCK", "doc.md").header("lock-token", &held))
-        .await;
+    let status = b.status(b.req("UNLOCK", "doc.md").header("lock-token", &held)).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(a.put("doc.md", b"v3\n").await.0, StatusCode::NO_CONTENT);
     assert_eq!(

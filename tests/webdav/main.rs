@@ -99,4 +99,3 @@ async fn setup_with(args: &[&str]) -> (TestServer, String) {
 
 const LOCK_BODY: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 <D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype><D:owner>test</D:owner></D:lockinfo>"#;
-

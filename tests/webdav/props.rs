@@ -77,10 +77,16 @@ async fn dead_properties_are_stored_follow_move_and_vanish_on_delete() {
     // live: 403, as before) stores nothing of it (424 for the rest), and
     // the file's time stays what its writer set.
     let mtime_before = s.history(PROJECT, &token, "docs/a.md").await[0].mtime.clone();
-    let refused = set_color("red", "<D:getlastmodified>Thu, 01 Jan 2015 00:00:00 GMT</D:getlastmodified>");
+    let refused = set_color(
+        "red",
+        "<D:getlastmodified>Thu, 01 Jan 2015 00:00:00 GMT</D:getlastmodified>",
+    );
     let (status, answer) = proppatch(&dav, "docs/a.md", refused).await;
     assert_eq!(status, StatusCode::MULTI_STATUS);
-    assert!(answer.contains("403 Forbidden") && answer.contains("424 Failed Dependency"), "{answer}");
+    assert!(
+        answer.contains("403 Forbidden") && answer.contains("424 Failed Dependency"),
+        "{answer}"
+    );
     assert!(!color_of(&dav, "docs/a.md", "0").await.1.contains("red"));
     assert_eq!(s.history(PROJECT, &token, "docs/a.md").await[0].mtime, mtime_before);
 
@@ -118,15 +124,27 @@ async fn dead_properties_outlive_a_restart_and_refusals_store_none() {
 
     // Refused: a missing file (404), a read-only token (403), a locked
     // file without its token (423), the published skills (403).
-    assert_eq!(proppatch(&dav, "missing.md", set_color("red", "")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        proppatch(&dav, "missing.md", set_color("red", "")).await.0,
+        StatusCode::NOT_FOUND
+    );
     let reader = Dav::new(&s, PROJECT, &s.token(PROJECT, Access::Read).await.token);
-    assert_eq!(proppatch(&reader, "a.md", set_color("red", "")).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        proppatch(&reader, "a.md", set_color("red", "")).await.0,
+        StatusCode::FORBIDDEN
+    );
     let (status, _, _) = dav
         .send(dav.req("LOCK", "a.md").header("timeout", "Second-600").body(LOCK_BODY))
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(proppatch(&dav, "a.md", set_color("red", "")).await.0, StatusCode::LOCKED);
-    assert_eq!(proppatch(&dav, "skills", set_color("red", "")).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        proppatch(&dav, "a.md", set_color("red", "")).await.0,
+        StatusCode::LOCKED
+    );
+    assert_eq!(
+        proppatch(&dav, "skills", set_color("red", "")).await.0,
+        StatusCode::FORBIDDEN
+    );
 
     // The database keeps them (and the lock) across a restart.
     s.restart().await;

@@ -416,7 +416,10 @@ impl ProjectFs {
             .map_err(fs_error)?;
         // The deletion is done: a failure here leaves properties nobody
         // sees until the node is restored, so it is logged, not answered.
-        if let Err(e) = self.forget_props(deleted.deleted.iter().map(|v| v.node).collect()).await {
+        if let Err(e) = self
+            .forget_props(deleted.deleted.iter().map(|v| v.node).collect())
+            .await
+        {
             tracing::warn!(error = ?e, "webdav: cannot drop the properties of deleted nodes");
         }
         Ok(())

@@ -32,9 +32,7 @@ pub struct DbLocks {
 
 impl std::fmt::Debug for DbLocks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DbLocks")
-            .field("project_id", &self.project_id)
-            .finish()
+        f.debug_struct("DbLocks").field("project_id", &self.project_id).finish()
     }
 }
 
@@ -210,11 +208,7 @@ impl DavLockSystem for DbLocks {
         deep: bool,
         submitted_tokens: &[String],
     ) -> LsFuture<'_, Result<(), DavLock>> {
-        let (path, principal, tokens) = (
-            path.clone(),
-            principal.map(str::to_string),
-            submitted_tokens.to_vec(),
-        );
+        let (path, principal, tokens) = (path.clone(), principal.map(str::to_string), submitted_tokens.to_vec());
         async move {
             let Ok(locks) = self.live().await else {
                 return Err(self.unavailable(&path));
@@ -271,5 +265,12 @@ fn new_token() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!("urn:uuid:{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "urn:uuid:{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }

@@ -163,7 +163,11 @@ impl ProjectFs {
             return Ok(answer
                 .into_iter()
                 .map(|(s, p)| {
-                    let s = if s == StatusCode::OK { StatusCode::FAILED_DEPENDENCY } else { s };
+                    let s = if s == StatusCode::OK {
+                        StatusCode::FAILED_DEPENDENCY
+                    } else {
+                        s
+                    };
                     (s, p)
                 })
                 .collect());

@@ -132,9 +132,8 @@ pub fn check_conflict<'a>(
     deep: bool,
     submitted: &[String],
 ) -> Option<&'a DavLockRow> {
-    let held = |l: &DavLockRow| {
-        submitted.iter().any(|t| *t == l.token) && (ignore_principal || principal == l.principal.as_deref())
-    };
+    let held =
+        |l: &DavLockRow| submitted.contains(&l.token) && (ignore_principal || principal == l.principal.as_deref());
     let mut holds_one = false;
     let mut first_shared = None;
     for l in locks.iter().filter(|l| covers(l, path)) {

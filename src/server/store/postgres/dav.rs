@@ -37,9 +37,7 @@ fn lock_row(r: &Row) -> StoreResult<DavLockRow> {
 async fn live_locks<C: GenericClient>(c: &C, project_id: i64, now: i64) -> TxResult<Vec<DavLockRow>> {
     let rows = c
         .query(
-            &format!(
-                "SELECT {LOCK_COLUMNS} FROM dav_locks WHERE project_id = $1 AND expires_at > $2 ORDER BY token"
-            ),
+            &format!("SELECT {LOCK_COLUMNS} FROM dav_locks WHERE project_id = $1 AND expires_at > $2 ORDER BY token"),
             &[&project_id, &now],
         )
         .await?;
@@ -92,11 +90,22 @@ impl DavStore for PostgresStore {
         Ok(live_locks(&c, project_id, now).await?)
     }
 
-    async fn dav_lock(&self, project_id: i64, lock: DavLockRow, now: i64) -> StoreResult<Result<DavLockRow, DavLockRow>> {
+    async fn dav_lock(
+        &self,
+        project_id: i64,
+        lock: DavLockRow,
+        now: i64,
+    ) -> StoreResult<Result<DavLockRow, DavLockRow>> {
         write_tx!(self, |tx| lock_tx(&tx, project_id, &lock, now).await?)
     }
 
-    async fn dav_refresh(&self, project_id: i64, token: &str, timeout_secs: u64, now: i64) -> StoreResult<Option<DavLockRow>> {
+    async fn dav_refresh(
+        &self,
+        project_id: i64,
+        token: &str,
+        timeout_secs: u64,
+        now: i64,
+    ) -> StoreResult<Option<DavLockRow>> {
         let expires_at = now.saturating_add(i64::try_from(timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX));
         let c = self.client().await?;
         let row = c
@@ -152,7 +161,12 @@ impl DavStore for PostgresStore {
             .collect()
     }
 
-    async fn patch_dead_props(&self, node: i64, set: Vec<DeadPropRow>, remove: Vec<(String, String)>) -> StoreResult<()> {
+    async fn patch_dead_props(
+        &self,
+        node: i64,
+        set: Vec<DeadPropRow>,
+        remove: Vec<(String, String)>,
+    ) -> StoreResult<()> {
         write_tx!(self, |tx| {
             for p in &set {
                 tx.execute(

@@ -35,7 +35,12 @@ fn live_locks(conn: &Connection, project_id: i64, now: i64) -> StoreResult<Vec<D
     Ok(rows)
 }
 
-fn lock_tx(conn: &Connection, project_id: i64, lock: DavLockRow, now: i64) -> StoreResult<Result<DavLockRow, DavLockRow>> {
+fn lock_tx(
+    conn: &Connection,
+    project_id: i64,
+    lock: DavLockRow,
+    now: i64,
+) -> StoreResult<Result<DavLockRow, DavLockRow>> {
     conn.execute(
         "DELETE FROM dav_locks WHERE project_id = ?1 AND expires_at <= ?2",
         params![project_id, now],
@@ -89,11 +94,22 @@ impl DavStore for SqliteStore {
         self.read(move |conn| live_locks(conn, project_id, now)).await
     }
 
-    async fn dav_lock(&self, project_id: i64, lock: DavLockRow, now: i64) -> StoreResult<Result<DavLockRow, DavLockRow>> {
+    async fn dav_lock(
+        &self,
+        project_id: i64,
+        lock: DavLockRow,
+        now: i64,
+    ) -> StoreResult<Result<DavLockRow, DavLockRow>> {
         self.write(move |conn| lock_tx(conn, project_id, lock, now)).await
     }
 
-    async fn dav_refresh(&self, project_id: i64, token: &str, timeout_secs: u64, now: i64) -> StoreResult<Option<DavLockRow>> {
+    async fn dav_refresh(
+        &self,
+        project_id: i64,
+        token: &str,
+        timeout_secs: u64,
+        now: i64,
+    ) -> StoreResult<Option<DavLockRow>> {
         let token = token.to_string();
         self.write(move |conn| {
             let expires_at = now.saturating_add(i64::try_from(timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX));
@@ -145,7 +161,12 @@ impl DavStore for SqliteStore {
         .await
     }
 
-    async fn patch_dead_props(&self, node: i64, set: Vec<DeadPropRow>, remove: Vec<(String, String)>) -> StoreResult<()> {
+    async fn patch_dead_props(
+        &self,
+        node: i64,
+        set: Vec<DeadPropRow>,
+        remove: Vec<(String, String)>,
+    ) -> StoreResult<()> {
         self.write(move |conn| {
             for p in &set {
                 insert_prop(conn, node, p)?;
