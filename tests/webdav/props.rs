@@ -65,6 +65,17 @@ async fn dead_properties_are_stored_follow_move_and_vanish_on_delete() {
     dav.put("docs/a.md", b"a2\n").await;
     assert!(color_of(&dav, "docs/a.md", "0").await.1.contains(">blue<"));
 
+    // Folders take them too (and a root listing shows them), and so does
+    // DAV:displayname, which dav-server leaves to the store.
+    let named = set_color("yellow", "<D:displayname>Documents</D:displayname>");
+    let (status, answer) = proppatch(&dav, "docs", named).await;
+    assert_eq!(status, StatusCode::MULTI_STATUS);
+    assert!(!answer.contains("403") && !answer.contains("424"), "{answer}");
+    let (_, root) = color_of(&dav, "", "1").await;
+    assert_eq!(root.matches(">yellow<").count(), 1, "{root}");
+    let (_, all) = dav.propfind("docs", "0").await;
+    assert!(all.contains(">yellow<") && all.contains(">Documents<"), "{all}");
+
     // Replace, then remove.
     proppatch(&dav, "docs/a.md", set_color("green", "")).await;
     let (_, found) = color_of(&dav, "docs/a.md", "0").await;
@@ -111,6 +122,7 @@ async fn dead_properties_are_stored_follow_move_and_vanish_on_delete() {
     assert!(!color_of(&dav, "docs/b.md", "0").await.1.contains("blue"));
     assert_eq!(dav.status(dav.req("DELETE", "docs")).await, StatusCode::NO_CONTENT);
     assert_eq!(dav.status(dav.req("MKCOL", "docs")).await, StatusCode::CREATED);
+    assert!(!dav.propfind("docs", "0").await.1.contains("Documents"));
     dav.put("docs/c.md", b"c again\n").await;
     assert!(!color_of(&dav, "docs/c.md", "0").await.1.contains("blue"));
 }
