@@ -118,7 +118,10 @@ async fn dead_properties_are_stored_follow_move_and_vanish_on_delete() {
         .await;
     assert_eq!(copied, StatusCode::CREATED);
     assert!(color_of(&dav, "copy/c.md", "0").await.1.contains(">blue<"));
-    assert!(!color_of(&dav, "copy", "0").await.1.contains("yellow"), "a folder's own are not copied");
+    assert!(
+        !color_of(&dav, "copy", "0").await.1.contains("yellow"),
+        "a folder's own are not copied"
+    );
 
     // DELETE: gone, also when a new file appears at the same path, or the
     // deleted node comes back through a MOVE onto a fresh name.
