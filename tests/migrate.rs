@@ -2,7 +2,7 @@
 //! fresh target (SQLite data directory + S3 blobs on a local S3 server), and
 //! a server on the target answers every API question exactly as the source
 //! did: projects, tokens, every file's full history and bytes, the change
-//! feed, the audit log and the skills.
+//! feed, the audit log, the skills and WebDAV dead properties.
 
 mod common;
 use common::s3_support;
@@ -191,6 +191,21 @@ async fn build_source(s: &TestServer) -> Tokens {
 
     commit_as(s, "beta", &beta_rw, "readme.md", None, b"beta\n", "b").await;
     commit_as(s, "beta", &beta_rw, "readme.md", Some(1), b"beta two\n", "b").await;
+    // a WebDAV dead property (PROPPATCH) of beta's readme
+    let patch = r#"<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:example:migrate"><D:set><D:prop><Z:note>kept by migrate</Z:note></D:prop></D:set></D:propertyupdate>"#;
+    let resp = s
+        .http
+        .request(
+            Method::from_bytes(b"PROPPATCH").unwrap(),
+            format!("{}/dav/beta/readme.md", s.base),
+        )
+        .basic_auth("b", Some(&beta_rw))
+        .body(patch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::MULTI_STATUS);
+    assert!(dav_note(s, &beta_rw).await, "the dead property is stored");
     // a blob uploaded but never committed is still the project's
     s.upload("beta", &beta_rw, b"uploaded, not committed").await;
 
@@ -236,6 +251,25 @@ async fn build_source(s: &TestServer) -> Tokens {
         alpha_revoked: revoked.token,
         beta_rw,
     }
+}
+
+/// Whether beta's readme carries the dead property `build_source` set.
+async fn dav_note(s: &TestServer, token: &str) -> bool {
+    let body = s
+        .http
+        .request(
+            Method::from_bytes(b"PROPFIND").unwrap(),
+            format!("{}/dav/beta/readme.md", s.base),
+        )
+        .basic_auth("b", Some(token))
+        .header("depth", "0")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.contains(">kept by migrate<")
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Value {
@@ -347,6 +381,7 @@ async fn snapshot(s: &TestServer, tokens: &Tokens) -> (Value, BTreeSet<BlobHash>
     let revoked = s.get(&s.url("/whoami"), &tokens.alpha_revoked).send().await.unwrap();
     assert_eq!(revoked.status(), StatusCode::UNAUTHORIZED);
     out.insert("whoami".into(), Value::Array(who));
+    out.insert("dav_note".into(), Value::Bool(dav_note(s, &tokens.beta_rw).await));
     // the uploaded-but-uncommitted blob is still beta's
     let stray = BlobHash::of(b"uploaded, not committed");
     assert_eq!(

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dav_server::davpath::DavPath;
 use dav_server::fs::{
-    DavDirEntry, DavFile, DavFileSystem, DavMetaData, FsError, FsFuture, FsResult, FsStream, OpenOptions, ReadDirMeta,
+    DavDirEntry, DavFile, DavFileSystem, DavMetaData, DavProp, FsError, FsFuture, FsResult, FsStream, OpenOptions,
+    ReadDirMeta,
 };
 use futures_util::FutureExt;
 
@@ -32,6 +33,8 @@ pub struct ProjectFs {
     /// The published skills, shown read-only under `skills/` unless the
     /// project has its own `skills` entry (as in a mount).
     pub skills: Option<Arc<SkillsView>>,
+    /// Nodes and dead properties this request has read (see `props`).
+    pub props: Arc<super::props::PropCache>,
 }
 
 /// A service refusal as the closest file-system error.
@@ -237,7 +240,10 @@ impl ProjectFs {
         let meta = match self.resolve(&ws_path(path)?).await? {
             Resolved::Root => Meta::root(self.project.created_at),
             Resolved::Skill(node) => Meta::of_skill(&node, self.published()),
-            Resolved::Node(v) => Meta::of_version(&v),
+            Resolved::Node(v) => {
+                self.props.remember_node(v.path.as_str(), v.node);
+                Meta::of_version(&v)
+            }
             Resolved::Missing => return Err(FsError::NotFound),
         };
         Ok(Box::new(meta))
@@ -261,6 +267,11 @@ impl ProjectFs {
             .tree(&self.caller, self.project(), ws.as_ref(), false)
             .await
             .map_err(fs_error)?;
+        for e in &listing.entries {
+            self.props.remember_node(&e.path, e.id);
+        }
+        self.prefetch_props(listing.entries.iter().map(|e| e.id).collect())
+            .await?;
         let mut entries: Vec<DirEntry> = listing
             .entries
             .into_iter()
@@ -387,7 +398,8 @@ impl ProjectFs {
     async fn remove(&self, path: &DavPath, recursive: bool) -> FsResult<()> {
         let ws = ws_path(path)?.ok_or(FsError::Forbidden)?;
         self.writable(&ws)?;
-        self.service
+        let deleted = self
+            .service
             .delete(
                 &self.caller,
                 self.project(),
@@ -402,6 +414,14 @@ impl ProjectFs {
             )
             .await
             .map_err(fs_error)?;
+        // The deletion is done: a failure here leaves properties nobody
+        // sees until the node is restored, so it is logged, not answered.
+        if let Err(e) = self
+            .forget_props(deleted.deleted.iter().map(|v| v.node).collect())
+            .await
+        {
+            tracing::warn!(error = ?e, "webdav: cannot drop the properties of deleted nodes");
+        }
         Ok(())
     }
 
@@ -440,8 +460,8 @@ impl ProjectFs {
         let to = ws_path(to)?.ok_or(FsError::Forbidden)?;
         self.writable(&to)?;
         self.require_parent(&to).await?;
-        let (hash, kind, mode): (BlobHash, NodeKind, u32) = match self.resolve(&Some(from_ws)).await? {
-            Resolved::Node(v) if v.kind != NodeKind::Dir => (v.hash, v.kind, v.mode),
+        let (hash, kind, mode, source): (BlobHash, NodeKind, u32, i64) = match self.resolve(&Some(from_ws)).await? {
+            Resolved::Node(v) if v.kind != NodeKind::Dir => (v.hash, v.kind, v.mode, v.node),
             // Skill blobs are not the project's: copy their bytes in.
             Resolved::Skill(SkillNode::File { hash, .. }) => {
                 let bytes = self
@@ -458,7 +478,8 @@ impl ProjectFs {
             _ => return Err(FsError::Forbidden),
         };
         let base = self.head(&to).await?.map(|v| v.version);
-        self.service
+        let copy = self
+            .service
             .commit(
                 &self.caller,
                 self.project(),
@@ -480,7 +501,8 @@ impl ProjectFs {
             )
             .await
             .map_err(fs_error)?;
-        Ok(())
+        // RFC 4918 §9.8.2: the copy carries the source's dead properties.
+        self.copy_props(source, copy.node).await
     }
 }
 
@@ -524,6 +546,33 @@ impl DavFileSystem for ProjectFs {
 
     fn copy<'a>(&'a self, from: &'a DavPath, to: &'a DavPath) -> FsFuture<'a, ()> {
         self.copy_file(from, to).boxed()
+    }
+
+    fn have_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        let may = self.may_have_props(path);
+        async move { may }.boxed()
+    }
+
+    fn patch_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+        patch: Vec<(bool, DavProp)>,
+    ) -> FsFuture<'a, Vec<(axum::http::StatusCode, DavProp)>> {
+        self.patch_dead_props(path, patch).boxed()
+    }
+
+    fn get_props<'a>(&'a self, path: &'a DavPath, do_content: bool) -> FsFuture<'a, Vec<DavProp>> {
+        self.dead_props(path, do_content).boxed()
+    }
+
+    fn get_prop<'a>(&'a self, _path: &'a DavPath, _prop: DavProp) -> FsFuture<'a, Vec<u8>> {
+        // dav-server 0.11 adds every dead property (`get_props`) to each
+        // PROPFIND answer, and drops what this call does not find: answering
+        // here would list a property asked for by name twice.
+        async { Err(FsError::NotFound) }.boxed()
     }
 
     fn get_quota(&self) -> FsFuture<'_, (u64, Option<u64>)> {

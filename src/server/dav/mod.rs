@@ -10,33 +10,35 @@
 //! (413). PUT does not go through the crate: [`put`] streams the body into a
 //! commit whose base is the `If-Match` version, so edits merge.
 //!
-//! Locks live in memory, one lock table per project, on this instance only.
+//! Locks ([`locks`]) and dead properties ([`props`]) live in the metadata
+//! database, so every instance on one PostgreSQL sees the same ones.
 
 mod auth;
 mod file;
 mod fs;
+mod locks;
 mod mtime;
 mod paths;
+mod props;
 mod put;
 mod skills;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use axum::{Extension, Router};
+use axum::Router;
 use dav_server::fs::FsError;
-use dav_server::memls::MemLs;
 use dav_server::{DavHandler, DavMethod, DavMethodSet};
 
 use crate::model::WsPath;
 use crate::server::error::ApiError;
 use crate::server::service::Service;
 use fs::ProjectFs;
+use locks::{DbLocks, MAX_LOCK_SECONDS};
 use paths::{parse_destination, parse_request_path, DavPathError};
 use skills::{SkillsView, SKILLS_DIR};
 
@@ -101,21 +103,10 @@ impl IntoResponse for DavRefusal {
     }
 }
 
-/// In-memory lock tables, one per project (paths are per project).
-#[derive(Default)]
-struct DavLocks(Mutex<HashMap<String, Box<MemLs>>>);
-
-impl DavLocks {
-    fn of(&self, project: &str) -> Box<MemLs> {
-        let mut tables = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        tables.entry(project.to_string()).or_insert_with(MemLs::new).clone()
-    }
-}
-
 /// One WebDAV request, past the gate.
 pub struct DavRequest {
     pub fs: ProjectFs,
-    pub locks: Box<MemLs>,
+    pub locks: Box<DbLocks>,
     /// Lock owner: the token's id, so a lock taken with one token is not
     /// released by another.
     pub principal: String,
@@ -127,15 +118,10 @@ pub fn router() -> Router<Arc<Service>> {
         .route("/dav", any(handle))
         .route("/dav/", any(handle))
         .route("/dav/{*rest}", any(handle))
-        .layer(Extension(Arc::new(DavLocks::default())))
 }
 
-async fn handle(
-    State(service): State<Arc<Service>>,
-    Extension(locks): Extension<Arc<DavLocks>>,
-    req: Request,
-) -> Response {
-    match serve(service, &locks, req).await {
+async fn handle(State(service): State<Arc<Service>>, req: Request) -> Response {
+    match serve(service, req).await {
         Ok(response) => response,
         Err(refusal) => {
             tracing::debug!(status = %refusal.status, message = %refusal.message, "webdav request refused");
@@ -168,9 +154,6 @@ async fn skills_view(service: &Service, project_id: i64) -> Result<Option<Arc<Sk
     Ok(Some(Arc::new(SkillsView::new(&service.skills().await?))))
 }
 
-/// The longest lock a client gets: it renews it (LOCK refresh) to keep it.
-const MAX_LOCK_SECONDS: u64 = 3600;
-
 /// The first `Second-N` of a `Timeout` header; `None` for `Infinite` or none.
 fn lock_seconds(header: Option<&str>) -> Option<u64> {
     header?
@@ -184,7 +167,7 @@ fn touches_skills(path: &Option<WsPath>) -> bool {
         .is_some_and(|p| p.as_str() == SKILLS_DIR || p.as_str().starts_with("skills/"))
 }
 
-async fn serve(service: Arc<Service>, locks: &DavLocks, mut req: Request) -> Result<Response, DavRefusal> {
+async fn serve(service: Arc<Service>, mut req: Request) -> Result<Response, DavRefusal> {
     let target = parse_request_path(req.uri().path())?;
     let credentials = auth::credentials(req.headers()).ok_or_else(|| {
         DavRefusal::new(
@@ -235,6 +218,7 @@ async fn serve(service: Arc<Service>, locks: &DavLocks, mut req: Request) -> Res
         project,
         agent,
         skills,
+        props: Default::default(),
     };
     let read_only = |p: &Option<WsPath>| p.as_ref().is_some_and(|p| fs.in_skills(p));
     let source_is_written = writes && method.as_str() != "COPY";
@@ -243,7 +227,7 @@ async fn serve(service: Arc<Service>, locks: &DavLocks, mut req: Request) -> Res
     }
     normalise_headers(&method, req.headers_mut())?;
     let ctx = DavRequest {
-        locks: locks.of(&fs.project.name),
+        locks: Box::new(DbLocks::new(service.store.clone(), fs.project.id, &fs.project.name)),
         principal: caller.token_id.clone(),
         fs,
     };
@@ -280,8 +264,8 @@ fn normalise_headers(method: &Method, headers: &mut axum::http::HeaderMap) -> Re
             }
         }
         "LOCK" => {
-            // Locks live in memory; one a client forgets (or asks to keep
-            // forever) must not block the file for good.
+            // A lock a client forgets (or asks to keep forever) must not
+            // block the file for good.
             let asked = headers.get("timeout").and_then(|v| v.to_str().ok());
             if lock_seconds(asked).is_none_or(|s| s > MAX_LOCK_SECONDS) {
                 headers.insert(

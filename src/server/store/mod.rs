@@ -10,6 +10,7 @@
 //! The namespace writes are written once, in `txn`, over the row access
 //! each store provides; `sqlite/` and `postgres/` hold what is theirs alone.
 
+pub mod dav;
 mod namespace;
 pub mod ops;
 pub mod postgres;
@@ -274,7 +275,7 @@ pub enum Wake {
 }
 
 #[async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
+pub trait MetadataStore: dav::DavStore + Send + Sync + 'static {
     /// Wake-ups for changes committed by other processes sharing this store
     /// (several `contextfs serve` instances on one PostgreSQL). `None` for a
     /// store only this process writes to: the service wakes its own waiters.

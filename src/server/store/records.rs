@@ -8,7 +8,7 @@
 //!
 //! Batches arrive table by table in this order, so references always point
 //! backwards: meta, projects, tokens, nodes, versions, events, audit,
-//! project_blobs, skills, skill_files, retention; then one
+//! project_blobs, skills, skill_files, retention, dav_props; then one
 //! [`RecordBatch::End`]. An
 //! import commits only after `End`: a channel that closes without it (the
 //! exporter or the copier in between failed) rolls the import back.
@@ -145,6 +145,17 @@ pub struct RetentionRecord {
     pub keep_versions: Option<i64>,
 }
 
+/// A WebDAV dead property of a node (`PROPPATCH`). WebDAV locks are not
+/// carried: they last minutes and name the instance's clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DavPropRecord {
+    pub node_id: i64,
+    pub namespace: String,
+    pub name: String,
+    pub prefix: Option<String>,
+    pub xml: Vec<u8>,
+}
+
 /// Some rows of one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordBatch {
@@ -159,12 +170,13 @@ pub enum RecordBatch {
     Skills(Vec<SkillRecord>),
     SkillFiles(Vec<SkillFileRecord>),
     Retention(Vec<RetentionRecord>),
+    DavProps(Vec<DavPropRecord>),
     /// The export is complete: the importer may commit.
     End,
 }
 
 /// The tables in import order, as [`RecordBatch::table`] names them.
-pub const TABLES: [&str; 11] = [
+pub const TABLES: [&str; 12] = [
     "meta",
     "projects",
     "tokens",
@@ -176,6 +188,7 @@ pub const TABLES: [&str; 11] = [
     "skills",
     "skill_files",
     "retention",
+    "dav_props",
 ];
 
 impl RecordBatch {
@@ -192,6 +205,7 @@ impl RecordBatch {
             RecordBatch::Skills(_) => "skills",
             RecordBatch::SkillFiles(_) => "skill_files",
             RecordBatch::Retention(_) => "retention",
+            RecordBatch::DavProps(_) => "dav_props",
             RecordBatch::End => "end",
         }
     }
@@ -209,6 +223,7 @@ impl RecordBatch {
             RecordBatch::Skills(v) => v.len(),
             RecordBatch::SkillFiles(v) => v.len(),
             RecordBatch::Retention(v) => v.len(),
+            RecordBatch::DavProps(v) => v.len(),
             RecordBatch::End => 0,
         }
     }
@@ -262,6 +277,7 @@ impl RecordBatch {
             | RecordBatch::Audit(_)
             | RecordBatch::Skills(_)
             | RecordBatch::Retention(_)
+            | RecordBatch::DavProps(_)
             | RecordBatch::End => Ok(()),
         }
     }
@@ -284,7 +300,7 @@ fn check_hash(hash: &str) -> Result<(), InvalidRecord> {
 /// Rows per table that an import wrote, in [`TABLES`] order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportCounts {
-    pub rows: [u64; 11],
+    pub rows: [u64; 12],
 }
 
 impl ImportCounts {

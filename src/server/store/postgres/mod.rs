@@ -46,6 +46,7 @@
 //! and the `Txn`), `listen` (LISTEN/NOTIFY), `records` (`contextfs migrate`
 //! export and import).
 
+mod dav;
 mod listen;
 mod ops;
 mod records;

@@ -256,6 +256,22 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
         RecordBatch::Retention,
     )
     .await?;
+    table(
+        &tx,
+        s,
+        "SELECT node_id, namespace, name, prefix, xml FROM dav_props ORDER BY node_id, namespace, name",
+        |r| {
+            Ok(DavPropRecord {
+                node_id: col(r, 0)?,
+                namespace: col(r, 1)?,
+                name: col(r, 2)?,
+                prefix: col(r, 3)?,
+                xml: col(r, 4)?,
+            })
+        },
+        RecordBatch::DavProps,
+    )
+    .await?;
     tx.commit().await.map_err(pg_error("cannot finish the export"))?;
     sink.send(RecordBatch::End)
         .await
@@ -281,7 +297,7 @@ pub(super) async fn import(
     let tx = c.transaction().await.map_err(pg_error("cannot start the import"))?;
     if replace {
         tx.batch_execute(
-            "TRUNCATE retention, skill_files, skills, project_blobs, audit, events, versions, nodes, tokens, projects;
+            "TRUNCATE dav_props, dav_locks, retention, skill_files, skills, project_blobs, audit, events, versions, nodes, tokens, projects;
              DELETE FROM meta;",
         )
         .await
@@ -476,6 +492,21 @@ pub(super) async fn import(
                         &array(&rows, |r| r.project_id),
                         &array(&rows, |r| r.keep_days),
                         &array(&rows, |r| r.keep_versions),
+                    ],
+                )
+                .await?;
+            }
+            RecordBatch::DavProps(rows) => {
+                insert(
+                    &tx,
+                    "INSERT INTO dav_props (node_id, namespace, name, prefix, xml)
+                     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[])",
+                    &[
+                        &array(&rows, |r| r.node_id),
+                        &array(&rows, |r| r.namespace.clone()),
+                        &array(&rows, |r| r.name.clone()),
+                        &array(&rows, |r| r.prefix.clone()),
+                        &array(&rows, |r| r.xml.clone()),
                     ],
                 )
                 .await?;

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../../../../migrations/postgres/0002_file_times.sql")),
     (3, include_str!("../../../../migrations/postgres/0003_long_paths.sql")),
     (4, include_str!("../../../../migrations/postgres/0004_operations.sql")),
+    (5, include_str!("../../../../migrations/postgres/0005_webdav.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations between instances.

@@ -14,6 +14,7 @@
 //! `writer` (the writer thread and its batches), `rows` (row access and the
 //! `Txn`), `records` (`contextfs migrate` export and import).
 
+mod dav;
 mod ops;
 mod records;
 mod rows;

@@ -229,6 +229,21 @@ pub(super) fn export(conn: &Connection, sink: &Sink) -> StoreResult<()> {
         },
         RecordBatch::Retention,
     )?;
+    table(
+        conn,
+        sink,
+        "SELECT node_id, namespace, name, prefix, xml FROM dav_props ORDER BY node_id, namespace, name",
+        |r| {
+            Ok(DavPropRecord {
+                node_id: r.get(0)?,
+                namespace: r.get(1)?,
+                name: r.get(2)?,
+                prefix: r.get(3)?,
+                xml: r.get(4)?,
+            })
+        },
+        RecordBatch::DavProps,
+    )?;
     sink.blocking_send(RecordBatch::End)
         .map_err(|_| backend("the migration stopped reading the export"))
 }
@@ -240,7 +255,7 @@ pub(super) fn import(
 ) -> StoreResult<ImportCounts> {
     if replace {
         conn.execute_batch(
-            "DELETE FROM retention; DELETE FROM skill_files; DELETE FROM skills; DELETE FROM project_blobs; DELETE FROM audit;
+            "DELETE FROM dav_props; DELETE FROM dav_locks; DELETE FROM retention; DELETE FROM skill_files; DELETE FROM skills; DELETE FROM project_blobs; DELETE FROM audit;
              DELETE FROM events; DELETE FROM versions; DELETE FROM nodes; DELETE FROM tokens;
              DELETE FROM projects; DELETE FROM meta WHERE key <> 'schema_version';",
         )?;
@@ -391,6 +406,14 @@ pub(super) fn import(
                 )?;
                 for r in rows {
                     stmt.execute(params![r.project_id, r.keep_days, r.keep_versions])?;
+                }
+            }
+            RecordBatch::DavProps(rows) => {
+                let mut stmt = conn.prepare_cached(
+                    "INSERT INTO dav_props (node_id, namespace, name, prefix, xml) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for r in rows {
+                    stmt.execute(params![r.node_id, r.namespace, r.name, r.prefix, r.xml])?;
                 }
             }
         }

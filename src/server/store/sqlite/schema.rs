@@ -10,7 +10,8 @@ use crate::server::store::{backend, StoreResult};
 /// 2: versions carry the file times their writer set (`mtime`, `atime`).
 /// 3: operations: retention policies, when a project last uploaded each
 /// blob (`project_blobs.used_at`, for garbage collection), indexes by hash.
-const SCHEMA_VERSION: i64 = 3;
+/// 4: WebDAV locks and dead properties (`dav_locks`, `dav_props`).
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -98,6 +99,26 @@ CREATE TABLE IF NOT EXISTS retention (
     keep_days INTEGER,
     keep_versions INTEGER
 );
+CREATE TABLE IF NOT EXISTS dav_locks (
+    token TEXT PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    principal TEXT,
+    owner_xml TEXT,
+    deep INTEGER NOT NULL,
+    shared INTEGER NOT NULL,
+    timeout_secs INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dav_locks_project ON dav_locks(project_id, expires_at);
+CREATE TABLE IF NOT EXISTS dav_props (
+    node_id INTEGER NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    prefix TEXT,
+    xml BLOB NOT NULL,
+    PRIMARY KEY (node_id, namespace, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS skills (
     name TEXT PRIMARY KEY,
     description TEXT NOT NULL
@@ -158,6 +179,12 @@ fn upgrade(conn: &Connection, path: &Path, found: &str) -> StoreResult<()> {
         }
         conn.execute_batch("UPDATE meta SET value = '3' WHERE key = 'schema_version'; COMMIT;")?;
         tracing::info!(path = %path.display(), "upgraded the database schema to version 3 (retention, blob upload times)");
+        version = 3;
+    }
+    // Version 3 has no WebDAV tables; `SCHEMA` made them, empty.
+    if version == 3 {
+        conn.execute_batch("UPDATE meta SET value = '4' WHERE key = 'schema_version';")?;
+        tracing::info!(path = %path.display(), "upgraded the database schema to version 4 (WebDAV locks and properties)");
     }
     Ok(())
 }
@@ -251,13 +278,47 @@ mod tests {
         let version: String = conn
             .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
             .expect("schema version");
-        assert_eq!(version, "3");
+        assert_eq!(version, SCHEMA_VERSION.to_string());
         let used_at: Option<i64> = conn
             .query_row("SELECT used_at FROM project_blobs WHERE hash = 'h'", [], |r| r.get(0))
             .expect("the old row is still there");
         assert_eq!(used_at, None);
         conn.execute("INSERT INTO retention (project_id, keep_days) VALUES (1, 7)", [])
             .expect("the retention table exists");
+    }
+
+    /// A schema 3 database (before WebDAV kept locks and properties in it)
+    /// gains the empty `dav_locks` and `dav_props` tables.
+    #[test]
+    fn a_schema_3_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("meta.db");
+        let conn = open_database(&path).expect("new database");
+        conn.execute_batch(
+            "DROP TABLE dav_locks;
+             DROP TABLE dav_props;
+             INSERT INTO projects (id, name, created_at) VALUES (1, 'p', 0);
+             UPDATE meta SET value = '3' WHERE key = 'schema_version';",
+        )
+        .expect("make it a schema 3 database");
+        drop(conn);
+
+        let conn = open_database(&path).expect("upgraded on open");
+        let version: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .expect("schema version");
+        assert_eq!(version, "4");
+        conn.execute(
+            "INSERT INTO dav_locks (token, project_id, path, deep, shared, timeout_secs, expires_at)
+             VALUES ('t', 1, 'a', 0, 0, 60, 0)",
+            [],
+        )
+        .expect("the lock table exists");
+        conn.execute(
+            "INSERT INTO dav_props (node_id, namespace, name, xml) VALUES (1, 'urn:x', 'p', x'3c702f3e')",
+            [],
+        )
+        .expect("the property table exists");
     }
 
     #[test]
