@@ -77,8 +77,9 @@ pub(super) struct Announcer {
 }
 
 /// Handles of the announcer's opens: never in the handle table, so nothing
-/// they do reaches staging or the journal.
-const ANNOUNCER_FH: u64 = 1 << 62;
+/// they do reaches staging or the journal. (The core's handles count up from
+/// 1, the history view's from 1 << 62.)
+const ANNOUNCER_FH: u64 = u64::MAX;
 
 impl Vfs {
     /// The announcer thread starts: requests from `tid` are announcements.

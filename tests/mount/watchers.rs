@@ -246,9 +246,14 @@ async fn two_watching_mounts_settle_without_echo() {
         w.watch(&m.dir.clone(), "root");
         watchers.push((w, m.dir.clone()));
     }
+    // Each edit lands before the next, so each is one version.
     for i in 0..5 {
         a.sh_ok(&format!("echo 'a {i}' >> from-a.md"));
         b.sh_ok(&format!("echo 'b {i}' >> from-b.md"));
+        for (path, agent) in [("from-a.md", "a"), ("from-b.md", "b")] {
+            let want: String = (0..=i).map(|j| format!("{agent} {j}\n")).collect();
+            server_has(&s, p, path, want.as_bytes()).await;
+        }
     }
     // Each watcher sees the other's file and reads it, as an editor would.
     for ((w, root), other) in watchers.iter_mut().zip(["from-b.md", "from-a.md"]) {
@@ -280,12 +285,12 @@ async fn two_watching_mounts_settle_without_echo() {
         w.poll();
         assert!(w.seen.is_empty(), "no events once settled: {:#?}", w.seen);
     }
-    // Every version is its writer's: none came from the other mount.
+    // One version per real edit, each by its writer: none from the watchers.
     for (path, agent) in [("from-a.md", "agent-a"), ("from-b.md", "agent-b")] {
         let history = s.history(p, &s.admin, path).await;
         assert!(
-            (1..=5).contains(&history.len()) && history.iter().all(|v| v.agent_id.as_deref() == Some(agent)),
-            "{path}: one version per append at most, all by {agent}: {history:#?}"
+            history.len() == 5 && history.iter().all(|v| v.agent_id.as_deref() == Some(agent)),
+            "{path}: five edits, five versions, all by {agent}: {history:#?}"
         );
     }
 }
