@@ -61,24 +61,41 @@ impl Setup {
     }
 }
 
-/// The line of check `name` (its outcome tag first) and the fix below it.
-fn line_of(out: &Output, name: &str) -> String {
+/// Every line of check `name` (its outcome tag first), each with the fix below it.
+fn lines_of(out: &Output, name: &str) -> Vec<String> {
     let text = stdout(out);
     let lines: Vec<&str> = text.lines().collect();
-    let at = lines
-        .iter()
-        .position(|l| l.get(6..19).is_some_and(|field| field.trim_end() == name))
-        .unwrap_or_else(|| panic!("no `{name}` check in:\n{text}"));
-    let mut found = lines[at].to_string();
-    if let Some(next) = lines.get(at + 1).filter(|l| l.trim_start().starts_with("fix:")) {
-        found.push('\n');
-        found.push_str(next);
+    let mut found = Vec::new();
+    for (at, line) in lines.iter().enumerate() {
+        if !line.get(6..19).is_some_and(|field| field.trim_end() == name) {
+            continue;
+        }
+        let mut entry = line.to_string();
+        if let Some(next) = lines.get(at + 1).filter(|l| l.trim_start().starts_with("fix:")) {
+            entry.push('\n');
+            entry.push_str(next);
+        }
+        found.push(entry);
     }
+    assert!(!found.is_empty(), "no `{name}` check in:\n{text}");
     found
 }
 
+/// The (first) line of check `name` and the fix below it.
+fn line_of(out: &Output, name: &str) -> String {
+    lines_of(out, name).remove(0)
+}
+
 fn assert_fails(out: &Output, name: &str, says: &str, fix: &str) {
-    let line = line_of(out, name);
+    // A check may report several findings (every dead mount on the machine):
+    // the one about this test's subject is the one that must be there.
+    let all = lines_of(out, name);
+    let line = all
+        .iter()
+        .find(|l| l.contains(&format!("fix: {fix}")))
+        .or(all.first())
+        .cloned()
+        .unwrap_or_default();
     assert!(line.starts_with("FAIL"), "{name} should fail:\n{}", both(out));
     assert!(line.contains(says), "{name} should say {says:?}:\n{line}");
     assert!(
