@@ -121,3 +121,21 @@ async fn bad_input_is_refused_and_leaves_history_unchanged() {
     );
     assert_eq!(s.history(PROJECT, &token, "other.md").await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_mkcols_of_one_folder_create_it_once() {
+    // rclone's transfers each MKCOL the parent of their file, at once: one
+    // makes the folder (201), the others find it made (405, RFC 4918 §9.3.1).
+    let (s, token) = setup().await;
+    let dav = Dav::new(&s, PROJECT, &token);
+    for round in 0..5 {
+        let folder = format!("docs{round}");
+        let statuses = futures_util::future::join_all((0..8).map(|_| dav.status(dav.req("MKCOL", &folder)))).await;
+        let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+        let exists = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::METHOD_NOT_ALLOWED)
+            .count();
+        assert_eq!((created, exists), (1, 7), "{folder}: {statuses:?}");
+    }
+}

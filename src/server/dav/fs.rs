@@ -379,7 +379,8 @@ impl ProjectFs {
             return Err(FsError::Exists);
         }
         self.require_parent(&ws).await?;
-        self.service
+        let (_, created) = self
+            .service
             .mkdir(
                 &self.caller,
                 self.project(),
@@ -392,6 +393,13 @@ impl ProjectFs {
             )
             .await
             .map_err(fs_error)?;
+        // The store's mkdir is idempotent: when concurrent MKCOLs of one
+        // path (rclone's transfers each make the parent of their file)
+        // pass the check above together, only the one that made the folder
+        // answers 201, the others 405 (RFC 4918 §9.3.1).
+        if !created {
+            return Err(FsError::Exists);
+        }
         Ok(())
     }
 
