@@ -67,7 +67,7 @@ fn lines_of(out: &Output, name: &str) -> Vec<String> {
     let lines: Vec<&str> = text.lines().collect();
     let mut found = Vec::new();
     for (at, line) in lines.iter().enumerate() {
-        if !line.get(6..19).is_some_and(|field| field.trim_end() == name) {
+        if line.get(6..19).is_none_or(|field| field.trim_end() != name) {
             continue;
         }
         let mut entry = line.to_string();
