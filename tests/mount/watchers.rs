@@ -339,3 +339,49 @@ async fn with_inotify_off_remote_changes_arrive_without_events() {
     let changes = changes_by_name(&w.seen);
     assert!(changes.is_empty(), "no events with --inotify off: {changes:?}");
 }
+
+/// A container sees the mount through a bind mount (`/workspace`): a watch
+/// set through a bind mount of the mount point hears remote changes too
+/// (inotify watches inodes, whatever path reached them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_through_a_bind_mount_hears_remote_changes() {
+    let s = TestServer::start().await;
+    let p = "bound";
+    let a = MountedWorkspace::create(&s, p, "agent-a").await;
+    let b = a.another("mnt-b", "agent-b");
+    let bound = BindMount::new(&a.dir, &a.root().join("workspace"));
+    let mut w = Watcher::new();
+    w.watch(&bound.target, "workspace");
+    b.sh_ok("echo 'from B' > note.md");
+    w.expect("workspace", "note.md", EventMask::CREATE).await;
+    w.expect("workspace", "note.md", EventMask::CLOSE_WRITE).await;
+    let text = std::fs::read_to_string(bound.target.join("note.md")).expect("read through the bind mount");
+    assert_eq!(text, "from B\n");
+}
+
+/// `mount --bind`, undone when dropped (also when the test fails).
+struct BindMount {
+    target: std::path::PathBuf,
+}
+
+impl BindMount {
+    fn new(source: &Path, target: &Path) -> Self {
+        std::fs::create_dir_all(target).expect("bind target");
+        let out = Command::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(target)
+            .output()
+            .expect("run mount --bind");
+        assert!(out.status.success(), "mount --bind (needs root): {}", both(&out));
+        Self {
+            target: target.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.target).status();
+    }
+}
