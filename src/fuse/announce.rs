@@ -41,7 +41,8 @@ pub fn spawn_kernel_thread(
         while let Ok(first) = rx.recv() {
             // The root is open only while updates keep coming: an open
             // descriptor makes the mount point busy for umount.
-            let mut root: Option<MountRoot> = None;
+            // (Opened at most once per run of updates, failure included.)
+            let mut root: Option<Option<MountRoot>> = None;
             let mut next = Some(first);
             while let Some(update) = next.take() {
                 match update {
@@ -49,12 +50,12 @@ pub fn spawn_kernel_thread(
                     // The mount is closing: no new use of the mount root.
                     KernelUpdate::Announce(_) if !vfs.announcing() => {}
                     KernelUpdate::Announce(a) => {
-                        if root.is_none() {
-                            root = MountRoot::open(&mountpoint)
+                        let opened = root.get_or_insert_with(|| {
+                            MountRoot::open(&mountpoint)
                                 .map_err(|e| tracing::warn!(error = %e, "cannot open the mount point to show remote changes to file watchers"))
-                                .ok();
-                        }
-                        if let Some(root) = &root {
+                                .ok()
+                        });
+                        if let Some(root) = opened {
                             announce(&vfs, root, a);
                         }
                     }
