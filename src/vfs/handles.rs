@@ -41,43 +41,65 @@ impl Vfs {
 
     /// Turns clean content into a local staging file (copy on first write),
     /// and a sealed staging file into a fresh one (copy on write).
+    ///
+    /// The copy runs outside the lock, so the content may move on before
+    /// it is installed: another writer's change closed and parked, or
+    /// committed into a newer blob. The copy is installed only if the content
+    /// is still the one it was made from; otherwise it is dropped and the
+    /// new content staged. (Installing it anyway put the older bytes back
+    /// and lost the other writer's change: eight appenders released at once
+    /// by a passthrough reader kept one line of eight under load.)
     pub(super) fn make_local(&self, ino: Ino, truncate: bool) -> VfsResult<()> {
-        let mut attempts = 0;
-        let (source, sealed) = loop {
-            self.unpark(ino)?;
-            let st = self.lock();
-            match &Self::get(&st, ino)?.content {
-                Content::Blob { hash } => break (StagingSource::Blob(hash.clone()), None),
-                Content::Local { sealed: false, .. } => return Ok(()),
-                Content::Local { file, .. } => break (StagingSource::Sealed(file.clone()), Some(file.clone())),
-                // Parked again by a release in between: open it again.
-                Content::Parked { .. } if attempts < WRITE_ATTEMPTS => attempts += 1,
-                Content::Parked { .. } => return Err(VfsError::new(libc::EIO, "the staging file kept being parked")),
-                Content::Dir => return Err(VfsError::isdir(Self::path_of(&st, ino))),
-                Content::Symlink { .. } => return Err(VfsError::new(libc::ELOOP, "cannot open a symlink for writing")),
-            }
-        };
-        let (file, path) = self.new_local_file()?;
-        let mut size = 0;
-        if !truncate {
-            let source = match source {
-                StagingSource::Blob(hash) => self.open_blob(&hash)?,
-                StagingSource::Sealed(file) => file,
+        for _ in 0..WRITE_ATTEMPTS {
+            let mut attempts = 0;
+            let (source, sealed) = loop {
+                self.unpark(ino)?;
+                let st = self.lock();
+                match &Self::get(&st, ino)?.content {
+                    Content::Blob { hash } => break (StagingSource::Blob(hash.clone()), None),
+                    Content::Local { sealed: false, .. } => return Ok(()),
+                    Content::Local { file, .. } => break (StagingSource::Sealed(file.clone()), Some(file.clone())),
+                    // Parked again by a release in between: open it again.
+                    Content::Parked { .. } if attempts < WRITE_ATTEMPTS => attempts += 1,
+                    Content::Parked { .. } => {
+                        return Err(VfsError::new(libc::EIO, "the staging file kept being parked"))
+                    }
+                    Content::Dir => return Err(VfsError::isdir(Self::path_of(&st, ino))),
+                    Content::Symlink { .. } => {
+                        return Err(VfsError::new(libc::ELOOP, "cannot open a symlink for writing"))
+                    }
+                }
             };
-            let mut reader = std::io::BufReader::with_capacity(1 << 20, journal::ReadAt::new(&source));
-            let mut writer = std::io::BufWriter::with_capacity(1 << 20, &*file);
-            size = std::io::copy(&mut reader, &mut writer).map_err(|e| VfsError::io("copy into staging", e))?;
-            std::io::Write::flush(&mut writer).map_err(|e| VfsError::io("copy into staging", e))?;
-        }
-        let mut st = self.lock();
-        let inode = Self::get_mut(&mut st, ino)?;
-        let replace = match (&inode.content, &sealed) {
-            (Content::Local { file: current, .. }, Some(old)) => Arc::ptr_eq(current, old),
-            // Someone else made it local (or unsealed it) meanwhile: use theirs.
-            (Content::Local { .. }, _) => false,
-            _ => true,
-        };
-        if replace {
+            let copied_from = match &source {
+                StagingSource::Blob(hash) => Some(hash.clone()),
+                StagingSource::Sealed(_) => None,
+            };
+            let (file, path) = self.new_local_file()?;
+            let mut size = 0;
+            if !truncate {
+                let source = match source {
+                    StagingSource::Blob(hash) => self.open_blob(&hash)?,
+                    StagingSource::Sealed(file) => file,
+                };
+                let mut reader = std::io::BufReader::with_capacity(1 << 20, journal::ReadAt::new(&source));
+                let mut writer = std::io::BufWriter::with_capacity(1 << 20, &*file);
+                size = std::io::copy(&mut reader, &mut writer).map_err(|e| VfsError::io("copy into staging", e))?;
+                std::io::Write::flush(&mut writer).map_err(|e| VfsError::io("copy into staging", e))?;
+            }
+            let mut st = self.lock();
+            let inode = Self::get_mut(&mut st, ino)?;
+            let unchanged = match (&inode.content, &sealed, &copied_from) {
+                (Content::Local { file: current, .. }, Some(old), _) => Arc::ptr_eq(current, old),
+                (Content::Blob { hash }, None, Some(from)) => hash == from,
+                _ => false,
+            };
+            if !unchanged {
+                let _ = std::fs::remove_file(&path);
+                if matches!(&inode.content, Content::Local { sealed: false, .. }) {
+                    return Ok(()); // someone else made it local meanwhile: use theirs
+                }
+                continue; // parked, committed or sealed again meanwhile: stage that
+            }
             if let (Content::Local { path: old, .. }, true) = (&inode.content, sealed.is_some()) {
                 // The journal keeps its own name for the sealed bytes.
                 let _ = std::fs::remove_file(old);
@@ -88,10 +110,12 @@ impl Vfs {
                 sealed: false,
             };
             inode.size = size;
-        } else {
-            let _ = std::fs::remove_file(&path);
+            return Ok(());
         }
-        Ok(())
+        Err(VfsError::new(
+            libc::EIO,
+            "the file kept changing while it was staged for writing",
+        ))
     }
 
     pub fn open(&self, ino: Ino, mode: OpenMode) -> VfsResult<u64> {

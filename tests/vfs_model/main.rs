@@ -13,6 +13,7 @@
 //!   answers; echoes and another writer's changes in the feed);
 //! - `crash`: property test cutting the journal at any byte before a remount;
 //! - `announce`: remote changes shown to file watchers (the core's half);
+//! - `staging`: a copy staged for writing races with other writers;
 //! - `editor_saves`, `acks`, `drain_plan`, `passthrough`, `remote`, `replay`:
 //!   unit tests pinning one concern each.
 
@@ -29,4 +30,5 @@ mod local_ops;
 mod passthrough;
 mod remote;
 mod replay;
+mod staging;
 mod sync;
