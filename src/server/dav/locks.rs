@@ -15,7 +15,7 @@ use dav_server::ls::{DavLock, DavLockSystem, LsFuture};
 use futures_util::FutureExt;
 use xmltree::Element;
 
-use crate::server::store::dav::{check_conflict, covers, DavLockRow};
+use crate::server::store::dav::{check_conflict, covers, expires_at, DavLockRow};
 use crate::server::store::{now_millis, MetadataStore};
 
 /// The longest lock a client gets: it renews it (LOCK refresh) to keep it.
@@ -144,7 +144,7 @@ impl DavLockSystem for DbLocks {
             deep,
             shared,
             timeout_secs: secs,
-            expires_at: now.saturating_add((secs * 1000) as i64),
+            expires_at: expires_at(now, secs),
         };
         let path = path.clone();
         async move {

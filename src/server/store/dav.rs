@@ -92,6 +92,12 @@ pub trait DavStore: Send + Sync {
     async fn copy_dead_props(&self, from: i64, to: i64) -> StoreResult<()>;
 }
 
+/// When a lock granted (or refreshed) at `now` for `timeout_secs` expires,
+/// in Unix milliseconds (saturating).
+pub fn expires_at(now: i64, timeout_secs: u64) -> i64 {
+    now.saturating_add(i64::try_from(timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX))
+}
+
 /// True when `ancestor` is `path` or one of its parent folders.
 fn is_at_or_above(ancestor: &str, path: &str) -> bool {
     ancestor == path

@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 use super::retry::{write_tx, TxError, TxResult};
 use super::rows::col;
 use super::PostgresStore;
-use crate::server::store::dav::{lock_conflict, DavLockRow, DavStore, DeadPropRow};
+use crate::server::store::dav::{expires_at, lock_conflict, DavLockRow, DavStore, DeadPropRow};
 use crate::server::store::StoreResult;
 
 /// First key of the per-project advisory lock ("dav" + 1); the second is
@@ -106,7 +106,7 @@ impl DavStore for PostgresStore {
         timeout_secs: u64,
         now: i64,
     ) -> StoreResult<Option<DavLockRow>> {
-        let expires_at = now.saturating_add(i64::try_from(timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX));
+        let expires_at = expires_at(now, timeout_secs);
         let c = self.client().await?;
         let row = c
             .query_opt(

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, Row};
 
 use super::SqliteStore;
-use crate::server::store::dav::{lock_conflict, DavLockRow, DavStore, DeadPropRow};
+use crate::server::store::dav::{expires_at, lock_conflict, DavLockRow, DavStore, DeadPropRow};
 use crate::server::store::StoreResult;
 
 const LOCK_COLUMNS: &str = "token, path, principal, owner_xml, deep, shared, timeout_secs, expires_at";
@@ -112,7 +112,7 @@ impl DavStore for SqliteStore {
     ) -> StoreResult<Option<DavLockRow>> {
         let token = token.to_string();
         self.write(move |conn| {
-            let expires_at = now.saturating_add(i64::try_from(timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX));
+            let expires_at = expires_at(now, timeout_secs);
             let changed = conn.execute(
                 "UPDATE dav_locks SET timeout_secs = ?1, expires_at = ?2
                  WHERE project_id = ?3 AND token = ?4 AND expires_at > ?5",
