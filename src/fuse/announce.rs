@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::SystemTime;
 
-use fuser::{Errno, FileHandle, FopenFlags, Generation, INodeNo, Notifier, ReplyCreate, ReplyEntry};
+use fuser::{FileHandle, FopenFlags, Generation, INodeNo, Notifier, ReplyCreate, ReplyEntry};
 
 use super::{errno, file_attr, ContextFs, TTL};
 use crate::api::NodeKind;
@@ -273,9 +273,5 @@ impl ContextFs {
             }
             Err(e) => reply.error(errno(e)),
         }
-    }
-
-    pub(super) fn announcer_errno(result: crate::vfs::VfsResult<()>) -> Result<(), Errno> {
-        result.map_err(errno)
     }
 }

@@ -314,7 +314,7 @@ impl Filesystem for ContextFs {
         }
         let announced = self.announcer(req.pid());
         match name_str(name).and_then(|n| match announced {
-            true => Self::announcer_errno(self.vfs.announcer_remove(parent.0, n)),
+            true => self.vfs.announcer_remove(parent.0, n).map_err(errno),
             false => self.vfs.unlink(parent.0, n).map_err(errno),
         }) {
             Ok(()) => reply.ok(),
@@ -328,7 +328,7 @@ impl Filesystem for ContextFs {
         }
         let announced = self.announcer(req.pid());
         match name_str(name).and_then(|n| match announced {
-            true => Self::announcer_errno(self.vfs.announcer_remove(parent.0, n)),
+            true => self.vfs.announcer_remove(parent.0, n).map_err(errno),
             false => self.vfs.rmdir(parent.0, n).map_err(errno),
         }) {
             Ok(()) => reply.ok(),
@@ -374,7 +374,10 @@ impl Filesystem for ContextFs {
         let result = name_str(name).and_then(|from| {
             let to = name_str(newname)?;
             if announced {
-                return Self::announcer_errno(self.vfs.announcer_rename(parent.0, from, newparent.0, to));
+                return self
+                    .vfs
+                    .announcer_rename(parent.0, from, newparent.0, to)
+                    .map_err(errno);
             }
             self.vfs
                 .rename(parent.0, from, newparent.0, to, no_replace)

@@ -252,15 +252,8 @@ impl Vfs {
 
     /// Queues announcements after the invalidations already queued.
     pub(super) fn announce(&self, items: Vec<Announcement>) {
-        if items.is_empty() || !self.announcing() {
-            return;
-        }
-        if let Ok(guard) = self.invalidations.lock() {
-            if let Some(sink) = guard.as_ref() {
-                for item in items {
-                    let _ = sink.send(KernelUpdate::Announce(item));
-                }
-            }
+        if !items.is_empty() && self.announcing() {
+            self.send_kernel_updates(items.into_iter().map(KernelUpdate::Announce));
         }
     }
 }

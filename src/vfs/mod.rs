@@ -496,10 +496,16 @@ impl Vfs {
         if items.is_empty() {
             return;
         }
+        self.send_kernel_updates(items.into_iter().map(KernelUpdate::Invalidate));
+    }
+
+    /// Queues updates for the FUSE adapter's kernel thread, in order
+    /// (dropped when no thread listens: tests, or a closing mount).
+    fn send_kernel_updates(&self, updates: impl Iterator<Item = KernelUpdate>) {
         if let Ok(guard) = self.invalidations.lock() {
             if let Some(sink) = guard.as_ref() {
-                for item in items {
-                    let _ = sink.send(KernelUpdate::Invalidate(item));
+                for update in updates {
+                    let _ = sink.send(update);
                 }
             }
         }

@@ -185,7 +185,7 @@ impl Vfs {
                 let old_path = inode.server.replace(server).map(|s| s.path);
                 if changed || retimed {
                     // The writer's times (`touch` elsewhere changes them alone).
-                    if let Some((mtime, atime)) = server_times(e.mtime.as_deref(), e.atime.as_deref(), &e.at) {
+                    if let Some((mtime, atime)) = new_times {
                         inode.mtime = mtime;
                         inode.atime = atime;
                     }
