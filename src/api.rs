@@ -318,6 +318,34 @@ pub struct ErrorDetail {
 pub struct Health {
     pub status: String,
     pub version: String,
+    /// Absent from servers older than chunked content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+/// What the server accepts, so clients can refuse early (the mount answers
+/// `EFBIG` at the write that passes `max_file_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The largest file (`--max-file-bytes`): a manifest's `size`.
+    pub max_file_bytes: u64,
+    /// The largest single upload (`--max-blob-bytes`): one blob or file PUT.
+    pub max_blob_bytes: u64,
+    /// Files of at least this many bytes are uploaded as chunks.
+    pub chunked_min: u64,
+}
+
+/// `POST .../blobs/missing`: which of these blobs the project still has to upload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingBlobsRequest {
+    pub hashes: Vec<BlobHash>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingBlobsResponse {
+    /// The subset of the request's hashes not yet uploaded to this project,
+    /// in request order.
+    pub missing: Vec<BlobHash>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

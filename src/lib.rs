@@ -6,6 +6,7 @@
 //! - [`model`]: validated names (paths, hashes, project names);
 //! - [`api`]: the wire types of the REST API, error codes included;
 //! - [`merge`]: pure three-way merge of JSON and text;
+//! - [`chunks`]: large files as content-defined chunks and their manifest;
 //! - [`server`]: `contextfs serve`: routes, auth, the service, stores, blobs;
 //! - [`migrate`]: `contextfs migrate`, copying a deployment between backends;
 //! - [`client`]: the typed REST client of the CLI, mounts and sandboxes;
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod api_ops;
 pub mod cache;
+pub mod chunks;
 pub mod cli;
 pub mod client;
 pub mod fuse;

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
 
+mod chunked;
 mod ops;
 pub use ops::ActivityQuery;
 
