@@ -480,3 +480,36 @@ async fn a_damaged_chunk_in_storage_is_never_served_as_good() {
     }
     assert!(s.log().contains("corrupt"), "the server logs the damage");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_manifest_puts_all_succeed_and_exactly_one_registers_the_file() {
+    let s = TestServer::start().await;
+    let token = s.project_with_token("p").await;
+    let bytes = noise(18 << 20, 8);
+    let (_file, hash, manifest) = large_file(&bytes);
+    upload_chunks(
+        &s,
+        "p",
+        &token,
+        &bytes,
+        &manifest,
+        &(0..manifest.chunks.len()).collect::<Vec<_>>(),
+    )
+    .await;
+    let c = client(&s, &token);
+    let puts = (0..4).map(|_| c.put_manifest("p", &manifest));
+    let receipts = futures_util::future::join_all(puts).await;
+    let created = receipts
+        .iter()
+        .map(|r| r.as_ref().expect("every racing PUT succeeds").created)
+        .filter(|created| *created)
+        .count();
+    assert_eq!(
+        created, 1,
+        "one PUT registered the file, the others found it: {receipts:?}"
+    );
+    s.commit_req("p", &token, &commit_request("f.bin", None, hash))
+        .await
+        .expect("commit");
+    assert!(s.read_bytes("p", &token, "f.bin").await == bytes);
+}
