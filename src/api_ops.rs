@@ -109,6 +109,10 @@ pub struct GcReport {
     pub corrupt: Vec<CorruptBlob>,
     /// Objects in the blob area whose name is not a blob hash: kept.
     pub unrecognised: Vec<String>,
+    /// Manifests of chunked blobs nothing holds any more, dropped (with
+    /// `dry_run`: that would be); their chunks go with the blobs above.
+    #[serde(default)]
+    pub manifests_deleted: u64,
 }
 
 impl GcReport {

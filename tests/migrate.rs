@@ -691,3 +691,95 @@ async fn migrate_sqlite_dir_to_postgres_plus_s3_keeps_everything() {
     let (round_trip, _) = snapshot(&back, &tokens).await;
     assert_no_difference(&before, &round_trip, "SQLite -> PostgreSQL -> SQLite");
 }
+
+/// A file stored as chunks has no blob of its own: migrate copies its
+/// chunks (each verified) and carries its manifest, and the target serves
+/// it whole and in ranges, with the manifest the source had.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_carries_chunked_files() {
+    use contextfs::chunks::manifest_of;
+    use contextfs::client::Client;
+
+    let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut source = embedded_server(&source_dir).await;
+    let token = source.project_with_token("big").await;
+    let mut bytes = vec![0u8; 20 << 20];
+    blake3::Hasher::new()
+        .update(b"migrate chunks")
+        .finalize_xof()
+        .fill(&mut bytes);
+    let file = source_dir.path().join("big.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let hash = hash_of(&bytes);
+    let manifest = manifest_of(&bytes[..]).unwrap();
+    let client = Client::new(&source.base, Some(token.clone())).unwrap();
+    client.upload_file("big", &hash, &file).await.expect("upload by chunks");
+    source
+        .commit_req("big", &token, &commit_request("big.bin", None, hash.clone()))
+        .await
+        .expect("commit");
+    source.stop().await;
+
+    let prefix = s3_support::fresh_prefix("migrate-chunks");
+    let mut target = s3_server(&target_dir, &prefix, &[]).await;
+    target.stop().await;
+    let out = migrate_to_s3(&source.data_dir, &target.data_dir, &prefix, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let keys: BTreeSet<String> = s3_support::list(&prefix).await.into_iter().map(|(k, _)| k).collect();
+    for chunk in &manifest.chunks {
+        assert!(
+            keys.contains(&blob_key(&chunk.hash)),
+            "chunk {} missing from S3",
+            chunk.hash
+        );
+    }
+    assert!(
+        !keys.contains(&blob_key(&hash)),
+        "a chunked file is stored as its chunks only"
+    );
+
+    target.restart().await;
+    assert!(
+        target.read_bytes("big", &token, "big.bin").await == bytes,
+        "read back whole"
+    );
+    let moved = Client::new(&target.base, Some(token.clone())).unwrap();
+    assert_eq!(moved.get_manifest("big", &hash).await.unwrap(), Some(manifest.clone()));
+    let part = moved
+        .blob_range_response("big", &hash, 5 << 20, 100)
+        .await
+        .expect("a range");
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(part.bytes().await.unwrap() == bytes[5 << 20..(5 << 20) + 100]);
+    let chunks: Vec<BlobHash> = manifest.chunks.iter().map(|c| c.hash.clone()).collect();
+    assert!(
+        moved.missing_blobs("big", &chunks).await.unwrap().is_empty(),
+        "the project still holds its chunks (an append resumes from them)"
+    );
+    let report: GcReport = send(target.post(&target.url("/gc"), &target.admin, &GcRequest { dry_run: true }))
+        .await
+        .unwrap();
+    assert!(
+        report.missing.is_empty() && report.blobs_deleted == 0 && report.manifests_deleted == 0,
+        "{report:?}"
+    );
+    target.stop().await;
+
+    // Into PostgreSQL + S3 as well, when a test database is at hand.
+    let Some(database) = fresh_test_database().await else {
+        return;
+    };
+    let pg_prefix = s3_support::fresh_prefix("migrate-chunks-pg");
+    let out = migrate_to_s3(&source.data_dir, &database, &pg_prefix, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pg_dir = tempfile::tempdir().unwrap();
+    let on_pg = s3_server(&pg_dir, &pg_prefix, &["--database", &database]).await;
+    assert!(
+        on_pg.read_bytes("big", &token, "big.bin").await == bytes,
+        "read back from PostgreSQL + S3"
+    );
+    let pg_client = Client::new(&on_pg.base, Some(token.clone())).unwrap();
+    assert_eq!(pg_client.get_manifest("big", &hash).await.unwrap(), Some(manifest));
+    assert!(pg_client.missing_blobs("big", &chunks).await.unwrap().is_empty());
+}

@@ -17,6 +17,10 @@
 //!    Any failure rolls the whole import back: the target stays empty and the
 //!    next run starts over (skipping the blobs already copied).
 //!
+//! A chunked blob (`crate::chunks`) has no object of its own: copying it
+//! copies its chunks (each verified like any blob), and its manifest travels
+//! with the metadata.
+//!
 //! Stop the server using the source directory first: the copy is of one
 //! consistent snapshot, and writes made after it are not carried over.
 
@@ -231,6 +235,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
     let copier = Copier {
         source: source_blobs,
+        source_store: source_store.clone(),
         target: target_blobs,
         from: args.from.clone(),
     };
@@ -242,7 +247,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<Summary> {
         .context("cannot list the source's blobs")?;
     let mut total = 0u64;
     for hash in &hashes {
-        total += copier.source.size(hash).await?.unwrap_or(0);
+        total += copier.content_size(hash).await?;
     }
     let blob_bar = bar(
         total,
@@ -375,6 +380,8 @@ impl Summary {
 
 struct Copier {
     source: Arc<dyn BlobStore>,
+    /// The source's metadata: manifests of chunked blobs.
+    source_store: Arc<dyn MetadataStore>,
     target: Arc<dyn BlobStore>,
     /// The source, for messages.
     from: String,
@@ -389,8 +396,41 @@ impl Copier {
         }
     }
 
-    /// Copies one blob unless the target has it; the target verifies the hash.
+    /// The bytes a hash stands for: its blob's, or its manifest's size.
+    async fn content_size(&self, hash: &BlobHash) -> anyhow::Result<u64> {
+        if let Some(size) = self.source.size(hash).await? {
+            return Ok(size);
+        }
+        Ok(self.source_store.manifest(hash).await?.map_or(0, |m| m.size))
+    }
+
+    /// Copies one blob unless the target has it, or each chunk of a chunked
+    /// blob; the target verifies every hash.
     async fn copy(&self, hash: &BlobHash, bar: &ProgressBar) -> anyhow::Result<Copied> {
+        if self.source.size(hash).await?.is_none() {
+            if let Some(manifest) = self.source_store.manifest(hash).await? {
+                let mut copied = 0;
+                for chunk in crate::server::store::manifests::distinct_chunks(&manifest) {
+                    if let Copied::Copied(bytes) = self
+                        .copy_blob(&chunk, bar)
+                        .await
+                        .with_context(|| format!("chunk {chunk} of {hash}"))?
+                    {
+                        copied += bytes;
+                    }
+                }
+                return Ok(if copied > 0 {
+                    Copied::Copied(copied)
+                } else {
+                    Copied::Present
+                });
+            }
+        }
+        self.copy_blob(hash, bar).await
+    }
+
+    /// Copies one stored blob unless the target has it.
+    async fn copy_blob(&self, hash: &BlobHash, bar: &ProgressBar) -> anyhow::Result<Copied> {
         let source_size = self.source.size(hash).await?;
         if let Some(size) = self.target.size(hash).await? {
             if let Some(expected) = source_size.filter(|s| *s != size) {

@@ -16,6 +16,13 @@
 //!    anything holds it, and storage deletes it only if nobody uploaded it
 //!    again since the cutoff.
 //!
+//! Chunked blobs (`crate::chunks`) have no object of their own: their hash
+//! is held like any blob's, and while it is, the chunks of its manifest
+//! count as referenced (chunks of a hash only in its grace period count as
+//! in grace). A manifest whose hash nothing holds is dropped first, in the
+//! store's transaction; its chunks then go like any unreferenced blob, unless
+//! another manifest still lists them (the store checks that when releasing).
+//!
 //! So a blob uploaded for a commit that has not landed yet is never removed
 //! while the commit follows its upload within the grace period (clients
 //! upload right before committing). Referenced blobs that are missing or
@@ -35,6 +42,8 @@ use crate::server::Service;
 
 /// How many deleted hashes a report lists.
 const LISTED_DELETIONS: usize = 1000;
+/// Manifests read per store call.
+const MANIFESTS_PER_READ: usize = 500;
 
 /// Operations settings of `contextfs serve`.
 #[derive(Debug, Clone)]
@@ -155,7 +164,8 @@ async fn sweep(service: &Service, dry_run: bool, cutoff_ms: i64, report: &mut Gc
         let entry = referenced.entry(hash).or_insert(size);
         *entry = (*entry).max(size);
     }
-    let used: HashSet<BlobHash> = service.store.blobs_used_since(cutoff_ms).await?.into_iter().collect();
+    let mut used: HashSet<BlobHash> = service.store.blobs_used_since(cutoff_ms).await?.into_iter().collect();
+    let dead_manifests = hold_chunks_of_live_manifests(service, &mut referenced, &mut used).await?;
     let stored = service.blobs.list().await?;
     let mut seen = HashSet::new();
     let mut candidates: Vec<(BlobHash, u64)> = Vec::new();
@@ -192,11 +202,15 @@ async fn sweep(service: &Service, dry_run: bool, cutoff_ms: i64, report: &mut Gc
     report.missing.sort();
     report.unrecognised.sort();
     if dry_run {
+        report.manifests_deleted = dead_manifests.len() as u64;
         for (hash, size) in candidates {
             note_deleted(report, hash, size);
         }
         return Ok(());
     }
+    // Manifests first: the store keeps every chunk a stored manifest lists.
+    let dropped = service.store.release_manifests(dead_manifests, cutoff_ms).await?;
+    report.manifests_deleted = dropped.len() as u64;
     let released = service
         .store
         .release_blobs(candidates.into_iter().map(|(h, _)| h).collect(), cutoff_ms)
@@ -214,6 +228,34 @@ async fn sweep(service: &Service, dry_run: bool, cutoff_ms: i64, report: &mut Gc
         }
     }
     Ok(())
+}
+
+/// Adds the chunks of every manifest whose hash is referenced to
+/// `referenced` (with their sizes), and those of hashes in their grace
+/// period to `used`; returns the manifests nothing holds.
+async fn hold_chunks_of_live_manifests(
+    service: &Service,
+    referenced: &mut HashMap<BlobHash, u64>,
+    used: &mut HashSet<BlobHash>,
+) -> Result<Vec<BlobHash>, GcError> {
+    let all = service.store.manifest_hashes().await?;
+    let (live, dead): (Vec<BlobHash>, Vec<BlobHash>) = all
+        .into_iter()
+        .partition(|h| referenced.contains_key(h) || used.contains(h));
+    for batch in live.chunks(MANIFESTS_PER_READ) {
+        for manifest in service.store.manifests_among(batch.to_vec()).await? {
+            let in_use = referenced.contains_key(&manifest.hash);
+            for chunk in manifest.chunks {
+                if in_use {
+                    let entry = referenced.entry(chunk.hash).or_insert(chunk.size);
+                    *entry = (*entry).max(chunk.size);
+                } else {
+                    used.insert(chunk.hash);
+                }
+            }
+        }
+    }
+    Ok(dead)
 }
 
 fn note_deleted(report: &mut GcReport, hash: BlobHash, size: u64) {

@@ -11,6 +11,7 @@
 mod common;
 
 mod gc;
+mod gc_chunks;
 mod history;
 mod metrics;
 mod retention;

@@ -13,6 +13,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod chunked;
 mod clients;
 mod locks;
 mod props;

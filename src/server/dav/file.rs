@@ -58,30 +58,21 @@ impl ReadFile {
     async fn cursor_at_pos(&mut self) -> Result<&mut BlobCursor, FsError> {
         let usable = self.cursor.as_ref().is_some_and(|c| c.offset == self.pos);
         if !usable {
-            let (_, stream) = self
-                .service
-                .blobs
-                .get(&self.hash)
-                .await
-                .map_err(|e| fs_error(e.into()))?;
-            let mut cursor = BlobCursor {
+            // From the start: the whole blob, verified as it streams; from
+            // elsewhere (a range request): only the bytes from there on (for a
+            // chunked file, only the chunks that hold them).
+            let stream = if self.pos == 0 {
+                self.service.blobs.get(&self.hash).await.map(|(_, s)| s)
+            } else {
+                let len = self.meta.len.saturating_sub(self.pos);
+                self.service.blobs.get_range(&self.hash, self.pos, len).await
+            }
+            .map_err(|e| fs_error(e.into()))?;
+            let cursor = BlobCursor {
                 stream: std::sync::Mutex::new(stream),
                 pending: Bytes::new(),
-                offset: 0,
+                offset: self.pos,
             };
-            // Skip to the position (range requests); blobs have no ranged read.
-            while cursor.offset < self.pos {
-                if cursor.pending.is_empty() {
-                    match stream_of(&mut cursor.stream).next().await {
-                        Some(Ok(chunk)) => cursor.pending = chunk,
-                        Some(Err(_)) => return Err(FsError::GeneralFailure),
-                        None => break,
-                    }
-                }
-                let skip = (self.pos - cursor.offset).min(cursor.pending.len() as u64) as usize;
-                cursor.pending.advance(skip);
-                cursor.offset += skip as u64;
-            }
             self.cursor = Some(cursor);
         }
         self.cursor.as_mut().ok_or(FsError::GeneralFailure)

@@ -7,7 +7,9 @@
 //! The chunk list is kept in one compact column ([`encode_chunks`]: 40 bytes
 //! a chunk); `manifest_chunks` lists each (chunk, manifest) pair once so
 //! garbage collection can tell in SQL that a chunk is still part of a
-//! manifest (a chunk stays while any manifest holding it exists).
+//! manifest (a chunk stays while any manifest holding it exists, and a
+//! manifest stays while its hash is held like any blob's: by a version, a
+//! skill or a project's upload within the grace period).
 
 use std::collections::HashSet;
 
@@ -113,6 +115,12 @@ pub trait ManifestStore: Send + Sync {
     async fn manifests_among(&self, hashes: Vec<BlobHash>) -> StoreResult<Vec<Manifest>>;
     /// Every stored manifest's hash.
     async fn manifest_hashes(&self) -> StoreResult<Vec<BlobHash>>;
+    /// Garbage collection: in one transaction, drops the manifest of each
+    /// candidate that no version or skill refers to and no project used at
+    /// or after `cutoff` (Unix ms), with the projects' records of that hash,
+    /// and returns those. Their chunks are then held by nothing but other
+    /// manifests and recent uploads.
+    async fn release_manifests(&self, candidates: Vec<BlobHash>, cutoff: i64) -> StoreResult<Vec<BlobHash>>;
 }
 
 #[cfg(test)]

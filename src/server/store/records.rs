@@ -8,8 +8,9 @@
 //!
 //! Batches arrive table by table in this order, so references always point
 //! backwards: meta, projects, tokens, nodes, versions, events, audit,
-//! project_blobs, skills, skill_files, retention, dav_props; then one
-//! [`RecordBatch::End`]. An
+//! project_blobs, skills, skill_files, retention, dav_props, manifests; then
+//! one [`RecordBatch::End`]. (`manifest_chunks` is not carried: an import
+//! derives it from the manifests.) An
 //! import commits only after `End`: a channel that closes without it (the
 //! exporter or the copier in between failed) rolls the import back.
 //!
@@ -156,6 +157,29 @@ pub struct DavPropRecord {
     pub xml: Vec<u8>,
 }
 
+/// A chunked blob's manifest (`crate::chunks`), its chunk list as stored
+/// ([`encode_chunks`](super::manifests::encode_chunks)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRecord {
+    pub hash: String,
+    pub size: i64,
+    pub chunks: Vec<u8>,
+    pub created_at: i64,
+}
+
+impl ManifestRecord {
+    /// The distinct chunk hashes, for `manifest_chunks` (validated rows only).
+    pub fn chunk_hashes(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        super::manifests::decode_chunks(&self.chunks)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.hash.as_str().to_string())
+            .filter(|h| seen.insert(h.clone()))
+            .collect()
+    }
+}
+
 /// Some rows of one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordBatch {
@@ -171,12 +195,13 @@ pub enum RecordBatch {
     SkillFiles(Vec<SkillFileRecord>),
     Retention(Vec<RetentionRecord>),
     DavProps(Vec<DavPropRecord>),
+    Manifests(Vec<ManifestRecord>),
     /// The export is complete: the importer may commit.
     End,
 }
 
 /// The tables in import order, as [`RecordBatch::table`] names them.
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 13] = [
     "meta",
     "projects",
     "tokens",
@@ -189,6 +214,7 @@ pub const TABLES: [&str; 12] = [
     "skill_files",
     "retention",
     "dav_props",
+    "manifests",
 ];
 
 impl RecordBatch {
@@ -206,6 +232,7 @@ impl RecordBatch {
             RecordBatch::SkillFiles(_) => "skill_files",
             RecordBatch::Retention(_) => "retention",
             RecordBatch::DavProps(_) => "dav_props",
+            RecordBatch::Manifests(_) => "manifests",
             RecordBatch::End => "end",
         }
     }
@@ -224,6 +251,7 @@ impl RecordBatch {
             RecordBatch::SkillFiles(v) => v.len(),
             RecordBatch::Retention(v) => v.len(),
             RecordBatch::DavProps(v) => v.len(),
+            RecordBatch::Manifests(v) => v.len(),
             RecordBatch::End => 0,
         }
     }
@@ -238,6 +266,8 @@ impl RecordBatch {
             RecordBatch::Versions(v) => v.iter().map(|r| r.hash.as_str()).collect(),
             RecordBatch::ProjectBlobs(v) => v.iter().map(|r| r.hash.as_str()).collect(),
             RecordBatch::SkillFiles(v) => v.iter().map(|r| r.hash.as_str()).collect(),
+            // A chunked blob: copying it copies its chunks.
+            RecordBatch::Manifests(v) => v.iter().map(|r| r.hash.as_str()).collect(),
             _ => Vec::new(),
         }
     }
@@ -271,6 +301,14 @@ impl RecordBatch {
             }),
             RecordBatch::ProjectBlobs(rows) => rows.iter().try_for_each(|r| check_hash(&r.hash)),
             RecordBatch::SkillFiles(rows) => rows.iter().try_for_each(|r| check_hash(&r.hash)),
+            RecordBatch::Manifests(rows) => rows.iter().try_for_each(|r| {
+                check_hash(&r.hash)?;
+                check(
+                    super::manifests::decode_chunks(&r.chunks).is_some_and(|c| !c.is_empty()),
+                    "manifest chunk list of",
+                    &r.hash,
+                )
+            }),
             RecordBatch::Meta(_)
             | RecordBatch::Projects(_)
             | RecordBatch::Events(_)
@@ -300,7 +338,7 @@ fn check_hash(hash: &str) -> Result<(), InvalidRecord> {
 /// Rows per table that an import wrote, in [`TABLES`] order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportCounts {
-    pub rows: [u64; 12],
+    pub rows: [u64; 13],
 }
 
 impl ImportCounts {

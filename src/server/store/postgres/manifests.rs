@@ -36,6 +36,91 @@ async fn stored_manifests<C: GenericClient>(c: &C, hashes: &[String]) -> TxResul
     Ok(found)
 }
 
+async fn insert_chunk_rows<C: GenericClient>(c: &C, manifest: &BlobHash, chunks: &[BlobHash]) -> TxResult<()> {
+    c.execute(
+        "INSERT INTO manifest_chunks (chunk, manifest) SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING",
+        &[&texts(chunks), &manifest.as_str()],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn insert_manifest<C: GenericClient>(c: &C, manifest: &Manifest, chunks: &[BlobHash], now: i64) -> TxResult<()> {
+    c.execute(
+        "INSERT INTO manifests (hash, size, chunks, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (hash) DO NOTHING",
+        &[
+            &manifest.hash.as_str(),
+            &(manifest.size as i64),
+            &encode_chunks(&manifest.chunks),
+            &now,
+        ],
+    )
+    .await?;
+    insert_chunk_rows(c, &manifest.hash, chunks).await
+}
+
+/// Drops the candidates' manifests first (row locks: a manifest PUT holding
+/// one finishes first), forgets the projects' unheld records, then reads
+/// again: under READ COMMITTED that sees every transaction committed
+/// meanwhile, and a manifest whose hash turned out to be held is put back.
+async fn release_manifests_tx<C: GenericClient>(c: &C, hashes: &[String], cutoff: i64) -> TxResult<Vec<String>> {
+    let dropped = c
+        .query(
+            "DELETE FROM manifests WHERE hash = ANY($1) RETURNING hash, size, chunks, created_at",
+            &[&hashes],
+        )
+        .await?;
+    let forgotten = c
+        .query(
+            "DELETE FROM project_blobs p
+             WHERE p.hash = ANY($1) AND (p.used_at IS NULL OR p.used_at < $2)
+               AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.hash = p.hash)
+               AND NOT EXISTS (SELECT 1 FROM skill_files s WHERE s.hash = p.hash)
+             RETURNING p.project_id, p.hash",
+            &[&hashes, &cutoff],
+        )
+        .await?;
+    let held: HashSet<String> = c
+        .query(
+            "SELECT hash FROM versions WHERE hash = ANY($1)
+             UNION SELECT hash FROM skill_files WHERE hash = ANY($1)
+             UNION SELECT hash FROM project_blobs WHERE hash = ANY($1)",
+            &[&hashes],
+        )
+        .await?
+        .iter()
+        .map(|r| col::<String>(r, 0))
+        .collect::<StoreResult<_>>()?;
+    for r in &forgotten {
+        let (project, hash): (i64, String) = (col(r, 0)?, col(r, 1)?);
+        if held.contains(&hash) {
+            c.execute(
+                "INSERT INTO project_blobs (project_id, hash) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&project, &hash],
+            )
+            .await?;
+        }
+    }
+    let mut released = Vec::new();
+    for r in &dropped {
+        let hash: String = col(r, 0)?;
+        if held.contains(&hash) {
+            c.execute(
+                "INSERT INTO manifests (hash, size, chunks, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (hash) DO NOTHING",
+                &[&hash, &col::<i64>(r, 1)?, &col::<&[u8]>(r, 2)?, &col::<i64>(r, 3)?],
+            )
+            .await?;
+        } else {
+            c.execute("DELETE FROM manifest_chunks WHERE manifest = $1", &[&hash])
+                .await?;
+            released.push(hash);
+        }
+    }
+    Ok(released)
+}
+
 async fn put_manifest_tx<C: GenericClient>(c: &C, project_id: i64, manifest: &Manifest) -> TxResult<ManifestPut> {
     let chunks = distinct_chunks(manifest);
     let now = now_millis();
@@ -64,15 +149,25 @@ async fn put_manifest_tx<C: GenericClient>(c: &C, project_id: i64, manifest: &Ma
         )
         .await?;
     if inserted == 1 {
-        c.execute(
-            "INSERT INTO manifest_chunks (chunk, manifest) SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING",
-            &[&texts(&chunks), &manifest.hash.as_str()],
-        )
-        .await?;
+        insert_chunk_rows(c, &manifest.hash, &chunks).await?;
     } else {
-        let stored = stored_manifests(c, &[manifest.hash.as_str().to_string()]).await?;
-        for chunk in stored.iter().flat_map(distinct_chunks) {
-            record_blob(c, project_id, &chunk).await?;
+        // Share-locked: a collector dropping this manifest waits for this
+        // transaction, then sees the hash in use and puts it back.
+        let stored = c
+            .query_opt(
+                "SELECT size, chunks FROM manifests WHERE hash = $1 FOR SHARE",
+                &[&manifest.hash.as_str()],
+            )
+            .await?;
+        match stored {
+            Some(r) => {
+                let stored = manifest_from_row(manifest.hash.clone(), col(&r, 0)?, col::<&[u8]>(&r, 1)?)?;
+                for chunk in distinct_chunks(&stored) {
+                    record_blob(c, project_id, &chunk).await?;
+                }
+            }
+            // A collector dropped it after the insert looked: store ours.
+            None => insert_manifest(c, manifest, &chunks, now).await?,
         }
     }
     let known = c
@@ -121,5 +216,17 @@ impl ManifestStore for PostgresStore {
             .await
             .map_err(TxError::from)?;
         rows.iter().map(|r| parse_hash(col(r, 0)?)).collect()
+    }
+
+    async fn release_manifests(&self, candidates: Vec<BlobHash>, cutoff: i64) -> StoreResult<Vec<BlobHash>> {
+        let mut released = Vec::new();
+        for batch in candidates.chunks(500) {
+            let hashes = texts(batch);
+            let freed = write_tx!(self, |tx| release_manifests_tx(&tx, &hashes, cutoff).await?)?;
+            for h in freed {
+                released.push(parse_hash(&h)?);
+            }
+        }
+        Ok(released)
     }
 }

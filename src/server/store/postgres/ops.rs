@@ -179,6 +179,7 @@ async fn release_tx<C: GenericClient>(c: &C, hashes: &[String], cutoff: i64) -> 
              WHERE p.hash = ANY($1) AND (p.used_at IS NULL OR p.used_at < $2)
                AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.hash = p.hash)
                AND NOT EXISTS (SELECT 1 FROM skill_files s WHERE s.hash = p.hash)
+               AND NOT EXISTS (SELECT 1 FROM manifest_chunks m WHERE m.chunk = p.hash)
              RETURNING p.project_id, p.hash",
             &[&hashes, &cutoff],
         )
@@ -187,7 +188,8 @@ async fn release_tx<C: GenericClient>(c: &C, hashes: &[String], cutoff: i64) -> 
         .query(
             "SELECT hash FROM versions WHERE hash = ANY($1)
              UNION SELECT hash FROM skill_files WHERE hash = ANY($1)
-             UNION SELECT hash FROM project_blobs WHERE hash = ANY($1)",
+             UNION SELECT hash FROM project_blobs WHERE hash = ANY($1)
+             UNION SELECT chunk FROM manifest_chunks WHERE chunk = ANY($1)",
             &[&hashes],
         )
         .await?
@@ -229,7 +231,8 @@ pub(super) async fn blob_held(store: &PostgresStore, hash: &BlobHash) -> StoreRe
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM versions WHERE hash = $1)
                  OR EXISTS (SELECT 1 FROM skill_files WHERE hash = $1)
-                 OR EXISTS (SELECT 1 FROM project_blobs WHERE hash = $1)",
+                 OR EXISTS (SELECT 1 FROM project_blobs WHERE hash = $1)
+                 OR EXISTS (SELECT 1 FROM manifest_chunks WHERE chunk = $1)",
             &[&hash.as_str()],
         )
         .await

@@ -272,6 +272,21 @@ pub(super) async fn export(store: &PostgresStore, sink: Sink) -> StoreResult<()>
         RecordBatch::DavProps,
     )
     .await?;
+    table(
+        &tx,
+        s,
+        "SELECT hash, size, chunks, created_at FROM manifests ORDER BY hash",
+        |r| {
+            Ok(ManifestRecord {
+                hash: col(r, 0)?,
+                size: col(r, 1)?,
+                chunks: col(r, 2)?,
+                created_at: col(r, 3)?,
+            })
+        },
+        RecordBatch::Manifests,
+    )
+    .await?;
     tx.commit().await.map_err(pg_error("cannot finish the export"))?;
     sink.send(RecordBatch::End)
         .await
@@ -297,7 +312,7 @@ pub(super) async fn import(
     let tx = c.transaction().await.map_err(pg_error("cannot start the import"))?;
     if replace {
         tx.batch_execute(
-            "TRUNCATE dav_props, dav_locks, retention, skill_files, skills, project_blobs, audit, events, versions, nodes, tokens, projects;
+            "TRUNCATE manifest_chunks, manifests, dav_props, dav_locks, retention, skill_files, skills, project_blobs, audit, events, versions, nodes, tokens, projects;
              DELETE FROM meta;",
         )
         .await
@@ -508,6 +523,31 @@ pub(super) async fn import(
                         &array(&rows, |r| r.prefix.clone()),
                         &array(&rows, |r| r.xml.clone()),
                     ],
+                )
+                .await?;
+            }
+            RecordBatch::Manifests(rows) => {
+                insert(
+                    &tx,
+                    "INSERT INTO manifests (hash, size, chunks, created_at)
+                     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bigint[])",
+                    &[
+                        &array(&rows, |r| r.hash.clone()),
+                        &array(&rows, |r| r.size),
+                        &array(&rows, |r| r.chunks.clone()),
+                        &array(&rows, |r| r.created_at),
+                    ],
+                )
+                .await?;
+                let pairs: Vec<(String, String)> = rows
+                    .iter()
+                    .flat_map(|r| r.chunk_hashes().into_iter().map(|c| (c, r.hash.clone())))
+                    .collect();
+                insert(
+                    &tx,
+                    "INSERT INTO manifest_chunks (chunk, manifest)
+                     SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+                    &[&array(&pairs, |p| p.0.clone()), &array(&pairs, |p| p.1.clone())],
                 )
                 .await?;
             }

@@ -72,6 +72,27 @@ fn put_manifest_tx(conn: &Connection, project_id: i64, manifest: &Manifest) -> S
     Ok(ManifestPut::Recorded { new_to_project })
 }
 
+/// On the writer thread: nothing commits between the check and the deletes.
+fn release_manifests_tx(conn: &Connection, candidates: &[BlobHash], cutoff: i64) -> StoreResult<Vec<BlobHash>> {
+    let mut held = conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM versions WHERE hash = ?1)
+             OR EXISTS (SELECT 1 FROM skill_files WHERE hash = ?1)
+             OR EXISTS (SELECT 1 FROM project_blobs WHERE hash = ?1 AND used_at >= ?2)",
+    )?;
+    let mut released = Vec::new();
+    for hash in candidates {
+        if held.query_row(params![hash.as_str(), cutoff], |r| r.get::<_, bool>(0))? {
+            continue;
+        }
+        conn.execute("DELETE FROM project_blobs WHERE hash = ?1", [hash.as_str()])?;
+        conn.execute("DELETE FROM manifest_chunks WHERE manifest = ?1", [hash.as_str()])?;
+        if conn.execute("DELETE FROM manifests WHERE hash = ?1", [hash.as_str()])? == 1 {
+            released.push(hash.clone());
+        }
+    }
+    Ok(released)
+}
+
 #[async_trait]
 impl ManifestStore for SqliteStore {
     async fn project_blobs_among(&self, project_id: i64, hashes: Vec<BlobHash>) -> StoreResult<HashSet<BlobHash>> {
@@ -120,5 +141,10 @@ impl ManifestStore for SqliteStore {
             Ok(hashes)
         })
         .await
+    }
+
+    async fn release_manifests(&self, candidates: Vec<BlobHash>, cutoff: i64) -> StoreResult<Vec<BlobHash>> {
+        self.write(move |conn| release_manifests_tx(conn, &candidates, cutoff))
+            .await
     }
 }

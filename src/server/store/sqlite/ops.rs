@@ -121,12 +121,14 @@ pub(super) fn blobs_used_since(conn: &Connection, since: i64) -> StoreResult<Vec
 }
 
 /// Runs on the writer thread, so no commit interleaves: a candidate some
-/// version (even a directory's), skill or recent upload holds stays.
+/// version (even a directory's), skill, recent upload or stored manifest
+/// (as one of its chunks) holds stays.
 pub(super) fn release_blobs(conn: &Connection, candidates: Vec<BlobHash>, cutoff: i64) -> StoreResult<Vec<BlobHash>> {
     let mut held = conn.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM versions WHERE hash = ?1)
              OR EXISTS (SELECT 1 FROM skill_files WHERE hash = ?1)
-             OR EXISTS (SELECT 1 FROM project_blobs WHERE hash = ?1 AND used_at >= ?2)",
+             OR EXISTS (SELECT 1 FROM project_blobs WHERE hash = ?1 AND used_at >= ?2)
+             OR EXISTS (SELECT 1 FROM manifest_chunks WHERE chunk = ?1)",
     )?;
     let mut forget = conn.prepare_cached("DELETE FROM project_blobs WHERE hash = ?1")?;
     let mut released = Vec::new();
@@ -145,7 +147,8 @@ pub(super) fn blob_held(conn: &Connection, hash: &BlobHash) -> StoreResult<bool>
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM versions WHERE hash = ?1)
                  OR EXISTS (SELECT 1 FROM skill_files WHERE hash = ?1)
-                 OR EXISTS (SELECT 1 FROM project_blobs WHERE hash = ?1)",
+                 OR EXISTS (SELECT 1 FROM project_blobs WHERE hash = ?1)
+                 OR EXISTS (SELECT 1 FROM manifest_chunks WHERE chunk = ?1)",
         )?
         .query_row([hash.as_str()], |r| r.get(0))?)
 }

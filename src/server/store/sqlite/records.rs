@@ -244,6 +244,20 @@ pub(super) fn export(conn: &Connection, sink: &Sink) -> StoreResult<()> {
         },
         RecordBatch::DavProps,
     )?;
+    table(
+        conn,
+        sink,
+        "SELECT hash, size, chunks, created_at FROM manifests ORDER BY hash",
+        |r| {
+            Ok(ManifestRecord {
+                hash: r.get(0)?,
+                size: r.get(1)?,
+                chunks: r.get(2)?,
+                created_at: r.get(3)?,
+            })
+        },
+        RecordBatch::Manifests,
+    )?;
     sink.blocking_send(RecordBatch::End)
         .map_err(|_| backend("the migration stopped reading the export"))
 }
@@ -255,7 +269,7 @@ pub(super) fn import(
 ) -> StoreResult<ImportCounts> {
     if replace {
         conn.execute_batch(
-            "DELETE FROM dav_props; DELETE FROM dav_locks; DELETE FROM retention; DELETE FROM skill_files; DELETE FROM skills; DELETE FROM project_blobs; DELETE FROM audit;
+            "DELETE FROM manifest_chunks; DELETE FROM manifests; DELETE FROM dav_props; DELETE FROM dav_locks; DELETE FROM retention; DELETE FROM skill_files; DELETE FROM skills; DELETE FROM project_blobs; DELETE FROM audit;
              DELETE FROM events; DELETE FROM versions; DELETE FROM nodes; DELETE FROM tokens;
              DELETE FROM projects; DELETE FROM meta WHERE key <> 'schema_version';",
         )?;
@@ -414,6 +428,19 @@ pub(super) fn import(
                 )?;
                 for r in rows {
                     stmt.execute(params![r.node_id, r.namespace, r.name, r.prefix, r.xml])?;
+                }
+            }
+            RecordBatch::Manifests(rows) => {
+                let mut manifest = conn
+                    .prepare_cached("INSERT INTO manifests (hash, size, chunks, created_at) VALUES (?1, ?2, ?3, ?4)")?;
+                let mut chunk = conn.prepare_cached(
+                    "INSERT INTO manifest_chunks (chunk, manifest) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                )?;
+                for r in rows {
+                    manifest.execute(params![r.hash, r.size, r.chunks, r.created_at])?;
+                    for c in r.chunk_hashes() {
+                        chunk.execute(params![c, r.hash])?;
+                    }
                 }
             }
         }
