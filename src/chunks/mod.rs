@@ -88,7 +88,10 @@ impl Manifest {
             total = total.saturating_add(c.size);
         }
         if total != self.size {
-            return Err(format!("the chunks add up to {total} bytes, not the size {}", self.size));
+            return Err(format!(
+                "the chunks add up to {total} bytes, not the size {}",
+                self.size
+            ));
         }
         Ok(())
     }

@@ -39,7 +39,12 @@ fn an_append_changes_only_the_last_chunks() {
     before.check_shape().unwrap();
     after.check_shape().unwrap();
     let old: std::collections::HashSet<_> = before.chunks.iter().map(|c| &c.hash).collect();
-    let new_bytes: u64 = after.chunks.iter().filter(|c| !old.contains(&c.hash)).map(|c| c.size).sum();
+    let new_bytes: u64 = after
+        .chunks
+        .iter()
+        .filter(|c| !old.contains(&c.hash))
+        .map(|c| c.size)
+        .sum();
     // The old last chunk is cut again with the appended MiB behind it.
     assert!(
         new_bytes <= CHUNK_MAX as u64 + 1024 * 1024,

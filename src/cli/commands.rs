@@ -10,8 +10,87 @@ use bytes::Bytes;
 
 use super::{ops, Command, GlobalArgs, ProjectCommand, SkillsCommand, TokenCommand};
 use crate::api::*;
-use crate::client::{Client, ClientError};
-use crate::model::WsPath;
+use crate::client::{Client, ClientError, UploadError};
+use crate::model::{BlobHash, WsPath};
+
+/// The content of `put`: the file named, or standard input spooled to a
+/// temporary file (either may be larger than memory), and its hash.
+struct PutContent {
+    path: PathBuf,
+    hash: BlobHash,
+    spooled: bool,
+}
+
+impl PutContent {
+    fn read(file: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut hasher = blake3::Hasher::new();
+        match file {
+            Some(path) => {
+                let mut source =
+                    std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                std::io::copy(&mut source, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
+                Ok(Self {
+                    path,
+                    hash: BlobHash::from_blake3(hasher.finalize()),
+                    spooled: false,
+                })
+            }
+            None => {
+                let path = std::env::temp_dir().join(format!(
+                    ".contextfs-put-{}-{:016x}",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
+                // Removed on drop, also when reading fails half way.
+                let mut content = Self {
+                    path,
+                    hash: BlobHash::of(b""),
+                    spooled: true,
+                };
+                let spool = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&content.path)
+                    .with_context(|| format!("cannot create {}", content.path.display()))?;
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, spool);
+                let mut buf = vec![0u8; 1 << 20];
+                let mut stdin = std::io::stdin().lock();
+                loop {
+                    let n = match stdin.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(anyhow!(e).context("cannot read standard input")),
+                    };
+                    hasher.update(&buf[..n]);
+                    out.write_all(&buf[..n])
+                        .with_context(|| format!("cannot write {}", content.path.display()))?;
+                }
+                out.flush()
+                    .with_context(|| format!("cannot write {}", content.path.display()))?;
+                content.hash = BlobHash::from_blake3(hasher.finalize());
+                Ok(content)
+            }
+        }
+    }
+}
+
+impl Drop for PutContent {
+    fn drop(&mut self) {
+        if self.spooled {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// [`explain`] for uploads, which can also fail on the local file.
+fn explain_upload(e: UploadError) -> anyhow::Error {
+    match e {
+        UploadError::Server(e) => explain(e),
+        e @ UploadError::Changed { .. } => anyhow!("{e}\nhint: the file changed while `put` read it; run it again"),
+        e => anyhow!(e),
+    }
+}
 
 /// Turns a client error into a message that says what to do about it.
 pub(super) fn explain(e: ClientError) -> anyhow::Error {
@@ -170,22 +249,18 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCo
             message,
         } => {
             let path = ws_path(&path)?;
-            let bytes = match &file {
-                Some(f) => std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?,
-                None => {
-                    let mut buf = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut buf)
-                        .context("cannot read standard input")?;
-                    buf
-                }
-            };
+            let content = PutContent::read(file)?;
             let project = project(global)?;
             let base = match base {
                 Some(b) => Some(b),
                 None => current_head(&c, project, &path).await?,
             };
-            let receipt = c.put_blob(project, Bytes::from(bytes)).await.map_err(explain)?;
+            // The server's limits say from what size a file goes up by chunks.
+            let limits = c.health().await.ok().and_then(|h| h.limits);
+            let receipt = c
+                .upload_file_within(project, &content.hash, &content.path, limits.as_ref())
+                .await
+                .map_err(explain_upload)?;
             let request = CommitRequest {
                 path: path.clone(),
                 base_version: base,

@@ -10,6 +10,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 mod chunked;
+pub use chunked::{chunked_threshold, UploadError};
 mod ops;
 pub use ops::ActivityQuery;
 

@@ -287,6 +287,16 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         }
         Err(e) => return Err(explain_connect(&args.server, e)),
     };
+    // What the server accepts (EFBIG past its largest file); when it cannot
+    // be asked now, the sync worker asks once it reaches the server.
+    let limits = match online {
+        Some(_) => runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), client.health()).await })
+            .ok()
+            .and_then(Result::ok)
+            .map(|health| health.limits),
+        None => None,
+    };
     let _lock = lock_state(&state_dir)?;
     let saved: Option<Snapshot> = match online {
         Some(_) => None,
@@ -325,6 +335,9 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         )
         .map_err(|e| anyhow!("{e}"))?,
     );
+    if let Some(limit) = limits.flatten().map(|l| l.max_file_bytes) {
+        vfs.set_max_file_bytes(limit);
+    }
     vfs.spawn_group_sync()
         .context("cannot start the journal's group-sync thread")?;
     vfs.set_passthrough_policy(args.passthrough);
@@ -396,6 +409,9 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         args.project.clone(),
         args.agent_id.clone(),
     ));
+    if let Some(limits) = limits {
+        worker.set_limits(limits);
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let drain_task = runtime.spawn(worker.clone().run_drain(stop_rx.clone()));
     let feed_task = runtime.spawn(worker.clone().run_feed(stop_rx.clone()));

@@ -9,9 +9,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::api::{
-    BlobReceipt, ChangesPage, CommitRequest, DeleteRequest, DeleteResponse, MkdirRequest, RenameRequest, VersionInfo,
+    BlobReceipt, ChangesPage, CommitRequest, DeleteRequest, DeleteResponse, Limits, MkdirRequest, RenameRequest,
+    VersionInfo,
 };
-use crate::client::{Client, ClientResult};
+use crate::client::{Client, ClientResult, UploadError};
 use crate::model::BlobHash;
 
 /// The calls [`super::replicator::Replicator`] makes, with the signatures
@@ -39,6 +40,23 @@ pub trait Remote: Send + Sync {
     async fn put_blob(&self, project: &str, bytes: Bytes) -> ClientResult<BlobReceipt>;
     /// Uploads the file at `path`, whose bytes hash to `hash`.
     async fn put_blob_file(&self, project: &str, hash: &BlobHash, path: &Path) -> ClientResult<BlobReceipt>;
+    /// Uploads the file at `path`, whose bytes hash to `hash`, by chunks when
+    /// it is large (see [`Client::upload_file_within`]). The default sends
+    /// it whole.
+    async fn upload_file(
+        &self,
+        project: &str,
+        hash: &BlobHash,
+        path: &Path,
+        _limits: Option<&Limits>,
+    ) -> Result<BlobReceipt, UploadError> {
+        Ok(self.put_blob_file(project, hash, path).await?)
+    }
+    /// What the server accepts (`GET /health`); `None` from a server that
+    /// does not say.
+    async fn limits(&self) -> ClientResult<Option<Limits>> {
+        Ok(None)
+    }
     /// Events after `since`; waits up to `wait` for the first one.
     async fn changes(&self, project: &str, since: i64, wait: Duration) -> ClientResult<ChangesPage>;
 }
@@ -75,6 +93,20 @@ impl Remote for Client {
 
     async fn put_blob_file(&self, project: &str, hash: &BlobHash, path: &Path) -> ClientResult<BlobReceipt> {
         Client::put_blob_file(self, project, hash, path).await
+    }
+
+    async fn upload_file(
+        &self,
+        project: &str,
+        hash: &BlobHash,
+        path: &Path,
+        limits: Option<&Limits>,
+    ) -> Result<BlobReceipt, UploadError> {
+        Client::upload_file_within(self, project, hash, path, limits).await
+    }
+
+    async fn limits(&self) -> ClientResult<Option<Limits>> {
+        Ok(Client::health(self).await?.limits)
     }
 
     async fn changes(&self, project: &str, since: i64, wait: Duration) -> ClientResult<ChangesPage> {

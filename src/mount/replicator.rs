@@ -56,6 +56,10 @@ pub struct Replicator {
     acked: Mutex<std::collections::VecDeque<Acked>>,
     /// The server answered the batch route with 404: commit one by one.
     batch_unsupported: std::sync::atomic::AtomicBool,
+    /// What the server accepts (`GET /health`), once known (upload.rs).
+    limits: Mutex<Option<crate::api::Limits>>,
+    /// The limits are not known, or the server may have restarted since.
+    limits_stale: std::sync::atomic::AtomicBool,
 }
 
 /// One change the server acknowledged: when (ms since the epoch, local
@@ -142,6 +146,8 @@ impl Replicator {
             doubtful: Mutex::new(Vec::new()),
             acked: Mutex::new(std::collections::VecDeque::new()),
             batch_unsupported: std::sync::atomic::AtomicBool::new(false),
+            limits: Mutex::new(None),
+            limits_stale: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -194,6 +200,7 @@ impl Replicator {
     /// left or the server cannot be reached. `force` skips the debounce.
     pub async fn drain(&self, force: bool) -> Round {
         let mut round = Round::default();
+        self.refresh_limits_if_stale().await;
         self.resolve_doubtful(&mut round).await;
         loop {
             let min_age = if force { 0 } else { DEBOUNCE_MS };
@@ -269,7 +276,10 @@ impl Replicator {
             }
         }
         match &round.transient {
-            Some(e) => self.set_status(false, Some(e.clone())),
+            Some(e) => {
+                self.limits_may_have_changed();
+                self.set_status(false, Some(e.clone()))
+            }
             None if round.done > 0 && !round.refused => self.set_status(true, None),
             None => {}
         }
@@ -371,10 +381,8 @@ impl Replicator {
                 }
             }
             DrainOp::Commit { source, hash, .. } => {
-                if let ContentSource::File(file) = source {
-                    if let Err(e) = self.remote.put_blob_file(p, hash, file).await {
-                        return classify(e);
-                    }
+                if let Some(failed) = self.upload_content(item).await {
+                    return failed;
                 }
                 let Some(mut req) = self.commit_request(item) else {
                     return Outcome::Done;
@@ -581,3 +589,4 @@ mod batch;
 mod fake;
 #[cfg(test)]
 mod tests;
+mod upload;

@@ -45,6 +45,9 @@ pub struct Folder {
     /// Local changes not on the server yet (the last round failed on them).
     pub pending: BTreeMap<String, String>,
     pub recent: VecDeque<FileOutcome>,
+    /// What the server accepts (`GET /health`), once asked: how large files
+    /// are uploaded (by chunks); asked again after the server was away.
+    pub limits: Option<Option<crate::api::Limits>>,
     _lock: FolderLock,
 }
 
@@ -90,6 +93,7 @@ impl Folder {
             skipped: BTreeMap::new(),
             pending: BTreeMap::new(),
             recent: VecDeque::new(),
+            limits: None,
             _lock: lock,
         })
     }

@@ -15,10 +15,11 @@ use super::materialise::{Content, Expect, Placed};
 use super::scan::{self, Change, LocalFile};
 use super::state::{Entry, Refused};
 use super::{FileOutcome, Outcome, SyncError, SyncResult};
+use crate::api::Limits;
 use crate::api::{
     CommitRequest, DeleteRequest, ErrorCode, MkdirRequest, NodeKind, RenameRequest, VersionInfo, MAX_INLINE_CONTENT,
 };
-use crate::client::ClientError;
+use crate::client::{ClientError, UploadError};
 use crate::model::{format_file_time, BlobHash, WsPath};
 
 /// What one push round did.
@@ -63,6 +64,8 @@ impl Folder {
                     tracing::info!(error = %e, left = total - done, "server unavailable; changes wait");
                     self.pending.insert(path, e.to_string());
                     report.interrupted = Some(e);
+                    // It may come back with other limits.
+                    self.limits = None;
                     break;
                 }
                 Err(e) => report.outcomes.push(FileOutcome {
@@ -198,11 +201,25 @@ impl Folder {
                 return Ok(None);
             }
         } else {
-            match self.client.put_blob_file(self.project(), &hash, &abs).await {
+            let limits = self.upload_limits().await;
+            match self
+                .client
+                .upload_file_within(self.project(), &hash, &abs, limits.as_ref())
+                .await
+            {
                 Ok(_) => {}
-                Err(e) if e.has_code(ErrorCode::HashMismatch) => return Ok(None),
-                Err(e) if is_permanent(&e) => return Ok(Some(self.refuse(path, &file, &e))),
-                Err(e) => return Err(e.into()),
+                // Written again since it was hashed (or gone): the next round sends it.
+                Err(UploadError::Changed { .. }) => return Ok(None),
+                Err(UploadError::Local { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(None)
+                }
+                Err(UploadError::Local { path, source }) => return Err(SyncError::io(path, source)),
+                Err(e @ UploadError::TooLarge { .. }) => {
+                    let why = format!("larger than the server accepts: {e}");
+                    return Ok(Some(self.refuse_because(path, &file, why)));
+                }
+                Err(UploadError::Server(e)) if is_permanent(&e) => return Ok(Some(self.refuse(path, &file, &e))),
+                Err(UploadError::Server(e)) => return Err(e.into()),
             }
         }
         let base_version = base.map(|(_, v)| v).filter(|v| *v > 0);
@@ -244,7 +261,10 @@ impl Folder {
 
     /// Records a refusal so the file is not sent again until it changes.
     fn refuse(&mut self, path: String, file: &LocalFile, e: &ClientError) -> FileOutcome {
-        let why = reason(e);
+        self.refuse_because(path, file, reason(e))
+    }
+
+    fn refuse_because(&mut self, path: String, file: &LocalFile, why: String) -> FileOutcome {
         self.state.refused.insert(
             path.clone(),
             Refused {
@@ -257,6 +277,18 @@ impl Folder {
             path,
             outcome: Outcome::Skipped(why),
         }
+    }
+
+    /// The server's limits, asked once (and again after it was unreachable);
+    /// `None` when it does not say or cannot be asked now.
+    async fn upload_limits(&mut self) -> Option<Limits> {
+        if self.limits.is_none() {
+            match self.client.health().await {
+                Ok(health) => self.limits = Some(health.limits),
+                Err(e) => tracing::debug!(error = %e, "cannot ask the server for its limits"),
+            }
+        }
+        self.limits.flatten()
     }
 
     /// Stable for one logical commit (this folder, path, base, bytes, mode),

@@ -279,14 +279,59 @@ impl Vfs {
         Ok(buf)
     }
 
+    /// The largest file the server stores; see [`Vfs::write`].
+    pub fn set_max_file_bytes(&self, limit: u64) {
+        self.max_file_bytes.store(limit, Ordering::Relaxed);
+    }
+
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_file_bytes.load(Ordering::Relaxed)
+    }
+
+    /// `EFBIG` for a change that would make a file `end` bytes long.
+    fn past_max_file_size(what: &str, end: u64, limit: u64) -> VfsError {
+        VfsError::new(
+            libc::EFBIG,
+            format!("{what}: the file would have {end} bytes; the server stores files of at most {limit} bytes (--max-file-bytes)"),
+        )
+    }
+
+    /// Writes at `offset` (at the end for an append handle). As with
+    /// RLIMIT_FSIZE, a write that starts below the largest file size is
+    /// shortened to end there, and one that starts at or past it fails with
+    /// `EFBIG`: nothing is journaled that the server would refuse.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
-        self.change_staged(fh, "write to staging file", |staged, append_at| {
+        let limit = self.max_file_bytes();
+        let written = std::sync::atomic::AtomicUsize::new(0);
+        // Where a write refused for its size started (appends learn it late).
+        let refused_at = std::sync::atomic::AtomicU64::new(u64::MAX);
+        let change = self.change_staged(fh, "write to staging file", |staged, append_at| {
             let at = append_at.unwrap_or(offset);
-            staged.write_all_at(data, at)?;
             // A zero-length write never extends a file.
-            Ok(if data.is_empty() { 0 } else { at + data.len() as u64 })
-        })?;
-        Ok(data.len() as u32)
+            if data.is_empty() {
+                return Ok(0);
+            }
+            if at >= limit {
+                refused_at.store(at, Ordering::Relaxed);
+                return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+            }
+            let fits = data.len().min(usize::try_from(limit - at).unwrap_or(usize::MAX));
+            staged.write_all_at(&data[..fits], at)?;
+            written.store(fits, Ordering::Relaxed);
+            Ok(at + fits as u64)
+        });
+        match change {
+            Ok(()) => Ok(written.load(Ordering::Relaxed) as u32),
+            Err(e) if e.errno == libc::EFBIG && refused_at.load(Ordering::Relaxed) != u64::MAX => {
+                let at = refused_at.load(Ordering::Relaxed);
+                Err(Self::past_max_file_size(
+                    "write",
+                    at.saturating_add(data.len() as u64),
+                    limit,
+                ))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// fallocate(2) on a writable handle, applied to the staging file and
@@ -308,6 +353,11 @@ impl Vfs {
             .checked_add(length)
             .filter(|end| i64::try_from(*end).is_ok())
             .ok_or_else(|| VfsError::new(libc::EFBIG, "fallocate beyond the largest file size"))?;
+        // Like fallocate(2) past s_maxbytes: refused whatever the mode.
+        let limit = self.max_file_bytes();
+        if end > limit {
+            return Err(Self::past_max_file_size("fallocate", end, limit));
+        }
         self.change_staged(fh, "fallocate in staging file", |staged, _| {
             use std::os::fd::AsRawFd;
             // SAFETY: a valid descriptor; offset and length fit in off_t (checked above).
@@ -673,6 +723,10 @@ impl Vfs {
         if let Some(size) = set.size {
             if self.lock().inodes.get(&ino).is_some_and(|i| i.kind == NodeKind::Dir) {
                 return Err(VfsError::isdir(self.path(ino)));
+            }
+            let limit = self.max_file_bytes();
+            if size > limit {
+                return Err(Self::past_max_file_size("truncate", size, limit));
             }
             // truncate(2) changes what passthrough readers' backing file shows.
             self.await_passthrough_readers(ino)?;

@@ -276,6 +276,10 @@ const FSYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// file to close before it fails with ETXTBSY.
 const PASSTHROUGH_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The largest file when the server does not say (its `--max-file-bytes`
+/// default): writes past it fail with `EFBIG` (see handles.rs).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 40;
+
 #[derive(Debug)]
 struct Handle {
     ino: Ino,
@@ -355,6 +359,10 @@ pub struct Vfs {
     /// Which files may use passthrough (`--passthrough`); a Vfs starts with
     /// `ReadOnly` until the mount says otherwise.
     passthrough_policy: Mutex<PassthroughPolicy>,
+    /// The server's `max_file_bytes`: no write, truncate or fallocate takes
+    /// a file past it (`EFBIG`), so nothing is journaled that the server
+    /// would refuse. Set by the sync worker from `GET /health`.
+    max_file_bytes: std::sync::atomic::AtomicU64,
     pub config: VfsConfig,
 }
 
@@ -470,6 +478,7 @@ impl Vfs {
             server_reachable: AtomicBool::new(false),
             passthrough: AtomicBool::new(false),
             passthrough_policy: Mutex::new(PassthroughPolicy::ReadOnly),
+            max_file_bytes: std::sync::atomic::AtomicU64::new(DEFAULT_MAX_FILE_BYTES),
             config,
         })
     }

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+mod large_files;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

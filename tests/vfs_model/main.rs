@@ -14,6 +14,7 @@
 //! - `crash`: property test cutting the journal at any byte before a remount;
 //! - `announce`: remote changes shown to file watchers (the core's half);
 //! - `staging`: a copy staged for writing races with other writers;
+//! - `max_file_size`: EFBIG past the server's largest file;
 //! - `editor_saves`, `acks`, `drain_plan`, `passthrough`, `remote`, `replay`:
 //!   unit tests pinning one concern each.
 
@@ -27,6 +28,7 @@ mod crash;
 mod drain_plan;
 mod editor_saves;
 mod local_ops;
+mod max_file_size;
 mod passthrough;
 mod remote;
 mod replay;

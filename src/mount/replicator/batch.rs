@@ -45,19 +45,7 @@ impl Replicator {
         // and names the rest by hash.
         let uploaded: Vec<(DrainItem, Option<Outcome>)> = stream::iter(items)
             .map(|item| async move {
-                let failed = match &item.op {
-                    DrainOp::Commit {
-                        source: ContentSource::File(file),
-                        hash,
-                        ..
-                    } => self
-                        .remote
-                        .put_blob_file(&self.project, hash, file)
-                        .await
-                        .err()
-                        .map(classify),
-                    _ => None,
-                };
+                let failed = self.upload_content(&item).await;
                 (item, failed)
             })
             .buffer_unordered(COMMIT_CONCURRENCY)

@@ -15,8 +15,8 @@ use reqwest::StatusCode;
 use tokio::sync::Notify;
 
 use crate::api::{
-    BlobReceipt, ChangeEvent, ChangesPage, CommitRequest, DeleteRequest, DeleteResponse, ErrorCode, MkdirRequest,
-    NodeKind, RenameRequest, VersionInfo, VersionOp, VersionStatus,
+    BlobReceipt, ChangeEvent, ChangesPage, CommitRequest, DeleteRequest, DeleteResponse, ErrorCode, Limits,
+    MkdirRequest, NodeKind, RenameRequest, VersionInfo, VersionOp, VersionStatus,
 };
 use crate::cache::{CacheError, CacheFill};
 use crate::client::{ClientError, ClientResult};
@@ -134,6 +134,8 @@ struct State {
     /// Idempotency key -> the answer of the commit that first used it.
     keys: HashMap<String, VersionInfo>,
     events: Vec<ChangeEvent>,
+    /// What `GET /health` says the server accepts.
+    limits: Option<Limits>,
 }
 
 #[derive(Default)]
@@ -182,6 +184,11 @@ impl FakeRemote {
             fault,
             times,
         });
+    }
+
+    /// From now on `GET /health` answers these limits.
+    pub fn set_limits(&self, limits: Option<Limits>) {
+        self.lock().limits = limits;
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -516,6 +523,10 @@ impl Remote for FakeRemote {
             Ok(st.put_blob(bytes))
         })
         .await
+    }
+
+    async fn limits(&self) -> ClientResult<Option<Limits>> {
+        Ok(self.lock().limits)
     }
 
     async fn changes(&self, _project: &str, since: i64, _wait: Duration) -> ClientResult<ChangesPage> {

@@ -375,3 +375,49 @@ async fn a_deleted_file_whose_first_commit_lost_its_answer_is_not_left_on_the_se
     assert_eq!(keys[0], keys[1], "the same idempotency key: one node at most");
     assert_eq!(ino_of(&m.vfs, "f"), Err(libc::ENOENT));
 }
+
+/// The largest file comes from the server (`GET /health`) before the first
+/// round, 1 TiB while it does not say, and is asked again only after a
+/// round that could not reach the server (it may have restarted with
+/// another `--max-file-bytes`).
+#[tokio::test]
+async fn the_largest_file_is_the_servers_and_is_asked_again_after_an_outage() {
+    let m = mount();
+    assert_eq!(m.vfs.max_file_bytes(), crate::vfs::DEFAULT_MAX_FILE_BYTES);
+    let limits = |max_file_bytes| crate::api::Limits {
+        max_file_bytes,
+        max_blob_bytes: 1 << 30,
+        chunked_min: 16 << 20,
+    };
+    m.server.set_limits(Some(limits(5000)));
+    m.worker.drain(true).await;
+    assert_eq!(m.vfs.max_file_bytes(), 5000);
+    let (_, fh) = m.vfs.create(ROOT_INO, "f", 0o644, RW, false).unwrap();
+    assert_eq!(
+        m.vfs.write(fh, 4990, &[1; 20]).unwrap(),
+        10,
+        "shortened to end at the limit"
+    );
+    assert_eq!(m.vfs.write(fh, 5000, &[1]).map_err(|e| e.errno), Err(libc::EFBIG));
+    m.vfs.release(fh).unwrap();
+
+    // Reachable rounds do not ask again.
+    m.server.set_limits(Some(limits(9000)));
+    m.worker.drain(true).await;
+    assert_eq!(m.vfs.max_file_bytes(), 5000);
+    // A round that cannot reach the server marks them stale: the next asks.
+    write_file(&m.vfs, ROOT_INO, "g", b"g\n");
+    m.server.fail_first(1);
+    assert!(m.worker.drain(true).await.transient.is_some());
+    m.worker.drain(true).await;
+    assert_eq!(m.vfs.max_file_bytes(), 9000);
+    assert_eq!(m.worker.limits(), Some(limits(9000)));
+    // A server that does not say: the default again.
+    m.server.set_limits(None);
+    m.server.fail_first(1);
+    write_file(&m.vfs, ROOT_INO, "h", b"h\n");
+    assert!(m.worker.drain(true).await.transient.is_some());
+    m.worker.drain(true).await;
+    assert_eq!(m.vfs.max_file_bytes(), crate::vfs::DEFAULT_MAX_FILE_BYTES);
+    assert!(m.vfs.queued().is_empty());
+}
