@@ -14,6 +14,7 @@
 //! - `crash`: property test cutting the journal at any byte before a remount;
 //! - `announce`: remote changes shown to file watchers (the core's half);
 //! - `staging`: a copy staged for writing races with other writers;
+//! - `chunked_reads`: large files read by chunks from a fake chunk server;
 //! - `editor_saves`, `acks`, `drain_plan`, `passthrough`, `remote`, `replay`:
 //!   unit tests pinning one concern each.
 
@@ -23,6 +24,7 @@ mod sync_model;
 
 mod acks;
 mod announce;
+mod chunked_reads;
 mod crash;
 mod drain_plan;
 mod editor_saves;
