@@ -13,7 +13,8 @@
 //! - `offline`: kill -9, the server down, the umount report;
 //! - `editors`: editors' saves, git, skills;
 //! - `watchers`: inotify events for other agents' changes;
-//! - `history`: past versions at `.contextfs/history/<path>/<N>`.
+//! - `history`: past versions at `.contextfs/history/<path>/<N>`;
+//! - `large_files_read`: large files read by chunks (issue 21).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -21,6 +22,7 @@ mod common;
 mod basics;
 mod editors;
 mod history;
+mod large_files_read;
 mod offline;
 mod sharing;
 mod watchers;
