@@ -202,6 +202,8 @@ pub enum ErrorCode {
     PathOccupied,
     /// 413: an upload or request body is over the server's limit.
     TooLarge,
+    /// 416: a `Range` asks for bytes past the end of the content.
+    RangeNotSatisfiable,
     /// 500: the server failed (database or blob storage).
     Internal,
     /// 503: the node changes too fast to commit; retry.
@@ -241,6 +243,7 @@ impl ErrorCode {
         ErrorCode::InvalidRename,
         ErrorCode::PathOccupied,
         ErrorCode::TooLarge,
+        ErrorCode::RangeNotSatisfiable,
         ErrorCode::Internal,
         ErrorCode::Busy,
     ];
@@ -275,6 +278,7 @@ impl ErrorCode {
             ErrorCode::InvalidRename => "invalid_rename",
             ErrorCode::PathOccupied => "path_occupied",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
             ErrorCode::Internal => "internal",
             ErrorCode::Busy => "busy",
             ErrorCode::Other(code) => code,
@@ -716,7 +720,7 @@ mod tests {
             assert_eq!(&ErrorCode::from(code.as_str()), code);
             assert_eq!(code.to_string(), code.as_str());
         }
-        assert_eq!(ErrorCode::KNOWN.len(), 29);
+        assert_eq!(ErrorCode::KNOWN.len(), 30);
         assert_eq!(ErrorCode::BaseVersionUnknown.as_str(), "base_version_unknown");
         assert_eq!(ErrorCode::IsADirectory.as_str(), "is_a_directory");
     }

@@ -381,6 +381,11 @@ pub struct ServeArgs {
     /// Largest accepted JSON request body in bytes (larger → 413)
     #[arg(long, default_value_t = 8 << 20)]
     pub max_request_bytes: usize,
+    /// Largest file in bytes (K, M, G, T suffixes allowed): files of 16 MiB
+    /// and more are uploaded as chunks, so this may be far above
+    /// --max-blob-bytes (larger → 413, and the mount refuses the write)
+    #[arg(long, env = "CONTEXTFS_MAX_FILE_BYTES", default_value = "1T", value_parser = parse_size)]
+    pub max_file_bytes: u64,
     /// Metadata in PostgreSQL instead of the embedded SQLite: postgres://user:pass@host:port/db
     #[arg(long, env = "CONTEXTFS_DATABASE")]
     pub database: Option<String>,
@@ -566,6 +571,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 limits: Limits {
                     max_blob_bytes: args.max_blob_bytes,
                     max_request_bytes: args.max_request_bytes,
+                    max_file_bytes: args.max_file_bytes,
                     ..Limits::default()
                 },
                 backends: crate::server::Backends {

@@ -108,7 +108,7 @@ impl From<BlobError> for ApiError {
             }
             BlobError::NotFound(_) => ApiError::not_found(e.to_string()),
             BlobError::Upload(_) => ApiError::bad_request(ErrorCode::UploadFailed, e.to_string()),
-            BlobError::Io(_) => ApiError::internal(e.to_string()),
+            BlobError::Io(_) | BlobError::Corrupt { .. } => ApiError::internal(e.to_string()),
         }
     }
 }

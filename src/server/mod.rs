@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod blobs;
+pub mod chunk_routes;
 pub mod dav;
 pub mod error;
 pub mod feed;
@@ -9,6 +10,7 @@ pub mod gc;
 pub mod listen;
 pub mod metrics;
 pub mod ops_routes;
+pub mod ranges;
 pub mod routes;
 pub mod service;
 pub mod store;

@@ -17,6 +17,9 @@ use serde::Deserialize;
 
 use super::auth::Caller;
 use super::blobs::ByteStream;
+use super::chunk_routes::{
+    get_manifest, manifest_body_limit, missing_blobs, put_manifest, requested_range, served_response,
+};
 use super::error::ApiError;
 use super::service::{PutFileOptions, Service};
 use crate::api::*;
@@ -107,6 +110,13 @@ pub fn router(service: Arc<Service>) -> Router {
             "/blobs/{hash}",
             put(put_blob).get(get_blob).layer(DefaultBodyLimit::disable()),
         )
+        .route("/blobs/missing", post(missing_blobs))
+        .route(
+            "/manifests/{hash}",
+            put(put_manifest)
+                .get(get_manifest)
+                .layer(DefaultBodyLimit::max(manifest_body_limit(&service.limits))),
+        )
         .route(
             "/files/{*path}",
             get(checkout).put(put_file).layer(DefaultBodyLimit::disable()),
@@ -157,11 +167,15 @@ pub fn router(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
-async fn health() -> Json<Health> {
+async fn health(State(s): Shared) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        limits: None,
+        limits: Some(Limits {
+            max_file_bytes: s.limits.max_file_bytes,
+            max_blob_bytes: s.limits.max_blob_bytes,
+            chunked_min: crate::chunks::CHUNKED_MIN,
+        }),
     })
 }
 
@@ -266,10 +280,11 @@ async fn get_blob(
     State(s): Shared,
     caller: Caller,
     ApiPath((project, hash)): ApiPath<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let hash = blob_hash(&hash)?;
-    let (size, stream) = s.get_blob(&caller, &project, &hash).await?;
-    Ok(stream_response(size, stream, blob_headers(&hash)))
+    let served = s.get_blob(&caller, &project, &hash, requested_range(&headers)).await?;
+    Ok(served_response(served, blob_headers(&hash)))
 }
 
 fn blob_headers(hash: &BlobHash) -> HeaderMap {
@@ -297,9 +312,11 @@ async fn checkout(
     caller: Caller,
     ApiPath((project, path)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<CheckoutQuery>,
+    request_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let path = ws_path(&path)?;
-    let (info, stream) = s.checkout(&caller, &project, &path, q.version).await?;
+    let range = requested_range(&request_headers);
+    let (info, served) = s.checkout(&caller, &project, &path, q.version, range).await?;
     let mut headers = blob_headers(&info.hash);
     headers.remove(header::CACHE_CONTROL);
     headers.insert(HEADER_NODE, HeaderValue::from(info.node));
@@ -313,7 +330,7 @@ async fn checkout(
     if let Some(Ok(atime)) = info.atime.as_deref().map(HeaderValue::from_str) {
         headers.insert(HEADER_ATIME, atime);
     }
-    Ok(stream_response(info.size, stream, headers))
+    Ok(served_response(served, headers))
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {

@@ -6,6 +6,7 @@
 //! - `files`: file times, the tree, blobs, checkout and the one-call PUT;
 //! - `commits`, `namespace`, `feed`, `skills`: the other routes' flows;
 //! - `batch`: `POST .../commit/batch`, each entry its own commit;
+//! - `chunks`: large files by chunks, manifests, `blobs/missing`, byte ranges;
 //! - `merges`: merges, sixteen concurrent writers, kill -9 of the server;
 //! - `access`: tokens refused (401, 404 across projects, 403 read-only);
 //! - `bad_input`: every other refusal, with its status and code, and nothing changed.
@@ -16,6 +17,7 @@ mod common;
 mod access;
 mod bad_input;
 mod batch;
+mod chunks;
 mod commits;
 mod feed;
 mod files;

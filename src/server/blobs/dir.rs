@@ -266,6 +266,24 @@ impl BlobStore for DirBlobStore {
         ))
     }
 
+    async fn get_range(&self, hash: &BlobHash, offset: u64, len: u64) -> Result<ByteStream, BlobError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let path = self.path_of(hash);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BlobError::NotFound(hash.clone())),
+            Err(e) => return Err(io_err("cannot open", &path, e)),
+        };
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| io_err("cannot seek in", &path, e))?;
+        let capacity = len.clamp(1, 256 * 1024) as usize;
+        Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
+            file.take(len),
+            capacity,
+        )))
+    }
+
     async fn read_all(&self, hash: &BlobHash, limit: u64) -> Result<Vec<u8>, BlobError> {
         let path = self.path_of(hash);
         match tokio::fs::metadata(&path).await {

@@ -3,6 +3,7 @@
 //! A blob is written completely and verified before it becomes visible under
 //! its hash, so metadata can never point at a partial or wrong blob.
 
+pub mod contents;
 pub mod dir;
 pub mod s3;
 
@@ -24,6 +25,8 @@ pub enum BlobError {
     HashMismatch { expected: BlobHash, actual: BlobHash },
     #[error("the blob is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error("blob {hash} in storage is damaged: its bytes hash to {actual}")]
+    Corrupt { hash: BlobHash, actual: BlobHash },
     #[error("blob {0} does not exist")]
     NotFound(BlobHash),
     #[error("reading the upload failed: {0}")]
@@ -48,6 +51,9 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn put_bytes(&self, bytes: Bytes) -> Result<BlobHash, BlobError>;
     /// The blob's size and a stream of its bytes.
     async fn get(&self, hash: &BlobHash) -> Result<(u64, ByteStream), BlobError>;
+    /// `len` bytes of the blob from `offset` (the caller keeps them within
+    /// its size; a stored blob shorter than that ends the stream early).
+    async fn get_range(&self, hash: &BlobHash, offset: u64, len: u64) -> Result<ByteStream, BlobError>;
     /// The whole blob in memory, refusing blobs over `limit` bytes.
     async fn read_all(&self, hash: &BlobHash, limit: u64) -> Result<Vec<u8>, BlobError>;
 

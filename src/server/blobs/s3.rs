@@ -438,6 +438,26 @@ impl BlobStore for S3BlobStore {
         Ok((size, Box::pin(stream)))
     }
 
+    async fn get_range(&self, hash: &BlobHash, offset: u64, len: u64) -> Result<ByteStream, BlobError> {
+        if len == 0 {
+            return Ok(Box::pin(futures_util::stream::empty()));
+        }
+        let key = self.location.blob_key(hash);
+        let options = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(offset..offset + len)),
+            ..Default::default()
+        };
+        let got = match bounded(self.store.get_opts(&key, options)).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Err(BlobError::NotFound(hash.clone())),
+            Err(e) => return Err(s3_err("GET (range)", &key, e)),
+        };
+        let stream = got
+            .into_stream()
+            .map_err(move |e| std::io::Error::other(format!("S3 GET {key} (range): {e}")));
+        Ok(Box::pin(stream))
+    }
+
     async fn read_all(&self, hash: &BlobHash, limit: u64) -> Result<Vec<u8>, BlobError> {
         let key = self.location.blob_key(hash);
         let got = match bounded(self.store.get(&key)).await {

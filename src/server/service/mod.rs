@@ -10,6 +10,8 @@
 //! - `commit.rs`: commits (idempotency, inline content, the three-way merge
 //!   decision) and the one-call `PUT files` upload;
 //! - `batch.rs`: many commits in one request and one transaction;
+//! - `chunked.rs`: chunked content: which blobs a project lacks, manifests,
+//!   byte ranges of blobs and files;
 //! - `namespace.rs`: mkdir, rename, delete, rollback;
 //! - `skills.rs`: publishing and reading skills, SKILL.md front matter.
 
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::auth::{secret_hash, Caller};
+use super::blobs::contents::Contents;
 use super::blobs::BlobStore;
 use super::error::ApiError;
 use super::feed::Feed;
@@ -26,6 +29,7 @@ use crate::model::WsPath;
 
 mod admin;
 mod batch;
+mod chunked;
 mod commit;
 mod namespace;
 mod ops;
@@ -33,6 +37,7 @@ mod read;
 mod skills;
 
 pub use batch::MAX_BATCH_COMMITS;
+pub use chunked::{Served, MAX_MISSING_QUERY};
 pub use commit::{PutFileOptions, MAX_MERGE_BYTES};
 pub use ops::parse_since;
 pub use skills::parse_skill_front_matter;
@@ -49,6 +54,8 @@ const PATH_LOCK_STRIPES: usize = 1024;
 pub struct Limits {
     /// Largest blob upload, in bytes.
     pub max_blob_bytes: u64,
+    /// Largest file (a chunked blob's manifest size), in bytes.
+    pub max_file_bytes: u64,
     /// Largest JSON request body, in bytes.
     pub max_request_bytes: usize,
     /// Longest change-feed long-poll.
@@ -59,6 +66,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_blob_bytes: 1 << 30,
+            max_file_bytes: 1 << 40,
             max_request_bytes: 8 << 20,
             max_poll: Duration::from_secs(60),
         }
@@ -132,6 +140,8 @@ fn check_mode(mode: Option<u32>) -> Result<(), ApiError> {
 
 impl Service {
     pub fn new(store: Arc<dyn MetadataStore>, blobs: Arc<dyn BlobStore>, admin_token: &str, limits: Limits) -> Self {
+        // Every read goes through the contents layer (chunked blobs).
+        let blobs: Arc<dyn BlobStore> = Arc::new(Contents::new(blobs, store.clone()));
         Self {
             store,
             blobs,

@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
+use super::chunked::Served;
 use super::Service;
 use crate::api::*;
 use crate::model::{BlobHash, WsPath};
 use crate::server::auth::Caller;
 use crate::server::blobs::ByteStream;
 use crate::server::error::ApiError;
+use crate::server::ranges::ByteRange;
 
 /// The versions retention removed around a page of history (newest first):
 /// version numbers are never reused, so every gap is a pruned stretch. The
@@ -62,7 +64,8 @@ impl Service {
         project: &str,
         path: &WsPath,
         version: Option<i64>,
-    ) -> Result<(VersionInfo, ByteStream), ApiError> {
+        range: Option<ByteRange>,
+    ) -> Result<(VersionInfo, Served), ApiError> {
         let project = self.project_for(caller, project, false).await?;
         let node = self.store.node_at(project.id, path).await?;
         let info = match (node, version) {
@@ -98,8 +101,8 @@ impl Service {
                 format!("{path} is a directory; list it with the tree route"),
             ));
         }
-        let (_, stream) = self.blobs.get(&info.hash).await?;
-        Ok((info, stream))
+        let served = self.serve_content(&info.hash, Some(info.size), range).await?;
+        Ok((info, served))
     }
 
     pub async fn history(
@@ -222,13 +225,15 @@ impl Service {
         })
     }
 
-    /// A project may read blobs it uploaded or refers to, and published skills.
+    /// A project may read blobs it uploaded or refers to, and published
+    /// skills: whole, or the one range asked for.
     pub async fn get_blob(
         &self,
         caller: &Caller,
         project: &str,
         hash: &BlobHash,
-    ) -> Result<(u64, ByteStream), ApiError> {
+        range: Option<ByteRange>,
+    ) -> Result<Served, ApiError> {
         let project = self.project_for(caller, project, false).await?;
         if !self.store.project_has_blob(project.id, hash).await? && !self.store.skill_has_blob(hash).await? {
             return Err(ApiError::not_found(format!(
@@ -236,7 +241,7 @@ impl Service {
                 project.name
             )));
         }
-        Ok(self.blobs.get(hash).await?)
+        self.serve_content(hash, None, range).await
     }
 }
 

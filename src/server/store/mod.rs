@@ -11,6 +11,7 @@
 //! each store provides; `sqlite/` and `postgres/` hold what is theirs alone.
 
 pub mod dav;
+pub mod manifests;
 mod namespace;
 pub mod ops;
 pub mod postgres;
@@ -275,7 +276,7 @@ pub enum Wake {
 }
 
 #[async_trait]
-pub trait MetadataStore: dav::DavStore + Send + Sync + 'static {
+pub trait MetadataStore: dav::DavStore + manifests::ManifestStore + Send + Sync + 'static {
     /// Wake-ups for changes committed by other processes sharing this store
     /// (several `contextfs serve` instances on one PostgreSQL). `None` for a
     /// store only this process writes to: the service wakes its own waiters.

@@ -48,6 +48,7 @@
 
 mod dav;
 mod listen;
+mod manifests;
 mod ops;
 mod records;
 mod retry;

@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../../../../migrations/postgres/0003_long_paths.sql")),
     (4, include_str!("../../../../migrations/postgres/0004_operations.sql")),
     (5, include_str!("../../../../migrations/postgres/0005_webdav.sql")),
+    (6, include_str!("../../../../migrations/postgres/0006_manifests.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations between instances.

@@ -15,6 +15,7 @@
 //! `Txn`), `records` (`contextfs migrate` export and import).
 
 mod dav;
+mod manifests;
 mod ops;
 mod records;
 mod rows;

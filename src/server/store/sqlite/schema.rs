@@ -11,7 +11,8 @@ use crate::server::store::{backend, StoreResult};
 /// 3: operations: retention policies, when a project last uploaded each
 /// blob (`project_blobs.used_at`, for garbage collection), indexes by hash.
 /// 4: WebDAV locks and dead properties (`dav_locks`, `dav_props`).
-const SCHEMA_VERSION: i64 = 4;
+/// 5: chunked content (`manifests`, `manifest_chunks`).
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -119,6 +120,18 @@ CREATE TABLE IF NOT EXISTS dav_props (
     xml BLOB NOT NULL,
     PRIMARY KEY (node_id, namespace, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS manifests (
+    hash TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    chunks BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS manifest_chunks (
+    chunk TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    PRIMARY KEY (chunk, manifest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS manifest_chunks_manifest ON manifest_chunks(manifest);
 CREATE TABLE IF NOT EXISTS skills (
     name TEXT PRIMARY KEY,
     description TEXT NOT NULL
@@ -185,6 +198,12 @@ fn upgrade(conn: &Connection, path: &Path, found: &str) -> StoreResult<()> {
     if version == 3 {
         conn.execute_batch("UPDATE meta SET value = '4' WHERE key = 'schema_version';")?;
         tracing::info!(path = %path.display(), "upgraded the database schema to version 4 (WebDAV locks and properties)");
+        version = 4;
+    }
+    // Version 4 has no chunked content; `SCHEMA` made its tables, empty.
+    if version == 4 {
+        conn.execute_batch("UPDATE meta SET value = '5' WHERE key = 'schema_version';")?;
+        tracing::info!(path = %path.display(), "upgraded the database schema to version 5 (chunked content)");
     }
     Ok(())
 }
@@ -307,7 +326,7 @@ mod tests {
         let version: String = conn
             .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
             .expect("schema version");
-        assert_eq!(version, "4");
+        assert_eq!(version, SCHEMA_VERSION.to_string());
         conn.execute(
             "INSERT INTO dav_locks (token, project_id, path, deep, shared, timeout_secs, expires_at)
              VALUES ('t', 1, 'a', 0, 0, 60, 0)",
@@ -319,6 +338,40 @@ mod tests {
             [],
         )
         .expect("the property table exists");
+    }
+
+    /// A schema 4 database (before chunked content) gains the empty
+    /// `manifests` and `manifest_chunks` tables and keeps its rows.
+    #[test]
+    fn a_schema_4_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("meta.db");
+        let conn = open_database(&path).expect("new database");
+        conn.execute_batch(
+            "DROP TABLE manifests;
+             DROP TABLE manifest_chunks;
+             INSERT INTO project_blobs (project_id, hash, used_at) VALUES (1, 'h', 5);
+             UPDATE meta SET value = '4' WHERE key = 'schema_version';",
+        )
+        .expect("make it a schema 4 database");
+        drop(conn);
+
+        let conn = open_database(&path).expect("upgraded on open");
+        let version: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .expect("schema version");
+        assert_eq!(version, "5");
+        conn.execute(
+            "INSERT INTO manifests (hash, size, chunks, created_at) VALUES ('h', 1, x'00', 0)",
+            [],
+        )
+        .expect("the manifest table exists");
+        conn.execute("INSERT INTO manifest_chunks (chunk, manifest) VALUES ('c', 'h')", [])
+            .expect("the chunk index exists");
+        let used_at: i64 = conn
+            .query_row("SELECT used_at FROM project_blobs WHERE hash = 'h'", [], |r| r.get(0))
+            .expect("the old row is still there");
+        assert_eq!(used_at, 5);
     }
 
     #[test]
