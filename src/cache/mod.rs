@@ -69,6 +69,10 @@ pub enum CacheError {
     /// A fill callback could not obtain the bytes (e.g. the server failed).
     #[error("fetching blob {hash} failed: {message}")]
     Fetch { hash: BlobHash, message: String },
+    /// A fill that may wait (readahead) did not start: fills in progress
+    /// already hold its budget of the cache. Nothing is wrong with the blob.
+    #[error("no room in the cache to fetch {hash} now")]
+    Busy { hash: BlobHash },
 }
 
 impl CacheError {
@@ -117,6 +121,7 @@ impl CacheError {
                 hash: hash.clone(),
                 message: message.clone(),
             },
+            CacheError::Busy { hash } => CacheError::Busy { hash: hash.clone() },
         }
     }
 }
@@ -353,8 +358,11 @@ impl BlobCache {
     /// process's first open of it (a chunk is never served unchecked; one
     /// that does not match is removed and filled again), and room for
     /// `size` bytes is made before the fill starts, so blobs and fills in
-    /// progress together stay within the limit. Counts a hit or a miss.
-    pub fn get_or_fill_chunk<F>(&self, hash: &BlobHash, size: u64, fill: F) -> Result<File, CacheError>
+    /// progress together stay within the limit. The fill does not start when
+    /// the fills in progress would then hold more than `budget` bytes (a
+    /// readahead, which can wait; a reader passes `u64::MAX`). Counts a hit
+    /// or a miss.
+    pub fn get_or_fill_chunk<F>(&self, hash: &BlobHash, size: u64, budget: u64, fill: F) -> Result<File, CacheError>
     where
         F: FnOnce(&mut CacheFill) -> Result<(), CacheError>,
     {
@@ -364,7 +372,7 @@ impl BlobCache {
             return Ok(file);
         }
         self.misses.fetch_add(1, Relaxed);
-        self.get_or_fill_with(hash, u64::MAX, Some(size), fill)
+        self.get_or_fill_with(hash, u64::MAX, Some((size, budget)), fill)
     }
 
     /// Bytes promised to chunk fills in progress.
@@ -382,7 +390,7 @@ impl BlobCache {
         &self,
         hash: &BlobHash,
         hash_limit: u64,
-        reserve: Option<u64>,
+        reserve: Option<(u64, u64)>,
         fill: F,
     ) -> Result<File, CacheError>
     where
@@ -402,10 +410,11 @@ impl BlobCache {
         // Another leader may have published between our miss and our lead.
         let result = match self.open_uncounted(hash, hash_limit) {
             Ok(Some(file)) => Ok(file),
-            Ok(None) => {
-                let reservation = reserve.map(|size| self.reserve(size));
-                self.fill_and_publish(hash, reservation.as_ref(), fill)
-            }
+            Ok(None) => match reserve.map(|(size, budget)| self.reserve(size, budget)) {
+                Some(None) => Err(CacheError::Busy { hash: hash.clone() }),
+                Some(Some(reservation)) => self.fill_and_publish(hash, Some(&reservation), fill),
+                None => self.fill_and_publish(hash, None, fill),
+            },
             Err(e) => Err(e),
         };
         guard.finish(&result);
@@ -490,16 +499,20 @@ impl BlobCache {
         Ok(reader)
     }
 
-    /// Promises `size` bytes to a fill about to start, evicting to make room.
-    fn reserve(&self, size: u64) -> Reservation<'_> {
+    /// Promises `size` bytes to a fill about to start, evicting to make
+    /// room; `None` when fills in progress would then hold over `budget`.
+    fn reserve(&self, size: u64, budget: u64) -> Option<Reservation<'_>> {
         let mut state = lock(&self.state);
+        if state.reserved.saturating_add(size) > budget {
+            return None;
+        }
         state.reserved = state.reserved.saturating_add(size);
         let target = self.max_bytes.saturating_sub(state.reserved);
         self.evict_to(&mut state.index, target);
-        Reservation {
+        Some(Reservation {
             cache: self,
             size: std::sync::atomic::AtomicU64::new(size),
-        }
+        })
     }
 
     /// Makes room for a sealed fill, then renames it into place and indexes

@@ -356,7 +356,7 @@ fn a_chunk_is_hashed_on_first_open_and_a_changed_one_fetched_again() {
     assert!(!reader.has_checked(&hash), "trusted is not checked");
     let mut fetched = 0;
     let chunk = reader
-        .get_or_fill_chunk(&hash, bytes.len() as u64, |fill| {
+        .get_or_fill_chunk(&hash, bytes.len() as u64, u64::MAX, |fill| {
             fetched += 1;
             fill.write(&bytes)
         })
@@ -366,7 +366,7 @@ fn a_chunk_is_hashed_on_first_open_and_a_changed_one_fetched_again() {
     assert!(reader.has_checked(&hash));
     // Checked once: the next open neither hashes nor fetches.
     let again = reader
-        .get_or_fill_chunk(&hash, bytes.len() as u64, |_| panic!("no second fetch"))
+        .get_or_fill_chunk(&hash, bytes.len() as u64, u64::MAX, |_| panic!("no second fetch"))
         .expect("chunk again");
     assert_eq!(read_all(again), bytes);
 }
@@ -387,7 +387,7 @@ fn a_chunk_fill_makes_room_before_it_downloads() {
     let chunk = vec![9u8; 300 * 1024];
     let hash = BlobHash::of(&chunk);
     cache
-        .get_or_fill_chunk(&hash, chunk.len() as u64, |fill| {
+        .get_or_fill_chunk(&hash, chunk.len() as u64, u64::MAX, |fill| {
             let (used, _, count) = cache.usage();
             assert_eq!(count, 1, "the oldest blob made room first");
             assert!(used + cache.reserved() <= limit, "{used} + {}", cache.reserved());
@@ -398,7 +398,7 @@ fn a_chunk_fill_makes_room_before_it_downloads() {
     assert_eq!(cache.usage().0, 700 * 1024);
     let failing = BlobHash::of(b"never");
     let err = cache
-        .get_or_fill_chunk(&failing, 200 * 1024, |_| {
+        .get_or_fill_chunk(&failing, 200 * 1024, u64::MAX, |_| {
             Err(CacheError::Fetch {
                 hash: failing.clone(),
                 message: "server down".into(),
@@ -407,4 +407,13 @@ fn a_chunk_fill_makes_room_before_it_downloads() {
         .expect_err("fails");
     assert!(matches!(err, CacheError::Fetch { .. }));
     assert_eq!(cache.reserved(), 0, "a failed fill gives its room back");
+    // A fill over its budget does not start (readahead when the cache is busy).
+    let ahead = vec![3u8; 200 * 1024];
+    let err = cache
+        .get_or_fill_chunk(&BlobHash::of(&ahead), ahead.len() as u64, 100 * 1024, |_| {
+            panic!("no fill over the budget")
+        })
+        .expect_err("over budget");
+    assert!(matches!(err, CacheError::Busy { .. }), "{err:?}");
+    assert_eq!(cache.reserved(), 0);
 }

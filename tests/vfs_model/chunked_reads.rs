@@ -46,6 +46,11 @@ struct ChunkServer {
     manifest_calls: AtomicUsize,
     /// Every fetch fails (a dead server).
     down: std::sync::atomic::AtomicBool,
+    /// With a directory set: fetches run one at a time, and each measures
+    /// the cache directory once its bytes are all in the fill (the peak: the
+    /// fill in `tmp/` and every blob, before the fill is published).
+    measure: Mutex<Option<PathBuf>>,
+    largest: AtomicUsize,
 }
 
 impl ChunkServer {
@@ -84,7 +89,13 @@ impl BlobSource for ChunkServer {
             bytes[100] ^= 0xff;
             return fill.write(&bytes);
         }
-        self.blobs.fetch(hash, fill)
+        let measure = self.measure.lock().unwrap();
+        self.blobs.fetch(hash, fill)?;
+        if let Some(dir) = measure.as_ref() {
+            // Nothing else can grow the directory now: other fetches wait.
+            self.largest.fetch_max(dir_bytes(dir) as usize, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     fn manifest(&self, hash: &BlobHash) -> Result<Option<Manifest>, CacheError> {
@@ -170,20 +181,17 @@ fn cached_names(cache: &BlobCache) -> Vec<BlobHash> {
     names
 }
 
-/// Bytes in the cache directory, blobs and fills in progress together.
-fn cache_dir_bytes(cache: &BlobCache) -> u64 {
-    fn walk(dir: &std::path::Path) -> u64 {
-        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-        entries
-            .flatten()
-            .map(|e| match e.metadata() {
-                Ok(m) if m.is_dir() => walk(&e.path()),
-                Ok(m) => m.len(),
-                Err(_) => 0,
-            })
-            .sum()
-    }
-    walk(cache.root())
+/// Bytes in a directory tree (the cache: blobs and fills in progress).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Waits until no readahead is running (the fetch count stops moving).
@@ -286,17 +294,19 @@ fn a_small_cache_streams_the_whole_file_and_stays_within_its_limit() {
     let (bytes, manifest) = big_file();
     let limit = 16 * MIB;
     let (vfs, cache) = setup.mount(limit);
+    *setup.server.measure.lock().unwrap() = Some(cache.root().to_path_buf());
     let fh = vfs.open(ino_of(&vfs, "big.bin").unwrap(), RO).unwrap();
     let mut offset = 0u64;
-    let mut largest = 0;
     let mut same = true;
     while offset < manifest.size {
         let chunk = vfs.read(fh, offset, 256 * 1024).unwrap();
         same &= chunk[..] == bytes[offset as usize..offset as usize + chunk.len()];
         offset += chunk.len() as u64;
-        largest = largest.max(cache_dir_bytes(&cache));
     }
+    settle(&setup.server);
     assert!(same, "the bytes read differ from the file");
+    let largest = setup.server.largest.load(Ordering::SeqCst) as u64;
+    assert!(largest > limit / 2, "measured while the cache was full: {largest}");
     assert!(
         largest <= limit,
         "the cache directory held {largest} bytes, over {limit}"

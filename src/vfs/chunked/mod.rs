@@ -136,13 +136,20 @@ impl Chunks {
 /// Fetches one chunk into the cache (or opens the cached copy, hashed on
 /// this process's first open of it), trying once more when the bytes do
 /// not match the chunk's name. A chunk of the wrong length is refused too:
-/// every offset in the file after it would be wrong.
-pub(crate) fn fetch_chunk(cache: &BlobCache, source: &dyn BlobSource, chunk: &ChunkRef) -> Result<File, CacheError> {
-    let mut attempt = 0;
+/// every offset in the file after it would be wrong. `budget` bounds the
+/// bytes of fills in progress (see [`BlobCache::get_or_fill_chunk`]).
+pub(crate) fn fetch_chunk(
+    cache: &BlobCache,
+    source: &dyn BlobSource,
+    chunk: &ChunkRef,
+    budget: u64,
+) -> Result<File, CacheError> {
+    let (mut mismatches, mut busy) = (0, 0);
     loop {
-        attempt += 1;
         let result = cache
-            .get_or_fill_chunk(&chunk.hash, chunk.size, |fill| source.fetch_chunk(&chunk.hash, fill))
+            .get_or_fill_chunk(&chunk.hash, chunk.size, budget, |fill| {
+                source.fetch_chunk(&chunk.hash, fill)
+            })
             .and_then(|file| match file.metadata() {
                 Ok(meta) if meta.len() == chunk.size => Ok(file),
                 Ok(meta) => Err(CacheError::Fetch {
@@ -152,9 +159,13 @@ pub(crate) fn fetch_chunk(cache: &BlobCache, source: &dyn BlobSource, chunk: &Ch
                 Err(e) => Err(CacheError::io(cache.path_of(&chunk.hash), e)),
             });
         match result {
-            Err(CacheError::HashMismatch { expected, actual }) if attempt < 2 => {
+            Err(CacheError::HashMismatch { expected, actual }) if mismatches == 0 => {
+                mismatches += 1;
                 warn!(chunk = %expected, %actual, "a chunk arrived with the wrong bytes; fetching it again");
             }
+            // A readahead of this chunk that had no room did not fetch it;
+            // a reader fetches it itself (its budget has no bound).
+            Err(CacheError::Busy { .. }) if budget == u64::MAX && busy < 3 => busy += 1,
             other => return other,
         }
     }
@@ -258,7 +269,12 @@ impl Vfs {
         if let Some(file) = handle.in_window(index) {
             return Ok(file);
         }
-        let file = Arc::new(fetch_chunk(&self.cache, &*self.source, handle.blob.chunk(index))?);
+        let file = Arc::new(fetch_chunk(
+            &self.cache,
+            &*self.source,
+            handle.blob.chunk(index),
+            u64::MAX,
+        )?);
         handle.keep(index, file.clone());
         Ok(file)
     }
@@ -284,7 +300,7 @@ impl Vfs {
         let mut whole = blake3::Hasher::new();
         let mut buf = Vec::new();
         for span in &blob.spans {
-            let chunk = fetch_chunk(&self.cache, &*self.source, blob.chunk(span.index))?;
+            let chunk = fetch_chunk(&self.cache, &*self.source, blob.chunk(span.index), u64::MAX)?;
             buf.resize(span.size as usize, 0);
             chunk
                 .read_exact_at(&mut buf, 0)

@@ -52,8 +52,7 @@ impl Prefetcher {
         if self.cache.has_checked(&chunk.hash) {
             return;
         }
-        // Fills in progress hold room in the cache: readahead takes at most
-        // half of it, so a small cache keeps room for what readers need now.
+        // A cheap early look at the budget the worker enforces (see `work`).
         if self.cache.reserved().saturating_add(chunk.size) > self.cache.max_bytes() / 2 {
             debug!(chunk = %chunk.hash, "the cache is too small to fetch more ahead");
             return;
@@ -115,7 +114,9 @@ fn work(
     loop {
         let next = lock(rx).recv();
         let Ok(chunk) = next else { return };
-        if let Err(e) = fetch_chunk(cache, source, &chunk) {
+        // Fills in progress hold room in the cache: readahead takes at most
+        // half of it, so a small cache keeps room for what readers need now.
+        if let Err(e) = fetch_chunk(cache, source, &chunk, cache.max_bytes() / 2) {
             // The reader fetches it again itself and reports the error then.
             debug!(chunk = %chunk.hash, error = %e, "readahead of a chunk failed");
         }
