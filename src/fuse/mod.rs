@@ -417,7 +417,7 @@ impl Filesystem for ContextFs {
                 },
             );
         }
-        if self.vfs.open_would_fetch(ino.0) {
+        if self.vfs.open_would_fetch(ino.0, mode) {
             // A cold open downloads first (up to the client's timeout): off
             // the fixed FUSE threads, so cached reads and stats keep going.
             if let Some(slot) = HandOffSlot::take(&self.handed_off) {

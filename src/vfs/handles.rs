@@ -19,13 +19,15 @@ impl Vfs {
     /// clean file whose blob is in no local cache): the FUSE adapter then
     /// opens it off its fixed worker threads, so one slow download does not
     /// hold a thread every other request may need.
-    pub fn open_would_fetch(&self, ino: Ino) -> bool {
+    pub fn open_would_fetch(&self, ino: Ino, mode: OpenMode) -> bool {
         let (hash, size) = match Self::get(&self.lock(), ino).map(|i| (&i.content, i.size)) {
             Ok((Content::Blob { hash }, size)) => (hash.clone(), size),
             _ => return false,
         };
-        // A large file whose manifest is known opens without the server.
-        !self.open_files.contains_key(&hash) && !self.cache.contains(&hash) && !self.manifest_known(&hash, size)
+        // A large file whose manifest is known opens for reading without the
+        // server; opened to write, it is assembled from all its chunks.
+        let reads_by_chunks = !mode.write && !mode.truncate && self.manifest_known(&hash, size);
+        !self.open_files.contains_key(&hash) && !self.cache.contains(&hash) && !reads_by_chunks
     }
 
     pub(super) fn open_blob(&self, hash: &BlobHash) -> VfsResult<Arc<File>> {

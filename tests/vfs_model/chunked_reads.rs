@@ -213,7 +213,7 @@ fn a_small_read_fetches_one_chunk_and_a_far_read_one_more() {
     let (bytes, manifest) = big_file();
     let (vfs, cache) = setup.mount(1 << 30);
     let ino = ino_of(&vfs, "big.bin").unwrap();
-    assert!(vfs.open_would_fetch(ino), "a cold open needs the manifest");
+    assert!(vfs.open_would_fetch(ino, RO), "a cold open needs the manifest");
     let fh = vfs.open(ino, RO).unwrap();
     assert_eq!(vfs.read(fh, 0, 100).unwrap(), bytes[..100]);
     settle(&setup.server);
@@ -237,8 +237,10 @@ fn a_small_read_fetches_one_chunk_and_a_far_read_one_more() {
     assert_eq!(setup.server.fetches_of(&manifest.hash), 0, "never the whole file");
     vfs.release(fh).unwrap();
 
-    // The manifest is remembered: the next open needs nothing from the server.
-    assert!(!vfs.open_would_fetch(ino));
+    // The manifest is remembered: the next open needs nothing from the
+    // server, unless it writes (the copy to write needs every chunk).
+    assert!(!vfs.open_would_fetch(ino, RO));
+    assert!(vfs.open_would_fetch(ino, RW));
     let fh = vfs.open(ino, RO).unwrap();
     assert_eq!(vfs.read(fh, 50, 50).unwrap(), bytes[50..100]);
     assert_eq!(setup.server.manifest_calls.load(Ordering::SeqCst), 1);
@@ -422,7 +424,7 @@ fn a_whole_blob_in_the_cache_is_read_whole_and_a_dead_server_gives_eio() {
     let (vfs, cache) = setup.mount(1 << 30);
     cache.insert_bytes(&manifest.hash, bytes).unwrap();
     let ino = ino_of(&vfs, "big.bin").unwrap();
-    assert!(!vfs.open_would_fetch(ino));
+    assert!(!vfs.open_would_fetch(ino, RO));
     let fh = vfs.open(ino, RO).unwrap();
     assert_eq!(
         vfs.read(fh, 20 * MIB, 4096).unwrap(),
