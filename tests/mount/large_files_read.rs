@@ -336,3 +336,69 @@ async fn an_append_to_a_chunked_file_is_committed() {
     m.sh_ok(&format!("cmp -n {FILE_BYTES} big.bin {}", f.original.display()));
     assert_eq!(m.sh_ok("tail -c 14 big.bin"), "one more line\n");
 }
+
+/// A server that accepts connections and never answers (stopped with
+/// SIGSTOP): reads that need a chunk wait on threads of their own and end
+/// with EIO (after the client's 30 s wait), while a read of a chunk already
+/// cached, from another program, is answered at once: the cold reads, more
+/// than the mount's FUSE threads, do not hold them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_waiting_on_a_hung_server_hold_no_fuse_thread_and_end_with_eio() {
+    let f = Fixture::new("hung-server").await;
+    let m = f.mount(Arc::new(tempfile::tempdir().expect("home")), &[]);
+    assert_eq!(pread(&m, "big.bin", 0, 4096).expect("first chunk"), f.bytes[..4096]);
+    let server = f.s.pid().expect("server pid") as libc::pid_t;
+    // SAFETY: signals to the server process this test started.
+    unsafe { libc::kill(server, libc::SIGSTOP) };
+
+    let spans = f.manifest.spans();
+    // Twelve chunks spread over the file, none near the cached first one.
+    let step = ((spans.len() - 2) / 12).max(1);
+    let cold: Vec<u64> = (2..spans.len())
+        .step_by(step)
+        .take(12)
+        .map(|i| spans[i].offset + 4096)
+        .collect();
+    assert!(
+        cold.len() > contextfs::mount::FUSE_THREADS,
+        "more cold reads than FUSE threads"
+    );
+    let script = "import os, sys\nfd = os.open('big.bin', os.O_RDONLY)\ntry:\n    os.pread(fd, 4096, int(sys.argv[1]))\nexcept OSError as e:\n    print(e.errno)\n    sys.exit(3)\n";
+    let mut readers: Vec<std::process::Child> = cold
+        .iter()
+        .map(|offset| {
+            m.command("python3")
+                .args(["-c", script, &offset.to_string()])
+                .current_dir(&m.dir)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a cold reader")
+        })
+        .collect();
+    // Give the cold reads time to reach the mount and start waiting.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let cached = pread(&m, "big.bin", 8192, 4096).expect("a cached range reads while the server hangs");
+    let still_waiting = readers
+        .iter_mut()
+        .map(|r| r.try_wait())
+        .filter(|w| matches!(w, Ok(None)))
+        .count();
+    assert_eq!(cached, f.bytes[8192..12288]);
+    assert_eq!(
+        still_waiting,
+        cold.len(),
+        "the cached read was answered while every cold read still waited on the server"
+    );
+    for reader in readers {
+        let out = reader.wait_with_output().expect("cold reader");
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "a cold read must fail, not succeed: {}",
+            both(&out)
+        );
+        assert_eq!(stdout(&out).trim(), libc::EIO.to_string());
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(server, libc::SIGCONT) };
+}

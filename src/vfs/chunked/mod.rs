@@ -36,6 +36,8 @@ const HANDLE_WINDOW: usize = 3;
 /// Manifests kept in memory, weighed in chunks (~40,000 chunks is ~80 GB of
 /// files at the average chunk size, a few MB of memory).
 const MANIFEST_CACHE_CHUNKS: u64 = 40_000;
+/// How long a chunk that failed to arrive fails again at once.
+const FAILURE_MEMORY: Duration = Duration::from_secs(5);
 /// How long a manifest (or the answer that a blob is stored whole) is kept
 /// after its last use.
 const MANIFEST_IDLE: Duration = Duration::from_secs(10 * 60);
@@ -111,6 +113,10 @@ pub(crate) struct Chunks {
     prefetcher: Prefetcher,
     /// How far ahead of a sequential reader chunks are fetched.
     max_ahead: u64,
+    /// Chunks whose fetch just failed, with the error: the kernel retries a
+    /// failed readahead page by page at once, and each retry would wait out
+    /// a hung server's timeout again.
+    failed: moka::sync::Cache<BlobHash, Arc<String>>,
 }
 
 impl Chunks {
@@ -127,6 +133,10 @@ impl Chunks {
                 .time_to_idle(MANIFEST_IDLE)
                 .build(),
             handles: Mutex::default(),
+            failed: moka::sync::Cache::builder()
+                .max_capacity(1024)
+                .time_to_live(FAILURE_MEMORY)
+                .build(),
             prefetcher: Prefetcher::new(cache, source),
             max_ahead,
         }
@@ -269,12 +279,25 @@ impl Vfs {
         if let Some(file) = handle.in_window(index) {
             return Ok(file);
         }
-        let file = Arc::new(fetch_chunk(
-            &self.cache,
-            &*self.source,
-            handle.blob.chunk(index),
-            u64::MAX,
-        )?);
+        let chunk = handle.blob.chunk(index);
+        if let Some(error) = self.chunks.failed.get(&chunk.hash) {
+            return Err(VfsError::new(
+                libc::EIO,
+                format!(
+                    "chunk {index} of {} failed a moment ago: {error}",
+                    handle.blob.manifest.hash
+                ),
+            ));
+        }
+        let file = match fetch_chunk(&self.cache, &*self.source, chunk, u64::MAX) {
+            Ok(file) => Arc::new(file),
+            Err(e) => {
+                if !matches!(e, CacheError::NoSpace { .. }) {
+                    self.chunks.failed.insert(chunk.hash.clone(), Arc::new(e.to_string()));
+                }
+                return Err(e.into());
+            }
+        };
         handle.keep(index, file.clone());
         Ok(file)
     }
