@@ -10,6 +10,30 @@ use super::{fsync_dir, io, Durability, Journal, INLINE_LIMIT};
 use crate::model::BlobHash;
 use crate::vfs::VfsError;
 
+/// Staging files from this size up are hashed on every core.
+const PARALLEL_HASH_MIN: u64 = 4 * 1024 * 1024;
+
+/// The hash and size of a closed staging file. A large one is hashed on
+/// every core through a memory map (blake3's tree hash splits across
+/// threads): close() of a multi-gigabyte file otherwise waited for one
+/// core's full pass over it.
+fn hash_staged(file: &File, staged: &Path) -> Result<(BlobHash, u64), VfsError> {
+    let len = file.metadata().map_err(|e| io("stat", staged, e))?.len();
+    let mut hasher = blake3::Hasher::new();
+    if len >= PARALLEL_HASH_MIN {
+        // SAFETY: the map is read-only and dropped before returning; the
+        // caller keeps the staging file's bytes unchanged from here on (the
+        // same promise the hard link below relies on), and the file is
+        // private to this mount, so nothing truncates it under the map.
+        let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| io("map", staged, e))?;
+        hasher.update_rayon(&map);
+        return Ok((BlobHash::from_blake3(hasher.finalize()), map.len() as u64));
+    }
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, ReadAt::new(file));
+    let size = std::io::copy(&mut reader, &mut hasher).map_err(|e| io("read", staged, e))?;
+    Ok((BlobHash::from_blake3(hasher.finalize()), size))
+}
+
 impl Journal {
     /// A copy of `source` as pending content, for file systems without hard links.
     fn snapshot_file(&self, source: &File) -> Result<(BlobHash, u64, Option<Vec<u8>>), VfsError> {
@@ -86,10 +110,7 @@ impl Journal {
     /// `pending/<hash>` (the caller keeps its bytes unchanged from now on).
     /// Falls back to a copy where the file system cannot link.
     pub fn adopt_staged(&self, file: &File, staged: &Path) -> Result<(BlobHash, u64), VfsError> {
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, ReadAt::new(file));
-        let mut hasher = blake3::Hasher::new();
-        let size = std::io::copy(&mut reader, &mut hasher).map_err(|e| io("read", staged, e))?;
-        let hash = BlobHash::from_blake3(hasher.finalize());
+        let (hash, size) = hash_staged(file, staged)?;
         let target = self.pending_blob_path(&hash);
         // Linked under the log lock, and spared if it was doomed: a doomed
         // file is deleted under that lock too, so it cannot vanish between
