@@ -106,9 +106,9 @@ async fn instances_starting_together_migrate_once() {
         .await
         .expect("schema_version");
     let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    // 1 initial, 2 file times, 3 long paths, 4 operations, 5 WebDAV: each
-    // applied exactly once.
-    assert_eq!(versions, [1, 2, 3, 4, 5], "each migration is applied exactly once");
+    // 1 initial, 2 file times, 3 long paths, 4 operations, 5 WebDAV,
+    // 6 chunked content: each applied exactly once.
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6], "each migration is applied exactly once");
     // a project made through one instance is there for the others
     let a = &cluster.servers[0];
     a.create_project("shared").await;

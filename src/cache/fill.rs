@@ -142,43 +142,58 @@ impl Drop for CacheFill {
     }
 }
 
+/// What the first look at a blob this process did not write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Its bytes were hashed and match its name.
+    Intact,
+    /// Too large to hash on open: fsynced before it was published, trusted.
+    Trusted,
+    /// Its bytes do not match its name; it was removed.
+    Torn,
+}
+
 /// The first open of a blob this process did not write: a blob of at most
-/// [`UNSYNCED_MAX`] bytes may have been published without an fsync, so its
-/// bytes are hashed (with positioned reads: `file`'s offset stays at 0).
-/// False when they do not match, after removing the blob, unless another
-/// process already replaced it with a new file. Larger blobs were fsynced
-/// before they were published and are trusted as they are.
-pub(super) fn check_unsynced(hash: &BlobHash, path: &Path, file: &File) -> Result<bool, CacheError> {
+/// `hash_limit` bytes ([`UNSYNCED_MAX`] for whole files; a chunk's bound for
+/// chunks, which are never served unchecked) is hashed (with positioned
+/// reads: `file`'s offset stays at 0) and removed when it does not match,
+/// unless another process already replaced it with a new file. Larger blobs
+/// were fsynced before they were published and are trusted as they are.
+pub(super) fn check_on_open(hash: &BlobHash, path: &Path, file: &File, hash_limit: u64) -> Result<Verdict, CacheError> {
     use std::os::unix::fs::{FileExt, MetadataExt};
     let meta = file.metadata().map_err(|e| CacheError::io(path, e))?;
-    if meta.len() <= UNSYNCED_MAX {
-        let mut bytes = vec![0u8; meta.len() as usize];
-        let mut read = 0;
-        while read < bytes.len() {
-            match file.read_at(&mut bytes[read..], read as u64) {
-                Ok(0) => break,
-                Ok(n) => read += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(CacheError::io(path, e)),
+    if meta.len() > hash_limit.max(UNSYNCED_MAX) {
+        return Ok(Verdict::Trusted);
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; (meta.len() as usize).min(1 << 20)];
+    let mut read: u64 = 0;
+    while read < meta.len() {
+        match file.read_at(&mut buf, read) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                read += n as u64;
             }
-        }
-        bytes.truncate(read);
-        let actual = BlobHash::of(&bytes);
-        if actual != *hash {
-            warn!(
-                "cached blob {} holds bytes hashing to {actual} (torn by a crash?); removing it",
-                path.display()
-            );
-            let same_file = fs::symlink_metadata(path).is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
-            if same_file {
-                if let Err(e) = fs::remove_file(path) {
-                    debug!("cannot remove {}: {e}", path.display());
-                }
-            }
-            return Ok(false);
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CacheError::io(path, e)),
         }
     }
-    Ok(true)
+    let actual = BlobHash::from_blake3(hasher.finalize());
+    if actual == *hash {
+        return Ok(Verdict::Intact);
+    }
+    warn!(
+        "cached blob {} holds bytes hashing to {actual} (torn by a crash, or corrupted on disk); removing it",
+        path.display()
+    );
+    let same_file = fs::symlink_metadata(path).is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
+    if same_file {
+        if let Err(e) = fs::remove_file(path) {
+            debug!("cannot remove {}: {e}", path.display());
+        }
+    }
+    Ok(Verdict::Torn)
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ use tracing::{debug, warn};
 use crate::model::BlobHash;
 use dir::{create_private_dir, remove_stale_tmp, root_from_env, scan_blobs, STALE_TMP_AGE};
 pub use fill::CacheFill;
+use fill::Verdict;
 use flight::{Flights, Role};
 use index::{needs_touch, Entry, Index};
 
@@ -68,6 +69,10 @@ pub enum CacheError {
     /// A fill callback could not obtain the bytes (e.g. the server failed).
     #[error("fetching blob {hash} failed: {message}")]
     Fetch { hash: BlobHash, message: String },
+    /// A fill that may wait (readahead) did not start: fills in progress
+    /// already hold its budget of the cache. Nothing is wrong with the blob.
+    #[error("no room in the cache to fetch {hash} now")]
+    Busy { hash: BlobHash },
 }
 
 impl CacheError {
@@ -116,6 +121,7 @@ impl CacheError {
                 hash: hash.clone(),
                 message: message.clone(),
             },
+            CacheError::Busy { hash } => CacheError::Busy { hash: hash.clone() },
         }
     }
 }
@@ -135,6 +141,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct IndexState {
     index: Index,
     scanned_at: Instant,
+    /// Bytes promised to fills in progress whose size is known in advance
+    /// (chunks): room is made for them before they download, so the blobs
+    /// plus the fills in `tmp/` stay within the limit.
+    reserved: u64,
 }
 
 /// The cache handle of one process; `Send + Sync`, meant to be shared behind
@@ -193,6 +203,7 @@ impl BlobCache {
             state: Mutex::new(IndexState {
                 index: Index::from_entries(entries),
                 scanned_at: Instant::now(),
+                reserved: 0,
             }),
             flights: Flights::new(),
             hits: Default::default(),
@@ -224,7 +235,7 @@ impl BlobCache {
     /// a torn one (left by a power loss) is removed and reported absent.
     pub fn open_blob(&self, hash: &BlobHash) -> Result<Option<File>, CacheError> {
         use std::sync::atomic::Ordering::Relaxed;
-        let found = self.open_uncounted(hash)?;
+        let found = self.open_uncounted(hash, UNSYNCED_MAX)?;
         match found {
             Some(_) => self.hits.fetch_add(1, Relaxed),
             None => self.misses.fetch_add(1, Relaxed),
@@ -232,9 +243,16 @@ impl BlobCache {
         Ok(found)
     }
 
+    /// The limit in bytes this cache evicts down to.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     /// [`BlobCache::open_blob`] without counting a hit or miss (the looks
     /// `get_or_fill` takes after the caller's own).
-    fn open_uncounted(&self, hash: &BlobHash) -> Result<Option<File>, CacheError> {
+    /// Blobs of at most `hash_limit` bytes are hashed on this process's first
+    /// open of them.
+    fn open_uncounted(&self, hash: &BlobHash, hash_limit: u64) -> Result<Option<File>, CacheError> {
         let path = self.path_of(hash);
         let file = match File::open(&path) {
             Ok(file) => file,
@@ -273,7 +291,7 @@ impl BlobCache {
             };
             (touch, state.index.is_verified(hash))
         };
-        if !verified && !self.check_bytes(hash, &path, &file)? {
+        if !verified && !self.check_bytes(hash, &path, &file, hash_limit)? {
             return Ok(None);
         }
         if touch {
@@ -286,16 +304,20 @@ impl BlobCache {
     }
 
     /// Checks a blob this process did not write (see
-    /// [`fill::check_unsynced`]) and records the verdict in the index.
-    fn check_bytes(&self, hash: &BlobHash, path: &Path, file: &File) -> Result<bool, CacheError> {
-        let intact = fill::check_unsynced(hash, path, file)?;
+    /// [`fill::check_on_open`]) and records the verdict in the index: only
+    /// hashed bytes count as verified, so a chunk that a whole-file open
+    /// trusted is still hashed when it is first opened as a chunk.
+    fn check_bytes(&self, hash: &BlobHash, path: &Path, file: &File, hash_limit: u64) -> Result<bool, CacheError> {
+        let verdict = fill::check_on_open(hash, path, file, hash_limit)?;
         let mut state = lock(&self.state);
-        if intact {
-            state.index.mark_verified(hash);
-        } else {
-            state.index.remove(hash);
+        match verdict {
+            Verdict::Intact => state.index.mark_verified(hash),
+            Verdict::Trusted => {}
+            Verdict::Torn => {
+                state.index.remove(hash);
+            }
         }
-        Ok(intact)
+        Ok(verdict != Verdict::Torn)
     }
 
     /// Whether the blob is on disk right now (it may be evicted by another
@@ -328,8 +350,54 @@ impl BlobCache {
     where
         F: FnOnce(&mut CacheFill) -> Result<(), CacheError>,
     {
+        self.get_or_fill_with(hash, UNSYNCED_MAX, None, fill)
+    }
+
+    /// [`BlobCache::get_or_fill`] for one chunk of a large file (see
+    /// `crate::chunks`), of `size` bytes: a cached copy is hashed on this
+    /// process's first open of it (a chunk is never served unchecked; one
+    /// that does not match is removed and filled again), and room for
+    /// `size` bytes is made before the fill starts, so blobs and fills in
+    /// progress together stay within the limit. The fill does not start when
+    /// the fills in progress would then hold more than `budget` bytes (a
+    /// readahead, which can wait; a reader passes `u64::MAX`). Counts a hit
+    /// or a miss.
+    pub fn get_or_fill_chunk<F>(&self, hash: &BlobHash, size: u64, budget: u64, fill: F) -> Result<File, CacheError>
+    where
+        F: FnOnce(&mut CacheFill) -> Result<(), CacheError>,
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(file) = self.open_uncounted(hash, u64::MAX)? {
+            self.hits.fetch_add(1, Relaxed);
+            return Ok(file);
+        }
+        self.misses.fetch_add(1, Relaxed);
+        self.get_or_fill_with(hash, u64::MAX, Some((size, budget)), fill)
+    }
+
+    /// Bytes promised to chunk fills in progress.
+    pub fn reserved(&self) -> u64 {
+        lock(&self.state).reserved
+    }
+
+    /// Whether a chunk is cached and already hashed by this process, so
+    /// opening it costs no download and no hashing.
+    pub fn has_checked(&self, hash: &BlobHash) -> bool {
+        lock(&self.state).index.is_verified(hash) && self.contains(hash)
+    }
+
+    fn get_or_fill_with<F>(
+        &self,
+        hash: &BlobHash,
+        hash_limit: u64,
+        reserve: Option<(u64, u64)>,
+        fill: F,
+    ) -> Result<File, CacheError>
+    where
+        F: FnOnce(&mut CacheFill) -> Result<(), CacheError>,
+    {
         let guard = loop {
-            if let Some(file) = self.open_uncounted(hash)? {
+            if let Some(file) = self.open_uncounted(hash, hash_limit)? {
                 return Ok(file);
             }
             match self.flights.join(hash) {
@@ -340,9 +408,13 @@ impl BlobCache {
             }
         };
         // Another leader may have published between our miss and our lead.
-        let result = match self.open_uncounted(hash) {
+        let result = match self.open_uncounted(hash, hash_limit) {
             Ok(Some(file)) => Ok(file),
-            Ok(None) => self.fill_and_publish(hash, fill),
+            Ok(None) => match reserve.map(|(size, budget)| self.reserve(size, budget)) {
+                Some(None) => Err(CacheError::Busy { hash: hash.clone() }),
+                Some(Some(reservation)) => self.fill_and_publish(hash, Some(&reservation), fill),
+                None => self.fill_and_publish(hash, None, fill),
+            },
             Err(e) => Err(e),
         };
         guard.finish(&result);
@@ -411,21 +483,47 @@ impl BlobCache {
         Ok(())
     }
 
-    fn fill_and_publish<F>(&self, hash: &BlobHash, fill: F) -> Result<File, CacheError>
+    fn fill_and_publish<F>(
+        &self,
+        hash: &BlobHash,
+        reservation: Option<&Reservation<'_>>,
+        fill: F,
+    ) -> Result<File, CacheError>
     where
         F: FnOnce(&mut CacheFill) -> Result<(), CacheError>,
     {
         let mut pending = CacheFill::create(&self.tmp_dir, hash)?;
         fill(&mut pending)?;
         let reader = pending.seal(hash)?;
-        self.publish(hash, pending)?;
+        self.publish(hash, pending, reservation)?;
         Ok(reader)
+    }
+
+    /// Promises `size` bytes to a fill about to start, evicting to make
+    /// room; `None` when fills in progress would then hold over `budget`.
+    fn reserve(&self, size: u64, budget: u64) -> Option<Reservation<'_>> {
+        let mut state = lock(&self.state);
+        if state.reserved.saturating_add(size) > budget {
+            return None;
+        }
+        state.reserved = state.reserved.saturating_add(size);
+        let target = self.max_bytes.saturating_sub(state.reserved);
+        self.evict_to(&mut state.index, target);
+        Some(Reservation {
+            cache: self,
+            size: std::sync::atomic::AtomicU64::new(size),
+        })
     }
 
     /// Makes room for a sealed fill, then renames it into place and indexes
     /// it. A blob larger than the whole limit is still stored, after evicting
     /// everything else; the next insert evicts it in turn.
-    fn publish(&self, hash: &BlobHash, mut pending: CacheFill) -> Result<(), CacheError> {
+    fn publish(
+        &self,
+        hash: &BlobHash,
+        mut pending: CacheFill,
+        reservation: Option<&Reservation<'_>>,
+    ) -> Result<(), CacheError> {
         let target = self.path_of(hash);
         if let Some(parent) = target.parent() {
             create_private_dir(parent)?;
@@ -433,10 +531,16 @@ impl BlobCache {
         self.resync_if_due();
         let size = pending.written();
         let mut state = lock(&self.state);
+        // The blob now counts in the index instead of as a promise.
+        if let Some(reservation) = reservation {
+            let promised = reservation.size.swap(0, std::sync::atomic::Ordering::Relaxed);
+            state.reserved = state.reserved.saturating_sub(promised);
+        }
         // A racing publisher of the same hash (another process) is replaced,
         // not double-counted.
         state.index.remove(hash);
-        self.evict_to(&mut state.index, self.max_bytes.saturating_sub(size));
+        let room = self.max_bytes.saturating_sub(size).saturating_sub(state.reserved);
+        self.evict_to(&mut state.index, room);
         pending.rename_to(&target)?;
         let now = SystemTime::now();
         state.index.insert(
@@ -482,6 +586,22 @@ impl BlobCache {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => warn!("cannot evict {}: {e}", path.display()),
             }
+        }
+    }
+}
+
+/// Room promised to one fill; given back when the fill publishes or fails.
+struct Reservation<'a> {
+    cache: &'a BlobCache,
+    size: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let left = *self.size.get_mut();
+        if left > 0 {
+            let mut state = lock(&self.cache.state);
+            state.reserved = state.reserved.saturating_sub(left);
         }
     }
 }

@@ -328,3 +328,92 @@ fn no_space_is_classified() {
     };
     assert_eq!(fetch.errno(), libc::EIO);
 }
+
+/// A large blob is trusted on open as a whole file (it was fsynced before it
+/// was published), but a chunk is hashed on this process's first open of
+/// it, even if a whole-file open trusted the same name already: bytes
+/// changed on disk are never served as a chunk.
+#[test]
+fn a_chunk_is_hashed_on_first_open_and_a_changed_one_fetched_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let hash = BlobHash::of(&bytes);
+    BlobCache::open(dir.path(), 1 << 30)
+        .expect("open writer")
+        .insert_bytes(&hash, &bytes)
+        .expect("insert");
+    let mut changed = bytes.clone();
+    changed[1000] ^= 1;
+    fs::write(
+        dir.path().join("blobs").join(&hash.as_str()[..2]).join(hash.as_str()),
+        &changed,
+    )
+    .expect("change");
+
+    let reader = BlobCache::open(dir.path(), 1 << 30).expect("open reader");
+    let whole = reader.open_blob(&hash).expect("open").expect("present");
+    assert_eq!(read_all(whole), changed, "whole blobs above UNSYNCED_MAX are trusted");
+    assert!(!reader.has_checked(&hash), "trusted is not checked");
+    let mut fetched = 0;
+    let chunk = reader
+        .get_or_fill_chunk(&hash, bytes.len() as u64, u64::MAX, |fill| {
+            fetched += 1;
+            fill.write(&bytes)
+        })
+        .expect("chunk");
+    assert_eq!(read_all(chunk), bytes);
+    assert_eq!(fetched, 1, "the changed copy was dropped and fetched again");
+    assert!(reader.has_checked(&hash));
+    // Checked once: the next open neither hashes nor fetches.
+    let again = reader
+        .get_or_fill_chunk(&hash, bytes.len() as u64, u64::MAX, |_| panic!("no second fetch"))
+        .expect("chunk again");
+    assert_eq!(read_all(again), bytes);
+}
+
+/// Room for a chunk is made before it downloads, so blobs plus fills in
+/// progress stay within the limit; the promise ends with the fill, whether
+/// it succeeds or fails.
+#[test]
+fn a_chunk_fill_makes_room_before_it_downloads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limit = 1000 * 1024;
+    let cache = BlobCache::open(dir.path(), limit).expect("open");
+    for n in 0..2u8 {
+        cache
+            .insert_bytes(&BlobHash::of(&[n; 400 * 1024]), &[n; 400 * 1024])
+            .expect("insert");
+    }
+    let chunk = vec![9u8; 300 * 1024];
+    let hash = BlobHash::of(&chunk);
+    cache
+        .get_or_fill_chunk(&hash, chunk.len() as u64, u64::MAX, |fill| {
+            let (used, _, count) = cache.usage();
+            assert_eq!(count, 1, "the oldest blob made room first");
+            assert!(used + cache.reserved() <= limit, "{used} + {}", cache.reserved());
+            fill.write(&chunk)
+        })
+        .expect("fill");
+    assert_eq!(cache.reserved(), 0);
+    assert_eq!(cache.usage().0, 700 * 1024);
+    let failing = BlobHash::of(b"never");
+    let err = cache
+        .get_or_fill_chunk(&failing, 200 * 1024, u64::MAX, |_| {
+            Err(CacheError::Fetch {
+                hash: failing.clone(),
+                message: "server down".into(),
+            })
+        })
+        .expect_err("fails");
+    assert!(matches!(err, CacheError::Fetch { .. }));
+    assert_eq!(cache.reserved(), 0, "a failed fill gives its room back");
+    // A fill over its budget does not start (readahead when the cache is busy).
+    let ahead = vec![3u8; 200 * 1024];
+    let err = cache
+        .get_or_fill_chunk(&BlobHash::of(&ahead), ahead.len() as u64, 100 * 1024, |_| {
+            panic!("no fill over the budget")
+        })
+        .expect_err("over budget");
+    assert!(matches!(err, CacheError::Busy { .. }), "{err:?}");
+    assert_eq!(cache.reserved(), 0);
+}

@@ -145,7 +145,7 @@ impl ContextFs {
     }
 }
 
-/// Opens that download on threads of their own at most; beyond that they run
+/// Opens and reads that download on threads of their own at most; beyond that they run
 /// on the FUSE thread that received them (slower for the others, never lost).
 const MAX_HANDED_OFF_OPENS: usize = 64;
 
@@ -417,7 +417,7 @@ impl Filesystem for ContextFs {
                 },
             );
         }
-        if self.vfs.open_would_fetch(ino.0) {
+        if self.vfs.open_would_fetch(ino.0, mode) {
             // A cold open downloads first (up to the client's timeout): off
             // the fixed FUSE threads, so cached reads and stats keep going.
             if let Some(slot) = HandOffSlot::take(&self.handed_off) {
@@ -456,6 +456,20 @@ impl Filesystem for ContextFs {
         }
         if Vfs::is_announcer_handle(fh.0) {
             return reply.error(Errno::EBADF);
+        }
+        if self.vfs.read_would_fetch(fh.0, offset, size) {
+            // A read of a large file that must download a chunk first (up to
+            // the client's timeout): off the fixed FUSE threads, like a cold open.
+            if let Some(slot) = HandOffSlot::take(&self.handed_off) {
+                let vfs = self.vfs.clone();
+                return run_waiting(move || {
+                    let _slot = slot;
+                    match vfs.read(fh.0, offset, size) {
+                        Ok(data) => reply.data(&data),
+                        Err(e) => reply.error(errno(e)),
+                    }
+                });
+            }
         }
         match self.vfs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),

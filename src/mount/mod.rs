@@ -140,30 +140,76 @@ struct ServerBlobs {
     runtime: tokio::runtime::Handle,
 }
 
+/// How long a server may take to answer, or a download may stall, before
+/// the reader gets EIO (there is no FUSE_INTERRUPT).
+const SERVER_WAIT: Duration = Duration::from_secs(30);
+/// The most one chunk (at most 16 MiB) may take in all: a server that
+/// trickles bytes must not hold a reader forever either.
+const CHUNK_DEADLINE: Duration = Duration::from_secs(60);
+
 impl BlobSource for ServerBlobs {
+    fn manifest(&self, hash: &BlobHash) -> Result<Option<crate::chunks::Manifest>, CacheError> {
+        self.runtime.block_on(async {
+            tokio::time::timeout(SERVER_WAIT, self.client.get_manifest(&self.project, hash))
+                .await
+                .map_err(|_| CacheError::Fetch {
+                    hash: hash.clone(),
+                    message: format!(
+                        "the server did not send the manifest within {} s",
+                        SERVER_WAIT.as_secs()
+                    ),
+                })?
+                .map_err(|e| CacheError::Fetch {
+                    hash: hash.clone(),
+                    message: format!("cannot get the manifest: {e}"),
+                })
+        })
+    }
+
+    fn fetch_chunk(&self, hash: &BlobHash, fill: &mut CacheFill) -> Result<(), CacheError> {
+        self.fetch_within(hash, fill, Some(CHUNK_DEADLINE))
+    }
+
     fn fetch(&self, hash: &BlobHash, fill: &mut CacheFill) -> Result<(), CacheError> {
+        self.fetch_within(hash, fill, None)
+    }
+}
+
+impl ServerBlobs {
+    /// Downloads a blob into `fill`. Every wait for the server is bounded by
+    /// [`SERVER_WAIT`]; with `limit`, the whole download is too.
+    fn fetch_within(&self, hash: &BlobHash, fill: &mut CacheFill, limit: Option<Duration>) -> Result<(), CacheError> {
         let fetch_error = |message: String| CacheError::Fetch {
             hash: hash.clone(),
             message,
         };
-        self.runtime.block_on(async {
+        let download = async {
             // There is no FUSE_INTERRUPT: bound every wait so a dead server
             // turns into EIO instead of a hung reader.
-            let response =
-                tokio::time::timeout(Duration::from_secs(30), self.client.blob_response(&self.project, hash))
-                    .await
-                    .map_err(|_| fetch_error("the server did not answer within 30 s".into()))?
-                    .map_err(|e| fetch_error(e.to_string()))?;
-            let mut response = response;
+            let mut response = tokio::time::timeout(SERVER_WAIT, self.client.blob_response(&self.project, hash))
+                .await
+                .map_err(|_| fetch_error(format!("the server did not answer within {} s", SERVER_WAIT.as_secs())))?
+                .map_err(|e| fetch_error(e.to_string()))?;
             loop {
-                let chunk = tokio::time::timeout(Duration::from_secs(30), response.chunk())
+                let chunk = tokio::time::timeout(SERVER_WAIT, response.chunk())
                     .await
-                    .map_err(|_| fetch_error("the download stalled for 30 s".into()))?
+                    .map_err(|_| fetch_error(format!("the download stalled for {} s", SERVER_WAIT.as_secs())))?
                     .map_err(|e| fetch_error(e.to_string()))?;
                 match chunk {
                     Some(bytes) => fill.write(&bytes)?,
                     None => return Ok(()),
                 }
+            }
+        };
+        self.runtime.block_on(async {
+            match limit {
+                None => download.await,
+                Some(limit) => tokio::time::timeout(limit, download).await.unwrap_or_else(|_| {
+                    Err(fetch_error(format!(
+                        "the download did not end within {} s",
+                        limit.as_secs()
+                    )))
+                }),
             }
         })
     }

@@ -6,7 +6,8 @@ use super::*;
 
 /// Where a new staging file's bytes come from.
 enum StagingSource {
-    Blob(BlobHash),
+    /// A clean blob and its size.
+    Blob(BlobHash, u64),
     Sealed(Arc<File>),
 }
 
@@ -18,12 +19,15 @@ impl Vfs {
     /// clean file whose blob is in no local cache): the FUSE adapter then
     /// opens it off its fixed worker threads, so one slow download does not
     /// hold a thread every other request may need.
-    pub fn open_would_fetch(&self, ino: Ino) -> bool {
-        let hash = match Self::get(&self.lock(), ino).map(|i| &i.content) {
-            Ok(Content::Blob { hash }) => hash.clone(),
+    pub fn open_would_fetch(&self, ino: Ino, mode: OpenMode) -> bool {
+        let (hash, size) = match Self::get(&self.lock(), ino).map(|i| (&i.content, i.size)) {
+            Ok((Content::Blob { hash }, size)) => (hash.clone(), size),
             _ => return false,
         };
-        !self.open_files.contains_key(&hash) && !self.cache.contains(&hash)
+        // A large file whose manifest is known opens for reading without the
+        // server; opened to write, it is assembled from all its chunks.
+        let reads_by_chunks = !mode.write && !mode.truncate && self.manifest_known(&hash, size);
+        !self.open_files.contains_key(&hash) && !self.cache.contains(&hash) && !reads_by_chunks
     }
 
     pub(super) fn open_blob(&self, hash: &BlobHash) -> VfsResult<Arc<File>> {
@@ -55,8 +59,9 @@ impl Vfs {
             let (source, sealed) = loop {
                 self.unpark(ino)?;
                 let st = self.lock();
-                match &Self::get(&st, ino)?.content {
-                    Content::Blob { hash } => break (StagingSource::Blob(hash.clone()), None),
+                let inode = Self::get(&st, ino)?;
+                match &inode.content {
+                    Content::Blob { hash } => break (StagingSource::Blob(hash.clone(), inode.size), None),
                     Content::Local { sealed: false, .. } => return Ok(()),
                     Content::Local { file, .. } => break (StagingSource::Sealed(file.clone()), Some(file.clone())),
                     // Parked again by a release in between: open it again.
@@ -71,20 +76,17 @@ impl Vfs {
                 }
             };
             let copied_from = match &source {
-                StagingSource::Blob(hash) => Some(hash.clone()),
+                StagingSource::Blob(hash, _) => Some(hash.clone()),
                 StagingSource::Sealed(_) => None,
             };
             let (file, path) = self.new_local_file()?;
             let mut size = 0;
             if !truncate {
-                let source = match source {
-                    StagingSource::Blob(hash) => self.open_blob(&hash)?,
-                    StagingSource::Sealed(file) => file,
+                size = match source {
+                    // A large file stored as chunks is assembled from them.
+                    StagingSource::Blob(hash, blob_size) => self.copy_clean_into(&hash, blob_size, &file)?,
+                    StagingSource::Sealed(sealed) => chunked::copy_whole(&sealed, &file)?,
                 };
-                let mut reader = std::io::BufReader::with_capacity(1 << 20, journal::ReadAt::new(&source));
-                let mut writer = std::io::BufWriter::with_capacity(1 << 20, &*file);
-                size = std::io::copy(&mut reader, &mut writer).map_err(|e| VfsError::io("copy into staging", e))?;
-                std::io::Write::flush(&mut writer).map_err(|e| VfsError::io("copy into staging", e))?;
             }
             let mut st = self.lock();
             let inode = Self::get_mut(&mut st, ino)?;
@@ -136,20 +138,26 @@ impl Vfs {
             self.await_passthrough_readers(ino)?;
         }
         let mut pinned = None;
+        let mut chunked = None;
         // make_local(truncate) drops a clean file's bytes itself: judge the change by the size before.
         let size_before = Self::get(&self.lock(), ino)?.size;
         if mode.write || mode.truncate {
             self.make_local(ino, mode.truncate)?;
         } else {
-            let hash = {
+            let clean = {
                 let st = self.lock();
-                match &Self::get(&st, ino)?.content {
-                    Content::Blob { hash } => Some(hash.clone()),
+                let inode = Self::get(&st, ino)?;
+                match &inode.content {
+                    Content::Blob { hash } => Some((hash.clone(), inode.size)),
                     _ => None,
                 }
             };
-            if let Some(hash) = hash {
-                pinned = Some(self.open_blob(&hash)?);
+            if let Some((hash, blob_size)) = clean {
+                // A large file not cached whole is read by chunks (never passthrough).
+                match self.chunked_blob(&hash, blob_size)? {
+                    Some(blob) => chunked = Some(blob),
+                    None => pinned = Some(self.open_blob(&hash)?),
+                }
             }
         }
         // O_TRUNC changes the staging file's length: in step with writers.
@@ -220,10 +228,16 @@ impl Vfs {
                 io,
             },
         );
+        if let Some(blob) = chunked {
+            self.open_chunked(fh, blob);
+        }
         Ok(fh)
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
+        if let Some(handle) = self.chunked_handle(fh) {
+            return self.read_chunked(&handle, offset, size);
+        }
         let (file, ino) = {
             let st = self.lock();
             let handle = st.handles.get(&fh).ok_or_else(VfsError::badf)?;
@@ -254,29 +268,18 @@ impl Vfs {
             Some(f) => f,
             None => {
                 // A writable handle whose content went clean (acknowledged) meanwhile.
-                let hash = {
+                let (hash, blob_size) = {
                     let st = self.lock();
-                    match &Self::get(&st, ino)?.content {
-                        Content::Blob { hash } => hash.clone(),
+                    let inode = Self::get(&st, ino)?;
+                    match &inode.content {
+                        Content::Blob { hash } => (hash.clone(), inode.size),
                         _ => return Err(VfsError::new(libc::EAGAIN, "content changed; retry")),
                     }
                 };
-                self.open_blob(&hash)?
+                return self.read_clean(&hash, blob_size, offset, size);
             }
         };
-        let mut buf = vec![0u8; size as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = file
-                .read_at(&mut buf[filled..], offset + filled as u64)
-                .map_err(|e| VfsError::io("read", e))?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        buf.truncate(filled);
-        Ok(buf)
+        chunked::read_at_most(&file, offset, size)
     }
 
     /// Writes at `offset` (at the end for an append handle). As with
@@ -541,6 +544,7 @@ impl Vfs {
         }
         let mut st = self.lock();
         let handle = st.handles.remove(&fh).ok_or_else(VfsError::badf)?;
+        self.release_chunked(fh);
         let ended_epoch = st.kernel_io.release(handle.ino, handle.io);
         let forget = match st.inodes.get_mut(&handle.ino) {
             Some(inode) => {

@@ -12,6 +12,7 @@
 //! crash is written to the [`journal::Journal`] before the call returns.
 
 pub mod announce;
+mod chunked;
 pub mod drain;
 mod error;
 mod handles;
@@ -53,6 +54,20 @@ pub type VfsResult<T> = Result<T, VfsError>;
 /// Fetches blobs the cache does not hold (the server, in production).
 pub trait BlobSource: Send + Sync {
     fn fetch(&self, hash: &BlobHash, fill: &mut CacheFill) -> Result<(), CacheError>;
+
+    /// The manifest of a blob stored as chunks (`crate::chunks`); `None`
+    /// when it is stored whole. Sources that know only whole blobs keep the
+    /// default.
+    fn manifest(&self, _hash: &BlobHash) -> Result<Option<crate::chunks::Manifest>, CacheError> {
+        Ok(None)
+    }
+
+    /// Fetches one chunk of a chunked blob (an ordinary blob of at most
+    /// `crate::chunks::CHUNK_LIMIT` bytes). Implementations bound the whole
+    /// download in time: a reader waits on it.
+    fn fetch_chunk(&self, hash: &BlobHash, fill: &mut CacheFill) -> Result<(), CacheError> {
+        self.fetch(hash, fill)
+    }
 }
 
 /// Kernel cache entries to drop, sent to the FUSE adapter's notifier thread
@@ -344,6 +359,8 @@ pub struct Vfs {
     /// Recently used blob descriptors, so hot files skip open(2).
     open_files: moka::sync::Cache<BlobHash, Arc<File>>,
     source: Arc<dyn BlobSource>,
+    /// Large files read by chunks: manifests, chunked handles, readahead.
+    chunks: chunked::Chunks,
     invalidations: Mutex<Option<mpsc::Sender<KernelUpdate>>>,
     /// The thread that shows remote changes to file watchers (announce.rs).
     announcer: announce::Announcer,
@@ -465,6 +482,7 @@ impl Vfs {
             state: Mutex::new(state),
             journal,
             staging_dir,
+            chunks: chunked::Chunks::new(cache.clone(), source.clone()),
             cache,
             open_files: moka::sync::Cache::builder()
                 .max_capacity(512)

@@ -14,7 +14,8 @@
 //! - `editors`: editors' saves, git, skills;
 //! - `watchers`: inotify events for other agents' changes;
 //! - `history`: past versions at `.contextfs/history/<path>/<N>`;
-//! - `large_files_upload`: large files by chunks, resumed uploads, EFBIG.
+//! - `large_files_upload`: large files by chunks, resumed uploads, EFBIG;
+//! - `large_files_read`: large files read by chunks (issue 21).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -22,6 +23,7 @@ mod common;
 mod basics;
 mod editors;
 mod history;
+mod large_files_read;
 mod large_files_upload;
 mod offline;
 mod sharing;

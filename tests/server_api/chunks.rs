@@ -480,3 +480,73 @@ async fn a_damaged_chunk_in_storage_is_never_served_as_good() {
     }
     assert!(s.log().contains("corrupt"), "the server logs the damage");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_manifest_puts_all_succeed_and_exactly_one_registers_the_file() {
+    let s = TestServer::start().await;
+    let token = s.project_with_token("p").await;
+    let bytes = noise(18 << 20, 8);
+    let (_file, hash, manifest) = large_file(&bytes);
+    upload_chunks(
+        &s,
+        "p",
+        &token,
+        &bytes,
+        &manifest,
+        &(0..manifest.chunks.len()).collect::<Vec<_>>(),
+    )
+    .await;
+    let c = client(&s, &token);
+    let puts = (0..4).map(|_| c.put_manifest("p", &manifest));
+    let receipts = futures_util::future::join_all(puts).await;
+    let created = receipts
+        .iter()
+        .map(|r| r.as_ref().expect("every racing PUT succeeds").created)
+        .filter(|created| *created)
+        .count();
+    assert_eq!(
+        created, 1,
+        "one PUT registered the file, the others found it: {receipts:?}"
+    );
+    s.commit_req("p", &token, &commit_request("f.bin", None, hash))
+        .await
+        .expect("commit");
+    assert!(s.read_bytes("p", &token, "f.bin").await == bytes);
+}
+
+#[tokio::test]
+async fn a_chunk_lost_from_storage_is_asked_for_again_and_the_retry_completes() {
+    if std::env::var(TEST_BLOBS_ENV).is_ok_and(|v| !v.is_empty()) {
+        eprintln!("skipped: removes a blob file, which needs the folder store");
+        return;
+    }
+    let s = TestServer::start().await;
+    let token = s.project_with_token("p").await;
+    let bytes = noise(20 << 20, 9);
+    let (file, hash, manifest) = large_file(&bytes);
+    let n = manifest.chunks.len();
+    upload_chunks(&s, "p", &token, &bytes, &manifest, &(0..n).collect::<Vec<_>>()).await;
+    let lost = manifest.chunks[1].hash.as_str().to_string();
+    std::fs::remove_file(s.data_dir.join("blobs").join(&lost[..2]).join(&lost)).expect("lose a chunk");
+
+    let c = client(&s, &token);
+    let e = c
+        .upload_file("p", &hash, file.path())
+        .await
+        .expect_err("the manifest names a chunk storage lost");
+    assert_eq!(e.status(), Some(StatusCode::BAD_REQUEST), "{e}");
+    assert!(e.to_string().contains(&lost), "names the lost chunk: {e}");
+    let chunks: Vec<BlobHash> = manifest.chunks.iter().map(|c| c.hash.clone()).collect();
+    assert_eq!(
+        c.missing_blobs("p", &chunks).await.unwrap(),
+        vec![manifest.chunks[1].hash.clone()],
+        "the lost chunk is asked for again"
+    );
+    c.upload_file("p", &hash, file.path())
+        .await
+        .expect("the retry uploads it and completes");
+    s.commit_req("p", &token, &commit_request("f.bin", None, hash))
+        .await
+        .expect("commit");
+    assert!(s.read_bytes("p", &token, "f.bin").await == bytes);
+}

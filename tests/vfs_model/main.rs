@@ -15,6 +15,7 @@
 //! - `announce`: remote changes shown to file watchers (the core's half);
 //! - `staging`: a copy staged for writing races with other writers;
 //! - `max_file_size`: EFBIG past the server's largest file;
+//! - `chunked_reads`: large files read by chunks from a fake chunk server;
 //! - `editor_saves`, `acks`, `drain_plan`, `passthrough`, `remote`, `replay`:
 //!   unit tests pinning one concern each.
 
@@ -24,6 +25,7 @@ mod sync_model;
 
 mod acks;
 mod announce;
+mod chunked_reads;
 mod crash;
 mod drain_plan;
 mod editor_saves;

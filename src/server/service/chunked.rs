@@ -108,7 +108,7 @@ impl Service {
         // A manifest already verified (by this project or another) need not
         // be read again: this project has just shown it holds every chunk.
         if self.store.manifest(hash).await?.as_ref() != Some(&manifest) {
-            self.verify_chunks(&manifest).await?;
+            self.verify_chunks(project.id, &manifest).await?;
         }
         match self.store.put_manifest(project.id, &manifest).await? {
             ManifestPut::Recorded { new_to_project } => {
@@ -125,12 +125,19 @@ impl Service {
 
     /// Reads every chunk back from storage, in order: each must be its
     /// listed size, and together they must hash to the manifest's hash.
-    async fn verify_chunks(&self, manifest: &Manifest) -> Result<(), ApiError> {
+    async fn verify_chunks(&self, project_id: i64, manifest: &Manifest) -> Result<(), ApiError> {
         let mut whole = blake3::Hasher::new();
         for (index, chunk) in manifest.chunks.iter().enumerate() {
             let (size, mut stream) = match self.blobs.get(&chunk.hash).await {
                 Ok(opened) => opened,
-                Err(BlobError::NotFound(_)) => return Err(chunk_missing(manifest, &chunk.hash)),
+                Err(BlobError::NotFound(_)) => {
+                    // The project's record outlived the blob (lost from
+                    // storage): forget it, so `blobs/missing` asks for it
+                    // and the client's retry uploads it again.
+                    tracing::warn!(chunk = %chunk.hash, manifest = %manifest.hash, "a chunk the project uploaded is not in blob storage");
+                    self.store.forget_project_blob(project_id, &chunk.hash).await?;
+                    return Err(chunk_missing(manifest, &chunk.hash));
+                }
                 Err(e) => return Err(e.into()),
             };
             if size != chunk.size {

@@ -109,6 +109,9 @@ pub trait ManifestStore: Send + Sync {
     /// stored manifest the project's too (it may read them: they are parts
     /// of a blob it holds) and records the hash as the project's.
     async fn put_manifest(&self, project_id: i64, manifest: &Manifest) -> StoreResult<ManifestPut>;
+    /// Forgets that the project holds this blob (it is gone from storage),
+    /// so `blobs/missing` asks for it again.
+    async fn forget_project_blob(&self, project_id: i64, hash: &BlobHash) -> StoreResult<()>;
     /// The stored manifest of a chunked blob.
     async fn manifest(&self, hash: &BlobHash) -> StoreResult<Option<Manifest>>;
     /// The stored manifests among `hashes` (garbage collection, migration).

@@ -199,6 +199,17 @@ impl ManifestStore for PostgresStore {
         write_tx!(self, |tx| put_manifest_tx(&tx, project_id, manifest).await?)
     }
 
+    async fn forget_project_blob(&self, project_id: i64, hash: &BlobHash) -> StoreResult<()> {
+        let c = self.client().await?;
+        c.execute(
+            "DELETE FROM project_blobs WHERE project_id = $1 AND hash = $2",
+            &[&project_id, &hash.as_str()],
+        )
+        .await
+        .map_err(TxError::from)?;
+        Ok(())
+    }
+
     async fn manifest(&self, hash: &BlobHash) -> StoreResult<Option<Manifest>> {
         let c = self.client().await?;
         Ok(stored_manifests(&c, &[hash.as_str().to_string()]).await?.pop())

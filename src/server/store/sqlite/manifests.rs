@@ -114,6 +114,18 @@ impl ManifestStore for SqliteStore {
             .await
     }
 
+    async fn forget_project_blob(&self, project_id: i64, hash: &BlobHash) -> StoreResult<()> {
+        let hash = hash.clone();
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM project_blobs WHERE project_id = ?1 AND hash = ?2",
+                params![project_id, hash.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn manifest(&self, hash: &BlobHash) -> StoreResult<Option<Manifest>> {
         let hash = hash.clone();
         self.read(move |conn| stored_manifest(conn, &hash)).await
