@@ -11,7 +11,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use reqwest::{Method, Response, StatusCode};
 use thiserror::Error;
 use tokio::sync::Semaphore;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Client, ClientError, ClientResult};
 use crate::api::*;
@@ -269,7 +269,9 @@ impl Client {
             .collect();
         debug!(hash = %manifest.hash, chunks = hashes.len(), missing = todo.len(), "uploading by chunks");
         let count = todo.len();
-        futures_util::stream::iter(todo.into_iter().map(|(offset, size, chunk)| async move {
+        let sent = std::sync::atomic::AtomicUsize::new(0);
+        let sent = &sent;
+        let uploaded = futures_util::stream::iter(todo.into_iter().map(|(offset, size, chunk)| async move {
             let _permit = CHUNKS_IN_FLIGHT
                 .acquire()
                 .await
@@ -290,11 +292,17 @@ impl Client {
                 });
             }
             self.put_blob(project, bytes).await?;
+            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(())
         }))
         .buffer_unordered(PARALLEL_UPLOADS)
         .try_collect::<Vec<()>>()
-        .await?;
+        .await;
+        if let Err(e) = uploaded {
+            let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+            warn!(hash = %manifest.hash, sent, missing = count, error = %e, "chunked upload interrupted; a retry sends only the chunks still missing");
+            return Err(e);
+        }
         Ok(count)
     }
 }

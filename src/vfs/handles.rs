@@ -282,23 +282,6 @@ impl Vfs {
         chunked::read_at_most(&file, offset, size)
     }
 
-    /// The largest file the server stores; see [`Vfs::write`].
-    pub fn set_max_file_bytes(&self, limit: u64) {
-        self.max_file_bytes.store(limit, Ordering::Relaxed);
-    }
-
-    pub fn max_file_bytes(&self) -> u64 {
-        self.max_file_bytes.load(Ordering::Relaxed)
-    }
-
-    /// `EFBIG` for a change that would make a file `end` bytes long.
-    fn past_max_file_size(what: &str, end: u64, limit: u64) -> VfsError {
-        VfsError::new(
-            libc::EFBIG,
-            format!("{what}: the file would have {end} bytes; the server stores files of at most {limit} bytes (--max-file-bytes)"),
-        )
-    }
-
     /// Writes at `offset` (at the end for an append handle). As with
     /// RLIMIT_FSIZE, a write that starts below the largest file size is
     /// shortened to end there, and one that starts at or past it fails with

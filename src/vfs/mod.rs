@@ -19,6 +19,7 @@ mod handles;
 pub mod history;
 pub mod journal;
 pub mod kernel_io;
+mod max_file_size;
 mod namespace;
 pub mod ordering;
 mod passthrough;

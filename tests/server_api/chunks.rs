@@ -531,7 +531,7 @@ async fn a_chunk_lost_from_storage_is_asked_for_again_and_the_retry_completes() 
 
     let c = client(&s, &token);
     let e = c
-        .upload_file("p", &hash, file.path())
+        .put_manifest("p", &manifest)
         .await
         .expect_err("the manifest names a chunk storage lost");
     assert_eq!(e.status(), Some(StatusCode::BAD_REQUEST), "{e}");
@@ -542,6 +542,8 @@ async fn a_chunk_lost_from_storage_is_asked_for_again_and_the_retry_completes() 
         vec![manifest.chunks[1].hash.clone()],
         "the lost chunk is asked for again"
     );
+    // The upload helper asks which chunks are missing, so it sends the lost
+    // one again (it also retries a manifest PUT answered blob_missing).
     c.upload_file("p", &hash, file.path())
         .await
         .expect("the retry uploads it and completes");

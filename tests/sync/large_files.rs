@@ -82,3 +82,41 @@ async fn push_and_put_upload_files_over_the_single_blob_limit_by_chunks() {
         .collect();
     assert!(leftovers.is_empty(), "put left its spool file: {leftovers:?}");
 }
+
+/// A chunk the project uploaded earlier but the server's storage lost is
+/// sent again by the same `put`: the manifest PUT names it (blob_missing),
+/// the upload asks which chunks are missing again and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_lost_from_storage_is_sent_again_by_the_same_upload() {
+    // Blobs in DATA/blobs whatever CONTEXTFS_TEST_BLOBS says: a chunk file is removed.
+    let data = tempfile::tempdir().expect("temp dir");
+    let s = TestServer::start_on(data.path().join("data"), vec![]).await;
+    let p = "lost";
+    let token = s.project_with_token(p).await;
+    let home = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let a = Folder::new(&home, "a", &s, p, &token);
+    let first = pseudo_random(24 * MIB, 31);
+    let source = home.path().join("first.bin");
+    std::fs::write(&source, &first).expect("write the source");
+    let out = a.cli(&["put", "first.bin", &source.display().to_string()]);
+    assert!(out.status.success(), "put: {}", both(&out));
+    committed_by_chunks(&s, p, "first.bin", &first).await;
+    let manifest: Manifest = send(s.get(&s.purl(p, &format!("/manifests/{}", BlobHash::of(&first))), &s.admin))
+        .await
+        .expect("the manifest");
+    let lost = manifest.chunks[0].hash.to_string();
+    std::fs::remove_file(s.data_dir.join("blobs").join(&lost[..2]).join(&lost)).expect("lose a chunk");
+
+    // The same bytes and more: the first chunk is shared.
+    let mut second = first.clone();
+    second.extend_from_slice(&pseudo_random(MIB, 32));
+    let source = home.path().join("second.bin");
+    std::fs::write(&source, &second).expect("write the source");
+    let out = a.cli(&["put", "second.bin", &source.display().to_string()]);
+    assert!(out.status.success(), "one put completes: {}", both(&out));
+    committed_by_chunks(&s, p, "second.bin", &second).await;
+    assert!(
+        s.data_dir.join("blobs").join(&lost[..2]).join(&lost).exists(),
+        "the lost chunk is stored again"
+    );
+}

@@ -287,7 +287,9 @@ async fn edits_made_while_the_server_is_down_land_when_it_is_back() {
 /// reason in `sync status` and the output, once: no retry storm, no crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_skipped_with_its_reason_and_not_retried() {
-    let s = TestServer::start_with(&["--max-blob-bytes", "1048576"]).await;
+    // Over the largest file (--max-file-bytes): refused before any chunk is
+    // sent. (Over --max-blob-bytes alone it would go up by chunks.)
+    let s = TestServer::start_with(&["--max-blob-bytes", "1048576", "--max-file-bytes", "1048576"]).await;
     let token = s.project_with_token("bad").await;
     let home = Arc::new(tempfile::tempdir().expect("temp dir"));
     let mut a = Folder::new(&home, "a", &s, "bad", &token);
