@@ -128,19 +128,6 @@ fn cached_blobs(m: &MountClient) -> Vec<BlobHash> {
     out
 }
 
-/// Bytes under a directory (what `du --apparent-size` counts).
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 /// Waits (bounded) until every thread of `pid` is stopped by SIGSTOP.
 fn wait_until_stopped(pid: libc::pid_t) {
     for _ in 0..1000 {

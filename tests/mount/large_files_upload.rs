@@ -21,20 +21,6 @@ const MIB: usize = 1024 * 1024;
 /// machine: far beyond the usual 30 s.
 const LARGE_DEADLINE: Duration = Duration::from_secs(300);
 
-/// Deterministic bytes that do not compress or repeat (xorshift).
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// A server whose blobs live in DATA/blobs (whatever CONTEXTFS_TEST_BLOBS
 /// says), on a data dir the returned TempDir keeps.
 async fn folder_server(args: &[&str]) -> (tempfile::TempDir, TestServer) {

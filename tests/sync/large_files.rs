@@ -9,19 +9,6 @@ use contextfs::chunks::Manifest;
 
 const MIB: usize = 1024 * 1024;
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// The head of `path` holds `bytes`, stored as a chunked blob.
 async fn committed_by_chunks(s: &TestServer, p: &str, path: &str, bytes: &[u8]) {
     let hash = BlobHash::of(bytes);
