@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use contextfs::chunks::{manifest_of, Manifest, CHUNKED_MIN};
 
+use crate::data::dir_bytes;
 use crate::harness::*;
 
 const MIB: u64 = 1024 * 1024;
@@ -179,29 +180,6 @@ fn cached_names(cache: &BlobCache) -> Vec<BlobHash> {
         }
     }
     names
-}
-
-/// Bytes in a directory tree (the cache: blobs and fills in progress), each
-/// inode once: a fill renamed from `tmp/` into `blobs/` while the walk runs
-/// keeps its inode, and was counted twice when the walk met it in both.
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    fn walk(dir: &std::path::Path, seen: &mut std::collections::HashMap<u64, u64>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for entry in entries.flatten() {
-            match entry.metadata() {
-                Ok(m) if m.is_dir() => walk(&entry.path(), seen),
-                Ok(m) => {
-                    let size = seen.entry(m.ino()).or_insert(0);
-                    *size = (*size).max(m.len());
-                }
-                Err(_) => {}
-            }
-        }
-    }
-    let mut seen = std::collections::HashMap::new();
-    walk(dir, &mut seen);
-    seen.values().sum()
 }
 
 /// Waits until no readahead is running (the fetch count stops moving).

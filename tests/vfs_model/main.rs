@@ -19,6 +19,10 @@
 //! - `editor_saves`, `acks`, `drain_plan`, `passthrough`, `remote`, `replay`:
 //!   unit tests pinning one concern each.
 
+// What tests measure on disk, shared with the integration suites' harness.
+#[path = "../common/data.rs"]
+#[allow(dead_code)]
+mod data;
 mod harness;
 mod model;
 mod sync_model;

@@ -45,18 +45,25 @@ async fn insert_chunk_rows<C: GenericClient>(c: &C, manifest: &BlobHash, chunks:
     Ok(())
 }
 
+/// Inserts the manifest's row unless one is stored; whether it was new.
+async fn insert_manifest_row<C: GenericClient>(c: &C, manifest: &Manifest, now: i64) -> TxResult<bool> {
+    let inserted = c
+        .execute(
+            "INSERT INTO manifests (hash, size, chunks, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (hash) DO NOTHING",
+            &[
+                &manifest.hash.as_str(),
+                &(manifest.size as i64),
+                &encode_chunks(&manifest.chunks),
+                &now,
+            ],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
 async fn insert_manifest<C: GenericClient>(c: &C, manifest: &Manifest, chunks: &[BlobHash], now: i64) -> TxResult<()> {
-    c.execute(
-        "INSERT INTO manifests (hash, size, chunks, created_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (hash) DO NOTHING",
-        &[
-            &manifest.hash.as_str(),
-            &(manifest.size as i64),
-            &encode_chunks(&manifest.chunks),
-            &now,
-        ],
-    )
-    .await?;
+    insert_manifest_row(c, manifest, now).await?;
     insert_chunk_rows(c, &manifest.hash, chunks).await
 }
 
@@ -71,37 +78,7 @@ async fn release_manifests_tx<C: GenericClient>(c: &C, hashes: &[String], cutoff
             &[&hashes],
         )
         .await?;
-    let forgotten = c
-        .query(
-            "DELETE FROM project_blobs p
-             WHERE p.hash = ANY($1) AND (p.used_at IS NULL OR p.used_at < $2)
-               AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.hash = p.hash)
-               AND NOT EXISTS (SELECT 1 FROM skill_files s WHERE s.hash = p.hash)
-             RETURNING p.project_id, p.hash",
-            &[&hashes, &cutoff],
-        )
-        .await?;
-    let held: HashSet<String> = c
-        .query(
-            "SELECT hash FROM versions WHERE hash = ANY($1)
-             UNION SELECT hash FROM skill_files WHERE hash = ANY($1)
-             UNION SELECT hash FROM project_blobs WHERE hash = ANY($1)",
-            &[&hashes],
-        )
-        .await?
-        .iter()
-        .map(|r| col::<String>(r, 0))
-        .collect::<StoreResult<_>>()?;
-    for r in &forgotten {
-        let (project, hash): (i64, String) = (col(r, 0)?, col(r, 1)?);
-        if held.contains(&hash) {
-            c.execute(
-                "INSERT INTO project_blobs (project_id, hash) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&project, &hash],
-            )
-            .await?;
-        }
-    }
+    let held = super::ops::forget_unheld_project_rows(c, hashes, cutoff, false).await?;
     let mut released = Vec::new();
     for r in &dropped {
         let hash: String = col(r, 0)?;
@@ -136,19 +113,7 @@ async fn put_manifest_tx<C: GenericClient>(c: &C, project_id: i64, manifest: &Ma
     if let Some(gone) = chunks.iter().find(|c| !marked.contains(c.as_str())) {
         return Ok(ManifestPut::ChunkGone(gone.clone()));
     }
-    let inserted = c
-        .execute(
-            "INSERT INTO manifests (hash, size, chunks, created_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (hash) DO NOTHING",
-            &[
-                &manifest.hash.as_str(),
-                &(manifest.size as i64),
-                &encode_chunks(&manifest.chunks),
-                &now,
-            ],
-        )
-        .await?;
-    if inserted == 1 {
+    if insert_manifest_row(c, manifest, now).await? {
         insert_chunk_rows(c, &manifest.hash, &chunks).await?;
     } else {
         // Share-locked: a collector dropping this manifest waits for this

@@ -2,6 +2,8 @@
 //! references garbage collection needs, and project activity. The rules are
 //! in [`store::ops`](crate::server::store::ops).
 
+use std::collections::HashSet;
+
 use deadpool_postgres::GenericClient;
 
 use super::retry::{write_tx, TxError, TxResult};
@@ -168,28 +170,47 @@ pub(super) async fn blobs_used_since(store: &PostgresStore, since: i64) -> Store
     rows.iter().map(|r| parse_hash(col(r, 0)?)).collect()
 }
 
-/// Forgets the candidates nothing holds, then reads again: under READ
-/// COMMITTED the second statement sees every transaction that committed
-/// meanwhile, so a candidate that gained a version, a skill or an upload
-/// after all keeps (gets back) its project rows and is not released.
-async fn release_tx<C: GenericClient>(c: &C, hashes: &[String], cutoff: i64) -> TxResult<Vec<String>> {
+/// Forgets the projects' records of the candidates nothing holds, then reads
+/// again: under READ COMMITTED the second statement sees every transaction
+/// that committed meanwhile, so a candidate that gained a version, a skill or
+/// an upload after all gets its project rows back. Returns the candidates
+/// still held. With `chunks_hold`, a chunk listed by a stored manifest counts
+/// as held too (a manifest's own hash is never one).
+pub(super) async fn forget_unheld_project_rows<C: GenericClient>(
+    c: &C,
+    hashes: &[String],
+    cutoff: i64,
+    chunks_hold: bool,
+) -> TxResult<HashSet<String>> {
+    let (unlisted, or_listed) = if chunks_hold {
+        (
+            "AND NOT EXISTS (SELECT 1 FROM manifest_chunks m WHERE m.chunk = p.hash)",
+            "UNION SELECT chunk FROM manifest_chunks WHERE chunk = ANY($1)",
+        )
+    } else {
+        ("", "")
+    };
     let forgotten = c
         .query(
-            "DELETE FROM project_blobs p
-             WHERE p.hash = ANY($1) AND (p.used_at IS NULL OR p.used_at < $2)
-               AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.hash = p.hash)
-               AND NOT EXISTS (SELECT 1 FROM skill_files s WHERE s.hash = p.hash)
-               AND NOT EXISTS (SELECT 1 FROM manifest_chunks m WHERE m.chunk = p.hash)
-             RETURNING p.project_id, p.hash",
+            &format!(
+                "DELETE FROM project_blobs p
+                 WHERE p.hash = ANY($1) AND (p.used_at IS NULL OR p.used_at < $2)
+                   AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.hash = p.hash)
+                   AND NOT EXISTS (SELECT 1 FROM skill_files s WHERE s.hash = p.hash)
+                   {unlisted}
+                 RETURNING p.project_id, p.hash"
+            ),
             &[&hashes, &cutoff],
         )
         .await?;
-    let held: std::collections::HashSet<String> = c
+    let held: HashSet<String> = c
         .query(
-            "SELECT hash FROM versions WHERE hash = ANY($1)
-             UNION SELECT hash FROM skill_files WHERE hash = ANY($1)
-             UNION SELECT hash FROM project_blobs WHERE hash = ANY($1)
-             UNION SELECT chunk FROM manifest_chunks WHERE chunk = ANY($1)",
+            &format!(
+                "SELECT hash FROM versions WHERE hash = ANY($1)
+                 UNION SELECT hash FROM skill_files WHERE hash = ANY($1)
+                 UNION SELECT hash FROM project_blobs WHERE hash = ANY($1)
+                 {or_listed}"
+            ),
             &[&hashes],
         )
         .await?
@@ -206,6 +227,12 @@ async fn release_tx<C: GenericClient>(c: &C, hashes: &[String], cutoff: i64) -> 
             .await?;
         }
     }
+    Ok(held)
+}
+
+/// Releases the candidates nothing holds (a chunk of a stored manifest is held).
+async fn release_tx<C: GenericClient>(c: &C, hashes: &[String], cutoff: i64) -> TxResult<Vec<String>> {
+    let held = forget_unheld_project_rows(c, hashes, cutoff, true).await?;
     Ok(hashes.iter().filter(|h| !held.contains(*h)).cloned().collect())
 }
 
