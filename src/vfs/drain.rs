@@ -621,19 +621,21 @@ impl Vfs {
                 let inode = Self::get_mut(&mut st, ino)?;
                 inode.last_status = Some(v.status);
                 let quiet = inode.open_writers == 0 && inode.data_rev == inode.journaled_data_rev;
-                let staged = match &inode.content {
-                    Content::Local { path, .. } | Content::Parked { path, .. } => Some(path.clone()),
-                    _ => None,
-                };
+                let staged = matches!(&inode.content, Content::Local { .. } | Content::Parked { .. });
                 // Written again meanwhile: the staged copy is the newer truth.
-                if let Some(staged) = staged.filter(|_| settled && quiet && inode.kind == NodeKind::File) {
-                    let _ = std::fs::remove_file(&staged);
+                if staged && settled && quiet && inode.kind == NodeKind::File {
+                    let retired = std::mem::replace(&mut inode.content, Content::Blob { hash: v.hash.clone() });
+                    let size = inode.size;
+                    match retired {
+                        Content::Local { file, path, sealed } => self.staging.retire(&path, sealed, size, Some(file)),
+                        Content::Parked { path, sealed } => self.staging.retire(&path, sealed, size, None),
+                        _ => {}
+                    }
                     if v.hash != *committed {
                         // Merged: the bytes (and so the times) are the server's now.
                         invalidate.push(Invalidation::Inode(ino));
                         Self::adopt_version_times(inode, v);
                     }
-                    inode.content = Content::Blob { hash: v.hash.clone() };
                     inode.size = v.size;
                 }
             }

@@ -96,7 +96,7 @@ impl Vfs {
                 _ => false,
             };
             if !unchanged {
-                let _ = std::fs::remove_file(&path);
+                self.staging.retire(&path, false, size, Some(file));
                 if matches!(&inode.content, Content::Local { sealed: false, .. }) {
                     return Ok(()); // someone else made it local meanwhile: use theirs
                 }

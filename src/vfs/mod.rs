@@ -25,6 +25,7 @@ pub mod ordering;
 mod passthrough;
 pub mod remote;
 pub mod replay;
+mod staging;
 mod status;
 mod tree;
 
@@ -354,7 +355,7 @@ pub struct Vfs {
     /// once it has the lock again.
     state: Mutex<State>,
     journal: Journal,
-    staging_dir: PathBuf,
+    staging: staging::StagingFiles,
     cache: Arc<BlobCache>,
     /// Recently used blob descriptors, so hot files skip open(2).
     open_files: moka::sync::Cache<BlobHash, Arc<File>>,
@@ -447,14 +448,7 @@ pub(crate) fn server_times(mtime: Option<&str>, atime: Option<&str>, at: &str) -
 impl Vfs {
     pub fn new(config: VfsConfig, cache: Arc<BlobCache>, source: Arc<dyn BlobSource>) -> VfsResult<Self> {
         let journal = Journal::open_with(&config.state_dir, config.durability)?;
-        let staging_dir = config.state_dir.join("staging");
-        std::fs::create_dir_all(&staging_dir).map_err(|e| VfsError::io("create staging directory", e))?;
-        // Staging files are rebuilt from the journal on replay; stale ones are junk.
-        if let Ok(entries) = std::fs::read_dir(&staging_dir) {
-            for entry in entries.flatten() {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+        let staging = staging::StagingFiles::open(config.state_dir.join("staging"))?;
         let mut root = Inode::new(
             rand::random(),
             ROOT_INO,
@@ -481,7 +475,7 @@ impl Vfs {
         Ok(Self {
             state: Mutex::new(state),
             journal,
-            staging_dir,
+            staging,
             chunks: chunked::Chunks::new(cache.clone(), source.clone()),
             cache,
             open_files: moka::sync::Cache::builder()

@@ -6,14 +6,7 @@ use super::*;
 
 impl Vfs {
     pub(super) fn new_local_file(&self) -> VfsResult<(Arc<File>, PathBuf)> {
-        let path = self.staging_dir.join(format!("{:016x}", rand::random::<u64>()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| VfsError::io("create staging file", e))?;
-        Ok((Arc::new(file), path))
+        self.staging.create()
     }
 
     pub fn mkdir(&self, parent: Ino, name: &str, mode: u32) -> VfsResult<Attr> {
@@ -119,7 +112,7 @@ impl Vfs {
         let mut st = self.lock();
         if Self::child(&st, parent, name)?.is_some() {
             // Lost a race with another creator: behave like O_EXCL said.
-            let _ = std::fs::remove_file(&path);
+            self.staging.retire(&path, false, 0, Some(file));
             return Err(VfsError::exists(name));
         }
         let ino = Self::alloc_ino(&mut st);

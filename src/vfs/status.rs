@@ -80,7 +80,7 @@ impl Vfs {
     pub fn statfs(&self) -> Statfs {
         let files = self.lock().inodes.len() as u64;
         let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
-        let path = std::ffi::CString::new(self.staging_dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        let path = std::ffi::CString::new(self.staging.dir().as_os_str().as_encoded_bytes()).unwrap_or_default();
         // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
         let ok = unsafe { libc::statvfs(path.as_ptr(), &mut vfs) } == 0;
         let (blocks, bfree) = if ok {

@@ -149,8 +149,11 @@ CREATE TABLE IF NOT EXISTS skill_files (
 pub(super) fn open_connection(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    // temp_store = MEMORY: every entry of a batch runs in its own savepoint,
+    // whose statement journal SQLite otherwise writes to a temporary file
+    // (perf: a tenth of the server's CPU under a batch of small commits).
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;",
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
     )?;
     Ok(conn)
 }
