@@ -208,6 +208,9 @@ pub enum ErrorCode {
     Internal,
     /// 503: the node changes too fast to commit; retry.
     Busy,
+    /// 503: the server cannot reach its database (or storage) now; nothing
+    /// was changed; retry (the answer carries `Retry-After`).
+    Unavailable,
     /// A code this build does not know (e.g. sent by a newer server), as sent.
     #[serde(untagged)]
     Other(String),
@@ -246,6 +249,7 @@ impl ErrorCode {
         ErrorCode::RangeNotSatisfiable,
         ErrorCode::Internal,
         ErrorCode::Busy,
+        ErrorCode::Unavailable,
     ];
 
     /// The name on the wire.
@@ -281,6 +285,7 @@ impl ErrorCode {
             ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
             ErrorCode::Internal => "internal",
             ErrorCode::Busy => "busy",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Other(code) => code,
         }
     }
@@ -720,7 +725,7 @@ mod tests {
             assert_eq!(&ErrorCode::from(code.as_str()), code);
             assert_eq!(code.to_string(), code.as_str());
         }
-        assert_eq!(ErrorCode::KNOWN.len(), 30);
+        assert_eq!(ErrorCode::KNOWN.len(), 31);
         assert_eq!(ErrorCode::BaseVersionUnknown.as_str(), "base_version_unknown");
         assert_eq!(ErrorCode::IsADirectory.as_str(), "is_a_directory");
     }

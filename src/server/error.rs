@@ -9,6 +9,9 @@ use super::blobs::BlobError;
 use super::store::StoreError;
 use crate::api::{BatchEntryError, ErrorBody, ErrorCode, ErrorDetail, VersionInfo};
 
+/// What a 503 asks clients to wait, in seconds.
+pub const RETRY_AFTER_SECONDS: &str = "2";
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -43,6 +46,10 @@ impl ApiError {
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, message)
+    }
+    /// 503 with `Retry-After`: a dependency is down, the request changed nothing.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message)
     }
     pub fn with_head(mut self, head: Option<VersionInfo>) -> Self {
         self.head = head.map(Box::new);
@@ -79,7 +86,15 @@ impl IntoResponse for ApiError {
                 head: self.head.map(|h| *h),
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Clients and proxies that honour it wait before trying again.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
 }
 
@@ -95,6 +110,9 @@ impl From<StoreError> for ApiError {
             // The store names its codes as strings; they become ErrorCodes here.
             StoreError::Conflict { code, message } => ApiError::conflict(ErrorCode::from(code), message),
             StoreError::Backend(m) => ApiError::internal(m),
+            StoreError::Unavailable(m) => ApiError::unavailable(format!(
+                "the metadata database is unreachable ({m}); nothing was changed; retry later"
+            )),
         }
     }
 }

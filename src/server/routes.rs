@@ -167,8 +167,29 @@ pub fn router(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
-async fn health(State(s): Shared) -> Json<Health> {
-    Json(Health {
+/// How long `GET /health` waits for the database before it answers 503.
+const HEALTH_DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `200 {"status": "ok"}`, or `503` (code `unavailable`) while the database
+/// cannot be reached: a load balancer then sends clients elsewhere, and the
+/// mount keeps its changes queued.
+async fn health(State(s): Shared) -> Result<Json<Health>, ApiError> {
+    match tokio::time::timeout(HEALTH_DB_TIMEOUT, s.store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(match ApiError::from(e) {
+                e if e.status.is_server_error() => ApiError::unavailable(e.message),
+                e => e,
+            })
+        }
+        Err(_) => {
+            return Err(ApiError::unavailable(format!(
+                "the metadata database did not answer within {} s",
+                HEALTH_DB_TIMEOUT.as_secs()
+            )))
+        }
+    }
+    Ok(Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         limits: Some(Limits {
@@ -176,7 +197,7 @@ async fn health(State(s): Shared) -> Json<Health> {
             max_blob_bytes: s.limits.max_blob_bytes,
             chunked_min: crate::chunks::CHUNKED_MIN,
         }),
-    })
+    }))
 }
 
 async fn whoami(caller: Caller) -> Json<WhoAmI> {

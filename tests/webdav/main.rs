@@ -8,13 +8,16 @@
 //!   instances on one PostgreSQL (`CONTEXTFS_TEST_DATABASE`);
 //! - `props`: dead properties (PROPPATCH) stored per node;
 //! - `clients`: real clients from Debian's packages: rclone's webdav
-//!   backend, a davfs2 mount, cadaver.
+//!   backend, a davfs2 mount, cadaver;
+//! - `database_outage`: PostgreSQL unreachable under a lock and under
+//!   REST and WebDAV writes (503, nothing lost, the lock kept).
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod chunked;
 mod clients;
+mod database_outage;
 mod locks;
 mod props;
 mod protocol;

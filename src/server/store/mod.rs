@@ -47,6 +47,11 @@ pub enum StoreError {
     Conflict { code: &'static str, message: String },
     #[error("metadata database error: {0}")]
     Backend(String),
+    /// The database cannot be reached now (connection refused or lost, the
+    /// server shutting down): nothing was written, and the same request may
+    /// succeed later.
+    #[error("the metadata database is unreachable: {0}")]
+    Unavailable(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -283,6 +288,12 @@ pub trait MetadataStore: dav::DavStore + manifests::ManifestStore + Send + Sync 
     /// Called once, from inside the runtime, when the server starts.
     fn subscribe(&self) -> Option<BoxStream<'static, Wake>> {
         None
+    }
+
+    /// Whether the database answers now (`GET /health`). Stores that live
+    /// in this process are always there.
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
     }
 
     async fn create_project(&self, name: &str, meta: WriteMeta) -> StoreResult<ProjectRow>;

@@ -215,10 +215,7 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Client> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| backend(format!("no database connection: {e}")))
+        self.pool.get().await.map_err(retry::no_connection)
     }
 }
 
@@ -235,6 +232,12 @@ async fn read_snapshot(
 
 #[async_trait]
 impl MetadataStore for PostgresStore {
+    async fn ping(&self) -> StoreResult<()> {
+        let c = self.client().await?;
+        c.simple_query("SELECT 1").await.map_err(retry::pg_error("ping"))?;
+        Ok(())
+    }
+
     fn subscribe(&self) -> Option<BoxStream<'static, Wake>> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut config = self.config.clone();

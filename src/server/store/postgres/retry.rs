@@ -29,7 +29,49 @@ pub(super) fn describe(e: &tokio_postgres::Error) -> String {
 
 /// A database error as a store error that says what was being done.
 pub(super) fn pg_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError + Copy {
-    move |e| backend(format!("{what}: {}", describe(&e)))
+    move |e| store_error(&e, format!("{what}: {}", describe(&e)))
+}
+
+/// Whether `e` means PostgreSQL could not be reached (connection refused or
+/// lost, the server shutting down or starting) rather than that it refused a
+/// statement: SQLSTATE class 08 (connection exception) and 57P (operator
+/// intervention: shutdown, crash, cannot connect now), or an I/O error.
+pub(super) fn unreachable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        return code.code().starts_with("08") || code.code().starts_with("57P");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// `message` as the store error `e` calls for: `Unavailable` when the
+/// database was unreachable (the request may succeed later), else `Backend`.
+pub(super) fn store_error(e: &tokio_postgres::Error, message: String) -> StoreError {
+    if unreachable(e) {
+        StoreError::Unavailable(message)
+    } else {
+        backend(message)
+    }
+}
+
+/// No connection could be had from the pool (the database refused or did
+/// not answer in time).
+pub(super) fn no_connection(e: deadpool_postgres::PoolError) -> StoreError {
+    let why = match &e {
+        // "error connecting to server: Connection refused (os error 111)"
+        deadpool_postgres::PoolError::Backend(pg) => describe(pg),
+        _ => e.to_string(),
+    };
+    StoreError::Unavailable(format!("no database connection: {why}"))
 }
 
 /// Why a transaction attempt failed: a final store error, or a database
@@ -57,7 +99,7 @@ impl From<tokio_postgres::Error> for TxError {
 
 impl From<deadpool_postgres::PoolError> for TxError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        TxError::Store(backend(format!("no database connection: {e}")))
+        TxError::Store(no_connection(e))
     }
 }
 
@@ -89,7 +131,7 @@ impl TxError {
         }
         match self {
             TxError::Store(e) => e,
-            TxError::Pg(e) => backend(describe(&e)),
+            TxError::Pg(e) => store_error(&e, describe(&e)),
             TxError::Raced => StoreError::HeadMoved,
         }
     }
