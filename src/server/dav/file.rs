@@ -323,3 +323,81 @@ impl DavFile for WriteFile {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Access, CreateProjectRequest};
+    use crate::server::auth::Caller;
+    use crate::server::blobs::dir::DirBlobStore;
+    use crate::server::service::Limits;
+    use crate::server::store::sqlite::SqliteStore;
+
+    async fn project_fs(dir: &std::path::Path) -> ProjectFs {
+        let store = Arc::new(SqliteStore::open(&dir.join("meta.db")).expect("sqlite"));
+        let blobs = Arc::new(DirBlobStore::open(dir).expect("blob folder"));
+        let limits = Limits {
+            max_blob_bytes: 8 << 20,
+            ..Limits::default()
+        };
+        let service = Arc::new(Service::new(store, blobs, "admin-secret", limits));
+        let caller = Caller {
+            token_id: "admin".into(),
+            admin: true,
+            project: None,
+            access: Access::ReadWrite,
+        };
+        let request = CreateProjectRequest { name: "p".into() };
+        service.create_project(&caller, request).await.expect("project");
+        let project = service.project_for(&caller, "p", true).await.expect("row");
+        ProjectFs {
+            service,
+            caller,
+            project,
+            agent: None,
+            skills: None,
+            props: Default::default(),
+        }
+    }
+
+    /// A write far over `--max-blob-bytes` goes to a temp file, not memory,
+    /// and commits as chunks; seeks and overwrites land where they should.
+    #[tokio::test]
+    async fn a_large_write_spills_to_disk_and_commits_as_chunks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fs = project_fs(dir.path()).await;
+        let mut expected = vec![0u8; 20 << 20];
+        blake3::Hasher::new()
+            .update(b"spill")
+            .finalize_xof()
+            .fill(&mut expected);
+        let mut file = WriteFile::new(fs.clone(), WsPath::parse("big.bin").expect("path"), None);
+        for piece in expected.chunks(64 << 10) {
+            file.write_bytes(Bytes::copy_from_slice(piece)).await.expect("write");
+        }
+        assert!(
+            matches!(file.content, Written::Spilled { .. }),
+            "spilled past {SPILL_AT} bytes"
+        );
+        file.seek(SeekFrom::Start(5 << 20)).await.expect("seek");
+        file.write_bytes(Bytes::from_static(b"overwritten"))
+            .await
+            .expect("overwrite");
+        expected[5 << 20..(5 << 20) + 11].copy_from_slice(b"overwritten");
+        file.flush().await.expect("flush commits");
+
+        let version = file.base.clone().expect("committed");
+        assert_eq!(
+            (version.hash.clone(), version.size),
+            (BlobHash::of(&expected), expected.len() as u64)
+        );
+        let manifest = fs.service.store.manifest(&version.hash).await.expect("store");
+        assert!(manifest.is_some_and(|m| m.chunks.len() > 1), "stored as chunks");
+        let (_, mut stream) = fs.service.blobs.get(&version.hash).await.expect("read back");
+        let mut back = Vec::new();
+        while let Some(piece) = stream.next().await {
+            back.extend_from_slice(&piece.expect("piece"));
+        }
+        assert!(back == expected, "the bytes read back");
+    }
+}
