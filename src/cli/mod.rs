@@ -375,8 +375,10 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the chosen one is printed)
     #[arg(long, env = "CONTEXTFS_LISTEN", default_value = "127.0.0.1:8420")]
     pub listen: SocketAddr,
-    /// Largest accepted blob upload in bytes (larger → 413)
-    #[arg(long, default_value_t = 1 << 30)]
+    /// Largest blob in bytes (K, M, G, T suffixes allowed): one blob upload,
+    /// and one chunk of a large file sent whole, which the server cuts into
+    /// chunks of at most 8 MiB (larger → 413; keep it at least 8M)
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub max_blob_bytes: u64,
     /// Largest accepted JSON request body in bytes (larger → 413)
     #[arg(long, default_value_t = 8 << 20)]

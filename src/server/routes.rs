@@ -365,6 +365,15 @@ fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
         .transpose()
 }
 
+/// The body's `Content-Length`, when the request sent one (hyper holds the
+/// body to it: a shorter body fails as cut off).
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 async fn put_file(
     State(s): Shared,
     caller: Caller,
@@ -398,6 +407,7 @@ async fn put_file(
         message: header_text(&headers, HEADER_MESSAGE)?,
         mtime: time(HEADER_MTIME)?,
         atime: time(HEADER_ATIME)?,
+        content_length: declared_length(&headers),
     };
     Ok(Json(
         s.put_file(&caller, &project, path, options, body_stream(body)).await?,

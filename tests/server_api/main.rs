@@ -7,6 +7,7 @@
 //! - `commits`, `namespace`, `feed`, `skills`: the other routes' flows;
 //! - `batch`: `POST .../commit/batch`, each entry its own commit;
 //! - `chunks`: large files by chunks, manifests, `blobs/missing`, byte ranges;
+//! - `large_put`: one-call PUTs of large files, cut into chunks by the server;
 //! - `merges`: merges, sixteen concurrent writers, kill -9 of the server;
 //! - `access`: tokens refused (401, 404 across projects, 403 read-only);
 //! - `bad_input`: every other refusal, with its status and code, and nothing changed.
@@ -21,6 +22,7 @@ mod chunks;
 mod commits;
 mod feed;
 mod files;
+mod large_put;
 mod merges;
 mod namespace;
 mod projects;

@@ -350,10 +350,23 @@ impl ProjectFs {
 
     /// Commits `bytes` as the content of `path` on top of `base`.
     pub async fn commit_bytes(&self, path: &WsPath, base: Option<i64>, bytes: bytes::Bytes) -> FsResult<VersionInfo> {
+        let len = bytes.len() as u64;
         let body: crate::server::blobs::ByteStream =
             Box::pin(futures_util::stream::once(
                 async move { Ok::<_, std::io::Error>(bytes) },
             ));
+        self.commit_stream(path, base, body, len).await
+    }
+
+    /// Commits the `len` bytes of `body` as the content of `path` on top of
+    /// `base`, streamed (chunked when large).
+    pub async fn commit_stream(
+        &self,
+        path: &WsPath,
+        base: Option<i64>,
+        body: crate::server::blobs::ByteStream,
+        len: u64,
+    ) -> FsResult<VersionInfo> {
         self.service
             .put_file(
                 &self.caller,
@@ -365,6 +378,7 @@ impl ProjectFs {
                     message: None,
                     mtime: None,
                     atime: None,
+                    content_length: Some(len),
                 },
                 body,
             )

@@ -18,7 +18,7 @@ use crate::api::{NodeKind, VersionInfo, HEADER_STATUS, HEADER_VERSION};
 use crate::merge::{merge, MergeOutcome};
 use crate::model::{BlobHash, WsPath};
 use crate::server::blobs::{BlobError, ByteStream};
-use crate::server::service::{PutFileOptions, MAX_MERGE_BYTES};
+use crate::server::service::{PutFileOptions, StoredUpload, MAX_MERGE_BYTES};
 
 /// How many versions back an `If-Match` etag is looked for.
 const MAX_IF_MATCH_HISTORY: u32 = 10_000;
@@ -84,24 +84,26 @@ async fn version_with_hash(ctx: &DavRequest, path: &WsPath, etag: &str) -> Resul
     Ok(None)
 }
 
-/// 412 unless the edit of `base` into `new` merges cleanly with `head`.
+/// 412 unless the edit of `base` into the upload merges cleanly with `head`.
+/// A chunked upload (16 MiB or more) is past the merge limit: refused
+/// without reading it.
 async fn refuse_unmergeable(
     ctx: &DavRequest,
     path: &WsPath,
     base: &BlobHash,
     head: &BlobHash,
-    new: &BlobHash,
+    new: &StoredUpload,
 ) -> Result<(), DavRefusal> {
+    let too_large = || precondition_failed("the file changed since the If-Match version and is too large to merge");
+    if matches!(new, StoredUpload::Chunked(_)) || new.size() > MAX_MERGE_BYTES {
+        return Err(too_large());
+    }
     let blobs = &ctx.fs.service.blobs;
     let mut inputs = Vec::with_capacity(3);
-    for hash in [base, head, new] {
+    for hash in [base, head, new.hash()] {
         match blobs.read_all(hash, MAX_MERGE_BYTES).await {
             Ok(bytes) => inputs.push(bytes),
-            Err(BlobError::TooLarge { .. }) => {
-                return Err(precondition_failed(
-                    "the file changed since the If-Match version and is too large to merge",
-                ))
-            }
+            Err(BlobError::TooLarge { .. }) => return Err(too_large()),
             Err(e) => return Err(crate::server::error::ApiError::from(e).into()),
         }
     }
@@ -178,19 +180,8 @@ pub async fn put(ctx: &DavRequest, path: WsPath, req: Request) -> Result<Respons
             "partial PUT (Content-Range) is not supported; send the whole file",
         ));
     }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > service.limits.max_blob_bytes) {
-        return Err(DavRefusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the body is larger than the limit of {} bytes",
-                service.limits.max_blob_bytes
-            ),
-        ));
-    }
+    // A body over --max-file-bytes is refused (413) before it is read.
+    let declared = crate::server::routes::declared_length(headers);
     let mtime = super::mtime::requested(headers)?;
     check_lock(ctx, &path, headers).await?;
     let head = match ctx.fs.resolve(&Some(path.clone())).await.map_err(DavRefusal::from_fs)? {
@@ -218,39 +209,24 @@ pub async fn put(ctx: &DavRequest, path: WsPath, req: Request) -> Result<Respons
         return Err(precondition_failed(format!("{path} exists (If-None-Match: *)")));
     }
     let (base, stale) = base_of(ctx, &path, headers, head.as_ref()).await?;
-    let body = body_stream(body);
-    let body = match (&stale, &head) {
-        (Some(old), Some(h)) => {
-            // Stage the bytes, decide, and only then commit them.
-            let (hash, _, _) = service
-                .blobs
-                .put_stream(None, body, service.limits.max_blob_bytes)
-                .await
-                .map_err(|e| DavRefusal::from(crate::server::error::ApiError::from(e)))?;
-            refuse_unmergeable(ctx, &path, &old.hash, &h.hash, &hash).await?;
-            let (_, staged) = service
-                .blobs
-                .get(&hash)
-                .await
-                .map_err(|e| DavRefusal::from(crate::server::error::ApiError::from(e)))?;
-            staged
-        }
-        _ => body,
+    let options = PutFileOptions {
+        base_version: base,
+        agent_id: ctx.fs.agent.clone(),
+        message: None,
+        mtime: mtime.clone(),
+        atime: None,
+        content_length: declared,
     };
+    // Stored (one blob or chunks, streamed) before anything is decided;
+    // committed only once a stale base is known to merge.
+    let stored = service
+        .store_upload(&ctx.fs.project, body_stream(body), declared)
+        .await?;
+    if let (Some(old), Some(h)) = (&stale, &head) {
+        refuse_unmergeable(ctx, &path, &old.hash, &h.hash, &stored).await?;
+    }
     let written = service
-        .put_file(
-            &ctx.fs.caller,
-            &ctx.fs.project.name,
-            path,
-            PutFileOptions {
-                base_version: base,
-                agent_id: ctx.fs.agent.clone(),
-                message: None,
-                mtime: mtime.clone(),
-                atime: None,
-            },
-            body,
-        )
+        .commit_upload(&ctx.fs.caller, &ctx.fs.project, path, options, stored)
         .await?;
     let mut response = if head.is_none() {
         StatusCode::CREATED.into_response()

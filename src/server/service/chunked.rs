@@ -19,6 +19,7 @@ use crate::server::blobs::{BlobError, ByteStream};
 use crate::server::error::ApiError;
 use crate::server::ranges::ByteRange;
 use crate::server::store::manifests::ManifestPut;
+use crate::server::store::ProjectRow;
 
 /// Most hashes one `blobs/missing` request may ask about.
 pub const MAX_MISSING_QUERY: usize = 10_000;
@@ -120,6 +121,36 @@ impl Service {
                 })
             }
             ManifestPut::ChunkGone(chunk) => Err(chunk_missing(&manifest, &chunk)),
+        }
+    }
+
+    /// Registers a manifest THIS SERVER produced (`upload.rs` cut the body
+    /// and hashed every chunk and the whole itself), so unlike
+    /// [`Service::put_manifest`] it does not read the chunks back: a client's
+    /// manifest is a claim to check, this one is the server's own
+    /// computation. Never call it with a manifest that came in a request.
+    pub(super) async fn register_manifest_cut_by_server(
+        &self,
+        project: &ProjectRow,
+        manifest: &Manifest,
+    ) -> Result<(), ApiError> {
+        manifest
+            .check_shape()
+            .map_err(|e| ApiError::internal(format!("the server cut a bad manifest of {}: {e}", manifest.hash)))?;
+        match self.store.put_manifest(project.id, manifest).await? {
+            ManifestPut::Recorded { new_to_project } => {
+                tracing::info!(hash = %manifest.hash, size = manifest.size, chunks = manifest.chunks.len(), project = %project.name, new_to_project, "chunked upload registered");
+                Ok(())
+            }
+            // The upload outlasted the grace period and garbage collection
+            // released a chunk stored at its start.
+            ManifestPut::ChunkGone(chunk) => Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Busy,
+                format!(
+                    "chunk {chunk} of the upload was removed by garbage collection before the upload ended; nothing was committed: send the file again"
+                ),
+            )),
         }
     }
 

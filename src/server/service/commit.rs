@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 
+use super::upload::StoredUpload;
 use super::{check_mode, check_new_path, meta, Service, MAX_COMMIT_ATTEMPTS};
 use crate::api::*;
 use crate::merge::{merge, MergeOutcome};
@@ -53,6 +54,10 @@ pub struct PutFileOptions {
     /// The file's times (RFC 3339 or Unix seconds); `None`: the commit time.
     pub mtime: Option<String>,
     pub atime: Option<String>,
+    /// The body's length when the request declared it (`Content-Length`):
+    /// a body over `--max-file-bytes` is refused before it is read, and a
+    /// large one is cut into chunks from its first byte.
+    pub content_length: Option<u64>,
 }
 
 /// A commit whose checks passed and whose content is in place.
@@ -522,6 +527,8 @@ impl Service {
 
     /// One-call upload and commit for pipelines: `PUT .../files/{path}`.
     /// Without a base version the upload overwrites the head as it is now.
+    /// A body of any size up to `--max-file-bytes` streams into storage
+    /// (`upload.rs`); a failed one commits nothing.
     pub async fn put_file(
         &self,
         caller: &Caller,
@@ -531,18 +538,37 @@ impl Service {
         body: ByteStream,
     ) -> Result<VersionInfo, ApiError> {
         check_new_path(&path)?;
+        let row = self.project_for(caller, project, true).await?;
+        let stored = self.store_upload(&row, body, options.content_length).await?;
+        self.commit_upload(caller, &row, path, options, stored).await
+    }
+
+    /// Commits what [`Service::store_upload`] stored to `path`: registers
+    /// a chunked upload's manifest first (the server cut it itself), then
+    /// commits the hash as `PUT files` does.
+    pub async fn commit_upload(
+        &self,
+        caller: &Caller,
+        project: &ProjectRow,
+        path: WsPath,
+        options: PutFileOptions,
+        stored: StoredUpload,
+    ) -> Result<VersionInfo, ApiError> {
+        check_new_path(&path)?;
         let PutFileOptions {
             base_version,
             agent_id,
             message,
             mtime,
             atime,
+            content_length: _,
         } = options;
-        let row = self.project_for(caller, project, true).await?;
-        let (hash, size, _) = self.blobs.put_stream(None, body, self.limits.max_blob_bytes).await?;
+        if let StoredUpload::Chunked(manifest) = &stored {
+            self.register_manifest_cut_by_server(project, manifest).await?;
+        }
         let base_version = match base_version {
             Some(b) => Some(b),
-            None => match self.store.node_at(row.id, &path).await? {
+            None => match self.store.node_at(project.id, &path).await? {
                 Some(n) if !n.deleted => Some(n.head.version),
                 _ => None,
             },
@@ -550,7 +576,7 @@ impl Service {
         let req = CommitRequest {
             path,
             base_version,
-            hash,
+            hash: stored.hash().clone(),
             kind: None,
             mode: None,
             agent_id,
@@ -561,6 +587,7 @@ impl Service {
             mtime,
             atime,
         };
-        self.commit_content(caller, project, req, Some(size)).await
+        self.commit_content(caller, &project.name, req, Some(stored.size()))
+            .await
     }
 }

@@ -9,6 +9,8 @@
 //! - `read.rs`: tree, checkout, history, the change feed, audit, blobs;
 //! - `commit.rs`: commits (idempotency, inline content, the three-way merge
 //!   decision) and the one-call `PUT files` upload;
+//! - `upload.rs`: storing a file sent whole in one request, of any size:
+//!   one blob, or chunks cut while it arrives;
 //! - `batch.rs`: many commits in one request and one transaction;
 //! - `chunked.rs`: chunked content: which blobs a project lacks, manifests,
 //!   byte ranges of blobs and files;
@@ -35,12 +37,14 @@ mod namespace;
 mod ops;
 mod read;
 mod skills;
+mod upload;
 
 pub use batch::MAX_BATCH_COMMITS;
 pub use chunked::{Served, MAX_MISSING_QUERY};
 pub use commit::{PutFileOptions, MAX_MERGE_BYTES};
 pub use ops::parse_since;
 pub use skills::parse_skill_front_matter;
+pub use upload::StoredUpload;
 
 /// How often a commit re-reads the head after losing a compare-and-set.
 const MAX_COMMIT_ATTEMPTS: usize = 64;
@@ -140,6 +144,14 @@ fn check_mode(mode: Option<u32>) -> Result<(), ApiError> {
 
 impl Service {
     pub fn new(store: Arc<dyn MetadataStore>, blobs: Arc<dyn BlobStore>, admin_token: &str, limits: Limits) -> Self {
+        if limits.max_blob_bytes < crate::chunks::CHUNK_MAX as u64 {
+            // Large one-call uploads are cut into chunks of up to CHUNK_MAX.
+            tracing::warn!(
+                max_blob_bytes = limits.max_blob_bytes,
+                chunk_max = crate::chunks::CHUNK_MAX,
+                "--max-blob-bytes is below the largest chunk: a one-call upload over it is refused when a chunk is larger"
+            );
+        }
         // Every read goes through the contents layer (chunked blobs).
         let blobs: Arc<dyn BlobStore> = Arc::new(Contents::new(blobs, store.clone()));
         Self {
