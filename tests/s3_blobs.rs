@@ -160,9 +160,11 @@ async fn s3_large_streamed_blob_round_trip() {
     let co = s.read("p", &t, "data/big.bin", None).await.unwrap();
     assert!(co.bytes.len() == LEN && co.hash == hash.to_string());
 
-    // a one-call PUT of a large file has no hash up front: it goes to
-    // PREFIX/tmp/, is hashed, copied under its hash and the temp is deleted
-    let second = pattern(20 << 20, 8);
+    // a one-call PUT has no hash up front: one over S3's in-memory limit
+    // (8 MiB) and under the chunked threshold (16 MiB; larger ones are cut
+    // into chunks as they arrive) goes to PREFIX/tmp/, is hashed, copied
+    // under its hash and the temp is deleted
+    let second = pattern(12 << 20, 8);
     let v: VersionInfo = send(
         s.req(Method::PUT, &s.file_url("p", "data/second.bin"), Some(&t))
             .body(second.clone()),
@@ -284,9 +286,10 @@ async fn s3_kill_9_mid_upload_leaves_no_object_under_a_hash() {
     let kept = s3_support::list(&prefix).await;
     assert_eq!(kept.len(), 1);
 
-    // two uploads that send 24 MiB (past the in-memory limit, so multipart has
-    // begun) and then stall: one with a hash (multipart at the final key) and
-    // a one-call file PUT (multipart at a temp key)
+    // two uploads that send 24 MiB and then stall: one with a hash (past the
+    // in-memory limit, so multipart at the final key has begun) and a
+    // one-call file PUT (over the chunked threshold: the server stores each
+    // chunk it has cut as an object under that chunk's own hash)
     const SENT: u64 = 24 << 20;
     let full = pattern(40 << 20, 9);
     let hash = BlobHash::of(&full);
@@ -329,24 +332,31 @@ async fn s3_kill_9_mid_upload_leaves_no_object_under_a_hash() {
         );
     }
 
-    // the crash hit both uploads mid-multipart (when the server can tell)...
+    // the crash hit the blob upload mid-multipart (when the server can tell)...
     if let Some(pending) = s3_support::pending_multipart_keys(&prefix) {
         let hash_key = format!("{prefix}/{}", blob_key(&hash));
         assert!(
             pending.contains(&hash_key),
             "no multipart upload at {hash_key}: {pending:?}"
         );
+    }
+    // ...and left no object under the file's hash and no temp object: only
+    // chunks the one-call upload had cut, each whole under its own hash (GC
+    // removes them once the grace period is over)
+    let chunks: Vec<(String, u64)> = contextfs::chunks::manifest_of(&full[..])
+        .expect("manifest")
+        .chunks
+        .iter()
+        .map(|c| (blob_key(&c.hash), c.size))
+        .collect();
+    let left = s3_support::list(&prefix).await;
+    for object in &left {
         assert!(
-            pending.iter().any(|k| k.starts_with(&format!("{prefix}/tmp/upload-"))),
-            "no multipart upload under tmp/: {pending:?}"
+            kept.contains(object) || chunks.contains(object),
+            "a crash mid-upload left {object:?}, which is neither the committed file nor a whole chunk"
         );
     }
-    // ...and left nothing visible: no object under the hash, no temp object
-    assert_eq!(
-        s3_support::list(&prefix).await,
-        kept,
-        "a crash mid-upload must leave no visible object"
-    );
+    assert!(kept.iter().all(|k| left.contains(k)));
     s.restart().await;
     let head = s
         .req(Method::HEAD, &s.purl("p", &format!("/blobs/{hash}")), Some(&t))
@@ -365,11 +375,12 @@ async fn s3_kill_9_mid_upload_leaves_no_object_under_a_hash() {
     );
     // the same upload, complete this time, works
     assert_eq!(s.upload("p", &t, &full).await, hash);
-    assert_eq!(
-        s3_support::list(&prefix).await.len(),
-        2,
-        "the blob is there once it was verified"
+    let now = s3_support::list(&prefix).await;
+    assert!(
+        now.contains(&(blob_key(&hash), full.len() as u64)),
+        "the blob is there once it was verified: {now:?}"
     );
+    assert_eq!(now.len(), left.len() + 1, "and nothing else appeared: {now:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use super::locks::{lock, lock_token, put_with};
 use super::*;
 
 /// A TCP forwarder from a local port to PostgreSQL that can be cut and
@@ -159,20 +160,9 @@ async fn an_unreachable_database_answers_503_changes_nothing_and_keeps_locks() {
     // Before the cut: a committed file, and a WebDAV lock on another.
     assert_eq!(dav.put("kept.md", b"acknowledged\n").await.0, StatusCode::CREATED);
     assert_eq!(dav.put("locked.md", b"v1\n").await.0, StatusCode::CREATED);
-    let (status, headers, _) = dav
-        .send(
-            dav.req("LOCK", "locked.md")
-                .header("timeout", "Second-600")
-                .body(LOCK_BODY),
-        )
-        .await;
+    let (status, headers, _) = lock(&dav, "locked.md", "0", false, 600).await;
     assert_eq!(status, StatusCode::OK);
-    let lock_token = headers
-        .get("lock-token")
-        .expect("a Lock-Token header")
-        .to_str()
-        .expect("ascii")
-        .to_string();
+    let lock_token = lock_token(&headers);
 
     link.cut();
 
@@ -237,14 +227,10 @@ async fn an_unreachable_database_answers_503_changes_nothing_and_keeps_locks() {
     );
     assert_eq!(s.history(PROJECT, &token, "new.md").await.len(), 1);
     assert_eq!(dav.put("locked.md", b"intruder\n").await.0, StatusCode::LOCKED);
-    let status = dav
-        .status(
-            dav.req("PUT", "locked.md")
-                .header("if", format!("({lock_token})"))
-                .body("v2\n"),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        put_with(&dav, "locked.md", &lock_token, "v2\n").await,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(s.read_bytes(PROJECT, &token, "locked.md").await, b"v2\n");
     let status = dav
         .status(dav.req("UNLOCK", "locked.md").header("lock-token", &lock_token))

@@ -53,7 +53,7 @@ async fn a_locked_file_takes_writes_only_with_its_token() {
 }
 
 /// The `Lock-Token` of a LOCK answer, with its angle brackets.
-fn lock_token(headers: &HeaderMap) -> String {
+pub(super) fn lock_token(headers: &HeaderMap) -> String {
     headers
         .get("lock-token")
         .expect("a Lock-Token header")
@@ -63,7 +63,13 @@ fn lock_token(headers: &HeaderMap) -> String {
 }
 
 /// LOCKs `path` (exclusive unless `shared`, `Depth` as given) for `seconds`.
-async fn lock(dav: &Dav, path: &str, depth: &str, shared: bool, seconds: u64) -> (StatusCode, HeaderMap, String) {
+pub(super) async fn lock(
+    dav: &Dav,
+    path: &str,
+    depth: &str,
+    shared: bool,
+    seconds: u64,
+) -> (StatusCode, HeaderMap, String) {
     let body = if shared {
         LOCK_BODY.replace("<D:exclusive/>", "<D:shared/>")
     } else {
@@ -81,7 +87,7 @@ async fn lock(dav: &Dav, path: &str, depth: &str, shared: bool, seconds: u64) ->
 }
 
 /// A PUT that sends `token` in its `If` header.
-async fn put_with(dav: &Dav, path: &str, token: &str, body: &str) -> StatusCode {
+pub(super) async fn put_with(dav: &Dav, path: &str, token: &str, body: &str) -> StatusCode {
     dav.status(
         dav.req("PUT", path)
             .header("if", format!("({token})"))
