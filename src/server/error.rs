@@ -10,7 +10,19 @@ use super::store::StoreError;
 use crate::api::{BatchEntryError, ErrorBody, ErrorCode, ErrorDetail, VersionInfo};
 
 /// What a 503 asks clients to wait, in seconds.
-pub const RETRY_AFTER_SECONDS: &str = "2";
+const RETRY_AFTER_SECONDS: &str = "2";
+
+/// Adds `Retry-After` to a 503 (REST and WebDAV alike): clients and proxies
+/// that honour it wait before trying again.
+pub fn with_retry_after(mut response: Response) -> Response {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
+    }
+    response
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -86,15 +98,7 @@ impl IntoResponse for ApiError {
                 head: self.head.map(|h| *h),
             },
         };
-        let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            // Clients and proxies that honour it wait before trying again.
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
-            );
-        }
-        response
+        with_retry_after((self.status, Json(body)).into_response())
     }
 }
 

@@ -99,13 +99,7 @@ impl IntoResponse for DavRefusal {
                 HeaderValue::from_static(auth::REALM_CHALLENGE),
             );
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(crate::server::error::RETRY_AFTER_SECONDS),
-            );
-        }
-        response
+        crate::server::error::with_retry_after(response)
     }
 }
 
