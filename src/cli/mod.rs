@@ -298,9 +298,12 @@ pub struct MountCommand {
     /// Linux >= 6.9, as root; elsewhere every read goes through the mount).
     /// `all`: every clean file; while a process holds a file open this way,
     /// opening it for writing (or truncating it) waits up to 2 s for that
-    /// reader to close and then fails with ETXTBSY. `read-only`: only files
-    /// nobody can write here (skills, read-only mounts), so writers never
-    /// wait. `off`: never
+    /// reader to close and then fails with ETXTBSY. With `all` the kernel
+    /// also writes files created through this mount itself, with no request
+    /// per write (write passthrough; only while the server's --max-file-bytes
+    /// is the default 1 TiB). `reads`: as `all`, but every write goes through
+    /// the mount process. `read-only`: only files nobody can write here
+    /// (skills, read-only mounts), so writers never wait. `off`: never
     #[arg(long, value_enum, value_name = "MODE", default_value_t = crate::vfs::PassthroughPolicy::All)]
     pub passthrough: crate::vfs::PassthroughPolicy,
     /// What close() waits for. `local` (default, like a local disk): the

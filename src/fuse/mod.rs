@@ -24,7 +24,7 @@ pub use announce::spawn_kernel_thread;
 mod history;
 mod reply;
 use history::owns as in_history;
-use reply::{fill_dir, fill_dir_plus, reply_opened, Backings};
+use reply::{fill_dir, fill_dir_plus, reply_created, reply_opened, Backings};
 
 /// How long the kernel may trust attributes and names. Remote changes are
 /// also pushed as invalidations, so this only bounds a missed one.
@@ -527,6 +527,17 @@ impl Filesystem for ContextFs {
         if Vfs::is_announcer_handle(fh.0) {
             return reply.ok();
         }
+        if self.vfs.release_seals_large_file(fh.0) {
+            // Hashing a large file the kernel wrote: off the fixed FUSE threads.
+            let (vfs, backings) = (self.vfs.clone(), self.backings.clone());
+            return run_waiting(move || match vfs.release_kernel(fh.0) {
+                Ok(ended) => {
+                    backings.end(ended);
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(e)),
+            });
+        }
         match self.vfs.release_kernel(fh.0) {
             Ok(ended) => {
                 self.end_epoch(ended);
@@ -744,28 +755,19 @@ impl Filesystem for ContextFs {
                 .vfs
                 .lookup(parent.0, &name)
                 .is_ok_and(|a| self.vfs.passthrough_readers(a.ino));
-        let (vfs, owner) = (self.vfs.clone(), (self.uid, self.gid));
+        let (vfs, backings, owner) = (self.vfs.clone(), self.backings.clone(), (self.uid, self.gid));
         let op = move || {
-            let created = vfs
-                .create(
-                    parent.0,
-                    &name,
-                    mode & !umask & 0o7777,
-                    OpenMode::from_flags(flags),
-                    exclusive,
-                )
-                .and_then(|(a, fh)| Ok((a, fh, vfs.kernel_io(fh)?)));
+            let created = vfs.create(
+                parent.0,
+                &name,
+                mode & !umask & 0o7777,
+                OpenMode::from_flags(flags),
+                exclusive,
+            );
             match created {
-                // Creates are writers: never passthrough.
-                Ok((a, fh, io)) => {
+                Ok((a, fh)) => {
                     vfs.kernel_ref(a.ino);
-                    reply.created(
-                        &TTL,
-                        &file_attr(&a, owner.0, owner.1),
-                        Generation(0),
-                        FileHandle(fh),
-                        Self::open_flags(&io),
-                    )
+                    reply_created(&vfs, &backings, &file_attr(&a, owner.0, owner.1), fh, reply)
                 }
                 Err(e) => reply.error(errno(e)),
             }

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use fuser::{
-    BackingId, FileAttr, FileHandle, FopenFlags, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus, ReplyOpen,
+    BackingId, FileAttr, FileHandle, FopenFlags, Generation, INodeNo, ReplyCreate, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyOpen,
 };
 
 use super::{errno, file_type, ContextFs, TTL};
@@ -23,14 +24,13 @@ impl Backings {
     pub(super) fn get_or_register(
         &self,
         epoch: u64,
-        file: &std::fs::File,
-        reply: &ReplyOpen,
+        register: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> std::io::Result<Arc<BackingId>> {
         let mut backings = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = backings.get(&epoch) {
             return Ok(b.clone());
         }
-        let backing = Arc::new(reply.open_backing(file)?);
+        let backing = Arc::new(register()?);
         backings.insert(epoch, backing.clone());
         Ok(backing)
     }
@@ -52,7 +52,7 @@ pub(super) fn reply_opened(vfs: &Vfs, backings: &Backings, fh: u64, reply: Reply
     let KernelIo::Passthrough { file, epoch } = &io else {
         return reply.opened(FileHandle(fh), ContextFs::open_flags(&io));
     };
-    match backings.get_or_register(*epoch, file, &reply) {
+    match backings.get_or_register(*epoch, || reply.open_backing(&**file)) {
         Ok(backing) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
         Err(e) => {
             // Needs CAP_SYS_ADMIN and a backing file on a plain file system.
@@ -61,6 +61,32 @@ pub(super) fn reply_opened(vfs: &Vfs, backings: &Backings, fh: u64, reply: Reply
                 Ok((io, ended)) => {
                     backings.end(ended);
                     reply.opened(FileHandle(fh), ContextFs::open_flags(&io));
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        }
+    }
+}
+
+/// Replies to a create with the new file's attributes and handle; a file
+/// the kernel writes itself (write passthrough) gets its staging file
+/// registered as the backing file.
+pub(super) fn reply_created(vfs: &Vfs, backings: &Backings, attr: &FileAttr, fh: u64, reply: ReplyCreate) {
+    let io = match vfs.kernel_io(fh) {
+        Ok(io) => io,
+        Err(e) => return reply.error(errno(e)),
+    };
+    let KernelIo::Passthrough { file, epoch } = &io else {
+        return reply.created(&TTL, attr, Generation(0), FileHandle(fh), ContextFs::open_flags(&io));
+    };
+    match backings.get_or_register(*epoch, || reply.open_backing(&**file)) {
+        Ok(backing) => reply.created_passthrough(&TTL, attr, Generation(0), FileHandle(fh), FopenFlags::empty(), &backing),
+        Err(e) => {
+            tracing::warn!(error = %e, "the kernel refused a passthrough backing file; reads and writes go through the mount from now on");
+            match vfs.passthrough_failed(fh) {
+                Ok((io, ended)) => {
+                    backings.end(ended);
+                    reply.created(&TTL, attr, Generation(0), FileHandle(fh), ContextFs::open_flags(&io));
                 }
                 Err(e) => reply.error(errno(e)),
             }

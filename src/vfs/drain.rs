@@ -208,6 +208,10 @@ impl Vfs {
                 }))
             }
         };
+        if r.open_content {
+            // The kernel may still be writing it: sent once its writers are gone.
+            return Ok(None);
+        }
         let path = valid(&Self::path_of(st, ino))?;
         let source = || -> ContentSource {
             match (Journal::inline_bytes(r), &r.content) {
@@ -333,8 +337,12 @@ impl Vfs {
         match st.records.get(&uid) {
             Some(r) if r.rev == rev => {
                 let pending_blob = r.content.clone().filter(|_| r.inline.is_none());
+                let open_content = r.open_content;
                 self.journal.remove(uid)?;
                 st.records.remove(&uid);
+                if open_content {
+                    self.journal.remove_open_content(uid);
+                }
                 if let Some(hash) = pending_blob {
                     Self::drop_pending_unless_used(&self.journal, st, &hash);
                 }
@@ -534,6 +542,7 @@ impl Vfs {
             atime: None,
             inline: None,
             last_error: None,
+            open_content: false,
         };
         self.journal.write(&record)?;
         st.records.insert(uid, record);
@@ -618,17 +627,29 @@ impl Vfs {
                 self.rebase(&mut st, uid, &server, v.status == VersionStatus::Clean)?;
             }
             if let Some(ino) = ino {
+                // (Passthrough readers of the staging file keep it: their
+                // epoch pins every open of the inode to it.)
+                let staging_read = st.kernel_io.staging_file(ino).is_some();
                 let inode = Self::get_mut(&mut st, ino)?;
                 inode.last_status = Some(v.status);
-                let quiet = inode.open_writers == 0 && inode.data_rev == inode.journaled_data_rev;
+                let quiet = inode.open_writers == 0 && inode.data_rev == inode.journaled_data_rev && !staging_read;
                 let staged = matches!(&inode.content, Content::Local { .. } | Content::Parked { .. });
                 // Written again meanwhile: the staged copy is the newer truth.
                 if staged && settled && quiet && inode.kind == NodeKind::File {
                     let retired = std::mem::replace(&mut inode.content, Content::Blob { hash: v.hash.clone() });
                     let size = inode.size;
                     match retired {
-                        Content::Local { file, path, sealed } => self.staging.retire(&path, sealed, size, Some(file)),
-                        Content::Parked { path, sealed } => self.staging.retire(&path, sealed, size, None),
+                        Content::Local {
+                            file,
+                            path,
+                            sealed,
+                            kernel_wrote,
+                        } => self.staging.retire(&path, sealed, kernel_wrote, size, Some(file)),
+                        Content::Parked {
+                            path,
+                            sealed,
+                            kernel_wrote,
+                        } => self.staging.retire(&path, sealed, kernel_wrote, size, None),
                         _ => {}
                     }
                     if v.hash != *committed {
@@ -657,14 +678,27 @@ impl Vfs {
             let current = st.records.get(&uid).is_some_and(|r| r.rev == rev);
             let inode = st.by_uid.get(&uid).and_then(|ino| st.inodes.get(ino));
             match inode.map(|i| (&i.content, i.open_writers == 0 && i.data_rev == i.journaled_data_rev)) {
-                Some((Content::Local { path, sealed, .. } | Content::Parked { path, sealed }, true)) if current => {
-                    Some((path.clone(), *sealed))
-                }
+                Some((
+                    Content::Local {
+                        path,
+                        sealed,
+                        kernel_wrote,
+                        ..
+                    }
+                    | Content::Parked {
+                        path,
+                        sealed,
+                        kernel_wrote,
+                    },
+                    true,
+                )) if current => Some((path.clone(), *sealed, *kernel_wrote)),
                 _ => None,
             }
         };
-        let Some((staged, sealed)) = staged else { return };
-        let seeded = if sealed {
+        let Some((staged, sealed, kernel_wrote)) = staged else { return };
+        // A file the kernel wrote is linked only if no memory map can still
+        // change it (kernel_writes.rs); otherwise it is copied, hash-checked.
+        let seeded = if sealed && (!kernel_wrote || super::staging::no_other_writer(&staged)) {
             self.cache.insert_sealed_file(committed, &staged)
         } else {
             self.cache.insert_file(committed, &staged)

@@ -96,7 +96,7 @@ impl Vfs {
                 _ => false,
             };
             if !unchanged {
-                self.staging.retire(&path, false, size, Some(file));
+                self.staging.retire(&path, false, false, size, Some(file));
                 if matches!(&inode.content, Content::Local { sealed: false, .. }) {
                     return Ok(()); // someone else made it local meanwhile: use theirs
                 }
@@ -110,6 +110,7 @@ impl Vfs {
                 file,
                 path,
                 sealed: false,
+                kernel_wrote: false,
             };
             inode.size = size;
             return Ok(());
@@ -175,10 +176,19 @@ impl Vfs {
             (Some(_), Content::Blob { hash }) if self.passthrough_allowed(inode) => Some(hash.clone()),
             _ => None,
         };
-        let io = st
-            .kernel_io
-            .open(ino, passthrough_read.as_ref())
-            .map_err(|_| Self::passthrough_busy(&st, ino))?;
+        // A new file the kernel writes itself: every open joins its epoch.
+        let staging = match &inode.content {
+            Content::Local { file, .. } => Some(file.clone()),
+            _ => None,
+        };
+        let io = match st.kernel_io.join_staging(ino, staging.as_ref(), mode.write) {
+            Ok(Some(io)) => io,
+            Ok(None) => st
+                .kernel_io
+                .open(ino, passthrough_read.as_ref())
+                .map_err(|_| Self::passthrough_busy(&st, ino))?,
+            Err(_) => return Err(Self::passthrough_busy(&st, ino)),
+        };
         let mut dirty = false;
         if mode.truncate {
             // Sealed or parked by a close since make_local: empty means a
@@ -196,6 +206,7 @@ impl Vfs {
                     file,
                     path,
                     sealed: false,
+                    kernel_wrote: false,
                 };
             }
             let inode = Self::get_mut(&mut st, ino)?;
@@ -444,12 +455,22 @@ impl Vfs {
     pub fn flush(&self, fh: u64) -> VfsResult<()> {
         let ino = {
             let mut st = self.lock();
-            let handle = st.handles.get_mut(&fh).ok_or_else(VfsError::badf)?;
-            if !handle.dirty {
+            let handle = st.handles.get(&fh).ok_or_else(VfsError::badf)?;
+            let ino = handle.ino;
+            // The kernel wrote this handle's file itself: whether it changed
+            // is not known here, so every close journals it.
+            let kernel_writes = handle.write && st.kernel_io.staging_file(ino).is_some();
+            if !handle.dirty && !kernel_writes {
                 return Ok(());
             }
-            handle.dirty = false;
-            handle.ino
+            if let Some(h) = st.handles.get_mut(&fh) {
+                h.dirty = false;
+            }
+            if kernel_writes {
+                let inode = Self::get_mut(&mut st, ino)?;
+                inode.data_rev += 1;
+            }
+            ino
         };
         if let Err(e) = self.journal_content(ino).and_then(|()| self.journal.close_point()) {
             if let Some(h) = self.lock().handles.get_mut(&fh) {
@@ -487,6 +508,9 @@ impl Vfs {
                 _ => return Ok(()),
             }
         };
+        if self.lock().kernel_io.kernel_writing(ino).is_some_and(|f| Arc::ptr_eq(f, &file)) {
+            return self.journal_kernel_written(ino, &file, &path, &data_lock, rev);
+        }
         // Hashing and copying happen outside the lock; the revision check below
         // keeps a concurrent writer's newer change from being marked journaled.
         let size_now = file.metadata().map_err(|e| VfsError::io("stat staging file", e))?.len();
@@ -518,13 +542,41 @@ impl Vfs {
         if inode.unlinked {
             return Ok(());
         }
-        let mut record = Self::next_record(&st, ino)?;
+        self.journal_content_hash(&mut st, ino, hash, size, inline)?;
+        let inode = Self::get_mut(&mut st, ino)?;
+        inode.journaled_data_rev = inode.journaled_data_rev.max(rev);
+        Ok(())
+    }
+
+    /// Journals `ino`'s content by hash (inline when small), unless its
+    /// record already says exactly that; retires an open-content link the
+    /// record had (write passthrough, see `kernel_writes.rs`).
+    pub(super) fn journal_content_hash(
+        &self,
+        st: &mut State,
+        ino: Ino,
+        hash: BlobHash,
+        size: u64,
+        inline: Option<Vec<u8>>,
+    ) -> VfsResult<()> {
+        let uid = Self::get(st, ino)?.uid;
+        let prev = st.records.get(&uid);
+        let unchanged = prev.is_some_and(|r| {
+            !r.open_content && r.content.as_ref() == Some(&hash) && r.inline.is_some() == inline.is_some()
+        });
+        if unchanged {
+            return Ok(());
+        }
+        let was_open = prev.is_some_and(|r| r.open_content);
+        let mut record = Self::next_record(st, ino)?;
         record.content = Some(hash);
         record.size = size;
         record.inline = inline.map(|b| Journal::encode_inline(&b));
-        self.commit_record(&mut st, ino, record)?;
-        let inode = Self::get_mut(&mut st, ino)?;
-        inode.journaled_data_rev = inode.journaled_data_rev.max(rev);
+        record.open_content = false;
+        self.commit_record(st, ino, record)?;
+        if was_open {
+            self.journal.remove_open_content(uid);
+        }
         Ok(())
     }
 
@@ -545,6 +597,7 @@ impl Vfs {
         let mut st = self.lock();
         let handle = st.handles.remove(&fh).ok_or_else(VfsError::badf)?;
         self.release_chunked(fh);
+        let kernel_wrote = handle.write && st.kernel_io.staging_file(handle.ino).is_some();
         let ended_epoch = st.kernel_io.release(handle.ino, handle.io);
         let forget = match st.inodes.get_mut(&handle.ino) {
             Some(inode) => {
@@ -556,20 +609,46 @@ impl Vfs {
             }
             None => false,
         };
+        // The last writer of a file the kernel wrote itself: nothing can
+        // change it now (readers still in the epoch make later writers wait),
+        // so its bytes are journaled by hash (see kernel_writes.rs).
+        let seal = kernel_wrote && !forget && st.inodes.get(&handle.ino).is_some_and(|i| i.open_writers == 0);
+        if seal {
+            st.kernel_io.seal_staging(handle.ino);
+        }
         if forget {
             Self::forget_inode(&mut st, handle.ino);
-        } else if let Some(inode) = st.inodes.get_mut(&handle.ino) {
-            // Closed and journaled: the staging file waits for the server
-            // without holding a descriptor.
-            let idle = inode.open_handles == 0 && inode.data_rev == inode.journaled_data_rev;
-            if let (true, Content::Local { path, sealed, .. }) = (idle, &inode.content) {
-                inode.content = Content::Parked {
-                    path: path.clone(),
-                    sealed: *sealed,
-                };
-            }
+        } else if !seal {
+            Self::park_if_idle(&mut st, handle.ino);
+        }
+        drop(st);
+        if seal {
+            self.seal_kernel_written(handle.ino);
         }
         Ok(ended_epoch)
+    }
+
+    /// Closed and journaled: the staging file waits for the server without
+    /// holding a descriptor.
+    pub(super) fn park_if_idle(st: &mut State, ino: Ino) {
+        let Some(inode) = st.inodes.get_mut(&ino) else { return };
+        let idle = inode.open_handles == 0 && inode.data_rev == inode.journaled_data_rev;
+        if let (
+            true,
+            Content::Local {
+                path,
+                sealed,
+                kernel_wrote,
+                ..
+            },
+        ) = (idle, &inode.content)
+        {
+            inode.content = Content::Parked {
+                path: path.clone(),
+                sealed: *sealed,
+                kernel_wrote: *kernel_wrote,
+            };
+        }
     }
 
     /// Opens a parked staging file again (see [`Content::Parked`]).
@@ -585,12 +664,18 @@ impl Vfs {
             .map_err(|e| VfsError::io("reopen staging file", e))?;
         let mut st = self.lock();
         let inode = Self::get_mut(&mut st, ino)?;
-        if let Content::Parked { path: parked, sealed } = &inode.content {
+        if let Content::Parked {
+            path: parked,
+            sealed,
+            kernel_wrote,
+        } = &inode.content
+        {
             if *parked == path {
                 inode.content = Content::Local {
                     file: Arc::new(file),
                     path,
                     sealed: *sealed,
+                    kernel_wrote: *kernel_wrote,
                 };
             }
         }
@@ -754,6 +839,9 @@ impl Vfs {
             }
         }
         let mut st = self.lock();
+        if let Some(mtime) = set.mtime {
+            Self::set_staging_mtime(&st, ino, mtime);
+        }
         let inode = Self::get_mut(&mut st, ino)?;
         let mut changed = false;
         if let Some(mode) = set.mode.map(|m| m & 0o7777).filter(|m| *m != inode.mode) {

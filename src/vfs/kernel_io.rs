@@ -10,8 +10,17 @@
 //! passthrough, writers must wait for them (see [`Busy`]). This table counts
 //! open handles per inode so that every answer the mount gives is one the
 //! kernel accepts.
+//!
+//! A new file may also be written by passthrough: its create starts a
+//! *staging* epoch whose backing file is the file's staging file, so the
+//! kernel writes it without a WRITE request per page (see
+//! `docs/SEMANTICS.md`, "Write passthrough"). Every other open of that inode
+//! joins the epoch while it lasts; writers only while the staging file is
+//! still the file's unsealed content ([`KernelIoTable::seal_staging`]).
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
 
 use super::Ino;
 use crate::model::BlobHash;
@@ -32,12 +41,22 @@ pub enum HandleIo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Busy;
 
+/// What the current passthrough epoch of an inode gives the kernel.
+#[derive(Debug, Clone)]
+enum Backing {
+    /// A clean blob, read only.
+    Blob(BlobHash),
+    /// The inode's staging file, which the kernel writes itself.
+    /// `writable` until the epoch's last writer has gone and the file was
+    /// sealed: later writers must wait for the epoch to end.
+    Staging { file: Arc<File>, writable: bool },
+}
+
 #[derive(Debug, Default)]
 struct InodeIo {
     cached: u32,
     passthrough: u32,
-    /// The blob the current passthrough epoch reads.
-    hash: Option<BlobHash>,
+    backing: Option<Backing>,
     epoch: u64,
 }
 
@@ -54,7 +73,8 @@ impl KernelIoTable {
     pub fn open(&mut self, ino: Ino, passthrough_read: Option<&BlobHash>) -> Result<HandleIo, Busy> {
         let entry = self.inodes.entry(ino).or_default();
         if entry.passthrough > 0 {
-            if passthrough_read.is_some() && passthrough_read == entry.hash.as_ref() {
+            let same_blob = matches!((&entry.backing, passthrough_read), (Some(Backing::Blob(h)), Some(want)) if h == want);
+            if same_blob {
                 entry.passthrough += 1;
                 return Ok(HandleIo::Passthrough { epoch: entry.epoch });
             }
@@ -64,7 +84,7 @@ impl KernelIoTable {
             Some(hash) if entry.cached == 0 => {
                 self.next_epoch += 1;
                 entry.epoch = self.next_epoch;
-                entry.hash = Some(hash.clone());
+                entry.backing = Some(Backing::Blob(hash.clone()));
                 entry.passthrough = 1;
                 Ok(HandleIo::Passthrough { epoch: entry.epoch })
             }
@@ -75,9 +95,93 @@ impl KernelIoTable {
         }
     }
 
+    /// Starts a staging epoch for a handle that just created `ino`: the
+    /// kernel writes `staging` itself. None if the inode has other opens.
+    pub fn start_staging(&mut self, ino: Ino, staging: Arc<File>) -> Option<HandleIo> {
+        let entry = self.inodes.entry(ino).or_default();
+        if entry.cached > 0 || entry.passthrough > 0 {
+            return None;
+        }
+        self.next_epoch += 1;
+        entry.epoch = self.next_epoch;
+        entry.backing = Some(Backing::Staging {
+            file: staging,
+            writable: true,
+        });
+        entry.passthrough = 1;
+        Some(HandleIo::Passthrough { epoch: entry.epoch })
+    }
+
+    /// Joins the staging epoch of `ino`, if one is open and `content` is its
+    /// staging file (a writer also needs it unsealed, see `seal_staging`).
+    /// Ok(None): no staging epoch; Err(Busy): one this open cannot share.
+    pub fn join_staging(&mut self, ino: Ino, content: Option<&Arc<File>>, write: bool) -> Result<Option<HandleIo>, Busy> {
+        let Some(entry) = self.inodes.get_mut(&ino) else {
+            return Ok(None);
+        };
+        let Some(Backing::Staging { file, writable }) = &entry.backing else {
+            return Ok(None);
+        };
+        if entry.passthrough == 0 {
+            return Ok(None);
+        }
+        let same = content.is_some_and(|c| Arc::ptr_eq(c, file));
+        if !same || (write && !writable) {
+            return Err(Busy);
+        }
+        entry.passthrough += 1;
+        Ok(Some(HandleIo::Passthrough { epoch: entry.epoch }))
+    }
+
+    /// The staging file the kernel writes for `ino`, while a staging epoch
+    /// is open (its length and times are the file's).
+    pub fn staging_file(&self, ino: Ino) -> Option<&Arc<File>> {
+        match self.inodes.get(&ino) {
+            Some(InodeIo {
+                backing: Some(Backing::Staging { file, .. }),
+                passthrough: 1..,
+                ..
+            }) => Some(file),
+            _ => None,
+        }
+    }
+
+    /// The staging file while the kernel may still write it: a staging
+    /// epoch that writers can join (not sealed yet).
+    pub fn kernel_writing(&self, ino: Ino) -> Option<&Arc<File>> {
+        match self.inodes.get(&ino) {
+            Some(InodeIo {
+                backing: Some(Backing::Staging { file, writable: true }),
+                passthrough: 1..,
+                ..
+            }) => Some(file),
+            _ => None,
+        }
+    }
+
+    /// The epoch's last writer is gone and its file was sealed: readers may
+    /// still join, writers wait until the epoch ends.
+    pub fn seal_staging(&mut self, ino: Ino) {
+        if let Some(InodeIo {
+            backing: Some(Backing::Staging { writable, .. }),
+            ..
+        }) = self.inodes.get_mut(&ino)
+        {
+            *writable = false;
+        }
+    }
+
     /// Whether an open that cannot be a passthrough read would be refused now.
     pub fn busy(&self, ino: Ino) -> bool {
         self.inodes.get(&ino).is_some_and(|e| e.passthrough > 0)
+    }
+
+    /// Whether a writer of `ino` must wait for passthrough readers: any
+    /// passthrough epoch but a staging one still open to writers.
+    pub fn writers_wait(&self, ino: Ino) -> bool {
+        self.inodes.get(&ino).is_some_and(|e| {
+            e.passthrough > 0 && !matches!(e.backing, Some(Backing::Staging { writable: true, .. }))
+        })
     }
 
     /// Forgets a released handle. Returns the passthrough epoch it ended, if
@@ -91,7 +195,7 @@ impl KernelIoTable {
                 if entry.epoch == epoch && entry.passthrough > 0 {
                     entry.passthrough -= 1;
                     if entry.passthrough == 0 {
-                        entry.hash = None;
+                        entry.backing = None;
                         ended = Some(epoch);
                     }
                 }
@@ -174,6 +278,54 @@ mod tests {
         // A stale release of the old epoch changes nothing.
         assert_eq!(t.release(1, HandleIo::Passthrough { epoch: first }), None);
         assert!(t.busy(1));
+    }
+
+    fn staging_file() -> Arc<File> {
+        Arc::new(tempfile::tempfile().expect("temp file"))
+    }
+
+    #[test]
+    fn a_staging_epoch_takes_readers_and_writers_of_its_file_until_it_is_sealed() {
+        let mut t = KernelIoTable::default();
+        let file = staging_file();
+        let other = staging_file();
+        let e = epoch_of(t.start_staging(4, file.clone()).ok_or(Busy));
+        assert!(t.staging_file(4).is_some_and(|f| Arc::ptr_eq(f, &file)));
+        assert!(!t.writers_wait(4), "writers of the same file join");
+        assert_eq!(t.join_staging(4, Some(&file), true), Ok(Some(HandleIo::Passthrough { epoch: e })));
+        assert_eq!(t.join_staging(4, Some(&file), false), Ok(Some(HandleIo::Passthrough { epoch: e })));
+        assert_eq!(t.join_staging(4, Some(&other), false), Err(Busy), "other content");
+        assert_eq!(t.join_staging(4, None, false), Err(Busy), "clean content");
+        assert_eq!(t.open(4, None), Err(Busy), "a cached open next to it");
+        assert!(t.kernel_writing(4).is_some());
+        t.seal_staging(4);
+        assert!(t.kernel_writing(4).is_none(), "sealed");
+        assert!(t.staging_file(4).is_some(), "readers still read it");
+        assert!(t.writers_wait(4));
+        assert_eq!(t.join_staging(4, Some(&file), true), Err(Busy), "a writer after the seal");
+        assert_eq!(t.join_staging(4, Some(&file), false), Ok(Some(HandleIo::Passthrough { epoch: e })));
+        for _ in 0..3 {
+            assert_eq!(t.release(4, HandleIo::Passthrough { epoch: e }), None);
+        }
+        assert_eq!(t.release(4, HandleIo::Passthrough { epoch: e }), Some(e));
+        assert!(t.staging_file(4).is_none());
+        assert_eq!(t.join_staging(4, Some(&file), true), Ok(None), "no epoch any more");
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_staging_epoch_starts_only_on_an_inode_nobody_has_open() {
+        let mut t = KernelIoTable::default();
+        assert_eq!(t.open(5, None), Ok(HandleIo::Cached));
+        assert_eq!(t.start_staging(5, staging_file()), None);
+        assert_eq!(t.join_staging(5, None, true), Ok(None), "cached opens are no staging epoch");
+        t.release(5, HandleIo::Cached);
+        let h = hash("x");
+        let e = epoch_of(t.open(5, Some(&h)));
+        assert_eq!(t.start_staging(5, staging_file()), None, "blob readers hold it");
+        assert_eq!(t.join_staging(5, None, false), Ok(None), "a blob epoch is no staging epoch");
+        t.release(5, HandleIo::Passthrough { epoch: e });
+        assert!(t.is_empty());
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod handles;
 pub mod history;
 pub mod journal;
 pub mod kernel_io;
+mod kernel_writes;
 mod max_file_size;
 mod namespace;
 pub mod ordering;
@@ -119,6 +120,11 @@ enum Content {
         /// (copy on write). Every change of a staging file checks this under
         /// the inode's data lock, which sealing holds too.
         sealed: bool,
+        /// The kernel wrote this file itself (write passthrough): a shared
+        /// memory map may outlive its last close, so it is reused or linked
+        /// into the cache only once nothing else has it open for writing
+        /// (`staging::no_other_writer`).
+        kernel_wrote: bool,
     },
     /// A `Local` file nobody has open whose change is journaled: the same
     /// staging file, without a descriptor (thousands can wait for the server
@@ -126,6 +132,7 @@ enum Content {
     Parked {
         path: PathBuf,
         sealed: bool,
+        kernel_wrote: bool,
     },
     Symlink {
         target: String,
@@ -275,9 +282,13 @@ pub enum PassthroughPolicy {
     /// Files nobody can write through this mount: skills, `--read-only`
     /// mounts, read-only tokens. Writers never wait.
     ReadOnly,
+    /// Every clean file, as `all`, but every write goes through the mount
+    /// process (no write passthrough).
+    Reads,
     /// Every clean file (the mount's default): reads at local-disk speed, but
     /// opening a file for writing while a process reads it this way waits up
-    /// to 2 s for that reader, then fails with ETXTBSY.
+    /// to 2 s for that reader, then fails with ETXTBSY. The kernel also
+    /// writes new files itself (write passthrough: no FUSE request per write).
     #[default]
     All,
 }

@@ -112,9 +112,10 @@ impl Vfs {
         let mut st = self.lock();
         if Self::child(&st, parent, name)?.is_some() {
             // Lost a race with another creator: behave like O_EXCL said.
-            self.staging.retire(&path, false, 0, Some(file));
+            self.staging.retire(&path, false, false, 0, Some(file));
             return Err(VfsError::exists(name));
         }
+        let kernel_writes = self.kernel_may_write_new_files();
         let ino = Self::alloc_ino(&mut st);
         let mut inode = Inode::new(
             rand::random(),
@@ -123,9 +124,10 @@ impl Vfs {
             NodeKind::File,
             mode & 0o7777,
             Content::Local {
-                file,
+                file: file.clone(),
                 path,
                 sealed: false,
+                kernel_wrote: kernel_writes,
             },
         );
         inode.data_rev = 1;
@@ -134,8 +136,13 @@ impl Vfs {
         Self::insert_inode(&mut st, ino, inode);
         let fh = st.next_fh;
         st.next_fh += 1;
-        // A brand-new inode: no passthrough readers can hold it.
-        let io = st.kernel_io.open(ino, None).unwrap_or(HandleIo::Cached);
+        // A brand-new inode: no passthrough readers can hold it, and the
+        // kernel may write it itself (kernel_writes.rs).
+        let io = match kernel_writes {
+            true => st.kernel_io.start_staging(ino, file),
+            false => st.kernel_io.open(ino, None).ok(),
+        }
+        .unwrap_or(HandleIo::Cached);
         // A new file is committed at close even if nothing is written to it.
         st.handles.insert(
             fh,
@@ -160,6 +167,8 @@ impl Vfs {
             .records
             .get(&inode.uid)
             .and_then(|r| r.content.clone().filter(|_| r.inline.is_none()));
+        let uid = inode.uid;
+        let open_content = st.records.get(&uid).is_some_and(|r| r.open_content);
         let result = match &inode.server {
             Some(server) => {
                 st.local_news.deleting(server.node);
@@ -167,6 +176,7 @@ impl Vfs {
                 record.deleted = true;
                 record.content = None;
                 record.inline = None;
+                record.open_content = false;
                 self.commit_record(st, ino, record)
             }
             // Never reached the server: forgetting the record is enough.
@@ -180,6 +190,9 @@ impl Vfs {
         };
         if let Some(hash) = moot {
             Self::drop_pending_unless_used(&self.journal, st, &hash);
+        }
+        if open_content {
+            self.journal.remove_open_content(uid);
         }
         result
     }
@@ -223,7 +236,9 @@ impl Vfs {
             Content::Local {
                 file, sealed: false, ..
             } if inode.size > 0 => file.set_len(0).is_ok(),
-            Content::Parked { path, sealed: false } if inode.size > 0 => OpenOptions::new()
+            Content::Parked {
+                path, sealed: false, ..
+            } if inode.size > 0 => OpenOptions::new()
                 .write(true)
                 .open(path)
                 .and_then(|f| f.set_len(0))
@@ -311,7 +326,9 @@ impl Vfs {
             self.commit_record(st, heir, record)?;
         }
         self.journal.remove(old_uid)?;
-        st.records.remove(&old_uid);
+        if st.records.remove(&old_uid).is_some_and(|r| r.open_content) {
+            self.journal.remove_open_content(old_uid);
+        }
         if let Some(i) = st.inodes.get_mut(&old) {
             i.server = None;
         }

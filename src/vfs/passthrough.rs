@@ -29,8 +29,12 @@ impl Vfs {
             "off (--passthrough off)".into()
         } else if !self.passthrough_enabled() {
             "off (the kernel did not offer it: it needs Linux >= 6.9 with FUSE passthrough, and root)".into()
+        } else if self.passthrough_policy() == PassthroughPolicy::All && self.max_file_bytes() < DEFAULT_MAX_FILE_BYTES {
+            "every clean file (writers wait for passthrough readers; --passthrough read-only avoids that); new files are written through the mount, since the server limits file sizes (--max-file-bytes)".into()
         } else if self.passthrough_policy() == PassthroughPolicy::All {
-            "every clean file (writers wait for passthrough readers; --passthrough read-only avoids that)".into()
+            "every clean file, and writes of new files (writers wait for passthrough readers; --passthrough read-only avoids that)".into()
+        } else if self.passthrough_policy() == PassthroughPolicy::Reads {
+            "every clean file (writers wait for passthrough readers); writes go through the mount".into()
         } else if self.config.read_only {
             "every file (read-only mount)".into()
         } else {
@@ -41,7 +45,7 @@ impl Vfs {
     /// Whether passthrough readers hold `ino`: opening it for writing (or
     /// truncating it) would wait for them.
     pub fn passthrough_readers(&self, ino: Ino) -> bool {
-        self.lock().kernel_io.busy(ino)
+        self.lock().kernel_io.writers_wait(ino)
     }
 
     /// Whether the adapter should ask the kernel for passthrough at all.
@@ -51,7 +55,9 @@ impl Vfs {
 
     pub(super) fn passthrough_allowed(&self, inode: &Inode) -> bool {
         self.passthrough.load(Ordering::Relaxed)
-            && (inode.read_only || self.config.read_only || self.passthrough_policy() == PassthroughPolicy::All)
+            && (inode.read_only
+                || self.config.read_only
+                || matches!(self.passthrough_policy(), PassthroughPolicy::All | PassthroughPolicy::Reads))
     }
 
     pub(super) fn passthrough_busy(st: &State, ino: Ino) -> VfsError {
@@ -71,7 +77,7 @@ impl Vfs {
         loop {
             {
                 let st = self.lock();
-                if !st.kernel_io.busy(ino) {
+                if !st.kernel_io.writers_wait(ino) {
                     return Ok(());
                 }
                 if started.elapsed() > PASSTHROUGH_WRITER_WAIT {
@@ -87,8 +93,9 @@ impl Vfs {
         let mut st = self.lock();
         let handle = st.handles.get(&fh).ok_or_else(VfsError::badf)?;
         let (ino, io, pinned) = (handle.ino, handle.io, handle.pinned.clone());
+        let staging = st.kernel_io.staging_file(ino).cloned();
         let inode = Self::get_mut(&mut st, ino)?;
-        Ok(match (io, pinned) {
+        Ok(match (io, pinned.or(staging)) {
             (HandleIo::Passthrough { epoch }, Some(file)) => KernelIo::Passthrough { file, epoch },
             _ => KernelIo::Cached {
                 keep_cache: Self::keep_kernel_cache(inode),

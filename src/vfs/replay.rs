@@ -322,20 +322,41 @@ impl Vfs {
         }
     }
 
+    /// A record whose content the kernel was still writing when the mount
+    /// stopped (write passthrough): its bytes are what it holds now. They
+    /// are hashed and journaled by hash before anything uses the record.
+    fn seal_open_content(&self, mut record: Record) -> VfsResult<Record> {
+        if !record.open_content {
+            return Ok(record);
+        }
+        if !record.deleted {
+            let (hash, size) = self.journal.seal_open_content(record.uid)?;
+            tracing::info!(name = %record.name, size, "replay: a file written by passthrough is journaled as it was left");
+            record.content = Some(hash);
+            record.size = size;
+        }
+        record.inline = None;
+        record.open_content = false;
+        self.journal.write(&record)?;
+        self.journal.remove_open_content(record.uid);
+        Ok(record)
+    }
+
     fn replay_one(&self, record: Record) -> VfsResult<()> {
+        let record = self.seal_open_content(record)?;
         // Rebuild the staged content first (outside the lock).
         let staged = match (&record.content, record.kind, record.deleted) {
-            (Some(hash), NodeKind::File, false) => {
-                let (file, path) = self.new_local_file()?;
-                let bytes = match Journal::inline_bytes(&record) {
-                    Some(bytes) => bytes,
-                    None => std::fs::read(self.journal.pending_blob_path(hash))
-                        .map_err(|e| VfsError::io("read pending blob", e))?,
-                };
-                file.write_all_at(&bytes, 0)
-                    .map_err(|e| VfsError::io("restore staging file", e))?;
-                Some((file, path, bytes.len() as u64))
-            }
+            (Some(hash), NodeKind::File, false) => match Journal::inline_bytes(&record) {
+                Some(bytes) => {
+                    let (file, path) = self.new_local_file()?;
+                    file.write_all_at(&bytes, 0)
+                        .map_err(|e| VfsError::io("restore staging file", e))?;
+                    Some((file, path, bytes.len() as u64, false))
+                }
+                // The pending file itself, linked (no copy, and never read
+                // into memory: it can be gigabytes): sealed, as after a close.
+                None => Some(self.link_pending_as_staging(hash)?),
+            },
             _ => None,
         };
         let mut st = self.lock();
@@ -425,11 +446,12 @@ impl Vfs {
         if let Some(atime) = record.atime {
             inode.atime = time_of_nanos(atime);
         }
-        if let Some((file, path, size)) = staged {
+        if let Some((file, path, size, sealed)) = staged {
             inode.content = Content::Local {
                 file,
                 path,
-                sealed: false,
+                sealed,
+                kernel_wrote: false,
             };
             inode.size = size;
         } else if record.kind == NodeKind::Symlink {
@@ -446,5 +468,26 @@ impl Vfs {
         }
         st.records.insert(record.uid, record);
         Ok(())
+    }
+
+    /// A staging file for pending content `hash`: a hard link to it
+    /// (sealed: the journal's bytes), or a copy where links fail.
+    fn link_pending_as_staging(&self, hash: &BlobHash) -> VfsResult<(Arc<File>, PathBuf, u64, bool)> {
+        let pending = self.journal.pending_blob_path(hash);
+        let path = self.staging.dir().join(format!("{:016x}", rand::random::<u64>()));
+        let sealed = match std::fs::hard_link(&pending, &path) {
+            Ok(()) => true,
+            Err(_) => {
+                std::fs::copy(&pending, &path).map_err(|e| VfsError::io("copy pending content", e))?;
+                false
+            }
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| VfsError::io("open restored staging file", e))?;
+        let size = file.metadata().map_err(|e| VfsError::io("stat restored staging file", e))?.len();
+        Ok((Arc::new(file), path, size, sealed))
     }
 }

@@ -77,12 +77,16 @@ impl StagingFiles {
     /// content is a hard link to a sealed file), no other descriptor shared
     /// (`file` is the last `Arc`, or the file is parked and has none), and
     /// small. Otherwise it is deleted, and open descriptors keep the bytes.
-    pub(super) fn retire(&self, path: &Path, sealed: bool, size: u64, file: Option<Arc<File>>) {
+    /// A file the kernel wrote by passthrough (`kernel_wrote`) is reused only
+    /// if, once this descriptor is closed, nothing has it open for writing:
+    /// a shared memory map can outlive the file's last close.
+    pub(super) fn retire(&self, path: &Path, sealed: bool, kernel_wrote: bool, size: u64, file: Option<Arc<File>>) {
         let unshared = match file {
             Some(file) => Arc::strong_count(&file) == 1,
             None => true,
         };
-        if !sealed && unshared && size <= POOL_MAX_BYTES && path.parent() == Some(self.dir.as_path()) {
+        let reusable = !sealed && unshared && size <= POOL_MAX_BYTES && path.parent() == Some(self.dir.as_path());
+        if reusable && (!kernel_wrote || no_other_writer(path)) {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             if pool.len() < POOL_LIMIT {
                 pool.push(path.to_path_buf());
@@ -96,6 +100,21 @@ impl StagingFiles {
     fn pooled(&self) -> usize {
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+}
+
+/// Whether nothing has `path` open for writing (a descriptor, or a memory
+/// map that outlived its descriptor): the kernel grants a read lease only
+/// then. False when it cannot tell (leases disabled, another owner).
+pub(super) fn no_other_writer(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = File::open(path) else { return false };
+    // SAFETY: fcntl on a descriptor this function owns.
+    let leased = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) } == 0;
+    if leased {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+    }
+    leased
 }
 
 #[cfg(test)]
@@ -125,7 +144,7 @@ mod tests {
         let (file, path) = files.create().expect("create");
         (&*file).write_all(b"old bytes of another file").expect("write");
         let ino = file.metadata().expect("stat").ino();
-        files.retire(&path, false, 25, Some(file));
+        files.retire(&path, false, false, 25, Some(file));
         assert_eq!(files.pooled(), 1);
         let (again, again_path) = files.create().expect("reuse");
         assert_eq!(again_path, path);
@@ -142,19 +161,19 @@ mod tests {
         let journal_link = sealed_path.with_extension("journal");
         std::fs::hard_link(&sealed_path, &journal_link).expect("link");
         (&*sealed).write_all(b"journaled").expect("write");
-        files.retire(&sealed_path, true, 9, Some(sealed));
+        files.retire(&sealed_path, true, false, 9, Some(sealed));
         assert!(!sealed_path.exists());
         assert_eq!(std::fs::read(&journal_link).expect("read"), b"journaled");
         // Shared: a reader still holds a descriptor; its bytes must stay.
         let (shared, shared_path) = files.create().expect("create");
         (&*shared).write_all(b"being read").expect("write");
         let reader = shared.clone();
-        files.retire(&shared_path, false, 10, Some(shared));
+        files.retire(&shared_path, false, false, 10, Some(shared));
         assert!(!shared_path.exists());
         assert_eq!(contents(&reader), b"being read");
         // Large: the pool never holds much disk.
         let (large, large_path) = files.create().expect("create");
-        files.retire(&large_path, false, POOL_MAX_BYTES + 1, Some(large));
+        files.retire(&large_path, false, false, POOL_MAX_BYTES + 1, Some(large));
         assert!(!large_path.exists());
         assert_eq!(files.pooled(), 0);
         let (fresh, fresh_path) = files.create().expect("create");
@@ -168,7 +187,7 @@ mod tests {
         let created: Vec<_> = (0..POOL_LIMIT + 3).map(|_| files.create().expect("create")).collect();
         let paths: Vec<_> = created.iter().map(|(_, p)| p.clone()).collect();
         for (file, path) in created {
-            files.retire(&path, false, 0, Some(file));
+            files.retire(&path, false, false, 0, Some(file));
         }
         assert_eq!(files.pooled(), POOL_LIMIT);
         assert_eq!(
@@ -192,5 +211,25 @@ mod tests {
         std::fs::write(staging_dir.join("leftover"), b"x").expect("write");
         let files = StagingFiles::open(staging_dir.clone()).expect("open");
         assert_eq!(std::fs::read_dir(files.dir()).expect("list").count(), 0);
+    }
+
+    #[test]
+    fn a_file_the_kernel_wrote_is_reused_only_when_no_map_or_descriptor_can_still_write_it() {
+        let (_dir, files) = staging();
+        // A shared writable map that outlives every descriptor of the file,
+        // as a passthrough mmap can outlive the FUSE file's release.
+        let (file, mapped_path) = files.create().expect("create");
+        file.set_len(4096).expect("size");
+        // SAFETY: the map is only written by this test, then dropped.
+        let mut map = unsafe { memmap2::MmapMut::map_mut(&*file) }.expect("map");
+        files.retire(&mapped_path, false, true, 4096, Some(file));
+        assert_eq!(files.pooled(), 0, "reused while a map could still write it");
+        assert!(!mapped_path.exists(), "deleted instead");
+        map[0] = b'x';
+        drop(map);
+        // Nothing else has it: reused like any staging file.
+        let (file, path) = files.create().expect("create");
+        files.retire(&path, false, true, 0, Some(file));
+        assert_eq!(files.pooled(), 1);
     }
 }

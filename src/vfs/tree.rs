@@ -21,14 +21,19 @@ impl Vfs {
         } else {
             1
         };
+        // A file the kernel writes itself: its staging file knows its length.
+        let (size, mtime) = match st.kernel_io.staging_file(ino).and_then(|f| f.metadata().ok()) {
+            Some(m) => (m.len(), m.modified().unwrap_or(inode.mtime)),
+            None => (inode.size, inode.mtime),
+        };
         Ok(Attr {
             ino,
             kind: inode.kind,
-            size: inode.size,
+            size,
             mode: inode.mode & 0o7777,
             atime: inode.atime,
-            mtime: inode.mtime,
-            ctime: inode.ctime,
+            mtime,
+            ctime: inode.ctime.max(mtime),
             nlink,
         })
     }
@@ -284,6 +289,7 @@ impl Vfs {
             atime: Some(nanos_of(inode.atime)),
             inline: prev.and_then(|r| r.inline.clone()),
             last_error: None,
+            open_content: prev.is_some_and(|r| r.open_content),
         })
     }
 

@@ -127,3 +127,197 @@ fn read_only_files_use_passthrough_without_the_flag() {
     assert!(is_passthrough(&vfs, fh));
     vfs.release(fh).unwrap();
 }
+
+// ----- write passthrough: the kernel writes a new file's staging file -----
+
+const W: OpenMode = OpenMode {
+    read: false,
+    write: true,
+    truncate: false,
+    append: false,
+};
+
+/// A mount whose kernel agreed to passthrough, with the default policy.
+fn writing_mount(env: &Env) -> Vfs {
+    let vfs = env.mount(&empty_listing());
+    vfs.enable_passthrough(true);
+    vfs.set_passthrough_policy(PassthroughPolicy::All);
+    vfs
+}
+
+/// Creates `name` and returns its inode, handle and the file the kernel
+/// writes (what `reply_created` registers as the backing file).
+fn create_written_by_kernel(vfs: &Vfs, name: &str) -> (Ino, u64, Arc<std::fs::File>) {
+    let (attr, fh) = vfs.create(ROOT_INO, name, 0o644, W, false).unwrap();
+    match vfs.kernel_io(fh).unwrap() {
+        KernelIo::Passthrough { file, .. } => (attr.ino, fh, file),
+        other => panic!("a create should be written by the kernel, got {other:?}"),
+    }
+}
+
+fn kernel_writes(file: &std::fs::File, at: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(bytes, at).unwrap();
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+fn record_of(vfs: &Vfs, path: &str) -> contextfs::vfs::journal::Record {
+    vfs.queued()
+        .into_iter()
+        .find(|(p, _)| p == path)
+        .map(|(_, r)| r)
+        .unwrap_or_else(|| panic!("no record for {path}"))
+}
+
+#[test]
+fn a_large_file_the_kernel_writes_is_journaled_by_its_staging_file_until_its_last_writer_goes() {
+    let env = Env::new();
+    let vfs = writing_mount(&env);
+    let (ino, fh, file) = create_written_by_kernel(&vfs, "data.bin");
+    let first = pattern(200_000, 1);
+    kernel_writes(&file, 0, &first);
+    assert_eq!(vfs.getattr(ino).unwrap().size, 200_000, "the size comes from the staging file");
+
+    // A reader joins the writer's epoch: the kernel wants one backing file.
+    let reader = vfs.open(ino, RO).unwrap();
+    assert!(matches!(vfs.kernel_io(reader).unwrap(), KernelIo::Passthrough { file: f, .. } if Arc::ptr_eq(&f, &file)));
+
+    // A close while the handle stays open (a dup of it): journaled by file, not sent.
+    vfs.flush(fh).unwrap();
+    let record = record_of(&vfs, "data.bin");
+    assert!(record.open_content && record.content.is_none(), "{record:?}");
+    assert!(plan(&vfs).is_empty(), "nothing is sent while the kernel may still write it");
+
+    // The dup writes on; then its last release seals the bytes by hash.
+    let more = pattern(50_000, 2);
+    kernel_writes(&file, 200_000, &more);
+    vfs.release(reader).unwrap();
+    vfs.release(fh).unwrap();
+    let all = [first, more].concat();
+    let record = record_of(&vfs, "data.bin");
+    assert!(!record.open_content);
+    assert_eq!(record.content, Some(BlobHash::of(&all)));
+    assert_eq!(record.size, all.len() as u64);
+    assert_eq!(read_path(&vfs, "data.bin"), all);
+    let pending = env.state_dir.join("pending");
+    assert_eq!(std::fs::read(pending.join(BlobHash::of(&all).as_str())).unwrap(), all);
+    assert_eq!(describe(&plan(&vfs)).len(), 1, "sendable now");
+
+    // A later writer is an ordinary one, and copies before changing the sealed bytes.
+    let w = vfs.open(ino, RW).unwrap();
+    assert!(!is_passthrough(&vfs, w));
+    vfs.write(w, 0, b"CHANGED").unwrap();
+    vfs.release(w).unwrap();
+    assert_eq!(std::fs::read(pending.join(BlobHash::of(&all).as_str())).unwrap(), all, "the sealed bytes stay");
+    vfs.make_journal_durable().unwrap(); // the group sync
+    assert!(
+        std::fs::read_dir(&pending).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".open-")),
+        "no open link is left once the seal is durable"
+    );
+}
+
+#[test]
+fn a_mount_that_dies_while_the_kernel_writes_replays_the_bytes_as_they_were_left() {
+    let env = Env::new();
+    let vfs = writing_mount(&env);
+    let (_ino, fh, file) = create_written_by_kernel(&vfs, "log.bin");
+    let closed = pattern(300_000, 3);
+    kernel_writes(&file, 0, &closed);
+    vfs.flush(fh).unwrap(); // close() of one descriptor returned
+    let later = pattern(10_000, 4);
+    kernel_writes(&file, 300_000, &later); // another descriptor wrote on
+    // kill -9: no release, no group sync; the page cache keeps what was written.
+    drop(vfs);
+    drop(file);
+    let vfs = env.mount(&empty_listing());
+    let all = [closed, later].concat();
+    assert_eq!(read_path(&vfs, "log.bin"), all, "every byte the kernel had written");
+    let record = record_of(&vfs, "log.bin");
+    assert!(!record.open_content, "replay hashes it");
+    assert_eq!(record.content, Some(BlobHash::of(&all)));
+    assert_eq!(describe(&plan(&vfs)).len(), 1, "and it goes to the server");
+}
+
+#[test]
+fn a_small_file_the_kernel_writes_is_journaled_inline_once_per_change() {
+    let env = Env::new();
+    let vfs = writing_mount(&env);
+    let (_ino, fh, file) = create_written_by_kernel(&vfs, "note.md");
+    kernel_writes(&file, 0, b"first line\n");
+    vfs.flush(fh).unwrap();
+    let record = record_of(&vfs, "note.md");
+    assert_eq!(record.content, Some(BlobHash::of(b"first line\n")));
+    assert!(record.inline.is_some() && !record.open_content);
+    // Released without a change since that close: no second record.
+    let fh2 = {
+        let (ino, fh2, file2) = create_written_by_kernel(&vfs, "other.md");
+        kernel_writes(&file2, 0, b"x");
+        vfs.flush(fh2).unwrap();
+        let rev = record_of(&vfs, "other.md").rev;
+        vfs.release(fh2).unwrap();
+        assert_eq!(record_of(&vfs, "other.md").rev, rev, "an unchanged file is not journaled again");
+        ino
+    };
+    let _ = fh2;
+    // A write through a dup after the close is journaled at the release.
+    kernel_writes(&file, 11, b"second line\n");
+    vfs.release(fh).unwrap();
+    assert_eq!(read_path(&vfs, "note.md"), b"first line\nsecond line\n");
+    assert_eq!(record_of(&vfs, "note.md").content, Some(BlobHash::of(b"first line\nsecond line\n")));
+}
+
+#[test]
+fn writers_join_the_kernels_epoch_until_its_last_writer_goes_then_wait_for_its_readers() {
+    let env = Env::new();
+    let vfs = writing_mount(&env);
+    let (ino, fh, file) = create_written_by_kernel(&vfs, "shared.txt");
+    let second = vfs.open(ino, RW).unwrap();
+    assert!(matches!(vfs.kernel_io(second).unwrap(), KernelIo::Passthrough { file: f, .. } if Arc::ptr_eq(&f, &file)));
+    let reader = vfs.open(ino, RO).unwrap();
+    kernel_writes(&file, 0, b"both wrote here");
+    vfs.release(second).unwrap();
+    vfs.release(fh).unwrap();
+    // The reader keeps the epoch (and its backing file) alive; a new writer
+    // could not share it once it is sealed: it waits, then ETXTBSY.
+    assert!(vfs.passthrough_readers(ino));
+    assert_eq!(errno(vfs.open(ino, RW)), Err(libc::ETXTBSY));
+    assert_eq!(vfs.release_kernel(reader).unwrap().is_some(), true, "the reader ends the epoch");
+    let w = vfs.open(ino, RW).unwrap();
+    vfs.write(w, 0, b"BOTH").unwrap();
+    vfs.release(w).unwrap();
+    assert_eq!(read_path(&vfs, "shared.txt"), b"BOTH wrote here");
+}
+
+#[test]
+fn a_file_the_kernel_grew_past_the_largest_size_fails_at_close_with_efbig() {
+    let env = Env::new();
+    let vfs = writing_mount(&env);
+    let (ino, fh, file) = create_written_by_kernel(&vfs, "huge.bin");
+    // The kernel does not know the server's limit (sparse: no disk used).
+    file.set_len(contextfs::vfs::DEFAULT_MAX_FILE_BYTES + 1).unwrap();
+    assert_eq!(errno(vfs.flush(fh)), Err(libc::EFBIG));
+    assert!(plan(&vfs).is_empty(), "nothing the server would refuse is queued");
+    file.set_len(5).unwrap();
+    vfs.flush(fh).unwrap();
+    vfs.release(fh).unwrap();
+    assert_eq!(vfs.getattr(ino).unwrap().size, 5);
+    assert_eq!(describe(&plan(&vfs)).len(), 1);
+}
+
+#[test]
+fn writes_go_through_the_mount_when_the_policy_or_the_server_says_so() {
+    let env = Env::new();
+    let vfs = writing_mount(&env);
+    vfs.set_passthrough_policy(PassthroughPolicy::Reads);
+    let (_, fh) = vfs.create(ROOT_INO, "a.txt", 0o644, W, false).unwrap();
+    assert!(!is_passthrough(&vfs, fh), "--passthrough reads");
+    vfs.release(fh).unwrap();
+    vfs.set_passthrough_policy(PassthroughPolicy::All);
+    vfs.set_max_file_bytes(1 << 30);
+    let (_, fh) = vfs.create(ROOT_INO, "b.txt", 0o644, W, false).unwrap();
+    assert!(!is_passthrough(&vfs, fh), "a server with a smaller limit: write() enforces it");
+    vfs.release(fh).unwrap();
+}

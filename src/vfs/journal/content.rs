@@ -6,7 +6,9 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::Path;
 
-use super::{fsync_dir, io, Durability, Journal, INLINE_LIMIT};
+use std::path::PathBuf;
+
+use super::{fsync_dir, io, open_content_name, Durability, Journal, INLINE_LIMIT};
 use crate::model::BlobHash;
 use crate::vfs::VfsError;
 
@@ -85,7 +87,7 @@ impl Journal {
                     {
                         let mut log = self.lock();
                         fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
-                        log.doomed_pending.remove(&hash);
+                        log.doomed_pending.remove(hash.as_str());
                     }
                     fsync_dir(&self.pending)?;
                 }
@@ -93,7 +95,7 @@ impl Journal {
                     // Synced by the next make_durable, before the log.
                     let mut log = self.lock();
                     fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
-                    log.doomed_pending.remove(&hash);
+                    log.doomed_pending.remove(hash.as_str());
                     log.unsynced_pending.push(target);
                 }
             }
@@ -118,7 +120,7 @@ impl Journal {
         let linked = {
             let mut log = self.lock();
             let linked = fs::hard_link(staged, &target);
-            log.doomed_pending.remove(&hash);
+            log.doomed_pending.remove(hash.as_str());
             linked
         };
         match linked {
@@ -157,7 +159,67 @@ impl Journal {
     pub fn remove_pending_blob(&self, hash: &BlobHash) {
         let mut log = self.lock();
         let appended = log.appended;
-        log.doomed_pending.insert(hash.clone(), appended);
+        log.doomed_pending.insert(hash.as_str().to_string(), appended);
+        if log.durable >= appended {
+            self.delete_doomed_pending(&mut log);
+        }
+    }
+
+    /// Where record `uid`'s open content is linked.
+    pub fn open_content_path(&self, uid: u64) -> PathBuf {
+        self.pending.join(open_content_name(uid))
+    }
+
+    /// Makes a staging file that the kernel may still write (write
+    /// passthrough) the open content of record `uid`: linked, not hashed,
+    /// as `pending/.open-<uid>`, so the bytes outlive the mount process and
+    /// replay finds them. Durable like any pending content: at once with
+    /// `Strict`, else with the next group sync.
+    pub fn adopt_open(&self, file: &File, staged: &Path, uid: u64) -> Result<(), VfsError> {
+        use std::os::unix::fs::MetadataExt;
+        let target = self.open_content_path(uid);
+        let staged_meta = file.metadata().map_err(|e| io("stat", staged, e))?;
+        let already = fs::metadata(&target).is_ok_and(|m| m.ino() == staged_meta.ino() && m.dev() == staged_meta.dev());
+        {
+            let mut log = self.lock();
+            if !already {
+                // Another staging file of the same record (an earlier epoch):
+                // replaced in one step, never missing.
+                let temp = self.pending.join(format!(".tmp-{:016x}", rand::random::<u64>()));
+                let linked = fs::hard_link(staged, &temp).and_then(|()| fs::rename(&temp, &target));
+                if let Err(e) = linked {
+                    let _ = fs::remove_file(&temp);
+                    return Err(io("link", &target, e));
+                }
+            }
+            log.doomed_pending.remove(&open_content_name(uid));
+            if self.durability != Durability::Strict {
+                log.unsynced_pending.push(target);
+            }
+        }
+        if self.durability == Durability::Strict {
+            file.sync_data().map_err(|e| io("fsync", staged, e))?;
+            fsync_dir(&self.pending)?;
+        }
+        Ok(())
+    }
+
+    /// Hashes record `uid`'s open content and makes it pending content by
+    /// hash (a link, no copy): for replay, once the kernel can no longer
+    /// write it. The caller journals the record by hash, then dooms the
+    /// open link with [`Journal::remove_open_content`].
+    pub fn seal_open_content(&self, uid: u64) -> Result<(BlobHash, u64), VfsError> {
+        let path = self.open_content_path(uid);
+        let file = File::open(&path).map_err(|e| io("open", &path, e))?;
+        self.adopt_staged(&file, &path)
+    }
+
+    /// Deletes record `uid`'s open link once the frames appended so far
+    /// (the record naming its content by hash) are durable.
+    pub fn remove_open_content(&self, uid: u64) {
+        let mut log = self.lock();
+        let appended = log.appended;
+        log.doomed_pending.insert(open_content_name(uid), appended);
         if log.durable >= appended {
             self.delete_doomed_pending(&mut log);
         }

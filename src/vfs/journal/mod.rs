@@ -104,6 +104,12 @@ pub struct Record {
     /// Why the server last refused this record, for `contextfs status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The content is a staging file the kernel may still be writing (write
+    /// passthrough), linked as `pending/.open-<uid>`; its hash is taken
+    /// once its writers are gone (or on replay). `content` is then unset
+    /// and the record is not sent yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_content: bool,
 }
 
 /// When a change a FUSE call journaled survives what (docs/SEMANTICS.md,
@@ -154,11 +160,11 @@ struct Log {
     /// synced, with their directory, before the log's next fdatasync, so a
     /// durable record never names content that a power loss could take.
     unsynced_pending: Vec<PathBuf>,
-    /// Pending content files whose records are removed, by hash, each with
-    /// the `appended` count when it was doomed: deleted only once that frame
-    /// is durable, so a power loss that takes the removal leaves the record
-    /// its content. Making the same content pending again spares it.
-    doomed_pending: HashMap<BlobHash, u64>,
+    /// Pending content files whose records are removed, by file name, each
+    /// with the `appended` count when it was doomed: deleted only once that
+    /// frame is durable, so a power loss that takes the removal leaves the
+    /// record its content. Making the same content pending again spares it.
+    doomed_pending: HashMap<String, u64>,
     /// A leader is writing and syncing right now.
     syncing: bool,
     /// Live records, to compact the log.
@@ -179,6 +185,11 @@ const COMPACT_AT: u64 = 64 << 20;
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> VfsError {
     VfsError::io(format_args!("journal: cannot {what} {}", path.display()), e)
+}
+
+/// The file name of record `uid`'s open content (see [`Record::open_content`]).
+pub fn open_content_name(uid: u64) -> String {
+    format!(".open-{uid:016x}")
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), VfsError> {
@@ -299,11 +310,12 @@ impl Journal {
     /// by a later close of the same file while the mount ran, or a temp file
     /// a crash left. Only on open, before anything can make content pending.
     fn remove_unreferenced_pending(pending: &Path, live: &HashMap<u64, Record>) {
-        let named: std::collections::HashSet<String> = live
+        let mut named: std::collections::HashSet<String> = live
             .values()
             .filter(|r| r.inline.is_none())
             .filter_map(|r| r.content.as_ref().map(|h| h.as_str().to_string()))
             .collect();
+        named.extend(live.values().filter(|r| r.open_content).map(|r| open_content_name(r.uid)));
         let Ok(entries) = fs::read_dir(pending) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -488,11 +500,11 @@ impl Journal {
     /// now (under the log lock, which making content pending takes too).
     fn delete_doomed_pending(&self, log: &mut Log) {
         let durable = log.durable;
-        log.doomed_pending.retain(|hash, doomed_at| {
+        log.doomed_pending.retain(|name, doomed_at| {
             if *doomed_at > durable {
                 return true;
             }
-            let _ = fs::remove_file(self.pending_blob_path(hash));
+            let _ = fs::remove_file(self.pending.join(name));
             false
         });
     }

@@ -1,0 +1,143 @@
+//! Write passthrough: a new file's writes go from the kernel straight into
+//! its staging file, without a FUSE WRITE request per page (the only way a
+//! sequential write through FUSE gets near the local disk; BENCHMARKS.md,
+//! "FUSE passthrough for writes").
+//!
+//! The mount then never sees a write, so:
+//! - every close (FLUSH) of a writer journals the file, changed or not;
+//! - while writers remain, a large file is journaled *by its staging file*
+//!   (`Record::open_content`, linked as `pending/.open-<uid>`), not by hash:
+//!   a descriptor `dup`ed before the close can still write it, and a hash
+//!   taken now could change under its name;
+//! - the release of the epoch's last writer seals it: hashed, linked by hash,
+//!   sealed like any closed large file (copy on the next write);
+//! - replay hashes an open content as it finds it;
+//! - attributes come from the staging file while the kernel writes it.
+//!
+//! Only a file this mount creates starts such an epoch (the server has no
+//! version of it, so fsync need not send anything), only with the server's
+//! default size limit (the kernel cannot be stopped at `--max-file-bytes`;
+//! a file past it fails at close with `EFBIG`), and only with `--passthrough
+//! all`. docs/SEMANTICS.md, "Write passthrough", has the user's view.
+
+use std::fs::Metadata;
+
+use super::*;
+
+impl Vfs {
+    /// Whether a file created now is written by the kernel itself.
+    pub(super) fn kernel_may_write_new_files(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+            && self.passthrough_policy() == PassthroughPolicy::All
+            && !self.config.read_only
+            && self.max_file_bytes() >= DEFAULT_MAX_FILE_BYTES
+    }
+
+    /// Takes a staging file's length and mtime as the file's.
+    fn adopt_staging_attrs(&self, ino: Ino, meta: &Metadata) {
+        let mut st = self.lock();
+        if let Some(inode) = st.inodes.get_mut(&ino) {
+            inode.size = meta.len();
+            if let Ok(mtime) = meta.modified() {
+                inode.mtime = mtime;
+                inode.ctime = inode.ctime.max(mtime);
+            }
+        }
+    }
+
+    /// A close while the kernel may still write the file (its own writer
+    /// handle, or a `dup` of it, stays open): small contents are journaled
+    /// inline as they are now; larger ones by their staging file, which is
+    /// linked into the journal, not hashed (see the module comment).
+    pub(super) fn journal_kernel_written(
+        &self,
+        ino: Ino,
+        file: &Arc<File>,
+        path: &Path,
+        data_lock: &Arc<Mutex<()>>,
+        rev: u64,
+    ) -> VfsResult<()> {
+        // A truncate or fallocate in flight finishes first.
+        let _data = data_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let meta = file.metadata().map_err(|e| VfsError::io("stat staging file", e))?;
+        let limit = self.max_file_bytes();
+        if meta.len() > limit {
+            return Err(Self::past_max_file_size("close", meta.len(), limit));
+        }
+        self.adopt_staging_attrs(ino, &meta);
+        if meta.len() <= journal::INLINE_LIMIT {
+            let (hash, size, inline) = self.journal.snapshot(file)?;
+            let mut st = self.lock();
+            if Self::get(&st, ino)?.unlinked {
+                return Ok(());
+            }
+            self.journal_content_hash(&mut st, ino, hash, size, inline)?;
+            let inode = Self::get_mut(&mut st, ino)?;
+            inode.journaled_data_rev = inode.journaled_data_rev.max(rev);
+            return Ok(());
+        }
+        let uid = Self::get(&self.lock(), ino)?.uid;
+        self.journal.adopt_open(file, path, uid)?;
+        let mut st = self.lock();
+        if Self::get(&st, ino)?.unlinked {
+            return Ok(());
+        }
+        let mut record = Self::next_record(&st, ino)?;
+        record.content = None;
+        record.inline = None;
+        record.open_content = true;
+        record.size = meta.len();
+        self.commit_record(&mut st, ino, record)?;
+        let inode = Self::get_mut(&mut st, ino)?;
+        inode.journaled_data_rev = inode.journaled_data_rev.max(rev);
+        Ok(())
+    }
+
+    /// The epoch's last writer was released: the kernel cannot write the
+    /// staging file any more, so it is journaled by hash (a large one sealed
+    /// and linked, as at any close) and parked if nobody has it open.
+    /// Errors are logged: the close that could report them is over, and the
+    /// record journaled by that close keeps the bytes (replay hashes them).
+    pub(super) fn seal_kernel_written(&self, ino: Ino) {
+        let file = match Self::get(&self.lock(), ino).map(|i| &i.content) {
+            Ok(Content::Local { file, .. }) => file.clone(),
+            _ => return,
+        };
+        match file.metadata() {
+            Ok(meta) => self.adopt_staging_attrs(ino, &meta),
+            Err(e) => tracing::warn!(error = %e, "cannot stat a staging file the kernel wrote"),
+        }
+        if let Some(inode) = self.lock().inodes.get_mut(&ino) {
+            // What the kernel wrote since the last close is not known: journal it.
+            inode.data_rev += 1;
+        }
+        if let Err(e) = self.journal_content(ino) {
+            tracing::error!(path = %self.path(ino), error = %e, "cannot journal a file at its last close; its last closed state stays journaled");
+        }
+        Self::park_if_idle(&mut self.lock(), ino);
+    }
+
+    /// Whether releasing `fh` seals a large file the kernel wrote (a hash
+    /// of all its bytes): the adapter then releases it off its fixed threads.
+    pub fn release_seals_large_file(&self, fh: u64) -> bool {
+        let st = self.lock();
+        let Some(handle) = st.handles.get(&fh).filter(|h| h.write) else {
+            return false;
+        };
+        let Some(file) = st.kernel_io.kernel_writing(handle.ino) else {
+            return false;
+        };
+        let last_writer = st.inodes.get(&handle.ino).is_some_and(|i| i.open_writers == 1);
+        last_writer && file.metadata().is_ok_and(|m| m.len() > journal::INLINE_LIMIT)
+    }
+
+    /// utimensat while the kernel writes the file: its staging file's mtime
+    /// is the file's until the epoch's last writer is gone.
+    pub(super) fn set_staging_mtime(st: &State, ino: Ino, mtime: SystemTime) {
+        if let Some(file) = st.kernel_io.kernel_writing(ino) {
+            if let Err(e) = file.set_modified(mtime) {
+                tracing::warn!(error = %e, "cannot set the mtime of a staging file");
+            }
+        }
+    }
+}
