@@ -253,6 +253,43 @@ async fn a_full_journal_disk_is_enospc_and_the_mount_keeps_serving() {
     drop(tmpfs);
 }
 
+/// The same with room enough at the create for the kernel to write the file
+/// itself (write passthrough): the kernel's write fails with ENOSPC, reads
+/// go on, and once the file is removed and the journal's group sync has
+/// freed its bytes, new files are written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_filled_by_a_file_the_kernel_writes_is_enospc_and_the_mount_keeps_serving() {
+    let s = TestServer::start().await;
+    let p = "full-disk-kernel";
+    let token = s.project_with_token(p).await;
+    s.commit(p, &token, "existing.md", None, b"readable\n").await.unwrap();
+    let home = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+    let client = MountClient::new(home.clone(), "mnt", &s.mount_url(), p, &token);
+    let state = client.state_dir();
+    std::fs::create_dir_all(&state).expect("state dir");
+    let tmpfs = TinyFs::mount(&state, "300m");
+    // The mount's log on a disk of its own, so that it can say what happened.
+    std::fs::create_dir_all(state.join("logs")).expect("log dir");
+    let logs = TinyFs::mount(&state.join("logs"), "16m");
+    let m = MountedWorkspace::mount_at(home, "mnt", &s.mount_url(), p, &token, "agent-full-kernel", &[]);
+    assert!(m.status().contains("and writes of new files"), "{}", m.status());
+    let out = m.sh("head -c 400000000 /dev/zero > big.bin");
+    assert!(!out.status.success(), "400 MB fit on a 300 MiB journal disk");
+    assert!(both(&out).contains("No space left on device"), "{}", both(&out));
+    assert_eq!(m.sh_ok("cat existing.md"), "readable\n", "reads go on");
+    m.sh_ok("rm -f big.bin");
+    // The group sync (100 ms) makes the removal durable and frees the bytes.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    m.sh_ok("echo small > small.md");
+    m.wait_synced().await;
+    server_has(&s, p, "small.md", b"small\n").await;
+    let tree = tree_map(&s, p).await.expect("tree");
+    assert!(!tree.contains_key("big.bin"), "a removed file stayed on the server");
+    drop(m);
+    drop(logs);
+    drop(tmpfs);
+}
+
 /// A tmpfs of a given size mounted over a directory for one test.
 struct TinyFs(std::path::PathBuf);
 

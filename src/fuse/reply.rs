@@ -80,7 +80,9 @@ pub(super) fn reply_created(vfs: &Vfs, backings: &Backings, attr: &FileAttr, fh:
         return reply.created(&TTL, attr, Generation(0), FileHandle(fh), ContextFs::open_flags(&io));
     };
     match backings.get_or_register(*epoch, || reply.open_backing(&**file)) {
-        Ok(backing) => reply.created_passthrough(&TTL, attr, Generation(0), FileHandle(fh), FopenFlags::empty(), &backing),
+        Ok(backing) => {
+            reply.created_passthrough(&TTL, attr, Generation(0), FileHandle(fh), FopenFlags::empty(), &backing)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "the kernel refused a passthrough backing file; reads and writes go through the mount from now on");
             match vfs.passthrough_failed(fh) {

@@ -208,8 +208,9 @@ impl Vfs {
                 }))
             }
         };
-        if r.open_content {
-            // The kernel may still be writing it: sent once its writers are gone.
+        if r.open_content || st.kernel_io.kernel_writing(ino).is_some() {
+            // The kernel may still be writing it: sent once its writers are
+            // gone, as one version however many descriptors wrote it.
             return Ok(None);
         }
         let path = valid(&Self::path_of(st, ino))?;
@@ -695,7 +696,9 @@ impl Vfs {
                 _ => None,
             }
         };
-        let Some((staged, sealed, kernel_wrote)) = staged else { return };
+        let Some((staged, sealed, kernel_wrote)) = staged else {
+            return;
+        };
         // A file the kernel wrote is linked only if no memory map can still
         // change it (kernel_writes.rs); otherwise it is copied, hash-checked.
         let seeded = if sealed && (!kernel_wrote || super::staging::no_other_writer(&staged)) {

@@ -508,7 +508,12 @@ impl Vfs {
                 _ => return Ok(()),
             }
         };
-        if self.lock().kernel_io.kernel_writing(ino).is_some_and(|f| Arc::ptr_eq(f, &file)) {
+        if self
+            .lock()
+            .kernel_io
+            .kernel_writing(ino)
+            .is_some_and(|f| Arc::ptr_eq(f, &file))
+        {
             return self.journal_kernel_written(ino, &file, &path, &data_lock, rev);
         }
         // Hashing and copying happen outside the lock; the revision check below
@@ -524,7 +529,16 @@ impl Vfs {
             // Every write so far is in these bytes (writes need the data lock).
             let rev = Self::get(&self.lock(), ino)?.data_rev;
             let (hash, size) = self.journal.adopt_staged(&file, &path)?;
-            if let Some(inode) = self.lock().inodes.get_mut(&ino) {
+            let mut st = self.lock();
+            if let Some(inode) = st.inodes.get_mut(&ino) {
+                if inode.unlinked {
+                    // Removed while it was hashed: no record will name these
+                    // bytes, and nobody needs them (see free_unlinked_staging).
+                    Self::drop_pending_unless_used(&self.journal, &st, &hash);
+                    drop(st);
+                    self.free_unlinked_staging(ino);
+                    return Ok(());
+                }
                 if let Content::Local {
                     file: current, sealed, ..
                 } = &mut inode.content

@@ -73,7 +73,8 @@ impl KernelIoTable {
     pub fn open(&mut self, ino: Ino, passthrough_read: Option<&BlobHash>) -> Result<HandleIo, Busy> {
         let entry = self.inodes.entry(ino).or_default();
         if entry.passthrough > 0 {
-            let same_blob = matches!((&entry.backing, passthrough_read), (Some(Backing::Blob(h)), Some(want)) if h == want);
+            let same_blob =
+                matches!((&entry.backing, passthrough_read), (Some(Backing::Blob(h)), Some(want)) if h == want);
             if same_blob {
                 entry.passthrough += 1;
                 return Ok(HandleIo::Passthrough { epoch: entry.epoch });
@@ -115,7 +116,12 @@ impl KernelIoTable {
     /// Joins the staging epoch of `ino`, if one is open and `content` is its
     /// staging file (a writer also needs it unsealed, see `seal_staging`).
     /// Ok(None): no staging epoch; Err(Busy): one this open cannot share.
-    pub fn join_staging(&mut self, ino: Ino, content: Option<&Arc<File>>, write: bool) -> Result<Option<HandleIo>, Busy> {
+    pub fn join_staging(
+        &mut self,
+        ino: Ino,
+        content: Option<&Arc<File>>,
+        write: bool,
+    ) -> Result<Option<HandleIo>, Busy> {
         let Some(entry) = self.inodes.get_mut(&ino) else {
             return Ok(None);
         };
@@ -179,9 +185,9 @@ impl KernelIoTable {
     /// Whether a writer of `ino` must wait for passthrough readers: any
     /// passthrough epoch but a staging one still open to writers.
     pub fn writers_wait(&self, ino: Ino) -> bool {
-        self.inodes.get(&ino).is_some_and(|e| {
-            e.passthrough > 0 && !matches!(e.backing, Some(Backing::Staging { writable: true, .. }))
-        })
+        self.inodes
+            .get(&ino)
+            .is_some_and(|e| e.passthrough > 0 && !matches!(e.backing, Some(Backing::Staging { writable: true, .. })))
     }
 
     /// Forgets a released handle. Returns the passthrough epoch it ended, if
@@ -292,8 +298,14 @@ mod tests {
         let e = epoch_of(t.start_staging(4, file.clone()).ok_or(Busy));
         assert!(t.staging_file(4).is_some_and(|f| Arc::ptr_eq(f, &file)));
         assert!(!t.writers_wait(4), "writers of the same file join");
-        assert_eq!(t.join_staging(4, Some(&file), true), Ok(Some(HandleIo::Passthrough { epoch: e })));
-        assert_eq!(t.join_staging(4, Some(&file), false), Ok(Some(HandleIo::Passthrough { epoch: e })));
+        assert_eq!(
+            t.join_staging(4, Some(&file), true),
+            Ok(Some(HandleIo::Passthrough { epoch: e }))
+        );
+        assert_eq!(
+            t.join_staging(4, Some(&file), false),
+            Ok(Some(HandleIo::Passthrough { epoch: e }))
+        );
         assert_eq!(t.join_staging(4, Some(&other), false), Err(Busy), "other content");
         assert_eq!(t.join_staging(4, None, false), Err(Busy), "clean content");
         assert_eq!(t.open(4, None), Err(Busy), "a cached open next to it");
@@ -302,8 +314,15 @@ mod tests {
         assert!(t.kernel_writing(4).is_none(), "sealed");
         assert!(t.staging_file(4).is_some(), "readers still read it");
         assert!(t.writers_wait(4));
-        assert_eq!(t.join_staging(4, Some(&file), true), Err(Busy), "a writer after the seal");
-        assert_eq!(t.join_staging(4, Some(&file), false), Ok(Some(HandleIo::Passthrough { epoch: e })));
+        assert_eq!(
+            t.join_staging(4, Some(&file), true),
+            Err(Busy),
+            "a writer after the seal"
+        );
+        assert_eq!(
+            t.join_staging(4, Some(&file), false),
+            Ok(Some(HandleIo::Passthrough { epoch: e }))
+        );
         for _ in 0..3 {
             assert_eq!(t.release(4, HandleIo::Passthrough { epoch: e }), None);
         }
@@ -318,12 +337,20 @@ mod tests {
         let mut t = KernelIoTable::default();
         assert_eq!(t.open(5, None), Ok(HandleIo::Cached));
         assert_eq!(t.start_staging(5, staging_file()), None);
-        assert_eq!(t.join_staging(5, None, true), Ok(None), "cached opens are no staging epoch");
+        assert_eq!(
+            t.join_staging(5, None, true),
+            Ok(None),
+            "cached opens are no staging epoch"
+        );
         t.release(5, HandleIo::Cached);
         let h = hash("x");
         let e = epoch_of(t.open(5, Some(&h)));
         assert_eq!(t.start_staging(5, staging_file()), None, "blob readers hold it");
-        assert_eq!(t.join_staging(5, None, false), Ok(None), "a blob epoch is no staging epoch");
+        assert_eq!(
+            t.join_staging(5, None, false),
+            Ok(None),
+            "a blob epoch is no staging epoch"
+        );
         t.release(5, HandleIo::Passthrough { epoch: e });
         assert!(t.is_empty());
     }

@@ -5,6 +5,7 @@
 //!
 //! The mount then never sees a write, so:
 //! - every close (FLUSH) of a writer journals the file, changed or not;
+//! - nothing of it is sent while writers remain (one version per file);
 //! - while writers remain, a large file is journaled *by its staging file*
 //!   (`Record::open_content`, linked as `pending/.open-<uid>`), not by hash:
 //!   a descriptor `dup`ed before the close can still write it, and a hash
@@ -18,11 +19,18 @@
 //! version of it, so fsync need not send anything), only with the server's
 //! default size limit (the kernel cannot be stopped at `--max-file-bytes`;
 //! a file past it fails at close with `EFBIG`), and only with `--passthrough
-//! all`. docs/SEMANTICS.md, "Write passthrough", has the user's view.
+//! all`, and not on a nearly full disk: there a write through the mount can
+//! free the space that deleted files' journal entries still hold before it
+//! reports ENOSPC, where the kernel would report it at once.
+//! docs/SEMANTICS.md, "Write passthrough", has the user's view.
 
 use std::fs::Metadata;
 
 use super::*;
+
+/// Below this much free space on the staging disk, new files are written
+/// through the mount (see the module comment).
+const KERNEL_WRITES_MIN_FREE: u64 = 256 << 20;
 
 impl Vfs {
     /// Whether a file created now is written by the kernel itself.
@@ -31,6 +39,9 @@ impl Vfs {
             && self.passthrough_policy() == PassthroughPolicy::All
             && !self.config.read_only
             && self.max_file_bytes() >= DEFAULT_MAX_FILE_BYTES
+            && self
+                .staging_free_bytes()
+                .is_some_and(|free| free >= KERNEL_WRITES_MIN_FREE)
     }
 
     /// Takes a staging file's length and mtime as the file's.
@@ -107,6 +118,12 @@ impl Vfs {
             Ok(meta) => self.adopt_staging_attrs(ino, &meta),
             Err(e) => tracing::warn!(error = %e, "cannot stat a staging file the kernel wrote"),
         }
+        if self.lock().inodes.get(&ino).is_some_and(|i| i.unlinked) {
+            // Removed already: nothing to journal, and its bytes can go now
+            // (an untar's or a build's temp files are often removed at once).
+            self.free_unlinked_staging(ino);
+            return;
+        }
         if let Some(inode) = self.lock().inodes.get_mut(&ino) {
             // What the kernel wrote since the last close is not known: journal it.
             inode.data_rev += 1;
@@ -115,6 +132,8 @@ impl Vfs {
             tracing::error!(path = %self.path(ino), error = %e, "cannot journal a file at its last close; its last closed state stays journaled");
         }
         Self::park_if_idle(&mut self.lock(), ino);
+        // Sendable now, even when its last close had journaled it already.
+        self.wake.notify_one();
     }
 
     /// Whether releasing `fh` seals a large file the kernel wrote (a hash

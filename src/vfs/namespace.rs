@@ -108,6 +108,7 @@ impl Vfs {
             let fh = self.open(ino, OpenMode { write: true, ..open })?;
             return Ok((self.getattr(ino)?, fh));
         }
+        let kernel_writes = self.kernel_may_write_new_files();
         let (file, path) = self.new_local_file()?;
         let mut st = self.lock();
         if Self::child(&st, parent, name)?.is_some() {
@@ -115,7 +116,6 @@ impl Vfs {
             self.staging.retire(&path, false, false, 0, Some(file));
             return Err(VfsError::exists(name));
         }
-        let kernel_writes = self.kernel_may_write_new_files();
         let ino = Self::alloc_ino(&mut st);
         let mut inode = Inode::new(
             rand::random(),
@@ -226,7 +226,7 @@ impl Vfs {
     /// Empties the staging file of an unlinked inode that no handle has
     /// open (only the kernel still refers to it, and forgets it soon): its
     /// bytes can never be read or committed again. True if it freed any.
-    fn free_unlinked_staging(&self, ino: Ino) -> bool {
+    pub(super) fn free_unlinked_staging(&self, ino: Ino) -> bool {
         let st = self.lock();
         let Some(inode) = st.inodes.get(&ino).filter(|i| i.unlinked && i.open_handles == 0) else {
             return false;

@@ -29,7 +29,8 @@ impl Vfs {
             "off (--passthrough off)".into()
         } else if !self.passthrough_enabled() {
             "off (the kernel did not offer it: it needs Linux >= 6.9 with FUSE passthrough, and root)".into()
-        } else if self.passthrough_policy() == PassthroughPolicy::All && self.max_file_bytes() < DEFAULT_MAX_FILE_BYTES {
+        } else if self.passthrough_policy() == PassthroughPolicy::All && self.max_file_bytes() < DEFAULT_MAX_FILE_BYTES
+        {
             "every clean file (writers wait for passthrough readers; --passthrough read-only avoids that); new files are written through the mount, since the server limits file sizes (--max-file-bytes)".into()
         } else if self.passthrough_policy() == PassthroughPolicy::All {
             "every clean file, and writes of new files (writers wait for passthrough readers; --passthrough read-only avoids that)".into()
@@ -57,7 +58,10 @@ impl Vfs {
         self.passthrough.load(Ordering::Relaxed)
             && (inode.read_only
                 || self.config.read_only
-                || matches!(self.passthrough_policy(), PassthroughPolicy::All | PassthroughPolicy::Reads))
+                || matches!(
+                    self.passthrough_policy(),
+                    PassthroughPolicy::All | PassthroughPolicy::Reads
+                ))
     }
 
     pub(super) fn passthrough_busy(st: &State, ino: Ino) -> VfsError {

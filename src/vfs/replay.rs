@@ -487,7 +487,10 @@ impl Vfs {
             .write(true)
             .open(&path)
             .map_err(|e| VfsError::io("open restored staging file", e))?;
-        let size = file.metadata().map_err(|e| VfsError::io("stat restored staging file", e))?.len();
+        let size = file
+            .metadata()
+            .map_err(|e| VfsError::io("stat restored staging file", e))?
+            .len();
         Ok((Arc::new(file), path, size, sealed))
     }
 }

@@ -79,10 +79,7 @@ impl Vfs {
     /// what `df` and installers should see.
     pub fn statfs(&self) -> Statfs {
         let files = self.lock().inodes.len() as u64;
-        let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
-        let path = std::ffi::CString::new(self.staging.dir().as_os_str().as_encoded_bytes()).unwrap_or_default();
-        // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
-        let ok = unsafe { libc::statvfs(path.as_ptr(), &mut vfs) } == 0;
+        let (ok, vfs) = self.staging_statvfs();
         let (blocks, bfree) = if ok {
             let unit = vfs.f_frsize.max(1);
             (vfs.f_blocks * unit / 4096, vfs.f_bavail * unit / 4096)
@@ -96,6 +93,24 @@ impl Vfs {
             files: files + ffree,
             ffree,
         }
+    }
+}
+
+impl Vfs {
+    /// statvfs(3) of the disk that holds the staging files (no lock taken).
+    fn staging_statvfs(&self) -> (bool, libc::statvfs) {
+        // SAFETY: an all-zero statvfs is a valid value of the plain C struct.
+        let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+        let path = std::ffi::CString::new(self.staging.dir().as_os_str().as_encoded_bytes()).unwrap_or_default();
+        // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
+        let ok = unsafe { libc::statvfs(path.as_ptr(), &mut vfs) } == 0;
+        (ok, vfs)
+    }
+
+    /// Bytes an unprivileged writer may still use on the staging disk.
+    pub(super) fn staging_free_bytes(&self) -> Option<u64> {
+        let (ok, vfs) = self.staging_statvfs();
+        ok.then(|| vfs.f_bavail.saturating_mul(vfs.f_frsize.max(1)))
     }
 }
 

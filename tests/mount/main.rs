@@ -15,7 +15,8 @@
 //! - `watchers`: inotify events for other agents' changes;
 //! - `history`: past versions at `.contextfs/history/<path>/<N>`;
 //! - `large_files_upload`: large files by chunks, resumed uploads, EFBIG;
-//! - `large_files_read`: large files read by chunks (issue 21).
+//! - `large_files_read`: large files read by chunks (issue 21);
+//! - `write_passthrough`: new files written by the kernel itself.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -28,6 +29,7 @@ mod large_files_upload;
 mod offline;
 mod sharing;
 mod watchers;
+mod write_passthrough;
 
 use std::collections::BTreeMap;
 use std::path::Path;

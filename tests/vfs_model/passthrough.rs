@@ -161,7 +161,9 @@ fn kernel_writes(file: &std::fs::File, at: u64, bytes: &[u8]) {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn record_of(vfs: &Vfs, path: &str) -> contextfs::vfs::journal::Record {
@@ -179,7 +181,11 @@ fn a_large_file_the_kernel_writes_is_journaled_by_its_staging_file_until_its_las
     let (ino, fh, file) = create_written_by_kernel(&vfs, "data.bin");
     let first = pattern(200_000, 1);
     kernel_writes(&file, 0, &first);
-    assert_eq!(vfs.getattr(ino).unwrap().size, 200_000, "the size comes from the staging file");
+    assert_eq!(
+        vfs.getattr(ino).unwrap().size,
+        200_000,
+        "the size comes from the staging file"
+    );
 
     // A reader joins the writer's epoch: the kernel wants one backing file.
     let reader = vfs.open(ino, RO).unwrap();
@@ -189,7 +195,10 @@ fn a_large_file_the_kernel_writes_is_journaled_by_its_staging_file_until_its_las
     vfs.flush(fh).unwrap();
     let record = record_of(&vfs, "data.bin");
     assert!(record.open_content && record.content.is_none(), "{record:?}");
-    assert!(plan(&vfs).is_empty(), "nothing is sent while the kernel may still write it");
+    assert!(
+        plan(&vfs).is_empty(),
+        "nothing is sent while the kernel may still write it"
+    );
 
     // The dup writes on; then its last release seals the bytes by hash.
     let more = pattern(50_000, 2);
@@ -211,10 +220,17 @@ fn a_large_file_the_kernel_writes_is_journaled_by_its_staging_file_until_its_las
     assert!(!is_passthrough(&vfs, w));
     vfs.write(w, 0, b"CHANGED").unwrap();
     vfs.release(w).unwrap();
-    assert_eq!(std::fs::read(pending.join(BlobHash::of(&all).as_str())).unwrap(), all, "the sealed bytes stay");
+    assert_eq!(
+        std::fs::read(pending.join(BlobHash::of(&all).as_str())).unwrap(),
+        all,
+        "the sealed bytes stay"
+    );
     vfs.make_journal_durable().unwrap(); // the group sync
     assert!(
-        std::fs::read_dir(&pending).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".open-")),
+        std::fs::read_dir(&pending)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with(".open-")),
         "no open link is left once the seal is durable"
     );
 }
@@ -229,7 +245,7 @@ fn a_mount_that_dies_while_the_kernel_writes_replays_the_bytes_as_they_were_left
     vfs.flush(fh).unwrap(); // close() of one descriptor returned
     let later = pattern(10_000, 4);
     kernel_writes(&file, 300_000, &later); // another descriptor wrote on
-    // kill -9: no release, no group sync; the page cache keeps what was written.
+                                           // kill -9: no release, no group sync; the page cache keeps what was written.
     drop(vfs);
     drop(file);
     let vfs = env.mount(&empty_listing());
@@ -251,6 +267,7 @@ fn a_small_file_the_kernel_writes_is_journaled_inline_once_per_change() {
     let record = record_of(&vfs, "note.md");
     assert_eq!(record.content, Some(BlobHash::of(b"first line\n")));
     assert!(record.inline.is_some() && !record.open_content);
+    assert!(plan(&vfs).is_empty(), "not sent while a descriptor may still write it");
     // Released without a change since that close: no second record.
     let fh2 = {
         let (ino, fh2, file2) = create_written_by_kernel(&vfs, "other.md");
@@ -258,7 +275,11 @@ fn a_small_file_the_kernel_writes_is_journaled_inline_once_per_change() {
         vfs.flush(fh2).unwrap();
         let rev = record_of(&vfs, "other.md").rev;
         vfs.release(fh2).unwrap();
-        assert_eq!(record_of(&vfs, "other.md").rev, rev, "an unchanged file is not journaled again");
+        assert_eq!(
+            record_of(&vfs, "other.md").rev,
+            rev,
+            "an unchanged file is not journaled again"
+        );
         ino
     };
     let _ = fh2;
@@ -266,7 +287,11 @@ fn a_small_file_the_kernel_writes_is_journaled_inline_once_per_change() {
     kernel_writes(&file, 11, b"second line\n");
     vfs.release(fh).unwrap();
     assert_eq!(read_path(&vfs, "note.md"), b"first line\nsecond line\n");
-    assert_eq!(record_of(&vfs, "note.md").content, Some(BlobHash::of(b"first line\nsecond line\n")));
+    assert_eq!(
+        record_of(&vfs, "note.md").content,
+        Some(BlobHash::of(b"first line\nsecond line\n"))
+    );
+    assert_eq!(describe(&plan(&vfs)).len(), 2, "both files go out now");
 }
 
 #[test]
@@ -284,7 +309,11 @@ fn writers_join_the_kernels_epoch_until_its_last_writer_goes_then_wait_for_its_r
     // could not share it once it is sealed: it waits, then ETXTBSY.
     assert!(vfs.passthrough_readers(ino));
     assert_eq!(errno(vfs.open(ino, RW)), Err(libc::ETXTBSY));
-    assert_eq!(vfs.release_kernel(reader).unwrap().is_some(), true, "the reader ends the epoch");
+    assert_eq!(
+        vfs.release_kernel(reader).unwrap().is_some(),
+        true,
+        "the reader ends the epoch"
+    );
     let w = vfs.open(ino, RW).unwrap();
     vfs.write(w, 0, b"BOTH").unwrap();
     vfs.release(w).unwrap();
@@ -318,6 +347,36 @@ fn writes_go_through_the_mount_when_the_policy_or_the_server_says_so() {
     vfs.set_passthrough_policy(PassthroughPolicy::All);
     vfs.set_max_file_bytes(1 << 30);
     let (_, fh) = vfs.create(ROOT_INO, "b.txt", 0o644, W, false).unwrap();
-    assert!(!is_passthrough(&vfs, fh), "a server with a smaller limit: write() enforces it");
+    assert!(
+        !is_passthrough(&vfs, fh),
+        "a server with a smaller limit: write() enforces it"
+    );
     vfs.release(fh).unwrap();
+}
+
+#[test]
+fn a_file_removed_before_its_last_writer_goes_leaves_nothing_in_the_journal() {
+    let env = Env::new();
+    let vfs = writing_mount(&env);
+    let (_ino, fh, file) = create_written_by_kernel(&vfs, "tmp.o");
+    kernel_writes(&file, 0, &pattern(500_000, 5));
+    vfs.flush(fh).unwrap();
+    vfs.unlink(ROOT_INO, "tmp.o").unwrap();
+    vfs.release(fh).unwrap();
+    vfs.make_journal_durable().unwrap();
+    assert!(vfs.queued().is_empty(), "{:?}", vfs.queued());
+    let pending: Vec<_> = std::fs::read_dir(env.state_dir.join("pending"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(pending.is_empty(), "pending contents left: {pending:?}");
+    // Its bytes go with the kernel's last descriptor: no name keeps them.
+    let meta = file.metadata().unwrap();
+    assert!(
+        std::os::unix::fs::MetadataExt::nlink(&meta) == 0 || meta.len() == 0,
+        "the staging file keeps {} bytes under {} names",
+        meta.len(),
+        std::os::unix::fs::MetadataExt::nlink(&meta)
+    );
 }

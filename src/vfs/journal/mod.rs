@@ -315,7 +315,11 @@ impl Journal {
             .filter(|r| r.inline.is_none())
             .filter_map(|r| r.content.as_ref().map(|h| h.as_str().to_string()))
             .collect();
-        named.extend(live.values().filter(|r| r.open_content).map(|r| open_content_name(r.uid)));
+        named.extend(
+            live.values()
+                .filter(|r| r.open_content)
+                .map(|r| open_content_name(r.uid)),
+        );
         let Ok(entries) = fs::read_dir(pending) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();

@@ -20,7 +20,7 @@ fn record(uid: u64) -> Record {
         atime: None,
         inline: Some(Journal::encode_inline(b"hi")),
         last_error: None,
-            open_content: false,
+        open_content: false,
     }
 }
 
