@@ -625,6 +625,9 @@ pub fn queued_items(vfs: &Vfs) -> Vec<QueuedItem> {
             path,
             change: if r.deleted {
                 "delete".into()
+            } else if r.open_content {
+                // Write passthrough: sent once its last writer closes it.
+                "create, still open for writing".into()
             } else if r.node.is_none() {
                 "create".into()
             } else if r.content.is_some() {

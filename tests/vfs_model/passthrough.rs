@@ -309,7 +309,10 @@ fn writers_join_the_kernels_epoch_until_its_last_writer_goes_then_wait_for_its_r
     // could not share it once it is sealed: it waits, then ETXTBSY.
     assert!(vfs.passthrough_readers(ino));
     assert_eq!(errno(vfs.open(ino, RW)), Err(libc::ETXTBSY));
-    assert!(vfs.release_kernel(reader).unwrap().is_some(), "the reader ends the epoch");
+    assert!(
+        vfs.release_kernel(reader).unwrap().is_some(),
+        "the reader ends the epoch"
+    );
     let w = vfs.open(ino, RW).unwrap();
     vfs.write(w, 0, b"BOTH").unwrap();
     vfs.release(w).unwrap();
