@@ -1,6 +1,6 @@
 //! Open handles and their data: open, read, write (to the staging file,
-//! outside the state lock), flush = commit on close, release, fsync and
-//! setattr (truncate, chmod, utimes).
+//! outside the state lock), flush = commit on close, release. (fsync is in
+//! `fsync.rs`, setattr in `setattr.rs`.)
 
 use super::*;
 
@@ -573,10 +573,14 @@ impl Vfs {
         size: u64,
         inline: Option<Vec<u8>>,
     ) -> VfsResult<()> {
-        let uid = Self::get(st, ino)?.uid;
+        let inode = Self::get(st, ino)?;
+        let (uid, mtime) = (inode.uid, nanos_of(inode.mtime));
         let prev = st.records.get(&uid);
         let unchanged = prev.is_some_and(|r| {
-            !r.open_content && r.content.as_ref() == Some(&hash) && r.inline.is_some() == inline.is_some()
+            !r.open_content
+                && r.content.as_ref() == Some(&hash)
+                && r.inline.is_some() == inline.is_some()
+                && r.mtime == Some(mtime)
         });
         if unchanged {
             return Ok(());
@@ -694,192 +698,5 @@ impl Vfs {
             }
         }
         Ok(())
-    }
-
-    /// fsync(): the change is journaled (durable). An edit of a file the
-    /// server has, in place, is then sent at once and fsync waits (at most
-    /// [`FSYNC_WAIT`]) for the answer; a change the server refuses is `EIO`.
-    /// With the server unreachable it returns once the change is durable
-    /// here (it stays queued). A new or moved file goes out with the normal
-    /// debounce: an editor fsyncs its new file before it removes the backup,
-    /// and sending the new file then would split the save into two nodes.
-    pub fn fsync(&self, fh: u64) -> VfsResult<()> {
-        self.flush(fh)?;
-        // Durable now, whatever the durability mode: this file's earlier
-        // closes and every namespace change before it.
-        self.journal.make_durable()?;
-        let waiting_for = {
-            let st = self.lock();
-            let ino = st.handles.get(&fh).ok_or_else(VfsError::badf)?.ino;
-            let record = st.inodes.get(&ino).and_then(|i| st.records.get(&i.uid));
-            // Only a commit to a node the server has can go out on its own.
-            match record.map(|r| (r, self.plan_record(&st, r))) {
-                Some((r, Ok(Some(drain::DrainOp::Commit { node: Some(_), .. })))) => Some((r.uid, r.rev)),
-                _ => None,
-            }
-        };
-        let Some((uid, rev)) = waiting_for else {
-            self.wake.notify_one();
-            return Ok(());
-        };
-        // Marked urgent before the worker is woken (in await_commit), so the
-        // wake-up sends it at once instead of sleeping out the debounce.
-        self.set_urgent(uid, true);
-        let result = self.await_commit(uid, rev);
-        self.set_urgent(uid, false);
-        result
-    }
-
-    pub(super) fn set_urgent(&self, uid: u64, on: bool) {
-        let mut urgent = self.urgent.lock().unwrap_or_else(|p| p.into_inner());
-        if on {
-            urgent.insert(uid);
-        } else {
-            urgent.remove(&uid);
-        }
-    }
-
-    /// Whether fsync waits for some record to go out now.
-    pub fn has_urgent(&self) -> bool {
-        !self.urgent.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
-    }
-
-    /// The records fsync waits for (usually none), copied once per plan.
-    pub(super) fn urgent_uids(&self) -> std::collections::HashSet<u64> {
-        self.urgent.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Waits until record `uid` at `rev` was acknowledged (or superseded),
-    /// refused (`EIO`), the server is unreachable, or [`FSYNC_WAIT`] passed.
-    pub(super) fn await_commit(&self, uid: u64, rev: u64) -> VfsResult<()> {
-        self.wake.notify_one();
-        let deadline = std::time::Instant::now() + FSYNC_WAIT;
-        let mut st = self.lock();
-        loop {
-            if !self.server_reachable.load(Ordering::Relaxed) {
-                return Ok(()); // durable here; it goes out when the server is back
-            }
-            match st.records.get(&uid) {
-                None => return Ok(()),
-                Some(r) if r.rev > rev => return Ok(()), // superseded by a newer change
-                Some(r) => {
-                    if let Some(error) = &r.last_error {
-                        return Err(VfsError::new(
-                            libc::EIO,
-                            format!(
-                                "the server refused {}: {error}; the change stays in the journal (see `contextfs status`)",
-                                Self::path_of(&st, st.by_uid.get(&uid).copied().unwrap_or(ROOT_INO))
-                            ),
-                        ));
-                    }
-                }
-            }
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return Ok(()); // still durable here; the worker keeps trying
-            }
-            st = self
-                .round_done
-                .wait_timeout(st, deadline - now)
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-    }
-
-    /// The sync worker reports after each round whether it reached the
-    /// server; fsync waits only while it does.
-    pub fn round_finished(&self, server_reachable: bool) {
-        self.server_reachable.store(server_reachable, Ordering::Relaxed);
-        let _guard = self.lock();
-        self.round_done.notify_all();
-    }
-
-    pub fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> VfsResult<Attr> {
-        let out = self.setattr_journaled(ino, fh, set)?;
-        // Written before the call returns (outside the core's lock); durable
-        // with the next group sync (docs/SEMANTICS.md, "Durability").
-        self.journal.make_written()?;
-        Ok(out)
-    }
-
-    pub(super) fn setattr_journaled(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> VfsResult<Attr> {
-        if set.size.is_some() || set.mode.is_some() || set.mtime.is_some() || set.atime.is_some() {
-            Self::check_writable(&self.lock(), ino)?;
-        }
-        if let Some(size) = set.size {
-            if self.lock().inodes.get(&ino).is_some_and(|i| i.kind == NodeKind::Dir) {
-                return Err(VfsError::isdir(self.path(ino)));
-            }
-            let limit = self.max_file_bytes();
-            if size > limit {
-                return Err(Self::past_max_file_size("truncate", size, limit));
-            }
-            // truncate(2) changes what passthrough readers' backing file shows.
-            self.await_passthrough_readers(ino)?;
-            let data_lock = self.data_lock_of(ino)?;
-            let mut attempts = 0;
-            let (data_guard, mut st) = loop {
-                self.make_local(ino, size == 0)?;
-                let data = data_lock.lock().unwrap_or_else(|p| p.into_inner());
-                let st = self.lock();
-                // Sealed or parked by a close in between: again.
-                let ready = matches!(&Self::get(&st, ino)?.content, Content::Local { sealed: false, .. });
-                if ready {
-                    break (data, st);
-                }
-                attempts += 1;
-                if attempts == WRITE_ATTEMPTS {
-                    return Err(VfsError::new(libc::EIO, "truncate: the staging file kept being sealed"));
-                }
-            };
-            let inode = Self::get_mut(&mut st, ino)?;
-            if let Content::Local { file, .. } = &inode.content {
-                file.set_len(size).map_err(|e| VfsError::io("truncate", e))?;
-            }
-            inode.size = size;
-            inode.data_rev += 1;
-            inode.mtime = SystemTime::now();
-            inode.ctime = inode.mtime;
-            let through_handle = fh.and_then(|f| st.handles.get_mut(&f)).filter(|h| h.write);
-            match through_handle {
-                // ftruncate on a writable handle: committed with that handle's close.
-                Some(handle) => handle.dirty = true,
-                None => {
-                    // journal_content takes the data lock itself.
-                    drop(st);
-                    drop(data_guard);
-                    self.journal_content(ino)?;
-                }
-            }
-        }
-        let mut st = self.lock();
-        if let Some(mtime) = set.mtime {
-            Self::set_staging_mtime(&st, ino, mtime);
-        }
-        let inode = Self::get_mut(&mut st, ino)?;
-        let mut changed = false;
-        if let Some(mode) = set.mode.map(|m| m & 0o7777).filter(|m| *m != inode.mode) {
-            inode.mode = mode;
-            changed = true;
-        }
-        // utimensat: UTIME_OMIT arrives as None, UTIME_NOW as the current time.
-        if let Some(mtime) = set.mtime {
-            inode.mtime = mtime;
-            changed = true;
-        }
-        if let Some(atime) = set.atime {
-            inode.atime = atime;
-            changed = true;
-        }
-        if changed {
-            inode.ctime = SystemTime::now();
-            // Mode and times are the file's metadata: committed as a version.
-            // (A directory's are journaled too, but stay on this mount: the
-            // server versions files only.)
-            let mut record = Self::next_record(&st, ino)?;
-            record.meta_dirty = true;
-            self.commit_record(&mut st, ino, record)?;
-        }
-        Self::attr(&st, ino)
     }
 }

@@ -11,10 +11,12 @@
 //! changes the server has not acknowledged. Every change that must survive a
 //! crash is written to the [`journal::Journal`] before the call returns.
 
+mod acks;
 pub mod announce;
 mod chunked;
 pub mod drain;
 mod error;
+mod fsync;
 mod handles;
 pub mod history;
 pub mod journal;
@@ -26,6 +28,7 @@ pub mod ordering;
 mod passthrough;
 pub mod remote;
 pub mod replay;
+mod setattr;
 mod staging;
 mod status;
 mod tree;
