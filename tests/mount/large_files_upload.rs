@@ -387,7 +387,15 @@ async fn a_damaged_journal_copy_is_never_committed_and_status_says_why() {
     std::fs::write(m.dir.join("medium.bin"), &medium).expect("write medium.bin");
     for (name, bytes) in [("big.bin", &big), ("medium.bin", &medium)] {
         let hash = BlobHash::of(bytes);
-        let copies = files_named(&m.state_dir(), hash.as_str());
+        // A file the kernel wrote is named by its hash once its last
+        // descriptor is released (after close() returned; SEMANTICS.md,
+        // "Write passthrough").
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut copies = files_named(&m.state_dir(), hash.as_str());
+        while copies.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            copies = files_named(&m.state_dir(), hash.as_str());
+        }
         assert_eq!(copies.len(), 1, "{name}: the journal's copy: {copies:?}");
         // Flip bytes in the middle, as a disk error would.
         let file = std::fs::OpenOptions::new()
