@@ -216,10 +216,27 @@ impl Vfs {
         // with the next group sync (docs/SEMANTICS.md, "Durability").
         match self.journal.make_written() {
             // A full disk: rm must free space, not fail for want of it.
-            Err(e) if e.errno == libc::ENOSPC && removed.is_some_and(|ino| self.free_unlinked_staging(ino)) => {
+            Err(e) if e.errno == libc::ENOSPC && removed.is_some_and(|ino| self.free_unlinked_staging_soon(ino)) => {
                 self.journal.make_written()
             }
             other => other,
+        }
+    }
+
+    /// [`Vfs::free_unlinked_staging`], waiting (at most 1 s) for handles
+    /// still open: the kernel sends a closed file's release after close()
+    /// returned, so `cmd > f; rm f` can reach the mount before it.
+    fn free_unlinked_staging_soon(&self, ino: Ino) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            if self.free_unlinked_staging(ino) {
+                return true;
+            }
+            let open = self.lock().inodes.get(&ino).is_some_and(|i| i.open_handles > 0);
+            if !open || std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 
