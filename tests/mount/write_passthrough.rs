@@ -82,6 +82,12 @@ except OSError:
 "#;
     let mut writer = m.python(script, &[]);
     writer.expect_line("written");
+    // Journaled by its staging file at the close, not sent while the dup may write.
+    let status = m.status();
+    assert!(
+        status.lines().any(|l| l.starts_with("queued   log.bin [create, still open for writing]")),
+        "{status}"
+    );
     m.kill_9();
     writer.finish();
     m.mount();
