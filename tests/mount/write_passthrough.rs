@@ -85,7 +85,9 @@ except OSError:
     // Journaled by its staging file at the close, not sent while the dup may write.
     let status = m.status();
     assert!(
-        status.lines().any(|l| l.starts_with("queued   log.bin [create, still open for writing]")),
+        status
+            .lines()
+            .any(|l| l.starts_with("queued   log.bin [create, still open for writing]")),
         "{status}"
     );
     m.kill_9();
