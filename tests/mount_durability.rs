@@ -229,31 +229,12 @@ async fn an_untar_while_the_server_is_down_lands_when_it_is_back() {
 
 /// The journal's disk full: write() or close() fails with ENOSPC, nothing
 /// half-written reaches the server, the mount keeps serving reads, and
-/// works again once there is room.
+/// works again once there is room. On 2 MiB new files are written through
+/// the mount, where a write that meets the full disk first frees removed
+/// files' bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_journal_disk_is_enospc_and_the_mount_keeps_serving() {
-    let s = TestServer::start().await;
-    let p = "full-disk";
-    let token = s.project_with_token(p).await;
-    s.commit(p, &token, "existing.md", None, b"readable\n").await.unwrap();
-    let home = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
-    let client = MountClient::new(home.clone(), "mnt", &s.mount_url(), p, &token);
-    let state = client.state_dir();
-    std::fs::create_dir_all(&state).expect("state dir");
-    let tmpfs = TinyFs::mount(&state, "2m");
-    let m = MountedWorkspace::mount_at(home, "mnt", &s.mount_url(), p, &token, "agent-full", &[]);
-    let out = m.sh("head -c 8388608 /dev/urandom > big.bin");
-    assert!(!out.status.success(), "8 MiB fit on a 2 MiB journal disk");
-    assert!(both(&out).contains("No space left on device"), "{}", both(&out));
-    assert_eq!(m.sh_ok("cat existing.md"), "readable\n", "reads go on");
-    m.sh_ok("rm -f big.bin");
-    m.sh_ok("echo small > small.md");
-    m.wait_synced().await;
-    server_has(&s, p, "small.md", b"small\n").await;
-    let tree = tree_map(&s, p).await.expect("tree");
-    assert!(!tree.contains_key("big.bin"), "a half-written file reached the server");
-    drop(m);
-    drop(tmpfs);
+    fill_the_journal_disk("full-disk", "2m", "head -c 8388608 /dev/urandom > big.bin", false).await;
 }
 
 /// The same with room enough at the create for the kernel to write the file
@@ -262,32 +243,53 @@ async fn a_full_journal_disk_is_enospc_and_the_mount_keeps_serving() {
 /// freed its bytes, new files are written again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_filled_by_a_file_the_kernel_writes_is_enospc_and_the_mount_keeps_serving() {
+    fill_the_journal_disk(
+        "full-disk-kernel",
+        "300m",
+        "head -c 400000000 /dev/zero > big.bin",
+        true,
+    )
+    .await;
+}
+
+/// Mounts project `p` with its state on a tmpfs of `size`, runs `fill`
+/// (which must fail with ENOSPC writing big.bin), then checks that reads go
+/// on, `rm` works, a new small file lands and big.bin never does.
+/// `kernel_writes`: the mount says the kernel writes new files, and the test
+/// gives the group sync (100 ms) time to free the removed file's bytes.
+async fn fill_the_journal_disk(p: &str, size: &str, fill: &str, kernel_writes: bool) {
     let s = TestServer::start().await;
-    let p = "full-disk-kernel";
     let token = s.project_with_token(p).await;
     s.commit(p, &token, "existing.md", None, b"readable\n").await.unwrap();
     let home = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
     let client = MountClient::new(home.clone(), "mnt", &s.mount_url(), p, &token);
     let state = client.state_dir();
     std::fs::create_dir_all(&state).expect("state dir");
-    let tmpfs = TinyFs::mount(&state, "300m");
+    let tmpfs = TinyFs::mount(&state, size);
     // The mount's log on a disk of its own, so that it can say what happened.
     std::fs::create_dir_all(state.join("logs")).expect("log dir");
     let logs = TinyFs::mount(&state.join("logs"), "16m");
-    let m = MountedWorkspace::mount_at(home, "mnt", &s.mount_url(), p, &token, "agent-full-kernel", &[]);
-    assert!(m.status().contains("and writes of new files"), "{}", m.status());
-    let out = m.sh("head -c 400000000 /dev/zero > big.bin");
-    assert!(!out.status.success(), "400 MB fit on a 300 MiB journal disk");
+    let m = MountedWorkspace::mount_at(home, "mnt", &s.mount_url(), p, &token, &format!("agent-{p}"), &[]);
+    if kernel_writes {
+        assert!(m.status().contains("and writes of new files"), "{}", m.status());
+    }
+    let out = m.sh(fill);
+    assert!(!out.status.success(), "`{fill}` fit on a {size} journal disk");
     assert!(both(&out).contains("No space left on device"), "{}", both(&out));
     assert_eq!(m.sh_ok("cat existing.md"), "readable\n", "reads go on");
     m.sh_ok("rm -f big.bin");
-    // The group sync (100 ms) makes the removal durable and frees the bytes.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    if kernel_writes {
+        // The group sync makes the removal durable and frees the bytes.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     m.sh_ok("echo small > small.md");
     m.wait_synced().await;
     server_has(&s, p, "small.md", b"small\n").await;
     let tree = tree_map(&s, p).await.expect("tree");
-    assert!(!tree.contains_key("big.bin"), "a removed file stayed on the server");
+    assert!(
+        !tree.contains_key("big.bin"),
+        "a half-written, then removed file reached the server"
+    );
     drop(m);
     drop(logs);
     drop(tmpfs);

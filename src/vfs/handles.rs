@@ -459,7 +459,7 @@ impl Vfs {
             let ino = handle.ino;
             // The kernel wrote this handle's file itself: whether it changed
             // is not known here, so every close journals it.
-            let kernel_writes = handle.write && st.kernel_io.staging_file(ino).is_some();
+            let kernel_writes = Self::kernel_writes_through(&st, handle);
             if !handle.dirty && !kernel_writes {
                 return Ok(());
             }
@@ -615,7 +615,7 @@ impl Vfs {
         let mut st = self.lock();
         let handle = st.handles.remove(&fh).ok_or_else(VfsError::badf)?;
         self.release_chunked(fh);
-        let kernel_wrote = handle.write && st.kernel_io.staging_file(handle.ino).is_some();
+        let kernel_wrote = Self::kernel_writes_through(&st, &handle);
         let ended_epoch = st.kernel_io.release(handle.ino, handle.io);
         let forget = match st.inodes.get_mut(&handle.ino) {
             Some(inode) => {

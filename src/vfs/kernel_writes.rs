@@ -44,6 +44,12 @@ impl Vfs {
                 .is_some_and(|free| free >= KERNEL_WRITES_MIN_FREE)
     }
 
+    /// Whether the kernel writes through `handle` itself: a writer in a
+    /// staging epoch (its writes never reach the mount).
+    pub(super) fn kernel_writes_through(st: &State, handle: &Handle) -> bool {
+        handle.write && st.kernel_io.kernel_writing(handle.ino).is_some()
+    }
+
     /// Takes a staging file's length and mtime as the file's.
     fn adopt_staging_attrs(&self, ino: Ino, meta: &Metadata) {
         let mut st = self.lock();

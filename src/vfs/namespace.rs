@@ -138,9 +138,10 @@ impl Vfs {
         st.next_fh += 1;
         // A brand-new inode: no passthrough readers can hold it, and the
         // kernel may write it itself (kernel_writes.rs).
-        let io = match kernel_writes {
-            true => st.kernel_io.start_staging(ino, file),
-            false => st.kernel_io.open(ino, None).ok(),
+        let io = if kernel_writes {
+            st.kernel_io.start_staging(ino, file)
+        } else {
+            st.kernel_io.open(ino, None).ok()
         }
         .unwrap_or(HandleIo::Cached);
         // A new file is committed at close even if nothing is written to it.

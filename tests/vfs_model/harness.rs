@@ -243,6 +243,13 @@ pub const TRUNC: OpenMode = OpenMode {
     truncate: true,
     append: false,
 };
+pub const WO: OpenMode = OpenMode {
+    read: false,
+    write: true,
+    truncate: false,
+    append: false,
+};
+
 pub const RO: OpenMode = OpenMode {
     read: true,
     write: false,

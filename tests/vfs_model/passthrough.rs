@@ -130,13 +130,6 @@ fn read_only_files_use_passthrough_without_the_flag() {
 
 // ----- write passthrough: the kernel writes a new file's staging file -----
 
-const W: OpenMode = OpenMode {
-    read: false,
-    write: true,
-    truncate: false,
-    append: false,
-};
-
 /// A mount whose kernel agreed to passthrough, with the default policy.
 fn writing_mount(env: &Env) -> Vfs {
     let vfs = env.mount(&empty_listing());
@@ -148,7 +141,7 @@ fn writing_mount(env: &Env) -> Vfs {
 /// Creates `name` and returns its inode, handle and the file the kernel
 /// writes (what `reply_created` registers as the backing file).
 fn create_written_by_kernel(vfs: &Vfs, name: &str) -> (Ino, u64, Arc<std::fs::File>) {
-    let (attr, fh) = vfs.create(ROOT_INO, name, 0o644, W, false).unwrap();
+    let (attr, fh) = vfs.create(ROOT_INO, name, 0o644, WO, false).unwrap();
     match vfs.kernel_io(fh).unwrap() {
         KernelIo::Passthrough { file, .. } => (attr.ino, fh, file),
         other => panic!("a create should be written by the kernel, got {other:?}"),
@@ -269,20 +262,16 @@ fn a_small_file_the_kernel_writes_is_journaled_inline_once_per_change() {
     assert!(record.inline.is_some() && !record.open_content);
     assert!(plan(&vfs).is_empty(), "not sent while a descriptor may still write it");
     // Released without a change since that close: no second record.
-    let fh2 = {
-        let (ino, fh2, file2) = create_written_by_kernel(&vfs, "other.md");
-        kernel_writes(&file2, 0, b"x");
-        vfs.flush(fh2).unwrap();
-        let rev = record_of(&vfs, "other.md").rev;
-        vfs.release(fh2).unwrap();
-        assert_eq!(
-            record_of(&vfs, "other.md").rev,
-            rev,
-            "an unchanged file is not journaled again"
-        );
-        ino
-    };
-    let _ = fh2;
+    let (_, other, other_file) = create_written_by_kernel(&vfs, "other.md");
+    kernel_writes(&other_file, 0, b"x");
+    vfs.flush(other).unwrap();
+    let rev = record_of(&vfs, "other.md").rev;
+    vfs.release(other).unwrap();
+    assert_eq!(
+        record_of(&vfs, "other.md").rev,
+        rev,
+        "an unchanged file is not journaled again"
+    );
     // A write through a dup after the close is journaled at the release.
     kernel_writes(&file, 11, b"second line\n");
     vfs.release(fh).unwrap();
@@ -340,12 +329,12 @@ fn writes_go_through_the_mount_when_the_policy_or_the_server_says_so() {
     let env = Env::new();
     let vfs = writing_mount(&env);
     vfs.set_passthrough_policy(PassthroughPolicy::Reads);
-    let (_, fh) = vfs.create(ROOT_INO, "a.txt", 0o644, W, false).unwrap();
+    let (_, fh) = vfs.create(ROOT_INO, "a.txt", 0o644, WO, false).unwrap();
     assert!(!is_passthrough(&vfs, fh), "--passthrough reads");
     vfs.release(fh).unwrap();
     vfs.set_passthrough_policy(PassthroughPolicy::All);
     vfs.set_max_file_bytes(1 << 30);
-    let (_, fh) = vfs.create(ROOT_INO, "b.txt", 0o644, W, false).unwrap();
+    let (_, fh) = vfs.create(ROOT_INO, "b.txt", 0o644, WO, false).unwrap();
     assert!(
         !is_passthrough(&vfs, fh),
         "a server with a smaller limit: write() enforces it"
