@@ -18,9 +18,13 @@ use crate::model::BlobHash;
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// The destination of one fill: a temp file that is hashed as it is written.
-/// Dropped without being published, it deletes its temp file.
+/// The temp file is made on the first write, so a fill that adopts a file
+/// ([`Self::adopt`]) creates and frees no inode of its own. Dropped without
+/// being published, it deletes its temp file.
 pub struct CacheFill {
-    file: File,
+    file: Option<File>,
+    tmp_dir: PathBuf,
+    prefix: String,
     path: PathBuf,
     hasher: blake3::Hasher,
     written: u64,
@@ -31,39 +35,62 @@ pub struct CacheFill {
 
 impl CacheFill {
     pub(super) fn create(tmp_dir: &Path, hash: &BlobHash) -> Result<Self, CacheError> {
-        let prefix = hash.as_str().get(..16).unwrap_or(hash.as_str());
+        let prefix = hash.as_str().get(..16).unwrap_or(hash.as_str()).to_string();
+        Ok(Self {
+            file: None,
+            tmp_dir: tmp_dir.to_path_buf(),
+            prefix,
+            path: PathBuf::new(),
+            hasher: blake3::Hasher::new(),
+            written: 0,
+            published: false,
+            adopted: false,
+        })
+    }
+
+    /// Makes a new temp name and runs `make` on it until the name is free:
+    /// the pid keeps processes apart, and `make` failing with
+    /// `AlreadyExists` settles the rare collision (e.g. containers sharing
+    /// the directory) by trying the next name.
+    fn new_temp<T>(&mut self, mut make: impl FnMut(&Path) -> io::Result<T>) -> Result<T, CacheError> {
         let mut recreated = false;
         loop {
-            // The pid keeps processes apart; create_new settles the rare
-            // collision (e.g. containers sharing the directory) by retrying.
             let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = tmp_dir.join(format!("{prefix}.{}.{n}", std::process::id()));
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => {
-                    return Ok(Self {
-                        file,
-                        path,
-                        hasher: blake3::Hasher::new(),
-                        written: 0,
-                        published: false,
-                        adopted: false,
-                    })
+            let path = self.tmp_dir.join(format!("{}.{}.{n}", self.prefix, std::process::id()));
+            match make(&path) {
+                Ok(made) => {
+                    self.path = path;
+                    return Ok(made);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 // Someone removed the cache directory under a running mount:
                 // recreate it once rather than failing every read from now on.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !recreated => {
                     recreated = true;
-                    create_private_dir(tmp_dir)?;
+                    create_private_dir(&self.tmp_dir)?;
                 }
                 Err(e) => return Err(CacheError::io(path, e)),
             }
         }
     }
 
+    /// The temp file, created on first use.
+    fn file(&mut self) -> Result<&mut File, CacheError> {
+        if self.file.is_none() {
+            let file = self.new_temp(|path| OpenOptions::new().write(true).create_new(true).open(path))?;
+            self.file = Some(file);
+        }
+        // Just set when it was None.
+        self.file
+            .as_mut()
+            .ok_or_else(|| CacheError::io(&self.path, io::Error::other("no temp file")))
+    }
+
     /// Appends a chunk. A full disk is reported as [`CacheError::NoSpace`].
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), CacheError> {
-        self.file.write_all(chunk).map_err(|e| CacheError::io(&self.path, e))?;
+        let file = self.file()?;
+        let written = file.write_all(chunk);
+        written.map_err(|e| CacheError::io(&self.path, e))?;
         self.hasher.update(chunk);
         self.written += chunk.len() as u64;
         Ok(())
@@ -74,25 +101,24 @@ impl CacheFill {
     /// any more. False (the fill untouched) where `src` cannot be linked,
     /// e.g. on another filesystem; then the caller copies.
     pub fn adopt(&mut self, src: &Path) -> Result<bool, CacheError> {
-        if self.written > 0 {
+        if self.written > 0 || self.file.is_some() {
             return Ok(false);
         }
-        fs::remove_file(&self.path).map_err(|e| CacheError::io(&self.path, e))?;
-        match fs::hard_link(src, &self.path) {
-            Ok(()) => {}
-            Err(e) => {
-                // Put an empty temp file back for the copy.
-                self.file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&self.path)
-                    .map_err(|e| CacheError::io(&self.path, e))?;
-                debug!("cannot link {} into the cache ({e}); copying", src.display());
-                return Ok(false);
-            }
+        let linked = self.new_temp(|path| fs::hard_link(src, path));
+        if let Err(e) = linked {
+            debug!("cannot link {} into the cache ({e}); copying", src.display());
+            return Ok(false);
         }
-        self.file = File::open(&self.path).map_err(|e| CacheError::io(&self.path, e))?;
-        self.written = self.file.metadata().map_err(|e| CacheError::io(&self.path, e))?.len();
+        let opened = File::open(&self.path).and_then(|file| Ok((file.metadata()?.len(), file)));
+        let (written, file) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                let _ = fs::remove_file(&self.path);
+                return Err(CacheError::io(&self.path, e));
+            }
+        };
+        self.written = written;
+        self.file = Some(file);
         self.adopted = true;
         Ok(true)
     }
@@ -114,8 +140,12 @@ impl CacheFill {
                 actual,
             });
         }
-        if self.written > UNSYNCED_MAX {
-            self.file.sync_all().map_err(|e| CacheError::io(&self.path, e))?;
+        // An empty blob has had no write: its temp file is made here.
+        let large = self.written > UNSYNCED_MAX;
+        let file = self.file()?;
+        if large {
+            let synced = file.sync_all();
+            synced.map_err(|e| CacheError::io(&self.path, e))?;
         }
         File::open(&self.path).map_err(|e| CacheError::io(&self.path, e))
     }
@@ -131,7 +161,7 @@ impl CacheFill {
 
 impl Drop for CacheFill {
     fn drop(&mut self) {
-        if self.published {
+        if self.published || self.file.is_none() {
             return;
         }
         match fs::remove_file(&self.path) {
@@ -320,7 +350,9 @@ mod tests {
             return;
         };
         let mut fill = CacheFill {
-            file,
+            file: Some(file),
+            tmp_dir: PathBuf::from("/dev"),
+            prefix: String::new(),
             path: PathBuf::from("/dev/full"),
             hasher: blake3::Hasher::new(),
             written: 0,

@@ -454,6 +454,48 @@ impl BlobCache {
         .map(drop)
     }
 
+    /// Makes `src`, a file that nobody but the caller can reach or change
+    /// any more (a retired staging file), the cache's copy of `hash` by a
+    /// hard link: no copy, and no inode made or freed. Its bytes are hashed
+    /// first through `src_file`, so a file that does not match is left
+    /// alone. The caller keeps `src` unless the answer is
+    /// [`Adoption::Linked`].
+    pub fn adopt_owned_file(&self, hash: &BlobHash, src_file: &File, src: &Path) -> Result<Adoption, CacheError> {
+        if self.contains(hash) {
+            return Ok(Adoption::AlreadyCached);
+        }
+        let actual = hash_file(src_file).map_err(|e| CacheError::io(src, e))?;
+        if actual != *hash {
+            debug!(
+                "{} holds {actual}, not {hash}: not adopted into the cache",
+                src.display()
+            );
+            return Ok(Adoption::NotLinked);
+        }
+        // Its mtime is the workspace file's (tar, cp -p): as a cache entry it
+        // must read as just used, or it would be evicted first, and a cache
+        // temp file that old would be removed as stale mid-publish.
+        if let Err(e) = src_file.set_modified(SystemTime::now()) {
+            debug!("cannot touch {}: {e}", src.display());
+        }
+        let mut linked = false;
+        let outcome = self.get_or_fill(hash, |fill| {
+            linked = fill.adopt(src)?;
+            if linked {
+                Ok(())
+            } else {
+                Err(CacheError::io(src, io::Error::other("cannot be linked into the cache")))
+            }
+        });
+        match outcome {
+            Ok(_) if linked => Ok(Adoption::Linked),
+            // Another thread published it meanwhile.
+            Ok(_) => Ok(Adoption::AlreadyCached),
+            Err(_) if !linked => Ok(Adoption::NotLinked),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `(hits, misses)` of [`BlobCache::open_blob`] in this process.
     pub fn hit_counts(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -590,6 +632,17 @@ impl BlobCache {
     }
 }
 
+/// What [`BlobCache::adopt_owned_file`] did with the file it was offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adoption {
+    /// The file is the cache's copy now, under a second name.
+    Linked,
+    /// The cache had the blob already; the file was not touched.
+    AlreadyCached,
+    /// Its bytes do not match, or it cannot be linked (another filesystem).
+    NotLinked,
+}
+
 /// Room promised to one fill; given back when the fill publishes or fails.
 struct Reservation<'a> {
     cache: &'a BlobCache,
@@ -607,6 +660,27 @@ impl Drop for Reservation<'_> {
 }
 
 /// Copies `src` into `fill` (which hashes it on the way).
+/// The blake3 hash of a whole file, read by position (the descriptor's
+/// offset is left alone).
+fn hash_file(file: &File) -> io::Result<BlobHash> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = blake3::Hasher::new();
+    // Callers hash small files: a buffer that malloc takes from its heap.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut offset = 0u64;
+    loop {
+        match file.read_at(&mut buf, offset) {
+            Ok(0) => return Ok(BlobHash::from_blake3(hasher.finalize())),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn copy_into(fill: &mut CacheFill, src: &Path) -> Result<(), CacheError> {
     let mut input = File::open(src).map_err(|e| CacheError::io(src, e))?;
     let mut buf = vec![0u8; COPY_CHUNK];

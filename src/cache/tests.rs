@@ -109,6 +109,92 @@ fn a_sealed_file_is_linked_not_copied_and_a_cross_device_one_is_copied() {
 }
 
 #[test]
+fn an_owned_file_is_adopted_only_when_its_bytes_match_and_not_twice() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = BlobCache::open(&dir.path().join("cache"), 1 << 30).expect("open");
+    let content = b"a small committed file\n".to_vec();
+    let hash = BlobHash::of(&content);
+
+    // Bytes that do not hash to the name: left alone, nothing cached.
+    let wrong = dir.path().join("wrong");
+    fs::write(&wrong, b"other bytes").expect("write");
+    let wrong_file = File::open(&wrong).expect("open");
+    assert_eq!(
+        cache.adopt_owned_file(&hash, &wrong_file, &wrong).expect("adopt"),
+        Adoption::NotLinked
+    );
+    assert!(!cache.contains(&hash));
+    assert_eq!(fs::read(&wrong).expect("read"), b"other bytes");
+
+    // The right bytes, timed like an old archive member: linked (same
+    // inode), and touched so that LRU and the stale-temp sweep see it as new.
+    let staged = dir.path().join("staged");
+    fs::write(&staged, &content).expect("write");
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    set_mtime(&staged, old);
+    let staged_file = File::open(&staged).expect("open");
+    assert_eq!(
+        cache.adopt_owned_file(&hash, &staged_file, &staged).expect("adopt"),
+        Adoption::Linked
+    );
+    let cached = fs::metadata(cache.path_of(&hash)).expect("stat cached");
+    assert_eq!(cached.ino(), staged_file.metadata().expect("stat").ino());
+    assert!(cached.modified().expect("mtime") > old + Duration::from_secs(86_400));
+    assert_eq!(
+        read_all(cache.open_blob(&hash).expect("open").expect("cached")),
+        content
+    );
+    assert!(
+        tmp_files(&cache).is_empty(),
+        "no temp file made or left: {:?}",
+        tmp_files(&cache)
+    );
+
+    // A second file with the same bytes: the cache has them already.
+    let twin = dir.path().join("twin");
+    fs::write(&twin, &content).expect("write");
+    let twin_file = File::open(&twin).expect("open");
+    assert_eq!(
+        cache.adopt_owned_file(&hash, &twin_file, &twin).expect("adopt"),
+        Adoption::AlreadyCached
+    );
+    assert_ne!(
+        fs::metadata(cache.path_of(&hash)).expect("stat").ino(),
+        twin_file.metadata().expect("stat").ino()
+    );
+
+    // On another filesystem it cannot be linked; the caller copies.
+    let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+        return;
+    };
+    let other = b"on another filesystem".to_vec();
+    let other_hash = BlobHash::of(&other);
+    let elsewhere = shm.path().join("staged");
+    fs::write(&elsewhere, &other).expect("write");
+    let elsewhere_file = File::open(&elsewhere).expect("open");
+    assert_eq!(
+        cache
+            .adopt_owned_file(&other_hash, &elsewhere_file, &elsewhere)
+            .expect("adopt"),
+        Adoption::NotLinked
+    );
+    assert!(!cache.contains(&other_hash));
+    assert!(tmp_files(&cache).is_empty());
+}
+
+#[test]
+fn an_empty_blob_is_filled_without_a_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = BlobCache::open(dir.path(), 1 << 20).expect("open");
+    let hash = BlobHash::of(b"");
+    let file = cache.get_or_fill(&hash, |_| Ok(())).expect("fill");
+    assert_eq!(read_all(file), b"");
+    assert!(cache.contains(&hash));
+    assert!(tmp_files(&cache).is_empty());
+}
+
+#[test]
 fn lru_evicts_least_recently_used() {
     let dir = tempfile::tempdir().expect("tempdir");
     let blob = |c: u8| vec![c; 100];

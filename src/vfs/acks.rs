@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::api::VersionInfo;
+use crate::cache::Adoption;
 
 impl Vfs {
     /// Drops a record if it is still at `rev`; returns whether it did.
@@ -281,6 +282,7 @@ impl Vfs {
             self.seed_cache(uid, rev, committed);
         }
         let mut invalidate = Vec::new();
+        let mut retired = None;
         {
             let mut st = self.lock();
             if self.orphaned(&mut st, uid, v)? {
@@ -311,22 +313,8 @@ impl Vfs {
                 let staged = matches!(&inode.content, Content::Local { .. } | Content::Parked { .. });
                 // Written again meanwhile: the staged copy is the newer truth.
                 if staged && settled && quiet && inode.kind == NodeKind::File {
-                    let retired = std::mem::replace(&mut inode.content, Content::Blob { hash: v.hash.clone() });
-                    let size = inode.size;
-                    match retired {
-                        Content::Local {
-                            file,
-                            path,
-                            sealed,
-                            kernel_wrote,
-                        } => self.staging.retire(&path, sealed, kernel_wrote, size, Some(file)),
-                        Content::Parked {
-                            path,
-                            sealed,
-                            kernel_wrote,
-                        } => self.staging.retire(&path, sealed, kernel_wrote, size, None),
-                        _ => {}
-                    }
+                    let content = std::mem::replace(&mut inode.content, Content::Blob { hash: v.hash.clone() });
+                    retired = Some((content, inode.size));
                     if v.hash != *committed {
                         // Merged: the bytes (and so the times) are the server's now.
                         invalidate.push(Invalidation::Inode(ino));
@@ -336,8 +324,86 @@ impl Vfs {
                 }
             }
         }
+        if let Some((content, size)) = retired {
+            let merged = v.hash != *committed;
+            self.retire_staged(content, size, (!merged).then_some(committed));
+        }
         self.invalidate(invalidate);
         Ok(())
+    }
+
+    /// Lets go of the staging file of a file that now reads its committed
+    /// blob. An unsealed one that only this function can still reach
+    /// becomes the cache's copy of `committed` by a link, instead of being
+    /// copied there (`seed_cache`) and then pooled or deleted: no inode is
+    /// made or freed per committed file, which on ext4 without a journal is
+    /// what kept slowing creates down (staging.rs). Otherwise it goes to the
+    /// staging pool, or is deleted (`StagingFiles::retire`).
+    fn retire_staged(&self, content: Content, size: u64, committed: Option<&BlobHash>) {
+        let (file, path, sealed, kernel_wrote) = match content {
+            Content::Local {
+                file,
+                path,
+                sealed,
+                kernel_wrote,
+            } => (Some(file), path, sealed, kernel_wrote),
+            Content::Parked {
+                path,
+                sealed,
+                kernel_wrote,
+            } => (None, path, sealed, kernel_wrote),
+            _ => return,
+        };
+        if let Some(committed) = committed.filter(|_| !sealed) {
+            match self.adopt_into_cache(committed, file.as_ref(), &path, kernel_wrote) {
+                Adoption::Linked => {
+                    // Only the name goes: the inode is the cache's now.
+                    let _ = std::fs::remove_file(&path);
+                    return;
+                }
+                Adoption::AlreadyCached => {}
+                // Shared, or not linkable: a copy, hash-checked, so a writer
+                // that still has the file cannot poison the cache.
+                Adoption::NotLinked => {
+                    if let Err(e) = self.cache.insert_file(committed, &path) {
+                        tracing::debug!(error = %e, "could not seed the cache");
+                    }
+                }
+            }
+        }
+        self.staging.retire(&path, sealed, kernel_wrote, size, file);
+    }
+
+    /// Offers the retired staging file at `path` to the cache as its copy of
+    /// `committed`, if nobody else has it open (this is the last reference
+    /// to its descriptor and, for a file the kernel wrote, no writable map
+    /// remains: see `staging::no_other_writer`).
+    fn adopt_into_cache(
+        &self,
+        committed: &BlobHash,
+        file: Option<&Arc<File>>,
+        path: &Path,
+        kernel_wrote: bool,
+    ) -> Adoption {
+        let shared = file.is_some_and(|f| Arc::strong_count(f) > 1);
+        if shared || (kernel_wrote && !super::staging::no_other_writer(path)) {
+            return Adoption::NotLinked;
+        }
+        let reopened;
+        let file: &File = match file {
+            Some(file) => file,
+            None => match File::open(path) {
+                Ok(f) => {
+                    reopened = f;
+                    &reopened
+                }
+                Err(_) => return Adoption::NotLinked,
+            },
+        };
+        self.cache.adopt_owned_file(committed, file, path).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "could not link a committed staging file into the cache");
+            Adoption::NotLinked
+        })
     }
 
     /// Seeds the shared cache with the committed bytes of `uid`'s staged
@@ -370,12 +436,13 @@ impl Vfs {
                 _ => None,
             }
         };
-        let Some((staged, sealed, kernel_wrote)) = staged else {
+        // An unsealed file is seeded when it is retired (`retire_staged`).
+        let Some((staged, true, kernel_wrote)) = staged else {
             return;
         };
         // A file the kernel wrote is linked only if no memory map can still
         // change it (kernel_writes.rs); otherwise it is copied, hash-checked.
-        let seeded = if sealed && (!kernel_wrote || super::staging::no_other_writer(&staged)) {
+        let seeded = if !kernel_wrote || super::staging::no_other_writer(&staged) {
             self.cache.insert_sealed_file(committed, &staged)
         } else {
             self.cache.insert_file(committed, &staged)

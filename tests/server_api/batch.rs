@@ -115,12 +115,16 @@ async fn a_rejected_entry_fails_alone_with_its_reason_and_leaves_no_trace() {
         inline("dir/inside.txt", Some(9), b"unknown base"),
         commit_request("never-uploaded.txt", None, hash_of(b"nobody sent these bytes")),
         inline("good-2.txt", None, b"two"),
-        // Refused by the database inside the batch's transaction.
+        // Refused by the database inside the batch's transaction (which
+        // first writes the entries optimistically together, then again one
+        // savepoint each): the entries around it still commit, once.
         inline("dir/inside.txt/under-a-file", None, b"no"),
+        inline("good-3.txt", None, b"three"),
     ];
     let results = batch(&s, "p", &t, &commits).await;
     assert_eq!(version(&results[0]).path.as_str(), "good-1.txt");
     assert_eq!(version(&results[6]).path.as_str(), "good-2.txt");
+    assert_eq!(version(&results[8]).path.as_str(), "good-3.txt");
     let expected = [
         (1, 400, ErrorCode::HashMismatch),
         (2, 400, ErrorCode::InvalidPath),
@@ -139,8 +143,14 @@ async fn a_rejected_entry_fails_alone_with_its_reason_and_leaves_no_trace() {
     let (after, entries) = s.snapshot("p").await;
     let mut paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
     paths.sort();
-    assert_eq!(paths, ["dir", "dir/inside.txt", "good-1.txt", "good-2.txt"]);
-    assert_eq!(after, cursor + 2, "two versions, nothing of the refused entries");
+    assert_eq!(
+        paths,
+        ["dir", "dir/inside.txt", "good-1.txt", "good-2.txt", "good-3.txt"]
+    );
+    assert_eq!(after, cursor + 3, "three versions, nothing of the refused entries");
+    for good in ["good-1.txt", "good-2.txt", "good-3.txt"] {
+        assert_eq!(s.history("p", &t, good).await.len(), 1, "{good} committed once");
+    }
     assert_eq!(s.history("p", &t, "dir/inside.txt").await.len(), 1);
 }
 

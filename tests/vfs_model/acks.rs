@@ -42,9 +42,36 @@ fn status_goes_pending_queued_then_merged_with_the_merged_bytes() {
 
 #[test]
 fn clean_ack_reads_the_committed_bytes_from_the_cache() {
+    use std::os::unix::fs::MetadataExt;
     let env = Env::new();
     let vfs = env.mount(&empty_listing());
     let ino = write_file(&vfs, ROOT_INO, "new.md", b"fresh\n");
+    let staged = || -> Vec<_> {
+        std::fs::read_dir(env.state_dir.join("staging"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let staging = staged();
+    assert_eq!(staging.len(), 1, "one staging file: {staging:?}");
+    let staging_inode = std::fs::metadata(&staging[0]).unwrap().ino();
+    // A tar keeps the archive's times, and so does the staging file.
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
+    vfs.setattr(
+        ino,
+        None,
+        SetAttr {
+            mtime: Some(old),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&staging[0])
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     let items = plan(&vfs);
     let (path, node, base, hash, _, _) = only_commit(&items);
     assert_eq!((path.as_str(), node, base), ("new.md", None, None));
@@ -58,25 +85,27 @@ fn clean_ack_reads_the_committed_bytes_from_the_cache() {
         calls,
         "the acknowledged bytes were seeded into the cache"
     );
-    // The staging area keeps only the retired staging file, for reuse.
-    let staged = || -> Vec<_> {
-        std::fs::read_dir(env.state_dir.join("staging"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect()
-    };
-    let retired = staged();
-    assert_eq!(retired.len(), 1, "left in staging: {retired:?}");
-    // Later writes stage the file again (in that retired file, emptied
-    // first) and commit on the new node...
+    // The staging file itself became the cached blob: no copy, and no inode
+    // made or freed (on ext4 without a journal, freed inodes slow every
+    // create after them). Its time now says "just cached", so the cache
+    // does not evict it first.
+    assert_eq!(staged(), Vec::<std::path::PathBuf>::new(), "nothing left in staging");
+    let cached = env.cache.open_blob(&hash).unwrap().expect("cached");
+    let meta = cached.metadata().unwrap();
+    assert_eq!(meta.ino(), staging_inode, "the cache holds the former staging file");
+    assert!(meta.modified().unwrap() > old + std::time::Duration::from_secs(86_400 * 365));
+    // The file still shows its own mtime, not the cache's.
+    assert_eq!(vfs.getattr(ino).unwrap().mtime, old);
+    // Later writes stage the file again, in a new staging file, and commit
+    // on the new node...
     let fh = vfs.open(ino, RW).unwrap();
     vfs.write(fh, 0, b"FRESH").unwrap();
     vfs.release(fh).unwrap();
-    assert_eq!(staged(), retired, "the retired staging file was reused");
+    assert_eq!(staged().len(), 1);
     assert_eq!(read_path(&vfs, "new.md"), b"FRESH\n");
     let (_, node, base, _, _, _) = only_commit(&plan(&vfs));
     assert_eq!((node, base), (Some(40), Some(1)));
-    // ...in a copy: the cached blob still holds the bytes of its hash.
+    // ...so the cached blob still holds the bytes of its hash.
     let mut cached = Vec::new();
     env.cache
         .open_blob(&hash)

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use futures_util::stream::{self, StreamExt};
 
-use super::commit::{Checked, Prepared};
+use super::commit::{Checked, Lookup, Prepared};
 use super::{check_new_path, Service};
 use crate::api::*;
 use crate::server::auth::Caller;
@@ -54,12 +54,16 @@ impl Service {
         let mut paths = HashSet::new();
         // Checks and inline contents (each blob fsynced) run concurrently:
         // the disk's journal commits concurrent fsyncs together.
-        let prepared: Vec<_> = stream::iter(reqs)
-            .map(|req| {
+        // Looked up together: one database round trip, not one per entry.
+        let keys = reqs.iter().map(|r| r.idempotency_key.clone()).collect();
+        let done = self.store.find_idempotent_many(project.id, keys).await?;
+        let prepared: Vec<_> = stream::iter(reqs.into_iter().zip(done))
+            .map(|(req, done)| {
                 let project = &project;
                 async move {
                     check_new_path(&req.path)?;
-                    self.prepare_commit(caller, project, req, None).await
+                    self.prepare_commit(caller, project, req, None, Lookup::Found(done))
+                        .await
                 }
             })
             .buffered(PREPARE_CONCURRENCY)
@@ -112,8 +116,10 @@ impl Service {
         }
         let mut planned = Vec::new();
         let mut writes = Vec::new();
-        for (i, p) in ready {
-            match self.plan_prepared(project, &p).await {
+        let paths = ready.iter().map(|(_, p)| p.req.path.clone()).collect();
+        let heads = self.store.nodes_at(project.id, paths).await?;
+        for ((i, p), head) in ready.into_iter().zip(heads) {
+            match self.plan_prepared(project, &p, Lookup::Found(head)).await {
                 Err(e) => results[i] = Some(Err(e)),
                 Ok(Err(already_there)) => results[i] = Some(Ok(already_there)),
                 Ok(Ok(write)) => {

@@ -87,6 +87,14 @@ impl Prepared {
     }
 }
 
+/// A lookup a batch may have done already for many entries at once.
+pub(super) enum Lookup<T> {
+    /// Done: what it found.
+    Found(Option<T>),
+    /// Not done yet: ask the store.
+    Ask,
+}
+
 pub(super) enum Checked {
     Ready(Prepared),
     /// A retry of a commit that already landed: its version.
@@ -128,7 +136,10 @@ impl Service {
         uploaded: Option<u64>,
     ) -> Result<VersionInfo, ApiError> {
         let project = self.project_for(caller, project, true).await?;
-        match self.prepare_commit(caller, &project, req, uploaded).await? {
+        match self
+            .prepare_commit(caller, &project, req, uploaded, Lookup::Ask)
+            .await?
+        {
             Checked::Done(v) => Ok(v),
             Checked::Ready(prepared) => self.commit_prepared(&project, prepared).await,
         }
@@ -142,6 +153,7 @@ impl Service {
         project: &ProjectRow,
         req: CommitRequest,
         uploaded: Option<u64>,
+        idempotent: Lookup<VersionInfo>,
     ) -> Result<Checked, ApiError> {
         let kind = req.kind.unwrap_or(NodeKind::File);
         if kind == NodeKind::Dir {
@@ -163,7 +175,11 @@ impl Service {
         }
         let times = request_times(&req)?;
         let meta = meta(caller, req.agent_id.clone(), req.message.clone())?;
-        if let Some(done) = self.idempotent_result(project.id, &req).await? {
+        let done = match idempotent {
+            Lookup::Found(done) => done,
+            Lookup::Ask => self.idempotent_result(project.id, &req).await?,
+        };
+        if let Some(done) = done {
             return Ok(Checked::Done(done));
         }
         let size = match (req.content_base64.as_deref(), uploaded) {
@@ -194,8 +210,12 @@ impl Service {
         &self,
         project: &ProjectRow,
         p: &Prepared,
+        head: Lookup<NodeHead>,
     ) -> Result<Result<ContentWrite, VersionInfo>, ApiError> {
-        let head = self.store.node_at(project.id, &p.req.path).await?;
+        let head = match head {
+            Lookup::Found(head) => head,
+            Lookup::Ask => self.store.node_at(project.id, &p.req.path).await?,
+        };
         let plan = match self.plan_commit(project, &p.req, p.kind, p.size, head, p.times).await? {
             Planned::AlreadyThere(v) => return Ok(Err(v)),
             Planned::Write(plan) => plan,
@@ -225,7 +245,7 @@ impl Service {
     pub(super) async fn commit_prepared(&self, project: &ProjectRow, p: Prepared) -> Result<VersionInfo, ApiError> {
         let _serialised = self.path_lock(project.id, &p.req.path).lock().await;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
-            let write = match self.plan_prepared(project, &p).await? {
+            let write = match self.plan_prepared(project, &p, Lookup::Ask).await? {
                 Err(already_there) => return Ok(already_there),
                 Ok(write) => write,
             };

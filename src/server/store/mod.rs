@@ -322,6 +322,31 @@ pub trait MetadataStore: dav::DavStore + manifests::ManifestStore + Send + Sync 
     /// Newest first, versions strictly older than `before` when given.
     async fn history(&self, node: i64, before: Option<i64>, limit: u32) -> StoreResult<Vec<VersionInfo>>;
     async fn find_idempotent(&self, project_id: i64, key: &str) -> StoreResult<Option<VersionInfo>>;
+    /// [`Self::node_at`] of every path, in order, for a batch that plans
+    /// many commits at once: one round trip where the backend can.
+    async fn nodes_at(&self, project_id: i64, paths: Vec<WsPath>) -> StoreResult<Vec<Option<NodeHead>>> {
+        let mut heads = Vec::with_capacity(paths.len());
+        for path in &paths {
+            heads.push(self.node_at(project_id, path).await?);
+        }
+        Ok(heads)
+    }
+    /// [`Self::find_idempotent`] of every key, in order (`None` keys find
+    /// nothing), likewise.
+    async fn find_idempotent_many(
+        &self,
+        project_id: i64,
+        keys: Vec<Option<String>>,
+    ) -> StoreResult<Vec<Option<VersionInfo>>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in &keys {
+            found.push(match key {
+                Some(key) => self.find_idempotent(project_id, key).await?,
+                None => None,
+            });
+        }
+        Ok(found)
+    }
 
     /// Compare-and-set append of a content version; `HeadMoved` when it lost.
     async fn write_content(
