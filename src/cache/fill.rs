@@ -152,8 +152,17 @@ impl CacheFill {
 
     /// Renames the sealed fill to `target`. From then on the file is the
     /// cache's: dropping the fill no longer removes it.
+    /// Its directory is made on the first rename that needs it, not looked
+    /// for before every rename.
     pub(super) fn rename_to(&mut self, target: &Path) -> Result<(), CacheError> {
-        fs::rename(&self.path, target).map_err(|e| CacheError::io(target, e))?;
+        let mut renamed = fs::rename(&self.path, target);
+        if renamed.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::NotFound) && self.path.exists() {
+            if let Some(parent) = target.parent() {
+                create_private_dir(parent)?;
+            }
+            renamed = fs::rename(&self.path, target);
+        }
+        renamed.map_err(|e| CacheError::io(target, e))?;
         self.published = true;
         Ok(())
     }

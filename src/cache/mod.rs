@@ -567,9 +567,6 @@ impl BlobCache {
         reservation: Option<&Reservation<'_>>,
     ) -> Result<(), CacheError> {
         let target = self.path_of(hash);
-        if let Some(parent) = target.parent() {
-            create_private_dir(parent)?;
-        }
         self.resync_if_due();
         let size = pending.written();
         let mut state = lock(&self.state);

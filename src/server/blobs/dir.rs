@@ -79,8 +79,14 @@ impl DirBlobStore {
             return Ok(false);
         }
         let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
-        std::fs::create_dir_all(&parent).map_err(|e| io_err("cannot create", &parent, e))?;
-        if let Err(e) = std::fs::rename(temp, target) {
+        // `open` made every `blobs/ab/`: no mkdir per blob, unless someone
+        // removed the directory since.
+        let mut moved = std::fs::rename(temp, target);
+        if moved.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) && temp.exists() {
+            std::fs::create_dir_all(&parent).map_err(|e| io_err("cannot create", &parent, e))?;
+            moved = std::fs::rename(temp, target);
+        }
+        if let Err(e) = moved {
             let _ = std::fs::remove_file(temp);
             return Err(io_err("cannot move blob to", target, e));
         }
@@ -310,5 +316,25 @@ impl BlobStore for DirBlobStore {
         tokio::task::spawn_blocking(move || delete_if_idle_blocking(&target, &aside, cutoff))
             .await
             .map_err(|e| BlobError::Io(format!("blob deletion task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_blob_lands_even_when_its_shard_directory_was_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DirBlobStore::open(dir.path()).expect("open");
+        let first = store.put_bytes(Bytes::from_static(b"first")).await.expect("put");
+        let shard = store.path_of(&first).parent().expect("shard").to_path_buf();
+        // Someone cleans up the blob folder by hand under a running server.
+        std::fs::remove_dir_all(&shard).expect("remove shard");
+        let again = store.put_bytes(Bytes::from_static(b"first")).await.expect("put again");
+        assert_eq!(again, first);
+        assert_eq!(store.read_all(&first, 1 << 20).await.expect("read"), b"first");
+        let listed = std::fs::read_dir(dir.path().join("tmp")).expect("tmp").count();
+        assert_eq!(listed, 0, "no temp file left behind");
     }
 }
