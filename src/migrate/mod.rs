@@ -225,6 +225,10 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 /// Runs the migration `args` describes.
 pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<Summary> {
     let (source_store, source_blobs) = open_source(args)?;
+    // A source a crash stopped may hold small blobs not yet on disk.
+    crate::server::service::restore_deferred_blobs(source_store.as_ref(), source_blobs.as_ref())
+        .await
+        .context("cannot restore the source's unsynced blobs")?;
     let ((target_store, target_blobs), target_dir) = open_target(args)?;
     if !target_store.is_empty().await.context("cannot inspect the target")? && !args.force {
         bail!(

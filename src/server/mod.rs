@@ -63,6 +63,8 @@ pub enum ServeError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot restore the blobs a crash left unsynced: {0}")]
+    Recovery(String),
     #[error("{0}")]
     Unsupported(String),
 }
@@ -280,6 +282,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             }
         });
     }
+    // Blobs a crash left unsynced are restored before the first request.
+    match service.restore_deferred_blobs().await {
+        Ok(0) => {}
+        Ok(n) => println!("restored {n} blob(s) that were not on disk after a crash"),
+        Err(e) => return Err(ServeError::Recovery(e.to_string())),
+    }
+    service::spawn_deferred_sync(service.clone(), service::deferred_sync_interval());
     if let Some(interval) = config.ops.gc_interval {
         gc::spawn_schedule(service.clone(), interval);
     }
@@ -303,13 +312,19 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Scripts and tests wait for this exact line.
     println!("listening on http://{addr}");
     let app = routes::router(service.clone());
+    let stopping = service.clone();
     listen::serve(listener, app, config.conn.clone(), async move {
         shutdown_signal().await;
         // Long-polls answer now instead of holding the shutdown for their timeout.
-        service.begin_shutdown();
+        stopping.begin_shutdown();
     })
     .await
-    .map_err(ServeError::Serve)
+    .map_err(ServeError::Serve)?;
+    // What was committed last is on disk before the process ends.
+    if let Err(e) = service.sync_deferred_blobs().await {
+        tracing::error!(error = %e, "cannot sync deferred blobs at shutdown; the next start restores them");
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -6,6 +6,7 @@
 //! - `files`: file times, the tree, blobs, checkout and the one-call PUT;
 //! - `commits`, `namespace`, `feed`, `skills`: the other routes' flows;
 //! - `batch`: `POST .../commit/batch`, each entry its own commit;
+//! - `deferred`: inline contents synced later, restored after a crash;
 //! - `chunks`: large files by chunks, manifests, `blobs/missing`, byte ranges;
 //! - `large_put`: one-call PUTs of large files, cut into chunks by the server;
 //! - `merges`: merges, sixteen concurrent writers, kill -9 of the server;
@@ -20,6 +21,7 @@ mod bad_input;
 mod batch;
 mod chunks;
 mod commits;
+mod deferred;
 mod feed;
 mod files;
 mod large_put;

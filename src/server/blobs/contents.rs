@@ -216,4 +216,16 @@ impl BlobStore for Contents {
     async fn delete_if_idle(&self, hash: &BlobHash, cutoff: SystemTime) -> Result<Deletion, BlobError> {
         self.raw.delete_if_idle(hash, cutoff).await
     }
+
+    async fn put_bytes_deferred(&self, bytes: Bytes) -> Result<Option<BlobHash>, BlobError> {
+        self.raw.put_bytes_deferred(bytes).await
+    }
+
+    async fn sync_deferred(&self) -> Result<(), BlobError> {
+        self.raw.sync_deferred().await
+    }
+
+    async fn restore(&self, bytes: Bytes) -> Result<BlobHash, BlobError> {
+        self.raw.restore(bytes).await
+    }
 }

@@ -74,26 +74,33 @@ impl DirBlobStore {
     /// Moves a written and fsynced temp file under its hash and fsyncs the
     /// directory; false (and the temp file removed) when the blob was there.
     fn publish_blocking(temp: &Path, target: &Path) -> Result<bool, BlobError> {
-        if touch(target) {
+        if touch_durably(target) {
             let _ = std::fs::remove_file(temp);
             return Ok(false);
         }
+        Self::move_into_place(temp, target)?;
         let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
-        // `open` made every `blobs/ab/`: no mkdir per blob, unless someone
-        // removed the directory since.
-        let mut moved = std::fs::rename(temp, target);
-        if moved.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) && temp.exists() {
-            std::fs::create_dir_all(&parent).map_err(|e| io_err("cannot create", &parent, e))?;
-            moved = std::fs::rename(temp, target);
-        }
-        if let Err(e) = moved {
-            let _ = std::fs::remove_file(temp);
-            return Err(io_err("cannot move blob to", target, e));
-        }
         std::fs::File::open(&parent)
             .and_then(|d| d.sync_all())
             .map_err(|e| io_err("cannot fsync", &parent, e))?;
         Ok(true)
+    }
+
+    /// Renames a written temp file to `target` (the temp file removed if
+    /// that fails). `open` made every `blobs/ab/`: no mkdir per blob, unless
+    /// someone removed the directory since.
+    fn move_into_place(temp: &Path, target: &Path) -> Result<(), BlobError> {
+        let mut moved = std::fs::rename(temp, target);
+        if moved.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) && temp.exists() {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io_err("cannot create", parent, e))?;
+            }
+            moved = std::fs::rename(temp, target);
+        }
+        moved.map_err(|e| {
+            let _ = std::fs::remove_file(temp);
+            io_err("cannot move blob to", target, e)
+        })
     }
 
     async fn publish(&self, temp: PathBuf, hash: &BlobHash) -> Result<bool, BlobError> {
@@ -112,6 +119,22 @@ fn touch(target: &Path) -> bool {
         .open(target)
         .and_then(|f| f.set_modified(SystemTime::now()))
         .is_ok()
+}
+
+/// [`touch`], for a write that must be durable when it returns: the blob
+/// found may be a deferred one (`put_bytes_deferred`) not synced yet, so it
+/// is fsynced, with its directory entry. (Cheap when it was synced already.)
+fn touch_durably(target: &Path) -> bool {
+    let synced = std::fs::OpenOptions::new().append(true).open(target).and_then(|f| {
+        f.set_modified(SystemTime::now())?;
+        f.sync_all()
+    });
+    if synced.is_err() {
+        return false;
+    }
+    let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Should the directory fail to sync, writing the blob again will do.
+    std::fs::File::open(&parent).and_then(|d| d.sync_all()).is_ok()
 }
 
 /// `blobs/ab/<hash>` files, and anything else found under `blobs/`.
@@ -236,7 +259,7 @@ impl BlobStore for DirBlobStore {
         let target = self.path_of(&hash);
         let temp = self.temp_path();
         tokio::task::spawn_blocking(move || -> Result<(), BlobError> {
-            if touch(&target) {
+            if touch_durably(&target) {
                 return Ok(()); // content-addressed: already stored, and durable
             }
             let written = std::fs::File::create(&temp).and_then(|mut file| {
@@ -248,6 +271,68 @@ impl BlobStore for DirBlobStore {
                 return Err(io_err("cannot write", &temp, e));
             }
             Self::publish_blocking(&temp, &target).map(drop)
+        })
+        .await
+        .map_err(|e| BlobError::Io(format!("blob writer task failed: {e}")))??;
+        Ok(hash)
+    }
+
+    async fn put_bytes_deferred(&self, bytes: Bytes) -> Result<Option<BlobHash>, BlobError> {
+        let hash = BlobHash::of(&bytes);
+        let target = self.path_of(&hash);
+        let temp = self.temp_path();
+        tokio::task::spawn_blocking(move || -> Result<(), BlobError> {
+            if touch(&target) {
+                return Ok(());
+            }
+            if let Err(e) = std::fs::write(&temp, &bytes) {
+                let _ = std::fs::remove_file(&temp);
+                return Err(io_err("cannot write", &temp, e));
+            }
+            Self::move_into_place(&temp, &target)
+        })
+        .await
+        .map_err(|e| BlobError::Io(format!("blob writer task failed: {e}")))??;
+        Ok(Some(hash))
+    }
+
+    /// One `syncfs` for every deferred blob since the last: the file
+    /// system writes them back together, instead of two fsyncs per blob.
+    async fn sync_deferred(&self) -> Result<(), BlobError> {
+        let blobs = self.root.join("blobs");
+        tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            let dir = std::fs::File::open(&blobs).map_err(|e| io_err("cannot open", &blobs, e))?;
+            // SAFETY: syncfs on a descriptor this closure owns.
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+                return Err(io_err("cannot syncfs", &blobs, std::io::Error::last_os_error()));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| BlobError::Io(format!("blob sync task failed: {e}")))?
+    }
+
+    async fn restore(&self, bytes: Bytes) -> Result<BlobHash, BlobError> {
+        let hash = BlobHash::of(&bytes);
+        let target = self.path_of(&hash);
+        let temp = self.temp_path();
+        tokio::task::spawn_blocking(move || -> Result<(), BlobError> {
+            let written = std::fs::File::create(&temp).and_then(|mut file| {
+                std::io::Write::write_all(&mut file, &bytes)?;
+                file.sync_all()
+            });
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&temp);
+                return Err(io_err("cannot write", &temp, e));
+            }
+            // Over whatever is there: a torn copy is replaced, a good one
+            // by the same bytes.
+            Self::move_into_place(&temp, &target)?;
+            let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
+            std::fs::File::open(&parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err("cannot fsync", &parent, e))
         })
         .await
         .map_err(|e| BlobError::Io(format!("blob writer task failed: {e}")))??;

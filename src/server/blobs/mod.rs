@@ -65,6 +65,25 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Deletes the blob unless it was uploaded (or uploaded again) at or
     /// after `cutoff`: an upload racing the collector wins.
     async fn delete_if_idle(&self, hash: &BlobHash, cutoff: SystemTime) -> Result<Deletion, BlobError>;
+
+    // ----- small contents made durable later (`server::service::deferred`) -----
+
+    /// Stores small bytes without making them durable yet: the caller keeps
+    /// a durable copy (the metadata database) until [`Self::sync_deferred`]
+    /// has run. `None` when this store has no such mode (every write of an
+    /// object store is durable when it returns): use [`Self::put_bytes`].
+    async fn put_bytes_deferred(&self, _bytes: Bytes) -> Result<Option<BlobHash>, BlobError> {
+        Ok(None)
+    }
+    /// Makes everything [`Self::put_bytes_deferred`] stored so far durable.
+    async fn sync_deferred(&self) -> Result<(), BlobError> {
+        Ok(())
+    }
+    /// Stores `bytes` durably under their hash, replacing whatever is stored
+    /// there (a copy torn by a crash before it was made durable).
+    async fn restore(&self, bytes: Bytes) -> Result<BlobHash, BlobError> {
+        self.put_bytes(bytes).await
+    }
 }
 
 /// One object found in the blob area.

@@ -332,7 +332,7 @@ impl Service {
         let len = bytes.len() as u64;
         // The blob becomes the project's with the commit's own transaction
         // (`ContentWrite::record_blob`): a refused commit leaves no trace.
-        self.blobs.put_bytes(Bytes::from(bytes)).await?;
+        self.store_small_content(Bytes::from(bytes)).await?;
         Ok(len)
     }
 

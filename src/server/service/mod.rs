@@ -12,6 +12,8 @@
 //! - `upload.rs`: storing a file sent whole in one request, of any size:
 //!   one blob, or chunks cut while it arrives;
 //! - `batch.rs`: many commits in one request and one transaction;
+//! - `deferred.rs`: small contents whose blob files are synced later, kept
+//!   in the database meanwhile;
 //! - `chunked.rs`: chunked content: which blobs a project lacks, manifests,
 //!   byte ranges of blobs and files;
 //! - `namespace.rs`: mkdir, rename, delete, rollback;
@@ -33,6 +35,7 @@ mod admin;
 mod batch;
 mod chunked;
 mod commit;
+mod deferred;
 mod namespace;
 mod ops;
 mod read;
@@ -42,6 +45,7 @@ mod upload;
 pub use batch::MAX_BATCH_COMMITS;
 pub use chunked::{Served, MAX_MISSING_QUERY};
 pub use commit::{PutFileOptions, MAX_MERGE_BYTES};
+pub use deferred::{deferred_sync_interval, restore_deferred_blobs, spawn_deferred_sync, DeferredError};
 pub use ops::parse_since;
 pub use skills::parse_skill_front_matter;
 pub use upload::StoredUpload;

@@ -322,6 +322,33 @@ pub trait MetadataStore: dav::DavStore + manifests::ManifestStore + Send + Sync 
     /// Newest first, versions strictly older than `before` when given.
     async fn history(&self, node: i64, before: Option<i64>, limit: u32) -> StoreResult<Vec<VersionInfo>>;
     async fn find_idempotent(&self, project_id: i64, key: &str) -> StoreResult<Option<VersionInfo>>;
+    // ----- small contents whose blobs are made durable later -----
+
+    /// Whether this store keeps durable copies of small blob contents until
+    /// their blob files are synced (`server::service::deferred`). When not,
+    /// every blob is written durably at once.
+    fn keeps_unsynced_blobs(&self) -> bool {
+        false
+    }
+    /// Keeps such copies (one transaction, durable when it returns).
+    async fn keep_unsynced_blobs(&self, _blobs: Vec<(BlobHash, bytes::Bytes)>) -> StoreResult<()> {
+        Err(StoreError::Backend(
+            "this metadata store keeps no copies of unsynced blobs".to_string(),
+        ))
+    }
+    /// The newest copy kept, if any: what a sync that starts now covers.
+    async fn newest_unsynced_blob(&self) -> StoreResult<Option<i64>> {
+        Ok(None)
+    }
+    /// Drops the copies up to `newest` once their blobs are durable.
+    async fn forget_unsynced_blobs(&self, _newest: i64) -> StoreResult<()> {
+        Ok(())
+    }
+    /// Every copy kept (after a crash: the blobs to check and restore).
+    async fn unsynced_blobs(&self) -> StoreResult<Vec<(i64, BlobHash, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+
     /// [`Self::node_at`] of every path, in order, for a batch that plans
     /// many commits at once: one round trip where the backend can.
     async fn nodes_at(&self, project_id: i64, paths: Vec<WsPath>) -> StoreResult<Vec<Option<NodeHead>>> {

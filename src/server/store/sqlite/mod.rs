@@ -326,6 +326,46 @@ impl MetadataStore for SqliteStore {
         self.read(move |conn| node_at_now(conn, project_id, &path)).await
     }
 
+    fn keeps_unsynced_blobs(&self) -> bool {
+        true
+    }
+
+    async fn keep_unsynced_blobs(&self, blobs: Vec<(BlobHash, bytes::Bytes)>) -> StoreResult<()> {
+        self.write(move |conn| {
+            let mut insert = conn.prepare_cached("INSERT INTO unsynced_blobs (hash, data) VALUES (?1, ?2)")?;
+            for (hash, bytes) in &blobs {
+                insert.execute(params![hash.as_str(), &bytes[..]])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn newest_unsynced_blob(&self) -> StoreResult<Option<i64>> {
+        self.read(|conn| Ok(conn.query_row("SELECT max(id) FROM unsynced_blobs", [], |r| r.get(0))?))
+            .await
+    }
+
+    async fn forget_unsynced_blobs(&self, newest: i64) -> StoreResult<()> {
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM unsynced_blobs WHERE id <= ?1")?
+                .execute([newest])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unsynced_blobs(&self) -> StoreResult<Vec<(i64, BlobHash, Vec<u8>)>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare("SELECT id, hash, data FROM unsynced_blobs ORDER BY id")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, rows::parse_hash(r.get(1)?)?, r.get(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
     async fn nodes_at(&self, project_id: i64, paths: Vec<WsPath>) -> StoreResult<Vec<Option<NodeHead>>> {
         self.read(move |conn| {
             paths

@@ -12,7 +12,7 @@ use crate::server::store::{backend, StoreResult};
 /// blob (`project_blobs.used_at`, for garbage collection), indexes by hash.
 /// 4: WebDAV locks and dead properties (`dav_locks`, `dav_props`).
 /// 5: chunked content (`manifests`, `manifest_chunks`).
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -132,6 +132,11 @@ CREATE TABLE IF NOT EXISTS manifest_chunks (
     PRIMARY KEY (chunk, manifest)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS manifest_chunks_manifest ON manifest_chunks(manifest);
+CREATE TABLE IF NOT EXISTS unsynced_blobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash TEXT NOT NULL,
+    data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS skills (
     name TEXT PRIMARY KEY,
     description TEXT NOT NULL
@@ -207,6 +212,14 @@ fn upgrade(conn: &Connection, path: &Path, found: &str) -> StoreResult<()> {
     if version == 4 {
         conn.execute_batch("UPDATE meta SET value = '5' WHERE key = 'schema_version';")?;
         tracing::info!(path = %path.display(), "upgraded the database schema to version 5 (chunked content)");
+        version = 5;
+    }
+    // Version 5 writes every blob durably at once; `SCHEMA` made the table
+    // of copies kept until deferred blobs are synced, empty. (A build that
+    // expects version 5 refuses this database: it would not restore them.)
+    if version == 5 {
+        conn.execute_batch("UPDATE meta SET value = '6' WHERE key = 'schema_version';")?;
+        tracing::info!(path = %path.display(), "upgraded the database schema to version 6 (deferred blob sync)");
     }
     Ok(())
 }
@@ -363,7 +376,7 @@ mod tests {
         let version: String = conn
             .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
             .expect("schema version");
-        assert_eq!(version, "5");
+        assert_eq!(version, SCHEMA_VERSION.to_string());
         conn.execute(
             "INSERT INTO manifests (hash, size, chunks, created_at) VALUES ('h', 1, x'00', 0)",
             [],
@@ -375,6 +388,29 @@ mod tests {
             .query_row("SELECT used_at FROM project_blobs WHERE hash = 'h'", [], |r| r.get(0))
             .expect("the old row is still there");
         assert_eq!(used_at, 5);
+    }
+
+    /// A schema 5 database (every blob synced at once) gains the empty
+    /// table of copies kept for deferred blobs.
+    #[test]
+    fn a_schema_5_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("meta.db");
+        let conn = open_database(&path).expect("new database");
+        conn.execute_batch(
+            "DROP TABLE unsynced_blobs;
+             UPDATE meta SET value = '5' WHERE key = 'schema_version';",
+        )
+        .expect("make it a schema 5 database");
+        drop(conn);
+
+        let conn = open_database(&path).expect("upgraded on open");
+        let version: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .expect("schema version");
+        assert_eq!(version, "6");
+        conn.execute("INSERT INTO unsynced_blobs (hash, data) VALUES ('h', x'00')", [])
+            .expect("the table exists");
     }
 
     #[test]

@@ -1,0 +1,110 @@
+//! Small contents committed inline are written to the blob folder without
+//! an fsync, and a copy is kept in the SQLite database (durable with the
+//! commit) until a sync round makes the blob files durable. What a power
+//! loss does to such files is played here by removing or tearing them
+//! after a kill -9: the next start restores them from the kept copies
+//! before it answers. (With PostgreSQL or S3 nothing is deferred: skipped.)
+
+use super::*;
+use base64::Engine;
+
+fn folder_and_sqlite(s: &TestServer) -> bool {
+    let s3 = std::env::var(TEST_BLOBS_ENV).is_ok_and(|v| !v.is_empty());
+    !s3 && s.database().is_none()
+}
+
+fn inline(path: &str, bytes: &[u8]) -> CommitRequest {
+    let mut req = commit_request(path, None, hash_of(bytes));
+    req.content_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+    req
+}
+
+/// Copies the database keeps of blobs not synced yet (read beside the
+/// running server: WAL readers do not block it).
+fn kept_copies(s: &TestServer) -> i64 {
+    let db = rusqlite::Connection::open_with_flags(
+        s.data_dir.join("metadata.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the database");
+    db.query_row("SELECT count(*) FROM unsynced_blobs", [], |r| r.get(0))
+        .expect("count kept copies")
+}
+
+fn blob_path(s: &TestServer, bytes: &[u8]) -> std::path::PathBuf {
+    let hash = hash_of(bytes);
+    s.data_dir.join("blobs").join(&hash.as_str()[..2]).join(hash.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inline_contents_lost_with_the_page_cache_are_restored_at_the_next_start() {
+    // No sync round before the kill.
+    let mut s = TestServer::start_with_env(&[], &[("CONTEXTFS_DEFERRED_SYNC_MS", "3600000")]).await;
+    if !folder_and_sqlite(&s) {
+        eprintln!("skipped: deferred blob sync needs SQLite and the blob folder");
+        return;
+    }
+    let t = s.project_with_token("p").await;
+    let files: [(&str, &[u8]); 4] = [
+        ("notes.md", b"# notes\nfirst line\n"),
+        ("data.json", b"{\"k\": 1}\n"),
+        ("kept.txt", b"this one stays on disk\n"),
+        ("alone.txt", b"committed alone, not in a batch\n"),
+    ];
+    let commits: Vec<CommitRequest> = files[..3].iter().map(|(p, b)| inline(p, b)).collect();
+    let answer: BatchCommitResponse = send(s.post(&s.purl("p", "/commit/batch"), &t, &json!({ "commits": commits })))
+        .await
+        .expect("batch");
+    assert!(
+        answer.results.iter().all(|r| r.version.is_some()),
+        "{:?}",
+        answer.results
+    );
+    s.commit_req("p", &t, &inline(files[3].0, files[3].1))
+        .await
+        .expect("single inline commit");
+    assert_eq!(kept_copies(&s), 4, "one kept copy per inline content");
+
+    s.kill_9();
+    // The power loss: one blob file never reached the disk, one is torn.
+    std::fs::remove_file(blob_path(&s, files[0].1)).expect("lose a blob file");
+    std::fs::write(blob_path(&s, files[1].1), &files[1].1[..4]).expect("tear a blob file");
+    std::fs::remove_file(blob_path(&s, files[3].1)).expect("lose another");
+
+    s.restart().await;
+    let restored = s.log().matches("restored a blob that was not on disk").count();
+    assert_eq!(restored, 3, "log:\n{}", s.log());
+    for (path, bytes) in files {
+        assert_eq!(s.read_bytes("p", &t, path).await, bytes, "{path}");
+    }
+    assert_eq!(kept_copies(&s), 0, "restored, synced and dropped");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_round_and_a_clean_shutdown_drop_the_kept_copies() {
+    let s = TestServer::start_with_env(&[], &[("CONTEXTFS_DEFERRED_SYNC_MS", "50")]).await;
+    if !folder_and_sqlite(&s) {
+        eprintln!("skipped: deferred blob sync needs SQLite and the blob folder");
+        return;
+    }
+    let t = s.project_with_token("p").await;
+    s.commit_req("p", &t, &inline("a.txt", b"synced by a round\n"))
+        .await
+        .expect("commit");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while kept_copies(&s) > 0 {
+        assert!(std::time::Instant::now() < deadline, "no sync round dropped the copy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.read_bytes("p", &t, "a.txt").await, b"synced by a round\n");
+
+    // A round that never comes: the shutdown syncs what is left.
+    let mut s = TestServer::start_with_env(&[], &[("CONTEXTFS_DEFERRED_SYNC_MS", "3600000")]).await;
+    let t = s.project_with_token("p").await;
+    s.commit_req("p", &t, &inline("b.txt", b"synced at shutdown\n"))
+        .await
+        .expect("commit");
+    assert_eq!(kept_copies(&s), 1);
+    assert!(s.stop().await.success(), "log:\n{}", s.log());
+    assert_eq!(kept_copies(&s), 0, "log:\n{}", s.log());
+}
