@@ -188,7 +188,9 @@ pub fn open_embedded(config: &ServeConfig) -> Result<(Arc<Service>, AdminToken),
     }
     let token = admin_token(&config.data_dir)?;
     let (store, blobs) = open_backends(config)?;
-    let service = Service::new(store, blobs, token.secret(), config.limits.clone()).with_ops(config.ops.clone());
+    let service = Service::new(store, blobs, token.secret(), config.limits.clone())
+        .with_ops(config.ops.clone())
+        .with_deferred_sync(service::deferred_sync_interval().is_some());
     Ok((Arc::new(service), token))
 }
 
@@ -288,7 +290,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         Ok(n) => println!("restored {n} blob(s) that were not on disk after a crash"),
         Err(e) => return Err(ServeError::Recovery(e.to_string())),
     }
-    service::spawn_deferred_sync(service.clone(), service::deferred_sync_interval());
+    if let Some(interval) = service::deferred_sync_interval() {
+        service::spawn_deferred_sync(service.clone(), interval);
+    }
     if let Some(interval) = config.ops.gc_interval {
         gc::spawn_schedule(service.clone(), interval);
     }

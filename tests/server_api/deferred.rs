@@ -108,3 +108,18 @@ async fn a_sync_round_and_a_clean_shutdown_drop_the_kept_copies() {
     assert!(s.stop().await.success(), "log:\n{}", s.log());
     assert_eq!(kept_copies(&s), 0, "log:\n{}", s.log());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zero_turns_deferring_off() {
+    let s = TestServer::start_with_env(&[], &[("CONTEXTFS_DEFERRED_SYNC_MS", "0")]).await;
+    if !folder_and_sqlite(&s) {
+        eprintln!("skipped: deferred blob sync needs SQLite and the blob folder");
+        return;
+    }
+    let t = s.project_with_token("p").await;
+    s.commit_req("p", &t, &inline("a.txt", b"fsynced before the commit\n"))
+        .await
+        .expect("commit");
+    assert_eq!(kept_copies(&s), 0, "nothing kept: the blob was durable at once");
+    assert!(blob_path(&s, b"fsynced before the commit\n").is_file());
+}

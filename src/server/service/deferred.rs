@@ -42,7 +42,7 @@ impl Service {
     /// Stores the small contents of an inline commit: deferred when both
     /// stores can (see the module comment), else durably at once.
     pub(super) async fn store_small_content(&self, bytes: Bytes) -> Result<BlobHash, ApiError> {
-        if self.store.keeps_unsynced_blobs() {
+        if self.defer_small_blobs && self.store.keeps_unsynced_blobs() {
             if let Some(hash) = self.blobs.put_bytes_deferred(bytes.clone()).await? {
                 // Kept even when the file was there already: it may be a
                 // deferred one that is not synced yet.
@@ -120,13 +120,20 @@ pub fn spawn_deferred_sync(service: Arc<Service>, interval: Duration) {
     });
 }
 
-/// The sync interval: `CONTEXTFS_DEFERRED_SYNC_MS` (milliseconds, at least
-/// 1), else [`DEFERRED_SYNC_INTERVAL`].
-pub fn deferred_sync_interval() -> Duration {
-    std::env::var("CONTEXTFS_DEFERRED_SYNC_MS")
+/// The sync interval: `CONTEXTFS_DEFERRED_SYNC_MS` (milliseconds), else
+/// [`DEFERRED_SYNC_INTERVAL`]; `0` turns deferring off (every blob is
+/// durable before its commit, as with PostgreSQL or S3).
+pub fn deferred_sync_interval() -> Option<Duration> {
+    match std::env::var("CONTEXTFS_DEFERRED_SYNC_MS")
         .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis)
-        .unwrap_or(DEFERRED_SYNC_INTERVAL)
+        .map(|v| v.trim().parse::<u64>())
+    {
+        None => Some(DEFERRED_SYNC_INTERVAL),
+        Some(Ok(0)) => None,
+        Some(Ok(ms)) => Some(Duration::from_millis(ms)),
+        Some(Err(_)) => {
+            tracing::warn!("CONTEXTFS_DEFERRED_SYNC_MS is not a number of milliseconds; using 1000");
+            Some(DEFERRED_SYNC_INTERVAL)
+        }
+    }
 }

@@ -103,6 +103,8 @@ pub struct Service {
     pub metrics: crate::server::metrics::Metrics,
     /// One GC run at a time on this instance.
     pub(crate) gc_lock: tokio::sync::Mutex<()>,
+    /// Whether small inline contents may be synced later (`deferred.rs`).
+    defer_small_blobs: bool,
 }
 
 /// How long another instance may keep accepting a token revoked elsewhere.
@@ -174,7 +176,15 @@ impl Service {
             ops: Default::default(),
             metrics: Default::default(),
             gc_lock: tokio::sync::Mutex::new(()),
+            defer_small_blobs: false,
         }
+    }
+
+    /// Lets small inline contents be synced later, where both stores can
+    /// (`deferred.rs`); `serve` turns it on unless told otherwise.
+    pub fn with_deferred_sync(mut self, on: bool) -> Self {
+        self.defer_small_blobs = on;
+        self
     }
 
     /// The service with these operations settings.
