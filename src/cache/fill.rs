@@ -199,26 +199,12 @@ pub(super) enum Verdict {
 /// unless another process already replaced it with a new file. Larger blobs
 /// were fsynced before they were published and are trusted as they are.
 pub(super) fn check_on_open(hash: &BlobHash, path: &Path, file: &File, hash_limit: u64) -> Result<Verdict, CacheError> {
-    use std::os::unix::fs::{FileExt, MetadataExt};
+    use std::os::unix::fs::MetadataExt;
     let meta = file.metadata().map_err(|e| CacheError::io(path, e))?;
     if meta.len() > hash_limit.max(UNSYNCED_MAX) {
         return Ok(Verdict::Trusted);
     }
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; (meta.len() as usize).min(1 << 20)];
-    let mut read: u64 = 0;
-    while read < meta.len() {
-        match file.read_at(&mut buf, read) {
-            Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-                read += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CacheError::io(path, e)),
-        }
-    }
-    let actual = BlobHash::from_blake3(hasher.finalize());
+    let actual = hash_by_position(file, (meta.len() as usize).min(1 << 20)).map_err(|e| CacheError::io(path, e))?;
     if actual == *hash {
         return Ok(Verdict::Intact);
     }
@@ -233,6 +219,26 @@ pub(super) fn check_on_open(hash: &BlobHash, path: &Path, file: &File, hash_limi
         }
     }
     Ok(Verdict::Torn)
+}
+
+/// The blake3 hash of all of `file`, read by position (its offset stays
+/// where it is) in pieces of up to `piece` bytes.
+pub(super) fn hash_by_position(file: &File, piece: usize) -> io::Result<BlobHash> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; piece.max(4096)];
+    let mut offset = 0u64;
+    loop {
+        match file.read_at(&mut buf, offset) {
+            Ok(0) => return Ok(BlobHash::from_blake3(hasher.finalize())),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

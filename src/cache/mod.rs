@@ -464,7 +464,8 @@ impl BlobCache {
         if self.contains(hash) {
             return Ok(Adoption::AlreadyCached);
         }
-        let actual = hash_file(src_file).map_err(|e| CacheError::io(src, e))?;
+        // Callers adopt small files: a buffer malloc takes from its heap.
+        let actual = fill::hash_by_position(src_file, 64 * 1024).map_err(|e| CacheError::io(src, e))?;
         if actual != *hash {
             debug!(
                 "{} holds {actual}, not {hash}: not adopted into the cache",
@@ -657,27 +658,6 @@ impl Drop for Reservation<'_> {
 }
 
 /// Copies `src` into `fill` (which hashes it on the way).
-/// The blake3 hash of a whole file, read by position (the descriptor's
-/// offset is left alone).
-fn hash_file(file: &File) -> io::Result<BlobHash> {
-    use std::os::unix::fs::FileExt;
-    let mut hasher = blake3::Hasher::new();
-    // Callers hash small files: a buffer that malloc takes from its heap.
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut offset = 0u64;
-    loop {
-        match file.read_at(&mut buf, offset) {
-            Ok(0) => return Ok(BlobHash::from_blake3(hasher.finalize())),
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-                offset += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 fn copy_into(fill: &mut CacheFill, src: &Path) -> Result<(), CacheError> {
     let mut input = File::open(src).map_err(|e| CacheError::io(src, e))?;
     let mut buf = vec![0u8; COPY_CHUNK];

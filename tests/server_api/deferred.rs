@@ -8,9 +8,17 @@
 use super::*;
 use base64::Engine;
 
-fn folder_and_sqlite(s: &TestServer) -> bool {
+/// A server on SQLite and the blob folder, its sync interval set by
+/// `CONTEXTFS_DEFERRED_SYNC_MS=sync_ms`; `None` (said on stderr) when the
+/// suite runs on PostgreSQL or S3, where nothing is deferred.
+async fn start_on_sqlite_and_folder(sync_ms: &str) -> Option<TestServer> {
+    let s = TestServer::start_with_env(&[], &[("CONTEXTFS_DEFERRED_SYNC_MS", sync_ms)]).await;
     let s3 = std::env::var(TEST_BLOBS_ENV).is_ok_and(|v| !v.is_empty());
-    !s3 && s.database().is_none()
+    if s3 || s.database().is_some() {
+        eprintln!("skipped: deferred blob sync needs SQLite and the blob folder");
+        return None;
+    }
+    Some(s)
 }
 
 fn inline(path: &str, bytes: &[u8]) -> CommitRequest {
@@ -39,11 +47,9 @@ fn blob_path(s: &TestServer, bytes: &[u8]) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn inline_contents_lost_with_the_page_cache_are_restored_at_the_next_start() {
     // No sync round before the kill.
-    let mut s = TestServer::start_with_env(&[], &[("CONTEXTFS_DEFERRED_SYNC_MS", "3600000")]).await;
-    if !folder_and_sqlite(&s) {
-        eprintln!("skipped: deferred blob sync needs SQLite and the blob folder");
+    let Some(mut s) = start_on_sqlite_and_folder("3600000").await else {
         return;
-    }
+    };
     let t = s.project_with_token("p").await;
     let files: [(&str, &[u8]); 4] = [
         ("notes.md", b"# notes\nfirst line\n"),
@@ -82,11 +88,9 @@ async fn inline_contents_lost_with_the_page_cache_are_restored_at_the_next_start
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sync_round_and_a_clean_shutdown_drop_the_kept_copies() {
-    let s = TestServer::start_with_env(&[], &[("CONTEXTFS_DEFERRED_SYNC_MS", "50")]).await;
-    if !folder_and_sqlite(&s) {
-        eprintln!("skipped: deferred blob sync needs SQLite and the blob folder");
+    let Some(s) = start_on_sqlite_and_folder("50").await else {
         return;
-    }
+    };
     let t = s.project_with_token("p").await;
     s.commit_req("p", &t, &inline("a.txt", b"synced by a round\n"))
         .await
@@ -99,7 +103,9 @@ async fn a_sync_round_and_a_clean_shutdown_drop_the_kept_copies() {
     assert_eq!(s.read_bytes("p", &t, "a.txt").await, b"synced by a round\n");
 
     // A round that never comes: the shutdown syncs what is left.
-    let mut s = TestServer::start_with_env(&[], &[("CONTEXTFS_DEFERRED_SYNC_MS", "3600000")]).await;
+    let Some(mut s) = start_on_sqlite_and_folder("3600000").await else {
+        return;
+    };
     let t = s.project_with_token("p").await;
     s.commit_req("p", &t, &inline("b.txt", b"synced at shutdown\n"))
         .await
@@ -111,11 +117,9 @@ async fn a_sync_round_and_a_clean_shutdown_drop_the_kept_copies() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn zero_turns_deferring_off() {
-    let s = TestServer::start_with_env(&[], &[("CONTEXTFS_DEFERRED_SYNC_MS", "0")]).await;
-    if !folder_and_sqlite(&s) {
-        eprintln!("skipped: deferred blob sync needs SQLite and the blob folder");
+    let Some(s) = start_on_sqlite_and_folder("0").await else {
         return;
-    }
+    };
     let t = s.project_with_token("p").await;
     s.commit_req("p", &t, &inline("a.txt", b"fsynced before the commit\n"))
         .await

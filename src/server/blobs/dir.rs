@@ -78,12 +78,30 @@ impl DirBlobStore {
             let _ = std::fs::remove_file(temp);
             return Ok(false);
         }
-        Self::move_into_place(temp, target)?;
-        let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
-        std::fs::File::open(&parent)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err("cannot fsync", &parent, e))?;
+        Self::move_into_place_durably(temp, target)?;
         Ok(true)
+    }
+
+    /// Writes `bytes` to the temp file `temp`, fsynced when `sync`; the temp
+    /// file is removed if that fails.
+    fn write_temp(temp: &Path, bytes: &[u8], sync: bool) -> Result<(), BlobError> {
+        let written = std::fs::File::create(temp).and_then(|mut file| {
+            std::io::Write::write_all(&mut file, bytes)?;
+            if sync {
+                file.sync_all()?;
+            }
+            Ok(())
+        });
+        written.map_err(|e| {
+            let _ = std::fs::remove_file(temp);
+            io_err("cannot write", temp, e)
+        })
+    }
+
+    /// [`Self::move_into_place`], then fsyncs the directory entry.
+    fn move_into_place_durably(temp: &Path, target: &Path) -> Result<(), BlobError> {
+        Self::move_into_place(temp, target)?;
+        fsync_parent(target).map_err(|e| io_err("cannot fsync the directory of", target, e))
     }
 
     /// Renames a written temp file to `target` (the temp file removed if
@@ -129,12 +147,14 @@ fn touch_durably(target: &Path) -> bool {
         f.set_modified(SystemTime::now())?;
         f.sync_all()
     });
-    if synced.is_err() {
-        return false;
-    }
-    let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
     // Should the directory fail to sync, writing the blob again will do.
-    std::fs::File::open(&parent).and_then(|d| d.sync_all()).is_ok()
+    synced.is_ok() && fsync_parent(target).is_ok()
+}
+
+/// fsync of the directory that holds `path`.
+fn fsync_parent(path: &Path) -> std::io::Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(parent).and_then(|d| d.sync_all())
 }
 
 /// `blobs/ab/<hash>` files, and anything else found under `blobs/`.
@@ -262,14 +282,7 @@ impl BlobStore for DirBlobStore {
             if touch_durably(&target) {
                 return Ok(()); // content-addressed: already stored, and durable
             }
-            let written = std::fs::File::create(&temp).and_then(|mut file| {
-                std::io::Write::write_all(&mut file, &bytes)?;
-                file.sync_all()
-            });
-            if let Err(e) = written {
-                let _ = std::fs::remove_file(&temp);
-                return Err(io_err("cannot write", &temp, e));
-            }
+            Self::write_temp(&temp, &bytes, true)?;
             Self::publish_blocking(&temp, &target).map(drop)
         })
         .await
@@ -285,10 +298,7 @@ impl BlobStore for DirBlobStore {
             if touch(&target) {
                 return Ok(());
             }
-            if let Err(e) = std::fs::write(&temp, &bytes) {
-                let _ = std::fs::remove_file(&temp);
-                return Err(io_err("cannot write", &temp, e));
-            }
+            Self::write_temp(&temp, &bytes, false)?;
             Self::move_into_place(&temp, &target)
         })
         .await
@@ -318,21 +328,10 @@ impl BlobStore for DirBlobStore {
         let target = self.path_of(&hash);
         let temp = self.temp_path();
         tokio::task::spawn_blocking(move || -> Result<(), BlobError> {
-            let written = std::fs::File::create(&temp).and_then(|mut file| {
-                std::io::Write::write_all(&mut file, &bytes)?;
-                file.sync_all()
-            });
-            if let Err(e) = written {
-                let _ = std::fs::remove_file(&temp);
-                return Err(io_err("cannot write", &temp, e));
-            }
+            Self::write_temp(&temp, &bytes, true)?;
             // Over whatever is there: a torn copy is replaced, a good one
             // by the same bytes.
-            Self::move_into_place(&temp, &target)?;
-            let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
-            std::fs::File::open(&parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_err("cannot fsync", &parent, e))
+            Self::move_into_place_durably(&temp, &target)
         })
         .await
         .map_err(|e| BlobError::Io(format!("blob writer task failed: {e}")))??;
