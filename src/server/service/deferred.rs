@@ -52,10 +52,11 @@ impl Service {
     /// nothing (a later durable put of the same bytes syncs it,
     /// `BlobStore::put_bytes`).
     pub(super) async fn store_small_content(&self, bytes: Bytes) -> Result<Option<Bytes>, ApiError> {
-        if self.defer_small_blobs && self.store.keeps_unsynced_blobs() {
-            if self.blobs.put_bytes_deferred(bytes.clone()).await?.is_some() {
-                return Ok(Some(bytes));
-            }
+        if self.defer_small_blobs
+            && self.store.keeps_unsynced_blobs()
+            && self.blobs.put_bytes_deferred(bytes.clone()).await?.is_some()
+        {
+            return Ok(Some(bytes));
         }
         self.blobs.put_bytes(bytes).await?;
         Ok(None)
