@@ -138,12 +138,36 @@ async fn kill_9_mid_untar_keeps_every_closed_file() {
         );
         m.mount();
         let shown = extracted(&m.dir.join(&dest));
-        for i in &closed {
-            assert_eq!(
-                shown.get(i).map(Vec::as_slice),
-                Some(member_bytes(*i).as_slice()),
-                "round {round}: file {i} was closed before the kill ({} closed)",
-                closed.len()
+        let lost: Vec<usize> = closed
+            .iter()
+            .copied()
+            .filter(|i| shown.get(i).map(Vec::as_slice) != Some(member_bytes(*i).as_slice()))
+            .collect();
+        if !lost.is_empty() {
+            // Everything needed to tell a lost directory from lost files, and
+            // the mount's own account of its replay.
+            let dirs: Vec<String> = std::fs::read_dir(m.dir.join(&dest))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let tail = |log: String, n: usize| {
+                let lines: Vec<&str> = log.lines().collect();
+                lines[lines.len().saturating_sub(n)..].join("\n")
+            };
+            panic!(
+                "round {round}: {} of {} files closed before the kill are missing or wrong after the remount \
+                 (first {}, last {}; {} shown as empty); directories shown: {dirs:?}\n\
+                 --- mount log (tail) ---\n{}\n--- server log (tail) ---\n{}",
+                lost.len(),
+                closed.len(),
+                lost[0],
+                lost[lost.len() - 1],
+                lost.iter().filter(|i| shown.get(i).is_some_and(Vec::is_empty)).count(),
+                tail(m.log(), 80),
+                tail(s.log(), 40),
             );
         }
         for (i, bytes) in shown.iter().filter(|(i, _)| !closed.contains(i)) {
