@@ -190,7 +190,7 @@ pub fn open_embedded(config: &ServeConfig) -> Result<(Arc<Service>, AdminToken),
     let (store, blobs) = open_backends(config)?;
     let service = Service::new(store, blobs, token.secret(), config.limits.clone())
         .with_ops(config.ops.clone())
-        .with_deferred_sync(service::deferred_sync_interval().is_some());
+        .with_deferred_sync(service::deferred_sync_interval());
     Ok((Arc::new(service), token))
 }
 
@@ -290,7 +290,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         Ok(n) => println!("restored {n} blob(s) that were not on disk after a crash"),
         Err(e) => return Err(ServeError::Recovery(e.to_string())),
     }
-    if let Some(interval) = service::deferred_sync_interval() {
+    // The interval the service was opened with: the variable is read once.
+    if let Some(interval) = service.deferred_sync() {
         service::spawn_deferred_sync(service.clone(), interval);
     }
     if let Some(interval) = config.ops.gc_interval {

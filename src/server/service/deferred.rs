@@ -42,7 +42,7 @@ impl Service {
     /// Stores the small contents of an inline commit: deferred when both
     /// stores can (see the module comment), else durably at once.
     pub(super) async fn store_small_content(&self, bytes: Bytes) -> Result<BlobHash, ApiError> {
-        if self.defer_small_blobs && self.store.keeps_unsynced_blobs() {
+        if self.deferred_sync.is_some() && self.store.keeps_unsynced_blobs() {
             if let Some(hash) = self.blobs.put_bytes_deferred(bytes.clone()).await? {
                 // Kept even when the file was there already: it may be a
                 // deferred one that is not synced yet.

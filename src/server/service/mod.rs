@@ -103,8 +103,9 @@ pub struct Service {
     pub metrics: crate::server::metrics::Metrics,
     /// One GC run at a time on this instance.
     pub(crate) gc_lock: tokio::sync::Mutex<()>,
-    /// Whether small inline contents may be synced later (`deferred.rs`).
-    defer_small_blobs: bool,
+    /// How often small inline contents written without a sync are synced
+    /// (`deferred.rs`); `None`: every blob is durable before its commit.
+    deferred_sync: Option<std::time::Duration>,
 }
 
 /// How long another instance may keep accepting a token revoked elsewhere.
@@ -176,15 +177,21 @@ impl Service {
             ops: Default::default(),
             metrics: Default::default(),
             gc_lock: tokio::sync::Mutex::new(()),
-            defer_small_blobs: false,
+            deferred_sync: None,
         }
     }
 
-    /// Lets small inline contents be synced later, where both stores can
-    /// (`deferred.rs`); `serve` turns it on unless told otherwise.
-    pub fn with_deferred_sync(mut self, on: bool) -> Self {
-        self.defer_small_blobs = on;
+    /// Lets small inline contents be synced later, every `interval`, where
+    /// both stores can (`deferred.rs`); `serve` turns it on unless told
+    /// otherwise.
+    pub fn with_deferred_sync(mut self, interval: Option<std::time::Duration>) -> Self {
+        self.deferred_sync = interval;
         self
+    }
+
+    /// The interval set by [`Self::with_deferred_sync`], read once at start.
+    pub fn deferred_sync(&self) -> Option<std::time::Duration> {
+        self.deferred_sync
     }
 
     /// The service with these operations settings.
