@@ -157,9 +157,33 @@ async fn kill_9_mid_untar_keeps_every_closed_file() {
                 let lines: Vec<&str> = log.lines().collect();
                 lines[lines.len().saturating_sub(n)..].join("\n")
             };
+            // Where the server has the lost files, if anywhere (a file the
+            // server has but the mount does not show was lost by the replay).
+            let server = tree_map(&s, p).await.unwrap_or_default();
+            let on_server: Vec<String> = lost
+                .iter()
+                .take(5)
+                .map(|i| {
+                    let name = format!("f{i:05}.txt");
+                    let at: Vec<String> = server
+                        .values()
+                        .filter(|e| e.path.ends_with(&format!("/{name}")) || e.path == name)
+                        .map(|e| format!("{} (node {} v{}, {} bytes)", e.path, e.id, e.version, e.size))
+                        .collect();
+                    format!("{name}: {at:?}")
+                })
+                .collect();
+            let root: Vec<String> = std::fs::read_dir(&m.dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
             panic!(
                 "round {round}: {} of {} files closed before the kill are missing or wrong after the remount \
-                 (first {}, last {}; {} shown as empty); directories shown: {dirs:?}\n\
+                 (first {}, last {}; {} shown as empty); directories shown: {dirs:?}; mount root: {root:?}\n\
+                 on the server: {on_server:#?}\n\
                  --- mount log (tail) ---\n{}\n--- server log (tail) ---\n{}",
                 lost.len(),
                 closed.len(),

@@ -249,17 +249,26 @@ impl Vfs {
         let Some(inode) = st.inodes.get(&ino).filter(|i| i.unlinked && i.open_handles == 0) else {
             return false;
         };
+        // A sealed one's bytes may be the journal's pending content too (a
+        // hard link): emptied only once no other name holds them (the journal
+        // dropped its link at once when its record never reached the log:
+        // `Journal::remove_pending_blob`).
+        let private = |file: &File, sealed: bool| {
+            use std::os::unix::fs::MetadataExt;
+            !sealed || file.metadata().is_ok_and(|m| m.nlink() == 1)
+        };
         match &inode.content {
-            // (A sealed one's bytes are the journal's too.)
-            Content::Local {
-                file, sealed: false, ..
-            } if inode.size > 0 => file.set_len(0).is_ok(),
-            Content::Parked {
-                path, sealed: false, ..
-            } if inode.size > 0 => OpenOptions::new()
+            Content::Local { file, sealed, .. } if inode.size > 0 && private(file, *sealed) => file.set_len(0).is_ok(),
+            Content::Parked { path, sealed, .. } if inode.size > 0 => OpenOptions::new()
                 .write(true)
                 .open(path)
-                .and_then(|f| f.set_len(0))
+                .and_then(|f| {
+                    if private(&f, *sealed) {
+                        f.set_len(0)
+                    } else {
+                        Err(std::io::ErrorKind::Other.into())
+                    }
+                })
                 .is_ok(),
             _ => false,
         }

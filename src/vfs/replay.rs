@@ -382,7 +382,11 @@ impl Vfs {
                 }
                 Some(current)
             })
-            .unwrap_or(ROOT_INO);
+            .unwrap_or_else(|| {
+                tracing::warn!(uid = record.uid, name = %record.name, parent = ?record.parent,
+                    "replay: the directory of a journaled change is gone; it is placed at the root");
+                ROOT_INO
+            });
         let ino = match existing {
             Some(ino) => {
                 // Move it to where the journal says it was.

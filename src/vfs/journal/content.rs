@@ -8,7 +8,7 @@ use std::path::Path;
 
 use std::path::PathBuf;
 
-use super::{fsync_dir, io, open_content_name, Durability, Journal, INLINE_LIMIT};
+use super::{fsync_dir, io, open_content_name, Durability, Journal, Log, INLINE_LIMIT};
 use crate::model::BlobHash;
 use crate::vfs::VfsError;
 
@@ -86,16 +86,18 @@ impl Journal {
                     out.sync_all().map_err(|e| io("fsync", &temp, e))?;
                     {
                         let mut log = self.lock();
+                        let existed = target.exists();
                         fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
-                        log.doomed_pending.remove(hash.as_str());
+                        Self::made_pending(&mut log, hash.as_str(), existed);
                     }
                     fsync_dir(&self.pending)?;
                 }
                 Durability::Local { .. } => {
                     // Synced by the next make_durable, before the log.
                     let mut log = self.lock();
+                    let existed = target.exists();
                     fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
-                    log.doomed_pending.remove(hash.as_str());
+                    Self::made_pending(&mut log, hash.as_str(), existed);
                     log.unsynced_pending.push(target);
                 }
             }
@@ -120,7 +122,7 @@ impl Journal {
         let linked = {
             let mut log = self.lock();
             let linked = fs::hard_link(staged, &target);
-            log.doomed_pending.remove(hash.as_str());
+            Self::made_pending(&mut log, hash.as_str(), linked.is_err());
             linked
         };
         match linked {
@@ -155,11 +157,32 @@ impl Journal {
     }
 
     /// Deletes the pending content of `hash` once the frames appended so
-    /// far (the removal of the last record naming it) are durable.
+    /// far (the removal of the last record naming it) are durable, or at
+    /// once if no frame in the log file names it yet ([`Log::fresh_pending`]).
     pub fn remove_pending_blob(&self, hash: &BlobHash) {
+        self.doom_pending(hash.as_str());
+    }
+
+    /// Pending file `name` exists now (made by this call unless `existed`):
+    /// spared if it was doomed, and fresh if this call made it.
+    fn made_pending(log: &mut Log, name: &str, existed: bool) {
+        log.doomed_pending.remove(name);
+        if !existed {
+            let appended = log.appended;
+            log.fresh_pending.insert(name.to_string(), appended);
+        }
+    }
+
+    /// Deletes pending file `name` once the frames appended so far are
+    /// durable, or at once if no frame written to the log can name it.
+    fn doom_pending(&self, name: &str) {
         let mut log = self.lock();
         let appended = log.appended;
-        log.doomed_pending.insert(hash.as_str().to_string(), appended);
+        if log.fresh_pending.remove(name).is_some() {
+            let _ = fs::remove_file(self.pending.join(name));
+            return;
+        }
+        log.doomed_pending.insert(name.to_string(), appended);
         if log.durable >= appended {
             self.delete_doomed_pending(&mut log);
         }
@@ -179,7 +202,10 @@ impl Journal {
         use std::os::unix::fs::MetadataExt;
         let target = self.open_content_path(uid);
         let staged_meta = file.metadata().map_err(|e| io("stat", staged, e))?;
-        let already = fs::metadata(&target).is_ok_and(|m| m.ino() == staged_meta.ino() && m.dev() == staged_meta.dev());
+        let existing = fs::metadata(&target).ok();
+        let already = existing
+            .as_ref()
+            .is_some_and(|m| m.ino() == staged_meta.ino() && m.dev() == staged_meta.dev());
         {
             let mut log = self.lock();
             if !already {
@@ -192,7 +218,7 @@ impl Journal {
                     return Err(io("link", &target, e));
                 }
             }
-            log.doomed_pending.remove(&open_content_name(uid));
+            Self::made_pending(&mut log, &open_content_name(uid), existing.is_some());
             if self.durability != Durability::Strict {
                 log.unsynced_pending.push(target);
             }
@@ -217,12 +243,7 @@ impl Journal {
     /// Deletes record `uid`'s open link once the frames appended so far
     /// (the record naming its content by hash) are durable.
     pub fn remove_open_content(&self, uid: u64) {
-        let mut log = self.lock();
-        let appended = log.appended;
-        log.doomed_pending.insert(open_content_name(uid), appended);
-        if log.durable >= appended {
-            self.delete_doomed_pending(&mut log);
-        }
+        self.doom_pending(&open_content_name(uid));
     }
 }
 

@@ -165,6 +165,13 @@ struct Log {
     /// frame is durable, so a power loss that takes the removal leaves the
     /// record its content. Making the same content pending again spares it.
     doomed_pending: HashMap<String, u64>,
+    /// Pending content files this process made that no frame written to
+    /// the log can name yet, each with the `appended` count when it was
+    /// made (frames naming it come later). Doomed before the next write, one
+    /// is deleted at once: no record on disk can ask for it, and on a full
+    /// disk (a close whose record could not be written, then `rm`) its bytes
+    /// are the room the removal's own frame needs.
+    fresh_pending: HashMap<String, u64>,
     /// A leader is writing and syncing right now.
     syncing: bool,
     /// Live records, to compact the log.
@@ -228,6 +235,7 @@ impl Journal {
                 durable: 0,
                 unsynced_pending: Vec::new(),
                 doomed_pending: HashMap::new(),
+                fresh_pending: HashMap::new(),
                 syncing: false,
                 live,
                 size,
@@ -470,10 +478,16 @@ impl Journal {
                 log.buffer.extend_from_slice(&newer);
                 log.unsynced_pending.extend(blobs);
                 log.torn |= !cut;
+                if !cut {
+                    // Part of the batch may be in the file: what it names is not fresh.
+                    log.fresh_pending.clear();
+                }
                 self.synced.notify_all();
                 return Err(e);
             }
             log.written = upto;
+            // A frame naming one made before `upto` may be in the file now.
+            log.fresh_pending.retain(|_, made_at| *made_at >= upto);
             if sync {
                 log.durable = upto;
                 self.delete_doomed_pending(&mut log);
@@ -496,6 +510,7 @@ impl Journal {
         log.written = log.appended;
         log.durable = log.appended;
         log.torn = false;
+        log.fresh_pending.clear();
         self.delete_doomed_pending(log);
         Ok(())
     }

@@ -257,3 +257,55 @@ fn pending_content_no_record_names_is_removed_on_open() {
     assert!(j.pending_blob_path(&second).exists(), "the live record's content stays");
     assert!(j.pending_blob_path(&kept).exists());
 }
+
+/// Pending content whose record never reached the log file (its write
+/// failed: a full disk) goes at once when the record goes, since nothing on
+/// disk can name it; content a written record names waits, as before, for
+/// the removal to be durable, so a crash that takes the removal still finds
+/// the bytes.
+#[test]
+fn pending_content_no_written_frame_names_goes_at_once_when_doomed() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open_with(dir.path(), Durability::DEFAULT).unwrap();
+    let pend = |j: &Journal, byte: u8| {
+        let src = dir.path().join(format!("src{byte}"));
+        std::fs::write(&src, vec![byte; (INLINE_LIMIT + 1) as usize]).unwrap();
+        let staged = File::open(&src).unwrap();
+        j.adopt_staged(&staged, &src).unwrap().0
+    };
+    let large = |uid: u64, hash: &BlobHash| Record {
+        content: Some(hash.clone()),
+        size: INLINE_LIMIT + 1,
+        inline: None,
+        ..record(uid)
+    };
+    // Written to the log (close() returned), not yet durable.
+    let written = pend(&j, 1);
+    j.write(&large(1, &written)).unwrap();
+    j.close_point().unwrap();
+    // Its record's write fails, as on a full disk.
+    let unwritten = pend(&j, 2);
+    j.write(&large(2, &unwritten)).unwrap();
+    j.lock().fail_write_after = Some(0);
+    j.close_point().expect_err("the injected write failure");
+    // Both files are removed (rm) before anything more reaches the disk.
+    for (uid, hash) in [(1, &written), (2, &unwritten)] {
+        j.remove(uid).unwrap();
+        j.remove_pending_blob(hash);
+    }
+    assert!(
+        !j.pending_blob_path(&unwritten).exists(),
+        "no frame on disk names it: its room is free at once"
+    );
+    assert!(
+        j.pending_blob_path(&written).exists(),
+        "a written record names it until its removal is durable"
+    );
+    j.make_durable().unwrap();
+    assert!(
+        !j.pending_blob_path(&written).exists(),
+        "gone once the removal is durable"
+    );
+    drop(j);
+    assert_eq!(uids_after_reopen(dir.path()), Vec::<u64>::new());
+}
