@@ -40,6 +40,18 @@ async fn ctrl_c_of_scripts_run_commits_the_last_write_before_the_server_stops() 
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // A terminal's job starts with Ctrl-C at its default. A test run that was
+    // itself started in the background by a non-interactive shell (`cmd &`)
+    // inherits SIGINT ignored, and bash cannot trap a signal ignored on entry:
+    // scripts/run then waited for its server forever.
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut run, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     let mut child = run.spawn().expect("start scripts/run");
     let pid = child.id();
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
@@ -72,10 +84,12 @@ async fn ctrl_c_of_scripts_run_commits_the_last_write_before_the_server_stops() 
         if let Some(status) = child.try_wait().expect("poll scripts/run") {
             break status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "scripts/run did not stop within 60 s of Ctrl-C"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "scripts/run did not stop within 60 s of Ctrl-C\n{}",
+                hung_report(pid, &root, &data)
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut rest = String::new();
@@ -102,4 +116,61 @@ async fn ctrl_c_of_scripts_run_commits_the_last_write_before_the_server_stops() 
         s.read_bytes("demo", &s.admin, "notes.md").await,
         b"written just before Ctrl-C\n"
     );
+}
+
+/// What is still running in the job's process group and session, and the
+/// tails of the server's and the mount's logs: enough to tell which step of
+/// the clean-up hung.
+fn hung_report(pid: u32, root: &std::path::Path, data: &std::path::Path) -> String {
+    let ps = Command::new("ps")
+        .args(["-eo", "pid,pgid,sid,stat,wchan:24,args"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let related: Vec<&str> = ps
+        .lines()
+        .filter(|l| l.contains("contextfs") || l.contains("scripts/run") || l.contains(&format!(" {pid} ")))
+        .collect();
+    let tail = |path: &std::path::Path| {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    let mount_logs: Vec<String> = walk(&root.join("state"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log") && !p.ends_with("journal.log"))
+        .map(|p| format!("--- {} ---\n{}", p.display(), tail(&p)))
+        .collect();
+    // Not left running for the next test: the job, and the server and
+    // mount it started in sessions of their own (their arguments name `root`).
+    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+    let root_str = root.to_string_lossy();
+    for line in ps.lines().filter(|l| l.contains(root_str.as_ref())) {
+        if let Some(other) = line.split_whitespace().next() {
+            let _ = Command::new("kill").args(["-KILL", other]).status();
+        }
+    }
+    let _ = Command::new("fusermount3")
+        .arg("-uz")
+        .arg(root.join("workspace"))
+        .status();
+    format!(
+        "--- processes ---\n{}\n--- server log ---\n{}\n{}",
+        related.join("\n"),
+        tail(&data.join("serve.log")),
+        mount_logs.join("\n")
+    )
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
