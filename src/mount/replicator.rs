@@ -209,6 +209,7 @@ impl Replicator {
                 break;
             }
             let mut progressed = 0;
+            let mut refused_namespace = false;
             // Contents are independent of each other (they go in batches),
             // and so are deletions at one depth (children go before their
             // parents) and a run of mkdirs at one depth: those run
@@ -256,6 +257,7 @@ impl Replicator {
                             round.transient = Some(e);
                         }
                         Outcome::Refused(e) => {
+                            refused_namespace |= matches!(item.op, DrainOp::Mkdir { .. } | DrainOp::Rename { .. });
                             tracing::warn!(op = %item.describe(), error = %e, "the server refused a change; it stays in the journal");
                             self.vfs.fail(item.uid, &e);
                             round.refused = true;
@@ -266,12 +268,17 @@ impl Replicator {
                         }
                     }
                 }
-                if round.transient.is_some() {
+                // What lies below a refused mkdir or rename waits for it: the
+                // plan is made again, and holds it back (`refused_recently`).
+                // Sent now, a file would make the server create the very
+                // directory it refused, under the path this mount assumed.
+                if round.transient.is_some() || refused_namespace {
                     break;
                 }
             }
             round.done += progressed;
-            if round.transient.is_some() || progressed == 0 {
+            // (After a refused namespace change, the rest is planned again without it.)
+            if round.transient.is_some() || (progressed == 0 && !refused_namespace) {
                 break;
             }
         }

@@ -387,7 +387,26 @@ impl Vfs {
                     "replay: the directory of a journaled change is gone; it is placed at the root");
                 ROOT_INO
             });
-        let ino = match existing {
+        // A directory whose mkdir reached the server although its answer
+        // never reached this mount (it died first), or that another writer
+        // made too: the listing has it, maybe with files committed into it
+        // since. The record takes that directory over, so what it holds
+        // stays shown (displaced, it vanished from this mount until the next
+        // remount); the mkdir is sent again and the server answers with this
+        // same node.
+        let taken_over = match existing {
+            None if record.kind == NodeKind::Dir && record.node.is_none() => Self::get(&st, parent)?
+                .children
+                .get(&record.name)
+                .copied()
+                .filter(|dir| {
+                    st.inodes.get(dir).is_some_and(|d| {
+                        d.kind == NodeKind::Dir && d.server.is_some() && !st.records.contains_key(&d.uid)
+                    })
+                }),
+            _ => None,
+        };
+        let ino = match existing.or(taken_over) {
             Some(ino) => {
                 // Move it to where the journal says it was.
                 let (old_parent, old_name) = {

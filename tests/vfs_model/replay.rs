@@ -70,3 +70,39 @@ fn a_file_in_a_directory_that_reached_the_server_replays_into_it() {
     assert_eq!(vfs.lookup(ROOT_INO, "f.md").unwrap_err().errno, libc::ENOENT);
     assert_eq!(describe(&plan(&vfs)), ["commit d/f.md"]);
 }
+
+/// The mount dies after the server made a directory (its mkdir, or one of
+/// the files written into it, reached the server) but before the answer
+/// was applied: the journal still says "mkdir d", and the server already
+/// holds `d` with a file committed into it. The remount shows both the
+/// server's file and the journaled one in `d`; the mkdir is sent again and
+/// binds to the server's node.
+#[test]
+fn a_journaled_mkdir_the_server_already_made_keeps_what_the_server_holds_in_it() {
+    let env = Env::new();
+    let vfs = env.mount(&empty_listing());
+    let dir = vfs.mkdir(ROOT_INO, "d", 0o755).unwrap().ino;
+    write_file(&vfs, dir, "journaled.md", b"only in the journal");
+    assert_eq!(describe(&plan(&vfs)), ["mkdir d", "commit d/journaled.md"]);
+    vfs.make_journal_durable().unwrap();
+    drop(vfs);
+    let listing = tree_listing(
+        3,
+        vec![
+            dir_entry("d", 50),
+            file_entry(&env.source, "d/committed.md", 51, 1, b"on the server"),
+        ],
+    );
+    let vfs = env.mount(&listing);
+    assert_eq!(read_path(&vfs, "d/committed.md"), b"on the server");
+    assert_eq!(read_path(&vfs, "d/journaled.md"), b"only in the journal");
+    let items = plan(&vfs);
+    assert_eq!(describe(&items), ["mkdir d", "commit d/journaled.md"]);
+    let v = version_info(50, 1, "d", NodeKind::Dir, BlobHash::of(b""), 0, VersionStatus::Clean);
+    vfs.ack_namespace(items[0].uid, items[0].rev, &v).unwrap();
+    assert_eq!(
+        vfs.getxattr(ino_of(&vfs, "d").unwrap(), "user.contextfs.node").unwrap(),
+        b"50"
+    );
+    assert_eq!(read_path(&vfs, "d/committed.md"), b"on the server");
+}

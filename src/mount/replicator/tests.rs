@@ -272,6 +272,39 @@ async fn a_refused_change_stays_queued_with_its_reason_while_the_rest_land() {
     assert_eq!(queued_paths(&m.vfs), ["bad.txt"]);
 }
 
+/// A refused mkdir holds back what was written inside the directory: sent
+/// in the same round, a file would make the server create the directory it
+/// just refused. Both stay queued; the others land.
+#[tokio::test]
+async fn what_lies_below_a_refused_mkdir_waits_for_it() {
+    let m = mount();
+    let dir = m.vfs.mkdir(ROOT_INO, "d", 0o755).unwrap().ino;
+    write_file(&m.vfs, dir, "inside.txt", b"in d\n");
+    write_file(&m.vfs, ROOT_INO, "outside.txt", b"elsewhere\n");
+    let refusal = Fault::Refuse(StatusCode::BAD_REQUEST, ErrorCode::InvalidField);
+    m.server.on(Op::Mkdir, Some("d"), refusal, Some(1));
+
+    let round = m.worker.drain(true).await;
+    assert!(round.transient.is_none(), "{round:?}");
+    assert!(
+        m.server.commits_to("d/inside.txt").is_empty(),
+        "a file below the refused directory was sent"
+    );
+    assert_eq!(queued_paths(&m.vfs), ["d", "d/inside.txt"]);
+    assert_eq!(m.server.tree().keys().collect::<Vec<_>>(), ["outside.txt"]);
+
+    // Once the server takes the directory (the retry pause is over), its
+    // contents follow.
+    m.worker.refused.lock().unwrap().clear();
+    let round = m.worker.drain(true).await;
+    assert!(round.transient.is_none(), "{round:?}");
+    assert!(queued_paths(&m.vfs).is_empty(), "{:?}", queued_paths(&m.vfs));
+    assert_eq!(
+        m.server.tree().keys().collect::<Vec<_>>(),
+        ["d", "d/inside.txt", "outside.txt"]
+    );
+}
+
 /// (4) A late answer does not bring back a file deleted meanwhile: the
 /// create reaches the server, its answer waits, the file is unlinked and the
 /// feed's echo arrives first; then the answer lands. The mount shows no file
