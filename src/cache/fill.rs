@@ -99,8 +99,10 @@ impl CacheFill {
     /// Makes `src` itself the fill, by a hard link instead of a copy: for a
     /// file whose bytes the caller hashed already and that nobody changes
     /// any more. False (the fill untouched) where `src` cannot be linked,
-    /// e.g. on another filesystem; then the caller copies.
-    pub fn adopt(&mut self, src: &Path) -> Result<bool, CacheError> {
+    /// e.g. on another filesystem; then the caller copies. `opened`, a
+    /// descriptor of `src` the caller has (at offset 0), is duplicated
+    /// rather than the link opened by name.
+    pub fn adopt(&mut self, src: &Path, opened: Option<&File>) -> Result<bool, CacheError> {
         if self.written > 0 || self.file.is_some() {
             return Ok(false);
         }
@@ -109,7 +111,11 @@ impl CacheFill {
             debug!("cannot link {} into the cache ({e}); copying", src.display());
             return Ok(false);
         }
-        let opened = File::open(&self.path).and_then(|file| Ok((file.metadata()?.len(), file)));
+        let opened = match opened {
+            Some(file) => file.try_clone(),
+            None => File::open(&self.path),
+        }
+        .and_then(|file| Ok((file.metadata()?.len(), file)));
         let (written, file) = match opened {
             Ok(opened) => opened,
             Err(e) => {
@@ -142,12 +148,17 @@ impl CacheFill {
         }
         // An empty blob has had no write: its temp file is made here.
         let large = self.written > UNSYNCED_MAX;
+        let adopted = self.adopted;
         let file = self.file()?;
-        if large {
-            let synced = file.sync_all();
-            synced.map_err(|e| CacheError::io(&self.path, e))?;
-        }
-        File::open(&self.path).map_err(|e| CacheError::io(&self.path, e))
+        let synced = if large { file.sync_all() } else { Ok(()) };
+        // An adopted fill's descriptor is a reader already; a written one is
+        // write-only.
+        let reader = match synced {
+            Ok(()) if adopted => file.try_clone(),
+            Ok(()) => File::open(&self.path),
+            Err(e) => Err(e),
+        };
+        reader.map_err(|e| CacheError::io(&self.path, e))
     }
 
     /// Renames the sealed fill to `target`. From then on the file is the

@@ -447,7 +447,7 @@ impl BlobCache {
     /// sealed when it was closed). Copies, checking the hash, where the
     /// cache is on another filesystem.
     pub fn insert_sealed_file(&self, hash: &BlobHash, src: &Path) -> Result<(), CacheError> {
-        self.get_or_fill(hash, |fill| match fill.adopt(src)? {
+        self.get_or_fill(hash, |fill| match fill.adopt(src, None)? {
             true => Ok(()),
             false => copy_into(fill, src),
         })
@@ -481,7 +481,7 @@ impl BlobCache {
         }
         let mut linked = false;
         let outcome = self.get_or_fill(hash, |fill| {
-            linked = fill.adopt(src)?;
+            linked = fill.adopt(src, Some(src_file))?;
             if linked {
                 Ok(())
             } else {

@@ -385,12 +385,19 @@ impl Vfs {
         path: &Path,
         kernel_wrote: bool,
     ) -> Adoption {
-        let shared = file.is_some_and(|f| Arc::strong_count(f) > 1);
-        if shared || (kernel_wrote && !super::staging::no_other_writer(path)) {
+        if file.is_some_and(|f| Arc::strong_count(f) > 1) {
             return Adoption::NotLinked;
         }
         let reopened;
         let file: &File = match file {
+            // The descriptor that asked for the lease is the one read next.
+            _ if kernel_wrote => match super::staging::opened_without_other_writer(path) {
+                Some(f) => {
+                    reopened = f;
+                    &reopened
+                }
+                None => return Adoption::NotLinked,
+            },
             Some(file) => file,
             None => match File::open(path) {
                 Ok(f) => {

@@ -106,15 +106,22 @@ impl StagingFiles {
 /// map that outlived its descriptor): the kernel grants a read lease only
 /// then. False when it cannot tell (leases disabled, another owner).
 pub(super) fn no_other_writer(path: &Path) -> bool {
+    opened_without_other_writer(path).is_some()
+}
+
+/// [`no_other_writer`], keeping the read-only descriptor it opened to ask
+/// (the caller reads the file next: one open, not two).
+pub(super) fn opened_without_other_writer(path: &Path) -> Option<File> {
     use std::os::fd::AsRawFd;
-    let Ok(file) = File::open(path) else { return false };
+    let file = File::open(path).ok()?;
     // SAFETY: fcntl on a descriptor this function owns.
     let leased = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) } == 0;
-    if leased {
-        // SAFETY: as above.
-        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+    if !leased {
+        return None;
     }
-    leased
+    // SAFETY: as above.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+    Some(file)
 }
 
 #[cfg(test)]

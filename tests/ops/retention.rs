@@ -320,6 +320,7 @@ mod store_rules {
                 status: *status,
                 idempotency_key: None,
                 record_blob: None,
+                unsynced_copy: None,
                 times: FileTimes::default(),
             };
             let v = store

@@ -86,6 +86,38 @@ async fn inline_contents_lost_with_the_page_cache_are_restored_at_the_next_start
     assert_eq!(kept_copies(&s), 0, "restored, synced and dropped");
 }
 
+/// The copy is written in the commit's own transaction: an entry refused
+/// (at its plan, or by the database inside the batch's transaction) keeps
+/// none, and every committed one keeps exactly one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_is_kept_with_its_commit_and_not_for_a_refused_entry() {
+    let Some(s) = start_on_sqlite_and_folder("3600000").await else {
+        return;
+    };
+    let t = s.project_with_token("p").await;
+    s.commit_req("p", &t, &inline("dir/inside.txt", b"a file\n"))
+        .await
+        .expect("commit");
+    assert_eq!(kept_copies(&s), 1);
+    let commits = [
+        inline("good.txt", b"committed\n"),
+        // Refused when planned: a directory is there.
+        inline("dir", b"over a directory\n"),
+        // Refused by the database, inside the batch's transaction.
+        inline("dir/inside.txt/under-a-file", b"under a file\n"),
+    ];
+    let answer: BatchCommitResponse = send(s.post(&s.purl("p", "/commit/batch"), &t, &json!({ "commits": commits })))
+        .await
+        .expect("batch");
+    let committed: Vec<bool> = answer.results.iter().map(|r| r.version.is_some()).collect();
+    assert_eq!(committed, [true, false, false], "{:?}", answer.results);
+    assert_eq!(
+        kept_copies(&s),
+        2,
+        "one copy per committed inline content, none for the refused"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sync_round_and_a_clean_shutdown_drop_the_kept_copies() {
     let Some(s) = start_on_sqlite_and_folder("50").await else {

@@ -70,6 +70,9 @@ pub(super) struct Prepared {
     /// The content came with the request (inline or `PUT files`): the blob
     /// becomes the project's in the commit's transaction.
     pub came_with_request: bool,
+    /// The inline content, when its blob file was written without a sync:
+    /// kept in the commit's transaction ([`ContentWrite::unsynced_copy`]).
+    pub unsynced_copy: Option<Bytes>,
 }
 
 impl Prepared {
@@ -182,10 +185,10 @@ impl Service {
         if let Some(done) = done {
             return Ok(Checked::Done(done));
         }
-        let size = match (req.content_base64.as_deref(), uploaded) {
+        let (size, unsynced_copy) = match (req.content_base64.as_deref(), uploaded) {
             (Some(encoded), _) => self.store_inline_content(&req.hash, encoded).await?,
-            (None, Some(size)) => size,
-            (None, None) => self.visible_blob_size(project, &req.hash).await?,
+            (None, Some(size)) => (size, None),
+            (None, None) => (self.visible_blob_size(project, &req.hash).await?, None),
         };
         let came_with_request = req.content_base64.is_some() || uploaded.is_some();
         if kind == NodeKind::Symlink && size > MAX_SYMLINK_TARGET {
@@ -201,6 +204,7 @@ impl Service {
             meta,
             size,
             came_with_request,
+            unsynced_copy,
         }))
     }
 
@@ -236,6 +240,7 @@ impl Service {
             status: plan.status,
             idempotency_key: p.req.idempotency_key.clone(),
             record_blob: p.came_with_request.then(|| p.req.hash.clone()),
+            unsynced_copy: p.unsynced_copy.clone(),
             times,
         }))
     }
@@ -295,8 +300,10 @@ impl Service {
         self.blobs.size(hash).await?.ok_or_else(missing)
     }
 
-    /// Stores the content a commit carried inline as the blob `hash`; its size.
-    async fn store_inline_content(&self, hash: &BlobHash, encoded: &str) -> Result<u64, ApiError> {
+    /// Stores the content a commit carried inline as the blob `hash`; its
+    /// size, and the copy to keep with the commit when the blob's file is
+    /// not synced yet.
+    async fn store_inline_content(&self, hash: &BlobHash, encoded: &str) -> Result<(u64, Option<Bytes>), ApiError> {
         use base64::Engine;
         let too_large = || {
             ApiError::bad_request(
@@ -332,8 +339,8 @@ impl Service {
         let len = bytes.len() as u64;
         // The blob becomes the project's with the commit's own transaction
         // (`ContentWrite::record_blob`): a refused commit leaves no trace.
-        self.store_small_content(Bytes::from(bytes)).await?;
-        Ok(len)
+        let unsynced_copy = self.store_small_content(Bytes::from(bytes)).await?;
+        Ok((len, unsynced_copy))
     }
 
     async fn plan_commit(

@@ -40,17 +40,26 @@ pub const DEFERRED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Service {
     /// Stores the small contents of an inline commit: deferred when both
-    /// stores can (see the module comment), else durably at once.
-    pub(super) async fn store_small_content(&self, bytes: Bytes) -> Result<BlobHash, ApiError> {
-        if self.deferred_sync.is_some() && self.store.keeps_unsynced_blobs() {
-            if let Some(hash) = self.blobs.put_bytes_deferred(bytes.clone()).await? {
-                // Kept even when the file was there already: it may be a
-                // deferred one that is not synced yet.
-                self.store.keep_unsynced_blobs(vec![(hash.clone(), bytes)]).await?;
-                return Ok(hash);
-            }
+    /// stores can (see the module comment), else durably at once. Returns
+    /// the copy the commit must keep in its own transaction when deferred:
+    /// also when the file was there already, since it may be a deferred one
+    /// that is not synced yet.
+    ///
+    /// The copy goes in with the commit, not in a transaction of its own
+    /// before it: one small transaction per blob was most of the SQLite
+    /// writer's transactions and WAL fsyncs under an untar. A commit that
+    /// fails keeps no copy; its blob file, unsynced, is then referenced by
+    /// nothing (a later durable put of the same bytes syncs it,
+    /// `BlobStore::put_bytes`).
+    pub(super) async fn store_small_content(&self, bytes: Bytes) -> Result<Option<Bytes>, ApiError> {
+        if self.deferred_sync.is_some()
+            && self.store.keeps_unsynced_blobs()
+            && self.blobs.put_bytes_deferred(bytes.clone()).await?.is_some()
+        {
+            return Ok(Some(bytes));
         }
-        Ok(self.blobs.put_bytes(bytes).await?)
+        self.blobs.put_bytes(bytes).await?;
+        Ok(None)
     }
 
     /// One round: syncs the deferred blob files written so far, then drops

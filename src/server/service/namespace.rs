@@ -140,6 +140,7 @@ impl Service {
                 status: VersionStatus::Clean,
                 idempotency_key: None,
                 record_blob: None,
+                unsynced_copy: None,
                 // Restored bytes are a new change: the commit time is their mtime.
                 times: Default::default(),
             };

@@ -131,6 +131,11 @@ pub struct ContentWrite {
     /// A blob that came with the commit (inline content), recorded as the
     /// project's in the same transaction as the version.
     pub record_blob: Option<BlobHash>,
+    /// The bytes of `record_blob` when its file was written without a sync
+    /// (`server::service::deferred`): kept in the version's own transaction
+    /// until a sync round has made the file durable. Only for stores that
+    /// [keep such copies](MetadataStore::keeps_unsynced_blobs).
+    pub unsynced_copy: Option<bytes::Bytes>,
     /// The file's times as the writer set them.
     pub times: FileTimes,
 }
@@ -329,12 +334,6 @@ pub trait MetadataStore: dav::DavStore + manifests::ManifestStore + Send + Sync 
     /// every blob is written durably at once.
     fn keeps_unsynced_blobs(&self) -> bool {
         false
-    }
-    /// Keeps such copies (one transaction, durable when it returns).
-    async fn keep_unsynced_blobs(&self, _blobs: Vec<(BlobHash, bytes::Bytes)>) -> StoreResult<()> {
-        Err(StoreError::Backend(
-            "this metadata store keeps no copies of unsynced blobs".to_string(),
-        ))
     }
     /// The newest copy kept, if any: what a sync that starts now covers.
     async fn newest_unsynced_blob(&self) -> StoreResult<Option<i64>> {

@@ -94,6 +94,10 @@ pub(crate) trait Txn {
     /// Records that the project holds this blob (a no-op when it already does).
     async fn record_blob(&self, hash: &BlobHash) -> Result<(), Self::Error>;
 
+    /// Keeps a copy of a blob whose file is not synced yet, durable with this
+    /// transaction ([`ContentWrite::unsynced_copy`]).
+    async fn keep_unsynced_blob(&self, hash: &BlobHash, bytes: &[u8]) -> Result<(), Self::Error>;
+
     /// Inserts a live node row at `path` whose head will be version 1; the
     /// caller appends that version next. Returns the node's id.
     async fn insert_node(&self, path: &str, kind: NodeKind) -> Result<i64, Self::Error>;
@@ -201,6 +205,11 @@ pub(crate) async fn write_content<T: Txn>(
     }
     if let Some(hash) = &write.record_blob {
         t.record_blob(hash).await?;
+        if let Some(bytes) = &write.unsynced_copy {
+            t.keep_unsynced_blob(hash, bytes).await?;
+        }
+    } else if write.unsynced_copy.is_some() {
+        return Err(StoreError::Backend("a copy of an unsynced blob came without its blob".to_string()).into());
     }
     match &write.target {
         WriteTarget::New { path } => {

@@ -351,6 +351,15 @@ impl<C: GenericClient> Txn for PgTxn<'_, C> {
         record_blob(self.c, self.project, hash).await
     }
 
+    /// The service defers blob syncs only on a store that keeps copies,
+    /// which PostgreSQL does not (`keeps_unsynced_blobs`).
+    async fn keep_unsynced_blob(&self, _hash: &BlobHash, _bytes: &[u8]) -> TxResult<()> {
+        Err(
+            crate::server::store::StoreError::Backend("PostgreSQL keeps no copies of unsynced blobs".to_string())
+                .into(),
+        )
+    }
+
     async fn insert_node(&self, path: &str, kind: NodeKind) -> TxResult<i64> {
         let stmt = self
             .c

@@ -330,17 +330,6 @@ impl MetadataStore for SqliteStore {
         true
     }
 
-    async fn keep_unsynced_blobs(&self, blobs: Vec<(BlobHash, bytes::Bytes)>) -> StoreResult<()> {
-        self.write(move |conn| {
-            let mut insert = conn.prepare_cached("INSERT INTO unsynced_blobs (hash, data) VALUES (?1, ?2)")?;
-            for (hash, bytes) in &blobs {
-                insert.execute(params![hash.as_str(), &bytes[..]])?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
     async fn newest_unsynced_blob(&self) -> StoreResult<Option<i64>> {
         self.read(|conn| Ok(conn.query_row("SELECT max(id) FROM unsynced_blobs", [], |r| r.get(0))?))
             .await
