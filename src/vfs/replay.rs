@@ -406,6 +406,9 @@ impl Vfs {
                 }),
             _ => None,
         };
+        if taken_over.is_some() {
+            tracing::info!(name = %record.name, "replay: the server has the directory of a journaled mkdir already; it is taken over");
+        }
         let ino = match existing.or(taken_over) {
             Some(ino) => {
                 // Move it to where the journal says it was.
