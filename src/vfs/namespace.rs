@@ -253,23 +253,16 @@ impl Vfs {
         // hard link): emptied only once no other name holds them (the journal
         // dropped its link at once when its record never reached the log:
         // `Journal::remove_pending_blob`).
-        let private = |file: &File, sealed: bool| {
+        let empty_if_private = |file: &File, sealed: bool| {
             use std::os::unix::fs::MetadataExt;
-            !sealed || file.metadata().is_ok_and(|m| m.nlink() == 1)
+            (!sealed || file.metadata().is_ok_and(|m| m.nlink() == 1)) && file.set_len(0).is_ok()
         };
         match &inode.content {
-            Content::Local { file, sealed, .. } if inode.size > 0 && private(file, *sealed) => file.set_len(0).is_ok(),
+            Content::Local { file, sealed, .. } if inode.size > 0 => empty_if_private(file, *sealed),
             Content::Parked { path, sealed, .. } if inode.size > 0 => OpenOptions::new()
                 .write(true)
                 .open(path)
-                .and_then(|f| {
-                    if private(&f, *sealed) {
-                        f.set_len(0)
-                    } else {
-                        Err(std::io::ErrorKind::Other.into())
-                    }
-                })
-                .is_ok(),
+                .is_ok_and(|f| empty_if_private(&f, *sealed)),
             _ => false,
         }
     }

@@ -241,7 +241,8 @@ impl Journal {
     }
 
     /// Deletes record `uid`'s open link once the frames appended so far
-    /// (the record naming its content by hash) are durable.
+    /// (the record naming its content by hash) are durable, or at once if
+    /// no frame in the log file names it yet.
     pub fn remove_open_content(&self, uid: u64) {
         self.doom_pending(&open_content_name(uid));
     }
