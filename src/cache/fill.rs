@@ -3,6 +3,12 @@
 //! above [`UNSYNCED_MAX`]) before [`super::BlobCache`] renames it into
 //! place; a small blob found on disk is hashed on first open, and one torn by
 //! a power loss is removed.
+//!
+//! A chunk fill is not fsynced whatever its size: every process hashes a
+//! chunk on its first open anyway. It is published read-only (no owner write
+//! bit) instead, which tells a whole-file open of the same name that the
+//! bytes were never made durable, so it hashes them too rather than trusting
+//! them for their size.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -31,6 +37,8 @@ pub struct CacheFill {
     published: bool,
     /// The bytes are a linked file the caller vouches for ([`Self::adopt`]).
     adopted: bool,
+    /// Published without an fsync, marked so (see the module doc).
+    unsynced: bool,
 }
 
 impl CacheFill {
@@ -45,7 +53,14 @@ impl CacheFill {
             written: 0,
             published: false,
             adopted: false,
+            unsynced: false,
         })
+    }
+
+    /// Seals without an fsync, marking the file as never made durable: for
+    /// chunks, which every process hashes on its first open.
+    pub(super) fn skip_fsync(&mut self) {
+        self.unsynced = true;
     }
 
     /// Makes a new temp name and runs `make` on it until the name is free:
@@ -148,9 +163,13 @@ impl CacheFill {
         }
         // An empty blob has had no write: its temp file is made here.
         let large = self.written > UNSYNCED_MAX;
-        let adopted = self.adopted;
+        let (adopted, unsynced) = (self.adopted, self.unsynced && !self.adopted);
         let file = self.file()?;
-        let synced = if large { file.sync_all() } else { Ok(()) };
+        let synced = match (large, unsynced) {
+            (false, _) => Ok(()),
+            (true, false) => file.sync_all(),
+            (true, true) => mark_unsynced(file),
+        };
         // An adopted fill's descriptor is a reader already; a written one is
         // write-only.
         let reader = match synced {
@@ -212,7 +231,7 @@ pub(super) enum Verdict {
 pub(super) fn check_on_open(hash: &BlobHash, path: &Path, file: &File, hash_limit: u64) -> Result<Verdict, CacheError> {
     use std::os::unix::fs::MetadataExt;
     let meta = file.metadata().map_err(|e| CacheError::io(path, e))?;
-    if meta.len() > hash_limit.max(UNSYNCED_MAX) {
+    if meta.len() > hash_limit.max(UNSYNCED_MAX) && !marked_unsynced(&meta) {
         return Ok(Verdict::Trusted);
     }
     let actual = hash_by_position(file, (meta.len() as usize).min(1 << 20)).map_err(|e| CacheError::io(path, e))?;
@@ -230,6 +249,19 @@ pub(super) fn check_on_open(hash: &BlobHash, path: &Path, file: &File, hash_limi
         }
     }
     Ok(Verdict::Torn)
+}
+
+/// Marks a fill published without an fsync: no owner write bit.
+fn mark_unsynced(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(fs::Permissions::from_mode(0o444))
+}
+
+/// Whether a blob's bytes may not have reached the disk (see
+/// [`mark_unsynced`]): then its size is no reason to trust it.
+fn marked_unsynced(meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o200 == 0
 }
 
 /// The blake3 hash of all of `file`, read by position (its offset stays
@@ -385,6 +417,7 @@ mod tests {
             // Never let Drop try to remove /dev/full.
             published: true,
             adopted: false,
+            unsynced: false,
         };
         let err = fill.write(b"bytes").expect_err("disk full");
         assert!(matches!(err, CacheError::NoSpace { .. }), "{err:?}");

@@ -12,7 +12,9 @@
 //! before the rename; a smaller one is not (an fsync per small file was a
 //! large share of a mount's CPU when agents write many files), and each
 //! process instead checks its hash the first time it opens one that it did
-//! not write itself. A torn blob is then removed and fetched again.
+//! not write itself. A torn blob is then removed and fetched again. Chunks
+//! of large files are hashed on first open whatever their size, so they are
+//! not fsynced either (see `fill`).
 //!
 //! Several processes may use one root at once. There is no lock file: each
 //! process keeps its own LRU index (rebuilt from the directory on open and
@@ -412,7 +414,13 @@ impl BlobCache {
             Ok(Some(file)) => Ok(file),
             Ok(None) => match reserve.map(|(size, budget)| self.reserve(size, budget)) {
                 Some(None) => Err(CacheError::Busy { hash: hash.clone() }),
-                Some(Some(reservation)) => self.fill_and_publish(hash, Some(&reservation), fill),
+                Some(Some(reservation)) => {
+                    self.fill_and_publish(hash, Some(&reservation), |pending: &mut CacheFill| {
+                        // A chunk: hashed on every process's first open.
+                        pending.skip_fsync();
+                        fill(pending)
+                    })
+                }
                 None => self.fill_and_publish(hash, None, fill),
             },
             Err(e) => Err(e),

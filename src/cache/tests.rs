@@ -457,6 +457,41 @@ fn a_chunk_is_hashed_on_first_open_and_a_changed_one_fetched_again() {
     assert_eq!(read_all(again), bytes);
 }
 
+/// A chunk is published without an fsync, so a crash can leave it torn under
+/// its name. It is marked so: an open of the same name as a whole file (a
+/// small file whose bytes are that chunk) hashes it despite its size, and a
+/// torn one is removed rather than served.
+#[test]
+fn an_unsynced_chunk_is_not_trusted_for_its_size_by_a_whole_file_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let hash = BlobHash::of(&bytes);
+    let writer = BlobCache::open(dir.path(), 1 << 30).expect("open writer");
+    writer
+        .get_or_fill_chunk(&hash, bytes.len() as u64, u64::MAX, |fill| fill.write(&bytes))
+        .expect("fill the chunk");
+    let path = dir.path().join("blobs").join(&hash.as_str()[..2]).join(hash.as_str());
+    let mode = fs::metadata(&path).expect("published").permissions().mode();
+    assert_eq!(
+        mode & 0o222,
+        0,
+        "an unsynced chunk is published read-only, mode {mode:o}"
+    );
+
+    // What a power loss can leave: the name, with bytes that never arrived.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+    fs::write(&path, vec![0u8; bytes.len()]).expect("tear");
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod back");
+
+    let reader = BlobCache::open(dir.path(), 1 << 30).expect("open reader");
+    assert!(
+        reader.open_blob(&hash).expect("open").is_none(),
+        "a torn unsynced chunk must not be served as a whole file"
+    );
+    assert!(!path.exists(), "the torn chunk is removed");
+}
+
 /// Room for a chunk is made before it downloads, so blobs plus fills in
 /// progress stay within the limit; the promise ends with the fill, whether
 /// it succeeds or fails.
