@@ -519,7 +519,9 @@ impl Vfs {
         // Hashing and copying happen outside the lock; the revision check below
         // keeps a concurrent writer's newer change from being marked journaled.
         let size_now = file.metadata().map_err(|e| VfsError::io("stat staging file", e))?.len();
-        let (hash, size, inline, rev) = if size_now > journal::INLINE_LIMIT {
+        // The claim keeps the pending file until the record naming it is
+        // appended (`journal_content_hash` below).
+        let (snapshot, rev) = if size_now > journal::INLINE_LIMIT {
             // Writers wait while the bytes are hashed and linked: what the
             // journal names must be exactly what was hashed.
             let _data = data_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -528,14 +530,15 @@ impl Vfs {
             }
             // Every write so far is in these bytes (writes need the data lock).
             let rev = Self::get(&self.lock(), ino)?.data_rev;
-            let (hash, size) = self.journal.adopt_staged(&file, &path)?;
+            let snapshot = self.journal.adopt_staged(&file, &path)?;
             let mut st = self.lock();
             if let Some(inode) = st.inodes.get_mut(&ino) {
                 if inode.unlinked {
                     // Removed while it was hashed: no record will name these
                     // bytes, and nobody needs them (see free_unlinked_staging).
-                    Self::drop_pending_unless_used(&self.journal, &st, &hash);
+                    Self::drop_pending_unless_used(&self.journal, &st, &snapshot.hash);
                     drop(st);
+                    drop(snapshot);
                     self.free_unlinked_staging(ino);
                     return Ok(());
                 }
@@ -546,19 +549,28 @@ impl Vfs {
                     *sealed |= Arc::ptr_eq(current, &file);
                 }
             }
-            (hash, size, None, rev)
+            (snapshot, rev)
         } else {
-            let (hash, size, inline) = self.journal.snapshot(&file)?;
-            (hash, size, inline, rev)
+            (self.journal.snapshot(&file)?, rev)
         };
         let mut st = self.lock();
         let inode = Self::get(&st, ino)?;
         if inode.unlinked {
             return Ok(());
         }
+        let journal::Snapshot {
+            hash,
+            size,
+            inline,
+            claim,
+        } = snapshot;
         self.journal_content_hash(&mut st, ino, hash, size, inline)?;
         let inode = Self::get_mut(&mut st, ino)?;
         inode.journaled_data_rev = inode.journaled_data_rev.max(rev);
+        // Released once the record naming the content is appended, and
+        // outside the core's lock (it takes the journal's).
+        drop(st);
+        drop(claim);
         Ok(())
     }
 

@@ -83,7 +83,12 @@ impl Vfs {
         }
         self.adopt_staging_attrs(ino, &meta);
         if meta.len() <= journal::INLINE_LIMIT {
-            let (hash, size, inline) = self.journal.snapshot(file)?;
+            let journal::Snapshot {
+                hash,
+                size,
+                inline,
+                claim,
+            } = self.journal.snapshot(file)?;
             let mut st = self.lock();
             if Self::get(&st, ino)?.unlinked {
                 return Ok(());
@@ -91,6 +96,10 @@ impl Vfs {
             self.journal_content_hash(&mut st, ino, hash, size, inline)?;
             let inode = Self::get_mut(&mut st, ino)?;
             inode.journaled_data_rev = inode.journaled_data_rev.max(rev);
+            // Released once the record naming the content is appended, and
+            // outside the core's lock (it takes the journal's).
+            drop(st);
+            drop(claim);
             return Ok(());
         }
         let uid = Self::get(&self.lock(), ino)?.uid;

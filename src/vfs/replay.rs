@@ -329,15 +329,19 @@ impl Vfs {
         if !record.open_content {
             return Ok(record);
         }
+        // Held until the record naming the content is appended.
+        let mut claim = None;
         if !record.deleted {
-            let (hash, size) = self.journal.seal_open_content(record.uid)?;
-            tracing::info!(name = %record.name, size, "replay: a file written by passthrough is journaled as it was left");
-            record.content = Some(hash);
-            record.size = size;
+            let sealed = self.journal.seal_open_content(record.uid)?;
+            tracing::info!(name = %record.name, size = sealed.size, "replay: a file written by passthrough is journaled as it was left");
+            record.content = Some(sealed.hash);
+            record.size = sealed.size;
+            claim = Some(sealed.claim);
         }
         record.inline = None;
         record.open_content = false;
         self.journal.write(&record)?;
+        drop(claim);
         self.journal.remove_open_content(record.uid);
         Ok(record)
     }

@@ -38,21 +38,19 @@ fn hash_staged(file: &File, staged: &Path) -> Result<(BlobHash, u64), VfsError> 
 
 impl Journal {
     /// A copy of `source` as pending content, for file systems without hard links.
-    fn snapshot_file(&self, source: &File) -> Result<(BlobHash, u64, Option<Vec<u8>>), VfsError> {
+    fn snapshot_file(&self, source: &File) -> Result<Snapshot<'_>, VfsError> {
         self.snapshot_with_limit(source, 0)
     }
 
     /// Makes a snapshot of `source` durable and returns its hash and size.
-    /// Small contents come back as bytes to inline into the record.
-    pub fn snapshot(&self, source: &File) -> Result<(BlobHash, u64, Option<Vec<u8>>), VfsError> {
+    /// Small contents come back as bytes to inline into the record; larger
+    /// ones are pending content, claimed until the record naming it is
+    /// appended (hold the claim until then).
+    pub fn snapshot(&self, source: &File) -> Result<Snapshot<'_>, VfsError> {
         self.snapshot_with_limit(source, INLINE_LIMIT)
     }
 
-    fn snapshot_with_limit(
-        &self,
-        source: &File,
-        inline_limit: u64,
-    ) -> Result<(BlobHash, u64, Option<Vec<u8>>), VfsError> {
+    fn snapshot_with_limit(&self, source: &File, inline_limit: u64) -> Result<Snapshot<'_>, VfsError> {
         let len = source.metadata().map_err(|e| io("stat", &self.pending, e))?.len();
         let mut reader = std::io::BufReader::with_capacity(256 * 1024, ReadAt::new(source));
         if len <= inline_limit {
@@ -62,7 +60,12 @@ impl Journal {
                 .map_err(|e| io("read", &self.pending, e))?;
             let hash = BlobHash::of(&bytes);
             let size = bytes.len() as u64;
-            return Ok((hash, size, Some(bytes)));
+            return Ok(Snapshot {
+                hash,
+                size,
+                inline: Some(bytes),
+                claim: PendingClaim::none(self),
+            });
         }
         let temp = self.pending.join(format!(".tmp-{:016x}", rand::random::<u64>()));
         let result = (|| {
@@ -81,16 +84,20 @@ impl Journal {
             }
             let hash = BlobHash::from_blake3(hasher.finalize());
             let target = self.pending_blob_path(&hash);
-            match self.durability {
+            let claim = match self.durability {
                 Durability::Strict => {
                     out.sync_all().map_err(|e| io("fsync", &temp, e))?;
-                    {
+                    let claim = {
                         let mut log = self.lock();
                         let existed = target.exists();
                         fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
                         Self::made_pending(&mut log, hash.as_str(), existed);
-                    }
+                        PendingClaim::taken(self, &mut log, hash.as_str())
+                    };
+                    // A failed fsync drops the claim, which dooms the file
+                    // if no record names it.
                     fsync_dir(&self.pending)?;
+                    claim
                 }
                 Durability::Local { .. } => {
                     // Synced by the next make_durable, before the log.
@@ -99,9 +106,15 @@ impl Journal {
                     fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
                     Self::made_pending(&mut log, hash.as_str(), existed);
                     log.unsynced_pending.push(target);
+                    PendingClaim::taken(self, &mut log, hash.as_str())
                 }
-            }
-            Ok((hash, size, None))
+            };
+            Ok(Snapshot {
+                hash,
+                size,
+                inline: None,
+                claim,
+            })
         })();
         if result.is_err() {
             let _ = fs::remove_file(&temp);
@@ -112,26 +125,42 @@ impl Journal {
     /// Makes a staging file the pending content of its record without
     /// copying it: hashes it in place and hard-links it as
     /// `pending/<hash>` (the caller keeps its bytes unchanged from now on).
-    /// Falls back to a copy where the file system cannot link.
-    pub fn adopt_staged(&self, file: &File, staged: &Path) -> Result<(BlobHash, u64), VfsError> {
+    /// Falls back to a copy where the file system cannot link. The content
+    /// is claimed until the record naming it is appended: hold the claim
+    /// until then.
+    pub fn adopt_staged(&self, file: &File, staged: &Path) -> Result<Snapshot<'_>, VfsError> {
         let (hash, size) = hash_staged(file, staged)?;
         let target = self.pending_blob_path(&hash);
-        // Linked under the log lock, and spared if it was doomed: a doomed
-        // file is deleted under that lock too, so it cannot vanish between
-        // the link finding it present and the record naming it.
-        let linked = {
+        // Linked and claimed under the log lock, and spared if it was
+        // doomed: a doomed file is deleted under that lock too, so it cannot
+        // vanish between the link finding it present and the record naming it.
+        let (linked, claim) = {
             let mut log = self.lock();
             let linked = fs::hard_link(staged, &target);
-            Self::made_pending(&mut log, hash.as_str(), linked.is_err());
-            linked
+            let present = linked.is_ok()
+                || linked
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::AlreadyExists);
+            let claim = if present {
+                Self::made_pending(&mut log, hash.as_str(), linked.is_err());
+                PendingClaim::taken(self, &mut log, hash.as_str())
+            } else {
+                PendingClaim::none(self)
+            };
+            (linked, claim)
+        };
+        let snapshot = Snapshot {
+            hash,
+            size,
+            inline: None,
+            claim,
         };
         match linked {
             Ok(()) => {}
             // The same bytes are pending already (another file, or a retry).
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok((hash, size)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(snapshot),
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) || e.raw_os_error() == Some(libc::EPERM) => {
-                let (copied, copied_size, _) = self.snapshot_file(file)?;
-                return Ok((copied, copied_size));
+                return self.snapshot_file(file);
             }
             Err(e) => return Err(io("link", &target, e)),
         }
@@ -142,7 +171,7 @@ impl Journal {
             }
             Durability::Local { .. } => self.lock().unsynced_pending.push(target),
         }
-        Ok((hash, size))
+        Ok(snapshot)
     }
 
     /// For a full disk: makes the log durable at once, so the pending
@@ -174,9 +203,18 @@ impl Journal {
     }
 
     /// Deletes pending file `name` once the frames appended so far are
-    /// durable, or at once if no frame written to the log can name it.
+    /// durable, or at once if no frame written to the log can name it; not
+    /// while a close has claimed it (then again when the claim ends).
     fn doom_pending(&self, name: &str) {
         let mut log = self.lock();
+        self.doom_pending_locked(&mut log, name);
+    }
+
+    fn doom_pending_locked(&self, log: &mut Log, name: &str) {
+        if log.claimed_pending.contains_key(name) {
+            log.doomed_while_claimed.insert(name.to_string());
+            return;
+        }
         let appended = log.appended;
         if log.fresh_pending.remove(name).is_some() {
             let _ = fs::remove_file(self.pending.join(name));
@@ -184,7 +222,7 @@ impl Journal {
         }
         log.doomed_pending.insert(name.to_string(), appended);
         if log.durable >= appended {
-            self.delete_doomed_pending(&mut log);
+            self.delete_doomed_pending(log);
         }
     }
 
@@ -234,7 +272,7 @@ impl Journal {
     /// hash (a link, no copy): for replay, once the kernel can no longer
     /// write it. The caller journals the record by hash, then dooms the
     /// open link with [`Journal::remove_open_content`].
-    pub fn seal_open_content(&self, uid: u64) -> Result<(BlobHash, u64), VfsError> {
+    pub fn seal_open_content(&self, uid: u64) -> Result<Snapshot<'_>, VfsError> {
         let path = self.open_content_path(uid);
         let file = File::open(&path).map_err(|e| io("open", &path, e))?;
         self.adopt_staged(&file, &path)
@@ -245,6 +283,71 @@ impl Journal {
     /// no frame in the log file names it yet.
     pub fn remove_open_content(&self, uid: u64) {
         self.doom_pending(&open_content_name(uid));
+    }
+}
+
+/// A file's content as the journal holds it for its record: the hash and
+/// size, the bytes themselves when small enough to inline, and the claim on
+/// its pending file.
+pub struct Snapshot<'j> {
+    pub hash: BlobHash,
+    pub size: u64,
+    pub inline: Option<Vec<u8>>,
+    pub claim: PendingClaim<'j>,
+}
+
+/// Keeps a pending content file from being deleted between the close that
+/// made (or found) it and the append of the record that names it: until
+/// then no record names it, so a removal of another file with the same
+/// bytes would otherwise delete it under the record about to name it.
+/// Dropping the last claim looks at a deletion asked for meanwhile again:
+/// the file goes if no live record names it.
+pub struct PendingClaim<'j> {
+    journal: &'j Journal,
+    name: Option<String>,
+}
+
+impl<'j> PendingClaim<'j> {
+    fn none(journal: &'j Journal) -> Self {
+        Self { journal, name: None }
+    }
+
+    /// Claims `name`; the caller holds the log lock.
+    fn taken(journal: &'j Journal, log: &mut Log, name: &str) -> Self {
+        *log.claimed_pending.entry(name.to_string()).or_default() += 1;
+        Self {
+            journal,
+            name: Some(name.to_string()),
+        }
+    }
+}
+
+impl Drop for PendingClaim<'_> {
+    fn drop(&mut self) {
+        let Some(name) = self.name.take() else {
+            return;
+        };
+        let mut log = self.journal.lock();
+        match log.claimed_pending.get_mut(&name) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return;
+            }
+            Some(_) => {
+                log.claimed_pending.remove(&name);
+            }
+            None => return,
+        }
+        if !log.doomed_while_claimed.remove(&name) {
+            return;
+        }
+        let named = log
+            .live
+            .values()
+            .any(|r| r.inline.is_none() && r.content.as_ref().is_some_and(|h| h.as_str() == name));
+        if !named {
+            self.journal.doom_pending_locked(&mut log, &name);
+        }
     }
 }
 

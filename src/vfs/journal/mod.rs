@@ -50,7 +50,7 @@ mod frame;
 #[cfg(test)]
 mod tests;
 
-pub use content::ReadAt;
+pub use content::{PendingClaim, ReadAt, Snapshot};
 
 /// Contents up to this size travel inside the journal record (one fsync less).
 pub const INLINE_LIMIT: u64 = 64 * 1024;
@@ -172,6 +172,14 @@ struct Log {
     /// disk (a close whose record could not be written, then `rm`) its bytes
     /// are the room the removal's own frame needs.
     fresh_pending: HashMap<String, u64>,
+    /// Pending content files a close has just made or found (by name, with
+    /// how many such closes), whose records are not appended yet: no record
+    /// names them, but one is about to. Not deleted meanwhile (see
+    /// [`PendingClaim`]).
+    claimed_pending: HashMap<String, usize>,
+    /// Claimed files whose deletion was asked for meanwhile: looked at again
+    /// when the last claim ends.
+    doomed_while_claimed: std::collections::HashSet<String>,
     /// A leader is writing and syncing right now.
     syncing: bool,
     /// Live records, to compact the log.
@@ -236,6 +244,8 @@ impl Journal {
                 unsynced_pending: Vec::new(),
                 doomed_pending: HashMap::new(),
                 fresh_pending: HashMap::new(),
+                claimed_pending: HashMap::new(),
+                doomed_while_claimed: std::collections::HashSet::new(),
                 syncing: false,
                 live,
                 size,

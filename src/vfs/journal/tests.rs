@@ -219,13 +219,13 @@ fn large_snapshots_go_to_pending_files() {
     let src_path = dir.path().join("src");
     let data = vec![7u8; (INLINE_LIMIT + 10) as usize];
     std::fs::write(&src_path, &data).unwrap();
-    let (hash, size, inline) = j.snapshot(&File::open(&src_path).unwrap()).unwrap();
+    let Snapshot { hash, size, inline, .. } = j.snapshot(&File::open(&src_path).unwrap()).unwrap();
     assert_eq!(hash, BlobHash::of(&data));
     assert_eq!(size, data.len() as u64);
     assert!(inline.is_none());
     assert_eq!(std::fs::read(j.pending_blob_path(&hash)).unwrap(), data);
     std::fs::write(&src_path, b"small").unwrap();
-    let (_, _, inline) = j.snapshot(&File::open(&src_path).unwrap()).unwrap();
+    let inline = j.snapshot(&File::open(&src_path).unwrap()).unwrap().inline;
     assert_eq!(inline.unwrap(), b"small");
 }
 
@@ -236,7 +236,7 @@ fn pending_content_no_record_names_is_removed_on_open() {
     let pend = |j: &Journal, byte: u8| {
         let src = dir.path().join(format!("src{byte}"));
         std::fs::write(&src, vec![byte; (INLINE_LIMIT + 1) as usize]).unwrap();
-        j.snapshot(&File::open(&src).unwrap()).unwrap().0
+        j.snapshot(&File::open(&src).unwrap()).unwrap().hash
     };
     let large = |uid: u64, rev: u64, hash: &BlobHash| Record {
         rev,
@@ -271,7 +271,7 @@ fn pending_content_no_written_frame_names_goes_at_once_when_doomed() {
         let src = dir.path().join(format!("src{byte}"));
         std::fs::write(&src, vec![byte; (INLINE_LIMIT + 1) as usize]).unwrap();
         let staged = File::open(&src).unwrap();
-        j.adopt_staged(&staged, &src).unwrap().0
+        j.adopt_staged(&staged, &src).unwrap().hash
     };
     let large = |uid: u64, hash: &BlobHash| Record {
         content: Some(hash.clone()),
@@ -308,4 +308,80 @@ fn pending_content_no_written_frame_names_goes_at_once_when_doomed() {
     );
     drop(j);
     assert_eq!(uids_after_reopen(dir.path()), Vec::<u64>::new());
+}
+
+/// Two files with the same bytes share one pending file. File B's close
+/// finds it already there; before B's record is appended, file A is removed
+/// and the core, seeing no record name the bytes, asks to delete it. B's
+/// claim keeps it: B's record must not name a file that is gone (the
+/// server would lack the bytes if A was never sent). Once B's record is
+/// appended the file lives as long as a record names it.
+#[test]
+fn a_pending_file_a_close_just_found_survives_the_removal_of_the_other_file_with_those_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open_with(dir.path(), Durability::DEFAULT).unwrap();
+    let bytes = vec![5u8; (INLINE_LIMIT + 1) as usize];
+    let staged = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        (File::open(&path).unwrap(), path)
+    };
+    let large = |uid: u64, hash: &BlobHash| Record {
+        content: Some(hash.clone()),
+        size: INLINE_LIMIT + 1,
+        inline: None,
+        ..record(uid)
+    };
+    // A: closed and written to the log.
+    let (file_a, path_a) = staged("a");
+    let a = j.adopt_staged(&file_a, &path_a).unwrap();
+    j.write(&large(1, &a.hash)).unwrap();
+    let hash = a.hash.clone();
+    drop(a);
+    j.close_point().unwrap();
+    // B: the same bytes; the link finds A's pending file.
+    let (file_b, path_b) = staged("b");
+    let b = j.adopt_staged(&file_b, &path_b).unwrap();
+    assert_eq!(b.hash, hash);
+    // A is removed before B's record is appended, and made durable.
+    j.remove(1).unwrap();
+    j.remove_pending_blob(&hash);
+    j.make_durable().unwrap();
+    assert!(
+        j.pending_blob_path(&hash).exists(),
+        "B's close claimed the pending file: it stays for B's record"
+    );
+    j.write(&large(2, &hash)).unwrap();
+    drop(b);
+    j.make_durable().unwrap();
+    assert!(j.pending_blob_path(&hash).exists(), "B's record names it");
+    drop(j);
+    assert_eq!(uids_after_reopen(dir.path()), vec![2]);
+    let j = Journal::open_with(dir.path(), Durability::DEFAULT).unwrap();
+    assert!(j.pending_blob_path(&hash).exists(), "and after a restart");
+    // B goes too: now nothing names the file, and it goes.
+    j.remove(2).unwrap();
+    j.remove_pending_blob(&hash);
+    j.make_durable().unwrap();
+    assert!(!j.pending_blob_path(&hash).exists());
+}
+
+/// A close that claimed pending content and then gave up (its file was
+/// removed while it was hashed) leaves nothing behind: the deletion asked
+/// for meanwhile happens when the claim ends.
+#[test]
+fn a_claim_given_up_lets_the_deletion_asked_for_meanwhile_happen() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open_with(dir.path(), Durability::DEFAULT).unwrap();
+    let path = dir.path().join("c");
+    std::fs::write(&path, vec![6u8; (INLINE_LIMIT + 1) as usize]).unwrap();
+    let claimed = j.adopt_staged(&File::open(&path).unwrap(), &path).unwrap();
+    let hash = claimed.hash.clone();
+    j.remove_pending_blob(&hash);
+    assert!(j.pending_blob_path(&hash).exists(), "kept while claimed");
+    drop(claimed);
+    assert!(
+        !j.pending_blob_path(&hash).exists(),
+        "no record ever named it: gone when the claim ends"
+    );
 }
