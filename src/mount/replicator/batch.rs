@@ -45,6 +45,9 @@ impl Replicator {
         // and names the rest by hash.
         let uploaded: Vec<(DrainItem, Option<Outcome>)> = stream::iter(items)
             .map(|item| async move {
+                if !self.vfs.has_record(item.uid) {
+                    return (item, Some(Outcome::Done));
+                }
                 let failed = self.upload_content(&item).await;
                 (item, failed)
             })
@@ -86,7 +89,22 @@ impl Replicator {
         out
     }
 
-    async fn send_batch(&self, batch: Vec<DrainItem>) -> Vec<(DrainItem, Outcome)> {
+    pub(super) async fn send_batch(&self, batch: Vec<DrainItem>) -> Vec<(DrainItem, Outcome)> {
+        // A file removed after the plan was made (rm -rf right after a burst
+        // of creates) has no record any more: there is nothing of it to
+        // send, and sending it would make the server create a file only to
+        // delete it. Batches wait for a free slot, so this is looked at
+        // just before each one goes.
+        let (gone, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|item| !self.vfs.has_record(item.uid));
+        let mut out: Vec<(DrainItem, Outcome)> = gone.into_iter().map(|item| (item, Outcome::Done)).collect();
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(self.send_current_batch(batch).await);
+        out
+    }
+
+    async fn send_current_batch(&self, batch: Vec<DrainItem>) -> Vec<(DrainItem, Outcome)> {
         // Until its answer is applied, the feed's echo of a create waits.
         let in_flight: Vec<_> = batch.iter().map(|item| self.vfs.sending(item)).collect();
         let requests: Vec<CommitRequest> = batch.iter().filter_map(|item| self.commit_request(item)).collect();

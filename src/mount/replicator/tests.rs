@@ -454,3 +454,44 @@ async fn the_largest_file_is_the_servers_and_is_asked_again_after_an_outage() {
     assert_eq!(m.vfs.max_file_bytes(), crate::vfs::DEFAULT_MAX_FILE_BYTES);
     assert!(m.vfs.queued().is_empty());
 }
+
+/// `rm -rf` right after a burst of creates: files removed after the round
+/// planned their commits (while earlier batches were on the wire) are not
+/// sent at all. The server never creates them only for a delete to follow,
+/// and the rest land as planned.
+#[tokio::test]
+async fn files_removed_after_the_plan_are_not_sent() {
+    let m = mount();
+    let names: Vec<String> = (0..10).map(|n| format!("f{n}")).collect();
+    for name in &names {
+        write_file(&m.vfs, ROOT_INO, name, format!("{name}\n").as_bytes());
+    }
+    let plan = m.vfs.drain_plan(0, &|_| false);
+    assert_eq!(plan.len(), names.len());
+    let (removed, kept) = names.split_at(4);
+    for name in removed {
+        m.vfs.unlink(ROOT_INO, name).unwrap();
+    }
+    let outcomes = m.worker.send_batch(plan).await;
+    assert_eq!(outcomes.len(), names.len(), "every item has its outcome");
+    for name in removed {
+        assert!(
+            m.server.commits_to(name).is_empty(),
+            "{name} was removed before its batch went, yet it was sent"
+        );
+    }
+    for name in kept {
+        assert_eq!(m.server.commits_to(name).len(), 1, "{name} is committed once");
+    }
+    let round = m.worker.drain(true).await;
+    assert!(round.transient.is_none() && round.left == 0, "{round:?}");
+    let on_server: Vec<_> = m.server.tree().keys().cloned().collect();
+    assert_eq!(on_server, kept.to_vec());
+    let deletes = m
+        .server
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::Delete(_)))
+        .count();
+    assert_eq!(deletes, 0, "nothing was created only to be deleted");
+}
