@@ -12,7 +12,7 @@ impl Vfs {
     fn settle(&self, st: &mut State, uid: u64, rev: u64) -> VfsResult<bool> {
         match st.records.get(&uid) {
             Some(r) if r.rev == rev => {
-                let pending_blob = r.content.clone().filter(|_| r.inline.is_none());
+                let pending_blob = r.pending_content().cloned();
                 let open_content = r.open_content;
                 self.journal.remove(uid)?;
                 st.records.remove(&uid);

@@ -164,10 +164,7 @@ impl Vfs {
         let inode = Self::get(st, ino)?;
         // Content the deletion makes moot: its pending file goes too (on a
         // full disk, that is what rm must free).
-        let moot = st
-            .records
-            .get(&inode.uid)
-            .and_then(|r| r.content.clone().filter(|_| r.inline.is_none()));
+        let moot = st.records.get(&inode.uid).and_then(|r| r.pending_content().cloned());
         let uid = inode.uid;
         let open_content = st.records.get(&uid).is_some_and(|r| r.open_content);
         let result = match &inode.server {
@@ -201,10 +198,7 @@ impl Vfs {
     /// Removes the pending file of `hash` unless a live record still names
     /// it (identical contents share one pending file).
     pub(super) fn drop_pending_unless_used(journal: &Journal, st: &State, hash: &BlobHash) {
-        let used = st
-            .records
-            .values()
-            .any(|r| r.inline.is_none() && r.content.as_ref() == Some(hash));
+        let used = st.records.values().any(|r| r.pending_content() == Some(hash));
         if !used {
             journal.remove_pending_blob(hash);
         }

@@ -84,31 +84,24 @@ impl Journal {
             }
             let hash = BlobHash::from_blake3(hasher.finalize());
             let target = self.pending_blob_path(&hash);
-            let claim = match self.durability {
-                Durability::Strict => {
-                    out.sync_all().map_err(|e| io("fsync", &temp, e))?;
-                    let claim = {
-                        let mut log = self.lock();
-                        let existed = target.exists();
-                        fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
-                        Self::made_pending(&mut log, hash.as_str(), existed);
-                        PendingClaim::taken(self, &mut log, hash.as_str())
-                    };
-                    // A failed fsync drops the claim, which dooms the file
-                    // if no record names it.
-                    fsync_dir(&self.pending)?;
-                    claim
-                }
-                Durability::Local { .. } => {
+            let strict = matches!(self.durability, Durability::Strict);
+            if strict {
+                out.sync_all().map_err(|e| io("fsync", &temp, e))?;
+            }
+            let claim = {
+                let mut log = self.lock();
+                let existed = target.exists();
+                fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
+                Self::made_pending(&mut log, hash.as_str(), existed);
+                if !strict {
                     // Synced by the next make_durable, before the log.
-                    let mut log = self.lock();
-                    let existed = target.exists();
-                    fs::rename(&temp, &target).map_err(|e| io("rename", &target, e))?;
-                    Self::made_pending(&mut log, hash.as_str(), existed);
                     log.unsynced_pending.push(target);
-                    PendingClaim::taken(self, &mut log, hash.as_str())
                 }
+                PendingClaim::taken(self, &mut log, hash.as_str())
             };
+            if strict {
+                fsync_dir(&self.pending)?;
+            }
             Ok(Snapshot {
                 hash,
                 size,
@@ -344,7 +337,7 @@ impl Drop for PendingClaim<'_> {
         let named = log
             .live
             .values()
-            .any(|r| r.inline.is_none() && r.content.as_ref().is_some_and(|h| h.as_str() == name));
+            .any(|r| r.pending_content().is_some_and(|h| h.as_str() == name));
         if !named {
             self.journal.doom_pending_locked(&mut log, &name);
         }

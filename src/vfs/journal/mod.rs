@@ -112,6 +112,14 @@ pub struct Record {
     pub open_content: bool,
 }
 
+impl Record {
+    /// The content this record keeps as a pending file (`pending/<hash>`):
+    /// its hash, unless the bytes are inline.
+    pub fn pending_content(&self) -> Option<&BlobHash> {
+        self.content.as_ref().filter(|_| self.inline.is_none())
+    }
+}
+
 /// When a change a FUSE call journaled survives what (docs/SEMANTICS.md,
 /// "Durability").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,8 +338,7 @@ impl Journal {
     fn remove_unreferenced_pending(pending: &Path, live: &HashMap<u64, Record>) {
         let mut named: std::collections::HashSet<String> = live
             .values()
-            .filter(|r| r.inline.is_none())
-            .filter_map(|r| r.content.as_ref().map(|h| h.as_str().to_string()))
+            .filter_map(|r| r.pending_content().map(|h| h.as_str().to_string()))
             .collect();
         named.extend(
             live.values()
