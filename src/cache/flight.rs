@@ -3,7 +3,6 @@
 //! the same bytes again.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use super::{lock, CacheError};
@@ -85,7 +84,7 @@ pub(super) struct FlightGuard<'a> {
 }
 
 impl FlightGuard<'_> {
-    pub(super) fn finish(mut self, result: &Result<File, CacheError>) {
+    pub(super) fn finish<T>(mut self, result: &Result<T, CacheError>) {
         self.outcome = Some(result.as_ref().map(|_| ()).map_err(CacheError::duplicate));
     }
 }

@@ -441,25 +441,55 @@ impl BlobCache {
         self.get_or_fill(hash, |fill| fill.write(bytes)).map(drop)
     }
 
-    /// Inserts a copy of a local file (e.g. a staged write the server has now
-    /// acknowledged), verifying the hash while copying. `src` is only read,
-    /// never moved or linked, so later changes to it cannot corrupt the
-    /// cache. If the blob is already cached, `src` is not read at all.
-    pub fn insert_file(&self, hash: &BlobHash, src: &Path) -> Result<(), CacheError> {
-        self.get_or_fill(hash, |fill| copy_into(fill, src)).map(drop)
+    /// Offers the cache a copy of a local file (e.g. a staged write the
+    /// server has now acknowledged), verifying the hash while copying. `src`
+    /// is only read, never moved or linked, so later changes to it cannot
+    /// corrupt the cache. If the blob is already cached, or being filled,
+    /// `src` is not read at all (see [`BlobCache::offer`]).
+    pub fn insert_file(&self, hash: &BlobHash, src: &Path) -> Result<Offered, CacheError> {
+        self.offer(hash, |fill| copy_into(fill, src))
     }
 
-    /// Makes a local file the cache's copy of `hash` by hard-linking it, with
-    /// no copy and no second hash: only for a file whose bytes were hashed
-    /// to `hash` and that nobody changes again (a staging file the journal
-    /// sealed when it was closed). Copies, checking the hash, where the
-    /// cache is on another filesystem.
-    pub fn insert_sealed_file(&self, hash: &BlobHash, src: &Path) -> Result<(), CacheError> {
-        self.get_or_fill(hash, |fill| match fill.adopt(src, None)? {
+    /// Offers a local file as the cache's copy of `hash` by hard-linking it,
+    /// with no copy and no second hash: only for a file whose bytes were
+    /// hashed to `hash` and that nobody changes again (a staging file the
+    /// journal sealed when it was closed). Copies, checking the hash, where
+    /// the cache is on another filesystem. Like [`BlobCache::offer`], never
+    /// waits for another fill.
+    pub fn insert_sealed_file(&self, hash: &BlobHash, src: &Path) -> Result<Offered, CacheError> {
+        self.offer(hash, |fill| match fill.adopt(src, None)? {
             true => Ok(()),
             false => copy_into(fill, src),
         })
-        .map(drop)
+    }
+
+    /// [`BlobCache::get_or_fill`] for bytes offered to the cache that the
+    /// caller does not need back: when another thread of this process is
+    /// filling `hash`, it answers [`Offered::BeingFilled`] at once instead
+    /// of waiting for that fill. The mount seeds the cache from its sync
+    /// worker's async runtime, and a reader's download of the same bytes
+    /// needs that runtime to finish; a worker that waited for it could
+    /// stop the download it waits for (and, the runtime's timers with it,
+    /// every timeout that would have ended the wait).
+    fn offer<F>(&self, hash: &BlobHash, fill: F) -> Result<Offered, CacheError>
+    where
+        F: FnOnce(&mut CacheFill) -> Result<(), CacheError>,
+    {
+        if self.open_uncounted(hash, UNSYNCED_MAX)?.is_some() {
+            return Ok(Offered::AlreadyCached);
+        }
+        let guard = match self.flights.join(hash) {
+            Role::Leader(guard) => guard,
+            Role::Waiter(_) => return Ok(Offered::BeingFilled),
+        };
+        // Another leader may have published between our miss and our lead.
+        let result = match self.open_uncounted(hash, UNSYNCED_MAX) {
+            Ok(Some(_)) => Ok(Offered::AlreadyCached),
+            Ok(None) => self.fill_and_publish(hash, None, fill).map(|_| Offered::Filled),
+            Err(e) => Err(e),
+        };
+        guard.finish(&result);
+        result
     }
 
     /// Makes `src`, a file that nobody but the caller can reach or change
@@ -488,7 +518,7 @@ impl BlobCache {
             debug!("cannot touch {}: {e}", src.display());
         }
         let mut linked = false;
-        let outcome = self.get_or_fill(hash, |fill| {
+        let outcome = self.offer(hash, |fill| {
             linked = fill.adopt(src, Some(src_file))?;
             if linked {
                 Ok(())
@@ -497,9 +527,10 @@ impl BlobCache {
             }
         });
         match outcome {
-            Ok(_) if linked => Ok(Adoption::Linked),
+            Ok(Offered::Filled) if linked => Ok(Adoption::Linked),
             // Another thread published it meanwhile.
-            Ok(_) => Ok(Adoption::AlreadyCached),
+            Ok(Offered::Filled | Offered::AlreadyCached) => Ok(Adoption::AlreadyCached),
+            Ok(Offered::BeingFilled) => Ok(Adoption::BeingFilled),
             Err(_) if !linked => Ok(Adoption::NotLinked),
             Err(e) => Err(e),
         }
@@ -645,8 +676,23 @@ pub enum Adoption {
     Linked,
     /// The cache had the blob already; the file was not touched.
     AlreadyCached,
+    /// Another thread of this process is filling the blob (a reader's
+    /// download); the file was not touched and the caller did not wait.
+    BeingFilled,
     /// Its bytes do not match, or it cannot be linked (another filesystem).
     NotLinked,
+}
+
+/// What [`BlobCache::insert_file`] and [`BlobCache::insert_sealed_file`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// The offered bytes are the cache's copy now.
+    Filled,
+    /// The cache had the blob already.
+    AlreadyCached,
+    /// Another thread of this process is filling the blob; nothing was done
+    /// and nobody waited.
+    BeingFilled,
 }
 
 /// Room promised to one fill; given back when the fill publishes or fails.

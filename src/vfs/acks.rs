@@ -361,7 +361,9 @@ impl Vfs {
                     let _ = std::fs::remove_file(&path);
                     return;
                 }
-                Adoption::AlreadyCached => {}
+                // A reader downloading the same bytes fills the cache; this
+                // (the sync worker's runtime) must not wait for it.
+                Adoption::AlreadyCached | Adoption::BeingFilled => {}
                 // Shared, or not linkable: a copy, hash-checked, so a writer
                 // that still has the file cannot poison the cache.
                 Adoption::NotLinked => {
@@ -419,7 +421,8 @@ impl Vfs {
     /// FUSE call would wait behind a copy. A sealed file (hashed at close,
     /// copied before any later write) becomes the cache's by a link, at
     /// once; others are copied hash-checked, so a writer that reopens the
-    /// file meanwhile cannot poison the cache.
+    /// file meanwhile cannot poison the cache. Never waits for a reader's
+    /// download of the same bytes (`BlobCache::offer`).
     fn seed_cache(&self, uid: u64, rev: u64, committed: &BlobHash) {
         let staged = {
             let st = self.lock();

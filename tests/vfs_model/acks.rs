@@ -234,3 +234,64 @@ fn a_rename_ack_shows_another_writers_earlier_edit() {
     vfs.apply_events(&[rename_event(event(4, 1, 4, "e", new.clone(), 3, false), "c")]);
     assert_eq!(read_path(&vfs, "e"), b"new", "the server's bytes of a clean file");
 }
+
+/// Acknowledging a commit offers the committed bytes to the cache. When a
+/// reader is downloading those same bytes at that moment (another file with
+/// the same content), the acknowledgement must not wait for the download:
+/// the mount acknowledges on its sync worker's runtime, the runtime that
+/// download needs to make progress, so waiting could hang both (a mount
+/// under the 20-100 ms latency proxy did: a `cat` waited for ever).
+#[test]
+fn an_ack_does_not_wait_for_a_readers_download_of_the_same_bytes() {
+    let env = Env::new();
+    let source = Arc::new(GateSource::default());
+    let bytes: &[u8] = b"the same bytes in two files\n";
+    let listing = tree_listing(1, vec![file_entry(&source.inner, "remote.md", 7, 1, bytes)]);
+    let config = VfsConfig {
+        state_dir: env.state_dir.clone(),
+        read_only: false,
+        agent_id: None,
+        durability: contextfs::vfs::Durability::DEFAULT,
+    };
+    let vfs = Arc::new(Vfs::new(config, env.cache.clone(), source.clone()).unwrap());
+    vfs.load(&listing, None).unwrap();
+    let local = write_file(&vfs, ROOT_INO, "local.md", bytes);
+    let items = plan(&vfs);
+    let (_, _, _, hash, _, _) = only_commit(&items);
+
+    // A reader of remote.md downloads those bytes and is held mid-download.
+    let reader = {
+        let vfs = vfs.clone();
+        std::thread::spawn(move || read_path(&vfs, "remote.md"))
+    };
+    source.wait_for_fetch();
+
+    let (acked_tx, acked) = std::sync::mpsc::channel();
+    let acker = {
+        let vfs = vfs.clone();
+        let (uid, rev) = (items[0].uid, items[0].rev);
+        let v = version_info(
+            8,
+            1,
+            "local.md",
+            NodeKind::File,
+            hash.clone(),
+            bytes.len() as u64,
+            VersionStatus::Clean,
+        );
+        std::thread::spawn(move || {
+            vfs.ack_commit(uid, rev, &hash, &v).unwrap();
+            let _ = acked_tx.send(());
+        })
+    };
+    // Not a timing goal: a wait that never ends would show up as this
+    // timeout; the download is let go either way so no thread is left hung.
+    let waited = acked.recv_timeout(std::time::Duration::from_secs(30));
+    source.release();
+    assert!(waited.is_ok(), "the acknowledgement waited for the reader's download");
+    acker.join().unwrap();
+    assert_eq!(reader.join().unwrap(), bytes);
+    assert_eq!(status(&vfs, local), "clean");
+    assert_eq!(read_path(&vfs, "local.md"), bytes);
+    assert!(plan(&vfs).is_empty());
+}

@@ -6,7 +6,7 @@ pub use std::collections::{BTreeMap, HashMap};
 pub use std::io::Read;
 pub use std::path::PathBuf;
 pub use std::sync::atomic::{AtomicUsize, Ordering};
-pub use std::sync::{Arc, Mutex};
+pub use std::sync::{Arc, Condvar, Mutex};
 
 pub use contextfs::api::{ChangeEvent, NodeKind, TreeEntry, TreeListing, VersionInfo, VersionOp, VersionStatus};
 pub use contextfs::cache::{BlobCache, CacheError, CacheFill};
@@ -73,6 +73,43 @@ impl BlobSource for MapSource {
                 message: "not on the test server".into(),
             }),
         }
+    }
+}
+
+/// A source whose fetches wait for the test to let them go, so a test can
+/// hold a reader (or a writer staging its copy) in the middle of a download.
+#[derive(Default)]
+pub struct GateSource {
+    pub inner: MapSource,
+    /// (fetches started, released)
+    gate: Mutex<(usize, bool)>,
+    changed: Condvar,
+}
+
+impl GateSource {
+    pub fn wait_for_fetch(&self) {
+        let mut g = self.gate.lock().unwrap();
+        while g.0 == 0 {
+            g = self.changed.wait(g).unwrap();
+        }
+    }
+
+    pub fn release(&self) {
+        self.gate.lock().unwrap().1 = true;
+        self.changed.notify_all();
+    }
+}
+
+impl BlobSource for GateSource {
+    fn fetch(&self, hash: &BlobHash, fill: &mut CacheFill) -> Result<(), CacheError> {
+        let mut g = self.gate.lock().unwrap();
+        g.0 += 1;
+        self.changed.notify_all();
+        while !g.1 {
+            g = self.changed.wait(g).unwrap();
+        }
+        drop(g);
+        self.inner.fetch(hash, fill)
     }
 }
 

@@ -3,46 +3,7 @@
 //! installed. A copy of bytes that are no longer the file's must never be
 //! installed (it put the old bytes back and lost the other writer's change).
 
-use std::sync::{Condvar, Mutex as StdMutex};
-
 use crate::harness::*;
-
-/// A source whose fetches wait for the test to let them go, so a writer can
-/// be held in the middle of staging its copy.
-#[derive(Default)]
-struct GateSource {
-    inner: MapSource,
-    /// (fetches started, released)
-    gate: StdMutex<(usize, bool)>,
-    changed: Condvar,
-}
-
-impl GateSource {
-    fn wait_for_fetch(&self) {
-        let mut g = self.gate.lock().unwrap();
-        while g.0 == 0 {
-            g = self.changed.wait(g).unwrap();
-        }
-    }
-
-    fn release(&self) {
-        self.gate.lock().unwrap().1 = true;
-        self.changed.notify_all();
-    }
-}
-
-impl BlobSource for GateSource {
-    fn fetch(&self, hash: &BlobHash, fill: &mut CacheFill) -> Result<(), CacheError> {
-        let mut g = self.gate.lock().unwrap();
-        g.0 += 1;
-        self.changed.notify_all();
-        while !g.1 {
-            g = self.changed.wait(g).unwrap();
-        }
-        drop(g);
-        self.inner.fetch(hash, fill)
-    }
-}
 
 const APPEND: OpenMode = OpenMode {
     read: false,
