@@ -247,13 +247,7 @@ fn an_ack_does_not_wait_for_a_readers_download_of_the_same_bytes() {
     let source = Arc::new(GateSource::default());
     let bytes: &[u8] = b"the same bytes in two files\n";
     let listing = tree_listing(1, vec![file_entry(&source.inner, "remote.md", 7, 1, bytes)]);
-    let config = VfsConfig {
-        state_dir: env.state_dir.clone(),
-        read_only: false,
-        agent_id: None,
-        durability: contextfs::vfs::Durability::DEFAULT,
-    };
-    let vfs = Arc::new(Vfs::new(config, env.cache.clone(), source.clone()).unwrap());
+    let vfs = Arc::new(env.vfs_on(source.clone()));
     vfs.load(&listing, None).unwrap();
     let local = write_file(&vfs, ROOT_INO, "local.md", bytes);
     let items = plan(&vfs);

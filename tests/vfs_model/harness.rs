@@ -147,13 +147,18 @@ impl Env {
     }
 
     pub fn vfs(&self) -> Vfs {
+        self.vfs_on(self.source.clone())
+    }
+
+    /// A mount of this state dir and cache that fetches from `source`.
+    pub fn vfs_on(&self, source: Arc<dyn BlobSource>) -> Vfs {
         let config = VfsConfig {
             state_dir: self.state_dir.clone(),
             read_only: false,
             agent_id: None,
             durability: contextfs::vfs::Durability::DEFAULT,
         };
-        Vfs::new(config, self.cache.clone(), self.source.clone()).unwrap()
+        Vfs::new(config, self.cache.clone(), source).unwrap()
     }
 
     pub fn mount(&self, listing: &TreeListing) -> Vfs {

@@ -17,13 +17,7 @@ fn a_copy_staged_from_bytes_that_moved_on_is_never_installed() {
     let env = Env::new();
     let source = Arc::new(GateSource::default());
     let listing = tree_listing(1, vec![file_entry(&source.inner, "log.md", 7, 1, b"old\n")]);
-    let config = VfsConfig {
-        state_dir: env.state_dir.clone(),
-        read_only: false,
-        agent_id: None,
-        durability: contextfs::vfs::Durability::DEFAULT,
-    };
-    let vfs = Arc::new(Vfs::new(config, env.cache.clone(), source.clone()).unwrap());
+    let vfs = Arc::new(env.vfs_on(source.clone()));
     vfs.load(&listing, None).unwrap();
     let ino = ino_of(&vfs, "log.md").unwrap();
 
