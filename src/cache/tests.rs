@@ -538,3 +538,62 @@ fn a_chunk_fill_makes_room_before_it_downloads() {
     assert!(matches!(err, CacheError::Busy { .. }), "{err:?}");
     assert_eq!(cache.reserved(), 0);
 }
+
+/// Offering bytes to the cache never waits for another thread's fill of the
+/// same hash (the mount offers them from its async runtime, which that fill
+/// may need): every offer answers `BeingFilled` at once, touches nothing,
+/// and the fill then publishes as usual.
+#[test]
+fn offers_never_wait_for_a_fill_of_the_same_hash_in_progress() {
+    use std::sync::{mpsc, Arc};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = Arc::new(BlobCache::open(&dir.path().join("cache"), 1 << 30).expect("open"));
+    let content = b"bytes a reader is downloading\n".to_vec();
+    let hash = BlobHash::of(&content);
+    let staged = dir.path().join("staged");
+    fs::write(&staged, &content).expect("write");
+
+    let (started_tx, started) = mpsc::channel();
+    let (release_tx, release) = mpsc::channel::<()>();
+    let filler = {
+        let (cache, hash, content) = (cache.clone(), hash.clone(), content.clone());
+        std::thread::spawn(move || {
+            cache
+                .get_or_fill(&hash, |fill| {
+                    started_tx.send(()).expect("report the start");
+                    release.recv().expect("wait for the test");
+                    fill.write(&content)
+                })
+                .map(read_all)
+        })
+    };
+    started.recv().expect("the fill started");
+
+    assert_eq!(
+        cache.insert_file(&hash, &staged).expect("offer a copy"),
+        Offered::BeingFilled
+    );
+    assert_eq!(
+        cache.insert_sealed_file(&hash, &staged).expect("offer a link"),
+        Offered::BeingFilled
+    );
+    let file = File::open(&staged).expect("open staged");
+    assert_eq!(
+        cache.adopt_owned_file(&hash, &file, &staged).expect("offer the file"),
+        Adoption::BeingFilled
+    );
+    assert_eq!(
+        fs::read(&staged).expect("read staged"),
+        content,
+        "the offered file is untouched"
+    );
+
+    release_tx.send(()).expect("release the fill");
+    assert_eq!(filler.join().expect("filler").expect("filled"), content);
+    assert!(cache.contains(&hash));
+    // Once published, an offer finds it cached.
+    assert_eq!(
+        cache.insert_file(&hash, &staged).expect("offer again"),
+        Offered::AlreadyCached
+    );
+}
