@@ -239,8 +239,8 @@ fn a_rename_ack_shows_another_writers_earlier_edit() {
 /// reader is downloading those same bytes at that moment (another file with
 /// the same content), the acknowledgement must not wait for the download:
 /// the mount acknowledges on its sync worker's runtime, the runtime that
-/// download needs to make progress, so waiting could hang both (a mount
-/// under the 20-100 ms latency proxy did: a `cat` waited for ever).
+/// download needs to make progress, so waiting hung both (a mount under the
+/// 20-100 ms latency proxy did: `echo >>` and `cat` waited for ever).
 #[test]
 fn an_ack_does_not_wait_for_a_readers_download_of_the_same_bytes() {
     let env = Env::new();
