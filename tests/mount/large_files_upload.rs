@@ -44,6 +44,21 @@ fn blob_files(s: &TestServer) -> BTreeMap<String, (u64, SystemTime)> {
     out
 }
 
+/// The server's blob files once nothing changed among them for a second
+/// (at most 60 s): what requests still on their way have left there.
+async fn settled_blob_files(s: &TestServer) -> BTreeMap<String, (u64, SystemTime)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = blob_files(s);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = blob_files(s);
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 async fn eventually_within<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
@@ -230,9 +245,10 @@ async fn kill_9_of_the_mount_mid_upload_resumes_without_resending_chunks_or_comm
     m.sh_ok(&format!("cp {} big.bin", source.display()));
     some_chunks_uploaded(&s, p, "big.bin", &before, 4).await;
     m.kill_9();
-    // Requests the proxy still holds reach the server for a moment.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let at_kill = blob_files(&s);
+    // Requests the proxy still holds reach the server for a moment (an
+    // upload sent twice before the kill touches its blob when the second
+    // lands): what counts is the blob folder once it has settled.
+    let at_kill = settled_blob_files(&s).await;
     assert!(
         manifest_of_blob(&s, p, &hash).await.is_err(),
         "the manifest was sent before the mount died"
