@@ -509,3 +509,49 @@ async fn a_refused_file_in_a_batch_stays_queued_and_the_rest_lands() {
         too_large
     );
 }
+
+/// A mount that stops answering (here SIGSTOP: a runtime stuck as in the
+/// hang fixed in session 15 looks the same from outside). `contextfs status`
+/// says so within its bound instead of hanging with it, and a second
+/// `contextfs mount` at the same place refuses instead of taking the live
+/// mount for a stale one and detaching it. Once the process runs again, the
+/// file written before the stop reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_that_does_not_answer_is_reported_and_never_detached() {
+    let s = TestServer::start().await;
+    let p = "stuck";
+    let m = MountedWorkspace::create(&s, p, "agent-stuck").await;
+    let pid = m.pid_from_status();
+    let dir = m.dir.display().to_string();
+    m.sh_ok("echo before the stop > kept.txt");
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+
+    let out = m.cli(&["status", &dir]);
+    signal("-CONT");
+    let text = both(&out);
+    assert!(!out.status.success(), "status of a stopped mount: {text}");
+    assert!(
+        text.contains("is running but did not answer") && text.contains("did not answer within 10 s"),
+        "{text}"
+    );
+
+    signal("-STOP");
+    let out = m.cli(&["mount", &dir, "--agent-id", "agent-second"]);
+    let still_mounted = contextfs::mount::is_mounted(&m.dir);
+    signal("-CONT");
+    let text = both(&out);
+    assert!(!out.status.success(), "a second mount over a live one: {text}");
+    assert!(text.contains("does not answer"), "{text}");
+    assert!(still_mounted, "the live mount was detached: {text}");
+
+    server_has(&s, p, "kept.txt", b"before the stop\n").await;
+    assert_eq!(m.sh_ok("cat kept.txt"), "before the stop\n");
+    assert_eq!(m.pid_from_status(), pid, "the same mount process serves it");
+}

@@ -267,14 +267,42 @@ pub fn flush(socket: &Path, since_ms: i64, on_message: impl FnMut(&Message)) -> 
     )
 }
 
-fn send_request(socket: &Path, request: &Request, mut on_message: impl FnMut(&Message)) -> std::io::Result<Message> {
+/// How long `status` waits for the mount's answer. It comes from the sync
+/// worker's runtime in milliseconds; a mount that says nothing for this long
+/// is stuck, and `contextfs status` must say so instead of hanging too.
+/// (umount and flush have no such bound: committing may take long, and
+/// they report progress meanwhile.)
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn send_request(socket: &Path, request: &Request, on_message: impl FnMut(&Message)) -> std::io::Result<Message> {
+    let answer_within = (request.cmd == "status").then_some(STATUS_TIMEOUT);
+    send_request_within(socket, request, answer_within, on_message)
+}
+
+fn send_request_within(
+    socket: &Path,
+    request: &Request,
+    answer_within: Option<Duration>,
+    mut on_message: impl FnMut(&Message),
+) -> std::io::Result<Message> {
     let mut stream = UnixStream::connect(socket)?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_read_timeout(answer_within)?;
     let line = serde_json::to_string(request)? + "\n";
     stream.write_all(line.as_bytes())?;
     let reader = BufReader::new(stream);
     for line in reader.lines() {
-        let message: Message = serde_json::from_str(&line?)?;
+        let line = line.map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the mount did not answer within {} s",
+                    answer_within.unwrap_or_default().as_secs_f32()
+                ),
+            ),
+            _ => e,
+        })?;
+        let message: Message = serde_json::from_str(&line)?;
         match message {
             Message::Progress(_) => on_message(&message),
             other => return Ok(other),
@@ -288,4 +316,30 @@ fn send_request(socket: &Path, request: &Request, mut on_message: impl FnMut(&Me
 
 pub fn request(socket: &Path, cmd: &str) -> std::io::Result<Message> {
     request_with(socket, cmd, |_| {})
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    /// A mount whose control socket accepts but never answers (its runtime
+    /// stuck): `status` fails with `TimedOut` instead of waiting for ever.
+    #[test]
+    fn a_status_request_to_a_mount_that_never_answers_times_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("control.sock");
+        let listener = UnixListener::bind(&socket).expect("bind");
+        let held = std::thread::spawn(move || listener.accept().map(|(stream, _)| stream));
+        let request = Request {
+            cmd: "status".to_string(),
+            since_ms: None,
+        };
+        let err = send_request_within(&socket, &request, Some(Duration::from_millis(200)), |_| {})
+            .expect_err("no answer ever comes");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        assert!(err.to_string().contains("did not answer within"), "{err}");
+        drop(held.join().expect("accept"));
+    }
 }

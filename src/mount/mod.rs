@@ -276,12 +276,21 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
     raise_fd_limit();
     let mountpoint = canonical_mountpoint(&args.mountpoint)?;
     let socket = socket_path(&mountpoint);
-    if control::request(&socket, "status").is_ok() {
-        bail!(
+    match control::request(&socket, "status") {
+        Ok(_) => bail!(
             "{} is already mounted by a running contextfs (see `contextfs status {}`)",
             mountpoint.display(),
             mountpoint.display()
-        );
+        ),
+        // Alive but not answering: not a stale mount to detach.
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => bail!(
+            "{} is mounted by a running contextfs that does not answer ({e}); `contextfs umount {}` or \
+             `fusermount3 -u {}` first",
+            mountpoint.display(),
+            mountpoint.display(),
+            mountpoint.display()
+        ),
+        Err(_) => {}
     }
     // A bad --skills-dir fails here, before anything is mounted.
     let skills_dir = match &args.skills_dir {
