@@ -8,6 +8,7 @@ mod paths;
 pub mod remote;
 pub mod replicator;
 mod skills;
+mod stall;
 
 pub use paths::{canonical_mountpoint, detach_stale, is_mounted, mount_state_dir, socket_path, state_root};
 pub use skills::check_skills_dir;
@@ -314,6 +315,9 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         .thread_name("contextfs-sync")
         .build()
         .context("cannot start the async runtime")?;
+    let runtime_watch_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    stall::watch_and_log(runtime.handle(), runtime_watch_stop.clone())
+        .context("cannot start the thread that watches the async runtime")?;
     let client = Client::new(&args.server, Some(args.token.clone())).map_err(|e| anyhow!("{e}"))?;
     let state_dir = mount_state_dir(&args.server, &args.project, &mountpoint);
     let who = runtime
@@ -582,6 +586,7 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         // Give the control connection a moment to deliver the report.
         std::thread::sleep(Duration::from_millis(200));
     }
+    runtime_watch_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     runtime.shutdown_timeout(Duration::from_secs(1));
     if !flushed || !report.queued.is_empty() {
         return Ok(ExitCode::FAILURE);
