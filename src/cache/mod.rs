@@ -47,7 +47,7 @@ use crate::model::BlobHash;
 use dir::{create_private_dir, remove_stale_tmp, root_from_env, scan_blobs, STALE_TMP_AGE};
 pub use fill::CacheFill;
 use fill::Verdict;
-use flight::{Flights, Role};
+use flight::{FlightGuard, Flights, Role};
 use index::{needs_touch, Entry, Index};
 
 /// How often an insert rescans the directory to learn about blobs added or
@@ -409,9 +409,27 @@ impl BlobCache {
                 Role::Waiter(flight) => flight.wait()?,
             }
         };
-        // Another leader may have published between our miss and our lead.
+        self.fill_as_leader(guard, hash, hash_limit, reserve, fill)
+            .map(|(file, _)| file)
+    }
+
+    /// The fill of `hash` by the leader of its flight (`guard`): the blob
+    /// another leader published between our miss and our lead is opened
+    /// (`false`: not filled by us), else `fill` runs and the blob is
+    /// published (`true`). Ends the flight with the outcome.
+    fn fill_as_leader<F>(
+        &self,
+        guard: FlightGuard<'_>,
+        hash: &BlobHash,
+        hash_limit: u64,
+        reserve: Option<(u64, u64)>,
+        fill: F,
+    ) -> Result<(File, bool), CacheError>
+    where
+        F: FnOnce(&mut CacheFill) -> Result<(), CacheError>,
+    {
         let result = match self.open_uncounted(hash, hash_limit) {
-            Ok(Some(file)) => Ok(file),
+            Ok(Some(file)) => Ok((file, false)),
             Ok(None) => match reserve.map(|(size, budget)| self.reserve(size, budget)) {
                 Some(None) => Err(CacheError::Busy { hash: hash.clone() }),
                 Some(Some(reservation)) => {
@@ -422,7 +440,8 @@ impl BlobCache {
                     })
                 }
                 None => self.fill_and_publish(hash, None, fill),
-            },
+            }
+            .map(|file| (file, true)),
             Err(e) => Err(e),
         };
         guard.finish(&result);
@@ -482,14 +501,14 @@ impl BlobCache {
             Role::Leader(guard) => guard,
             Role::Waiter(_) => return Ok(Offered::BeingFilled),
         };
-        // Another leader may have published between our miss and our lead.
-        let result = match self.open_uncounted(hash, UNSYNCED_MAX) {
-            Ok(Some(_)) => Ok(Offered::AlreadyCached),
-            Ok(None) => self.fill_and_publish(hash, None, fill).map(|_| Offered::Filled),
-            Err(e) => Err(e),
-        };
-        guard.finish(&result);
-        result
+        self.fill_as_leader(guard, hash, UNSYNCED_MAX, None, fill)
+            .map(|(_, filled)| {
+                if filled {
+                    Offered::Filled
+                } else {
+                    Offered::AlreadyCached
+                }
+            })
     }
 
     /// Makes `src`, a file that nobody but the caller can reach or change
