@@ -86,14 +86,7 @@ impl Vfs {
         let Some(ino) = st.by_uid.get(&uid).copied() else {
             return Ok(false);
         };
-        let newer_elsewhere = st.by_node.get(&v.node).copied().is_some_and(|other| {
-            other != ino
-                && st
-                    .inodes
-                    .get(&other)
-                    .and_then(|i| i.server.as_ref())
-                    .is_some_and(|s| s.version >= v.version)
-        });
+        let newer_elsewhere = Self::newer_elsewhere(st, ino, v);
         let Some(inode) = st.inodes.get(&ino) else {
             return Ok(false);
         };
@@ -109,6 +102,19 @@ impl Vfs {
         Self::detach(st, ino);
         out.push(Invalidation::Entry { parent, name });
         Ok(true)
+    }
+
+    /// Whether an inode other than `ino` shows `v`'s node at `v`'s version
+    /// or later (the feed put it there first).
+    fn newer_elsewhere(st: &State, ino: Ino, v: &VersionInfo) -> bool {
+        st.by_node.get(&v.node).copied().is_some_and(|other| {
+            other != ino
+                && st
+                    .inodes
+                    .get(&other)
+                    .and_then(|i| i.server.as_ref())
+                    .is_some_and(|s| s.version >= v.version)
+        })
     }
 
     /// Another inode showed the node the server just put at one of this
@@ -176,17 +182,28 @@ impl Vfs {
     /// A mkdir or rename reached the server.
     /// The server made a node for a file or directory that was removed here
     /// while the request was in flight (its record was simply forgotten,
-    /// since it had no node yet). Journal the node's deletion so the server
-    /// does not keep what the user deleted. Returns true when it did.
+    /// since it had no node yet, or now deletes another node). Journal the
+    /// node's deletion so the server does not keep what the user deleted.
+    /// Returns true when it did.
     fn orphaned(&self, st: &mut State, uid: u64, v: &VersionInfo) -> VfsResult<bool> {
         let gone = st
             .by_uid
             .get(&uid)
             .and_then(|i| st.inodes.get(i))
             .is_none_or(|i| i.unlinked);
-        if !gone || st.records.contains_key(&uid) {
+        if !gone {
             return Ok(false);
         }
+        // The file's own record may still be pending for another node: it
+        // was renamed over an existing file (so it took that file's node)
+        // and then removed. That record deletes the other node; this one
+        // needs a deletion of its own, under a new uid. Rebinding the record
+        // to this node instead would leave the other node on the server.
+        let uid = match st.records.get(&uid) {
+            None => uid,
+            Some(r) if r.node == Some(v.node) => return Ok(false),
+            Some(_) => rand::random(),
+        };
         st.local_news.deleting(v.node);
         // The directory the server put it in, so the deletion follows that
         // directory if it is renamed before the deletion is sent.
@@ -293,6 +310,15 @@ impl Vfs {
                 self.invalidate(invalidate);
                 return Ok(());
             }
+            // Not superseded, because the file changed since the commit: the
+            // node stays with the inode the feed put it at, and this file's
+            // change is committed as a new file where it was written.
+            // Binding it too would leave two inodes claiming one node.
+            if let Some(ino) = st.by_uid.get(&uid).copied() {
+                if Self::newer_elsewhere(&st, ino, v) {
+                    return self.unbind_locked(&mut st, uid);
+                }
+            }
             let ino = self.bind(&mut st, uid, v, &mut invalidate)?;
             if let Some(ino) = ino {
                 let path = Self::path_of(&st, ino);
@@ -321,6 +347,13 @@ impl Vfs {
                         Self::adopt_version_times(inode, v);
                     }
                     inode.size = v.size;
+                }
+                // A commit of a mode or times change carries the head's
+                // content, which may be another writer's edit this file
+                // does not show yet (a rename's answer brought it while the
+                // change was pending): once nothing is pending, show it.
+                if settled && !staged {
+                    Self::adopt_head_content(&mut st, ino, v, &mut invalidate);
                 }
             }
         }

@@ -70,6 +70,15 @@ impl DrainItem {
         }
     }
 
+    /// The path the item acts on (where it lands, for a rename).
+    pub fn path(&self) -> &str {
+        match &self.op {
+            DrainOp::Mkdir { path, .. } | DrainOp::Commit { path, .. } | DrainOp::Delete { path, .. } => path.as_str(),
+            DrainOp::Rename { to, .. } => to.as_str(),
+            DrainOp::Forget => "",
+        }
+    }
+
     pub fn describe(&self) -> String {
         match &self.op {
             DrainOp::Mkdir { path, .. } => format!("mkdir {path}"),
@@ -175,7 +184,9 @@ impl Vfs {
             }
             DrainOp::Delete { .. } | DrainOp::Forget => true,
         });
-        items.sort_by_key(|i| i.order_key());
+        // Ties go by path, so the same journal gives the same plan (the
+        // records map has no order, and uids are random).
+        items.sort_by(|a, b| (a.order_key(), a.path(), a.uid).cmp(&(b.order_key(), b.path(), b.uid)));
         items
     }
 
