@@ -106,3 +106,24 @@ fn a_journaled_mkdir_the_server_already_made_keeps_what_the_server_holds_in_it()
     );
     assert_eq!(read_path(&vfs, "d/committed.md"), b"on the server");
 }
+
+/// `rmdir b; mkdir b` within one millisecond (no sleep between them): the
+/// remount removes the old `b` and then makes the new one, whatever the
+/// random uids of the two records. Ten fresh mounts, so an order that
+/// depended on the uids would show.
+#[test]
+fn a_directory_removed_and_made_again_at_once_replays_as_the_new_one() {
+    for _ in 0..10 {
+        let env = Env::new();
+        let listing = tree_listing(1, vec![dir_entry("b", 1)]);
+        let vfs = env.mount(&listing);
+        vfs.rmdir(ROOT_INO, "b").unwrap();
+        let dir = vfs.mkdir(ROOT_INO, "b", 0o700).unwrap().ino;
+        write_file(&vfs, dir, "x.md", b"new b");
+        drop(vfs);
+        let vfs = env.mount(&listing);
+        assert_eq!(read_path(&vfs, "b/x.md"), b"new b");
+        let b = vfs.getattr(ino_of(&vfs, "b").unwrap()).unwrap();
+        assert_eq!((b.kind, b.mode & 0o777), (NodeKind::Dir, 0o700));
+    }
+}

@@ -44,9 +44,11 @@ use super::VfsError;
 use crate::api::NodeKind;
 use crate::model::BlobHash;
 use frame::{decode, encode, Entry};
+use live::LiveRecords;
 
 mod content;
 mod frame;
+mod live;
 #[cfg(test)]
 mod tests;
 
@@ -191,7 +193,7 @@ struct Log {
     /// A leader is writing and syncing right now.
     syncing: bool,
     /// Live records, to compact the log.
-    live: HashMap<u64, Record>,
+    live: LiveRecords,
     /// Bytes in the log file: where the next write starts.
     size: u64,
     /// A failed write left bytes past `size` that could not be cut off: the
@@ -271,7 +273,7 @@ impl Journal {
         self.durability
     }
 
-    fn read_log(path: &Path) -> Result<HashMap<u64, Record>, VfsError> {
+    fn read_log(path: &Path) -> Result<LiveRecords, VfsError> {
         let bytes = match fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -288,15 +290,11 @@ impl Journal {
                 "journal: skipping a torn or corrupt frame; every intact frame around it is kept"
             );
         }
-        let mut live = HashMap::new();
+        let mut live = LiveRecords::default();
         for entry in entries {
             match entry {
-                Entry::Put(r) => {
-                    live.insert(r.uid, *r);
-                }
-                Entry::Remove(uid) => {
-                    live.remove(&uid);
-                }
+                Entry::Put(r) => live.put(*r),
+                Entry::Remove(uid) => live.remove(uid),
             }
         }
         Ok(live)
@@ -304,12 +302,11 @@ impl Journal {
 
     /// Rewrites the log with only `live` records (temp file, fsync, rename,
     /// fsync of the directory) and returns it open for appending.
-    fn write_compacted(dir: &Path, log_path: &Path, live: &HashMap<u64, Record>) -> Result<File, VfsError> {
+    fn write_compacted(dir: &Path, log_path: &Path, live: &LiveRecords) -> Result<File, VfsError> {
         let temp = dir.join("journal.log.tmp");
         let mut bytes = Vec::new();
-        let mut records: Vec<&Record> = live.values().collect();
-        records.sort_by_key(|r| (r.changed_at, r.uid));
-        for r in records {
+        // In change order, which the frames' order carries to the next open.
+        for r in live.in_change_order() {
             encode(&Entry::Put(Box::new(r.clone())), &mut bytes)?;
         }
         let mut f = OpenOptions::new()
@@ -335,7 +332,7 @@ impl Journal {
     /// Deletes pending content no live record names: a content superseded
     /// by a later close of the same file while the mount ran, or a temp file
     /// a crash left. Only on open, before anything can make content pending.
-    fn remove_unreferenced_pending(pending: &Path, live: &HashMap<u64, Record>) {
+    fn remove_unreferenced_pending(pending: &Path, live: &LiveRecords) {
         let mut named: std::collections::HashSet<String> = live
             .values()
             .filter_map(|r| r.pending_content().map(|h| h.as_str().to_string()))
@@ -369,12 +366,8 @@ impl Journal {
         log.appended += 1;
         self.appended.notify_one();
         match entry {
-            Entry::Put(r) => {
-                log.live.insert(r.uid, *r);
-            }
-            Entry::Remove(uid) => {
-                log.live.remove(&uid);
-            }
+            Entry::Put(r) => log.live.put(*r),
+            Entry::Remove(uid) => log.live.remove(uid),
         }
         Ok(())
     }
@@ -574,9 +567,7 @@ impl Journal {
 
     /// Every live record (for replay after a restart or a crash).
     pub fn load(&self) -> Result<Vec<Record>, VfsError> {
-        let mut out: Vec<Record> = self.lock().live.values().cloned().collect();
-        out.sort_by_key(|r| (r.changed_at, r.uid));
-        Ok(out)
+        Ok(self.lock().live.in_change_order().into_iter().cloned().collect())
     }
 
     pub fn inline_bytes(record: &Record) -> Option<Vec<u8>> {

@@ -385,3 +385,32 @@ fn a_claim_given_up_lets_the_deletion_asked_for_meanwhile_happen() {
         "no record ever named it: gone when the claim ends"
     );
 }
+
+/// `rmdir b; mkdir b` in one millisecond: the deletion must replay first,
+/// whatever the uids, also after the log is reopened (and compacted) and
+/// after the older record is rewritten without a change of its own.
+#[test]
+fn changes_made_in_one_millisecond_load_in_the_order_they_were_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    let mut removal = record(9);
+    removal.deleted = true;
+    removal.changed_at = 5;
+    let mut mkdir = record(3);
+    mkdir.kind = NodeKind::Dir;
+    mkdir.changed_at = 5;
+    j.write(&removal).unwrap();
+    j.write(&mkdir).unwrap();
+    // An answer rebases the removal: a rewrite, not a change.
+    removal.node = Some(42);
+    j.write(&removal).unwrap();
+    let uids = |j: &Journal| j.load().unwrap().iter().map(|r| r.uid).collect::<Vec<_>>();
+    assert_eq!(uids(&j), [9, 3]);
+    j.make_durable().unwrap();
+    drop(j);
+    let reopened = Journal::open(dir.path()).unwrap();
+    assert_eq!(uids(&reopened), [9, 3], "after a reopen, which compacts the log");
+    drop(reopened);
+    let again = Journal::open(dir.path()).unwrap();
+    assert_eq!(uids(&again), [9, 3], "after a second reopen");
+}
