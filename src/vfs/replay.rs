@@ -253,6 +253,9 @@ impl Vfs {
     fn replay(&self) -> VfsResult<usize> {
         let records = Self::parents_first(self.journal.load()?);
         let count = records.len();
+        // Nodes the journal deletes: a journaled mkdir never takes one over.
+        let deleting: std::collections::HashSet<i64> =
+            records.iter().filter(|r| r.deleted).filter_map(|r| r.node).collect();
         {
             // Lift every listed node a record places out of the listing's layout
             // first, so placing one record cannot displace (and drop) a node a
@@ -273,7 +276,7 @@ impl Vfs {
             }
         }
         for record in records {
-            if let Err(e) = self.replay_one(record.clone()) {
+            if let Err(e) = self.replay_one(record.clone(), &deleting) {
                 // Keep the record on disk: nothing is dropped, status shows it.
                 tracing::error!(uid = record.uid, name = %record.name, error = %e, "cannot replay a journaled change");
                 let mut st = self.lock();
@@ -346,7 +349,7 @@ impl Vfs {
         Ok(record)
     }
 
-    fn replay_one(&self, record: Record) -> VfsResult<()> {
+    fn replay_one(&self, record: Record, deleting: &std::collections::HashSet<i64>) -> VfsResult<()> {
         let record = self.seal_open_content(record)?;
         // Rebuild the staged content first (outside the lock).
         let staged = match (&record.content, record.kind, record.deleted) {
@@ -397,7 +400,8 @@ impl Vfs {
         // since. The record takes that directory over, so what it holds
         // stays shown (displaced, it vanished from this mount until the next
         // remount); the mkdir is sent again and the server answers with this
-        // same node.
+        // same node. Not a directory the journal deletes: the mkdir replaced
+        // it (`rmdir b; mkdir b`, or a new directory renamed over it).
         let taken_over = match existing {
             None if record.kind == NodeKind::Dir && record.node.is_none() => Self::get(&st, parent)?
                 .children
@@ -405,7 +409,9 @@ impl Vfs {
                 .copied()
                 .filter(|dir| {
                     st.inodes.get(dir).is_some_and(|d| {
-                        d.kind == NodeKind::Dir && d.server.is_some() && !st.records.contains_key(&d.uid)
+                        d.kind == NodeKind::Dir
+                            && d.server.as_ref().is_some_and(|s| !deleting.contains(&s.node))
+                            && !st.records.contains_key(&d.uid)
                     })
                 }),
             _ => None,

@@ -127,3 +127,23 @@ fn a_directory_removed_and_made_again_at_once_replays_as_the_new_one() {
         assert_eq!((b.kind, b.mode & 0o777), (NodeKind::Dir, 0o700));
     }
 }
+
+/// A new directory renamed over an empty server directory, then written
+/// into: the remount shows the new directory and its file. (Replay took the
+/// old directory over for the journaled mkdir, the way it adopts a
+/// directory whose mkdir reached the server, and the old one's journaled
+/// deletion then removed it.)
+#[test]
+fn a_new_directory_renamed_over_a_server_directory_replays_as_the_new_one() {
+    let env = Env::new();
+    let listing = tree_listing(1, vec![dir_entry("b", 1)]);
+    let vfs = env.mount(&listing);
+    let dir = vfs.mkdir(ROOT_INO, "c", 0o700).unwrap().ino;
+    vfs.rename(ROOT_INO, "c", ROOT_INO, "b", false).unwrap();
+    write_file(&vfs, dir, "x.md", b"new b");
+    drop(vfs);
+    let vfs = env.mount(&listing);
+    assert_eq!(read_path(&vfs, "b/x.md"), b"new b");
+    let b = vfs.getattr(ino_of(&vfs, "b").unwrap()).unwrap();
+    assert_eq!((b.kind, b.mode & 0o777), (NodeKind::Dir, 0o700));
+}
