@@ -182,27 +182,27 @@ impl Vfs {
     /// A mkdir or rename reached the server.
     /// The server made a node for a file or directory that was removed here
     /// while the request was in flight (its record was simply forgotten,
-    /// since it had no node yet, or now deletes another node). Journal the
-    /// node's deletion so the server does not keep what the user deleted.
-    /// Returns true when it did.
+    /// since it had no node yet), or that took another node meanwhile.
+    /// Journal the node's deletion so the server does not keep what the
+    /// user deleted or replaced. Returns true when it did.
     fn orphaned(&self, st: &mut State, uid: u64, v: &VersionInfo) -> VfsResult<bool> {
         let gone = st
             .by_uid
             .get(&uid)
             .and_then(|i| st.inodes.get(i))
             .is_none_or(|i| i.unlinked);
-        if !gone {
-            return Ok(false);
-        }
-        // The file's own record may still be pending for another node: it
-        // was renamed over an existing file (so it took that file's node)
-        // and then removed. That record deletes the other node; this one
-        // needs a deletion of its own, under a new uid. Rebinding the record
-        // to this node instead would leave the other node on the server.
+        // The file's record may name another node by now: while its create
+        // was in flight, it was renamed over a file the server has, and took
+        // that file's node (one clean commit of an editor's save), perhaps
+        // to be removed after. The record commits to (or deletes) that node;
+        // the node this answer made is nobody's, and needs a deletion of its
+        // own, under a new uid. Binding the file to it instead would leave
+        // the other node on the server, hidden from this mount.
         let uid = match st.records.get(&uid) {
-            None => uid,
-            Some(r) if r.node == Some(v.node) => return Ok(false),
-            Some(_) => rand::random(),
+            Some(r) if r.node.is_some_and(|n| n != v.node) => rand::random(),
+            Some(_) => return Ok(false),
+            None if gone => uid,
+            None => return Ok(false),
         };
         st.local_news.deleting(v.node);
         // The directory the server put it in, so the deletion follows that

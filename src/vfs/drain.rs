@@ -90,6 +90,51 @@ impl DrainItem {
     }
 }
 
+/// Moves each rename after the rename (at the same depth) that frees its
+/// target: `mv log.1 log.2; mv log log.1` must send log.1's rename first,
+/// or the server finds log.1 taken. A cycle (a swap) keeps its order: the
+/// server refuses one of them, which waits for a later round.
+fn vacating_renames_first(items: Vec<DrainItem>) -> Vec<DrainItem> {
+    let rename_from = |item: &DrainItem| match &item.op {
+        DrainOp::Rename { from, .. } => Some((item.order_key(), from.as_str().to_string())),
+        _ => None,
+    };
+    let vacates: HashMap<((u8, i64), String), usize> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| rename_from(item).map(|key| (key, i)))
+        .collect();
+    if vacates.is_empty() {
+        return items;
+    }
+    let mut order = Vec::with_capacity(items.len());
+    let mut placed = vec![false; items.len()];
+    for start in 0..items.len() {
+        // The chain of renames that free each other's targets, walked back
+        // to the first one that frees nothing still pending.
+        let mut chain = Vec::new();
+        let mut at = start;
+        while !placed[at] && !chain.contains(&at) {
+            chain.push(at);
+            let DrainOp::Rename { to, .. } = &items[at].op else {
+                break;
+            };
+            match vacates.get(&(items[at].order_key(), to.as_str().to_string())) {
+                Some(&next) => at = next,
+                None => break,
+            }
+        }
+        for i in chain.into_iter().rev() {
+            if !placed[i] {
+                placed[i] = true;
+                order.push(i);
+            }
+        }
+    }
+    let mut slots: Vec<Option<DrainItem>> = items.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
 fn valid(path: &str) -> VfsResult<WsPath> {
     WsPath::parse(path).map_err(|e| VfsError::new(libc::EINVAL, format!("the server would reject {path:?}: {e}")))
 }
@@ -184,10 +229,20 @@ impl Vfs {
             }
             DrainOp::Delete { .. } | DrainOp::Forget => true,
         });
-        // Ties go by path, so the same journal gives the same plan (the
-        // records map has no order, and uids are random).
-        items.sort_by(|a, b| (a.order_key(), a.path(), a.uid).cmp(&(b.order_key(), b.path(), b.uid)));
-        items
+        // At one depth, renames go before mkdirs (`mv b c; mkdir b`: the
+        // mkdir needs the path the rename frees). Other ties go by path, so
+        // the same journal gives the same plan (the records map has no
+        // order, and uids are random).
+        let rank = |i: &DrainItem| {
+            (
+                i.order_key(),
+                !matches!(i.op, DrainOp::Rename { .. }),
+                i.path().to_string(),
+                i.uid,
+            )
+        };
+        items.sort_by_cached_key(rank);
+        vacating_renames_first(items)
     }
 
     pub(super) fn plan_record(&self, st: &State, r: &Record) -> VfsResult<Option<DrainOp>> {

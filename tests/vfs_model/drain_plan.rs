@@ -142,3 +142,35 @@ fn recreating_a_deleted_path_waits_for_the_deletion() {
     assert_eq!(read_path(&vfs, "b/new"), b"new");
     assert_eq!(read_path(&vfs, "doc.md"), b"recreated");
 }
+
+/// Log rotation: each rename goes after the one that frees its target, and
+/// `mv b c; mkdir b` sends the rename before the mkdir that needs its path.
+#[test]
+fn renames_go_after_the_renames_that_free_their_targets_and_before_mkdirs() {
+    let env = Env::new();
+    let listing = tree_listing(
+        1,
+        vec![
+            dir_entry("b", 10),
+            file_entry(&env.source, "log", 11, 1, b"0"),
+            file_entry(&env.source, "log.1", 12, 1, b"1"),
+            file_entry(&env.source, "log.2", 13, 1, b"2"),
+        ],
+    );
+    let vfs = env.mount(&listing);
+    vfs.rename(ROOT_INO, "log.2", ROOT_INO, "log.3", false).unwrap();
+    vfs.rename(ROOT_INO, "log.1", ROOT_INO, "log.2", false).unwrap();
+    vfs.rename(ROOT_INO, "log", ROOT_INO, "log.1", false).unwrap();
+    vfs.rename(ROOT_INO, "b", ROOT_INO, "c", false).unwrap();
+    vfs.mkdir(ROOT_INO, "b", 0o755).unwrap();
+    assert_eq!(
+        describe(&plan(&vfs)),
+        [
+            "rename b -> c",
+            "rename log.2 -> log.3",
+            "rename log.1 -> log.2",
+            "rename log -> log.1",
+            "mkdir b"
+        ]
+    );
+}

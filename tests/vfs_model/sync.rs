@@ -213,6 +213,9 @@ impl Server {
                 assert_eq!(BlobHash::of(&bytes), *hash, "the bytes of {path}");
                 let id = match node {
                     Some(n) if self.nodes.get(n).is_none_or(|n| n.deleted) => return Answer::Unbind,
+                    // The server commits by path: another node there (or
+                    // none) is a node mismatch, and the mount unbinds.
+                    Some(n) if self.live_at(path.as_str()) != Some(*n) => return Answer::Unbind,
                     Some(n) => *n,
                     None => match self.live_at(path.as_str()) {
                         Some(id) if self.nodes[&id].kind == *kind => id,
@@ -488,7 +491,19 @@ fn run_sync(ops: &[SyncOp]) -> Result<Vec<String>, TestCaseError> {
                         .then_some(id),
                     _ => None,
                 };
+                // The new file took another node since (renamed over a
+                // server file): the mount deletes the one its create made.
+                let inherited = match (&f.answer, live) {
+                    (Answer::Commit(_, v) | Answer::Namespace(v), Some((id, _))) if f.create_path.is_some() => {
+                        model.entries[id].node.is_some_and(|n| n != v.node)
+                    }
+                    _ => false,
+                };
                 match &f.answer {
+                    Answer::Commit(h, v) if inherited => {
+                        prop_assert_eq!(vfs.ack_commit(uid, rev, h, v), Ok(()), "{}", when);
+                        model.deleted.insert(v.node, None);
+                    }
                     Answer::Commit(h, v) if superseded.is_some() => {
                         prop_assert_eq!(vfs.ack_commit(uid, rev, h, v), Ok(()), "{}", when);
                         model.tree.retain(|_, id| Some(*id) != superseded);
@@ -723,4 +738,47 @@ fn a_new_file_moved_away_before_its_answer_and_changed_here_becomes_a_new_file()
         Feed(1),
     ];
     assert_eq!(run_sync(&ops).unwrap(), ["a", "b", "b/a", "b/d", "c"]);
+}
+
+/// A new file is renamed over a server file while its create is in flight
+/// (it takes that file's node), and another writer had moved that file
+/// away: the node the create made is deleted, the new file lands at its
+/// path, and the moved file's next news shows it where the other writer
+/// put it (not in the new file, which claimed its node for a while).
+#[test]
+fn a_create_renamed_over_a_file_moved_away_meanwhile_keeps_both_files() {
+    use LocalOp::*;
+    use SyncOp::*;
+    let ops = [
+        Local(Unlink { path: "a".into() }),
+        RemoteRename {
+            pick: 1,
+            to: "d".into(),
+        },
+        Drain,
+        Answer(0),
+        Local(Write {
+            path: "a".into(),
+            data: vec![9],
+        }),
+        Drain,
+        Local(Rename {
+            from: "a".into(),
+            to: "b/a".into(),
+            no_replace: false,
+        }),
+        Answer(0),
+        Feed(1),
+        Drain,
+        Answer(0),
+        Answer(0),
+        Drain,
+        Answer(0),
+        Feed(10),
+        // The other writer edits the file it moved: that is news of d, not
+        // of the new file (which claimed d's node for a while).
+        RemoteWrite { pick: 0, data: vec![5] },
+        Feed(10),
+    ];
+    assert_eq!(run_sync(&ops).unwrap(), ["b", "b/a", "d"]);
 }
