@@ -555,6 +555,7 @@ fn run_sync(ops: &[SyncOp]) -> Result<Vec<String>, TestCaseError> {
                         prop_assert_eq!(vfs.unbind(uid), Ok(()), "{}", when);
                         if let Some((id, _)) = live {
                             model.entries[id].node = None;
+                            model.entries[id].seen = 0; // versions of the next node start over
                             model.entries[id].server_path.clear();
                         }
                     }
