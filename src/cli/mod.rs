@@ -327,6 +327,12 @@ pub struct MountCommand {
     /// `off` saves those requests when nothing watches the folder
     #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub inotify: bool,
+    /// Longest wait for the server's answer to a commit, mkdir, rename or
+    /// delete (seconds, 1-3600). Past it the server counts as unreachable:
+    /// the change stays queued and is sent again (a retry is applied once).
+    /// Guards against a stuck server and a half-open connection
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout: u64,
 }
 
 /// `contextfs mount --durability`.

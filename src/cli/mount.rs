@@ -55,6 +55,7 @@ pub fn run(global: GlobalArgs, cmd: MountCommand) -> anyhow::Result<ExitCode> {
         passthrough: cmd.passthrough,
         durability,
         inotify: cmd.inotify,
+        request_timeout: Duration::from_secs(cmd.request_timeout),
     };
     runtime::run(args, |_| {})
 }

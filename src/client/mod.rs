@@ -86,7 +86,17 @@ pub struct Client {
     http: reqwest::Client,
     api: String,
     token: Option<String>,
+    /// Bound on a commit, batch, mkdir, rename or delete (see [`WRITE_TIMEOUT`]).
+    write_timeout: Duration,
 }
+
+/// How long a commit, batch, mkdir, rename or delete may wait for its
+/// answer. Their bodies are small (contents go before, in blob uploads,
+/// which the 600 s total bound covers), so a server that takes longer is
+/// stuck, or the connection is half-open (a pooled connection a NAT or a
+/// sleeping laptop dropped silently): the request fails as unreachable, the
+/// change stays queued, and its idempotency key makes the retry safe.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn encode_path(path: &str) -> String {
     path.split('/')
@@ -123,7 +133,15 @@ impl Client {
             http,
             api: format!("{server}{API_PREFIX}"),
             token,
+            write_timeout: WRITE_TIMEOUT,
         })
+    }
+
+    /// Bounds commits, batches, mkdirs, renames and deletes by `timeout`
+    /// instead of [`WRITE_TIMEOUT`].
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
     }
 
     pub fn server_url(&self) -> &str {
@@ -150,7 +168,11 @@ impl Client {
         let url = request.url().to_string();
         let response = self.http.execute(request).await.map_err(|e| ClientError::Unreachable {
             url: self.server_url().to_string(),
-            detail: describe(&e),
+            detail: if e.is_timeout() {
+                format!("no answer in time: {}", describe(&e))
+            } else {
+                describe(&e)
+            },
         })?;
         if response.status().is_success() {
             return Ok(response);
@@ -182,6 +204,12 @@ impl Client {
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, route: &str, body: &B) -> ClientResult<T> {
         self.json(self.request(Method::POST, route).json(body)).await
+    }
+
+    /// A POST of a change, bounded by the write timeout.
+    async fn post_change<B: Serialize, T: DeserializeOwned>(&self, route: &str, body: &B) -> ClientResult<T> {
+        let request = self.request(Method::POST, route).json(body).timeout(self.write_timeout);
+        self.json(request).await
     }
 
     pub async fn health(&self) -> ClientResult<Health> {
@@ -342,7 +370,8 @@ impl Client {
     }
 
     pub async fn commit(&self, project: &str, request: &CommitRequest) -> ClientResult<VersionInfo> {
-        self.post(&Self::project_route(project, "/commit"), request).await
+        self.post_change(&Self::project_route(project, "/commit"), request)
+            .await
     }
 
     /// Many commits in one request and one server transaction; the outcome
@@ -357,7 +386,7 @@ impl Client {
             commits: &'a [CommitRequest],
         }
         let answer: BatchCommitResponse = self
-            .post(
+            .post_change(
                 &Self::project_route(project, "/commit/batch"),
                 &Batch { commits: requests },
             )
@@ -388,15 +417,17 @@ impl Client {
     }
 
     pub async fn mkdir(&self, project: &str, request: &MkdirRequest) -> ClientResult<VersionInfo> {
-        self.post(&Self::project_route(project, "/mkdir"), request).await
+        self.post_change(&Self::project_route(project, "/mkdir"), request).await
     }
 
     pub async fn rename(&self, project: &str, request: &RenameRequest) -> ClientResult<VersionInfo> {
-        self.post(&Self::project_route(project, "/rename"), request).await
+        self.post_change(&Self::project_route(project, "/rename"), request)
+            .await
     }
 
     pub async fn delete(&self, project: &str, request: &DeleteRequest) -> ClientResult<DeleteResponse> {
-        self.post(&Self::project_route(project, "/delete"), request).await
+        self.post_change(&Self::project_route(project, "/delete"), request)
+            .await
     }
 
     pub async fn history(

@@ -59,6 +59,8 @@ pub struct MountArgs {
     pub durability: crate::vfs::Durability,
     /// Remote changes raise inotify events (`--inotify`).
     pub inotify: bool,
+    /// Bound on each commit, mkdir, rename and delete (`--request-timeout`).
+    pub request_timeout: Duration,
 }
 
 /// The tree and skills a mount last loaded, kept for `--offline`.
@@ -318,7 +320,9 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
     let runtime_watch_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     stall::watch_and_log(runtime.handle(), runtime_watch_stop.clone())
         .context("cannot start the thread that watches the async runtime")?;
-    let client = Client::new(&args.server, Some(args.token.clone())).map_err(|e| anyhow!("{e}"))?;
+    let client = Client::new(&args.server, Some(args.token.clone()))
+        .map_err(|e| anyhow!("{e}"))?
+        .with_write_timeout(args.request_timeout);
     let state_dir = mount_state_dir(&args.server, &args.project, &mountpoint);
     let who = runtime
         .block_on(async { tokio::time::timeout(Duration::from_secs(10), client.whoami()).await })

@@ -217,3 +217,44 @@ async fn a_new_file_removed_while_its_first_commit_is_in_flight_is_gone_on_the_s
     })
     .await;
 }
+
+/// A server that takes a commit and never answers (frozen here; in the
+/// field, a stuck server or a half-open pooled connection): the request
+/// gives up after --request-timeout, umount reports the change queued
+/// instead of waiting with it, and once the server runs again the next
+/// mount commits it, once (the frozen server still applies the request it
+/// had read; the retry carries the same idempotency key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_does_not_hold_umount_and_the_change_commits_once() {
+    let s = TestServer::start().await;
+    let p = "silent";
+    let mut m = MountedWorkspace::create_with(&s, p, "agent-silent", &["--request-timeout", "2"]).await;
+    let port: u16 = s.listen_addr().rsplit_once(':').unwrap().1.parse().unwrap();
+    let pid = s.pid().expect("server runs").to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    m.sh_ok("echo silent > silent.txt");
+    eventually("the mount sent the commit to the frozen server", || async {
+        match unread_request_bytes(port) {
+            0 => Err("no request waiting".to_string()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    let out = m.umount();
+    let text = both(&out);
+    assert!(
+        !out.status.success(),
+        "umount must fail while the change is only queued: {text}"
+    );
+    assert!(stdout(&out).contains("queued   silent.txt [create]"), "{text}");
+    assert!(text.contains("no answer in time"), "{text}");
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    m.mount();
+    server_has(&s, p, "silent.txt", b"silent\n").await;
+    m.wait_synced().await;
+    let history = s.history(p, &s.admin, "silent.txt").await;
+    assert_eq!(history.len(), 1, "committed once: {history:#?}");
+    assert_eq!(m.sh_ok("cat silent.txt"), "silent\n");
+    let out = m.umount();
+    assert!(out.status.success(), "{}", both(&out));
+}
