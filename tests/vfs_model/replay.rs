@@ -121,11 +121,16 @@ fn a_directory_removed_and_made_again_at_once_replays_as_the_new_one() {
         let dir = vfs.mkdir(ROOT_INO, "b", 0o700).unwrap().ino;
         write_file(&vfs, dir, "x.md", b"new b");
         drop(vfs);
-        let vfs = env.mount(&listing);
-        assert_eq!(read_path(&vfs, "b/x.md"), b"new b");
-        let b = vfs.getattr(ino_of(&vfs, "b").unwrap()).unwrap();
-        assert_eq!((b.kind, b.mode & 0o777), (NodeKind::Dir, 0o700));
+        remount_shows_the_new_b(&env, &listing);
     }
+}
+
+/// After a remount, `b` is the 0o700 directory made here, with its `x.md`.
+fn remount_shows_the_new_b(env: &Env, listing: &TreeListing) {
+    let vfs = env.mount(listing);
+    assert_eq!(read_path(&vfs, "b/x.md"), b"new b");
+    let b = vfs.getattr(ino_of(&vfs, "b").unwrap()).unwrap();
+    assert_eq!((b.kind, b.mode & 0o777), (NodeKind::Dir, 0o700));
 }
 
 /// A new directory renamed over an empty server directory, then written
@@ -142,8 +147,5 @@ fn a_new_directory_renamed_over_a_server_directory_replays_as_the_new_one() {
     vfs.rename(ROOT_INO, "c", ROOT_INO, "b", false).unwrap();
     write_file(&vfs, dir, "x.md", b"new b");
     drop(vfs);
-    let vfs = env.mount(&listing);
-    assert_eq!(read_path(&vfs, "b/x.md"), b"new b");
-    let b = vfs.getattr(ino_of(&vfs, "b").unwrap()).unwrap();
-    assert_eq!((b.kind, b.mode & 0o777), (NodeKind::Dir, 0o700));
+    remount_shows_the_new_b(&env, &listing);
 }
