@@ -286,3 +286,45 @@ async fn status_piped_into_head_ends_quietly() {
     );
     assert!(!err_text.contains("panicked"), "{err_text}");
 }
+
+/// Log rotation and a folder moved aside and made again, all in one drain
+/// round: each rename lands as a rename (the file keeps its node, so its
+/// history), none is refused or sent again as a new file, and the new
+/// folder is a new node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renames_that_free_each_others_paths_land_as_renames() {
+    let s = TestServer::start().await;
+    let p = "rotate";
+    let m = MountedWorkspace::create(&s, p, "agent-rotate").await;
+    m.sh_ok("echo 0 > log && echo 1 > log.1 && echo 2 > log.2 && mkdir b && echo old > b/f");
+    m.wait_synced().await;
+    let before = tree_map(&s, p).await.unwrap();
+    m.sh_ok("mv log.2 log.3 && mv log.1 log.2 && mv log log.1 && echo 3 > log && mv b c && mkdir b && echo new > b/f");
+    m.wait_synced().await;
+    let after = tree_map(&s, p).await.unwrap();
+    for (old, new) in [
+        ("log.2", "log.3"),
+        ("log.1", "log.2"),
+        ("log", "log.1"),
+        ("b", "c"),
+        ("b/f", "c/f"),
+    ] {
+        assert_eq!(
+            after[new].id, before[old].id,
+            "{old} -> {new} is not a rename: {after:#?}"
+        );
+    }
+    assert_ne!(after["b"].id, before["b"].id, "the new b is a new node");
+    for (path, bytes) in [
+        ("log.3", "2\n"),
+        ("log.2", "1\n"),
+        ("log.1", "0\n"),
+        ("log", "3\n"),
+        ("c/f", "old\n"),
+        ("b/f", "new\n"),
+    ] {
+        server_has(&s, p, path, bytes.as_bytes()).await;
+    }
+    let history = s.history(p, &s.admin, "log.3").await;
+    assert!(history.len() >= 2, "log.3 keeps the history of log.2: {history:#?}");
+}
