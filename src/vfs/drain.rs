@@ -109,12 +109,14 @@ fn vacating_renames_first(items: Vec<DrainItem>) -> Vec<DrainItem> {
     }
     let mut order = Vec::with_capacity(items.len());
     let mut placed = vec![false; items.len()];
+    let mut on_chain = vec![false; items.len()];
     for start in 0..items.len() {
         // The chain of renames that free each other's targets, walked back
         // to the first one that frees nothing still pending.
         let mut chain = Vec::new();
         let mut at = start;
-        while !placed[at] && !chain.contains(&at) {
+        while !placed[at] && !on_chain[at] {
+            on_chain[at] = true;
             chain.push(at);
             let DrainOp::Rename { to, .. } = &items[at].op else {
                 break;
@@ -125,6 +127,7 @@ fn vacating_renames_first(items: Vec<DrainItem>) -> Vec<DrainItem> {
             }
         }
         for i in chain.into_iter().rev() {
+            on_chain[i] = false;
             if !placed[i] {
                 placed[i] = true;
                 order.push(i);

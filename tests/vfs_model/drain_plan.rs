@@ -174,3 +174,29 @@ fn renames_go_after_the_renames_that_free_their_targets_and_before_mkdirs() {
         ]
     );
 }
+
+/// A long chain, each rename freeing the next one's target (files shifted
+/// up by one): sent from the top down.
+#[test]
+fn a_chain_of_renames_shifting_files_up_goes_from_the_top_down() {
+    let env = Env::new();
+    let entries = (0..30)
+        .map(|i| file_entry(&env.source, &format!("f{i:02}"), 100 + i, 1, b"x"))
+        .collect();
+    let vfs = env.mount(&tree_listing(1, entries));
+    for i in (0..30).rev() {
+        vfs.rename(
+            ROOT_INO,
+            &format!("f{i:02}"),
+            ROOT_INO,
+            &format!("f{:02}", i + 1),
+            false,
+        )
+        .unwrap();
+    }
+    let want: Vec<String> = (0..30)
+        .rev()
+        .map(|i| format!("rename f{i:02} -> f{:02}", i + 1))
+        .collect();
+    assert_eq!(describe(&plan(&vfs)), want);
+}
