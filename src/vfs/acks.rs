@@ -244,6 +244,12 @@ impl Vfs {
     }
 
     pub fn ack_namespace(&self, uid: u64, rev: u64, v: &VersionInfo) -> VfsResult<()> {
+        let result = self.apply_namespace_answer(uid, rev, v);
+        self.apply_withheld(v.node);
+        result
+    }
+
+    fn apply_namespace_answer(&self, uid: u64, rev: u64, v: &VersionInfo) -> VfsResult<()> {
         let mut invalidate = Vec::new();
         let mut st = self.lock();
         if self.orphaned(&mut st, uid, v)? {
@@ -295,6 +301,12 @@ impl Vfs {
     /// first, so the record settles and the file becomes that blob in one
     /// step: once the queue is empty, the next open is a passthrough read.
     pub fn ack_commit(&self, uid: u64, rev: u64, committed: &BlobHash, v: &VersionInfo) -> VfsResult<()> {
+        let result = self.apply_commit_answer(uid, rev, committed, v);
+        self.apply_withheld(v.node);
+        result
+    }
+
+    fn apply_commit_answer(&self, uid: u64, rev: u64, committed: &BlobHash, v: &VersionInfo) -> VfsResult<()> {
         if v.hash == *committed {
             self.seed_cache(uid, rev, committed);
         }
@@ -523,20 +535,68 @@ impl Vfs {
             st.by_node.remove(&node);
         }
         self.settle(&mut st, uid, rev)?;
+        drop(st);
+        for n in std::iter::once(node).chain(tombstones.iter().map(|t| t.node)) {
+            self.apply_withheld(n);
+        }
         Ok(())
     }
 
     pub fn forget_record(&self, uid: u64, rev: u64) -> VfsResult<()> {
         let mut st = self.lock();
+        let node = st.records.get(&uid).and_then(|r| r.node);
         self.settle(&mut st, uid, rev)?;
+        drop(st);
+        if let Some(node) = node {
+            self.apply_withheld(node);
+        }
         Ok(())
+    }
+
+    /// The news of `node` held back while an inode with local changes
+    /// showed it (`State::withheld`), applied once no such inode shows it
+    /// (the answer that settled it). The usual rules decide: news older
+    /// than the answer is ignored.
+    fn apply_withheld(&self, node: i64) {
+        let event = {
+            let mut st = self.lock();
+            if !st.withheld.contains_key(&node) {
+                return;
+            }
+            let held = st
+                .by_node
+                .get(&node)
+                .and_then(|ino| st.inodes.get(ino))
+                .filter(|i| !i.unlinked)
+                .is_some_and(|i| st.records.contains_key(&i.uid) || i.data_rev != i.journaled_data_rev);
+            if held {
+                return;
+            }
+            st.withheld.remove(&node)
+        };
+        if let Some(e) = event {
+            self.apply_events(std::slice::from_ref(&e));
+        }
     }
 
     /// The server no longer has this inode's node where we thought: from now
     /// on it is a new file (its content will be committed as new).
     pub fn unbind(&self, uid: u64) -> VfsResult<()> {
         let mut st = self.lock();
-        self.unbind_locked(&mut st, uid)
+        let node = st
+            .by_uid
+            .get(&uid)
+            .and_then(|i| st.inodes.get(i))
+            .and_then(|i| i.server.as_ref())
+            .map(|s| s.node);
+        let result = self.unbind_locked(&mut st, uid);
+        // What was held back for the node it lets go is not this file's
+        // news any more; which file it is depends on what the user meant
+        // (see the note on `State::withheld`), so it is dropped, as before.
+        if let Some(node) = node {
+            st.withheld.remove(&node);
+        }
+        result
     }
 
     fn unbind_locked(&self, st: &mut State, uid: u64) -> VfsResult<()> {

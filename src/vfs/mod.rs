@@ -353,6 +353,15 @@ struct State {
     skills_root: Option<Ino>,
     /// What this mount did that the server's news may not show yet.
     local_news: ordering::LocalNews,
+    /// The newest news of a node that an inode with local changes shows,
+    /// held back (local changes win locally), by node. Applied once the
+    /// answer that settles those changes is in: another writer's edit that
+    /// landed between our commit and its answer then shows, instead of our
+    /// older version until the node's next change. Dropped when the inode
+    /// lets the node go (a node mismatch: committed as new), where it is
+    /// not clear which file the news is about (two inodes may have claimed
+    /// the node; session 16's note).
+    withheld: HashMap<i64, crate::api::ChangeEvent>,
 }
 
 pub struct Vfs {
@@ -485,6 +494,7 @@ impl Vfs {
             kernel_io: KernelIoTable::default(),
             skills_root: None,
             local_news: ordering::LocalNews::default(),
+            withheld: HashMap::new(),
         };
         Ok(Self {
             state: Mutex::new(state),

@@ -92,7 +92,11 @@ impl Vfs {
                     return; // Our own change coming back, or old news.
                 }
                 if st.records.contains_key(&inode.uid) || inode.data_rev != inode.journaled_data_rev {
-                    // Local changes win locally; the server merges them on commit.
+                    // Local changes win locally; the server merges them on
+                    // commit. Kept in case the inode lets the node go first.
+                    if st.withheld.get(&e.node).is_none_or(|w| w.version < e.version) {
+                        st.withheld.insert(e.node, e.clone());
+                    }
                     return;
                 }
                 if e.deleted {

@@ -296,12 +296,23 @@ struct InFlight<'a> {
 }
 
 /// The model's side of `e` (see the module doc and docs/SEMANTICS.md).
-fn model_event(model: &mut SyncModel, e: &ChangeEvent, bytes: Vec<u8>) {
+/// News of a node held back while a dirty entry shows it, by node.
+type Withheld = HashMap<i64, (ChangeEvent, Vec<u8>)>;
+
+fn model_event(model: &mut SyncModel, withheld: &mut Withheld, e: &ChangeEvent, bytes: Vec<u8>) {
     match model.bound(e.node) {
         Some((path, id)) => {
             let en = &model.entries[id];
-            if en.seen >= e.version || en.dirty {
-                return; // old news, or local changes win
+            if en.seen >= e.version {
+                return; // old news
+            }
+            if en.dirty {
+                // Local changes win; the newest news waits for the answer
+                // that settles the entry.
+                if withheld.get(&e.node).is_none_or(|(w, _)| w.version < e.version) {
+                    withheld.insert(e.node, (e.clone(), bytes));
+                }
+                return;
             }
             if e.deleted {
                 let gone: Vec<String> = model
@@ -380,6 +391,19 @@ fn model_event(model: &mut SyncModel, e: &ChangeEvent, bytes: Vec<u8>) {
     }
 }
 
+/// Withheld news of `node`, applied once the entry that shows it settled.
+fn model_apply_withheld(model: &mut SyncModel, withheld: &mut Withheld, node: i64) {
+    if !withheld.contains_key(&node) {
+        return;
+    }
+    if model.bound(node).is_some_and(|(_, id)| model.entries[id].dirty) {
+        return;
+    }
+    if let Some((e, bytes)) = withheld.remove(&node) {
+        model_event(model, withheld, &e, bytes);
+    }
+}
+
 fn live_files(server: &Server) -> Vec<i64> {
     server
         .nodes
@@ -414,6 +438,7 @@ fn run_sync(ops: &[SyncOp]) -> Result<Vec<String>, TestCaseError> {
     }
     let vfs = env.mount(&listing);
     let mut flight: Vec<InFlight<'_>> = Vec::new();
+    let mut withheld = Withheld::new();
     for (step, op) in ops.iter().enumerate() {
         let when = format!("step {step}: {op:?}");
         match op {
@@ -463,6 +488,20 @@ fn run_sync(ops: &[SyncOp]) -> Result<Vec<String>, TestCaseError> {
                 let f = flight.remove(k % flight.len());
                 let (uid, rev) = (f.item.uid, f.item.rev);
                 let live = f.entry.filter(|(id, _)| model.tree.values().any(|v| v == id));
+                // The nodes whose withheld news the answer may release.
+                let mut release: Vec<i64> = match &f.answer {
+                    Answer::Namespace(v) | Answer::Commit(_, v) => vec![v.node],
+                    Answer::Delete(node, tombs) => std::iter::once(*node).chain(tombs.iter().map(|t| t.node)).collect(),
+                    Answer::Forget => live.and_then(|(id, _)| model.entries[id].node).into_iter().collect(),
+                    // The node it lets go: its held-back news is dropped.
+                    Answer::Unbind => {
+                        if let Some(node) = live.and_then(|(id, _)| model.entries[id].node) {
+                            withheld.remove(&node);
+                        }
+                        Vec::new()
+                    }
+                    Answer::Refused => Vec::new(),
+                };
                 // The record is dropped when nothing changed since the plan and
                 // the answer covers all of it (a rename's leaves a content change).
                 let settled = |model: &mut SyncModel, covers_content: bool| {
@@ -574,6 +613,9 @@ fn run_sync(ops: &[SyncOp]) -> Result<Vec<String>, TestCaseError> {
                         settled(&mut model, true);
                     }
                 }
+                for node in release.drain(..) {
+                    model_apply_withheld(&mut model, &mut withheld, node);
+                }
                 if let Some(p) = &f.create_path {
                     let n = model.creating.get_mut(p).unwrap();
                     *n -= 1;
@@ -595,7 +637,7 @@ fn run_sync(ops: &[SyncOp]) -> Result<Vec<String>, TestCaseError> {
                     } else {
                         read_blob(&env, &e.hash)
                     };
-                    model_event(&mut model, &e, bytes);
+                    model_event(&mut model, &mut withheld, &e, bytes);
                 }
             }
             SyncOp::RemoteWrite { pick, data } => {
@@ -791,4 +833,25 @@ fn a_create_renamed_over_a_file_moved_away_meanwhile_keeps_both_files() {
         Feed(10),
     ];
     assert_eq!(run_sync(&ops).unwrap(), ["b", "b/a", "d"]);
+}
+
+/// Another writer edits a file between our commit of it and that commit's
+/// answer: the feed's news of it comes while our change is pending (held
+/// back: local changes win), and shows once the answer settles it, instead
+/// of our older version staying until the file's next change.
+#[test]
+fn an_edit_that_lands_between_our_commit_and_its_answer_shows_after_the_answer() {
+    use LocalOp::*;
+    use SyncOp::*;
+    let ops = [
+        Local(Write {
+            path: "a".into(),
+            data: vec![1],
+        }),
+        Drain,
+        RemoteWrite { pick: 0, data: vec![9] },
+        Feed(2),
+        Answer(0),
+    ];
+    assert_eq!(run_sync(&ops).unwrap(), ["a", "b", "b/a"]);
 }
