@@ -73,8 +73,10 @@ impl Vfs {
     /// The feed already showed a later version of the node this commit made
     /// at another inode: another writer moved the new file before the answer
     /// came back, and the feed put it where they moved it. That inode is the
-    /// node now, so this file goes, unless it changed since the commit (then
-    /// [`Self::bind`] keeps it and its change). True if it went.
+    /// node now. This file goes if it is unchanged since the commit; if it
+    /// changed, its change is committed as a new file where it was written
+    /// (binding it too would leave two inodes claiming one node). True if
+    /// either happened: nothing else of the answer applies.
     fn superseded_by_news(
         &self,
         st: &mut State,
@@ -86,7 +88,9 @@ impl Vfs {
         let Some(ino) = st.by_uid.get(&uid).copied() else {
             return Ok(false);
         };
-        let newer_elsewhere = Self::newer_elsewhere(st, ino, v);
+        if !Self::newer_elsewhere(st, ino, v) {
+            return Ok(false);
+        }
         let Some(inode) = st.inodes.get(&ino) else {
             return Ok(false);
         };
@@ -94,8 +98,9 @@ impl Vfs {
             && inode.open_writers == 0
             && inode.data_rev == inode.journaled_data_rev
             && st.records.get(&uid).is_some_and(|r| r.rev == rev);
-        if !newer_elsewhere || !quiet {
-            return Ok(false);
+        if !quiet {
+            self.unbind_locked(st, uid)?;
+            return Ok(true);
         }
         let (parent, name) = (inode.parent, inode.name.clone());
         self.settle(st, uid, rev)?;
@@ -130,8 +135,7 @@ impl Vfs {
             // Its entries follow the directory's own events; leave it be.
             return Ok(());
         }
-        let busy =
-            st.records.contains_key(&inode.uid) || inode.data_rev != inode.journaled_data_rev || inode.open_writers > 0;
+        let busy = Self::has_local_changes(st, inode) || inode.open_writers > 0;
         if busy {
             let uid = inode.uid;
             return self.unbind_locked(st, uid);
@@ -161,7 +165,7 @@ impl Vfs {
 
     fn adopt_head_content(st: &mut State, ino: Ino, v: &VersionInfo, out: &mut Vec<Invalidation>) {
         let Some(inode) = st.inodes.get(&ino) else { return };
-        let clean = !st.records.contains_key(&inode.uid) && inode.data_rev == inode.journaled_data_rev;
+        let clean = !Self::has_local_changes(st, inode);
         let stale = matches!(&inode.content, Content::Blob { hash } if *hash != v.hash);
         if v.kind != NodeKind::File || !clean || !stale || inode.open_writers > 0 {
             return;
@@ -321,15 +325,6 @@ impl Vfs {
                 drop(st);
                 self.invalidate(invalidate);
                 return Ok(());
-            }
-            // Not superseded, because the file changed since the commit: the
-            // node stays with the inode the feed put it at, and this file's
-            // change is committed as a new file where it was written.
-            // Binding it too would leave two inodes claiming one node.
-            if let Some(ino) = st.by_uid.get(&uid).copied() {
-                if Self::newer_elsewhere(&st, ino, v) {
-                    return self.unbind_locked(&mut st, uid);
-                }
             }
             let ino = self.bind(&mut st, uid, v, &mut invalidate)?;
             if let Some(ino) = ino {
@@ -568,7 +563,7 @@ impl Vfs {
                 .get(&node)
                 .and_then(|ino| st.inodes.get(ino))
                 .filter(|i| !i.unlinked)
-                .is_some_and(|i| st.records.contains_key(&i.uid) || i.data_rev != i.journaled_data_rev);
+                .is_some_and(|i| Self::has_local_changes(&st, i));
             if held {
                 return;
             }

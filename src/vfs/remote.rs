@@ -91,9 +91,10 @@ impl Vfs {
                 if inode.server.as_ref().is_some_and(|s| s.version >= e.version) {
                     return; // Our own change coming back, or old news.
                 }
-                if st.records.contains_key(&inode.uid) || inode.data_rev != inode.journaled_data_rev {
+                if Self::has_local_changes(st, inode) {
                     // Local changes win locally; the server merges them on
-                    // commit. Kept in case the inode lets the node go first.
+                    // commit. The newest news waits for the answer that
+                    // settles them (`State::withheld`).
                     if st.withheld.get(&e.node).is_none_or(|w| w.version < e.version) {
                         st.withheld.insert(e.node, e.clone());
                     }

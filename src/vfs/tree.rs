@@ -143,6 +143,13 @@ impl Vfs {
         Ok(())
     }
 
+    /// Whether `inode` has changes the server has not acknowledged (a
+    /// journal record, or writes not journaled yet). Local changes win over
+    /// remote news: the feed holds news of such an inode back.
+    pub(super) fn has_local_changes(st: &State, inode: &Inode) -> bool {
+        st.records.contains_key(&inode.uid) || inode.data_rev != inode.journaled_data_rev
+    }
+
     pub(super) fn alloc_ino(st: &mut State) -> Ino {
         let ino = st.next_ino;
         st.next_ino += 1;
