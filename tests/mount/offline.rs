@@ -188,25 +188,51 @@ async fn umount_with_the_server_down_names_the_journal_and_the_next_mount_commit
     assert!(out.status.success(), "{}", both(&out));
 }
 
+/// A test server stopped with SIGSTOP: its kernel still accepts requests
+/// (they wait in the socket), and nothing answers until `thaw`.
+struct FrozenServer {
+    pid: String,
+    port: u16,
+}
+
+impl FrozenServer {
+    fn freeze(s: &TestServer) -> FrozenServer {
+        let port = s.listen_addr().rsplit_once(':').unwrap().1.parse().unwrap();
+        let pid = s.pid().expect("server runs").to_string();
+        assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+        FrozenServer { pid, port }
+    }
+
+    /// Until a request the mount sent waits, unread, in the server's socket.
+    async fn until_a_request_waits(&self) {
+        eventually("the mount sent a request to the frozen server", || async {
+            match unread_request_bytes(self.port) {
+                0 => Err("no request waiting".to_string()),
+                _ => Ok(()),
+            }
+        })
+        .await;
+    }
+
+    fn thaw(self) {
+        assert!(Command::new("kill")
+            .args(["-CONT", &self.pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_file_removed_while_its_first_commit_is_in_flight_is_gone_on_the_server() {
     let s = TestServer::start().await;
     let p = "inflight";
     let m = MountedWorkspace::create(&s, p, "agent-inflight").await;
-    let port: u16 = s.listen_addr().rsplit_once(':').unwrap().1.parse().unwrap();
-    let pid = s.pid().expect("server runs").to_string();
-    // Frozen, the server's kernel still accepts the request; nothing answers.
-    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let frozen = FrozenServer::freeze(&s);
     m.sh_ok("echo scratch > scratch.txt");
-    eventually("the mount sent the commit to the frozen server", || async {
-        match unread_request_bytes(port) {
-            0 => Err("no request waiting".to_string()),
-            _ => Ok(()),
-        }
-    })
-    .await;
+    frozen.until_a_request_waits().await;
     m.sh_ok("rm scratch.txt");
-    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    frozen.thaw();
     m.wait_synced().await;
     eventually("scratch.txt is not on the server", || async {
         let t = tree_map(&s, p).await?;
@@ -229,17 +255,9 @@ async fn a_server_that_never_answers_does_not_hold_umount_and_the_change_commits
     let s = TestServer::start().await;
     let p = "silent";
     let mut m = MountedWorkspace::create_with(&s, p, "agent-silent", &["--request-timeout", "2"]).await;
-    let port: u16 = s.listen_addr().rsplit_once(':').unwrap().1.parse().unwrap();
-    let pid = s.pid().expect("server runs").to_string();
-    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let frozen = FrozenServer::freeze(&s);
     m.sh_ok("echo silent > silent.txt");
-    eventually("the mount sent the commit to the frozen server", || async {
-        match unread_request_bytes(port) {
-            0 => Err("no request waiting".to_string()),
-            _ => Ok(()),
-        }
-    })
-    .await;
+    frozen.until_a_request_waits().await;
     let out = m.umount();
     let text = both(&out);
     assert!(
@@ -248,7 +266,7 @@ async fn a_server_that_never_answers_does_not_hold_umount_and_the_change_commits
     );
     assert!(stdout(&out).contains("queued   silent.txt [create]"), "{text}");
     assert!(text.contains("no answer in time"), "{text}");
-    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    frozen.thaw();
     m.mount();
     server_has(&s, p, "silent.txt", b"silent\n").await;
     m.wait_synced().await;
