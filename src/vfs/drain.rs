@@ -79,6 +79,18 @@ impl DrainItem {
         }
     }
 
+    /// Where the item goes in a plan: [`Self::order_key`], then at one depth
+    /// renames before mkdirs, then by path (and uid) so that a journal
+    /// always gives the same plan.
+    fn plan_rank(&self) -> ((u8, i64), bool, &str, u64) {
+        (
+            self.order_key(),
+            !matches!(self.op, DrainOp::Rename { .. }),
+            self.path(),
+            self.uid,
+        )
+    }
+
     pub fn describe(&self) -> String {
         match &self.op {
             DrainOp::Mkdir { path, .. } => format!("mkdir {path}"),
@@ -95,14 +107,13 @@ impl DrainItem {
 /// or the server finds log.1 taken. A cycle (a swap) keeps its order: the
 /// server refuses one of them, which waits for a later round.
 fn vacating_renames_first(items: Vec<DrainItem>) -> Vec<DrainItem> {
-    let rename_from = |item: &DrainItem| match &item.op {
-        DrainOp::Rename { from, .. } => Some((item.order_key(), from.as_str().to_string())),
-        _ => None,
-    };
-    let vacates: HashMap<((u8, i64), String), usize> = items
+    let vacates: HashMap<((u8, i64), &str), usize> = items
         .iter()
         .enumerate()
-        .filter_map(|(i, item)| rename_from(item).map(|key| (key, i)))
+        .filter_map(|(i, item)| match &item.op {
+            DrainOp::Rename { from, .. } => Some(((item.order_key(), from.as_str()), i)),
+            _ => None,
+        })
         .collect();
     if vacates.is_empty() {
         return items;
@@ -121,7 +132,7 @@ fn vacating_renames_first(items: Vec<DrainItem>) -> Vec<DrainItem> {
             let DrainOp::Rename { to, .. } = &items[at].op else {
                 break;
             };
-            match vacates.get(&(items[at].order_key(), to.as_str().to_string())) {
+            match vacates.get(&(items[at].order_key(), to.as_str())) {
                 Some(&next) => at = next,
                 None => break,
             }
@@ -236,15 +247,7 @@ impl Vfs {
         // mkdir needs the path the rename frees). Other ties go by path, so
         // the same journal gives the same plan (the records map has no
         // order, and uids are random).
-        let rank = |i: &DrainItem| {
-            (
-                i.order_key(),
-                !matches!(i.op, DrainOp::Rename { .. }),
-                i.path().to_string(),
-                i.uid,
-            )
-        };
-        items.sort_by_cached_key(rank);
+        items.sort_by(|a, b| a.plan_rank().cmp(&b.plan_rank()));
         vacating_renames_first(items)
     }
 
