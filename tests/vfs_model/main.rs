@@ -11,6 +11,7 @@
 //!   touch, fsync) with what the mount knows of each server node;
 //! - `sync`: property test against a simulated server (late, reordered
 //!   answers; echoes and another writer's changes in the feed);
+//!   `sync_cases`: its shrunk failures as plain tests;
 //! - `crash`: property test cutting the journal at any byte before a remount;
 //! - `announce`: remote changes shown to file watchers (the core's half);
 //! - `staging`: a copy staged for writing races with other writers;
@@ -40,3 +41,4 @@ mod remote;
 mod replay;
 mod staging;
 mod sync;
+mod sync_cases;
