@@ -190,12 +190,9 @@ pub fn status(mountpoint: &Path, json: bool) -> anyhow::Result<ExitCode> {
         }
         Ok(other) => bail!("unexpected answer from the mount: {other:?}"),
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => bail!(
-            "the contextfs mount at {} is running but did not answer ({e}): it is busy or stuck\n\
-             hint: `contextfs umount {}` waits for what is queued; `fusermount3 -u {}` detaches it at once \
-             (what is journaled stays for the next mount)",
+            "the contextfs mount at {} is running but did not answer ({e}): it is busy or stuck\nhint: {}",
             mountpoint.display(),
-            mountpoint.display(),
-            mountpoint.display()
+            runtime::unanswering_mount_hint(&mountpoint)
         ),
         Err(e) => bail!("no running contextfs mount at {} ({e})", mountpoint.display()),
     }

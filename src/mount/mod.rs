@@ -287,11 +287,9 @@ pub fn run(args: MountArgs, ready: impl FnOnce(&Path)) -> anyhow::Result<ExitCod
         ),
         // Alive but not answering: not a stale mount to detach.
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => bail!(
-            "{} is mounted by a running contextfs that does not answer ({e}); `contextfs umount {}` or \
-             `fusermount3 -u {}` first",
+            "{} is mounted by a running contextfs that does not answer ({e})\nhint: {}",
             mountpoint.display(),
-            mountpoint.display(),
-            mountpoint.display()
+            unanswering_mount_hint(&mountpoint)
         ),
         Err(_) => {}
     }
@@ -604,6 +602,16 @@ const SKILLS_POLL: Duration = Duration::from_secs(5);
 /// Drains the journal until it is empty, the server stays unreachable for
 /// [`OFFLINE_GRACE`], or only refused changes are left. Prints progress when
 /// it takes more than a second.
+/// What to do about a mount that runs but does not answer its control
+/// socket (said by `contextfs status` and by a second `contextfs mount`).
+pub fn unanswering_mount_hint(mountpoint: &Path) -> String {
+    let at = mountpoint.display();
+    format!(
+        "`contextfs umount {at}` waits for what is queued; `fusermount3 -u {at}` detaches it at once \
+         (what is journaled stays for the next mount)"
+    )
+}
+
 pub(crate) async fn flush_pending(worker: &Replicator, progress: &(dyn Fn(String) + Sync)) -> bool {
     let started = Instant::now();
     let mut offline_since: Option<Instant> = None;
